@@ -1,0 +1,167 @@
+"""Model architecture: one pydantic model plus named presets (litgpt-style ``from_name``).
+
+Torch-free, so that the login node can count parameters and FLOPs (``hpcllm model info``, the
+collector) exactly as the engine does. The engine builds its ``nn.Module`` from this object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpcllm import perf
+
+
+class InitConfig(BaseModel):
+    """Weight initialisation (see docs/engine.md for the formulas)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheme: Literal["normal", "scaled_residual", "small_init"] = Field(
+        "scaled_residual",
+        description=(
+            "normal: every weight N(0, std). scaled_residual: as normal, but the two projections that "
+            "write into the residual stream use std/sqrt(2*n_layers) (GPT-2). small_init: std = "
+            "sqrt(2/(5*d_model)) (Nguyen & Salazar), output projections 2/(n_layers*sqrt(d_model)) "
+            "(GPT-NeoX's 'wang_init')."
+        ),
+    )
+    std: float = Field(0.02, gt=0, description="Base standard deviation for normal / scaled_residual.")
+
+
+class ModelConfig(BaseModel):
+    """A decoder-only GPT. Give ``preset`` to start from a named config and override any field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("custom", description="Preset name this config started from (informational).")
+    vocab_size: int = Field(50304, gt=0, description="Embedding rows; padded to a multiple of 64 is fastest.")
+    seq_len: int = Field(2048, gt=0, description="Context length = training sequence length.")
+    n_layers: int = Field(12, gt=0)
+    n_heads: int = Field(12, gt=0)
+    n_kv_heads: int | None = Field(
+        None, gt=0, description="K/V heads: None = n_heads (MHA), 1 = MQA, in between = GQA."
+    )
+    d_model: int = Field(768, gt=0, description="Hidden size.")
+    ffn_hidden: int | None = Field(
+        None, gt=0, description="MLP inner size; None = 8/3·d rounded up to 256 (SwiGLU) or 4·d (GELU)."
+    )
+    activation: Literal["swiglu", "gelu"] = "swiglu"
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = Field(1e-5, gt=0)
+    pos_emb: Literal["rope", "learned"] = "rope"
+    rope_theta: float = Field(10000.0, gt=0)
+    tie_embeddings: bool = False
+    bias: bool = Field(False, description="Bias terms in linear layers and LayerNorm.")
+    attention: Literal["sdpa", "flash", "math"] = Field(
+        "sdpa",
+        description="sdpa: torch scaled_dot_product_attention (flash kernel on GPU); flash: the "
+        "flash_attn package (CUDA only); math: plain matmul reference, for tests.",
+    )
+    init: InitConfig = Field(default_factory=InitConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """``{preset: 2.7b, n_layers: 4}`` -> the preset's fields with ``n_layers`` overridden."""
+        if isinstance(data, dict) and "preset" in data:
+            data = dict(data)
+            name = data.pop("preset")
+            base = preset_fields(name)
+            base.update(data)
+            base.setdefault("name", name)
+            return base
+        return data
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ModelConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        return self
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "ModelConfig":
+        return cls(preset=name, **overrides)
+
+    # --- derived sizes -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.activation == "swiglu":
+            return -(-int(8 * self.d_model / 3) // 256) * 256
+        return 4 * self.d_model
+
+    def block_params(self) -> int:
+        d, f, b = self.d_model, self.ffn_dim, int(self.bias)
+        kv = self.kv_heads * self.head_dim
+        attn = d * (d + 2 * kv) + b * (d + 2 * kv) + d * d + b * d  # qkv + out projection
+        n_mats = 3 if self.activation == "swiglu" else 2
+        mlp = n_mats * d * f + b * ((n_mats - 1) * f + d)
+        return attn + mlp + 2 * self._norm_params()
+
+    def _norm_params(self) -> int:
+        return self.d_model * (2 if self.norm == "layernorm" and self.bias else 1)
+
+    def n_params_non_embedding(self) -> int:
+        """Transformer body only: blocks and final norm (no token/position tables, no head)."""
+        return self.n_layers * self.block_params() + self._norm_params()
+
+    def n_params(self) -> int:
+        """Every trainable parameter, a tied head counted once."""
+        emb = self.vocab_size * self.d_model
+        pos = self.seq_len * self.d_model if self.pos_emb == "learned" else 0
+        head = 0 if self.tie_embeddings else emb
+        return self.n_params_non_embedding() + emb + pos + head
+
+    def n_params_flops(self) -> int:
+        """Parameters that take part in matmuls: the body plus the output head (tied or not).
+
+        The embedding and position tables are lookups, not matmuls, so they add no FLOPs.
+        """
+        return self.n_params_non_embedding() + self.vocab_size * self.d_model
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        return perf.flops_per_token(
+            self.n_params_flops(), self.n_layers, seq_len or self.seq_len, self.d_model
+        )
+
+
+# Named configs. Shapes follow GPT-3's table (Brown et al. 2020, Table 2.1) with SwiGLU MLPs, RoPE
+# and RMSNorm (Llama-style), vocab 50304 (GPT-2's 50257 padded to a multiple of 64).
+# "2.7b" is the seed's 2.7B (32 layers, hidden 2560, seq 4096); "28b" the seed's 28B (seq 8192).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=512, seq_len=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64,
+                 ffn_hidden=192, tie_embeddings=True),
+    "125m": dict(seq_len=2048, n_layers=12, n_heads=12, d_model=768),
+    "1b": dict(seq_len=2048, n_layers=18, n_heads=16, d_model=2048, ffn_hidden=5632),
+    "2.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=2560, ffn_hidden=6912),
+    "6.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=4096, ffn_hidden=11008),
+    "28b": dict(seq_len=8192, n_layers=44, n_heads=56, d_model=7168, ffn_hidden=19456),
+}
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    try:
+        return dict(_PRESETS[name])
+    except KeyError:
+        raise ValueError(
+            f"{name!r} is not a model preset; known presets: {', '.join(_PRESETS)}"
+        ) from None

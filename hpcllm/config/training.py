@@ -1,0 +1,130 @@
+"""The training config: the contract between the orchestrator and the engine (``run.yaml``).
+
+Every field here changes what the engine does; docs/run-contract.md describes each. The
+orchestrator writes a fully resolved copy of this model into each run directory, the engine reads
+it back with ``TrainingConfig.model_validate``; neither side invents defaults the other lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hpcllm.config.model import ModelConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(20, gt=0, description="Optimizer steps to run in total (across restarts).")
+    micro_batch_size: int = Field(2, gt=0, description="MBS: sequences per rank per micro-step.")
+    grad_accum: int = Field(1, gt=0, description="Micro-steps per optimizer step (sync on the last).")
+    global_batch_size: int | None = Field(
+        None, gt=0, description="GBS; if given, must equal MBS x grad_accum x data-parallel size."
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null = off.")
+    log_every: int = Field(1, gt=0, description="Write a metrics.jsonl line every N steps.")
+    summary_warmup_steps: int = Field(
+        2, ge=0, description="Steps left out of summary.json's medians (compile, allocator warm-up)."
+    )
+
+
+class ParallelConfig(_Strict):
+    sharding: Literal["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"] = Field(
+        "FULL_SHARD",
+        description="FSDP2 strategy. HYBRID_SHARD: replicate across nodes, shard within a node.",
+    )
+    hsdp_shard_size: int | None = Field(
+        None, gt=0, description="HYBRID_SHARD shard-group size; default: ranks per node."
+    )
+    precision: Literal["BF_16", "FP_32"] = Field(
+        "BF_16", description="BF_16: bf16 params/compute, fp32 reductions and master weights."
+    )
+    cpu_offload: bool = Field(False, description="Keep sharded params/grads/optimizer state on CPU.")
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
+    compile: bool = Field(False, description="torch.compile each transformer block.")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    decay_embeddings: bool = Field(False, description="Apply weight decay to embedding tables.")
+    decay_norms_and_biases: bool = Field(False, description="Apply weight decay to norm weights and biases.")
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr.")
+    decay_fraction: float = Field(
+        0.2, gt=0, le=1, description="wsd: fraction of the steps spent decaying at the end."
+    )
+
+
+class DataSource(_Strict):
+    path: str = Field(description="Token store directory written by `hpcllm data prepare`.")
+    weight: float = Field(1.0, gt=0, description="Relative sampling weight when blending stores.")
+
+
+class DataConfig(_Strict):
+    sources: list[DataSource] = Field(min_length=1)
+    tokenizer: str = Field(
+        "byte", description="'byte' or a tokenizer.json path; must match the store's fingerprint."
+    )
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
+    shuffle: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_shorthand(cls, data: object) -> object:
+        """``data: {path: X}`` is shorthand for one source of weight 1."""
+        if isinstance(data, dict) and "path" in data:
+            data = dict(data)
+            data["sources"] = [{"path": data.pop("path")}]
+        return data
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int | None = Field(None, gt=0, description="Save every N steps; null = never by count.")
+    every_minutes: float | None = Field(None, gt=0, description="Save every N minutes of training.")
+    keep_last: int = Field(2, gt=0, description="Complete checkpoints to keep.")
+    async_save: bool = Field(False, description="Overlap saves with training (dcp.async_save).")
+    resume: bool = Field(True, description="Resume from the run's latest complete checkpoint.")
+    at_end: bool = Field(True, description="Save a final checkpoint when training completes.")
+
+
+class DistillConfig(_Strict):
+    teacher: ModelConfig = Field(description="Teacher architecture (a preset plus overrides).")
+    teacher_checkpoint: str = Field(description="Run dir or checkpoint dir holding the teacher's weights.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term; 1-alpha weighs CE.")
+    temperature: float = Field(1.0, gt=0)
+
+
+class MetricsConfig(_Strict):
+    gpu_type: str | None = Field(None, description="For MFU; filled from the cluster profile.")
+    cpu_peak_flops: float | None = Field(
+        None, gt=0, description="Per-rank peak FLOP/s used for MFU on CPU (otherwise MFU is null)."
+    )
+
+
+class TrainingConfig(_Strict):
+    """Everything one training run needs; written as ``run.yaml`` in the run directory."""
+
+    run_id: str = "adhoc"
+    seed: int = 1234
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.from_name("tiny"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    data: DataConfig
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distill: DistillConfig | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
