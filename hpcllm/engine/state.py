@@ -1,0 +1,36 @@
+"""The training state: everything a checkpoint saves and a resume restores, in one object.
+
+The train loop owns it; the checkpointer (``hpcllm.engine.checkpoint``) saves and restores it in
+place. Keeping it a plain dataclass means neither side needs to know how the other builds the parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict``/``load_state_dict`` (scheduler, data loader)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Model, optimizer, LR scheduler, data loader and the two counters that locate the run in time.
+
+    ``step`` counts completed optimizer steps (0 before the first); ``consumed_samples`` counts
+    sequences consumed by all ranks together (global batch size per step).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Stateful
+    loader: Stateful
+    step: int = 0
+    consumed_samples: int = 0
