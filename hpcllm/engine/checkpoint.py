@@ -1,0 +1,359 @@
+"""Checkpoints with torch.distributed.checkpoint (DCP): atomic, resumable on any number of ranks.
+
+Layout (``RunDir.checkpoints``)::
+
+    checkpoints/
+        latest                  text "step_<N>": the newest complete checkpoint (atomic rename)
+        step_<N>/               a complete checkpoint; only ever created by renaming a finished temp dir
+            .metadata           DCP global metadata (written last by DCP's coordinator)
+            __<r>_0.distcp      DCP shards: model + optimizer, one file per writing rank
+            trainer_state.json  step, consumed samples, LR scheduler and data-loader state, world size
+            rng_rank<r>.pt      per-rank RNG states (python, numpy, torch, cuda)
+        .tmp_step_<N>/          a save in progress (or one a crash interrupted; removed on the next start)
+
+Why each piece:
+- Model and optimizer go through ``get_state_dict``/``set_state_dict``: FQN-keyed, sharded
+  (DTensor under FSDP2) state that DCP can re-shard on load, so a checkpoint written by 2 ranks
+  loads on 1 or 4 (DCP reads the slices each rank needs from whichever files hold them).
+- The trainer state is small, replicated and must be readable without torch (``hpcllm ckpt ls``),
+  hence JSON written by rank 0. The loader's state is a *global* consumed-sample count, so it does
+  not depend on the data-parallel size and needs no translation when that changes.
+- RNG states differ per rank and cannot be re-sharded; they are restored only when the world size
+  matches (otherwise a warning says they were not; the engine's data order does not depend on them).
+- "Complete" means: the temp dir was renamed to ``step_<N>`` after DCP finished (DCP writes
+  ``.metadata`` after every rank's shards) and after the trainer state was written. A crash at any
+  earlier moment leaves only ``.tmp_step_<N>``, which is ignored. The ``latest`` pointer is updated
+  by atomic rename after that, so it always names a complete checkpoint.
+- On load, a checkpoint is also checked against its own metadata (every shard file exists and is as
+  long as the metadata says); a truncated or partly deleted one is skipped with a warning that names
+  it, and the next older complete one is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from hpcllm.config.training import CheckpointConfig
+from hpcllm.engine.preemption import any_rank
+from hpcllm.engine.state import TrainState
+from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
+from hpcllm.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp_"
+
+
+class CheckpointCorrupt(Exception):
+    """A step_<N> folder that is not a loadable checkpoint (truncated or missing files)."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step}"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One complete checkpoint on disk, as ``hpcllm ckpt ls`` shows it."""
+
+    path: Path
+    step: int
+    trainer_state: dict[str, Any] | None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def list_checkpoints(ckpt_root: Path) -> list[CheckpointInfo]:
+    """Complete checkpoints (renamed ``step_<N>`` folders) under ``ckpt_root``, oldest first."""
+    found = []
+    if ckpt_root.is_dir():
+        for p in ckpt_root.iterdir():
+            m = _STEP_RE.match(p.name)
+            if m and p.is_dir():
+                found.append(CheckpointInfo(p, int(m.group(1)), read_json(p / TRAINER_STATE)))
+    return sorted(found, key=lambda c: c.step)
+
+
+def read_latest_pointer(ckpt_root: Path) -> Path | None:
+    """The folder the ``latest`` pointer names, or None if there is no pointer."""
+    try:
+        name = (ckpt_root / LATEST).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return ckpt_root / name
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointCorrupt unless ``path`` has trainer state, DCP metadata and every shard in full.
+
+    Checks file presence and sizes against DCP's own index (``storage_data``: file, offset, length
+    of every item), which catches truncated and deleted shards without reading the tensors.
+    """
+    if not (path / TRAINER_STATE).is_file():
+        raise CheckpointCorrupt(f"{path}: missing {TRAINER_STATE}")
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - any failure to read the index means "not loadable"
+        raise CheckpointCorrupt(f"{path}: cannot read DCP metadata (.metadata): {exc}") from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for rel, end in sorted(needed.items()):
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointCorrupt(f"{path}: shard {rel} is missing")
+        size = f.stat().st_size
+        if size < end:
+            raise CheckpointCorrupt(f"{path}: shard {rel} is truncated ({size} bytes, index needs {end})")
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _dist_on() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if _dist_on() else 1
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """Silence DCP's "assuming a single process" warning: world size 1 without a group is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _barrier() -> None:
+    if _dist_on():
+        dist.barrier()
+
+
+class Checkpointer:
+    """Saves and restores the engine's ``TrainState`` under ``run_dir.checkpoints``.
+
+    All methods are called on every rank at the same point of the train loop (they contain
+    collectives), except where noted.
+    """
+
+    def __init__(self, run_dir: RunDir, cfg: CheckpointConfig) -> None:
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.root = run_dir.checkpoints
+        self._last_save_time = time.monotonic()
+        self._last_saved_step: int | None = None
+        self._pending: tuple[Future[Any], Path, int] | None = None
+        # On gloo, an async save must not share the default group with training: the save thread's
+        # collectives would interleave with the train loop's and crash or hang. new_group is itself
+        # a collective, so every rank creates it here, at the same point.
+        self._save_group = dist.new_group(backend="gloo") if cfg.async_save and _dist_on() else None
+        if _rank() == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temp_dirs()
+        _barrier()
+
+    # --- resume --------------------------------------------------------------------------------
+    def load_latest(self, state: TrainState) -> bool:
+        """Restore ``state`` in place from the newest complete checkpoint; False when there is none.
+
+        Candidates: the folder ``latest`` names, then every other ``step_<N>``, newest first. A
+        candidate that fails verification or loading is skipped with a warning naming it.
+        """
+        for path in self._candidates():
+            try:
+                verify_checkpoint(path)
+                self._load(path, state)
+            except CheckpointCorrupt as exc:
+                log.warning("skipping checkpoint %s: %s", path, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - DCP raises CheckpointException on every rank alike
+                log.warning("skipping checkpoint %s: loading failed: %s", path, exc)
+                continue
+            log.info("resumed from %s (step %d, %d samples consumed)", path, state.step, state.consumed_samples)
+            self._last_saved_step = state.step
+            return True
+        return False
+
+    def _candidates(self) -> list[Path]:
+        latest = read_latest_pointer(self.root)
+        others = [c.path for c in reversed(list_checkpoints(self.root))]
+        if latest is not None:
+            if latest.exists():
+                others = [latest] + [p for p in others if p != latest]
+            else:
+                log.warning("checkpoint pointer %s names %s, which does not exist", self.root / LATEST, latest)
+        return others
+
+    def _load(self, path: Path, state: TrainState) -> None:
+        trainer = read_json(path / TRAINER_STATE)
+        model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+        with _single_process_ok():
+            dcp.load(sd, checkpoint_id=str(path), no_dist=not _dist_on())
+        set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        state.scheduler.load_state_dict(trainer["scheduler"])
+        state.loader.load_state_dict(trainer["loader"])
+        state.step = int(trainer["step"])
+        state.consumed_samples = int(trainer["consumed_samples"])
+        self._load_rng(path, int(trainer["world_size"]))
+
+    def _load_rng(self, path: Path, saved_world: int) -> None:
+        f = path / f"rng_rank{_rank()}.pt"
+        if saved_world != _world() or not f.is_file():
+            if _rank() == 0:
+                log.warning(
+                    "%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
+                    path, saved_world, _world(),
+                )
+            return
+        rng = torch.load(f, weights_only=True)
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        np_state = rng["numpy"]
+        np.random.set_state((np_state[0], rng["numpy_keys"].numpy().astype(np.uint32), *np_state[1:]))
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # --- save ----------------------------------------------------------------------------------
+    def maybe_save(self, state: TrainState, *, force: bool = False) -> None:
+        """Save if ``every_steps`` divides the step, ``every_minutes`` have passed, or ``force``.
+
+        The time rule is decided collectively (any rank's clock past the mark), so that ranks never
+        disagree on whether a save (a collective) happens.
+        """
+        self._poll_pending()
+        if self._last_saved_step == state.step:
+            return
+        due = force or (self.cfg.every_steps is not None and state.step % self.cfg.every_steps == 0)
+        if self.cfg.every_minutes is not None and not due:
+            elapsed = time.monotonic() - self._last_save_time
+            due = any_rank(elapsed >= 60.0 * self.cfg.every_minutes)
+        if due:
+            self.save(state)
+
+    def save(self, state: TrainState) -> None:
+        """Write a checkpoint of ``state`` now (async if configured); rank 0 publishes it when complete."""
+        self.wait()  # one save in flight at a time: the next one would overwrite its staging buffers
+        step = state.step
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f"{_TMP_PREFIX}{final.name}"
+        if _rank() == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        _barrier()
+        self._write_rng(tmp)
+        if _rank() == 0:
+            atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state))
+        model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+        self._last_saved_step = step
+        self._last_save_time = time.monotonic()
+        if self.cfg.async_save:
+            future = dcp.async_save(sd, checkpoint_id=str(tmp), process_group=self._save_group)
+            self._pending = (future, tmp, step)
+        else:
+            with _single_process_ok():
+                dcp.save(sd, checkpoint_id=str(tmp), no_dist=not _dist_on())
+            self._publish(tmp, step)
+
+    def _trainer_state(self, state: TrainState) -> dict[str, Any]:
+        return {
+            "step": state.step,
+            "consumed_samples": state.consumed_samples,
+            "scheduler": state.scheduler.state_dict(),
+            "loader": state.loader.state_dict(),
+            "world_size": _world(),
+            "saved_at_unix": time.time(),
+            "torch_version": torch.__version__,
+        }
+
+    def _write_rng(self, folder: Path) -> None:
+        py = random.getstate()
+        np_state = np.random.get_state()
+        rng = {
+            "python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], *np_state[2:]],
+            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(rng, folder / f"rng_rank{_rank()}.pt")
+
+    def _poll_pending(self) -> None:
+        """Publish a finished async save (non-blocking)."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the async save in flight (if any) has finished, then publish it."""
+        if self._pending is None:
+            return
+        future, tmp, step = self._pending
+        self._pending = None
+        future.result()
+        self._publish(tmp, step)
+
+    def close(self) -> None:
+        """Wait for an async save; call on every rank before the process exits."""
+        self.wait()
+        _barrier()
+
+    def _publish(self, tmp: Path, step: int) -> None:
+        """Rank 0: rename the finished temp dir into place, move ``latest``, drop old checkpoints.
+
+        For a synchronous save ``dcp.save`` returned on every rank, so all shards are written; for an
+        async one, rank 0's future completes only after DCP's finish step, which gathers every
+        rank's write results before writing ``.metadata``.
+        """
+        if _rank() != 0:
+            return
+        final = self.root / step_dir_name(step)
+        old = self.root / f"{_TMP_PREFIX}old_{final.name}"
+        if final.exists():  # a step re-run after a crash is saved again; move the old copy aside first
+            final.rename(old)
+        tmp.rename(final)
+        atomic_write_text(self.root / LATEST, final.name + "\n")
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("saved checkpoint %s", final)
+        self._prune(keep=final)
+
+    def _prune(self, keep: Path) -> None:
+        """Delete all but the newest ``keep_last`` complete checkpoints; never the one ``latest`` names."""
+        complete = list_checkpoints(self.root)
+        for info in complete[: max(0, len(complete) - self.cfg.keep_last)]:
+            if info.path != keep:
+                shutil.rmtree(info.path, ignore_errors=True)
+
+    def _remove_stale_temp_dirs(self) -> None:
+        for p in self.root.glob(f"{_TMP_PREFIX}*"):
+            log.warning("removing incomplete checkpoint %s (a save was interrupted)", p)
+            shutil.rmtree(p, ignore_errors=True)
