@@ -1,0 +1,271 @@
+"""The token store: a directory of flat, memory-mapped arrays plus a JSON header.
+
+    data/<name>/
+        header.json       format version, dtype, vocab size, tokenizer fingerprint, counts (written last)
+        tokens.bin        every document's tokens followed by EOS, concatenated; uint16 or uint32
+        doc_offsets.npy   int64, n_docs + 1 entries: document i is tokens[off[i]:off[i+1]] (EOS included)
+        loss_mask.bin     optional, uint8, one per token: 1 = train on this token (instruction data)
+
+Why this shape: opening is O(1) (memmap plus a header read, no index to unpickle or scan), the
+arrays are readable by any numpy without hpcllm, and a store is built in a sibling temp directory
+that is renamed into place only when every file is complete, so a crash never leaves a directory
+that looks like a finished store. docs/data.md describes the format for other tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from hpcllm import __version__
+from hpcllm.errors import ConfigError
+from hpcllm.fsutil import atomic_write_json
+
+FORMAT = "hpcllm-token-store"
+FORMAT_VERSION = 1
+HEADER = "header.json"
+TOKENS = "tokens.bin"
+DOC_OFFSETS = "doc_offsets.npy"
+LOSS_MASK = "loss_mask.bin"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 halves disk and page-cache use for every vocabulary below 65,536 ids."""
+    return np.dtype(np.uint16) if vocab_size < 65536 else np.dtype(np.uint32)
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    dtype: str
+    vocab_size: int
+    eos_id: int
+    tokenizer: str
+    tokenizer_fingerprint: str
+    n_tokens: int
+    n_docs: int
+    has_loss_mask: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "hpcllm_version": __version__,
+                **self.__dict__}
+
+    @classmethod
+    def read(cls, path: Path) -> "StoreHeader":
+        file = path / HEADER
+        if not file.is_file():
+            hint = " (an interrupted `hpcllm data prepare`?)" if path.is_dir() else ""
+            raise ConfigError(f"{path}: not a token store: {HEADER} is missing{hint}")
+        try:
+            raw = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{file}: unreadable store header: {exc}") from None
+        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+            raise ConfigError(
+                f"{file}: format {raw.get('format')!r} version {raw.get('format_version')!r}; this "
+                f"hpcllm reads {FORMAT!r} version {FORMAT_VERSION}: re-run `hpcllm data prepare`"
+            )
+        fields = {k: raw.get(k) for k in cls.__dataclass_fields__}
+        missing = [k for k, v in fields.items() if v is None]
+        if missing:
+            raise ConfigError(f"{file}: header lacks {', '.join(missing)}")
+        if fields["dtype"] not in ("uint16", "uint32"):
+            raise ConfigError(f"{file}: dtype: {fields['dtype']!r}; allowed: uint16, uint32")
+        return cls(**fields)
+
+
+class TokenStore:
+    """A read-only, memory-mapped store. Opening checks the header against the files."""
+
+    def __init__(self, path: Path, header: StoreHeader, tokens: np.ndarray,
+                 doc_offsets: np.ndarray, loss_mask: np.ndarray | None) -> None:
+        self.path = path
+        self.header = header
+        self.tokens = tokens
+        self.doc_offsets = doc_offsets
+        self.loss_mask = loss_mask
+
+    @classmethod
+    def open(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> "TokenStore":
+        """Map the store at ``path``; if given, its tokenizer must have ``tokenizer_fingerprint``."""
+        path = Path(path)
+        h = StoreHeader.read(path)
+        if tokenizer_fingerprint is not None and h.tokenizer_fingerprint != tokenizer_fingerprint:
+            raise ConfigError(
+                f"{path}: written with tokenizer {h.tokenizer!r} (fingerprint {h.tokenizer_fingerprint}), "
+                f"but the run's tokenizer has fingerprint {tokenizer_fingerprint}: set data.tokenizer "
+                f"to the store's tokenizer or re-run `hpcllm data prepare` with the run's"
+            )
+        dtype = np.dtype(h.dtype)
+        if dtype != token_dtype(h.vocab_size):
+            raise ConfigError(f"{path}: dtype {h.dtype} does not fit vocab_size {h.vocab_size}")
+        _check_size(path / TOKENS, h.n_tokens * dtype.itemsize, f"{h.n_tokens} {h.dtype} tokens")
+        tokens = _memmap(path / TOKENS, dtype, h.n_tokens)
+        try:
+            offsets = np.load(path / DOC_OFFSETS, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path / DOC_OFFSETS}: unreadable document index: {exc}") from None
+        if offsets.shape != (h.n_docs + 1,) or offsets.dtype != np.int64:
+            raise ConfigError(
+                f"{path / DOC_OFFSETS}: shape {offsets.shape} {offsets.dtype}, header says "
+                f"({h.n_docs + 1},) int64"
+            )
+        if h.n_docs and (int(offsets[0]) != 0 or int(offsets[-1]) != h.n_tokens):
+            raise ConfigError(
+                f"{path / DOC_OFFSETS}: spans [{int(offsets[0])}, {int(offsets[-1])}), header says "
+                f"[0, {h.n_tokens})"
+            )
+        mask = None
+        if h.has_loss_mask:
+            _check_size(path / LOSS_MASK, h.n_tokens, f"{h.n_tokens} uint8 mask entries")
+            mask = _memmap(path / LOSS_MASK, np.dtype(np.uint8), h.n_tokens)
+        return cls(path, h, tokens, offsets, mask)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.header.n_tokens
+
+    @property
+    def n_docs(self) -> int:
+        return self.header.n_docs
+
+    def n_windows(self, seq_len: int) -> int:
+        """Windows of ``seq_len + 1`` tokens starting every ``seq_len`` tokens (they share one token)."""
+        return max(0, (self.n_tokens - 1) // seq_len)
+
+    def windows(self, idx: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tokens (n, seq_len + 1) int64 of windows ``idx``, and the mask of their labels (n, seq_len)."""
+        rows = np.asarray(idx, dtype=np.int64)[:, None] * seq_len + np.arange(seq_len + 1)
+        tokens = self.tokens[rows].astype(np.int64)
+        mask = None if self.loss_mask is None else self.loss_mask[rows[:, 1:]]
+        return tokens, mask
+
+    def document(self, i: int) -> np.ndarray:
+        return np.asarray(self.tokens[int(self.doc_offsets[i]): int(self.doc_offsets[i + 1])])
+
+
+def _memmap(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
+    if n == 0:  # mmap cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+
+
+def _check_size(path: Path, expected: int, what: str) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; the header promises {what}") from None
+    if size != expected:
+        raise ConfigError(f"{path}: {size} bytes, the header promises {what} = {expected} bytes")
+
+
+class StoreWriter:
+    """Appends documents to a new store in a temp directory; ``commit()`` renames it into place.
+
+    Memory stays bounded: tokens, mask and document lengths stream to temp files, and the
+    ``.npy`` index is assembled from them at the end. The loss mask is only materialised once an
+    instruction document arrives (earlier tokens get mask 1), so plain-text stores have none.
+    """
+
+    def __init__(self, output: str | Path, *, vocab_size: int, eos_id: int, tokenizer: str,
+                 tokenizer_fingerprint: str, overwrite: bool = False) -> None:
+        self.output = Path(output)
+        if self.output.exists() and not overwrite:
+            raise ConfigError(f"{self.output}: already exists; pass --overwrite to replace it")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp",
+                                         dir=self.output.parent))
+        self.dtype = token_dtype(vocab_size)
+        self.vocab_size, self.eos_id = vocab_size, eos_id
+        self.tokenizer, self.fingerprint = tokenizer, tokenizer_fingerprint
+        self.overwrite = overwrite
+        self.n_tokens = 0
+        self.n_docs = 0
+        self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")
+        self._lengths: BinaryIO = open(self.tmp / "doc_lengths.tmp", "wb")
+        self._mask: BinaryIO | None = None
+
+    def add(self, docs: list[np.ndarray], masks: list[np.ndarray] | None = None) -> None:
+        """Append documents (token ids incl. their EOS); ``masks``: per-token 0/1 or None = all 1."""
+        if not docs:
+            return
+        flat = np.concatenate(docs)
+        if flat.size and (int(flat.max()) >= self.vocab_size or int(flat.min()) < 0):
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        if masks is not None and self._mask is None:
+            self._start_mask()
+        if self._mask is not None:
+            mask = (np.concatenate(masks) if masks is not None else np.ones(flat.size, np.uint8))
+            self._mask.write(mask.astype(np.uint8).tobytes())
+        self._tokens.write(flat.astype(self.dtype).tobytes())
+        self._lengths.write(np.fromiter((d.size for d in docs), np.int64, len(docs)).tobytes())
+        self.n_tokens += int(flat.size)
+        self.n_docs += len(docs)
+
+    def _start_mask(self) -> None:
+        self._mask = open(self.tmp / LOSS_MASK, "wb")
+        ones = np.ones(1 << 20, dtype=np.uint8).tobytes()
+        left = self.n_tokens
+        while left:
+            n = min(left, len(ones))
+            self._mask.write(ones[:n])
+            left -= n
+
+    def commit(self) -> StoreHeader:
+        """Finish every file, write the header last, and rename the directory into place."""
+        for fh in (self._tokens, self._lengths, self._mask):
+            if fh is not None:
+                fh.flush()
+                os.fsync(fh.fileno())
+                fh.close()
+        self._write_offsets()
+        header = StoreHeader(
+            dtype=self.dtype.name, vocab_size=self.vocab_size, eos_id=self.eos_id,
+            tokenizer=self.tokenizer, tokenizer_fingerprint=self.fingerprint,
+            n_tokens=self.n_tokens, n_docs=self.n_docs, has_loss_mask=self._mask is not None,
+        )
+        atomic_write_json(self.tmp / HEADER, header.to_json())
+        if self.output.exists():  # only reachable with overwrite=True
+            old = self.output.with_name(f".{self.output.name}.old-{os.getpid()}")
+            os.replace(self.output, old)
+            os.replace(self.tmp, self.output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.output)
+        return header
+
+    def _write_offsets(self) -> None:
+        lengths_file = self.tmp / "doc_lengths.tmp"
+        out = np.lib.format.open_memmap(self.tmp / DOC_OFFSETS, mode="w+", dtype=np.int64,
+                                        shape=(self.n_docs + 1,))
+        out[0] = 0
+        chunk = 1 << 22
+        total, i = 0, 0
+        with open(lengths_file, "rb") as fh:
+            while buf := fh.read(chunk * 8):
+                lengths = np.frombuffer(buf, dtype=np.int64)
+                out[i + 1: i + 1 + lengths.size] = total + np.cumsum(lengths)
+                total += int(lengths.sum())
+                i += lengths.size
+        out.flush()
+        del out
+        lengths_file.unlink()
+
+    def abort(self) -> None:
+        for fh in (self._tokens, self._lengths, self._mask):
+            if fh is not None and not fh.closed:
+                fh.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            self.abort()
