@@ -52,6 +52,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
@@ -145,7 +146,7 @@ def _world() -> int:
 
 
 @contextlib.contextmanager
-def _single_process_ok() -> Iterator[None]:
+def single_process_dcp() -> Iterator[None]:
     """Silence DCP's "assuming a single process" warning: world size 1 without a group is intended."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -216,7 +217,7 @@ class Checkpointer:
         trainer = read_json(path / TRAINER_STATE)
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd = {"model": model_sd, "optim": optim_sd}
-        with _single_process_ok():
+        with single_process_dcp():
             dcp.load(sd, checkpoint_id=str(path), no_dist=not _dist_on())
         set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
         state.scheduler.load_state_dict(trainer["scheduler"])
@@ -281,11 +282,12 @@ class Checkpointer:
             future = dcp.async_save(sd, checkpoint_id=str(tmp), process_group=self._save_group)
             self._pending = (future, tmp, step)
         else:
-            with _single_process_ok():
+            with single_process_dcp():
                 dcp.save(sd, checkpoint_id=str(tmp), no_dist=not _dist_on())
             self._publish(tmp, step)
 
     def _trainer_state(self, state: TrainState) -> dict[str, Any]:
+        model_cfg = getattr(state.model, "cfg", None)
         return {
             "step": state.step,
             "consumed_samples": state.consumed_samples,
@@ -294,6 +296,9 @@ class Checkpointer:
             "world_size": _world(),
             "saved_at_unix": time.time(),
             "torch_version": torch.__version__,
+            # The architecture travels with the weights (nanoGPT's model_args): export and
+            # evaluation need no run.yaml, and a changed run.yaml cannot mislabel old weights.
+            "model_config": model_cfg.model_dump() if isinstance(model_cfg, ModelConfig) else None,
         }
 
     def _write_rng(self, folder: Path) -> None:

@@ -1,0 +1,111 @@
+"""``hpcllm ckpt``: list a run's checkpoints and export one for evaluation.
+
+Thin, like the rest of the CLI: parse, call one engine function, print with rich. torch is
+imported inside the commands, so ``hpcllm --help`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpcllm.errors import HpcllmError
+from hpcllm.rundir import RunDir
+
+ckpt_app = typer.Typer(help="Inspect and export a run's checkpoints.", no_args_is_help=True)
+console = Console()
+
+
+class ExportFormat(str, Enum):
+    torch = "torch"
+    hf = "hf"
+
+
+def _run_dir(path: Path) -> RunDir:
+    run = RunDir(path)
+    if not run.checkpoints.is_dir():
+        raise HpcllmError(f"{path}: no checkpoints/ folder here; give a run directory (it holds run.yaml)")
+    return run
+
+
+def _fail(exc: HpcllmError) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(1)
+
+
+@ckpt_app.command("ls")
+def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/).")) -> None:
+    """List complete checkpoints, newest last, marking the one `latest` names and any that fail checks."""
+    from hpcllm.engine.checkpoint import CheckpointCorrupt, list_checkpoints, read_latest_pointer, verify_checkpoint
+
+    try:
+        run = _run_dir(run_dir)
+    except HpcllmError as exc:
+        _fail(exc)
+    latest = read_latest_pointer(run.checkpoints)
+    table = Table(title=str(run.checkpoints))
+    for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
+        table.add_column(col, justify="right" if col != "status" else "left")
+    infos = list_checkpoints(run.checkpoints)
+    for info in infos:
+        ts = info.trainer_state or {}
+        try:
+            verify_checkpoint(info.path)
+            status = "ok"
+        except CheckpointCorrupt as exc:
+            status = f"[red]corrupt[/]: {str(exc).removeprefix(str(info.path) + ': ')}"
+        if latest == info.path:
+            status += " [bold](latest)[/]"
+        saved = ts.get("saved_at_unix")
+        table.add_row(
+            str(info.step),
+            str(ts.get("consumed_samples", "?")),
+            str(ts.get("world_size", "?")),
+            f"{info.size_bytes / 2**20:.1f}",
+            dt.datetime.fromtimestamp(saved, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if saved else "?",
+            status,
+        )
+    if not infos:
+        console.print(f"no complete checkpoints in {run.checkpoints}")
+        return
+    console.print(table)
+
+
+@ckpt_app.command("export")
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/)."),
+    output: Path = typer.Option(..., "--output", "-o", help="File (torch) or folder (hf) to write."),
+    fmt: ExportFormat = typer.Option(ExportFormat.torch, "--format", help="torch: one .pt state dict; "
+                                     "hf: a Llama folder for transformers' LlamaForCausalLM."),
+    step: int | None = typer.Option(None, help="Checkpoint step to export; default: the latest."),
+    with_optimizer: bool = typer.Option(False, "--with-optimizer",
+                                        help="torch only: include optimizer state (whole DCP state)."),
+) -> None:
+    """Export a checkpoint (default: the latest) as a torch file or a Hugging Face Llama folder."""
+    from hpcllm.engine.checkpoint import read_latest_pointer, step_dir_name, verify_checkpoint, CheckpointCorrupt
+    from hpcllm.engine.export import checkpoint_model_config, export_hf, export_torch
+
+    try:
+        run = _run_dir(run_dir)
+        ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        if ckpt is None:
+            raise HpcllmError(f"{run.checkpoints}: no `latest` pointer; name a checkpoint with --step")
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointCorrupt as exc:
+            raise HpcllmError(f"cannot export: {exc} (see `hpcllm ckpt ls {run_dir}`)") from None
+        if with_optimizer and fmt is not ExportFormat.torch:
+            raise HpcllmError("--with-optimizer applies to --format torch only")
+        with console.status(f"exporting {ckpt.name} as {fmt.value} ..."):
+            if fmt is ExportFormat.torch:
+                export_torch(ckpt, output, with_optimizer=with_optimizer)
+            else:
+                export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
+    except HpcllmError as exc:
+        _fail(exc)
+    console.print(f"wrote {output} ({fmt.value}, from {ckpt})")
