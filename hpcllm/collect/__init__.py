@@ -1,0 +1,1 @@
+"""Read run directories back into scaling tables and plots. Torch-free (runs on a login node)."""

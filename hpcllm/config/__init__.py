@@ -1,0 +1,1 @@
+"""Configuration models (pydantic v2, ``extra="forbid"``) and their YAML loading. Torch-free."""

@@ -1,0 +1,133 @@
+"""Cluster profiles (``clusters/*.yaml``): site facts, kept apart from the experiments that use them.
+
+An experiment names node counts and a QoS; the profile says what a node has, how to reach the GPUs,
+which modules and environment a job needs and what the scheduler allows. The renderer checks a
+run's request against these limits before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpcllm.config.loader import load_model
+from hpcllm.errors import ConfigError
+
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
+
+
+def parse_slurm_time(value: str) -> int:
+    """SLURM time ``[D-]HH:MM:SS`` -> seconds (the only form we accept: unambiguous)."""
+    match = _TIME_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a time; use [D-]HH:MM:SS, e.g. 00:30:00 or 1-00:00:00")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+class QosSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_time: str = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
+    max_nodes: int | None = Field(None, gt=0, description="Most nodes one job may use; null = partition limit.")
+    description: str = ""
+
+    @field_validator("max_time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        parse_slurm_time(value)
+        return value
+
+
+class ClusterProfile(BaseModel):
+    """One system (or one partition of it) as hpcllm sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Short name used on the command line (--cluster NAME).")
+    description: str = ""
+    scheduler: Literal["slurm", "local"] = Field(
+        description="slurm: submit with sbatch. local: run on this machine, one job at a time."
+    )
+    partition: str | None = Field(None, description="SLURM partition (-p).")
+    account: str | None = Field(
+        None, description="Project to charge (-A). Overridden by $HPCLLM_ACCOUNT, then by --account."
+    )
+    requires_account: bool = Field(True, description="The site rejects jobs without an account.")
+    qos: dict[str, QosSpec] = Field(default_factory=dict, description="QoS names and their limits.")
+    default_qos: str | None = None
+    max_nodes: int = Field(1, gt=0, description="Nodes in the partition: more would pend forever.")
+    gpu_type: str = Field(description="Accelerator model for MFU (see hpcllm.perf), or 'cpu'.")
+    gpus_per_node: int = Field(gt=0, description="Ranks per node (one per GPU; CPU ranks on 'cpu').")
+    cpus_per_node: int = Field(gt=0, description="Cores of one node, all given to the node's task.")
+    min_cpus_per_gpu: int | None = Field(None, gt=0, description="Site rule: at least this many cores per GPU.")
+    gres: str | None = Field(None, description="--gres value, e.g. gpu:4; null = none.")
+    mem: str | None = Field(None, description="--mem value (0 = all of the node); null = no --mem line.")
+    exclusive: bool = Field(True, description="Add --exclusive (whole nodes for scaling runs).")
+    modules: list[str] = Field(default_factory=list, description="`module load` these, in order.")
+    setup: list[str] = Field(
+        default_factory=list, description="Shell lines run before launch (activate the venv etc.)."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Exported in the job (NCCL etc.).")
+    sbatch_extra: list[str] = Field(
+        default_factory=list, description="Extra #SBATCH options, e.g. --constraint=... ."
+    )
+    python: str = Field("python", description="Interpreter that has hpcllm[train] installed.")
+    signal_before_end_s: int = Field(
+        300, gt=0, description="--signal=B:USR1@N: seconds before the time limit to checkpoint."
+    )
+    max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
+    template: str = Field("sbatch.sh.j2", description="Template in templates/ used to render jobs.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterProfile":
+        if self.default_qos is not None and self.default_qos not in self.qos:
+            raise ValueError(
+                f"default_qos {self.default_qos!r} is not one of the qos names: {', '.join(self.qos) or '(none)'}"
+            )
+        if self.min_cpus_per_gpu and self.cpus_per_node < self.min_cpus_per_gpu * self.gpus_per_node:
+            raise ValueError(
+                f"cpus_per_node ({self.cpus_per_node}) < min_cpus_per_gpu ({self.min_cpus_per_gpu}) "
+                f"x gpus_per_node ({self.gpus_per_node})"
+            )
+        return self
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.gpu_type.lower() == "cpu"
+
+    def resolve_account(self, cli_account: str | None = None) -> str | None:
+        """--account beats $HPCLLM_ACCOUNT beats the profile; error if the site needs one and none is set."""
+        account = cli_account or os.environ.get("HPCLLM_ACCOUNT") or self.account
+        if self.scheduler == "slurm" and self.requires_account and not account:
+            raise ConfigError(
+                f"cluster {self.name!r} needs an account: set `account:` in its profile, "
+                "export HPCLLM_ACCOUNT=<project>, or pass --account <project>"
+            )
+        return account
+
+
+def clusters_dir() -> Path:
+    """``clusters/`` of the project (env HPCLLM_CLUSTERS_DIR overrides; default: ./clusters)."""
+    return Path(os.environ.get("HPCLLM_CLUSTERS_DIR", "clusters"))
+
+
+def available_clusters(directory: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (directory or clusters_dir()).glob("*.yaml"))
+
+
+def load_cluster(name_or_path: str, directory: Path | None = None) -> ClusterProfile:
+    """A profile by name (``clusters/<name>.yaml``) or by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = (directory or clusters_dir()) / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = available_clusters(directory)
+        raise ConfigError(
+            f"no cluster profile {name_or_path!r} ({path} does not exist); known: {', '.join(known) or '(none)'}"
+        )
+    return load_model(ClusterProfile, path)

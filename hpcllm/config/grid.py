@@ -1,0 +1,125 @@
+"""Grid expansion: ``grid`` (cross product), ``zip`` (lock-step groups) and a ``where`` filter.
+
+Kept apart from the experiment model because it is plain dict manipulation that is easy to test on
+its own. Keys are dotted paths into the experiment document (``parallel.sharding``,
+``resources.nodes``); ``where`` is a boolean expression over the same names, evaluated by a small
+whitelisting interpreter (never ``eval``), e.g. ``"parallel.sharding != 'HYBRID_SHARD' or resources.nodes > 1"``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import itertools
+import operator
+from typing import Any
+
+Point = dict[str, Any]
+
+
+def expand(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]]) -> list[Point]:
+    """All points: the cross product of every grid axis and every zip group (a group = one axis)."""
+    axes: list[list[Point]] = [[{key: v} for v in values] for key, values in grid.items()]
+    for group in zips:
+        lengths = {len(v) for v in group.values()}
+        if len(lengths) > 1:
+            detail = ", ".join(f"{k}: {len(v)}" for k, v in group.items())
+            raise ValueError(f"zip group lists must have equal lengths ({detail})")
+        n = lengths.pop() if lengths else 0
+        axes.append([{k: group[k][i] for k in group} for i in range(n)])
+    points = []
+    for combo in itertools.product(*axes):
+        point: Point = {}
+        for part in combo:
+            point.update(part)
+        points.append(point)
+    return points
+
+
+def set_dotted(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``doc`` with ``a.b.c`` set to ``value`` (creating dicts on the way)."""
+    doc = copy.deepcopy(doc)
+    node = doc
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"cannot set {key!r}: {part!r} is a {type(child).__name__}, not a mapping")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+    return doc
+
+
+def get_dotted(doc: dict[str, Any], key: str) -> Any:
+    node: Any = doc
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+_BINOPS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+}
+_CMPOPS = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
+
+
+def evaluate_where(expression: str, doc: dict[str, Any]) -> bool:
+    """Evaluate a ``where`` expression against a resolved point document."""
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"where: not an expression: {expression!r} ({exc.msg})") from None
+    return bool(_eval(tree.body, doc, expression))
+
+
+def _dotted_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted_name(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _eval(node: ast.AST, doc: dict[str, Any], src: str) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        name = _dotted_name(node)
+        if name in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[name]
+        try:
+            return get_dotted(doc, name or "")
+        except KeyError:
+            raise ValueError(f"where: {name!r} is not a key of the resolved config (in {src!r})") from None
+    if isinstance(node, ast.BoolOp):
+        values = [_eval(v, doc, src) for v in node.values]
+        return all(values) if isinstance(node.op, ast.And) else any(values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        value = _eval(node.operand, doc, src)
+        return (not value) if isinstance(node.op, ast.Not) else -value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](_eval(node.left, doc, src), _eval(node.right, doc, src))
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, doc, src)
+        for op, comparator in zip(node.ops, node.comparators):
+            right = _eval(comparator, doc, src)
+            if type(op) not in _CMPOPS or not _CMPOPS[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_eval(e, doc, src) for e in node.elts]
+    raise ValueError(
+        f"where: {type(node).__name__} is not allowed in {src!r}; use names, constants, "
+        "comparisons, and/or/not, + - * / // %"
+    )

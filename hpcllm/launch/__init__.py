@@ -1,0 +1,1 @@
+"""From RunSpecs to jobs: rendering, run directories and manifests, scheduler backends. Torch-free."""

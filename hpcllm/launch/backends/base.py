@@ -1,0 +1,28 @@
+"""The backend interface: submit a rendered run, ask for states, cancel (submitit's tiny API)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from hpcllm.config.cluster import ClusterProfile
+from hpcllm.launch.manifest import Manifest, RunState
+from hpcllm.rundir import RunDir
+
+
+class Backend(ABC):
+    name: str
+
+    def __init__(self, cluster: ClusterProfile) -> None:
+        self.cluster = cluster
+
+    @abstractmethod
+    def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
+        """Start (or queue) the run's ``job.sbatch``; return the job id. Updates ``manifest``."""
+
+    @abstractmethod
+    def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
+        """Current state of each run (keyed by run id), from the scheduler and the run directory."""
+
+    @abstractmethod
+    def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
+        """Stop the run: a running engine checkpoints first where the scheduler allows it."""

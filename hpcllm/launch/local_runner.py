@@ -1,0 +1,181 @@
+"""The local backend's job runner: ``python -m hpcllm.launch.local_runner RUN_DIR QUEUE_LOCK``.
+
+Plays the scheduler for one run on this machine: waits its turn on the queue lock, runs
+``job.sbatch`` with the variables a SLURM job would see, enforces the time limit the way SLURM does
+(USR1 ``signal_before_end`` seconds early, then TERM/KILL at the limit), requeues a preempted run
+while the restart budget lasts, and records every transition in the manifest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpcllm.config.cluster import parse_slurm_time
+from hpcllm.fsutil import read_json
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
+from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
+
+KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Runner:
+    def __init__(self, run_dir: RunDir, lock_path: Path, signal_before_end_s: int) -> None:
+        self.run_dir = run_dir
+        self.lock_path = lock_path
+        self.signal_before_end_s = signal_before_end_s
+        self.child: subprocess.Popen[bytes] | None = None
+        self.cancelled = False
+
+    def _manifest(self) -> Manifest:
+        manifest = load_manifest(self.run_dir)
+        if manifest is None:
+            raise SystemExit(f"{self.run_dir.manifest}: missing")
+        return manifest
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.cancelled = True
+        if self.child is None:
+            raise _Cancelled()
+        _signal_group(self.child, signal.SIGTERM)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        manifest = self._manifest()
+        manifest.runner_pid = os.getpid()
+        save_manifest(self.run_dir, manifest)
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # wait for our turn: "pending"
+            except _Cancelled:
+                return self._finish(RunState.CANCELLED, None, "cancelled while pending")
+            try:
+                return self._run_attempts()
+            except _Cancelled:
+                return self._finish(RunState.CANCELLED, None, "cancelled")
+
+    def _run_attempts(self) -> int:
+        restart = len(self._manifest().restarts)
+        while True:
+            manifest = self._manifest()
+            manifest.state = RunState.RUNNING
+            save_manifest(self.run_dir, manifest)
+            rc, timed_out = self._attempt(manifest, restart)
+            status = (read_json(self.run_dir.summary) or {}).get("status")
+            if self.cancelled:
+                return self._finish(RunState.CANCELLED, rc, "cancelled")
+            if rc == 0 and status == SUMMARY_STATUS_COMPLETED:
+                return self._finish(RunState.COMPLETED, rc, None)
+            reason = "time limit" if timed_out else f"exit code {rc}"
+            if status == SUMMARY_STATUS_PREEMPTED or rc == EXIT_PREEMPTED:
+                if restart < manifest.max_restarts:
+                    manifest.restarts.append(
+                        Restart(time=now(), reason=reason, nodes=socket.gethostname(),
+                                last_step=_last_step(self.run_dir))
+                    )
+                    save_manifest(self.run_dir, manifest)
+                    restart += 1
+                    continue
+                return self._finish(
+                    RunState.FAILED, rc, f"restart budget exhausted ({manifest.max_restarts}) after {reason}"
+                )
+            return self._finish(RunState.FAILED, rc, f"{reason}; see {self.run_dir.log_file(manifest.job_id or '')}")
+
+    def _attempt(self, manifest: Manifest, restart: int) -> tuple[int, bool]:
+        env = dict(os.environ)
+        env.update(
+            SLURM_JOB_ID=str(manifest.job_id),
+            SLURM_JOB_NAME=f"hpcllm-{manifest.experiment}-{manifest.run_id}",
+            SLURM_NNODES="1",
+            SLURM_JOB_NUM_NODES="1",
+            SLURM_JOB_NODELIST=socket.gethostname(),
+            SLURM_SUBMIT_DIR=os.getcwd(),
+            # The interpreter running hpcllm has hpcllm[train]: let the script's `python` be it.
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        )
+        env.pop("SLURM_RESTART_COUNT", None)
+        if restart:
+            env["SLURM_RESTART_COUNT"] = str(restart)
+        log_path = self.run_dir.log_file(manifest.job_id or "local")
+        with open(log_path, "ab") as log:
+            self.child = subprocess.Popen(
+                ["bash", str(self.run_dir.job_script)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.run_dir.path,
+                env=env,
+            )
+            timed_out = self._wait_with_limit(manifest.time_limit)
+            rc = self.child.wait()
+            self.child = None
+        return rc, timed_out
+
+    def _wait_with_limit(self, time_limit: str | None) -> bool:
+        """Wait for the job; USR1 before the limit, TERM at it, KILL after the grace period."""
+        assert self.child is not None
+        if time_limit is None:
+            self.child.wait()
+            return False
+        limit = parse_slurm_time(time_limit)
+        start = time.monotonic()
+        deadlines = [
+            (max(limit - self.signal_before_end_s, 0), signal.SIGUSR1),
+            (limit, signal.SIGTERM),
+            (limit + KILL_GRACE_S, signal.SIGKILL),
+        ]
+        timed_out = False
+        for deadline, sig in deadlines:
+            try:
+                self.child.wait(timeout=max(deadline - (time.monotonic() - start), 0))
+                return timed_out
+            except subprocess.TimeoutExpired:
+                # USR1 goes to the batch shell only (like --signal=B:); TERM/KILL to the whole job.
+                if sig == signal.SIGUSR1:
+                    self.child.send_signal(sig)
+                else:
+                    _signal_group(self.child, sig)
+                timed_out = True
+        self.child.wait()
+        return timed_out
+
+    def _finish(self, state: RunState, rc: int | None, reason: str | None) -> int:
+        manifest = self._manifest()
+        manifest.state = state
+        manifest.exit_code = rc
+        manifest.reason = reason
+        save_manifest(self.run_dir, manifest)
+        return 0 if state == RunState.COMPLETED else 1
+
+
+def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _last_step(run_dir: RunDir) -> int | None:
+    from hpcllm.launch.progress import last_metrics
+
+    last = last_metrics(run_dir)
+    return None if last is None else last.get("step")
+
+
+def main(argv: list[str]) -> int:
+    run_dir, lock_path = RunDir(Path(argv[0])), Path(argv[1])
+    manifest = load_manifest(run_dir)
+    signal_before_end_s = manifest.signal_before_end_s if manifest else None
+    return Runner(run_dir, lock_path, signal_before_end_s or 60).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""``manifest.json``: the orchestrator's record of one run (job ids, state, restarts).
+
+Written atomically (temp file + rename) by whoever owns the run at the moment: ``hpcllm submit``
+before a job exists, then the local runner or the batch script's epilogue. The engine never writes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpcllm.fsutil import atomic_write_json, read_json
+from hpcllm.rundir import RunDir
+
+
+class RunState(str, Enum):
+    RENDERED = "rendered"          # written by --dry-run, never submitted
+    SUBMIT_FAILED = "submit_failed"  # the scheduler refused the script
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.PENDING, RunState.RUNNING)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Restart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time: str
+    reason: str
+    nodes: str | None = None
+    last_step: int | None = None
+
+
+class Submission(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    time: str
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    experiment: str
+    cluster: str
+    backend: str
+    state: RunState = RunState.RENDERED
+    job_id: str | None = None
+    submissions: list[Submission] = Field(default_factory=list)
+    restarts: list[Restart] = Field(default_factory=list)
+    max_restarts: int = 0
+    time_limit: str | None = None
+    signal_before_end_s: int | None = None
+    exclude_nodes: list[str] = Field(default_factory=list)
+    runner_pid: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    point: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=now)
+    updated_at: str = Field(default_factory=now)
+
+
+def load_manifest(run_dir: RunDir) -> Manifest | None:
+    data = read_json(run_dir.manifest)
+    return None if data is None else Manifest.model_validate(data)
+
+
+def save_manifest(run_dir: RunDir, manifest: Manifest) -> None:
+    manifest.updated_at = now()
+    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"))

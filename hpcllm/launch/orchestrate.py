@@ -1,0 +1,196 @@
+"""The commands' logic, torch-free: submit a grid, show states, cancel, find runs.
+
+Each function returns data; ``hpcllm.cli`` prints it. Resubmitting an experiment is safe: a run's id
+is derived from its resolved config, completed and queued runs are skipped, failed runs are only
+resubmitted when asked.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hpcllm.config.cluster import ClusterProfile, load_cluster
+from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
+from hpcllm.errors import BackendError, ConfigError, HpcllmError
+from hpcllm.fsutil import atomic_write_text
+from hpcllm.launch.backends import backend_for
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.render import render_job
+from hpcllm.rundir import RunDir, find_run_dirs
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    run_dir: RunDir
+    action: str  # submitted | rendered | skipped
+    detail: str = ""
+    job_id: str | None = None
+
+
+@dataclass
+class SubmitResult:
+    cluster: ClusterProfile
+    runs: list[PlannedRun] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_config_text(spec: RunSpec) -> str:
+    header = (
+        f"# Resolved training config of run {spec.run_id} ({spec.experiment} on {spec.cluster}).\n"
+        "# Written by `hpcllm submit`; the engine's only input (see docs/run-contract.md).\n"
+    )
+    body = yaml.safe_dump(spec.training.model_dump(mode="json"), sort_keys=False)
+    return header + body
+
+
+def submit_experiment(
+    experiment_path: Path,
+    cluster_name: str,
+    results_root: Path,
+    *,
+    account: str | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+) -> SubmitResult:
+    experiment = load_experiment(experiment_path)
+    cluster = load_cluster(cluster_name)
+    result = SubmitResult(cluster)
+    try:
+        account = cluster.resolve_account(account)
+    except ConfigError:
+        if not dry_run:
+            raise
+        result.warnings.append(f"no account for {cluster.name!r}: rendered without --account")
+        account = None
+    specs = expand_experiment(experiment, cluster, str(experiment_path))
+    backend = None if dry_run else backend_for(cluster)
+    # The local backend runs jobs with this interpreter, which has hpcllm installed.
+    python = sys.executable if cluster.scheduler == "local" else None
+
+    for spec in specs:
+        run_dir = RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)
+        config_text = run_config_text(spec)
+        _guard_foreign_run(run_dir, config_text)
+        manifest = load_manifest(run_dir)
+        if manifest is not None and backend is not None and manifest.state.active:
+            manifest.state = backend.refresh([(run_dir, manifest)])[spec.run_id]
+        skip = _skip_reason(manifest, retry_failed)
+        if skip:
+            result.runs.append(PlannedRun(spec, run_dir, "skipped", skip, manifest.job_id if manifest else None))
+            continue
+        script = render_job(spec, cluster, run_dir, account=account, python=python)
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir.config, config_text)
+        atomic_write_text(run_dir.job_script, script)
+        run_dir.job_script.chmod(0o755)
+        if manifest is None or manifest.state == RunState.RENDERED:
+            manifest = Manifest(
+                run_id=spec.run_id, experiment=experiment.name, cluster=cluster.name,
+                backend=cluster.scheduler, point=spec.point,
+            )
+        manifest.max_restarts = spec.resources.max_restarts or 0
+        manifest.time_limit = spec.resources.time
+        manifest.signal_before_end_s = cluster.signal_before_end_s
+        if backend is None:
+            if manifest.state == RunState.RENDERED:
+                save_manifest(run_dir, manifest)
+            result.runs.append(PlannedRun(spec, run_dir, "rendered"))
+            continue
+        try:
+            job_id = backend.submit(run_dir, manifest)
+        except BackendError as exc:
+            manifest.state = RunState.SUBMIT_FAILED
+            manifest.error = str(exc)
+            save_manifest(run_dir, manifest)
+            raise
+        result.runs.append(PlannedRun(spec, run_dir, "submitted", job_id=job_id))
+    return result
+
+
+def _skip_reason(manifest: Manifest | None, retry_failed: bool) -> str | None:
+    if manifest is None:
+        return None
+    if manifest.state == RunState.COMPLETED:
+        return "completed"
+    if manifest.state.active:
+        return f"already {manifest.state.value} (job {manifest.job_id})"
+    if manifest.state in (RunState.FAILED, RunState.CANCELLED) and not retry_failed:
+        return f"{manifest.state.value}; pass --retry-failed to resubmit"
+    return None
+
+
+def _guard_foreign_run(run_dir: RunDir, config_text: str) -> None:
+    """Never overwrite a directory that holds a different run (e.g. a hand-edited run.yaml)."""
+    if run_dir.config.exists() and run_dir.config.read_text() != config_text:
+        raise HpcllmError(
+            f"{run_dir.config} exists with a different config: refusing to overwrite another run's "
+            "directory (move it away, or change the experiment)"
+        )
+
+
+@dataclass
+class RunStatus:
+    run_dir: RunDir
+    manifest: Manifest | None
+    state: str
+    step: int | None
+    loss: float | None
+
+
+def collect_status(root: Path) -> list[RunStatus]:
+    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
+    from hpcllm.launch.progress import last_metrics
+
+    run_dirs = find_run_dirs(root)
+    manifests = {rd.path: load_manifest(rd) for rd in run_dirs}
+    states: dict[Path, str] = {}
+    by_cluster: dict[str, list[tuple[RunDir, Manifest]]] = {}
+    for rd in run_dirs:
+        m = manifests[rd.path]
+        if m is None:
+            states[rd.path] = "unknown"
+        elif m.state.active:
+            by_cluster.setdefault(m.cluster, []).append((rd, m))
+        else:
+            states[rd.path] = m.state.value
+    for cluster_name, items in by_cluster.items():
+        try:
+            backend = backend_for(load_cluster(cluster_name))
+            fresh = backend.refresh(items)
+        except HpcllmError:
+            fresh = {m.run_id: m.state for _, m in items}
+        for rd, m in items:
+            states[rd.path] = fresh.get(m.run_id, m.state).value
+            manifests[rd.path] = load_manifest(rd)
+    out = []
+    for rd in run_dirs:
+        last = last_metrics(rd) or {}
+        out.append(RunStatus(rd, manifests[rd.path], states[rd.path], last.get("step"), last.get("loss")))
+    return out
+
+
+def find_run(root: Path, run_id: str) -> RunDir:
+    """The run directory whose name is ``run_id`` or starts with it (unique), below ``root``."""
+    matches = [rd for rd in find_run_dirs(root) if rd.run_id == run_id] or [
+        rd for rd in find_run_dirs(root) if rd.run_id.startswith(run_id)
+    ]
+    if not matches:
+        raise HpcllmError(f"no run {run_id!r} under {root}")
+    if len(matches) > 1:
+        names = ", ".join(str(m.path) for m in matches[:5])
+        raise HpcllmError(f"{run_id!r} matches {len(matches)} runs ({names}); give the full id")
+    return matches[0]
+
+
+def cancel_run(root: Path, run_id: str) -> Manifest:
+    run_dir = find_run(root, run_id)
+    manifest = load_manifest(run_dir)
+    if manifest is None:
+        raise HpcllmError(f"{run_dir.path}: no manifest: this run was never submitted")
+    backend_for(load_cluster(manifest.cluster)).cancel(run_dir, manifest)
+    return load_manifest(run_dir) or manifest

@@ -1,0 +1,33 @@
+"""Read a run's progress from its directory: the last metrics line, the summary. Cheap on big logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hpcllm.fsutil import read_json
+from hpcllm.rundir import RunDir
+
+
+def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
+    """The last complete JSON line of metrics.jsonl, reading only the file's tail."""
+    path = run_dir.metrics
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(size - 65536, 0))
+            tail = fh.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue  # a line being written right now, or the cut start of the window
+    return None
+
+
+def summary(run_dir: RunDir) -> dict[str, Any] | None:
+    return read_json(run_dir.summary)

@@ -1,0 +1,86 @@
+"""Render one batch script per run: a pure function of (RunSpec, ClusterProfile) -> text.
+
+Jinja with ``StrictUndefined`` (a missing variable is an error, not an empty string) and a ``q``
+filter that shell-quotes every user-provided value, so a partition called ``a;rm -rf`` stays a string.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import jinja2
+
+from hpcllm import __version__
+from hpcllm.config.cluster import ClusterProfile
+from hpcllm.config.experiment import RunSpec
+from hpcllm import rundir as rd
+
+
+def templates_dir() -> Path:
+    """``templates/`` next to the package in a checkout (the project layout)."""
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+def _environment(directory: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def render_job(
+    spec: RunSpec,
+    cluster: ClusterProfile,
+    run_dir: rd.RunDir,
+    *,
+    account: str | None,
+    python: str | None = None,
+    directory: Path | None = None,
+) -> str:
+    """The batch script text for ``spec`` on ``cluster``; ``python`` overrides the profile's."""
+    res = spec.resources
+    assert res.gpus_per_node is not None and res.max_restarts is not None
+    context = dict(
+        version=__version__,
+        experiment=spec.experiment,
+        cluster=cluster.name,
+        run_id=spec.run_id,
+        job_name=f"hpcllm-{spec.experiment}-{spec.run_id}"[:120],
+        nodes=res.nodes,
+        gpus_per_node=res.gpus_per_node,
+        cpus_per_task=cluster.cpus_per_node,
+        time=res.time,
+        partition=cluster.partition,
+        account=account,
+        qos=res.qos,
+        gres=cluster.gres,
+        mem=cluster.mem,
+        exclusive=cluster.exclusive,
+        sbatch_extra=cluster.sbatch_extra,
+        modules=cluster.modules,
+        env=cluster.env,
+        setup=cluster.setup,
+        python=python or cluster.python,
+        scheduler=cluster.scheduler,
+        launcher="srun" if cluster.scheduler == "slurm" else "direct",
+        signal_before_end_s=cluster.signal_before_end_s,
+        max_restarts=res.max_restarts,
+        run_dir=str(run_dir.path.absolute()),
+        config_path=str(run_dir.config.absolute()),
+        summary_path=str(run_dir.summary.absolute()),
+        stop_file=str(run_dir.stop_file.absolute()),
+        log_path=str(run_dir.path.absolute() / rd.RunDir.LOG_PATTERN),
+        exit_preempted=rd.EXIT_PREEMPTED,
+        status_completed=rd.SUMMARY_STATUS_COMPLETED,
+        status_preempted=rd.SUMMARY_STATUS_PREEMPTED,
+    )
+    for key, value in cluster.env.items():
+        if not key.isidentifier():
+            raise ValueError(f"cluster {cluster.name!r}: env: {key!r} is not a valid variable name")
+    template = _environment(directory or templates_dir()).get_template(cluster.template)
+    return template.render(**context)
