@@ -58,7 +58,18 @@ def mfu(
     gpu_type: str,
 ) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the peak of ``n_gpus`` GPUs."""
-    if n_gpus <= 0:
-        raise ValueError(f"n_gpus must be positive, got {n_gpus}")
+    return mfu_at_peak(samples_per_s, seq_len, flops_per_token, n_gpus, peak_flops(gpu_type))
+
+
+def mfu_at_peak(
+    samples_per_s: float,
+    seq_len: int,
+    flops_per_token: float,
+    n_devices: int,
+    peak_flops_per_device: float,
+) -> float:
+    """MFU against an explicit per-device peak (a CPU run given ``metrics.cpu_peak_flops``)."""
+    if n_devices <= 0:
+        raise ValueError(f"n_devices must be positive, got {n_devices}")
     achieved = samples_per_s * seq_len * flops_per_token
-    return achieved / (n_gpus * peak_flops(gpu_type))
+    return achieved / (n_devices * peak_flops_per_device)

@@ -1,0 +1,115 @@
+"""``metrics.jsonl`` (one line per logged step) and the medians of ``summary.json``.
+
+Only rank 0 writes. Throughput is global (all ranks); MFU comes from ``hpcllm.perf`` against a
+known peak (the GPU table, or ``metrics.cpu_peak_flops`` on CPU) and is ``null`` otherwise, never an
+invented figure. docs/engine.md lists every key.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpcllm import perf
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA max allocated on GPU, peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB
+
+
+def detect_gpu_type(device: torch.device, configured: str | None) -> str | None:
+    """The configured GPU type, else the known type named in the CUDA device name, else None."""
+    if device.type != "cuda":
+        return None
+    if configured:
+        return configured
+    name = torch.cuda.get_device_name(device).upper()
+    for known in perf.known_gpu_types():
+        if known in name:
+            return known
+    return None
+
+
+def max_logged_step(path: Path) -> int:
+    """Highest ``step`` already in ``metrics.jsonl`` (0 if none): steps up to it are re-runs."""
+    best = 0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                best = max(best, int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a killed attempt
+    return best
+
+
+@dataclass
+class Throughput:
+    """Fixed per-run quantities that turn a step time into tokens/s and MFU."""
+
+    samples_per_step: int  # global batch size
+    seq_len: int
+    flops_per_token: float
+    n_devices: int
+    peak_flops_per_device: float | None  # None: MFU is null
+
+    def rates(self, step_time_s: float) -> dict[str, float | None]:
+        samples_per_s = self.samples_per_step / step_time_s
+        mfu = None
+        if self.peak_flops_per_device is not None:
+            mfu = perf.mfu_at_peak(samples_per_s, self.seq_len, self.flops_per_token,
+                                   self.n_devices, self.peak_flops_per_device)
+        return {
+            "samples_per_s": samples_per_s,
+            "tokens_per_s": samples_per_s * self.seq_len,
+            "tokens_per_s_per_gpu": samples_per_s * self.seq_len / self.n_devices,
+            "mfu": mfu,
+        }
+
+
+@dataclass
+class MetricsLog:
+    """Appends step records to ``metrics.jsonl`` (when ``enabled``) and keeps them for the summary."""
+
+    path: Path
+    throughput: Throughput
+    restart: int
+    log_every: int
+    enabled: bool
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rerun_until = max_logged_step(self.path) if self.enabled else 0
+
+    def log(self, *, step: int, loss: float, lr: float, grad_norm: float, step_time_s: float,
+            mem_peak_gib: float) -> dict[str, Any]:
+        rates = self.throughput.rates(step_time_s)
+        record = {
+            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
+            "mfu": rates["mfu"], "step_time_s": step_time_s, "mem_peak_gib": mem_peak_gib,
+            "restart": self.restart, "rerun": step <= self._rerun_until,
+        }
+        self.records.append({**record, "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"]})
+        if self.enabled and step % self.log_every == 0:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return record
+
+    def medians(self, warmup_steps: int) -> dict[str, Any]:
+        """Medians over this attempt's steps after its first ``warmup_steps`` (compile, warm-up)."""
+        measured = self.records[warmup_steps:]
+        out: dict[str, Any] = {"steps_measured": len(measured), "summary_warmup_steps": warmup_steps}
+        for key in ("samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "step_time_s",
+                    "mem_peak_gib"):
+            values = [r[key] for r in measured if r[key] is not None]
+            out[key] = statistics.median(values) if values else None
+        return out

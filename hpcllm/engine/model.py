@@ -1,0 +1,272 @@
+"""A decoder-only GPT built from ``hpcllm.config.model.ModelConfig``: config -> blocks -> model.
+
+Shapes in comments: B batch, T sequence, H query heads, K key/value heads, D head dim, C = H·D.
+The module is built on the ``meta`` device by the engine and materialised after sharding
+(``init_weights``), so nothing here allocates real memory at construction time.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from hpcllm.config.model import ModelConfig
+from hpcllm.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Attention kernels: (B, H, T, D) queries, (B, K, T, D) keys/values -> (B, H, T, D), causal.
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """PyTorch SDPA; picks the flash / memory-efficient kernel on GPU, a fused kernel on CPU."""
+    if k.shape[1] != q.shape[1]:
+        # Repeating K/V is faster than `enable_gqa=True`, which falls back to the math kernel
+        # on CPU (benchmarks/engine_overhead.py measured both).
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain-matmul reference: softmax(QKᵀ/√D + causal mask)·V, computed in fp32."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    t = q.shape[2]
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The ``flash_attn`` package (CUDA, fp16/bf16); it takes (B, T, heads, D) and handles GQA."""
+    from flash_attn import flash_attn_func  # checked importable in `_attention_kernel`
+
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    return out.transpose(1, 2)
+
+
+def _attention_kernel(name: str) -> Callable[..., torch.Tensor]:
+    if name == "flash":
+        if not torch.cuda.is_available():
+            raise ConfigError("model.attention: 'flash' needs a CUDA GPU; use 'sdpa' (default) on CPU")
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "model.attention: 'flash' needs the flash_attn package (pip install 'hpcllm[flash]'); "
+                "'sdpa' uses PyTorch's built-in flash kernel without it"
+            ) from None
+        return attention_flash
+    return {"sdpa": attention_sdpa, "math": attention_math}[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding ("half" layout: the first and second halves of a head form pairs).
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float, device: torch.device | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (T, D): angle t·θ^(-2i/D) for pair i, repeated for both halves."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+D/2}) pair of x (B, heads, T, D) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped K/V heads (K = H: MHA, K = 1: MQA) and one fused QKV matmul."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # writes into the residual
+        self.use_rope = cfg.pos_emb == "rope"
+        self.kernel = _attention_kernel(cfg.attention)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        qkv = qkv.transpose(1, 2)  # (B, H + 2K, T, D)
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+        if self.use_rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = self.kernel(q, k, v)  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) · up(x)); GELU: down(gelu(up(x)))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.activation == "swiglu"
+        if self.swiglu:
+            self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.bias)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.bias)  # writes into the residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    ``checkpointed`` (activation checkpointing) and ``compile_compute`` are set by
+    ``hpcllm.engine.parallelize``; both act on ``compute`` so parameter names never change and
+    FSDP's hooks on ``forward`` stay outside the compiled and recomputed region.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.checkpointed = False
+        self.compute: Callable[..., torch.Tensor] = self._compute
+
+    def _compute(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def compile_compute(self) -> None:
+        self.compute = torch.compile(self._compute)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.checkpointed and torch.is_grad_enabled():
+            # Non-reentrant: works with FSDP2, compile and inputs that need no grad.
+            return checkpoint(self.compute, x, cos, sin, use_reentrant=False)
+        return self.compute(x, cos, sin)
+
+
+class GPT(nn.Module):
+    """Token embedding (+ learned positions) -> blocks -> final norm -> LM head (optionally tied)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.pos_emb == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        # RoPE tables are derived, not learned: non-persistent, recomputed by `init_buffers` after
+        # meta-device materialisation (to_empty leaves them uninitialised).
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_buffers(self.tok_emb.weight.device)
+
+    def init_buffers(self, device: torch.device) -> None:
+        """(Re)compute the RoPE tables on ``device`` (a no-op table for learned positions)."""
+        if self.cfg.pos_emb == "rope":
+            cos, sin = rope_tables(self.cfg.seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
+        else:
+            cos = sin = torch.zeros(0, device=device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab)."""
+        t = idx.shape[1]
+        if t > self.cfg.seq_len:
+            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(t, device=idx.device))
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.head(self.norm(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation (formulas in docs/engine.md)
+# ---------------------------------------------------------------------------------------------
+
+_RESIDUAL_OUTPUTS = ("attn.proj.weight", "mlp.down.weight")
+
+
+def init_std(cfg: ModelConfig, name: str) -> float:
+    """Standard deviation of the normal init of weight matrix / embedding ``name``."""
+    residual_out = name.endswith(_RESIDUAL_OUTPUTS)
+    scheme, std, n_layers, d = cfg.init.scheme, cfg.init.std, cfg.n_layers, cfg.d_model
+    if scheme == "normal":
+        return std
+    if scheme == "scaled_residual":
+        return std / math.sqrt(2 * n_layers) if residual_out else std
+    # small_init (Nguyen & Salazar 2019) with GPT-NeoX's "wang_init" on residual outputs.
+    return 2.0 / (n_layers * math.sqrt(d)) if residual_out else math.sqrt(2.0 / (5 * d))
+
+
+@torch.no_grad()
+def init_weights(model: GPT, seed: int) -> None:
+    """Fill every parameter in place, identically for any sharding or world size.
+
+    Each parameter's full tensor is drawn from its own generator, seeded from ``seed`` and the
+    parameter's name, and each rank keeps its shard of it. So one rank and N ranks start from the
+    same weights (a test checks it), while only one parameter at a time is ever whole in memory.
+    Norm weights are 1, biases 0, matrices and embeddings N(0, init_std²).
+    """
+    for name, param in model.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        device = local.device
+        if name.endswith(".bias"):
+            local.zero_()
+            continue
+        if param.dim() == 1:  # norm scales
+            local.fill_(1.0)
+            continue
+        gen = torch.Generator(device=device)
+        gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+        full = torch.empty(param.shape, dtype=local.dtype, device=device)
+        full.normal_(0.0, init_std(model.cfg, name), generator=gen)
+        local.copy_(_local_shard(full, param))
+
+
+def _local_shard(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of ``full`` for a DTensor ``param`` (FSDP2 shards dim 0 like torch.chunk)."""
+    if not hasattr(param, "device_mesh"):
+        return full
+    from torch.distributed.tensor import Shard
+
+    mesh, piece = param.device_mesh, full
+    coords = mesh.get_coordinate()
+    assert coords is not None, "this rank is not part of the parameter's mesh"
+    for mesh_dim, placement in enumerate(param.placements):
+        if isinstance(placement, Shard):
+            chunks = piece.chunk(mesh.size(mesh_dim), dim=placement.dim)
+            idx = coords[mesh_dim]
+            piece = chunks[idx] if idx < len(chunks) else piece.narrow(placement.dim, 0, 0)
+    return piece

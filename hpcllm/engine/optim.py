@@ -1,0 +1,123 @@
+"""AdamW with weight-decay groups, and learning-rate schedules as pure functions of the step.
+
+``lr_at(step)`` is the learning rate of optimizer step ``step`` (0-based). Being a pure function, the
+schedule needs no state of its own beyond the step counter, so a resumed run continues it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpcllm.config.training import OptimConfig, ScheduleConfig
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed matrices, and the rest (norms, biases, embeddings by default).
+
+    Embedding tables (token and position) decay only with ``decay_embeddings``; 1-D parameters
+    (norm scales, biases) only with ``decay_norms_and_biases``. A tied LM head is the token
+    embedding, so it follows ``decay_embeddings``.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for param in model.parameters():  # deduplicated: a tied weight appears once
+        if not param.requires_grad:
+            continue
+        if id(param) in embeddings:
+            wants_decay = cfg.decay_embeddings
+        elif param.dim() < 2:
+            wants_decay = cfg.decay_norms_and_biases
+        else:
+            wants_decay = True
+        (decay if wants_decay else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``lr`` is the schedule's value at the starting step."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def lr_at(step: int, *, base_lr: float, total_steps: int, cfg: ScheduleConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) out of ``total_steps``.
+
+    Warmup: ``base_lr·(step+1)/warmup_steps`` for the first ``warmup_steps`` steps (never 0, so no
+    step is wasted). Then, with ``p`` going linearly from 0 to 1 over the steps after warmup
+    (last step: p = 1) and ``min = min_lr_ratio·base_lr``:
+    constant ``base_lr``; linear ``base_lr - (base_lr - min)·p``; cosine
+    ``min + (base_lr - min)·(1 + cos(π·p))/2``; wsd: ``base_lr`` until the last
+    ``decay_fraction·total_steps`` steps, which decay linearly to ``min``.
+    """
+    if step < cfg.warmup_steps:
+        return base_lr * (step + 1) / cfg.warmup_steps
+    min_lr = cfg.min_lr_ratio * base_lr
+    if cfg.name == "constant":
+        return base_lr
+    if cfg.name == "wsd":
+        decay_steps = max(1, round(cfg.decay_fraction * total_steps))
+        decay_start = max(cfg.warmup_steps, total_steps - decay_steps)
+        if step < decay_start:
+            return base_lr
+        span = max(1, total_steps - 1 - decay_start)
+        return base_lr - (base_lr - min_lr) * min(1.0, (step - decay_start) / span)
+    span = max(1, total_steps - 1 - cfg.warmup_steps)
+    p = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.name == "linear":
+        return base_lr - (base_lr - min_lr) * p
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+class Scheduler:
+    """Sets the optimizer's learning rate from ``lr_at``; its only state is the step counter.
+
+    ``lr`` is the rate of the coming optimizer step; call ``step()`` after each optimizer step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, base_lr: float, total_steps: int,
+                 cfg: ScheduleConfig) -> None:
+        self.optimizer, self.base_lr, self.total_steps, self.cfg = optimizer, base_lr, total_steps, cfg
+        self.last_step = 0
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        return lr_at(self.last_step, base_lr=self.base_lr, total_steps=self.total_steps, cfg=self.cfg)
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_step = int(state_dict["last_step"])
+        self._apply()
+
+
+def clip_grad_norm_(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """Global L2 norm of all gradients (before clipping), scaling them to ``max_norm`` if above it.
+
+    With FSDP2 every gradient is a shard (a DTensor); the per-shard norms are combined across
+    ranks (``full_tensor``) before the clip factor is computed, so every rank scales by the same
+    global factor. ``max_norm=None`` only measures, for the log.
+    """
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return float(total)

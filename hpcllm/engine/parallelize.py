@@ -1,0 +1,85 @@
+"""The parallelisation recipe: activation checkpointing, compile, FSDP2 per block then root.
+
+One place decides how the model is laid out over ranks; the train loop only calls
+``set_gradient_sync`` and never imports FSDP.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+from hpcllm.config.model import ModelConfig
+from hpcllm.config.training import ParallelConfig
+from hpcllm.engine.distributed import DistEnv
+from hpcllm.engine.model import GPT, init_weights
+from hpcllm.errors import ConfigError
+
+
+def build_mesh(cfg: ParallelConfig, env: DistEnv) -> DeviceMesh:
+    """The data-parallel mesh of ``cfg.sharding``.
+
+    FULL_SHARD: 1-D, every rank holds 1/world of each parameter. HYBRID_SHARD: 2-D
+    (replicate × shard), sharded within a group of ``hsdp_shard_size`` ranks (default: ranks per
+    node) and replicated across groups. NO_SHARD: 2-D with shard groups of one, i.e. plain
+    replication with all-reduced gradients (DDP semantics on the FSDP2 code path).
+    """
+    world = env.world_size
+    if cfg.sharding == "FULL_SHARD":
+        return init_device_mesh(env.device.type, (world,), mesh_dim_names=("shard",))
+    shard = 1 if cfg.sharding == "NO_SHARD" else (cfg.hsdp_shard_size or env.local_world_size)
+    if world % shard:
+        raise ConfigError(
+            f"parallel.hsdp_shard_size: {shard} does not divide the world size {world}; "
+            "give a divisor of the number of ranks (default: ranks per node)"
+        )
+    return init_device_mesh(env.device.type, (world // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def mixed_precision(cfg: ParallelConfig) -> MixedPrecisionPolicy:
+    """BF_16: bf16 params and compute, fp32 gradient reduction (fp32 master weights stay sharded)."""
+    if cfg.precision == "BF_16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def apply_activation_checkpointing(model: GPT, cfg: ParallelConfig) -> None:
+    """full: every block; selective: blocks 0, k, 2k, … (k = ``ac_every``); none: no block."""
+    for i, block in enumerate(model.blocks):
+        if cfg.activation_checkpointing == "full":
+            block.checkpointed = True
+        elif cfg.activation_checkpointing == "selective":
+            block.checkpointed = i % cfg.ac_every == 0
+
+
+def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: DeviceMesh,
+                         device: torch.device, seed: int) -> GPT:
+    """Build on ``meta``, apply AC and compile, shard, then materialise and initialise.
+
+    No rank ever holds the whole model: after ``fully_shard`` each parameter is a DTensor of which
+    ``to_empty`` allocates only the local shard.
+    """
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    apply_activation_checkpointing(model, cfg)
+    if cfg.compile:
+        for block in model.blocks:
+            block.compile_compute()
+    offload: OffloadPolicy = (
+        CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
+    )
+    mp = mixed_precision(cfg)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    model.to_empty(device="cpu" if cfg.cpu_offload else device)
+    init_weights(model, seed)
+    model.init_buffers(device)  # RoPE tables live with the compute, even when params are offloaded
+    return model
+
+
+def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
+    """Reduce gradients across ranks on this backward or not (gradient accumulation)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)

@@ -1,0 +1,296 @@
+"""The train loop: build the state, resume, step, log, checkpoint, stop on request, summarise.
+
+``train`` reads top to bottom as the run's life; ``train_step`` is one optimizer step over
+``grad_accum`` micro-batches. Neither knows how the model is sharded (``parallelize`` does).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from rich.console import Console
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from hpcllm.config.loader import load_model
+from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
+from hpcllm.engine.checkpoint import Checkpointer, read_latest_pointer
+from hpcllm.engine.data import build_train_loader
+from hpcllm.engine.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown_distributed
+from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
+from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
+from hpcllm.engine.model import GPT
+from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at
+from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync
+from hpcllm.engine.preemption import StopRequest
+from hpcllm.engine.state import TrainState
+from hpcllm.errors import ConfigError, HpcllmError
+from hpcllm.fsutil import atomic_write_json
+from hpcllm.rundir import (
+    EXIT_PREEMPTED,
+    SUMMARY_STATUS_COMPLETED,
+    SUMMARY_STATUS_FAILED,
+    SUMMARY_STATUS_PREEMPTED,
+    RunDir,
+)
+
+EXIT_CONFIG_ERROR = 2
+console = Console(highlight=False)
+
+
+def restart_count() -> int:
+    """How many times this run was restarted: HPCLLM_RESTART_COUNT, else SLURM_RESTART_COUNT, else 0."""
+    for var in ("HPCLLM_RESTART_COUNT", "SLURM_RESTART_COUNT"):
+        if os.environ.get(var, "").strip():
+            return int(os.environ[var])
+    return 0
+
+
+def global_batch_size(cfg: TrainingConfig, dp_size: int, source: str) -> int:
+    """MBS × grad_accum × data-parallel size, checked against ``train.global_batch_size`` if given."""
+    t = cfg.train
+    gbs = t.micro_batch_size * t.grad_accum * dp_size
+    if t.global_batch_size is not None and t.global_batch_size != gbs:
+        raise ConfigError(
+            f"{source}: train.global_batch_size: {t.global_batch_size} != micro_batch_size "
+            f"{t.micro_batch_size} x grad_accum {t.grad_accum} x data-parallel size {dp_size} = {gbs}; "
+            "change one of them or leave global_batch_size out"
+        )
+    return gbs
+
+
+def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any]:
+    """The config and hardware fields of summary.json that the collector puts in its table."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    gpu = detect_gpu_type(env.device, cfg.metrics.gpu_type)
+    if env.device.type == "cuda" and gpu is None:
+        gpu = torch.cuda.get_device_name(env.device)
+    return {
+        "run_id": cfg.run_id, "n_params": m.n_params(), "n_params_flops": m.n_params_flops(),
+        "n_layers": m.n_layers, "d_model": m.d_model, "seq_len": m.seq_len,
+        "world_size": env.world_size, "dp_size": env.world_size, "micro_batch_size": t.micro_batch_size,
+        "grad_accum": t.grad_accum, "global_batch_size": gbs, "precision": p.precision,
+        "sharding": p.sharding, "activation_checkpointing": p.activation_checkpointing,
+        "ac_every": p.ac_every, "compile": p.compile, "gpu_type": gpu or "cpu", "device": env.device.type,
+    }
+
+
+def peak_flops_per_device(cfg: TrainingConfig, env: DistEnv) -> float | None:
+    """The per-device peak MFU is measured against, or None (MFU null) when none is known."""
+    from hpcllm import perf
+
+    if env.device.type == "cuda":
+        gpu = detect_gpu_type(env.device, cfg.metrics.gpu_type)
+        return perf.peak_flops(gpu) if gpu else None
+    return cfg.metrics.cpu_peak_flops
+
+
+# --- distillation ---------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_dir(spec: str) -> Path:
+    """A DCP folder from a run dir, a checkpoints/ dir (both via ``latest``) or a step folder."""
+    path = Path(spec).expanduser()
+    if (path / ".metadata").is_file():
+        return path
+    for root in (RunDir(path).checkpoints, path):
+        latest = read_latest_pointer(root)
+        if latest is not None and (latest / ".metadata").is_file():
+            return latest
+    raise ConfigError(
+        f"distill.teacher_checkpoint: {spec!r} is not a run directory, checkpoints directory or "
+        "checkpoint folder with a complete checkpoint (no 'latest' pointer or .metadata found)"
+    )
+
+
+def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: DistEnv, seed: int,
+                  student_vocab: int) -> GPT:
+    """The frozen teacher: sharded like the student, weights from its checkpoint, eval mode."""
+    if dcfg.teacher.vocab_size != student_vocab:
+        raise ConfigError(
+            f"distill.teacher.vocab_size: {dcfg.teacher.vocab_size} must equal model.vocab_size "
+            f"{student_vocab} (the KL term compares distributions over the same vocabulary)"
+        )
+    ckpt = resolve_checkpoint_dir(dcfg.teacher_checkpoint)
+    teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
+    teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed)
+    state = {"model": get_model_state_dict(teacher)}
+    try:
+        dcp.load(state, checkpoint_id=str(ckpt))
+    except Exception as exc:  # noqa: BLE001 - DCP wraps per-rank failures in CheckpointException
+        raise HpcllmError(
+            f"distill.teacher_checkpoint: cannot load {ckpt} into the teacher architecture "
+            f"({dcfg.teacher.name}, {dcfg.teacher.n_layers} layers, d_model {dcfg.teacher.d_model}): {exc}"
+        ) from None
+    set_model_state_dict(teacher, state["model"])
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+# --- one optimizer step ---------------------------------------------------------------------------
+
+
+def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: float | None,
+               device: torch.device, teacher: GPT | None = None,
+               distill: DistillConfig | None = None) -> tuple[float, float]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm).
+
+    The loss is the mean over every unmasked token of the step (all micro-batches, all ranks): each
+    micro-batch's loss *sum* is divided by that global count, times ``dp_size`` because FSDP
+    averages gradients over ranks. Gradients are reduced across ranks only on the last micro-batch.
+    """
+    model, optimizer = state.model, state.optimizer
+    micro_batches = [next(state.loader) for _ in range(grad_accum)]
+    local_tokens = sum(
+        float(b["loss_mask"].sum()) if b["loss_mask"] is not None else float(b["labels"].numel())
+        for b in micro_batches
+    )
+    n_tokens = max(1.0, all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64, device=device)).item())
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i, batch in enumerate(micro_batches):
+        set_gradient_sync(model, i == grad_accum - 1)
+        logits = model(batch["input_ids"])
+        if teacher is not None and distill is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(batch["input_ids"])
+            micro = distillation_sum(logits, teacher_logits, batch["labels"], batch["loss_mask"],
+                                     alpha=distill.alpha, temperature=distill.temperature)
+        else:
+            micro = cross_entropy_sum(logits, batch["labels"], batch["loss_mask"])
+        (micro * (dp_size / n_tokens)).backward()
+        loss_sum += micro.detach()
+    grad_norm = clip_grad_norm_(list(model.parameters()), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    loss = all_reduce_sum(loss_sum.reshape(1)).item() / n_tokens
+    return loss, grad_norm
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
+          summary: dict[str, Any]) -> int:
+    """Run (or continue) training to ``train.steps``; returns the process exit code."""
+    torch.manual_seed(cfg.seed)
+    source = str(run_dir.config)
+    dp_size = env.world_size
+    gbs = global_batch_size(cfg, dp_size, source)
+    summary.update(summary_fields(cfg, env, gbs))
+    mesh = build_mesh(cfg.parallel, env)
+    model = build_parallel_model(cfg.model, cfg.parallel, mesh, env.device, cfg.seed)
+    loader = build_train_loader(
+        cfg.data, seq_len=cfg.model.seq_len, micro_batch_size=cfg.train.micro_batch_size,
+        dp_rank=env.rank, dp_size=dp_size, seed=cfg.seed, device=env.device,
+    )
+    if loader.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"{source}: model.vocab_size: {cfg.model.vocab_size} is smaller than the data's tokenizer "
+            f"vocabulary ({loader.vocab_size} ids); set model.vocab_size >= {loader.vocab_size}"
+        )
+    teacher = (build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size)
+               if cfg.distill is not None else None)
+    total = cfg.train.steps
+    optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule))
+    scheduler = Scheduler(optimizer, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule)
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
+
+    checkpointer = Checkpointer(run_dir, cfg.checkpoint)
+    stop = StopRequest(run_dir)
+    stop.install()
+    if resume and cfg.checkpoint.resume:
+        checkpointer.load_latest(state)
+
+    metrics = MetricsLog(
+        path=run_dir.metrics,
+        throughput=Throughput(gbs, cfg.model.seq_len, cfg.model.flops_per_token(), env.world_size,
+                              peak_flops_per_device(cfg, env)),
+        restart=restart_count(), log_every=cfg.train.log_every, enabled=env.is_main,
+    )
+    if env.is_main:
+        console.print(
+            f"[bold]{cfg.run_id}[/]: {cfg.model.n_params() / 1e6:.1f}M params, {env.world_size} rank(s) on "
+            f"{env.device.type}, {cfg.parallel.sharding}/{cfg.parallel.precision}, GBS {gbs} x "
+            f"seq {cfg.model.seq_len} = {gbs * cfg.model.seq_len} tokens/step, start at step {state.step}/{total}"
+        )
+
+    def finish(status: str) -> None:
+        summary.update(status=status, steps_completed=state.step,
+                       final_loss=metrics.records[-1]["loss"] if metrics.records else None,
+                       **metrics.medians(cfg.train.summary_warmup_steps))
+        if env.is_main:
+            atomic_write_json(run_dir.summary, summary)
+
+    try:
+        while state.step < total:
+            t0 = time.perf_counter()
+            lr = scheduler.lr
+            loss, grad_norm = train_step(
+                state, grad_accum=cfg.train.grad_accum, dp_size=dp_size, grad_clip=cfg.train.grad_clip,
+                device=env.device, teacher=teacher, distill=cfg.distill,
+            )
+            step_time = time.perf_counter() - t0
+            state.step += 1
+            state.consumed_samples += gbs
+            summary["steps_completed"] = state.step  # what a failed summary reports
+            record = metrics.log(step=state.step, loss=loss, lr=lr, grad_norm=grad_norm,
+                                 step_time_s=step_time, mem_peak_gib=peak_memory_gib(env.device))
+            if env.is_main and state.step % cfg.train.log_every == 0:
+                console.print(
+                    f"step {state.step:>6}/{total}  loss {loss:.4f}  lr {lr:.2e}  gnorm {grad_norm:.3f}  "
+                    f"{record['tokens_per_s']:.0f} tok/s  {step_time * 1e3:.0f} ms"
+                )
+            checkpointer.maybe_save(state)
+            if stop.should_stop():
+                checkpointer.maybe_save(state, force=True)
+                checkpointer.close()
+                finish(SUMMARY_STATUS_PREEMPTED)
+                if env.is_main:
+                    console.print(f"stopped at step {state.step} ({stop.reason}); checkpoint saved")
+                return EXIT_PREEMPTED
+        if cfg.checkpoint.at_end:
+            checkpointer.maybe_save(state, force=True)
+        checkpointer.close()
+        finish(SUMMARY_STATUS_COMPLETED)
+        return 0
+    finally:
+        stop.uninstall()
+        loader.close()
+
+
+def run(config_path: Path, *, resume: bool = True) -> int:
+    """Entry point of ``python -m hpcllm.engine``: set up ranks, train, and always leave a summary."""
+    config_path = Path(config_path)
+    run_dir = RunDir(config_path.parent)
+    rank = int(os.environ.get("RANK", "0"))
+    summary: dict[str, Any] = {"run_id": run_dir.run_id}
+    try:
+        cfg = load_model(TrainingConfig, config_path)
+        summary["run_id"] = cfg.run_id
+        env = init_distributed(cfg.device)
+        try:
+            return train(cfg, run_dir, env, resume=resume, summary=summary)
+        finally:
+            shutdown_distributed()
+    except HpcllmError as exc:
+        _write_failed(run_dir, summary, str(exc), rank)
+        if rank == 0:
+            console.print(f"[red]error:[/] {exc}")
+        return EXIT_CONFIG_ERROR if isinstance(exc, ConfigError) else 1
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _write_failed(run_dir, summary, "".join(traceback.format_exception(exc)), rank)
+        raise
+
+
+def _write_failed(run_dir: RunDir, summary: dict[str, Any], error: str, rank: int) -> None:
+    if rank == 0:
+        summary.update(status=SUMMARY_STATUS_FAILED, error=error)
+        summary.setdefault("steps_completed", 0)
+        atomic_write_json(run_dir.summary, summary)
