@@ -168,7 +168,7 @@ def _check_size(path: Path, expected: int, what: str) -> None:
 class StoreWriter:
     """Appends documents to a new store in a temp directory; ``commit()`` renames it into place.
 
-    Memory stays bounded: tokens, mask and document lengths stream to temp files, and the
+    Memory stays bounded: tokens, mask and document end offsets stream to temp files, and the
     ``.npy`` index is assembled from them at the end. The loss mask is only materialised once an
     instruction document arrives (earlier tokens get mask 1), so plain-text stores have none.
     """
@@ -181,6 +181,9 @@ class StoreWriter:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp",
                                          dir=self.output.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the store from collaborators
         self.dtype = token_dtype(vocab_size)
         self.vocab_size, self.eos_id = vocab_size, eos_id
         self.tokenizer, self.fingerprint = tokenizer, tokenizer_fingerprint
@@ -188,25 +191,34 @@ class StoreWriter:
         self.n_tokens = 0
         self.n_docs = 0
         self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")
-        self._lengths: BinaryIO = open(self.tmp / "doc_lengths.tmp", "wb")
+        self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")
         self._mask: BinaryIO | None = None
 
     def add(self, docs: list[np.ndarray], masks: list[np.ndarray] | None = None) -> None:
-        """Append documents (token ids incl. their EOS); ``masks``: per-token 0/1 or None = all 1."""
+        """Append whole documents (token ids incl. their EOS); ``masks``: per-token 0/1, None = all 1."""
         if not docs:
             return
-        flat = np.concatenate(docs)
-        if flat.size and (int(flat.max()) >= self.vocab_size or int(flat.min()) < 0):
+        ends = np.cumsum([d.size for d in docs])
+        self.write(np.concatenate(docs), None if masks is None else np.concatenate(masks), ends)
+
+    def write(self, tokens: np.ndarray, mask: np.ndarray | None, doc_ends: np.ndarray) -> None:
+        """Append a flat run of tokens; ``doc_ends``: positions in it where documents end (exclusive).
+
+        A document may span several calls (large .txt files arrive in pieces): it ends at the call
+        whose ``doc_ends`` names its end. ``mask`` None means "train on every token".
+        """
+        if tokens.size and (int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0):
             raise ValueError(f"token id out of range [0, {self.vocab_size})")
-        if masks is not None and self._mask is None:
+        if mask is not None and self._mask is None:
             self._start_mask()
         if self._mask is not None:
-            mask = (np.concatenate(masks) if masks is not None else np.ones(flat.size, np.uint8))
-            self._mask.write(mask.astype(np.uint8).tobytes())
-        self._tokens.write(flat.astype(self.dtype).tobytes())
-        self._lengths.write(np.fromiter((d.size for d in docs), np.int64, len(docs)).tobytes())
-        self.n_tokens += int(flat.size)
-        self.n_docs += len(docs)
+            m = mask if mask is not None else np.ones(tokens.size, np.uint8)
+            self._mask.write(m.astype(np.uint8).tobytes())
+        self._tokens.write(tokens.astype(self.dtype).tobytes())
+        ends = np.asarray(doc_ends, dtype=np.int64) + self.n_tokens
+        self._ends.write(ends.tobytes())
+        self.n_tokens += int(tokens.size)
+        self.n_docs += int(ends.size)
 
     def _start_mask(self) -> None:
         self._mask = open(self.tmp / LOSS_MASK, "wb")
@@ -219,7 +231,12 @@ class StoreWriter:
 
     def commit(self) -> StoreHeader:
         """Finish every file, write the header last, and rename the directory into place."""
-        for fh in (self._tokens, self._lengths, self._mask):
+        if self.n_docs == 0:
+            raise ConfigError(f"{self.output}: the input holds no documents; nothing to store")
+        unterminated = self.n_tokens - self._last_end()
+        if unterminated:
+            raise ValueError(f"{unterminated} tokens after the last document end")
+        for fh in (self._tokens, self._ends, self._mask):
             if fh is not None:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -231,6 +248,7 @@ class StoreWriter:
             n_tokens=self.n_tokens, n_docs=self.n_docs, has_loss_mask=self._mask is not None,
         )
         atomic_write_json(self.tmp / HEADER, header.to_json())
+        (self.tmp / HEADER).chmod(self.tmp.stat().st_mode & 0o666)  # mkstemp made it 0600
         if self.output.exists():  # only reachable with overwrite=True
             old = self.output.with_name(f".{self.output.name}.old-{os.getpid()}")
             os.replace(self.output, old)
@@ -240,25 +258,32 @@ class StoreWriter:
             os.replace(self.tmp, self.output)
         return header
 
+    def _last_end(self) -> int:
+        self._ends.flush()
+        size = os.path.getsize(self.tmp / "doc_ends.tmp")
+        if size == 0:
+            return 0
+        with open(self.tmp / "doc_ends.tmp", "rb") as fh:
+            fh.seek(size - 8)
+            return int(np.frombuffer(fh.read(8), dtype=np.int64)[0])
+
     def _write_offsets(self) -> None:
-        lengths_file = self.tmp / "doc_lengths.tmp"
+        ends_file = self.tmp / "doc_ends.tmp"
         out = np.lib.format.open_memmap(self.tmp / DOC_OFFSETS, mode="w+", dtype=np.int64,
                                         shape=(self.n_docs + 1,))
         out[0] = 0
-        chunk = 1 << 22
-        total, i = 0, 0
-        with open(lengths_file, "rb") as fh:
-            while buf := fh.read(chunk * 8):
-                lengths = np.frombuffer(buf, dtype=np.int64)
-                out[i + 1: i + 1 + lengths.size] = total + np.cumsum(lengths)
-                total += int(lengths.sum())
-                i += lengths.size
+        i = 1
+        with open(ends_file, "rb") as fh:
+            while buf := fh.read(8 << 22):
+                ends = np.frombuffer(buf, dtype=np.int64)
+                out[i: i + ends.size] = ends
+                i += ends.size
         out.flush()
         del out
-        lengths_file.unlink()
+        ends_file.unlink()
 
     def abort(self) -> None:
-        for fh in (self._tokens, self._lengths, self._mask):
+        for fh in (self._tokens, self._ends, self._mask):
             if fh is not None and not fh.closed:
                 fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)

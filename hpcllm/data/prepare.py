@@ -1,0 +1,149 @@
+"""``hpcllm data prepare``: tokenize text files into a token store, streaming, on every core.
+
+The main process only reads raw bytes (``hpcllm.data.sources``) and appends results to the
+``StoreWriter``; JSON parsing and tokenization run in a pool of worker processes. At most two
+tasks (~1 MiB of input each) per worker are in flight, so memory stays bounded however large the
+input is, and results are written in input order, so the store is the same for any worker count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_tasks, parse_json
+from hpcllm.data.store import StoreHeader, StoreWriter
+from hpcllm.data.tokenizer import Tokenizer, load_tokenizer, single_threaded
+
+StartFn = Callable[[int], None]  # called once with the total input size in bytes
+
+
+@dataclass
+class Encoded:
+    tokens: np.ndarray  # flat ids, documents closed by EOS
+    mask: np.ndarray | None  # uint8 per token, None when the task held no instruction pair
+    doc_ends: np.ndarray  # positions in ``tokens`` where documents end (exclusive)
+
+
+@dataclass
+class PrepareResult:
+    output: Path
+    header: StoreHeader
+    input_bytes: int
+    seconds: float
+
+
+def available_cores() -> int:
+    """Cores this process may run on (SLURM cgroups and taskset included), not the node's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def encode_task(task: Task, tok: Tokenizer, fields: Fields) -> Encoded:
+    """Tokenize one task. Instruction pairs: prompt tokens get mask 0, response and EOS mask 1."""
+    texts: list[str] = []
+    masked: list[int] = []  # per text: 1 = train on it, 0 = prompt
+    ends: list[bool] = []  # per text: closes a document (EOS follows)
+    any_prompt = False
+    for piece in task.pieces:
+        if piece.is_json:
+            text, response = parse_json(piece, fields)
+            if response is None:
+                if text:
+                    texts.append(text)
+                    masked.append(1)
+                    ends.append(True)
+            elif text or response:
+                any_prompt = True
+                texts += [text, response]
+                masked += [0, 1]
+                ends += [False, True]
+        else:
+            texts.append(piece.data.decode("utf-8", errors="replace"))
+            masked.append(1)
+            ends.append(piece.ends_doc)
+    ids = tok.encode_batch(texts)
+    parts: list[np.ndarray] = []
+    mask_parts: list[np.ndarray] = []
+    doc_ends: list[int] = []
+    n = 0
+    eos = np.asarray([tok.eos_id], dtype=np.int64)
+    for seq, m, end in zip(ids, masked, ends):
+        seq = np.append(seq.astype(np.int64), eos) if end else seq.astype(np.int64)
+        parts.append(seq)
+        if any_prompt:
+            mask_parts.append(np.full(seq.size, m, dtype=np.uint8))
+        n += seq.size
+        if end:
+            doc_ends.append(n)
+    tokens = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    mask = np.concatenate(mask_parts) if any_prompt else None
+    return Encoded(tokens, mask, np.asarray(doc_ends, dtype=np.int64))
+
+
+# --- worker processes ---------------------------------------------------------------------------
+_worker_tok: Tokenizer | None = None
+_worker_fields: Fields | None = None
+
+
+def _worker_init(spec: str, fields: Fields) -> None:
+    global _worker_tok, _worker_fields
+    single_threaded()  # parallelism comes from the processes; a Rust pool in each would oversubscribe
+    _worker_tok, _worker_fields = load_tokenizer(spec), fields
+
+
+def _worker_encode(task: Task) -> Encoded:
+    assert _worker_tok is not None and _worker_fields is not None
+    return encode_task(task, _worker_tok, _worker_fields)
+
+
+def _encoded(tasks: Iterator[Task], spec: str, tok: Tokenizer, fields: Fields,
+             workers: int) -> Iterator[Encoded]:
+    """Encoded tasks in input order, with at most ``2 * workers`` tasks in flight."""
+    if workers <= 1:
+        for task in tasks:
+            yield encode_task(task, tok, fields)
+        return
+    # spawn, not fork: the rich progress bar runs a thread, and forking a threaded process can
+    # deadlock on a lock that thread held.
+    with mp.get_context("spawn").Pool(workers, _worker_init, (spec, fields)) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(_worker_encode, (task,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def prepare(inputs: list[str], tokenizer: str, output: str | Path, *, fields: Fields = Fields(),
+            workers: int | None = None, overwrite: bool = False,
+            progress: ProgressFn | None = None, on_start: StartFn | None = None) -> PrepareResult:
+    """Tokenize ``inputs`` with ``tokenizer`` ('byte' or a tokenizer.json) into a store at ``output``.
+
+    ``on_start(total_bytes)`` is called once the inputs are known, then ``progress(n)`` as bytes
+    are read: the CLI drives its progress bar with them.
+    """
+    t0 = time.perf_counter()
+    files = expand_inputs(inputs)
+    total = sum(p.stat().st_size for p in files)
+    if on_start is not None:
+        on_start(total)
+    tok = load_tokenizer(tokenizer)
+    workers = available_cores() if workers is None else workers
+    writer = StoreWriter(output, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tokenizer,
+                         tokenizer_fingerprint=tok.fingerprint, overwrite=overwrite)
+    with writer:
+        for enc in _encoded(iter_tasks(files, progress), tokenizer, tok, fields, workers):
+            writer.write(enc.tokens, enc.mask, enc.doc_ends)
+        header = writer.commit()
+    return PrepareResult(Path(output), header, total, time.perf_counter() - t0)
