@@ -102,6 +102,8 @@ class ClusterProfile(BaseModel):
 
     def resolve_account(self, cli_account: str | None = None) -> str | None:
         """--account beats $HPCLLM_ACCOUNT beats the profile; error if the site needs one and none is set."""
+        if self.scheduler == "local":
+            return None
         account = cli_account or os.environ.get("HPCLLM_ACCOUNT") or self.account
         if self.scheduler == "slurm" and self.requires_account and not account:
             raise ConfigError(

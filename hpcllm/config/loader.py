@@ -63,15 +63,19 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the sub-model that ``loc`` points into, for "unknown key" messages."""
     current: Any = model
     for part in loc:
-        current = _unwrap(current)
-        if isinstance(part, int) or current is None:
+        origin = typing.get_origin(current)
+        if origin in (list, dict, tuple):
+            current = _unwrap(current)  # ``part`` is a list index or a mapping key: step over it
             continue
+        current = _unwrap(current)
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
         field = current.model_fields.get(str(part))
         if field is None:
             return []
         current = field.annotation
+        if typing.get_origin(current) in (typing.Union, types.UnionType):
+            current = next((a for a in typing.get_args(current) if a is not type(None)), current)
     current = _unwrap(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)

@@ -1,0 +1,37 @@
+# The two commands of the README:
+#   make demo   set up, prepare real text, run the smoke grid on the `local` cluster, print the table
+#   make test   set up, start the local SLURM cluster (as root), run the whole test suite
+# Both create the virtualenv themselves; a fresh Debian 12 clone needs nothing else.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# The CPU build from the local wheel cache; on clusters install the site's CUDA build of torch instead.
+TORCH  ?= torch==2.13.0
+RESULTS ?= results
+
+.PHONY: setup demo test test-fast clean-results
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[train,test]"
+	touch $@
+
+demo: setup
+	$(BIN)/hpcllm data demo --output data/demo
+	$(BIN)/hpcllm submit experiments/smoke.yaml --cluster local --results $(RESULTS) --wait
+	$(BIN)/hpcllm collect $(RESULTS)/smoke --format markdown
+
+test: setup
+	VENV=$(VENV) scripts/test.sh
+
+# Unit tests only (no torchrun, no SLURM): seconds.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not slurm and not slow"
+
+clean-results:
+	rm -rf $(RESULTS)/smoke

@@ -1,0 +1,29 @@
+"""Shared fixtures: the project root, and a working directory with the shipped profiles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def in_project(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test from the project root, where clusters/ and experiments/ live."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("HPCLLM_ACCOUNT", raising=False)
+    monkeypatch.delenv("HPCLLM_CLUSTERS_DIR", raising=False)
+    return ROOT
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests start torchrun and engines: keep each process single-threaded on this 2-core machine.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

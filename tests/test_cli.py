@@ -1,0 +1,129 @@
+"""The CLI: each command answers, none of the login-node ones imports torch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hpcllm.cli import app
+from hpcllm.collect.table import COLUMNS
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from hpcllm.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "r = CliRunner().invoke(app, ['clusters']); assert r.exit_code == 0, r.output; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and "hpcllm" in result.output
+
+
+def test_clusters_table_and_show(in_project):
+    result = runner.invoke(app, ["clusters"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in ("leonardo", "marenostrum5", "local", "boost_usr_prod"):
+        assert name in result.output
+    result = runner.invoke(app, ["clusters", "show", "leonardo"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "A100" in result.output and "boost_qos_dbg" in result.output
+    result = runner.invoke(app, ["clusters", "show", "nowhere"])
+    assert result.exit_code == 2 and "no cluster profile 'nowhere'" in result.output
+
+
+@pytest.mark.parametrize("kind,key", [("cluster", "gpus_per_node"), ("experiment", "grid"), ("training", "parallel")])
+def test_schema(kind, key):
+    result = runner.invoke(app, ["schema", kind])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert key in schema["properties"]
+
+
+def test_show_completion_is_available():
+    result = runner.invoke(app, ["--show-completion"], env={"SHELL": "/bin/bash"})
+    assert result.exit_code == 0 and "complete" in result.output.lower()
+
+
+def test_dry_run_renders_every_point(in_project, tmp_path):
+    result = runner.invoke(
+        app, ["submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path)],
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    runs = sorted((tmp_path / "scaling_2.7b" / "leonardo").iterdir())
+    assert len(runs) == 18
+    for run in runs:
+        assert {"job.sbatch", "run.yaml", "manifest.json"} <= {p.name for p in run.iterdir()}
+        assert json.loads((run / "manifest.json").read_text())["state"] == "rendered"
+    assert "no account" in result.output  # warned, not failed, in a dry run
+
+
+def test_submit_without_sbatch_fails_clearly(in_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    result = runner.invoke(
+        app, ["submit", "experiments/smoke.yaml", "--cluster", "leonardo", "-A", "x", "--results", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "`sbatch` is not on PATH" in result.output
+
+
+def test_submit_without_account_fails_clearly(in_project, tmp_path):
+    result = runner.invoke(app, ["submit", "experiments/smoke.yaml", "--cluster", "leonardo", "--results", str(tmp_path)])
+    assert result.exit_code == 2 and "needs an account" in result.output
+
+
+def _fake_run(root: Path, name: str, **overrides) -> Path:
+    """A completed run directory as the engine leaves it (summary.json + run.yaml)."""
+    run = root / "exp" / "cl" / name
+    run.mkdir(parents=True)
+    (run / "run.yaml").write_text("run_id: x\n")
+    summary = {
+        "status": "completed", "n_params": 2.7952768e9, "world_size": 8, "samples_per_s": 18.634,
+        "grad_accum": 1, "micro_batch_size": 2, "global_batch_size": 16, "seq_len": 4096,
+        "precision": "BF_16", "sharding": "FULL_SHARD", "activation_checkpointing": "none",
+        "ac_every": 2, "gpu_type": "A100", "mfu": 0.58471,
+    }
+    summary.update(overrides)
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_collect_formats(tmp_path):
+    _fake_run(tmp_path, "a")
+    _fake_run(tmp_path, "b", world_size=16, samples_per_s=36.9, global_batch_size=32, activation_checkpointing="full")
+    _fake_run(tmp_path, "c", status="failed")
+    _fake_run(tmp_path, "d", world_size=2, gpu_type="cpu", mfu=None)
+    md = runner.invoke(app, ["collect", str(tmp_path), "--format", "markdown"])
+    assert md.exit_code == 0
+    lines = md.output.strip().splitlines()
+    assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
+    assert lines[0] == "| # Params (B) | #GPUs | Samples/s | GradAccm | MBS | GBS | Sequence Length | Precision | Sharding | AC | GPU Type | MFU |"
+    assert len(lines) == 2 + 3  # header, rule, three completed runs
+    assert "| 2.8 | 8 | 18.63 | 1 | 2 | 16 | 4096 | BF_16 | FULL_SHARD | False | A100 | 0.5847 |" in lines
+    assert "| 2.8 | 16 | 36.9 | 1 | 2 | 32 | 4096 | BF_16 | FULL_SHARD | True | A100 | 0.5847 |" in lines
+    assert lines[2].endswith("| cpu |  |")  # no MFU on CPU: an empty cell, never a made-up number
+    csv = runner.invoke(app, ["collect", str(tmp_path), "--format", "csv"])
+    assert csv.output.splitlines()[0] == ",".join(COLUMNS)
+    js = runner.invoke(app, ["collect", str(tmp_path), "--format", "json"])
+    rows = json.loads(js.output)
+    assert len(rows) == 3 and set(rows[0]) == set(COLUMNS)
+    out = tmp_path / "t.md"
+    assert runner.invoke(app, ["collect", str(tmp_path), "--output", str(out), "--plot", str(tmp_path / "p.png")]).exit_code == 0
+    assert out.read_text().splitlines()[0] == lines[0]
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_collect_missing_folder(tmp_path):
+    result = runner.invoke(app, ["collect", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such folder" in result.output
