@@ -1,0 +1,151 @@
+"""Permutation, blending and the global sample stream: determinism, DP sharding, resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcllm.data.blending import BlendSchedule
+from hpcllm.data.demo import write_demo
+from hpcllm.data.permutation import Permutation
+from hpcllm.data.sampler import Sampler, micro_batch_ids
+
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stores")
+    write_demo(root / "plain", with_debian_docs=False)
+    write_demo(root / "inst", instruct=True, with_debian_docs=False)
+    return {"plain": root / "plain", "inst": root / "inst"}
+
+
+def _sampler(paths: list[Path], weights: list[float] | None = None, seed: int = 7,
+             shuffle: bool = True) -> Sampler:
+    return Sampler([str(p) for p in paths], weights or [1.0] * len(paths), tokenizer="byte",
+                   seq_len=SEQ, seed=seed, shuffle=shuffle)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 1000, 4097])
+def test_permutation_is_a_bijection(n: int) -> None:
+    out = Permutation(n, (1, 0))(np.arange(n))
+    assert sorted(out.tolist()) == list(range(n))
+
+
+def test_permutation_depends_on_seed_and_shuffles() -> None:
+    a, b = Permutation(1000, (1, 0))(np.arange(1000)), Permutation(1000, (1, 1))(np.arange(1000))
+    again = Permutation(1000, (1, 0))(np.arange(1000))
+    assert np.array_equal(a, again)
+    assert not np.array_equal(a, b)
+    assert np.mean(a == np.arange(1000)) < 0.05  # not close to the identity
+    # adjacent positions land far apart (a shuffle, not a rotation)
+    assert np.median(np.abs(np.diff(a))) > 100
+
+
+def test_permutation_lookup_is_constant_memory_at_huge_n() -> None:
+    n = 10**12
+    perm = Permutation(n, (3, 9))
+    idx = np.array([0, 1, n // 2, n - 1])
+    out = perm(idx)
+    assert ((out >= 0) & (out < n)).all() and len(set(out.tolist())) == 4
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [3, 1], [0.7, 0.2, 0.1], [1, 1e-6]])
+def test_blend_proportions_exact_per_block(weights: list[float]) -> None:
+    b = BlendSchedule(weights)
+    src, k = b.locate(np.arange(3 * b.block))
+    counts = np.bincount(src, minlength=len(weights))
+    assert np.array_equal(counts, 3 * b.counts)
+    assert (b.counts >= 1).all() and b.counts.sum() == b.block
+    assert np.allclose(b.fractions, np.asarray(weights) / sum(weights), atol=2 / b.block)
+    for s in range(len(weights)):  # each source's samples are numbered 0, 1, 2, ... in order
+        assert np.array_equal(k[src == s], np.arange(counts[s]))
+
+
+def test_blend_locate_far_position_matches_sequential() -> None:
+    b = BlendSchedule([0.5, 0.3, 0.2])
+    g = np.arange(10**9, 10**9 + 5000)
+    src, k = b.locate(g)
+    taken = b.taken_before(10**9)
+    for s in range(3):
+        assert np.array_equal(k[src == s], taken[s] + np.arange((src == s).sum()))
+
+
+def test_ranks_are_disjoint_and_cover_the_epoch(stores: dict[str, Path]) -> None:
+    s = _sampler([stores["plain"]])
+    n = s.n_windows[0]
+    mbs, dp = 4, 3
+    steps = n // (mbs * dp)
+    seen: list[np.ndarray] = [[] for _ in range(dp)]  # type: ignore[misc]
+    for step in range(steps):
+        for r in range(dp):
+            seen[r].append(s.locate(micro_batch_ids(step * mbs * dp, mbs, r))[2])
+    per_rank = [set(np.concatenate(x).tolist()) for x in seen]
+    for a in range(dp):
+        for b in range(a + 1, dp):
+            assert not per_rank[a] & per_rank[b]
+    union = set().union(*per_rank)
+    assert len(union) == steps * mbs * dp
+    # the rest of the epoch: the full stream of one epoch is every window exactly once
+    assert sorted(s.locate(np.arange(n))[2].tolist()) == list(range(n))
+
+
+def test_epochs_roll_over_with_a_new_order(stores: dict[str, Path]) -> None:
+    s = _sampler([stores["plain"]])
+    n = s.n_windows[0]
+    src, epoch, w = s.locate(np.arange(2 * n))
+    assert list(np.unique(epoch[:n])) == [0] and list(np.unique(epoch[n:])) == [1]
+    assert sorted(w[n:].tolist()) == list(range(n))
+    assert not np.array_equal(w[:n], w[n:])
+    assert s.epoch_at(n - 1) == [0] and s.epoch_at(n) == [1]
+
+
+def test_no_shuffle_reads_in_order(stores: dict[str, Path]) -> None:
+    s = _sampler([stores["plain"]], shuffle=False)
+    b = s.batch(np.arange(3))
+    assert np.array_equal(b.tokens.ravel()[: SEQ + 1], s.stores[0].tokens[: SEQ + 1])
+    assert b.tokens[0, -1] == b.tokens[1, 0]
+
+
+def test_same_seed_same_batches_other_seed_differs(stores: dict[str, Path]) -> None:
+    g = np.arange(100, 108)
+    a = _sampler([stores["plain"]], seed=1).batch(g).tokens
+    assert np.array_equal(a, _sampler([stores["plain"]], seed=1).batch(g).tokens)
+    assert not np.array_equal(a, _sampler([stores["plain"]], seed=2).batch(g).tokens)
+
+
+def test_blend_of_stores_draws_by_weight_and_masks(stores: dict[str, Path]) -> None:
+    s = _sampler([stores["plain"], stores["inst"]], [3.0, 1.0])
+    assert s.has_loss_mask
+    src, _, _ = s.locate(np.arange(4096))
+    assert np.bincount(src).tolist() == [3072, 1024]
+    b = s.batch(np.arange(64))
+    plain = src[:64] == 0
+    assert b.loss_mask is not None
+    assert (b.loss_mask[plain] == 1).all()  # unmasked sources train on every token
+    assert (b.loss_mask[~plain] == 0).any()  # prompts of the instruction store are masked
+
+
+def test_resume_at_any_position_is_constant_time(stores: dict[str, Path]) -> None:
+    s = _sampler([stores["plain"], stores["inst"]], [1.0, 1.0])
+    s.batch(np.arange(8))  # warm caches
+    t0 = time.perf_counter()
+    far = s.batch(micro_batch_ids(10**12, 8, 3))
+    dt = time.perf_counter() - t0
+    assert far.tokens.shape == (8, SEQ + 1)
+    assert dt < 0.5, f"locating sample 10^12 took {dt:.3f}s"
+
+
+def test_sampler_pickles_without_its_data(stores: dict[str, Path]) -> None:
+    import pickle
+
+    s = _sampler([stores["plain"]])
+    blob = pickle.dumps(s)
+    assert len(blob) < 2000  # paths and settings, not the memmapped tokens
+    t = pickle.loads(blob)
+    g = np.arange(10)
+    assert np.array_equal(s.batch(g).tokens, t.batch(g).tokens)

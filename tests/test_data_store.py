@@ -1,0 +1,149 @@
+"""Token store: round trip, header checks on open, crash safety, dtype choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcllm.data.store import HEADER, LOSS_MASK, TOKENS, StoreWriter, TokenStore, token_dtype
+from hpcllm.data.tokenizer import ByteTokenizer
+from hpcllm.errors import ConfigError
+
+TEXTS = ["The quick brown fox.", "Jumps over the lazy dog!", "Ünïcödé too."]
+
+
+def _write(path: Path, texts: list[str] = TEXTS, masks: bool = False, **kw) -> None:
+    tok = ByteTokenizer()
+    docs = [np.append(a, tok.eos_id) for a in tok.encode_batch(texts)]
+    with StoreWriter(path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer="byte",
+                     tokenizer_fingerprint=tok.fingerprint, **kw) as w:
+        w.add(docs, [np.arange(d.size, dtype=np.uint8) % 2 for d in docs] if masks else None)
+        w.commit()
+
+
+def test_round_trip_documents_and_offsets(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    store = TokenStore.open(tmp_path / "s", tokenizer_fingerprint="byte-v1")
+    assert store.n_docs == 3 and store.tokens.dtype == np.uint16
+    for i, text in enumerate(TEXTS):
+        doc = store.document(i)
+        assert doc[-1] == 256
+        assert bytes(doc[:-1].astype(np.uint8)).decode() == text
+    assert store.doc_offsets[-1] == store.n_tokens == sum(len(t.encode()) + 1 for t in TEXTS)
+    assert store.loss_mask is None
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["doc_offsets.npy", "header.json", "tokens.bin"]
+    # nothing but the store is left in the parent: the temp directory was renamed, not copied
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_windows_overlap_by_one_token(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    store = TokenStore.open(tmp_path / "s")
+    toks, mask = store.windows(np.array([0, 1]), 8)
+    assert toks.shape == (2, 9) and toks.dtype == np.int64 and mask is None
+    assert toks[0, -1] == toks[1, 0]
+    assert np.array_equal(toks.ravel()[:9], store.tokens[:9])
+    assert store.n_windows(8) == (store.n_tokens - 1) // 8
+
+
+def test_loss_mask_round_trip(tmp_path: Path) -> None:
+    _write(tmp_path / "s", masks=True)
+    store = TokenStore.open(tmp_path / "s")
+    assert store.loss_mask is not None and store.header.has_loss_mask
+    _, mask = store.windows(np.array([0]), 4)
+    assert mask is not None and list(mask[0]) == [1, 0, 1, 0]  # labels are tokens 1..4
+
+
+def test_mask_materialised_late_gives_ones_before(tmp_path: Path) -> None:
+    tok = ByteTokenizer()
+    with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                     tokenizer_fingerprint=tok.fingerprint) as w:
+        w.add([np.array([1, 2, 256])])
+        w.add([np.array([3, 4, 256])], [np.array([0, 1, 1], np.uint8)])
+        w.commit()
+    assert list(TokenStore.open(tmp_path / "s").loss_mask) == [1, 1, 1, 0, 1, 1]
+
+
+@pytest.mark.parametrize("vocab,dtype", [(257, np.uint16), (65535, np.uint16), (65536, np.uint32), (200_000, np.uint32)])
+def test_dtype_by_vocab(vocab: int, dtype: type) -> None:
+    assert token_dtype(vocab) == dtype
+
+
+def test_uint32_store(tmp_path: Path) -> None:
+    with StoreWriter(tmp_path / "s", vocab_size=100_000, eos_id=99_999, tokenizer="x",
+                     tokenizer_fingerprint="fp") as w:
+        w.add([np.array([70_000, 5, 99_999])])
+        w.commit()
+    store = TokenStore.open(tmp_path / "s", tokenizer_fingerprint="fp")
+    assert store.tokens.dtype == np.uint32 and list(store.document(0)) == [70_000, 5, 99_999]
+
+
+def test_crash_leaves_no_store(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                         tokenizer_fingerprint="byte-v1") as w:
+            w.add([np.array([1, 2, 256])])
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+        _write(tmp_path / "s", ["other"])
+    _write(tmp_path / "s", ["other"], overwrite=True)
+    assert TokenStore.open(tmp_path / "s").n_docs == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_open_rejects_other_tokenizer(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    with pytest.raises(ConfigError, match=r"s: written with tokenizer 'byte' .*fingerprint sha256:abc"):
+        TokenStore.open(tmp_path / "s", tokenizer_fingerprint="sha256:abc")
+
+
+def test_open_rejects_incomplete_store(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    (tmp_path / "s" / HEADER).unlink()
+    with pytest.raises(ConfigError, match="header.json is missing .*interrupted"):
+        TokenStore.open(tmp_path / "s")
+
+
+def test_open_rejects_truncated_tokens(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    tokens = tmp_path / "s" / TOKENS
+    tokens.write_bytes(tokens.read_bytes()[:-2])
+    with pytest.raises(ConfigError, match=r"tokens.bin: \d+ bytes, the header promises"):
+        TokenStore.open(tmp_path / "s")
+
+
+def test_open_rejects_missing_mask(tmp_path: Path) -> None:
+    _write(tmp_path / "s", masks=True)
+    (tmp_path / "s" / LOSS_MASK).unlink()
+    with pytest.raises(ConfigError, match="loss_mask.bin: missing"):
+        TokenStore.open(tmp_path / "s")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("format_version", 99, "version 99; this hpcllm reads"),
+    ("n_docs", 7, r"doc_offsets.npy: shape \(4,\)"),
+    ("dtype", "float32", "dtype: 'float32'; allowed: uint16, uint32"),
+    ("vocab_size", 70_000, "dtype uint16 does not fit vocab_size 70000"),
+])
+def test_open_checks_header_against_files(tmp_path: Path, key: str, value: object, match: str) -> None:
+    _write(tmp_path / "s")
+    file = tmp_path / "s" / HEADER
+    header = json.loads(file.read_text())
+    header[key] = value
+    file.write_text(json.dumps(header))
+    with pytest.raises(ConfigError, match=match):
+        TokenStore.open(tmp_path / "s")
+
+
+def test_empty_input_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="holds no documents"):
+        _write(tmp_path / "s", [])
+    assert list(tmp_path.iterdir()) == []
