@@ -34,7 +34,7 @@ def _run_dir(path: Path) -> RunDir:
 
 
 def _fail(exc: HpcllmError) -> None:
-    console.print(f"[red]error:[/] {exc}")
+    console.print(f"[red]error:[/] {exc}", soft_wrap=True)  # unwrapped: paths stay copyable
     raise typer.Exit(1)
 
 
@@ -87,14 +87,22 @@ def export(
                                         help="torch only: include optimizer state (whole DCP state)."),
 ) -> None:
     """Export a checkpoint (default: the latest) as a torch file or a Hugging Face Llama folder."""
-    from hpcllm.engine.checkpoint import read_latest_pointer, step_dir_name, verify_checkpoint, CheckpointCorrupt
+    from hpcllm.engine.checkpoint import (
+        CheckpointCorrupt,
+        list_checkpoints,
+        read_latest_pointer,
+        step_dir_name,
+        verify_checkpoint,
+    )
     from hpcllm.engine.export import checkpoint_model_config, export_hf, export_torch
 
     try:
         run = _run_dir(run_dir)
         ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
-        if ckpt is None:
-            raise HpcllmError(f"{run.checkpoints}: no `latest` pointer; name a checkpoint with --step")
+        if ckpt is None or not ckpt.is_dir():
+            steps = ", ".join(str(c.step) for c in list_checkpoints(run.checkpoints)) or "none"
+            what = f"no checkpoint {ckpt.name}" if ckpt is not None else "no `latest` pointer"
+            raise HpcllmError(f"{run.checkpoints}: {what}; complete checkpoints at steps: {steps} (use --step)")
         try:
             verify_checkpoint(ckpt)
         except CheckpointCorrupt as exc:

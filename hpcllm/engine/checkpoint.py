@@ -279,7 +279,8 @@ class Checkpointer:
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
         if self.cfg.async_save:
-            future = dcp.async_save(sd, checkpoint_id=str(tmp), process_group=self._save_group)
+            with single_process_dcp():
+                future = dcp.async_save(sd, checkpoint_id=str(tmp), process_group=self._save_group)
             self._pending = (future, tmp, step)
         else:
             with single_process_dcp():

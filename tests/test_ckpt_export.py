@@ -1,0 +1,113 @@
+"""``hpcllm ckpt ls/export``: the exports load where users take them (torch.load, transformers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hpcllm.cli_ckpt import ckpt_app
+from hpcllm.config.model import ModelConfig
+from hpcllm.config.training import CheckpointConfig
+from hpcllm.engine.checkpoint import Checkpointer
+from hpcllm.engine.export import export_hf
+from hpcllm.engine.model import GPT, init_weights
+from hpcllm.engine.state import TrainState
+from hpcllm.errors import HpcllmError
+from hpcllm.rundir import RunDir
+from test_ckpt_checkpointer import CountingLoader, run_steps
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def trained_run(tmp_path: Path, cfg: ModelConfig, steps: int = 2) -> tuple[RunDir, GPT]:
+    """A run directory whose latest checkpoint holds ``cfg`` trained for a few steps."""
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    init_weights(model, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = TrainState(model, opt, sched, CountingLoader())
+    run = RunDir(tmp_path / "run")
+    ckpt = Checkpointer(run, CheckpointConfig(every_steps=1, keep_last=3))
+    run_steps(state, ckpt, steps)
+    ckpt.close()
+    return run, model
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_embeddings": False, "n_kv_heads": 1}, {"tie_embeddings": False, "n_kv_heads": None}],
+    ids=["tiny-gqa-tied", "mqa-untied", "mha-untied"],
+)
+def test_hf_export_matches_engine_logits(tmp_path: Path, overrides: dict) -> None:
+    from transformers import LlamaForCausalLM
+
+    cfg = ModelConfig.from_name("tiny", seq_len=16, **overrides)
+    run, model = trained_run(tmp_path, cfg)
+    out = tmp_path / "hf"
+    res = runner.invoke(ckpt_app, ["export", str(run.path), "--format", "hf", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    hf = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
+    with torch.no_grad():
+        ours, theirs = model(tokens), hf(tokens).logits
+    # Same math in fp32; differences come from op order (fused SDPA vs eager softmax, RMSNorm).
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_export_rejects_non_llama_configs(tmp_path: Path) -> None:
+    cfg = ModelConfig.from_name("tiny", activation="gelu", norm="layernorm", seq_len=16)
+    with pytest.raises(HpcllmError, match=r"model.norm = 'layernorm' \(Llama needs 'rmsnorm'\); model.activation = 'gelu'"):
+        export_hf(tmp_path / "nowhere", tmp_path / "out", cfg)
+
+
+def test_torch_export_is_the_model_state_dict(tmp_path: Path) -> None:
+    run, model = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16))
+    out = tmp_path / "model.pt"
+    res = runner.invoke(ckpt_app, ["export", str(run.path), "--format", "torch", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    sd = torch.load(out, weights_only=True)
+    expected = model.state_dict()
+    assert sd.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(sd[k], v), k
+    GPT(model.cfg).load_state_dict(sd)  # loads into a fresh engine model as is
+
+    full = tmp_path / "full.pt"
+    res = runner.invoke(ckpt_app, ["export", str(run.path), "-o", str(full), "--with-optimizer", "--step", "1"])
+    assert res.exit_code == 0, res.output
+    state = torch.load(full, weights_only=False)
+    assert set(state) == {"model", "optim"} and "state" in state["optim"]
+
+
+def test_ls_shows_steps_latest_and_corruption(tmp_path: Path) -> None:
+    run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=3)
+    (run.checkpoints / "step_2" / ".metadata").unlink()
+    res = runner.invoke(ckpt_app, ["ls", str(run.path)])
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[1]: line for line in res.output.splitlines() if line.strip().startswith("│ ")
+            and line.split()[1].isdigit()}
+    assert set(rows) == {"1", "2", "3"}, res.output
+    assert "ok" in rows["1"] and "corrupt" in rows["2"] and "(latest)" in rows["3"]
+
+
+def test_export_errors_are_clear(tmp_path: Path) -> None:
+    res = runner.invoke(ckpt_app, ["export", str(tmp_path), "-o", str(tmp_path / "x.pt")])
+    assert res.exit_code == 1 and "no checkpoints/ folder" in res.output
+    run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=1)
+    res = runner.invoke(ckpt_app, ["export", str(run.path), "-o", str(tmp_path / "x"), "--step", "7"])
+    assert res.exit_code == 1 and "no checkpoint step_7; complete checkpoints at steps: 1" in res.output
+
+
+def test_cli_module_does_not_import_torch() -> None:
+    code = "import sys, hpcllm.cli_ckpt; sys.exit('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0
