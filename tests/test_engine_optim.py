@@ -168,7 +168,7 @@ def test_gradient_accumulation_equals_one_big_batch(masked: bool) -> None:
     assert acc[0] == pytest.approx(big[0], rel=1e-5)
     assert acc[1] == pytest.approx(big[1], rel=1e-4)
     for a, b in zip(acc[2].parameters(), big[2].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)  # Adam steps are ~1e-3
 
 
 def test_loss_masking_zeroes_the_gradient_of_masked_tokens() -> None:
