@@ -40,7 +40,8 @@ from hpcllm.rundir import (
 )
 
 EXIT_CONFIG_ERROR = 2
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # soft_wrap: one line per message in logs
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def restart_count() -> int:
@@ -281,7 +282,7 @@ def run(config_path: Path, *, resume: bool = True) -> int:
     except HpcllmError as exc:
         _write_failed(run_dir, summary, str(exc), rank)
         if rank == 0:
-            console.print(f"[red]error:[/] {exc}")
+            err_console.print(f"[red]error:[/] {exc}")
         return EXIT_CONFIG_ERROR if isinstance(exc, ConfigError) else 1
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
