@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpcllm import __version__
+from hpcllm.cli_ckpt import ckpt_app
+from hpcllm.cli_data import data_app
 from hpcllm.errors import HpcllmError
 
 app = typer.Typer(
@@ -26,6 +28,9 @@ app = typer.Typer(
 )
 clusters_app = typer.Typer(help="List and inspect cluster profiles (clusters/*.yaml).", invoke_without_command=True)
 app.add_typer(clusters_app, name="clusters")
+# Sub-apps of their own modules; each imports torch only inside its commands.
+app.add_typer(data_app, name="data")
+app.add_typer(ckpt_app, name="ckpt")
 
 console = Console()
 err_console = Console(stderr=True)

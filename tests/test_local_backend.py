@@ -1,0 +1,143 @@
+"""The local backend end to end: real submit -> runner -> bash job script -> torchrun -> engine.
+
+Integration tests (a few engine runs of the tiny model on CPU). Each builds its own results folder
+and, where it needs unusual limits, its own cluster profile (HPCLLM_CLUSTERS_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hpcllm.cli import app
+from hpcllm.launch.manifest import load_manifest
+from hpcllm.launch.orchestrate import collect_status
+from hpcllm.rundir import RunDir, find_run_dirs
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "demo"
+    result = runner.invoke(app, ["data", "demo", "--output", str(out), "--no-debian-docs"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _experiment(tmp_path: Path, store: Path, *, steps: int, grid: dict, time_limit: str = "00:10:00",
+                every_steps: int | None = None, max_restarts: int | None = None) -> Path:
+    doc = {
+        "name": "t",
+        "resources": {"nodes": 1, "time": time_limit, **({"max_restarts": max_restarts} if max_restarts is not None else {})},
+        "training": {
+            "model": {"preset": "tiny", "n_layers": 1},
+            "train": {"steps": steps, "micro_batch_size": 4, "summary_warmup_steps": 1},
+            "optim": {"lr": 3e-3},
+            "schedule": {"name": "constant"},
+            "parallel": {"precision": "FP_32"},
+            "data": {"path": str(store), "num_workers": 0},
+            "checkpoint": {"every_steps": every_steps},
+        },
+        "grid": grid,
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _profile_dir(tmp_path: Path, **overrides) -> Path:
+    profile = yaml.safe_load((ROOT / "clusters" / "local.yaml").read_text())
+    profile.update(overrides)
+    d = tmp_path / "clusters"
+    d.mkdir()
+    (d / "local.yaml").write_text(yaml.safe_dump(profile))
+    return d
+
+
+def _wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _metrics(run: RunDir) -> list[dict]:
+    return [json.loads(line) for line in run.metrics.read_text().splitlines()]
+
+
+def test_smoke_grid_one_and_two_ranks(in_project, tmp_path, demo_store):
+    exp = _experiment(tmp_path, demo_store, steps=8, grid={"resources.gpus_per_node": [1, 2]})
+    results = tmp_path / "results"
+    out = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results), "--wait"])
+    assert out.exit_code == 0, out.output
+    runs = find_run_dirs(results)
+    assert len(runs) == 2
+    for rd in runs:
+        manifest = load_manifest(rd)
+        assert manifest.state.value == "completed" and manifest.exit_code == 0
+        summary = json.loads(rd.summary.read_text())
+        assert summary["status"] == "completed" and summary["steps_completed"] == 8
+        assert rd.log_file(manifest.job_id).exists()
+    assert sorted(json.loads(r.summary.read_text())["world_size"] for r in runs) == [1, 2]
+
+    table = runner.invoke(app, ["collect", str(results), "--format", "csv"])
+    assert len(table.output.strip().splitlines()) == 3
+    status = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "250"})
+    assert status.output.count("completed") == 2
+
+    again = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results)], env={"COLUMNS": "250"})
+    assert again.exit_code == 0 and again.output.count("skipped completed") == 2
+
+
+def test_cancel_checkpoints_and_marks_cancelled(in_project, tmp_path, demo_store):
+    exp = _experiment(tmp_path, demo_store, steps=100000, grid={"resources.gpus_per_node": [2]})
+    results = tmp_path / "results"
+    assert runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results)]).exit_code == 0
+    (rd,) = find_run_dirs(results)
+    _wait_until(lambda: rd.metrics.exists() and rd.metrics.stat().st_size > 0, 120, "the first step")
+    out = runner.invoke(app, ["cancel", rd.run_id[:12], "--results", str(results)])
+    assert out.exit_code == 0, out.output
+    _wait_until(lambda: load_manifest(rd).state.value == "cancelled", 120, "the cancellation")
+    summary = json.loads(rd.summary.read_text())
+    assert summary["status"] == "preempted"  # the engine saved a checkpoint before it stopped
+    assert (rd.checkpoints / "latest").exists()
+    assert [s.state for s in collect_status(results)] == ["cancelled"]
+
+
+def test_time_limit_requeues_and_resumes(in_project, tmp_path, demo_store, monkeypatch):
+    """USR1 before the limit -> checkpoint -> requeue -> resume, until the run completes."""
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_profile_dir(tmp_path, signal_before_end_s=18, max_restarts=10)))
+    exp = _experiment(tmp_path, demo_store, steps=600, grid={"resources.gpus_per_node": [1]}, time_limit="00:00:30")
+    results = tmp_path / "results"
+    out = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results), "--wait"])
+    assert out.exit_code == 0, out.output
+    (rd,) = find_run_dirs(results)
+    manifest = load_manifest(rd)
+    assert manifest.state.value == "completed"
+    assert len(manifest.restarts) >= 1 and manifest.restarts[0].reason == "time limit"
+    lines = _metrics(rd)
+    first_time = [m["step"] for m in lines if not m["rerun"]]
+    assert first_time == list(range(1, 601))  # every step once, re-run steps marked
+    assert max(m["restart"] for m in lines) == len(manifest.restarts)
+
+
+def test_restart_budget_ends_in_failure(in_project, tmp_path, demo_store, monkeypatch):
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_profile_dir(tmp_path, signal_before_end_s=6)))
+    exp = _experiment(tmp_path, demo_store, steps=100000, grid={"resources.gpus_per_node": [1]},
+                      time_limit="00:00:10", max_restarts=0)
+    results = tmp_path / "results"
+    out = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results), "--wait"])
+    assert out.exit_code == 1
+    (rd,) = find_run_dirs(results)
+    manifest = load_manifest(rd)
+    assert manifest.state.value == "failed"
+    assert "restart budget exhausted (0) after time limit" in manifest.reason
