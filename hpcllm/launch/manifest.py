@@ -41,6 +41,8 @@ class Restart(BaseModel):
     reason: str
     nodes: str | None = None
     last_step: int | None = None
+    job_id: str | None = None  # the job that restarted (SLURM_RESTART_COUNT counts per job)
+    failed_nodes: list[str] = Field(default_factory=list)  # nodes found down when it restarted
 
 
 class Submission(BaseModel):
@@ -66,6 +68,8 @@ class Manifest(BaseModel):
     time_limit: str | None = None
     signal_before_end_s: int | None = None
     exclude_nodes: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
+    nodes: str | None = None  # node list of the current (or last) attempt
     runner_pid: int | None = None
     exit_code: int | None = None
     reason: str | None = None

@@ -56,9 +56,15 @@ def submit_experiment(
     account: str | None = None,
     dry_run: bool = False,
     retry_failed: bool = False,
+    after: list[str] | None = None,
 ) -> SubmitResult:
+    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``)."""
     experiment = load_experiment(experiment_path)
     cluster = load_cluster(cluster_name)
+    if after and cluster.scheduler != "slurm":
+        raise ConfigError(f"--after: cluster {cluster.name!r} is {cluster.scheduler!r}; dependencies need SLURM")
+    if after and not all(a.isdigit() for a in after):
+        raise ConfigError(f"--after: {', '.join(after)}: give SLURM job ids (digits), e.g. --after 1234")
     result = SubmitResult(cluster)
     try:
         account = cluster.resolve_account(account)
@@ -96,6 +102,7 @@ def submit_experiment(
         manifest.max_restarts = spec.resources.max_restarts or 0
         manifest.time_limit = spec.resources.time
         manifest.signal_before_end_s = cluster.signal_before_end_s
+        manifest.depends_on = list(after or [])
         if backend is None:
             if manifest.state == RunState.RENDERED:
                 save_manifest(run_dir, manifest)

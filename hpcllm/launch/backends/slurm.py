@@ -1,26 +1,64 @@
-"""SLURM backend: ``sbatch --parsable`` to submit, ``squeue`` for states, ``scancel`` to stop."""
+"""SLURM backend: ``sbatch --parsable`` to submit, one ``squeue`` for all states, ``scancel`` to stop.
+
+State comes from three places, in this order, because none is complete on its own:
+
+1. ``manifest.json``: the batch script's hooks (``hpcllm.launch.jobhooks``) record every start,
+   restart and outcome there; once it says completed/failed/cancelled, that is the answer.
+2. ``squeue --states=all``: pending/running jobs, and finished ones for ``MinJobAge`` seconds. A
+   job that ended without the hooks (killed at the time limit, cancelled while pending, a
+   dependency that can never be met) is recorded from here.
+3. ``sacct`` where accounting exists (never required: many sites and the local cluster have none),
+   then ``summary.json``; a job SLURM has forgotten that left neither is failed, with that reason.
+
+Job ids are reused after a cluster restart, so a job id alone is never trusted: the job's name in
+the scheduler must be the one ``job.sbatch`` asked for, or the job is someone else's.
+"""
 
 from __future__ import annotations
 
+import shlex
 import shutil
-import subprocess
 
 from hpcllm.errors import BackendError
+from hpcllm.fsutil import read_json
 from hpcllm.launch.backends.base import Backend
-from hpcllm.launch.manifest import Manifest, RunState, Submission, now, save_manifest
-from hpcllm.rundir import RunDir
+from hpcllm.launch.manifest import Manifest, RunState, Submission, load_manifest, now, save_manifest
+from hpcllm.launch.slurmcmd import run_slurm
+from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
+
+# SLURM job states (squeue %T / sacct State) -> ours. Anything unlisted counts as running.
+_PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+_TERMINAL = {
+    "COMPLETED": RunState.COMPLETED,
+    "CANCELLED": RunState.CANCELLED,
+    "FAILED": RunState.FAILED,
+    "TIMEOUT": RunState.FAILED,
+    "NODE_FAIL": RunState.FAILED,
+    "OUT_OF_MEMORY": RunState.FAILED,
+    "BOOT_FAIL": RunState.FAILED,
+    "DEADLINE": RunState.FAILED,
+    "PREEMPTED": RunState.FAILED,
+}
 
 
-def _run(cmd: list[str]) -> str:
-    if shutil.which(cmd[0]) is None:
-        raise BackendError(
-            f"`{cmd[0]}` is not on PATH: run this on a SLURM login node (or start the local SLURM "
-            "cluster with scripts/local-slurm.sh), or render only with --dry-run"
-        )
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BackendError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
+def job_state(slurm_state: str) -> RunState:
+    """Map a SLURM state word (``CANCELLED by 0`` from sacct included) to a RunState."""
+    word = slurm_state.split()[0].rstrip("+") if slurm_state.strip() else ""
+    if word in _TERMINAL:
+        return _TERMINAL[word]
+    return RunState.PENDING if word in _PENDING else RunState.RUNNING
+
+
+def submitted_job_name(run_dir: RunDir) -> str | None:
+    """The ``--job-name`` that ``job.sbatch`` asked for (the run's identity in the scheduler)."""
+    try:
+        lines = run_dir.job_script.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        if line.startswith("#SBATCH --job-name="):
+            return shlex.split(line.partition("=")[2])[0]
+    return None
 
 
 class SlurmBackend(Backend):
@@ -30,21 +68,115 @@ class SlurmBackend(Backend):
         cmd = ["sbatch", "--parsable"]
         if manifest.exclude_nodes:
             cmd.append(f"--exclude={','.join(manifest.exclude_nodes)}")
+        if manifest.depends_on:
+            # --kill-on-invalid-dep=yes in the script: a failed dependency cancels this job
+            # instead of leaving it pending forever.
+            cmd.append(f"--dependency=afterok:{':'.join(manifest.depends_on)}")
         cmd.append(str(run_dir.job_script.absolute()))
-        out = _run(cmd)
+        out = run_slurm(cmd).stdout
         job_id = out.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
         if not job_id.isdigit():
-            raise BackendError(f"`{' '.join(cmd)}` printed no job id: {out!r}")
+            raise BackendError(f"`{shlex.join(cmd)}` printed no job id: {out!r}")
         manifest.job_id = job_id
         manifest.state = RunState.PENDING
+        manifest.nodes = None
+        manifest.exit_code = None
+        manifest.reason = None
+        manifest.error = None
         manifest.submissions.append(Submission(job_id=job_id, time=now(), exclude=list(manifest.exclude_nodes)))
         save_manifest(run_dir, manifest)
         return job_id
 
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
-        raise NotImplementedError  # the SLURM issue implements state tracking
+        fresh = [(rd, load_manifest(rd) or m) for rd, m in items]
+        ids = sorted({m.job_id for _, m in fresh if m.state.active and m.job_id})
+        queue = self._squeue(ids)
+        states: dict[str, RunState] = {}
+        for run_dir, manifest in fresh:
+            states[manifest.run_id] = self._state_of(run_dir, manifest, queue)
+        return states
 
     def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
-        if not manifest.job_id:
-            raise BackendError(f"run {manifest.run_id} has no job id")
-        _run(["scancel", manifest.job_id])
+        fresh = load_manifest(run_dir) or manifest
+        if not fresh.state.active:
+            raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
+        previous = fresh.state
+        # Mark first: the batch script's end hook must not requeue the run it sees stopping.
+        fresh.state = RunState.CANCELLED
+        fresh.reason = "cancelled with `hpcllm cancel`"
+        save_manifest(run_dir, fresh)
+        entry = self._squeue([fresh.job_id]).get(fresh.job_id) if fresh.job_id else None
+        if entry is None or entry[0] != submitted_job_name(run_dir) or not job_state(entry[1]).active:
+            return  # not (or no longer) our job in the scheduler: nothing to signal
+        try:
+            run_slurm(["scancel", fresh.job_id])
+        except BackendError:
+            fresh.state, fresh.reason = previous, None
+            save_manifest(run_dir, fresh)
+            raise
+
+    # --- state --------------------------------------------------------------------------------
+    @staticmethod
+    def _squeue(ids: list[str]) -> dict[str, tuple[str, str, str]]:
+        """job id -> (name, STATE, reason) for the jobs SLURM still knows; one call for all."""
+        if not ids:
+            return {}
+        proc = run_slurm(
+            ["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%j|%T|%r"],
+            check=False,
+        )
+        if proc.returncode != 0:
+            if "Invalid job id" in proc.stderr:
+                return {}  # every one of them has left the scheduler
+            raise BackendError(f"`squeue --jobs={','.join(ids)}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        queue = {}
+        for line in proc.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4:
+                queue[parts[0]] = (parts[1], parts[2], parts[3])
+        return queue
+
+    def _state_of(self, run_dir: RunDir, manifest: Manifest, queue: dict[str, tuple[str, str, str]]) -> RunState:
+        if not manifest.state.active or not manifest.job_id:
+            return manifest.state
+        entry = queue.get(manifest.job_id)
+        if entry is not None and entry[0] != submitted_job_name(run_dir):
+            entry = None  # a reused job id: this job belongs to someone else
+        if entry is not None:
+            _, slurm_state, reason = entry
+            state = job_state(slurm_state)
+            if not state.active:
+                detail = "" if reason in ("None", "") else f" ({reason})"
+                self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
+            return state
+        state, reason = self._forgotten_job(run_dir, manifest.job_id)
+        self._record_end(run_dir, state, reason)
+        return state
+
+    def _forgotten_job(self, run_dir: RunDir, job_id: str) -> tuple[RunState, str | None]:
+        """The end of a job squeue no longer shows: sacct if accounting works, else the run dir."""
+        proc = run_slurm(
+            ["sacct", "--noheader", "--parsable2", "-X", f"--jobs={job_id}", "--format=JobName,State"], check=False
+        ) if shutil.which("sacct") else None
+        if proc is not None and proc.returncode == 0:  # exit 1 where accounting storage is disabled
+            for line in proc.stdout.splitlines():
+                name, _, slurm_state = line.partition("|")
+                if name == submitted_job_name(run_dir) and not job_state(slurm_state).active:
+                    return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} (sacct)"
+        summary = read_json(run_dir.summary) or {}
+        if summary.get("status") == SUMMARY_STATUS_COMPLETED:
+            return RunState.COMPLETED, None
+        return RunState.FAILED, (
+            f"SLURM job {job_id} is gone and recorded no result (killed before its end hook ran?); "
+            f"see {run_dir.log_file(job_id).name}"
+        )
+
+    @staticmethod
+    def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
+        """Record an end the job's own hooks did not write; never overwrite one they did."""
+        manifest = load_manifest(run_dir)
+        if manifest is None or not manifest.state.active:
+            return
+        manifest.state = state
+        manifest.reason = None if state == RunState.COMPLETED else reason
+        save_manifest(run_dir, manifest)

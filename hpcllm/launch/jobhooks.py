@@ -1,0 +1,199 @@
+"""Hooks the SLURM batch script calls around the engine: ``python -m hpcllm.launch.jobhooks start|end|requeue-failed RUN_DIR``.
+
+Why the batch script, and not ``hpcllm status``, records restarts: only the job itself knows when
+it starts again, on which nodes, and why it stopped. SLURM forgets finished jobs after MinJobAge
+and keeps no reason for a requeue, so the manifest is the lasting record (one ``Restart`` per
+requeue, with the node list and the last step the run had reached).
+
+- ``start``: at the top of every attempt. A ``SLURM_RESTART_COUNT`` higher than the restarts this
+  job has recorded means SLURM requeued it without the script's help (a node failed or was set
+  DOWN): record that, with the nodes of the previous attempt that SLURM now reports failed; those
+  go into ``exclude_nodes`` so a resubmission avoids them. Past the retry budget the run is marked
+  failed and the script exits before launching anything (exit 3).
+- ``end``: after the launcher exits, decide from ``summary.json`` and the budget; prints
+  ``requeue`` or ``exit N`` for the script to act on, and records the outcome.
+- ``requeue-failed``: ``scontrol requeue`` itself failed; the run is marked failed with that reason.
+
+Torch-free and quick: it runs on the batch node before and after every attempt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcllm.errors import HpcllmError
+from hpcllm.fsutil import read_json
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
+from hpcllm.launch.progress import last_metrics
+from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
+from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
+
+EXIT_NOT_STARTED = 3  # `start` refused to launch (budget used, or the run was cancelled)
+
+STOP_REASONS = {
+    "USR1": "time limit near (USR1)",
+    "TERM": "terminated by the scheduler (TERM: preemption or time limit)",
+}
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What one attempt of a job knows about itself (from SLURM's environment)."""
+
+    run_dir: RunDir
+    job_id: str
+    nodelist: str
+    restart_count: int
+
+    @classmethod
+    def from_env(cls, run_dir: Path) -> "JobContext":
+        return cls(
+            run_dir=RunDir(run_dir),
+            job_id=os.environ.get("SLURM_JOB_ID", ""),
+            nodelist=os.environ.get("SLURM_JOB_NODELIST", ""),
+            restart_count=int(os.environ.get("SLURM_RESTART_COUNT") or 0),  # unset on a first run
+        )
+
+
+def _manifest(ctx: JobContext) -> Manifest:
+    manifest = load_manifest(ctx.run_dir)
+    if manifest is None:
+        raise HpcllmError(f"{ctx.run_dir.manifest}: missing; was this job submitted with `hpcllm submit`?")
+    return manifest
+
+
+def _last_step(run_dir: RunDir) -> int | None:
+    last = last_metrics(run_dir)
+    return None if last is None else last.get("step")
+
+
+def on_start(ctx: JobContext) -> bool:
+    """Record this attempt (and any restart SLURM did on its own); False = do not launch."""
+    manifest = _manifest(ctx)
+    if manifest.state == RunState.CANCELLED:
+        print(f"[hpcllm] run {manifest.run_id} was cancelled: not launching")
+        return False
+    recorded = sum(1 for r in manifest.restarts if r.job_id == ctx.job_id)
+    if ctx.restart_count > recorded:
+        previous = manifest.nodes if manifest.job_id == ctx.job_id else None
+        bad = failed_nodes(hostnames(previous)) if previous else []
+        cause = f"node failure ({','.join(bad)})" if bad else "node failure or a requeue outside hpcllm"
+        for _ in range(ctx.restart_count - recorded):
+            manifest.restarts.append(
+                Restart(time=now(), reason=f"requeued by SLURM after {cause}", nodes=previous,
+                        last_step=_last_step(ctx.run_dir), job_id=ctx.job_id, failed_nodes=bad)
+            )
+        manifest.exclude_nodes += [n for n in bad if n not in manifest.exclude_nodes]
+    if ctx.restart_count > manifest.max_restarts:
+        last = manifest.restarts[-1].reason if manifest.restarts else "a requeue"
+        manifest.state = RunState.FAILED
+        manifest.reason = f"restart budget exhausted ({manifest.max_restarts}); last restart: {last}"
+        save_manifest(ctx.run_dir, manifest)
+        print(f"[hpcllm] {manifest.reason}: not launching")
+        return False
+    manifest.state = RunState.RUNNING
+    manifest.job_id = ctx.job_id
+    manifest.nodes = ctx.nodelist
+    manifest.exit_code = None
+    manifest.reason = None
+    save_manifest(ctx.run_dir, manifest)
+    return True
+
+
+def on_end(ctx: JobContext, rc: int, stop_signal: str, started_at: float) -> str:
+    """Decide what the batch script does now: ``requeue`` or ``exit N``; records the outcome."""
+    manifest = _manifest(ctx)
+    summary = read_json(ctx.run_dir.summary) if _written_since(ctx.run_dir.summary, started_at) else None
+    status = (summary or {}).get("status")
+    manifest.exit_code = rc
+    if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx.job_id)):
+        # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
+        manifest.state = RunState.CANCELLED
+        manifest.reason = manifest.reason or "cancelled (scancel)"
+        save_manifest(ctx.run_dir, manifest)
+        return f"exit {EXIT_PREEMPTED}"
+    if status == SUMMARY_STATUS_COMPLETED:
+        manifest.state = RunState.COMPLETED
+        manifest.reason = None
+        save_manifest(ctx.run_dir, manifest)
+        return "exit 0"
+    if status == SUMMARY_STATUS_PREEMPTED:
+        why = STOP_REASONS.get(stop_signal, "the engine stopped on request")
+        if ctx.restart_count < manifest.max_restarts:
+            manifest.restarts.append(
+                Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=_last_step(ctx.run_dir),
+                        job_id=ctx.job_id)
+            )
+            manifest.state = RunState.PENDING
+            save_manifest(ctx.run_dir, manifest)
+            return "requeue"
+        manifest.state = RunState.FAILED
+        manifest.reason = f"restart budget exhausted ({manifest.max_restarts}) after {why}"
+        save_manifest(ctx.run_dir, manifest)
+        return f"exit {EXIT_PREEMPTED}"
+    manifest.state = RunState.FAILED
+    manifest.reason = (
+        f"engine exited with code {rc} (summary status: {status or 'none written'}); "
+        f"see {ctx.run_dir.log_file(ctx.job_id).name}"
+    )
+    save_manifest(ctx.run_dir, manifest)
+    return f"exit {rc if rc != 0 else 1}"
+
+
+def on_requeue_failed(ctx: JobContext, error: str) -> None:
+    """``scontrol requeue`` refused: the restart recorded by ``on_end`` never happened."""
+    manifest = _manifest(ctx)
+    if manifest.restarts and manifest.restarts[-1].job_id == ctx.job_id:
+        manifest.restarts.pop()
+    manifest.state = RunState.FAILED
+    manifest.reason = f"could not requeue: {error or 'scontrol requeue failed'}"
+    save_manifest(ctx.run_dir, manifest)
+
+
+def _cancelled(job_id: str) -> bool:
+    """True when SLURM already marks the job CANCELLED (a TERM from scancel, not a preemption)."""
+    proc = run_slurm(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T"], check=False)
+    return proc.stdout.strip().startswith("CANCELLED")
+
+
+def _written_since(path: Path, started_at: float) -> bool:
+    """A summary.json left by an earlier attempt must not be read as this attempt's outcome."""
+    try:
+        return path.stat().st_mtime >= started_at
+    except FileNotFoundError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpcllm.launch.jobhooks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="hook", required=True)
+    sub.add_parser("start").add_argument("run_dir", type=Path)
+    end = sub.add_parser("end")
+    end.add_argument("run_dir", type=Path)
+    end.add_argument("--rc", type=int, required=True, help="the launcher's exit code")
+    end.add_argument("--signal", default="", help="USR1/TERM if the batch script trapped one")
+    end.add_argument("--since", type=float, required=True, help="epoch seconds this attempt started")
+    failed = sub.add_parser("requeue-failed")
+    failed.add_argument("run_dir", type=Path)
+    failed.add_argument("--error", default="")
+    args = parser.parse_args(argv)
+    ctx = JobContext.from_env(args.run_dir)
+    try:
+        if args.hook == "start":
+            return 0 if on_start(ctx) else EXIT_NOT_STARTED
+        if args.hook == "end":
+            print(on_end(ctx, args.rc, args.signal, args.since))
+            return 0
+        on_requeue_failed(ctx, args.error)
+        return 0
+    except HpcllmError as exc:
+        print(f"[hpcllm] jobhooks {args.hook}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
