@@ -133,6 +133,12 @@ def verify_checkpoint(path: Path) -> None:
             raise CheckpointCorrupt(f"{path}: shard {rel} is truncated ({size} bytes, index needs {end})")
 
 
+def _warn(msg: str, *args: object) -> None:
+    """Warn once per job, not once per rank: every rank sees the same files and reaches the same verdict."""
+    if _rank() == 0:
+        log.warning(msg, *args)
+
+
 def _dist_on() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -193,10 +199,10 @@ class Checkpointer:
                 verify_checkpoint(path)
                 self._load(path, state)
             except CheckpointCorrupt as exc:
-                log.warning("skipping checkpoint %s: %s", path, exc)
+                _warn("skipping checkpoint %s: %s", path, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - DCP raises CheckpointException on every rank alike
-                log.warning("skipping checkpoint %s: loading failed: %s", path, exc)
+                _warn("skipping checkpoint %s: loading failed: %s", path, exc)
                 continue
             log.info("resumed from %s (step %d, %d samples consumed)", path, state.step, state.consumed_samples)
             self._last_saved_step = state.step
@@ -210,7 +216,7 @@ class Checkpointer:
             if latest.exists():
                 others = [latest] + [p for p in others if p != latest]
             else:
-                log.warning("checkpoint pointer %s names %s, which does not exist", self.root / LATEST, latest)
+                _warn("checkpoint pointer %s names %s, which does not exist", self.root / LATEST, latest)
         return others
 
     def _load(self, path: Path, state: TrainState) -> None:
@@ -229,11 +235,8 @@ class Checkpointer:
     def _load_rng(self, path: Path, saved_world: int) -> None:
         f = path / f"rng_rank{_rank()}.pt"
         if saved_world != _world() or not f.is_file():
-            if _rank() == 0:
-                log.warning(
-                    "%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
-                    path, saved_world, _world(),
-                )
+            _warn("%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
+                  path, saved_world, _world())
             return
         rng = torch.load(f, weights_only=True)
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
