@@ -218,6 +218,19 @@ def test_async_save_snapshots_state_at_call_time(tmp_path: Path) -> None:
         assert torch.equal(v, saved[k]), k
 
 
+def test_snapshot_copies_cpu_tensors_when_torch_has_no_copying_stager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.checkpoint import staging
+
+    from hpcllm.engine.checkpoint import _snapshot_if_needed
+
+    monkeypatch.delattr(staging, "DefaultStager", raising=False)
+    t = torch.ones(3)
+    snap = _snapshot_if_needed({"model": {"w": t}, "optim": {"state": [t], "lr": 0.1}})
+    t.add_(1)
+    assert torch.equal(snap["model"]["w"], torch.ones(3)) and torch.equal(snap["optim"]["state"][0], torch.ones(3))
+    assert snap["optim"]["lr"] == 0.1
+
+
 # A child process saves one checkpoint, then dies by SIGKILL at a chosen point of the second save.
 _KILL_SCRIPT = textwrap.dedent(
     """

@@ -164,6 +164,27 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _snapshot_if_needed(obj: Any) -> Any:
+    """Copy CPU tensors before ``async_save`` on torch versions whose stager would not.
+
+    ``async_save`` must capture the state at call time, as training keeps updating parameters and
+    moments in place. Newer torch stages through ``staging.DefaultStager``, which copies every
+    tensor into its own buffers; older versions "offload to CPU" with ``.to("cpu")``, a no-op for
+    CPU tensors, so the save thread would read weights the next optimizer steps are changing.
+    """
+    from torch.distributed.checkpoint import staging
+
+    if hasattr(staging, "DefaultStager"):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone() if obj.device.type == "cpu" else obj
+    if isinstance(obj, dict):
+        return {k: _snapshot_if_needed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_snapshot_if_needed(v) for v in obj]
+    return obj
+
+
 class Checkpointer:
     """Saves and restores the engine's ``TrainState`` under ``run_dir.checkpoints``.
 
@@ -283,7 +304,8 @@ class Checkpointer:
         self._last_save_time = time.monotonic()
         if self.cfg.async_save:
             with single_process_dcp():
-                future = dcp.async_save(sd, checkpoint_id=str(tmp), process_group=self._save_group)
+                future = dcp.async_save(_snapshot_if_needed(sd), checkpoint_id=str(tmp),
+                                        process_group=self._save_group)
             self._pending = (future, tmp, step)
         else:
             with single_process_dcp():
