@@ -1,0 +1,293 @@
+"""The SLURM backend against a real scheduler: the local cluster of ``scripts/local-slurm.sh``.
+
+Nothing is mocked: jobs go through sbatch, run the real engine under srun + torchrun (c10d
+rendezvous, gloo) on the logical nodes n1..n4, and nodes are really set DOWN. Timings are never
+asserted exactly: SLURM sends ``--signal`` up to ~60 s early and enforces limits ~30 s late.
+Waiting is polling of the scheduler and the run directory, with a deadline.
+
+Run: ``sudo scripts/local-slurm.sh up && pytest -m slurm tests/test_slurm_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hpcllm.collect.table import COLUMNS, collect_table
+from hpcllm.errors import BackendError
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
+from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
+from hpcllm.rundir import RunDir
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SLURM_CONF = Path(os.environ.get("HPCLLM_SLURM_DIR", "/tmp/hpcllm-slurm")) / "etc" / "slurm.conf"
+PARTITION_NODES = 4
+
+
+def _cluster_problem() -> str | None:
+    """Why the local cluster cannot be used, or None when it is up with all its nodes."""
+    if shutil.which("sinfo") is None:
+        return "SLURM client tools not installed (run `sudo scripts/local-slurm.sh up`)"
+    env = dict(os.environ)
+    if "SLURM_CONF" not in env and LOCAL_SLURM_CONF.exists():
+        env["SLURM_CONF"] = str(LOCAL_SLURM_CONF)
+    proc = subprocess.run(["sinfo", "--noheader", "--partition=debug", "--Node", "--format=%N %T"],
+                          capture_output=True, text=True, env=env, timeout=30)
+    if proc.returncode != 0:
+        return f"local SLURM cluster not up (`sinfo` says: {proc.stderr.strip()}); run `sudo scripts/local-slurm.sh up`"
+    nodes = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    if len(nodes) < PARTITION_NODES:
+        return f"partition debug has {len(nodes)} nodes, the tests need {PARTITION_NODES} (scripts/local-slurm.sh)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    problem = _cluster_problem()
+    if problem:
+        pytest.skip(problem)
+    from hpcllm.data.demo import write_demo
+
+    out = tmp_path_factory.mktemp("slurm-data") / "demo"
+    write_demo(out, overwrite=True, with_debian_docs=False)
+    return out
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, demo_data: Path, tmp_path: Path) -> Path:
+    """Jobs inherit this environment (sbatch --export=ALL): this interpreter, this checkout."""
+    if "SLURM_CONF" not in os.environ and LOCAL_SLURM_CONF.exists():
+        monkeypatch.setenv("SLURM_CONF", str(LOCAL_SLURM_CONF))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "results"
+
+
+def experiment(tmp_path: Path, data: Path, name: str, *, steps: int, nodes: int = 1, time_limit: str = "00:05:00",
+               every: int = 10, max_restarts: int | None = None, grid: dict[str, list[Any]] | None = None) -> Path:
+    """The smoke experiment's training config (tiny model, CPU) with this test's resources."""
+    smoke = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    training = smoke["training"]
+    training["data"]["path"] = str(data)
+    training["train"]["steps"] = steps
+    training["checkpoint"] = {"every_steps": every}
+    resources: dict[str, Any] = {"nodes": nodes, "time": time_limit}
+    if max_restarts is not None:
+        resources["max_restarts"] = max_restarts
+    doc = {"name": name, "resources": resources, "training": training, "grid": grid or {}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.5) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def finished(results: Path, run_dirs: list[RunDir]) -> dict[str, str] | None:
+    """run id -> state once none of ``run_dirs`` is pending or running (states via the backend)."""
+    wanted = {rd.path.absolute() for rd in run_dirs}
+    states = {s.run_dir.run_id: s.state for s in collect_status(results) if s.run_dir.path.absolute() in wanted}
+    return states if states and all(s not in ("pending", "running") for s in states.values()) else None
+
+
+def metrics(run_dir: RunDir) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in run_dir.metrics.read_text().splitlines() if line.strip()]
+
+
+def last_step(run_dir: RunDir) -> int:
+    return metrics(run_dir)[-1]["step"] if run_dir.metrics.exists() and run_dir.metrics.stat().st_size else 0
+
+
+def scontrol_job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    return parse_scontrol_record(out)
+
+
+def only_run(result: SubmitResult) -> RunDir:
+    assert len(result.runs) == 1, result.runs
+    return result.runs[0].run_dir
+
+
+def manifest_of(run_dir: RunDir) -> Manifest:
+    manifest = load_manifest(run_dir)
+    assert manifest is not None
+    return manifest
+
+
+def test_grid_on_two_nodes_collects_like_local_and_resubmit_skips(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    exp = experiment(tmp_path, demo_data, "grid", steps=30, grid={"resources.nodes": [1, 2]})
+    result = submit_experiment(exp, "localslurm", env)
+    assert [r.action for r in result.runs] == ["submitted", "submitted"]
+    run_dirs = [r.run_dir for r in result.runs]
+    states = wait_for(lambda: finished(env, run_dirs), 240, "the 1- and 2-node runs")
+    assert set(states.values()) == {"completed"}, {rd.run_id: manifest_of(rd).reason for rd in run_dirs}
+
+    two_node = next(rd for rd in run_dirs if "-n2x1-" in rd.run_id)
+    assert len(hostnames(manifest_of(two_node).nodes or "")) == 2
+    log = two_node.log_file(manifest_of(two_node).job_id or "").read_text()
+    assert "2 rank(s)" in log  # one torchrun agent per node joined the c10d rendezvous
+
+    table = collect_table(env)
+    assert list(table.columns) == COLUMNS and len(table) == 2  # the same table as on `local`
+    assert sorted(table["#GPUs"]) == [1, 2]
+
+    again = submit_experiment(exp, "localslurm", env)
+    assert [(r.action, r.detail) for r in again.runs] == [("skipped", "completed")] * 2
+
+
+def test_node_down_requeues_and_resumes_to_the_uninterrupted_loss(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    steps, every = 90, 20
+    exp = experiment(tmp_path, demo_data, "nodefail", steps=steps, nodes=2, every=every, max_restarts=2)
+    reference_root = tmp_path / "reference"
+    run = only_run(submit_experiment(exp, "localslurm", env))
+    reference = only_run(submit_experiment(exp, "localslurm", reference_root))
+
+    wait_for(lambda: last_step(run) >= every + 5, 180, f"run to pass step {every + 5}")
+    nodes = hostnames(manifest_of(run).nodes or "")
+    victim = nodes[-1]
+    subprocess.run(["scontrol", "update", f"nodename={victim}", "state=down", "reason=hpcllm-test"], check=True)
+    try:
+        wait_for(lambda: manifest_of(run).restarts, 120, "the job to restart after the node failure")
+        states = wait_for(lambda: finished(env, [run]), 300, "the requeued run to finish")
+        wait_for(lambda: finished(reference_root, [reference]), 300, "the reference run to finish")
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={victim}", "state=resume"], check=False)
+    assert states == {run.run_id: "completed"}, manifest_of(run).reason
+
+    manifest = manifest_of(run)
+    restart = manifest.restarts[0]
+    assert victim in restart.failed_nodes and "node failure" in restart.reason
+    assert restart.nodes and victim in hostnames(restart.nodes) and restart.last_step
+    assert victim in manifest.exclude_nodes  # a resubmission avoids it
+
+    records = metrics(run)
+    first_time = [r["step"] for r in records if not r["rerun"]]
+    assert first_time == list(range(1, steps + 1))  # every step once; repeats are marked rerun
+    assert any(r["restart"] >= 1 for r in records)
+    assert all(r["step"] > every for r in records if r["rerun"])  # resumed from a checkpoint, not step 0
+
+    final = json.loads(run.summary.read_text())["final_loss"]
+    assert final == json.loads(reference.summary.read_text())["final_loss"]
+
+    # --retry-failed resubmits a failed run with the failed node excluded.
+    manifest.state = RunState.FAILED
+    save_manifest(run, manifest)
+    skipped = only_run(submit_experiment(exp, "localslurm", env))
+    assert manifest_of(skipped).state == RunState.FAILED  # not resubmitted without --retry-failed
+    result = submit_experiment(exp, "localslurm", env, retry_failed=True)
+    job = result.runs[0].job_id
+    assert result.runs[0].action == "submitted" and job
+    assert scontrol_job(job).get("ExcNodeList") == victim
+    cancel_run(env, run.run_id)
+
+
+def test_time_limit_signal_checkpoints_requeues_until_the_budget_is_spent(
+    env: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    # 1 minute with signal_before_end_s 30: SLURM sends B:USR1 at its first time-limit check.
+    exp = experiment(tmp_path, demo_data, "timelimit", steps=100_000, time_limit="00:01:00", every=1000,
+                     max_restarts=1)
+    run = only_run(submit_experiment(exp, "localslurm", env))
+    assert "#SBATCH --signal=B:USR1@30" in run.job_script.read_text()
+    states = wait_for(lambda: finished(env, [run]), 240, "the run to stop twice at its time limit")
+    manifest = manifest_of(run)
+    assert states == {run.run_id: "failed"}
+    assert manifest.reason and "restart budget exhausted (1)" in manifest.reason and "USR1" in manifest.reason
+    assert [r.reason for r in manifest.restarts] == ["time limit near (USR1)"]
+    records = metrics(run)
+    assert {r["restart"] for r in records} == {0, 1}
+    resumed_from = min(r["step"] for r in records if r["restart"] == 1) - 1
+    assert resumed_from == manifest.restarts[0].last_step  # the stop checkpoint, not step 0
+    assert json.loads(run.summary.read_text())["status"] == "preempted"
+
+
+def test_usr1_to_the_batch_shell_requeues_and_the_run_completes(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    steps = 80
+    exp = experiment(tmp_path, demo_data, "usr1", steps=steps, every=1000, max_restarts=2)
+    run = only_run(submit_experiment(exp, "localslurm", env))
+    wait_for(lambda: last_step(run) >= 10, 120, "run to pass step 10")
+    job = manifest_of(run).job_id or ""
+    # What --signal=B:USR1 does at the time limit, now: signal the batch shell only.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    states = wait_for(lambda: finished(env, [run]), 240, "the requeued run to finish")
+    assert states == {run.run_id: "completed"}, manifest_of(run).reason
+    manifest = manifest_of(run)
+    assert [r.reason for r in manifest.restarts] == ["time limit near (USR1)"]
+    assert manifest.job_id == job  # requeued, not resubmitted
+    records = metrics(run)
+    assert [r["step"] for r in records if not r["rerun"]] == list(range(1, steps + 1))
+    assert not any(r["rerun"] for r in records)  # stopped right after a forced checkpoint: nothing lost
+
+
+def test_cancel_stops_the_job_without_requeue(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    exp = experiment(tmp_path, demo_data, "cancel", steps=100_000, every=1000)
+    run = only_run(submit_experiment(exp, "localslurm", env))
+    wait_for(lambda: last_step(run) >= 2, 120, "run to start training")
+    cancel_run(env, run.run_id)
+    job = manifest_of(run).job_id or ""
+    wait_for(lambda: scontrol_job(job).get("JobState", "CANCELLED") == "CANCELLED", 60, "job to be cancelled")
+    assert finished(env, [run]) == {run.run_id: "cancelled"}
+    assert manifest_of(run).restarts == []
+    with pytest.raises(BackendError, match="is cancelled, not pending or running"):
+        cancel_run(env, run.run_id)
+
+
+def test_dependency_waits_for_its_job_and_a_failed_one_cancels_it(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    first = only_run(submit_experiment(experiment(tmp_path, demo_data, "first", steps=15), "localslurm", env))
+    first_job = manifest_of(first).job_id or ""
+    second_exp = experiment(tmp_path, demo_data, "second", steps=5)
+    second = only_run(submit_experiment(second_exp, "localslurm", env, after=[first_job]))
+    assert scontrol_job(manifest_of(second).job_id or "").get("Dependency", "").startswith(f"afterok:{first_job}")
+    states = wait_for(lambda: finished(env, [first, second]), 240, "both runs to finish")
+    assert set(states.values()) == {"completed"}
+    second_job = scontrol_job(manifest_of(second).job_id or "")
+    assert second_job["StartTime"] >= scontrol_job(first_job)["EndTime"]
+
+    # A dependency that can never be met cancels the job (no job pending forever).
+    doomed = submit_experiment(experiment(tmp_path, demo_data, "doomed", steps=100_000), "localslurm", env)
+    waiting = submit_experiment(experiment(tmp_path, demo_data, "waiting", steps=5), "localslurm", env,
+                                after=[doomed.runs[0].job_id or ""])
+    cancel_run(env, doomed.runs[0].run_dir.run_id)
+    states = wait_for(lambda: finished(env, [waiting.runs[0].run_dir]), 120, "the dependent job to be dropped")
+    assert list(states.values()) == ["cancelled"]
+    assert "Dependency" in (manifest_of(waiting.runs[0].run_dir).reason or "")
+
+
+def test_sbatch_rejection_shows_command_and_stderr_and_marks_the_manifest(
+    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
+    profile.update(name="badpartition", partition="no_such_partition")
+    clusters = tmp_path / "clusters"
+    clusters.mkdir()
+    (clusters / "badpartition.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+    exp = experiment(tmp_path, demo_data, "rejected", steps=5)
+    with pytest.raises(BackendError, match=r"`sbatch --parsable .*job\.sbatch` failed \(exit 1\): .*[Ii]nvalid partition"):
+        submit_experiment(exp, "badpartition", env)
+    run_dir = next(RunDir(p.parent) for p in env.rglob("run.yaml"))
+    manifest = manifest_of(run_dir)
+    assert manifest.state == RunState.SUBMIT_FAILED and "no_such_partition" in (manifest.error or "")
