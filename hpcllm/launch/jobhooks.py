@@ -77,17 +77,22 @@ def on_start(ctx: JobContext) -> bool:
     if manifest.state == RunState.CANCELLED:
         print(f"[hpcllm] run {manifest.run_id} was cancelled: not launching")
         return False
-    recorded = sum(1 for r in manifest.restarts if r.job_id == ctx.job_id)
-    if ctx.restart_count > recorded:
-        previous = manifest.nodes if manifest.job_id == ctx.job_id else None
-        bad = failed_nodes(hostnames(previous)) if previous else []
+    recorded = [r for r in manifest.restarts if r.job_id == ctx.job_id]
+    previous = manifest.nodes if ctx.restart_count and manifest.job_id == ctx.job_id else None
+    bad = failed_nodes(hostnames(previous)) if previous else []
+    if ctx.restart_count > len(recorded):
         cause = f"node failure ({','.join(bad)})" if bad else "node failure or a requeue outside hpcllm"
-        for _ in range(ctx.restart_count - recorded):
+        for _ in range(ctx.restart_count - len(recorded)):
             manifest.restarts.append(
                 Restart(time=now(), reason=f"requeued by SLURM after {cause}", nodes=previous,
                         last_step=_last_step(ctx.run_dir), job_id=ctx.job_id, failed_nodes=bad)
             )
-        manifest.exclude_nodes += [n for n in bad if n not in manifest.exclude_nodes]
+    elif bad and recorded and not recorded[-1].failed_nodes:
+        # A node went down and SLURM's TERM let the engine stop cleanly, so the end hook already
+        # recorded this restart as a TERM: name the real cause.
+        recorded[-1].failed_nodes = bad
+        recorded[-1].reason = f"requeued by SLURM after node failure ({','.join(bad)})"
+    manifest.exclude_nodes += [n for n in bad if n not in manifest.exclude_nodes]
     if ctx.restart_count > manifest.max_restarts:
         last = manifest.restarts[-1].reason if manifest.restarts else "a requeue"
         manifest.state = RunState.FAILED
@@ -95,6 +100,9 @@ def on_start(ctx: JobContext) -> bool:
         save_manifest(ctx.run_dir, manifest)
         print(f"[hpcllm] {manifest.reason}: not launching")
         return False
+    # The engine writes summary.json on every exit it survives; one left by an earlier attempt
+    # must not be read as this attempt's outcome (its facts are in the restart record).
+    ctx.run_dir.summary.unlink(missing_ok=True)
     manifest.state = RunState.RUNNING
     manifest.job_id = ctx.job_id
     manifest.nodes = ctx.nodelist
@@ -104,11 +112,10 @@ def on_start(ctx: JobContext) -> bool:
     return True
 
 
-def on_end(ctx: JobContext, rc: int, stop_signal: str, started_at: float) -> str:
+def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
     """Decide what the batch script does now: ``requeue`` or ``exit N``; records the outcome."""
     manifest = _manifest(ctx)
-    summary = read_json(ctx.run_dir.summary) if _written_since(ctx.run_dir.summary, started_at) else None
-    status = (summary or {}).get("status")
+    status = (read_json(ctx.run_dir.summary) or {}).get("status")
     manifest.exit_code = rc
     if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx.job_id)):
         # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
@@ -145,8 +152,11 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str, started_at: float) -> str
 
 
 def on_requeue_failed(ctx: JobContext, error: str) -> None:
-    """``scontrol requeue`` refused: the restart recorded by ``on_end`` never happened."""
+    """``scontrol requeue`` refused: the restart recorded by ``on_end`` never happened, unless SLURM
+    is requeueing the job itself (a node failed while the engine stopped on its TERM)."""
     manifest = _manifest(ctx)
+    if _slurm_state(ctx.job_id) in ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"):
+        return
     if manifest.restarts and manifest.restarts[-1].job_id == ctx.job_id:
         manifest.restarts.pop()
     manifest.state = RunState.FAILED
@@ -154,18 +164,15 @@ def on_requeue_failed(ctx: JobContext, error: str) -> None:
     save_manifest(ctx.run_dir, manifest)
 
 
+def _slurm_state(job_id: str) -> str:
+    """The job's state word in squeue (``RUNNING``, ``CANCELLED``...), "" if SLURM does not know it."""
+    proc = run_slurm(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T"], check=False)
+    return proc.stdout.strip().split("\n")[0] if proc.returncode == 0 else ""
+
+
 def _cancelled(job_id: str) -> bool:
     """True when SLURM already marks the job CANCELLED (a TERM from scancel, not a preemption)."""
-    proc = run_slurm(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T"], check=False)
-    return proc.stdout.strip().startswith("CANCELLED")
-
-
-def _written_since(path: Path, started_at: float) -> bool:
-    """A summary.json left by an earlier attempt must not be read as this attempt's outcome."""
-    try:
-        return path.stat().st_mtime >= started_at
-    except FileNotFoundError:
-        return False
+    return _slurm_state(job_id).startswith("CANCELLED")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     end.add_argument("run_dir", type=Path)
     end.add_argument("--rc", type=int, required=True, help="the launcher's exit code")
     end.add_argument("--signal", default="", help="USR1/TERM if the batch script trapped one")
-    end.add_argument("--since", type=float, required=True, help="epoch seconds this attempt started")
     failed = sub.add_parser("requeue-failed")
     failed.add_argument("run_dir", type=Path)
     failed.add_argument("--error", default="")
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.hook == "start":
             return 0 if on_start(ctx) else EXIT_NOT_STARTED
         if args.hook == "end":
-            print(on_end(ctx, args.rc, args.signal, args.since))
+            print(on_end(ctx, args.rc, args.signal))
             return 0
         on_requeue_failed(ctx, args.error)
         return 0

@@ -1,0 +1,144 @@
+"""The SLURM pieces that need no scheduler: the batch script's end/start decisions, state mapping,
+and the rendered script itself. The real-scheduler tests are in test_slurm_cluster.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcllm.config.cluster import load_cluster
+from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.launch.backends.slurm import job_state, submitted_job_name
+from hpcllm.launch.jobhooks import JobContext, on_end, on_start
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, save_manifest
+from hpcllm.launch.render import render_job
+from hpcllm.rundir import EXIT_PREEMPTED, RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> RunDir:
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="localslurm", backend="slurm",
+                               state=RunState.RUNNING, job_id="42", nodes="n[1-2]", max_restarts=1))
+    return rd
+
+
+def ctx(run_dir: RunDir, restart_count: int = 0) -> JobContext:
+    return JobContext(run_dir=run_dir, job_id="42", nodelist="n[1-2]", restart_count=restart_count)
+
+
+def write_attempt(run_dir: RunDir, status: str, last_step: int) -> None:
+    """What an engine attempt leaves: metrics up to ``last_step`` and a summary with ``status``."""
+    run_dir.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, last_step + 1)))
+    run_dir.summary.write_text(json.dumps({"status": status}))
+
+
+def manifest(run_dir: RunDir) -> Manifest:
+    m = load_manifest(run_dir)
+    assert m is not None
+    return m
+
+
+def test_completed_attempt_ends_the_run(run_dir: RunDir) -> None:
+    write_attempt(run_dir, "completed", 5)
+    assert on_end(ctx(run_dir), 0, "") == "exit 0"
+    assert manifest(run_dir).state == RunState.COMPLETED
+
+
+def test_preempted_attempt_within_budget_is_requeued_and_recorded(run_dir: RunDir) -> None:
+    write_attempt(run_dir, "preempted", 7)
+    assert on_end(ctx(run_dir), 1, "USR1") == "requeue"
+    m = manifest(run_dir)
+    assert m.state == RunState.PENDING
+    assert [(r.reason, r.last_step, r.job_id, r.nodes) for r in m.restarts] == [
+        ("time limit near (USR1)", 7, "42", "n[1-2]")
+    ]
+
+
+def test_preempted_attempt_past_budget_fails_with_the_reason(run_dir: RunDir) -> None:
+    write_attempt(run_dir, "preempted", 7)
+    assert on_end(ctx(run_dir, restart_count=1), 1, "USR1") == f"exit {EXIT_PREEMPTED}"
+    m = manifest(run_dir)
+    assert m.state == RunState.FAILED and m.restarts == []
+    assert m.reason == "restart budget exhausted (1) after time limit near (USR1)"
+
+
+def test_summary_of_an_earlier_attempt_is_not_this_attempts_result(run_dir: RunDir) -> None:
+    write_attempt(run_dir, "preempted", 3)
+    m = manifest(run_dir)
+    m.nodes = None
+    save_manifest(run_dir, m)
+    assert on_start(ctx(run_dir)) is True
+    assert not run_dir.summary.exists()
+    # The engine then died without a summary (killed): a failure, not a second "preempted".
+    assert on_end(ctx(run_dir), 1, "") == "exit 1"
+    m = manifest(run_dir)
+    assert m.state == RunState.FAILED and "summary status: none written" in (m.reason or "")
+
+
+def test_start_past_the_budget_does_not_launch(run_dir: RunDir) -> None:
+    m = manifest(run_dir)
+    m.nodes = None  # requeued before an attempt recorded its nodes: no scheduler query needed
+    m.restarts = [Restart(time="t", reason="time limit near (USR1)", job_id="42")]
+    save_manifest(run_dir, m)
+    assert on_start(ctx(run_dir, restart_count=2)) is False
+    m = manifest(run_dir)
+    assert m.state == RunState.FAILED
+    assert m.reason and m.reason.startswith("restart budget exhausted (1)")
+    assert len(m.restarts) == 2 and "requeued by SLURM" in m.restarts[-1].reason
+
+
+def test_first_start_records_job_and_nodes(run_dir: RunDir) -> None:
+    m = manifest(run_dir)
+    m.state, m.nodes = RunState.PENDING, None
+    save_manifest(run_dir, m)
+    assert on_start(JobContext(run_dir, "42", "n[3-4]", 0)) is True
+    m = manifest(run_dir)
+    assert (m.state, m.job_id, m.nodes, m.restarts) == (RunState.RUNNING, "42", "n[3-4]", [])
+
+
+@pytest.mark.parametrize(
+    ("slurm", "ours"),
+    [("PENDING", RunState.PENDING), ("REQUEUED", RunState.PENDING), ("RUNNING", RunState.RUNNING),
+     ("COMPLETING", RunState.RUNNING), ("COMPLETED", RunState.COMPLETED), ("CANCELLED by 0", RunState.CANCELLED),
+     ("NODE_FAIL", RunState.FAILED), ("TIMEOUT", RunState.FAILED)],
+)
+def test_slurm_states_map_to_run_states(slurm: str, ours: RunState) -> None:
+    assert job_state(slurm) == ours
+
+
+def test_rendered_slurm_script_traps_first_and_is_valid_bash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
+    cluster = load_cluster("localslurm")
+    spec = expand_experiment(load_experiment(REPO / "experiments" / "smoke.yaml"), cluster, "smoke.yaml")[0]
+    rd = RunDir.of(tmp_path, "smoke", cluster.name, spec.run_id)
+    text = render_job(spec, cluster, rd, account=None)
+    (tmp_path / "job.sh").write_text(text)
+    subprocess.run(["bash", "-n", str(tmp_path / "job.sh")], check=True)
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@30", "#SBATCH --kill-on-invalid-dep=yes",
+                 "#SBATCH --partition=debug"):
+        assert line in text
+    body = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert body[:2] == ["set -uo pipefail", 'STOP_SIGNAL=""']  # the trap is set before any other work
+    assert text.index("trap 'stop_requested USR1' USR1") < text.index("RUN_DIR=")
+    assert "-m hpcllm.launch.jobhooks start" in text and "scontrol requeue" in text
+    assert submitted_job_name(rd) is None
+    rd.path.mkdir(parents=True)
+    rd.job_script.write_text(text)
+    assert submitted_job_name(rd) == f"hpcllm-smoke-{spec.run_id}"
+
+
+def test_local_render_has_no_slurm_hooks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
+    cluster = load_cluster("local")
+    spec = expand_experiment(load_experiment(REPO / "experiments" / "smoke.yaml"), cluster, "smoke.yaml")[0]
+    text = render_job(spec, cluster, RunDir.of(tmp_path, "smoke", "local", spec.run_id), account=None)
+    (tmp_path / "job.sh").write_text(text)
+    subprocess.run(["bash", "-n", str(tmp_path / "job.sh")], check=True)
+    assert "jobhooks" not in text and "scontrol" not in text
