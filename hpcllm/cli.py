@@ -109,13 +109,17 @@ def submit(
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled runs."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every run has finished."),
+    after: Optional[list[str]] = typer.Option(
+        None, "--after", metavar="JOBID", help="SLURM job id every run waits for (afterok); repeat for several."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
     from hpcllm.launch.orchestrate import submit_experiment
 
     try:
         result = submit_experiment(
-            experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed
+            experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed,
+            after=after,
         )
     except HpcllmError as exc:
         _fail(exc)
