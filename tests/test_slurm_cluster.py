@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from hpcllm.collect.table import COLUMNS, collect_table
-from hpcllm.errors import BackendError
+from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
@@ -126,6 +126,23 @@ def scontrol_job(job_id: str) -> dict[str, str]:
     return parse_scontrol_record(out)
 
 
+def engine_pids(run_dir: RunDir) -> list[int]:
+    """Processes still running this run's engine (an orphaned torchrun worker would show here)."""
+    needle = str(run_dir.config.absolute()).encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def assert_no_leftover_processes(run_dir: RunDir) -> None:
+    wait_for(lambda: not engine_pids(run_dir), 60, f"the engine processes of {run_dir.run_id} to exit")
+
+
 def only_run(result: SubmitResult) -> RunDir:
     assert len(result.runs) == 1, result.runs
     return result.runs[0].run_dir
@@ -137,22 +154,30 @@ def manifest_of(run_dir: RunDir) -> Manifest:
     return manifest
 
 
-def test_grid_on_two_nodes_collects_like_local_and_resubmit_skips(env: Path, demo_data: Path, tmp_path: Path) -> None:
-    exp = experiment(tmp_path, demo_data, "grid", steps=30, grid={"resources.nodes": [1, 2]})
+def test_two_concurrent_two_node_runs_collect_like_local_and_resubmit_skips(
+    env: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    # Two 2-node jobs at once on one host: their c10d rendezvous must not meet (a port per job).
+    exp = experiment(tmp_path, demo_data, "grid", steps=30, nodes=2, grid={"train.micro_batch_size": [4, 8]})
     result = submit_experiment(exp, "localslurm", env)
     assert [r.action for r in result.runs] == ["submitted", "submitted"]
     run_dirs = [r.run_dir for r in result.runs]
-    states = wait_for(lambda: finished(env, run_dirs), 240, "the 1- and 2-node runs")
+    states = wait_for(lambda: finished(env, run_dirs), 300, "the two 2-node runs")
     assert set(states.values()) == {"completed"}, {rd.run_id: manifest_of(rd).reason for rd in run_dirs}
 
-    two_node = next(rd for rd in run_dirs if "-n2x1-" in rd.run_id)
-    assert len(hostnames(manifest_of(two_node).nodes or "")) == 2
-    log = two_node.log_file(manifest_of(two_node).job_id or "").read_text()
-    assert "2 rank(s)" in log  # one torchrun agent per node joined the c10d rendezvous
+    jobs = [scontrol_job(manifest_of(rd).job_id or "") for rd in run_dirs]
+    assert max(j["StartTime"] for j in jobs) < min(j["EndTime"] for j in jobs), "the jobs did not overlap"
+    endpoints = set()
+    for rd in run_dirs:
+        assert len(hostnames(manifest_of(rd).nodes or "")) == 2
+        log = rd.log_file(manifest_of(rd).job_id or "").read_text()
+        assert "2 rank(s)" in log  # one torchrun agent per node joined the rendezvous
+        endpoints |= {line.split()[-1] for line in log.splitlines() if "rendezvous at" in line}
+    assert len(endpoints) == 2
 
     table = collect_table(env)
     assert list(table.columns) == COLUMNS and len(table) == 2  # the same table as on `local`
-    assert sorted(table["#GPUs"]) == [1, 2]
+    assert sorted(table["MBS"]) == [4, 8] and set(table["#GPUs"]) == {2}
 
     again = submit_experiment(exp, "localslurm", env)
     assert [(r.action, r.detail) for r in again.runs] == [("skipped", "completed")] * 2
@@ -189,6 +214,7 @@ def test_node_down_requeues_and_resumes_to_the_uninterrupted_loss(env: Path, dem
     assert any(r["restart"] >= 1 for r in records)
     assert all(r["step"] > every for r in records if r["rerun"])  # resumed from a checkpoint, not step 0
 
+    assert_no_leftover_processes(run)  # nothing of the attempt on the downed node survives
     final = json.loads(run.summary.read_text())["final_loss"]
     assert final == json.loads(reference.summary.read_text())["final_loss"]
 
@@ -222,6 +248,7 @@ def test_time_limit_signal_checkpoints_requeues_until_the_budget_is_spent(
     resumed_from = min(r["step"] for r in records if r["restart"] == 1) - 1
     assert resumed_from == manifest.restarts[0].last_step  # the stop checkpoint, not step 0
     assert json.loads(run.summary.read_text())["status"] == "preempted"
+    assert_no_leftover_processes(run)
 
 
 def test_usr1_to_the_batch_shell_requeues_and_the_run_completes(env: Path, demo_data: Path, tmp_path: Path) -> None:
@@ -240,6 +267,7 @@ def test_usr1_to_the_batch_shell_requeues_and_the_run_completes(env: Path, demo_
     records = metrics(run)
     assert [r["step"] for r in records if not r["rerun"]] == list(range(1, steps + 1))
     assert not any(r["rerun"] for r in records)  # stopped right after a forced checkpoint: nothing lost
+    assert_no_leftover_processes(run)
 
 
 def test_cancel_stops_the_job_without_requeue(env: Path, demo_data: Path, tmp_path: Path) -> None:
@@ -251,6 +279,7 @@ def test_cancel_stops_the_job_without_requeue(env: Path, demo_data: Path, tmp_pa
     wait_for(lambda: scontrol_job(job).get("JobState", "CANCELLED") == "CANCELLED", 60, "job to be cancelled")
     assert finished(env, [run]) == {run.run_id: "cancelled"}
     assert manifest_of(run).restarts == []
+    assert_no_leftover_processes(run)
     with pytest.raises(BackendError, match="is cancelled, not pending or running"):
         cancel_run(env, run.run_id)
 
@@ -291,3 +320,30 @@ def test_sbatch_rejection_shows_command_and_stderr_and_marks_the_manifest(
     run_dir = next(RunDir(p.parent) for p in env.rglob("run.yaml"))
     manifest = manifest_of(run_dir)
     assert manifest.state == RunState.SUBMIT_FAILED and "no_such_partition" in (manifest.error or "")
+
+
+def test_a_reused_job_id_is_not_mistaken_for_the_run(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    # After a cluster restart job ids start again: the id in a manifest may now be someone else's job.
+    exp = experiment(tmp_path, demo_data, "reused", steps=5)
+    run = only_run(submit_experiment(exp, "localslurm", env, dry_run=True))
+    other = subprocess.run(["sbatch", "--parsable", "--job-name=someone-else", "--output=/dev/null",
+                            "--wrap=sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        manifest = manifest_of(run)
+        manifest.state, manifest.job_id = RunState.RUNNING, other
+        save_manifest(run, manifest)
+        assert finished(env, [run]) == {run.run_id: "failed"}
+        assert "is gone and recorded no result" in (manifest_of(run).reason or "")
+        manifest.state = RunState.RUNNING  # cancelling the run must leave the other job alone
+        save_manifest(run, manifest)
+        cancel_run(env, run.run_id)
+        assert scontrol_job(other)["JobState"] in ("PENDING", "RUNNING")
+    finally:
+        subprocess.run(["scancel", other], check=False)
+
+
+def test_more_nodes_than_the_partition_is_rejected_before_sbatch(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    exp = experiment(tmp_path, demo_data, "toobig", steps=5, nodes=PARTITION_NODES + 1)
+    with pytest.raises(ConfigError, match=r"resources.nodes: 5 nodes requested, but cluster 'localslurm' has at most 4"):
+        submit_experiment(exp, "localslurm", env)
+    assert not env.exists()

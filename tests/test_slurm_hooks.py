@@ -11,7 +11,15 @@ import pytest
 
 from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import expand_experiment, load_experiment
-from hpcllm.launch.backends.slurm import job_state, submitted_job_name
+from hpcllm.errors import BackendError
+from hpcllm.launch.backends.slurm import (
+    SlurmBackend,
+    job_state,
+    jobcomp_state,
+    parse_job_id,
+    submitted_job_name,
+    usable_excludes,
+)
 from hpcllm.launch.jobhooks import JobContext, on_end, on_start
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, save_manifest
 from hpcllm.launch.render import render_job
@@ -142,3 +150,36 @@ def test_local_render_has_no_slurm_hooks(monkeypatch: pytest.MonkeyPatch, tmp_pa
     (tmp_path / "job.sh").write_text(text)
     subprocess.run(["bash", "-n", str(tmp_path / "job.sh")], check=True)
     assert "jobhooks" not in text and "scontrol" not in text
+
+
+@pytest.mark.parametrize(("out", "job_id"), [("1234\n", "1234"), ("1234;cluster_a\n", "1234"), ("", None),
+                                             ("Submitted batch job 12\n", None)])
+def test_sbatch_parsable_output(out: str, job_id: str | None) -> None:
+    assert parse_job_id(out) == job_id
+
+
+def test_excludes_never_leave_too_few_nodes() -> None:
+    assert usable_excludes(["n1", "n2", "n3"], nodes=2, partition_nodes=4) == ["n2", "n3"]  # the newest
+    assert usable_excludes(["n1"], nodes=2, partition_nodes=4) == ["n1"]
+    assert usable_excludes(["n1"], nodes=4, partition_nodes=4) == []
+
+
+def test_jobcomp_log_gives_the_last_state_of_the_named_job(tmp_path: Path) -> None:
+    log = tmp_path / "jobcomp.txt"
+    log.write_text(
+        "JobId=7 UserId=root(0) GroupId=root(0) Name=hpcllm-x JobState=REQUEUED Partition=debug\n"
+        "JobId=7 UserId=root(0) GroupId=root(0) Name=other JobState=FAILED Partition=debug\n"
+        "JobId=77 UserId=root(0) GroupId=root(0) Name=hpcllm-x JobState=FAILED Partition=debug\n"
+        "JobId=7 UserId=root(0) GroupId=root(0) Name=hpcllm-x JobState=COMPLETED Partition=debug\n"
+    )
+    assert jobcomp_state(log, "7", "hpcllm-x") == "COMPLETED"
+    assert jobcomp_state(log, "8", "hpcllm-x") is None
+    assert jobcomp_state(tmp_path / "missing.txt", "7", "hpcllm-x") is None
+
+
+def test_submit_refuses_a_missing_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
+    backend = SlurmBackend(load_cluster("localslurm"))
+    m = Manifest(run_id="r", experiment="e", cluster="localslurm", backend="slurm")
+    with pytest.raises(BackendError, match="does not exist"):
+        backend.submit(RunDir(tmp_path / "nowhere"), m)

@@ -8,7 +8,8 @@ State comes from three places, in this order, because none is complete on its ow
    job that ended without the hooks (killed at the time limit, cancelled while pending, a
    dependency that can never be met) is recorded from here.
 3. ``sacct`` where accounting exists (never required: many sites and the local cluster have none),
-   then ``summary.json``; a job SLURM has forgotten that left neither is failed, with that reason.
+   else the ``jobcomp/filetxt`` log where the site keeps one, then ``summary.json``; a job SLURM
+   has forgotten that left none of these is failed, with that reason.
 
 Job ids are reused after a cluster restart, so a job id alone is never trusted: the job's name in
 the scheduler must be the one ``job.sbatch`` asked for, or the job is someone else's.
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from pathlib import Path
 
+from hpcllm.config.cluster import ClusterProfile
 from hpcllm.errors import BackendError
 from hpcllm.fsutil import read_json
 from hpcllm.launch.backends.base import Backend
 from hpcllm.launch.manifest import Manifest, RunState, Submission, load_manifest, now, save_manifest
-from hpcllm.launch.slurmcmd import run_slurm
+from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
 
 # SLURM job states (squeue %T / sacct State) -> ours. Anything unlisted counts as running.
@@ -49,33 +52,81 @@ def job_state(slurm_state: str) -> RunState:
     return RunState.PENDING if word in _PENDING else RunState.RUNNING
 
 
-def submitted_job_name(run_dir: RunDir) -> str | None:
-    """The ``--job-name`` that ``job.sbatch`` asked for (the run's identity in the scheduler)."""
+def parse_job_id(sbatch_stdout: str) -> str | None:
+    """``sbatch --parsable`` prints ``id`` or ``id;cluster`` (federations, multi-cluster sites)."""
+    job_id = sbatch_stdout.strip().split(";")[0]
+    return job_id if job_id.isdigit() else None
+
+
+def sbatch_option(run_dir: RunDir, option: str) -> str | None:
+    """The value of ``#SBATCH --<option>=`` in the run's ``job.sbatch``: what was really submitted."""
     try:
         lines = run_dir.job_script.read_text().splitlines()
     except FileNotFoundError:
         return None
     for line in lines:
-        if line.startswith("#SBATCH --job-name="):
+        if line.startswith(f"#SBATCH --{option}="):
             return shlex.split(line.partition("=")[2])[0]
     return None
+
+
+def submitted_job_name(run_dir: RunDir) -> str | None:
+    """The ``--job-name`` that ``job.sbatch`` asked for (the run's identity in the scheduler)."""
+    return sbatch_option(run_dir, "job-name")
+
+
+def usable_excludes(exclude: list[str], nodes: int, partition_nodes: int) -> list[str]:
+    """The most recently failed nodes that still leave ``nodes`` in the partition.
+
+    Excluding more would leave the job pending forever; older failures are the likeliest to have
+    been repaired since.
+    """
+    keep = max(partition_nodes - nodes, 0)
+    return exclude[len(exclude) - keep:] if keep else []
+
+
+def jobcomp_state(log: Path, job_id: str, job_name: str) -> str | None:
+    """The last ``JobState`` of job ``job_id`` named ``job_name`` in a jobcomp/filetxt log."""
+    prefix = f"JobId={job_id} "
+    state = None
+    try:
+        with open(log, errors="replace") as fh:
+            for line in fh:
+                if line.startswith(prefix):
+                    rec = parse_scontrol_record(line)
+                    if rec.get("Name") == job_name:
+                        state = rec.get("JobState")
+    except OSError:
+        return None
+    return state
 
 
 class SlurmBackend(Backend):
     name = "slurm"
 
+    def __init__(self, cluster: ClusterProfile) -> None:
+        super().__init__(cluster)
+        self._jobcomp: Path | None = None
+        self._jobcomp_asked = False
+
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
+        if not run_dir.path.is_dir():
+            # sbatch accepts a job whose --output folder is missing; the job then fails with no log.
+            raise BackendError(f"{run_dir.path}: the run directory (the job's --output folder) does not exist")
         cmd = ["sbatch", "--parsable"]
-        if manifest.exclude_nodes:
-            cmd.append(f"--exclude={','.join(manifest.exclude_nodes)}")
+        exclude = usable_excludes(
+            manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes
+        )
+        if exclude:
+            cmd.append(f"--exclude={','.join(exclude)}")
         if manifest.depends_on:
             # --kill-on-invalid-dep=yes in the script: a failed dependency cancels this job
             # instead of leaving it pending forever.
             cmd.append(f"--dependency=afterok:{':'.join(manifest.depends_on)}")
         cmd.append(str(run_dir.job_script.absolute()))
         out = run_slurm(cmd).stdout
-        job_id = out.strip().split(";")[0]  # --parsable prints "id" or "id;cluster"
-        if not job_id.isdigit():
+        job_id = parse_job_id(out)
+        if job_id is None:
             raise BackendError(f"`{shlex.join(cmd)}` printed no job id: {out!r}")
         manifest.job_id = job_id
         manifest.state = RunState.PENDING
@@ -83,7 +134,7 @@ class SlurmBackend(Backend):
         manifest.exit_code = None
         manifest.reason = None
         manifest.error = None
-        manifest.submissions.append(Submission(job_id=job_id, time=now(), exclude=list(manifest.exclude_nodes)))
+        manifest.submissions.append(Submission(job_id=job_id, time=now(), exclude=exclude))
         save_manifest(run_dir, manifest)
         return job_id
 
@@ -154,15 +205,20 @@ class SlurmBackend(Backend):
         return state
 
     def _forgotten_job(self, run_dir: RunDir, job_id: str) -> tuple[RunState, str | None]:
-        """The end of a job squeue no longer shows: sacct if accounting works, else the run dir."""
+        """The end of a job squeue no longer shows: sacct, the jobcomp log, then the run dir."""
+        name = submitted_job_name(run_dir) or ""
         proc = run_slurm(
             ["sacct", "--noheader", "--parsable2", "-X", f"--jobs={job_id}", "--format=JobName,State"], check=False
         ) if shutil.which("sacct") else None
         if proc is not None and proc.returncode == 0:  # exit 1 where accounting storage is disabled
             for line in proc.stdout.splitlines():
-                name, _, slurm_state = line.partition("|")
-                if name == submitted_job_name(run_dir) and not job_state(slurm_state).active:
+                job_name, _, slurm_state = line.partition("|")
+                if job_name == name and not job_state(slurm_state).active:
                     return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} (sacct)"
+        log = self._jobcomp_log()
+        slurm_state = jobcomp_state(log, job_id, name) if log else None
+        if slurm_state and not job_state(slurm_state).active:
+            return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} ({log})"
         summary = read_json(run_dir.summary) or {}
         if summary.get("status") == SUMMARY_STATUS_COMPLETED:
             return RunState.COMPLETED, None
@@ -170,6 +226,20 @@ class SlurmBackend(Backend):
             f"SLURM job {job_id} is gone and recorded no result (killed before its end hook ran?); "
             f"see {run_dir.log_file(job_id).name}"
         )
+
+    def _jobcomp_log(self) -> Path | None:
+        """The jobcomp/filetxt log, if the site keeps one (asked once per backend object)."""
+        if not self._jobcomp_asked:
+            self._jobcomp_asked = True
+            values = {}
+            for line in run_slurm(["scontrol", "show", "config"], check=False).stdout.splitlines():
+                key, sep, value = line.partition("=")
+                if sep:
+                    values[key.strip()] = value.strip()
+            loc = values.get("JobCompLoc", "")
+            if values.get("JobCompType") == "jobcomp/filetxt" and loc:
+                self._jobcomp = Path(loc)
+        return self._jobcomp
 
     @staticmethod
     def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
