@@ -12,6 +12,8 @@ import multiprocessing as mp
 import os
 import time
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_tasks, parse_json
 from hpcllm.data.store import StoreHeader, StoreWriter
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer, single_threaded
+from hpcllm.errors import HpcllmError
 
 StartFn = Callable[[int], None]  # called once with the total input size in bytes
 
@@ -114,15 +117,26 @@ def _encoded(tasks: Iterator[Task], spec: str, tok: Tokenizer, fields: Fields,
             yield encode_task(task, tok, fields)
         return
     # spawn, not fork: the rich progress bar runs a thread, and forking a threaded process can
-    # deadlock on a lock that thread held.
-    with mp.get_context("spawn").Pool(workers, _worker_init, (spec, fields)) as pool:
-        pending: deque = deque()
-        for task in tasks:
-            pending.append(pool.apply_async(_worker_encode, (task,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    # deadlock on a lock that thread held. ProcessPoolExecutor, not multiprocessing.Pool: a worker
+    # that dies (OOM kill, failing initializer) raises BrokenProcessPool instead of being
+    # respawned forever.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(spec, fields)) as pool:
+        pending: deque[Future[Encoded]] = deque()
+        try:
+            for task in tasks:
+                pending.append(pool.submit(_worker_encode, task))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as exc:
+            raise HpcllmError(
+                f"a tokenizer worker process died ({exc}); out of memory? retry with fewer --workers"
+            ) from None
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def prepare(inputs: list[str], tokenizer: str, output: str | Path, *, fields: Fields = Fields(),

@@ -69,7 +69,9 @@ class HFTokenizer:
         self.eos_id = eos
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we do not use: ~20% faster.
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encs = encode(texts, add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encs]
 
 
