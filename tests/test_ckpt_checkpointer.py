@@ -30,6 +30,7 @@ from hpcllm.engine.checkpoint import (
 )
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.state import TrainState
+from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,6 +178,7 @@ def _shard(path: Path) -> Path:
         pytest.param(lambda p: (p / ".metadata").unlink(), id="metadata-deleted"),
         pytest.param(lambda p: _shard(p).unlink(), id="shard-deleted"),
         pytest.param(lambda p: (p / ".metadata").write_bytes(b"garbage"), id="metadata-garbage"),
+        pytest.param(lambda p: (p / "trainer_state.json").write_text('{"step": 4'), id="trainer-state-torn"),
     ],
 )
 def test_corrupt_latest_falls_back_to_previous(tmp_path: Path, damage, caplog: pytest.LogCaptureFixture) -> None:
@@ -190,6 +192,19 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path: Path, damage, caplog: p
         assert Checkpointer(run, CheckpointConfig()).load_latest(state)
     assert state.step == 2 and state.consumed_samples == 4
     assert any(str(latest) in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_checkpoint_of_other_data_is_an_error_not_skipped(tmp_path: Path) -> None:
+    """Every older checkpoint has the same data setup: skipping to them would only hide the problem."""
+    run, _ = _two_checkpoints(tmp_path)
+    state = make_state()
+
+    def refuse(sd: dict[str, int]) -> None:
+        raise HpcllmError("the checkpoint's data position belongs to another data setup")
+
+    state.loader.load_state_dict = refuse
+    with pytest.raises(HpcllmError, match="another data setup"):
+        Checkpointer(run, CheckpointConfig()).load_latest(state)
 
 
 def test_pointer_to_missing_folder_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

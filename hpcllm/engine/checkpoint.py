@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hpcllm.config.model import ModelConfig
@@ -65,6 +65,7 @@ LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp_"
+_TRAINER_KEYS = ("step", "consumed_samples", "scheduler", "loader", "world_size")
 
 
 class CheckpointCorrupt(Exception):
@@ -95,8 +96,16 @@ def list_checkpoints(ckpt_root: Path) -> list[CheckpointInfo]:
         for p in ckpt_root.iterdir():
             m = _STEP_RE.match(p.name)
             if m and p.is_dir():
-                found.append(CheckpointInfo(p, int(m.group(1)), read_json(p / TRAINER_STATE)))
+                found.append(CheckpointInfo(p, int(m.group(1)), _read_trainer_state(p)))
     return sorted(found, key=lambda c: c.step)
+
+
+def _read_trainer_state(path: Path) -> dict[str, Any] | None:
+    """For listing only: None when missing or torn (``verify_checkpoint`` says which)."""
+    try:
+        return read_json(path / TRAINER_STATE)
+    except ValueError:
+        return None
 
 
 def read_latest_pointer(ckpt_root: Path) -> Path | None:
@@ -114,8 +123,15 @@ def verify_checkpoint(path: Path) -> None:
     Checks file presence and sizes against DCP's own index (``storage_data``: file, offset, length
     of every item), which catches truncated and deleted shards without reading the tensors.
     """
-    if not (path / TRAINER_STATE).is_file():
-        raise CheckpointCorrupt(f"{path}: missing {TRAINER_STATE}")
+    try:
+        trainer = json.loads((path / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        raise CheckpointCorrupt(f"{path}: missing {TRAINER_STATE}") from None
+    except ValueError as exc:
+        raise CheckpointCorrupt(f"{path}: {TRAINER_STATE} is not valid JSON: {exc}") from None
+    missing = [k for k in _TRAINER_KEYS if k not in trainer]
+    if missing:
+        raise CheckpointCorrupt(f"{path}: {TRAINER_STATE} lacks {', '.join(missing)}")
     try:
         metadata = FileSystemReader(str(path)).read_metadata()
     except Exception as exc:  # noqa: BLE001 - any failure to read the index means "not loadable"
@@ -213,7 +229,9 @@ class Checkpointer:
         """Restore ``state`` in place from the newest complete checkpoint; False when there is none.
 
         Candidates: the folder ``latest`` names, then every other ``step_<N>``, newest first. A
-        candidate that fails verification or loading is skipped with a warning naming it.
+        candidate that fails verification or loading is skipped with a warning naming it. A
+        checkpoint of another data setup is an error (HpcllmError from the loader), not skipped:
+        every older checkpoint of this run would have the same problem.
         """
         for path in self._candidates():
             try:
@@ -221,9 +239,6 @@ class Checkpointer:
                 self._load(path, state)
             except CheckpointCorrupt as exc:
                 _warn("skipping checkpoint %s: %s", path, exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - DCP raises CheckpointException on every rank alike
-                _warn("skipping checkpoint %s: loading failed: %s", path, exc)
                 continue
             log.info("resumed from %s (step %d, %d samples consumed)", path, state.step, state.consumed_samples)
             self._last_saved_step = state.step
@@ -242,13 +257,16 @@ class Checkpointer:
 
     def _load(self, path: Path, state: TrainState) -> None:
         trainer = read_json(path / TRAINER_STATE)
+        state.loader.load_state_dict(trainer["loader"])  # first: it refuses another data setup
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd = {"model": model_sd, "optim": optim_sd}
-        with single_process_dcp():
-            dcp.load(sd, checkpoint_id=str(path), no_dist=not _dist_on())
+        try:
+            with single_process_dcp():
+                dcp.load(sd, checkpoint_id=str(path), no_dist=not _dist_on())
+        except CheckpointException as exc:  # raised on every rank alike, so all ranks skip it
+            raise CheckpointCorrupt(f"{path}: loading failed: {exc}") from None
         set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
         state.scheduler.load_state_dict(trainer["scheduler"])
-        state.loader.load_state_dict(trainer["loader"])
         state.step = int(trainer["step"])
         state.consumed_samples = int(trainer["consumed_samples"])
         self._load_rng(path, int(trainer["world_size"]))
