@@ -135,3 +135,15 @@ def test_store_too_small_for_seq_len(tmp_path: Path, stores: dict[str, Path]) ->
     with pytest.raises(ConfigError, match="cannot fill one sample"):
         build_train_loader(_cfg(stores["plain"]), seq_len=10**7, micro_batch_size=1, dp_rank=0,
                            dp_size=1, seed=0, device=CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_match_the_cpu_stream(stores: dict[str, Path]) -> None:
+    loader = build_train_loader(_cfg(stores["inst"], workers=1), seq_len=SEQ, micro_batch_size=4,
+                                dp_rank=0, dp_size=1, seed=5, device=torch.device("cuda"))
+    b = next(loader)
+    assert all(t.is_cuda for t in b.values() if t is not None)
+    cpu = next(_loader(_cfg(stores["inst"], workers=1), mbs=4))
+    loader2 = build_train_loader(_cfg(stores["inst"], workers=1), seq_len=SEQ, micro_batch_size=4,
+                                 dp_rank=0, dp_size=1, seed=5, device=torch.device("cuda"))
+    assert torch.equal(next(loader2)["input_ids"].cpu(), cpu["input_ids"])
