@@ -18,6 +18,7 @@ from rich.table import Table
 from hpcllm import __version__
 from hpcllm.cli_ckpt import ckpt_app
 from hpcllm.cli_data import data_app
+from hpcllm.cli_model import model_app
 from hpcllm.errors import HpcllmError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(clusters_app, name="clusters")
 # Sub-apps of their own modules; each imports torch only inside its commands.
 app.add_typer(data_app, name="data")
 app.add_typer(ckpt_app, name="ckpt")
+app.add_typer(model_app, name="model")
 
 console = Console()
 err_console = Console(stderr=True)
