@@ -181,13 +181,23 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.head.weight = self.tok_emb.weight
+        self.tie_weights()
         # RoPE tables are derived, not learned: non-persistent, recomputed by `init_buffers` after
         # meta-device materialisation (to_empty leaves them uninitialised).
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.init_buffers(self.tok_emb.weight.device)
+        # bf16 compute for an unsharded model (one rank); under FSDP2 its MixedPrecisionPolicy casts.
+        self.autocast_dtype: torch.dtype | None = None
+
+    def tie_weights(self) -> None:
+        """Share the token embedding with the LM head (``tie_embeddings``).
+
+        Called again after ``to_empty``: materialising a plain (unsharded) module from ``meta``
+        gives each module its own new tensor, which would silently untie them.
+        """
+        if self.cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
 
     def init_buffers(self, device: torch.device) -> None:
         """(Re)compute the RoPE tables on ``device`` (a no-op table for learned positions)."""
@@ -202,13 +212,15 @@ class GPT(nn.Module):
         t = idx.shape[1]
         if t > self.cfg.seq_len:
             raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(t, device=idx.device))
-        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.head(self.norm(x))
+        with torch.autocast(idx.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            x = self.tok_emb(idx)  # (B, T, C)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(torch.arange(t, device=idx.device))
+            cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+            for block in self.blocks:
+                x = block(x, cos, sin)
+            return self.head(self.norm(x))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,16 @@ def apply_activation_checkpointing(model: GPT, cfg: ParallelConfig) -> None:
             block.checkpointed = i % cfg.ac_every == 0
 
 
+def uses_fsdp(cfg: ParallelConfig, mesh: DeviceMesh) -> bool:
+    """FSDP2 whenever it does something: more than one rank, or CPU offload.
+
+    On one rank without offload, sharding is the identity and FSDP2's per-block copies and DTensor
+    dispatch only cost time (benchmarks/engine_overhead.py: ~15% on a small CPU model), so the
+    model stays a plain module and BF_16 becomes autocast, as torchtitan does.
+    """
+    return mesh.size() > 1 or cfg.cpu_offload
+
+
 def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: DeviceMesh,
                          device: torch.device, seed: int) -> GPT:
     """Build on ``meta``, apply AC and compile, shard, then materialise and initialise.
@@ -66,14 +76,19 @@ def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: Devi
     if cfg.compile:
         for block in model.blocks:
             block.compile_compute()
-    offload: OffloadPolicy = (
-        CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
-    )
-    mp = mixed_precision(cfg)
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
-    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    if uses_fsdp(cfg, mesh):
+        offload: OffloadPolicy = (
+            CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
+        )
+        mp = mixed_precision(cfg)
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
+        fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    elif cfg.precision == "BF_16":
+        model.autocast_dtype = torch.bfloat16
     model.to_empty(device="cpu" if cfg.cpu_offload else device)
+    if not uses_fsdp(cfg, mesh):
+        model.tie_weights()  # FSDP2 registers a shared parameter once; a plain module needs re-tying
     init_weights(model, seed)
     model.init_buffers(device)  # RoPE tables live with the compute, even when params are offloaded
     return model
