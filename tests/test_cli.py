@@ -127,3 +127,31 @@ def test_collect_formats(tmp_path):
 def test_collect_missing_folder(tmp_path):
     result = runner.invoke(app, ["collect", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_collect_check_flags_runs_out_of_bounds(tmp_path):
+    ok = _fake_run(tmp_path, "ok", mfu=0.56)
+    low = _fake_run(tmp_path, "low", mfu=0.40, world_size=16)
+    for run in (ok, low):
+        (run / "manifest.json").write_text(json.dumps({"expected": {"mfu": {"value": 0.55, "lower": -0.1, "upper": None}}}))
+    result = runner.invoke(app, ["collect", str(tmp_path), "--check"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and result.output.count("ok") >= 1
+    assert "[0.495, inf]" in result.output
+    (low / "summary.json").write_text((low / "summary.json").read_text().replace('"mfu": 0.4', '"mfu": 0.5'))
+    assert runner.invoke(app, ["collect", str(tmp_path), "--check"]).exit_code == 0
+
+
+def test_experiment_references_reach_the_manifest(in_project, tmp_path):
+    exp = tmp_path / "e.yaml"
+    exp.write_text(
+        "name: e\ntraining: {model: {preset: tiny}, data: {path: data/demo}}\n"
+        "expected: {leonardo: {mfu: [0.5, -0.1, null]}, local: {samples_per_s: [100, -0.5, 1.0]}}\n"
+    )
+    result = runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    (manifest,) = (tmp_path / "r").rglob("manifest.json")
+    assert json.loads(manifest.read_text())["expected"] == {"mfu": {"value": 0.5, "lower": -0.1, "upper": None}}
+    exp.write_text(exp.read_text().replace("mfu:", "mfuu:"))
+    bad = runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "expected.leonardo.mfuu: not a checkable metric" in bad.output

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
+from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
@@ -52,6 +53,17 @@ class Experiment(BaseModel):
         default_factory=list, description="Groups of dotted keys whose lists advance together."
     )
     where: list[str] = Field(default_factory=list, description="Keep only points where all are true.")
+    expected: dict[str, dict[str, Reference]] = Field(
+        default_factory=dict,
+        description="Per cluster: metric -> [value, lower, upper] (fractions; null = unbounded), "
+        "checked by `hpcllm collect --check`.",
+    )
+
+    @field_validator("expected")
+    @classmethod
+    def _checkable(cls, value: dict[str, dict[str, Reference]]) -> dict[str, dict[str, Reference]]:
+        validate_metric_names(value)
+        return value
 
     @field_validator("where", mode="before")
     @classmethod

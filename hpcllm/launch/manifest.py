@@ -75,6 +75,7 @@ class Manifest(BaseModel):
     reason: str | None = None
     error: str | None = None
     point: dict[str, Any] = Field(default_factory=dict)
+    expected: dict[str, Any] = Field(default_factory=dict)  # the cluster's performance references
     created_at: str = Field(default_factory=now)
     updated_at: str = Field(default_factory=now)
 

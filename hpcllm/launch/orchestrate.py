@@ -100,6 +100,9 @@ def submit_experiment(
                 backend=cluster.scheduler, point=spec.point,
             )
         manifest.max_restarts = spec.resources.max_restarts or 0
+        manifest.expected = {
+            metric: ref.model_dump() for metric, ref in experiment.expected.get(cluster.name, {}).items()
+        }
         manifest.time_limit = spec.resources.time
         manifest.signal_before_end_s = cluster.signal_before_end_s
         manifest.depends_on = list(after or [])
