@@ -100,7 +100,9 @@ def test_custom_field_names(tmp_path: Path) -> None:
     ('[1, 2]\n', "expected a JSON object, got list"),
     ('{"text": 5}\n', "'text' must be a string"),
 ])
-def test_bad_records_name_file_and_line(tmp_path: Path, content: str, match: str) -> None:
+def test_bad_records_name_file_and_line(tmp_path: Path, content: str, match: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 8)  # several tasks: workers=2 really uses the pool
     (tmp_path / "c.jsonl").write_text(content)
     for workers in (1, 2):
         with pytest.raises(ConfigError, match=match):

@@ -99,6 +99,14 @@ def test_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
+def test_overwrite_never_replaces_something_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="precious: exists and is not a token store"):
+        _write(tmp_path / "precious", overwrite=True)
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
 def test_open_rejects_other_tokenizer(tmp_path: Path) -> None:
     _write(tmp_path / "s")
     with pytest.raises(ConfigError, match=r"s: written with tokenizer 'byte' .*fingerprint sha256:abc"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcllm.data import sources
 from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_tasks, parse_json
 from hpcllm.data.store import StoreHeader, StoreWriter
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer, single_threaded
@@ -154,6 +155,8 @@ def prepare(inputs: list[str], tokenizer: str, output: str | Path, *, fields: Fi
         on_start(total)
     tok = load_tokenizer(tokenizer)
     workers = available_cores() if workers is None else workers
+    # Starting a worker costs ~0.5 s (spawn + imports): no more workers than there are tasks.
+    workers = min(workers, max(1, -(-total // sources.CHUNK_BYTES)))
     writer = StoreWriter(output, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tokenizer,
                          tokenizer_fingerprint=tok.fingerprint, overwrite=overwrite)
     with writer:

@@ -72,7 +72,7 @@ class Sampler:
         return max(s.header.vocab_size for s in self.stores)
 
     def _make_perm(self, source: int, epoch: int) -> Permutation:
-        return Permutation(self.n_windows[source], (self.seed, epoch, source))
+        return Permutation(self.n_windows[source], (self.seed % 2**64, epoch, source))
 
     def locate(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Global sample ids -> (source, epoch within that source, window index)."""

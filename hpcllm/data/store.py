@@ -178,6 +178,10 @@ class StoreWriter:
         self.output = Path(output)
         if self.output.exists() and not overwrite:
             raise ConfigError(f"{self.output}: already exists; pass --overwrite to replace it")
+        if self.output.exists() and not (self.output / HEADER).is_file() and (
+            not self.output.is_dir() or any(self.output.iterdir())
+        ):
+            raise ConfigError(f"{self.output}: exists and is not a token store; refusing to replace it")
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp",
                                          dir=self.output.parent))
