@@ -230,3 +230,26 @@ def test_corrupt_latest_is_skipped_with_a_warning(tmp_path: Path, reference: Pat
     assert res.stderr.count("skipping checkpoint") == 1, "warned once per job, not once per rank"
     assert f"start at step {STEPS - 2}/{STEPS}" in res.stdout
     assert losses(run_dir) == {s: v for s, v in losses(reference).items() if s > STEPS - 2}
+
+
+def test_export_of_a_sharded_checkpoint_loads_in_transformers(tmp_path: Path, reference: Path) -> None:
+    """A checkpoint written by 2 FSDP ranks exports whole: torch file and HF folder agree on logits."""
+    import torch
+    from transformers import LlamaForCausalLM
+    from typer.testing import CliRunner
+
+    from hpcllm.cli_ckpt import ckpt_app
+    from hpcllm.engine.export import checkpoint_model_config
+    from hpcllm.engine.model import GPT
+
+    runner = CliRunner()
+    for fmt, out in (("torch", tmp_path / "model.pt"), ("hf", tmp_path / "hf")):
+        res = runner.invoke(ckpt_app, ["export", str(reference), "--format", fmt, "--output", str(out)])
+        assert res.exit_code == 0, res.output
+    cfg = checkpoint_model_config(reference / "checkpoints" / f"step_{STEPS}", RunDir(reference))
+    model = GPT(cfg)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens), rtol=1e-5, atol=1e-5)
