@@ -33,11 +33,23 @@ def _fail(exc: Exception) -> None:
 
 @contextmanager
 def _byte_progress(label: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """(on_start(total_bytes), advance(n_bytes)) driving one rich bar of input bytes read."""
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=False) as bar:
-        task = bar.add_task(label, total=None)
-        yield (lambda total: bar.update(task, total=total)), (lambda n: bar.advance(task, n))
+    """(on_start(total_bytes), advance(n_bytes)) for one rich bar of input bytes read.
+
+    The bar appears at ``on_start``, once the inputs are known to exist, so an input error is
+    not preceded by an empty bar.
+    """
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn(), console=err_console)
+    task = bar.add_task(label, total=None)
+
+    def on_start(total: int) -> None:
+        bar.update(task, total=total)
+        bar.start()
+
+    try:
+        yield on_start, (lambda n: bar.advance(task, n))
+    finally:
+        bar.stop()
 
 
 def _print_header(path: Path, header: object, extra: dict[str, str] | None = None) -> None:
