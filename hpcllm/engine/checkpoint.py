@@ -169,7 +169,10 @@ def _world() -> int:
 
 @contextlib.contextmanager
 def single_process_dcp() -> Iterator[None]:
-    """Silence DCP's "assuming a single process" warning: world size 1 without a group is intended."""
+    """Silence DCP's "assuming a single process" warning: world size 1 without a group is intended.
+
+    DCP detects that case by itself (no ``no_dist`` argument needed, which older torch lacks).
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
@@ -262,7 +265,7 @@ class Checkpointer:
         sd = {"model": model_sd, "optim": optim_sd}
         try:
             with single_process_dcp():
-                dcp.load(sd, checkpoint_id=str(path), no_dist=not _dist_on())
+                dcp.load(sd, checkpoint_id=str(path))
         except CheckpointException as exc:  # raised on every rank alike, so all ranks skip it
             raise CheckpointCorrupt(f"{path}: loading failed: {exc}") from None
         set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
@@ -327,7 +330,7 @@ class Checkpointer:
             self._pending = (future, tmp, step)
         else:
             with single_process_dcp():
-                dcp.save(sd, checkpoint_id=str(tmp), no_dist=not _dist_on())
+                dcp.save(sd, checkpoint_id=str(tmp))
             self._publish(tmp, step)
 
     def _trainer_state(self, state: TrainState) -> dict[str, Any]:

@@ -49,8 +49,8 @@ def load_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
             target[fqn[len(MODEL_PREFIX):]] = torch.empty(meta.size, dtype=meta.properties.dtype)
     if not target:
         raise HpcllmError(f"{ckpt_dir}: checkpoint holds no model tensors")
-    with single_process_dcp():
-        dcp.load({"model": target}, checkpoint_id=str(ckpt_dir), no_dist=True)
+    with single_process_dcp():  # a CLI process: no process group, DCP reads all shards itself
+        dcp.load({"model": target}, checkpoint_id=str(ckpt_dir))
     return target
 
 
