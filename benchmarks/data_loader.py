@@ -92,13 +92,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=120_000_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hpcllm-bench-loader"))
+    ap.add_argument("--store", type=Path, default=None,
+                    help="Use this byte-tokenized store (e.g. from data_tokenize.py --keep) instead.")
     ap.add_argument("--seconds", type=float, default=3.0, help="Per throughput measurement.")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 = one rank per core, as the smoke run uses on CPU.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(width=150)
-    store_path = args.workdir / "store"
+    store_path = args.store or args.workdir / "store"
     existing = TokenStore.open(store_path).n_tokens if (store_path / "header.json").exists() else 0
     if existing < args.tokens:
         t0 = time.perf_counter()
