@@ -347,3 +347,32 @@ def test_more_nodes_than_the_partition_is_rejected_before_sbatch(env: Path, demo
     with pytest.raises(ConfigError, match=r"resources.nodes: 5 nodes requested, but cluster 'localslurm' has at most 4"):
         submit_experiment(exp, "localslurm", env)
     assert not env.exists()
+
+
+def test_grid_as_job_array_with_per_task_requeue(
+    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
+    profile.update(name="arrayslurm", max_array_size=4)
+    clusters = tmp_path / "clusters"
+    clusters.mkdir()
+    (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+    steps = 60
+    exp = experiment(tmp_path, demo_data, "array", steps=steps, every=1000, max_restarts=1,
+                     grid={"train.micro_batch_size": [4, 8]})
+    result = submit_experiment(exp, "arrayslurm", env)
+    array_id = (result.runs[0].job_id or "").split("_")[0]
+    assert [r.job_id for r in result.runs] == [f"{array_id}_0", f"{array_id}_1"]
+    run0, run1 = (r.run_dir for r in result.runs)
+    wait_for(lambda: last_step(run1) >= 5, 120, "array task 1 to train")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{array_id}_1"], check=True)  # this task only
+    states = wait_for(lambda: finished(env, [run0, run1]), 240, "both array tasks")
+    assert set(states.values()) == {"completed"}, {rd.run_id: manifest_of(rd).reason for rd in (run0, run1)}
+    assert manifest_of(run0).restarts == []
+    assert [r.reason for r in manifest_of(run1).restarts] == ["time limit near (USR1)"]
+    assert [r["step"] for r in metrics(run1) if not r["rerun"]] == list(range(1, steps + 1))
+    for i, rd in enumerate((run0, run1)):
+        assert manifest_of(rd).job_id == f"{array_id}_{i}"
+        assert "[hpcllm] job" in rd.log_file(f"{array_id}_{i}").read_text()  # the run's own log
+    assert len(collect_table(env)) == 2

@@ -12,6 +12,7 @@ import pytest
 from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import expand_experiment, load_experiment
 from hpcllm.errors import BackendError
+from hpcllm.launch.arrays import array_key, array_name, array_script
 from hpcllm.launch.backends.slurm import (
     SlurmBackend,
     job_state,
@@ -183,3 +184,27 @@ def test_submit_refuses_a_missing_output_folder(tmp_path: Path, monkeypatch: pyt
     m = Manifest(run_id="r", experiment="e", cluster="localslurm", backend="slurm")
     with pytest.raises(BackendError, match="does not exist"):
         backend.submit(RunDir(tmp_path / "nowhere"), m)
+
+
+def test_array_script_shares_resources_and_execs_each_runs_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
+    cluster = load_cluster("localslurm")
+    specs = expand_experiment(load_experiment(REPO / "experiments" / "smoke.yaml"), cluster, "smoke.yaml")
+    run_dirs = []
+    for spec in specs:
+        rd = RunDir.of(tmp_path, "smoke", cluster.name, spec.run_id)
+        rd.path.mkdir(parents=True)
+        rd.job_script.write_text(render_job(spec, cluster, rd, account=None))
+        run_dirs.append(rd)
+    m = Manifest(run_id=specs[0].run_id, experiment="smoke", cluster="localslurm", backend="slurm")
+    # The smoke grid differs in ranks per node, not in what it asks SLURM for: one array fits both.
+    assert array_key(run_dirs[0], m, []) == array_key(run_dirs[1], m, [])
+    assert array_key(run_dirs[0], m, []) != array_key(run_dirs[0], m, ["n2"])
+    text = array_script(run_dirs, array_name(m, run_dirs))
+    (tmp_path / "array.sh").write_text(text)
+    subprocess.run(["bash", "-n", str(tmp_path / "array.sh")], check=True)
+    assert text.count("#SBATCH --job-name=") == 1 and "#SBATCH --signal=B:USR1@30" in text
+    assert all(str(rd.path.absolute()) in text for rd in run_dirs)
+    assert 'exec bash "$RUN/job.sbatch"' in text

@@ -82,6 +82,10 @@ class ClusterProfile(BaseModel):
     )
     max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
     template: str = Field("sbatch.sh.j2", description="Template in templates/ used to render jobs.")
+    max_array_size: int = Field(
+        0, ge=0, description="SLURM: submit grid points with equal resources as one job array of at most "
+        "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterProfile":

@@ -51,9 +51,12 @@ class JobContext:
 
     @classmethod
     def from_env(cls, run_dir: Path) -> "JobContext":
+        array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         return cls(
             run_dir=RunDir(run_dir),
-            job_id=os.environ.get("SLURM_JOB_ID", ""),
+            # An array task is "<array>_<task>" in the manifest and in squeue; SLURM_JOB_ID is its
+            # own number, which squeue does not print.
+            job_id=f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID", ""),
             nodelist=os.environ.get("SLURM_JOB_NODELIST", ""),
             restart_count=int(os.environ.get("SLURM_RESTART_COUNT") or 0),  # unset on a first run
         )

@@ -70,6 +70,7 @@ class Manifest(BaseModel):
     exclude_nodes: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
     nodes: str | None = None  # node list of the current (or last) attempt
+    job_name: str | None = None  # the job's name in the scheduler (a job array's, for array tasks)
     runner_pid: int | None = None
     exit_code: int | None = None
     reason: str | None = None

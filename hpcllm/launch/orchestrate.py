@@ -78,6 +78,7 @@ def submit_experiment(
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None
 
+    queued: list[tuple[PlannedRun, Manifest]] = []
     for spec in specs:
         run_dir = RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)
         config_text = run_config_text(spec)
@@ -111,14 +112,22 @@ def submit_experiment(
                 save_manifest(run_dir, manifest)
             result.runs.append(PlannedRun(spec, run_dir, "rendered"))
             continue
+        planned = PlannedRun(spec, run_dir, "submitted")
+        result.runs.append(planned)
+        queued.append((planned, manifest))
+    if backend is not None and queued:
+        # All at once, so that a backend can batch them (SLURM job arrays).
         try:
-            job_id = backend.submit(run_dir, manifest)
+            job_ids = backend.submit_all([(planned.run_dir, manifest) for planned, manifest in queued])
         except BackendError as exc:
-            manifest.state = RunState.SUBMIT_FAILED
-            manifest.error = str(exc)
-            save_manifest(run_dir, manifest)
+            for planned, manifest in queued:
+                if manifest.state != RunState.PENDING:  # not submitted before the error
+                    manifest.state = RunState.SUBMIT_FAILED
+                    manifest.error = str(exc)
+                    save_manifest(planned.run_dir, manifest)
             raise
-        result.runs.append(PlannedRun(spec, run_dir, "submitted", job_id=job_id))
+        for (planned, _), job_id in zip(queued, job_ids):
+            planned.job_id = job_id
     return result
 
 

@@ -19,6 +19,14 @@ class Backend(ABC):
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
         """Start (or queue) the run's ``job.sbatch``; return the job id. Updates ``manifest``."""
 
+    def submit_all(self, items: list[tuple[RunDir, Manifest]]) -> list[str]:
+        """Submit several runs, in order; a backend may batch them (SLURM job arrays).
+
+        A run that was submitted has its manifest saved with state pending; on an error the
+        remaining ones are left as they were for the caller to mark.
+        """
+        return [self.submit(run_dir, manifest) for run_dir, manifest in items]
+
     @abstractmethod
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
         """Current state of each run (keyed by run id), from the scheduler and the run directory."""

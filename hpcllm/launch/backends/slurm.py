@@ -23,7 +23,8 @@ from pathlib import Path
 
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.errors import BackendError
-from hpcllm.fsutil import read_json
+from hpcllm.fsutil import atomic_write_text, read_json
+from hpcllm.launch.arrays import array_key, array_name, array_script
 from hpcllm.launch.backends.base import Backend
 from hpcllm.launch.manifest import Manifest, RunState, Submission, load_manifest, now, save_manifest
 from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
@@ -75,6 +76,11 @@ def submitted_job_name(run_dir: RunDir) -> str | None:
     return sbatch_option(run_dir, "job-name")
 
 
+def expected_job_name(run_dir: RunDir, manifest: Manifest) -> str | None:
+    """The name the run's job has in the scheduler: its array's, or its own script's."""
+    return manifest.job_name or submitted_job_name(run_dir)
+
+
 def usable_excludes(exclude: list[str], nodes: int, partition_nodes: int) -> list[str]:
     """The most recently failed nodes that still leave ``nodes`` in the partition.
 
@@ -110,25 +116,76 @@ class SlurmBackend(Backend):
         self._jobcomp_asked = False
 
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
+        exclude = self._excludes(run_dir, manifest)
+        job_id = self._sbatch(run_dir.job_script, exclude, manifest.depends_on, run_dir)
+        self._record_submission(run_dir, manifest, job_id, submitted_job_name(run_dir), exclude)
+        return job_id
+
+    def submit_all(self, items: list[tuple[RunDir, Manifest]]) -> list[str]:
+        """One job per run, or, where the profile allows arrays, one array per group of runs with
+        equal resources, excludes and dependencies (task ids ``<array>_<i>``)."""
+        if self.cluster.max_array_size < 2:
+            return super().submit_all(items)
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, (run_dir, manifest) in enumerate(items):
+            key = array_key(run_dir, manifest, self._excludes(run_dir, manifest))
+            groups.setdefault(key, []).append(i)
+        job_ids: list[str] = [""] * len(items)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.cluster.max_array_size):
+                chunk = indices[start:start + self.cluster.max_array_size]
+                if len(chunk) == 1:
+                    job_ids[chunk[0]] = self.submit(*items[chunk[0]])
+                    continue
+                for i, job_id in zip(chunk, self._submit_array([items[i] for i in chunk])):
+                    job_ids[i] = job_id
+        return job_ids
+
+    def _submit_array(self, items: list[tuple[RunDir, Manifest]]) -> list[str]:
+        run_dirs = [rd for rd, _ in items]
+        first_dir, first = items[0]
+        name = array_name(first, run_dirs)
+        script = first_dir.path.parent / f".{name}.sbatch"
+        atomic_write_text(script, array_script(run_dirs, name))
+        exclude = self._excludes(first_dir, first)
+        array_id = self._sbatch(script, exclude, first.depends_on, first_dir, array=len(items))
+        job_ids = []
+        for i, (run_dir, manifest) in enumerate(items):
+            job_id = f"{array_id}_{i}"
+            self._record_submission(run_dir, manifest, job_id, name, exclude)
+            job_ids.append(job_id)
+        return job_ids
+
+    def _excludes(self, run_dir: RunDir, manifest: Manifest) -> list[str]:
+        return usable_excludes(manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes)
+
+    @staticmethod
+    def _sbatch(script: Path, exclude: list[str], depends_on: list[str], run_dir: RunDir, array: int = 0) -> str:
         if not run_dir.path.is_dir():
             # sbatch accepts a job whose --output folder is missing; the job then fails with no log.
             raise BackendError(f"{run_dir.path}: the run directory (the job's --output folder) does not exist")
         cmd = ["sbatch", "--parsable"]
-        exclude = usable_excludes(
-            manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes
-        )
+        if array:
+            cmd.append(f"--array=0-{array - 1}")
         if exclude:
             cmd.append(f"--exclude={','.join(exclude)}")
-        if manifest.depends_on:
+        if depends_on:
             # --kill-on-invalid-dep=yes in the script: a failed dependency cancels this job
             # instead of leaving it pending forever.
-            cmd.append(f"--dependency=afterok:{':'.join(manifest.depends_on)}")
-        cmd.append(str(run_dir.job_script.absolute()))
+            cmd.append(f"--dependency=afterok:{':'.join(depends_on)}")
+        cmd.append(str(script.absolute()))
         out = run_slurm(cmd).stdout
         job_id = parse_job_id(out)
         if job_id is None:
             raise BackendError(f"`{shlex.join(cmd)}` printed no job id: {out!r}")
+        return job_id
+
+    @staticmethod
+    def _record_submission(
+        run_dir: RunDir, manifest: Manifest, job_id: str, job_name: str | None, exclude: list[str]
+    ) -> None:
         manifest.job_id = job_id
+        manifest.job_name = job_name
         manifest.state = RunState.PENDING
         manifest.nodes = None
         manifest.exit_code = None
@@ -136,7 +193,6 @@ class SlurmBackend(Backend):
         manifest.error = None
         manifest.submissions.append(Submission(job_id=job_id, time=now(), exclude=exclude))
         save_manifest(run_dir, manifest)
-        return job_id
 
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
         fresh = [(rd, load_manifest(rd) or m) for rd, m in items]
@@ -157,7 +213,7 @@ class SlurmBackend(Backend):
         fresh.reason = "cancelled with `hpcllm cancel`"
         save_manifest(run_dir, fresh)
         entry = self._squeue([fresh.job_id]).get(fresh.job_id) if fresh.job_id else None
-        if entry is None or entry[0] != submitted_job_name(run_dir) or not job_state(entry[1]).active:
+        if entry is None or entry[0] != expected_job_name(run_dir, fresh) or not job_state(entry[1]).active:
             return  # not (or no longer) our job in the scheduler: nothing to signal
         try:
             run_slurm(["scancel", fresh.job_id])
@@ -173,7 +229,8 @@ class SlurmBackend(Backend):
         if not ids:
             return {}
         proc = run_slurm(
-            ["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", "--format=%i|%j|%T|%r"],
+            # --array: one line per array task, as "<array>_<task>", pending ones included.
+            ["squeue", "--noheader", "--states=all", "--array", f"--jobs={','.join(ids)}", "--format=%i|%j|%T|%r"],
             check=False,
         )
         if proc.returncode != 0:
@@ -191,7 +248,7 @@ class SlurmBackend(Backend):
         if not manifest.state.active or not manifest.job_id:
             return manifest.state
         entry = queue.get(manifest.job_id)
-        if entry is not None and entry[0] != submitted_job_name(run_dir):
+        if entry is not None and entry[0] != expected_job_name(run_dir, manifest):
             entry = None  # a reused job id: this job belongs to someone else
         if entry is not None:
             _, slurm_state, reason = entry
@@ -200,13 +257,14 @@ class SlurmBackend(Backend):
                 detail = "" if reason in ("None", "") else f" ({reason})"
                 self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
             return state
-        state, reason = self._forgotten_job(run_dir, manifest.job_id)
+        state, reason = self._forgotten_job(run_dir, manifest)
         self._record_end(run_dir, state, reason)
         return state
 
-    def _forgotten_job(self, run_dir: RunDir, job_id: str) -> tuple[RunState, str | None]:
+    def _forgotten_job(self, run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | None]:
         """The end of a job squeue no longer shows: sacct, the jobcomp log, then the run dir."""
-        name = submitted_job_name(run_dir) or ""
+        job_id = manifest.job_id or ""
+        name = expected_job_name(run_dir, manifest) or ""
         proc = run_slurm(
             ["sacct", "--noheader", "--parsable2", "-X", f"--jobs={job_id}", "--format=JobName,State"], check=False
         ) if shutil.which("sacct") else None
