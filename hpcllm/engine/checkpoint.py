@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -181,6 +182,15 @@ def single_process_dcp() -> Iterator[None]:
 def _barrier() -> None:
     if _dist_on():
         dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable: a node crash must not roll back a published checkpoint."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _snapshot_if_needed(obj: Any) -> Any:
@@ -393,7 +403,9 @@ class Checkpointer:
         if final.exists():  # a step re-run after a crash is saved again; move the old copy aside first
             final.rename(old)
         tmp.rename(final)
+        _fsync_dir(self.root)  # the rename is on disk before the pointer can name it
         atomic_write_text(self.root / LATEST, final.name + "\n")
+        _fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
         log.info("saved checkpoint %s", final)
         self._prune(keep=final)
