@@ -57,3 +57,17 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_importing_the_sub_app_does_not_import_torch() -> None:
     code = "import sys, hpcllm.cli_data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_demo_adds_debian_python_docs_when_installed(tmp_path: Path, monkeypatch) -> None:
+    from hpcllm.data import demo
+
+    docs = tmp_path / "usr/share/doc/python3.11/html/_sources/library"
+    docs.mkdir(parents=True)
+    (docs / "json.rst.txt").write_text(":mod:`json` --- JSON encoder and decoder\n")
+    monkeypatch.setattr(demo, "DEBIAN_DOC_SOURCES", tmp_path / "usr/share/doc/python3.11/html/_sources")
+    _, with_docs = demo.write_demo(tmp_path / "with")
+    _, without = demo.write_demo(tmp_path / "without", with_debian_docs=False)
+    assert with_docs.header.n_docs == without.header.n_docs + 1
+    last = TokenStore.open(tmp_path / "with").document(with_docs.header.n_docs - 1)
+    assert bytes(last[:-1].astype("uint8")).decode().startswith(":mod:`json`")

@@ -26,7 +26,8 @@ def topics() -> dict[str, str]:
     return dict(sorted(pydoc_data.topics.topics.items()))
 
 
-def debian_doc_files(root: Path = DEBIAN_DOC_SOURCES) -> list[Path]:
+def debian_doc_files(root: Path | None = None) -> list[Path]:
+    root = DEBIAN_DOC_SOURCES if root is None else root
     return sorted(root.rglob("*.txt")) if root.is_dir() else []
 
 
