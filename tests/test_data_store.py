@@ -155,3 +155,28 @@ def test_empty_input_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="holds no documents"):
         _write(tmp_path / "s", [])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_documents_may_span_writes_but_ends_are_checked(tmp_path: Path) -> None:
+    with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                     tokenizer_fingerprint="byte-v1") as w:
+        w.write(np.array([1, 2]), None, np.array([], np.int64))  # a document's first piece
+        w.write(np.array([3, 256, 4, 256]), None, np.array([2, 4]))  # its end, and a second one
+        with pytest.raises(ValueError, match="document ends must increase"):
+            w.write(np.array([5, 256]), None, np.array([3]))  # past the run
+        with pytest.raises(ValueError, match="mask entries"):
+            w.write(np.array([5, 256]), np.array([1], np.uint8), np.array([2]))
+        w.commit()
+    store = TokenStore.open(tmp_path / "s")
+    assert store.doc_offsets.tolist() == [0, 4, 6]
+    assert store.document(0).tolist() == [1, 2, 3, 256]
+
+
+def test_commit_refuses_an_unfinished_document(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 tokens after the last document end"):
+        with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                         tokenizer_fingerprint="byte-v1") as w:
+            w.add([np.array([1, 256])])
+            w.write(np.array([7, 8]), None, np.array([], np.int64))
+            w.commit()
+    assert list(tmp_path.iterdir()) == []

@@ -191,9 +191,9 @@ class StoreWriter:
         self.dtype = token_dtype(vocab_size)
         self.vocab_size, self.eos_id = vocab_size, eos_id
         self.tokenizer, self.fingerprint = tokenizer, tokenizer_fingerprint
-        self.overwrite = overwrite
         self.n_tokens = 0
         self.n_docs = 0
+        self._last_end = 0  # where the last finished document ends
         self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")
         self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")
         self._mask: BinaryIO | None = None
@@ -213,16 +213,23 @@ class StoreWriter:
         """
         if tokens.size and (int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0):
             raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        ends = np.asarray(doc_ends, dtype=np.int64) + self.n_tokens
+        bounds = np.concatenate([[self._last_end], ends, [self.n_tokens + tokens.size]])
+        if (np.diff(bounds[:-1]) <= 0).any() or bounds[-2] > bounds[-1]:
+            raise ValueError("document ends must increase, leave no empty document, and lie in the run")
+        if mask is not None and mask.size != tokens.size:
+            raise ValueError(f"{mask.size} mask entries for {tokens.size} tokens")
         if mask is not None and self._mask is None:
             self._start_mask()
         if self._mask is not None:
             m = mask if mask is not None else np.ones(tokens.size, np.uint8)
             self._mask.write(m.astype(np.uint8).tobytes())
         self._tokens.write(tokens.astype(self.dtype).tobytes())
-        ends = np.asarray(doc_ends, dtype=np.int64) + self.n_tokens
         self._ends.write(ends.tobytes())
         self.n_tokens += int(tokens.size)
         self.n_docs += int(ends.size)
+        if ends.size:
+            self._last_end = int(ends[-1])
 
     def _start_mask(self) -> None:
         self._mask = open(self.tmp / LOSS_MASK, "wb")
@@ -237,7 +244,7 @@ class StoreWriter:
         """Finish every file, write the header last, and rename the directory into place."""
         if self.n_docs == 0:
             raise ConfigError(f"{self.output}: the input holds no documents; nothing to store")
-        unterminated = self.n_tokens - self._last_end()
+        unterminated = self.n_tokens - self._last_end
         if unterminated:
             raise ValueError(f"{unterminated} tokens after the last document end")
         for fh in (self._tokens, self._ends, self._mask):
@@ -261,15 +268,6 @@ class StoreWriter:
         else:
             os.replace(self.tmp, self.output)
         return header
-
-    def _last_end(self) -> int:
-        self._ends.flush()
-        size = os.path.getsize(self.tmp / "doc_ends.tmp")
-        if size == 0:
-            return 0
-        with open(self.tmp / "doc_ends.tmp", "rb") as fh:
-            fh.seek(size - 8)
-            return int(np.frombuffer(fh.read(8), dtype=np.int64)[0])
 
     def _write_offsets(self) -> None:
         ends_file = self.tmp / "doc_ends.tmp"
