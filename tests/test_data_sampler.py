@@ -149,3 +149,26 @@ def test_sampler_pickles_without_its_data(stores: dict[str, Path]) -> None:
     t = pickle.loads(blob)
     g = np.arange(10)
     assert np.array_equal(s.batch(g).tokens, t.batch(g).tokens)
+
+
+def test_open_and_first_batch_are_constant_time_on_a_huge_store(tmp_path: Path) -> None:
+    """4·10^9 tokens (a sparse 8 GB file): nothing may read or index the whole store."""
+    import json
+
+    from hpcllm.data.store import StoreHeader
+
+    n = 4 * 10**9
+    root = tmp_path / "huge"
+    root.mkdir()
+    with open(root / "tokens.bin", "wb") as fh:
+        fh.truncate(2 * n)  # sparse: no disk blocks, reads as token 0
+    np.save(root / "doc_offsets.npy", np.array([0, n], dtype=np.int64))
+    header = StoreHeader(dtype="uint16", vocab_size=257, eos_id=256, tokenizer="byte",
+                         tokenizer_fingerprint="byte-v1", n_tokens=n, n_docs=1, has_loss_mask=False)
+    (root / "header.json").write_text(json.dumps(header.to_json()))
+    t0 = time.perf_counter()
+    s = Sampler([str(root)], [1.0], tokenizer="byte", seq_len=2048, seed=0, shuffle=True)
+    batch = s.batch(micro_batch_ids(10**11, 8, 1))  # epoch 51 of ~2·10^6 windows
+    dt = time.perf_counter() - t0
+    assert batch.tokens.shape == (8, 2049) and not batch.tokens.any()
+    assert dt < 0.5, f"open + far batch on 4e9 tokens took {dt:.3f}s"
