@@ -40,7 +40,10 @@ def test_jsonl_txt_and_gz_in_input_order(tmp_path: Path) -> None:
     _jsonl(tmp_path / "b.jsonl.gz", [{"text": t} for t in DOCS[4:8]], gz=True)
     (tmp_path / "txt").mkdir()
     for i, t in enumerate(DOCS[8:]):
-        (tmp_path / "txt" / f"{i}.txt").write_text(t)
+        if i % 2:
+            (tmp_path / "txt" / f"{i}.txt.gz").write_bytes(gzip.compress(t.encode()))
+        else:
+            (tmp_path / "txt" / f"{i}.txt").write_text(t)
     res = prepare([str(tmp_path / "a.jsonl"), str(tmp_path / "*.gz"), str(tmp_path / "txt")], "byte",
                   tmp_path / "out", workers=1)
     store = TokenStore.open(res.output, tokenizer_fingerprint="byte-v1")
