@@ -169,3 +169,15 @@ def test_tokenizer_without_eos_is_refused(tmp_path: Path) -> None:
 def test_vocab_too_small_for_bpe(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--vocab-size: 100; a byte-level BPE needs at least 257"):
         train_bpe(["x"], 100, tmp_path)
+
+
+def test_progress_reports_every_input_byte_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 2048)
+    _jsonl(tmp_path / "a.jsonl.gz", [{"text": t} for t in DOCS] * 100, gz=True)
+    (tmp_path / "b.txt").write_text("".join(DOCS))
+    seen: list[int] = []
+    totals: list[int] = []
+    prepare([str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.txt")], "byte", tmp_path / "s",
+            workers=1, progress=seen.append, on_start=totals.append)
+    size = (tmp_path / "a.jsonl.gz").stat().st_size + (tmp_path / "b.txt").stat().st_size
+    assert totals == [size] and sum(seen) == size and len(seen) > 3
