@@ -140,12 +140,20 @@ def info_cmd(
     path: Path = typer.Argument(..., help="A store directory."),
     seq_len: Optional[int] = typer.Option(None, min=1, help="Also count samples of this length."),
     show: int = typer.Option(200, min=0, help="Decode this many tokens of the first document (byte stores)."),
+    verify: bool = typer.Option(False, help="Also scan every token (O(size)): ids, EOS, mask values."),
 ) -> None:
     """Check a store against its header and summarise it."""
     from hpcllm.data.store import TokenStore
 
     try:
         store = TokenStore.open(path)
+        if verify:
+            bar = Progress(TextColumn("[bold]verifying"), BarColumn(), TimeRemainingColumn(),
+                           console=err_console)
+            with bar:
+                task = bar.add_task("verify", total=store.n_tokens)
+                store.verify(progress=lambda n: bar.advance(task, n))
+            console.print(f"[green]verified[/] {store.n_tokens:,} tokens, {store.n_docs:,} documents")
     except HpcllmError as exc:
         _fail(exc)
     extra = {}

@@ -41,8 +41,9 @@ def test_prepare_info_and_train_tokenizer(tmp_path: Path) -> None:
                                    "--output", str(tmp_path / "bpe"), "--workers", "1"])
     assert res.exit_code == 0, res.output
     assert "MB/s" in res.output
-    res = runner.invoke(data_app, ["info", str(tmp_path / "bpe"), "--seq-len", "128"])
+    res = runner.invoke(data_app, ["info", str(tmp_path / "bpe"), "--seq-len", "128", "--verify"])
     assert res.exit_code == 0 and "samples @ seq_len 128" in res.output and "400" in res.output
+    assert "verified" in res.output
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:

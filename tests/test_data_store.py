@@ -180,3 +180,20 @@ def test_commit_refuses_an_unfinished_document(tmp_path: Path) -> None:
             w.write(np.array([7, 8]), None, np.array([], np.int64))
             w.commit()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_scans_what_open_does_not(tmp_path: Path) -> None:
+    _write(tmp_path / "s")
+    store = TokenStore.open(tmp_path / "s")
+    store.verify()  # a good store passes
+    tokens = np.memmap(tmp_path / "s" / TOKENS, dtype=np.uint16, mode="r+")
+    tokens[3] = 300
+    tokens.flush()
+    with pytest.raises(ConfigError, match="tokens.bin: token 3 is 300, not below vocab_size 257"):
+        TokenStore.open(tmp_path / "s").verify()
+    tokens[3] = 65
+    end_of_first = len(TEXTS[0].encode())
+    tokens[end_of_first] = 65
+    tokens.flush()
+    with pytest.raises(ConfigError, match="document 0 does not end with EOS"):
+        TokenStore.open(tmp_path / "s").verify(chunk=2)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -145,6 +146,31 @@ class TokenStore:
         tokens = self.tokens[rows].astype(np.int64)
         mask = None if self.loss_mask is None else self.loss_mask[rows[:, 1:]]
         return tokens, mask
+
+    def verify(self, progress: Callable[[int], None] | None = None, chunk: int = 1 << 24) -> None:
+        """Full scan (O(n), unlike ``open``): ids < vocab_size, every document ends with EOS and is
+        non-empty, mask values are 0/1. ``progress(n)`` gets the tokens checked so far, per chunk."""
+        h = self.header
+        off = self.doc_offsets
+        for start in range(0, h.n_docs, chunk):
+            part = np.asarray(off[start: start + chunk + 1])
+            if (np.diff(part) <= 0).any():
+                bad = start + int(np.argmax(np.diff(part) <= 0))
+                raise ConfigError(f"{self.path / DOC_OFFSETS}: document {bad} is empty or out of order")
+            ends = part[1:] - 1
+            if (self.tokens[ends] != h.eos_id).any():
+                bad = start + int(np.argmax(self.tokens[ends] != h.eos_id))
+                raise ConfigError(f"{self.path / TOKENS}: document {bad} does not end with EOS ({h.eos_id})")
+        for start in range(0, h.n_tokens, chunk):
+            block = np.asarray(self.tokens[start: start + chunk])
+            if int(block.max()) >= h.vocab_size:
+                at = start + int(np.argmax(block >= h.vocab_size))
+                raise ConfigError(f"{self.path / TOKENS}: token {at} is {int(self.tokens[at])}, "
+                                  f"not below vocab_size {h.vocab_size}")
+            if self.loss_mask is not None and int(np.asarray(self.loss_mask[start: start + chunk]).max()) > 1:
+                raise ConfigError(f"{self.path / LOSS_MASK}: values other than 0 and 1 near token {start}")
+            if progress is not None:
+                progress(block.size)
 
     def document(self, i: int) -> np.ndarray:
         return np.asarray(self.tokens[int(self.doc_offsets[i]): int(self.doc_offsets[i + 1])])
