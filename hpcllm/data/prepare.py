@@ -22,7 +22,7 @@ import numpy as np
 
 from hpcllm.data import sources
 from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_tasks, parse_json
-from hpcllm.data.store import StoreHeader, StoreWriter
+from hpcllm.data.store import StoreHeader, StoreWriter, token_dtype
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer, single_threaded
 from hpcllm.errors import HpcllmError
 
@@ -31,7 +31,7 @@ StartFn = Callable[[int], None]  # called once with the total input size in byte
 
 @dataclass
 class Encoded:
-    tokens: np.ndarray  # flat ids, documents closed by EOS
+    tokens: np.ndarray  # flat ids in the store's dtype, documents closed by EOS
     mask: np.ndarray | None  # uint8 per token, None when the task held no instruction pair
     doc_ends: np.ndarray  # positions in ``tokens`` where documents end (exclusive)
 
@@ -89,7 +89,9 @@ def encode_task(task: Task, tok: Tokenizer, fields: Fields) -> Encoded:
         n += seq.size
         if end:
             doc_ends.append(n)
-    tokens = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    # Already in the store's dtype: a quarter of the bytes an int64 array would take back to the writer.
+    dtype = token_dtype(tok.vocab_size)
+    tokens = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
     mask = np.concatenate(mask_parts) if any_prompt else None
     return Encoded(tokens, mask, np.asarray(doc_ends, dtype=np.int64))
 
