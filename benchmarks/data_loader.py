@@ -30,7 +30,7 @@ from hpcllm.data.demo import topics
 from hpcllm.data.sampler import Sampler
 from hpcllm.data.store import StoreWriter, TokenStore
 from hpcllm.data.tokenizer import ByteTokenizer
-from hpcllm.engine.data import TrainLoader, build_train_loader
+from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.model import GPT, init_weights
 

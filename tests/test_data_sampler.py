@@ -172,3 +172,13 @@ def test_open_and_first_batch_are_constant_time_on_a_huge_store(tmp_path: Path) 
     dt = time.perf_counter() - t0
     assert batch.tokens.shape == (8, 2049) and not batch.tokens.any()
     assert dt < 0.5, f"open + far batch on 4e9 tokens took {dt:.3f}s"
+
+
+def test_blend_epochs_advance_per_source(stores: dict[str, Path]) -> None:
+    s = _sampler([stores["plain"], stores["inst"]], [1.0, 1.0])
+    assert s.epoch_at(0) == [0, 0]
+    n0, n1 = s.n_windows
+    g = 2 * max(n0, n1) + 3 * 4096  # each source has had about g/2 samples
+    src, epoch, _ = s.locate(np.array([g]))
+    assert s.epoch_at(g)[int(src[0])] == int(epoch[0])
+    assert min(s.epoch_at(g)) >= 1
