@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--ac-every", type=int, default=2)
     p.add_argument("--compile", default="off,on", help="compile settings: off, on or both")
     p.add_argument("--steps", type=int, default=10 if on_gpu else 3)
-    p.add_argument("--warmup", type=int, default=3 if on_gpu else 1)
+    p.add_argument("--warmup", type=int, default=3 if on_gpu else 2)
     p.add_argument("--gpu-type", default=None, help="peak-FLOPs table key; default: from the device name")
     p.add_argument("--cpu-peak-flops", type=float, default=None, help="per-device peak for MFU on CPU")
     args = p.parse_args()

@@ -243,26 +243,28 @@ def init_std(cfg: ModelConfig, name: str) -> float:
 
 
 @torch.no_grad()
-def init_weights(model: GPT, seed: int) -> None:
+def init_weights(model: GPT, seed: int, device: torch.device | None = None) -> None:
     """Fill every parameter in place, identically for any sharding or world size.
 
     Each parameter's full tensor is drawn from its own generator, seeded from ``seed`` and the
     parameter's name, and each rank keeps its shard of it. So one rank and N ranks start from the
     same weights (a test checks it), while only one parameter at a time is ever whole in memory.
-    Norm weights are 1, biases 0, matrices and embeddings N(0, init_std²).
+    Norm weights are 1, biases 0, matrices and embeddings N(0, init_std²). Numbers are drawn on
+    ``device`` (default: where each parameter lives), so CPU-offloaded parameters are still drawn
+    on the GPU, fast and identical to a run without offload.
     """
     for name, param in model.named_parameters():
         local = param.to_local() if hasattr(param, "to_local") else param
-        device = local.device
         if name.endswith(".bias"):
             local.zero_()
             continue
         if param.dim() == 1:  # norm scales
             local.fill_(1.0)
             continue
-        gen = torch.Generator(device=device)
+        draw_on = device or local.device
+        gen = torch.Generator(device=draw_on)
         gen.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
-        full = torch.empty(param.shape, dtype=local.dtype, device=device)
+        full = torch.empty(param.shape, dtype=local.dtype, device=draw_on)
         full.normal_(0.0, init_std(model.cfg, name), generator=gen)
         local.copy_(_local_shard(full, param))
 

@@ -89,7 +89,7 @@ def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: Devi
     model.to_empty(device="cpu" if cfg.cpu_offload else device)
     if not uses_fsdp(cfg, mesh):
         model.tie_weights()  # FSDP2 registers a shared parameter once; a plain module needs re-tying
-    init_weights(model, seed)
+    init_weights(model, seed, device)
     model.init_buffers(device)  # RoPE tables live with the compute, even when params are offloaded
     return model
 
