@@ -149,9 +149,10 @@ def layout_choices(args: argparse.Namespace) -> None:
     freqs = torch.polar(torch.ones(t, hd // 2), torch.outer(torch.arange(t).float(), inv))
     n = args.steps
     rows = [
-        ("attention", "SDPA, K/V heads repeated (used)", fwd_bwd_ms(attention_sdpa, q, kv, kv, n=n)),
-        ("attention", "SDPA, enable_gqa=True", fwd_bwd_ms(
-            lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True, enable_gqa=True), q, kv, kv, n=n)),
+        ("attention", "SDPA, enable_gqa=True (used)", fwd_bwd_ms(attention_sdpa, q, kv, kv, n=n)),
+        ("attention", "SDPA, K/V heads repeated", fwd_bwd_ms(
+            lambda a, b_, c: F.scaled_dot_product_attention(
+                a, b_.repeat_interleave(h // k, 1), c.repeat_interleave(h // k, 1), is_causal=True), q, kv, kv, n=n)),
         ("attention", "plain matmul reference", fwd_bwd_ms(attention_math, q, kv, kv, n=n)),
         ("norm", "torch.nn.RMSNorm (used)", fwd_bwd_ms(norm, x, n=n)),
         ("norm", "formula x·rsqrt(mean x²+eps)·w", fwd_bwd_ms(
