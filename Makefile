@@ -22,6 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
+	@# More real text: Python's full documentation sources from Debian (best effort; the demo
+	@# falls back to the reference docs shipped with Python itself).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s python3.11-doc >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc >/dev/null) \
+	  || echo "python3.11-doc not installed: using the docs shipped with Python"; fi
 	$(BIN)/hpcllm data demo --output data/demo
 	$(BIN)/hpcllm submit experiments/smoke.yaml --cluster local --results $(RESULTS) --wait
 	$(BIN)/hpcllm collect $(RESULTS)/smoke --format markdown

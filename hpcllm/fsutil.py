@@ -9,12 +9,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file in the same directory, fsync it, then rename over ``path``."""
+    """Write ``text`` to a temp file in the same directory, fsync it, then rename over ``path``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600), so
+    collaborators in the same project group can read manifests and summaries.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
