@@ -1,14 +1,14 @@
 """Checkpoint cost for the ``125m`` model on CPU: save/load time and size, sync vs async, and the
 throughput lost to checkpointing every N steps.
 
-    python benchmarks/checkpoint.py [--preset 125m --seq-len 128 --steps 6 --every 2 --repeats 2]
+    python benchmarks/checkpoint.py [--preset 125m --seq-len 128 --cycles 3 --every 4 --repeats 2]
 
 One process, the engine's own pieces (FSDP2 on a world of one, AdamW, scheduler, the loader on the
 demo corpus), so the checkpoint holds exactly what a real run's holds: fp32 weights plus AdamW's
 two moments (about 3 x 4 bytes per parameter). Part 1 times ``Checkpointer.save`` (sync: the call;
 async: the time the train loop is blocked, and the time until the checkpoint is published) and
-``load_latest`` into a fresh state, best of ``--repeats``. Part 2 trains ``--steps`` steps with a
-save every ``--every`` steps in each mode and reports wall time per step against no checkpoints.
+``load_latest`` into a fresh state, best of ``--repeats``. Part 2 trains with one save per
+``--every`` steps in each mode, interleaved, and reports wall time per step against no saves.
 Shapes other than the sequence length are the preset's; the sequence length only sets the step
 time that saves are compared with.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -100,37 +101,42 @@ def save_load(model_cfg: ModelConfig, store: Path, work: Path, repeats: int) -> 
     return table
 
 
-def throughput(model_cfg: ModelConfig, store: Path, work: Path, steps: int, every: int, repeats: int) -> Table:
-    """Part 2: wall time per step with no checkpoints, sync saves and async saves every ``every``.
+def throughput(model_cfg: ModelConfig, store: Path, work: Path, cycles: int, every: int) -> Table:
+    """Part 2: the cost of one save per ``every`` training steps, for no save, sync and async.
 
-    Modes are interleaved within each repeat and the best repeat counts, so a noisy neighbour on
-    shared cores hurts all modes alike.
+    One training state; each cycle runs the three modes back to back, so a noisy neighbour on
+    shared cores hits all modes alike, and the median cycle counts. A mode's cycle: its save (none,
+    sync, or async: staging blocks, the write overlaps the following steps), then ``every`` steps,
+    then waiting for an async save still in flight (counted against async).
     """
-    results: dict[str, float] = {}
-    modes = ("none", "sync", "async")
-    for r in track(range(repeats * len(modes)), description="train + checkpoint"):
-        mode = modes[r % len(modes)]
-        state = build_state(model_cfg, store, steps=steps + 2)
-        step(state)  # warm-up step (allocator, first-touch of AdamW moments), not timed
-        run = RunDir(work / f"tp_{mode}")
-        cfg = CheckpointConfig(every_steps=every if mode != "none" else None, async_save=mode == "async",
-                               keep_last=1)
-        ckpt = Checkpointer(run, cfg)
+    state = build_state(model_cfg, store, steps=cycles * 3 * every + 2)
+    step(state)  # warm-up step (allocator, first-touch of AdamW moments), not timed
+    ckpts = {mode: Checkpointer(RunDir(work / f"tp_{mode}"),
+                                CheckpointConfig(async_save=mode == "async", keep_last=1))
+             for mode in ("sync", "async")}
+    times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
+    for _ in track(range(cycles), description="train + checkpoint"):
+        for mode, secs in times.items():
+            def cycle() -> None:
+                if mode != "none":
+                    ckpts[mode].save(state)
+                for _ in range(every):
+                    step(state)
+                if mode != "none":
+                    ckpts[mode].wait()
 
-        def loop() -> None:
-            for _ in range(steps):
-                step(state)
-                ckpt.maybe_save(state)
-            ckpt.close()  # an async save still in flight counts against this mode
-
-        results[mode] = min(results.get(mode, 1e9), timed(loop) / steps)
-        shutil.rmtree(run.path)
-    table = Table(title=f"{steps} steps of 1 x {model_cfg.seq_len} tokens, a checkpoint every {every} steps")
+            secs.append(timed(cycle))
+    for c in ckpts.values():
+        c.close()
+    base = statistics.median(times["none"]) / every
+    table = Table(title=f"one save per {every} steps of 1 x {model_cfg.seq_len} tokens "
+                        f"(median of {cycles} cycles)")
     table.add_column("mode")
-    table.add_column("s/step (best)", justify="right")
-    table.add_column("overhead", justify="right")
-    for mode, secs in results.items():
-        table.add_row(mode, f"{secs:.2f}", "-" if mode == "none" else f"{secs / results['none'] - 1:+.0%}")
+    table.add_column("s/step", justify="right")
+    table.add_column("throughput cost", justify="right")
+    for mode, secs in times.items():
+        per_step = statistics.median(secs) / every
+        table.add_row(mode, f"{per_step:.2f}", "-" if mode == "none" else f"{per_step / base - 1:+.0%}")
     return table
 
 
@@ -138,8 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="125m")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--cycles", type=int, default=3, help="save cycles per mode in part 2")
+    parser.add_argument("--every", type=int, default=4, help="training steps per save in part 2")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None, help="where checkpoints go (default: a temp dir)")
     args = parser.parse_args()
@@ -151,7 +157,7 @@ def main() -> None:
         store = work / "demo"
         console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, checkpoints in {work}")
         console.print(save_load(model_cfg, store, work, args.repeats))
-        console.print(throughput(model_cfg, store, work, args.steps, args.every, args.repeats))
+        console.print(throughput(model_cfg, store, work, args.cycles, args.every))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         dist.destroy_process_group()
