@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -33,7 +34,7 @@ def _run_dir(path: Path) -> RunDir:
     return run
 
 
-def _fail(exc: HpcllmError) -> None:
+def _fail(exc: HpcllmError) -> NoReturn:
     console.print(f"[red]error:[/] {exc}", soft_wrap=True)  # unwrapped: paths stay copyable
     raise typer.Exit(1)
 
