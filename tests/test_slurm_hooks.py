@@ -21,7 +21,7 @@ from hpcllm.launch.backends.slurm import (
     submitted_job_name,
     usable_excludes,
 )
-from hpcllm.launch.jobhooks import JobContext, on_end, on_start
+from hpcllm.launch.jobhooks import JobContext, on_end, on_requeue_failed, on_start
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, save_manifest
 from hpcllm.launch.render import render_job
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
@@ -208,3 +208,13 @@ def test_array_script_shares_resources_and_execs_each_runs_script(
     assert text.count("#SBATCH --job-name=") == 1 and "#SBATCH --signal=B:USR1@30" in text
     assert all(str(rd.path.absolute()) in text for rd in run_dirs)
     assert 'exec bash "$RUN/job.sbatch"' in text
+
+
+def test_requeue_refused_because_slurm_already_requeued_keeps_the_restart(run_dir: RunDir) -> None:
+    # A node went DOWN: SLURM signalled the job (the engine checkpointed) and requeued it itself,
+    # so the script's own `scontrol requeue` is refused. That is not a failure.
+    write_attempt(run_dir, "preempted", 9)
+    assert on_end(ctx(run_dir), 1, "USR1") == "requeue"
+    on_requeue_failed(ctx(run_dir), "Job is pending execution for job 42")
+    m = manifest(run_dir)
+    assert m.state == RunState.PENDING and [r.last_step for r in m.restarts] == [9]

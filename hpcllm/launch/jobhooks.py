@@ -158,7 +158,8 @@ def on_requeue_failed(ctx: JobContext, error: str) -> None:
     """``scontrol requeue`` refused: the restart recorded by ``on_end`` never happened, unless SLURM
     is requeueing the job itself (a node failed while the engine stopped on its TERM)."""
     manifest = _manifest(ctx)
-    if _slurm_state(ctx.job_id) in ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"):
+    # "Job is pending execution" (ESLURM_JOB_PENDING): SLURM already requeued it; the restart stands.
+    if "pending execution" in error or _slurm_state(ctx.job_id) in ("PENDING", "REQUEUED", "REQUEUE_FED"):
         return
     if manifest.restarts and manifest.restarts[-1].job_id == ctx.job_id:
         manifest.restarts.pop()
