@@ -147,11 +147,11 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
     """
     model, optimizer = state.model, state.optimizer
     micro_batches = [next(state.loader) for _ in range(grad_accum)]
-    local_tokens = sum(
-        float(b["loss_mask"].sum()) if b["loss_mask"] is not None else float(b["labels"].numel())
-        for b in micro_batches
-    )
-    n_tokens = max(1.0, all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64, device=device)).item())
+    n_tokens = torch.zeros(1, dtype=torch.float64, device=device)  # stays on the device: no host sync
+    for b in micro_batches:
+        n_tokens += b["loss_mask"].sum() if b["loss_mask"] is not None else b["labels"].numel()
+    n_tokens = all_reduce_sum(n_tokens).clamp_min(1.0)
+    scale = (dp_size / n_tokens).float().squeeze()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, batch in enumerate(micro_batches):
         set_gradient_sync(model, i == grad_accum - 1)
@@ -163,13 +163,13 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
                                      alpha=distill.alpha, temperature=distill.temperature)
         else:
             micro = cross_entropy_sum(logits, batch["labels"], batch["loss_mask"])
-        (micro * (dp_size / n_tokens)).backward()
+        (micro * scale).backward()
         loss_sum += micro.detach()
     grad_norm = clip_grad_norm_(list(model.parameters()), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
-    loss = all_reduce_sum(loss_sum.reshape(1)).item() / n_tokens
+    loss = (all_reduce_sum(loss_sum.reshape(1)) / n_tokens).item()
     return loss, grad_norm
 
 
