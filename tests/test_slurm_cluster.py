@@ -10,6 +10,7 @@ Run: ``sudo scripts/local-slurm.sh up && pytest -m slurm tests/test_slurm_cluste
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -37,8 +38,9 @@ LOCAL_SLURM_CONF = Path(os.environ.get("HPCLLM_SLURM_DIR", "/tmp/hpcllm-slurm"))
 PARTITION_NODES = 4
 
 
+@functools.lru_cache(maxsize=1)
 def _cluster_problem() -> str | None:
-    """Why the local cluster cannot be used, or None when it is up with all its nodes."""
+    """Why the local cluster cannot be used, or None when it is up with all its nodes (asked once)."""
     if shutil.which("sinfo") is None:
         return "SLURM client tools not installed (run `sudo scripts/local-slurm.sh up`)"
     env = dict(os.environ)
