@@ -144,3 +144,12 @@ def test_two_ranks_bf16_with_activation_checkpointing_and_accumulation(tmp_path:
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["global_batch_size"] == 4
     assert summary["precision"] == "BF_16" and summary["activation_checkpointing"] == "selective"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_ranks_compiled_with_ac_and_bf16_match_eager_fp32(tmp_path: Path, store: Path) -> None:
+    eager = run_ranks(tmp_path, store, "eager", 2, 2)
+    compiled = run_ranks(tmp_path, store, "compiled", 2, 2, compile=True, activation_checkpointing="selective",
+                         precision="BF_16")
+    assert compiled == pytest.approx(eager, rel=5e-3)  # bf16 compute vs fp32
