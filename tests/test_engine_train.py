@@ -177,3 +177,24 @@ def test_smoke_experiment_loss_goes_down(tmp_path: Path) -> None:
     assert len(losses) == training["train"]["steps"]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.0, (first, last)
+
+
+def test_rerun_boundary_ignores_a_torn_last_line(tmp_path: Path) -> None:
+    from hpcllm.engine.metrics import max_logged_step
+
+    path = tmp_path / "metrics.jsonl"
+    assert max_logged_step(path) == 0
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 7, "loss": 1.5}\n{"step": 8, "lo')
+    assert max_logged_step(path) == 7
+
+
+def test_restart_count_prefers_hpcllm_over_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcllm.engine.train import restart_count
+
+    monkeypatch.delenv("HPCLLM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert restart_count() == 0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    assert restart_count() == 3
+    monkeypatch.setenv("HPCLLM_RESTART_COUNT", "5")
+    assert restart_count() == 5

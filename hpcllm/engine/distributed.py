@@ -39,14 +39,20 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str) -> DistEnv:
-    """Join (or create) the default process group: nccl for CUDA, gloo for CPU."""
+def init_distributed(device_preference: str, *, cpu_collectives: bool = False) -> DistEnv:
+    """Join (or create) the default process group: nccl for CUDA, gloo for CPU.
+
+    ``cpu_collectives`` adds gloo for CPU tensors next to nccl on CUDA: with CPU offload the
+    sharded gradients live on the CPU, and clipping reduces their norm across ranks there.
+    """
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     device = pick_device(device_preference, local_rank)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "gloo"
+    if device.type == "cuda":
+        backend = "cuda:nccl,cpu:gloo" if cpu_collectives else "nccl"
     if not dist.is_initialized():
         if "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend, rank=rank, world_size=world_size)

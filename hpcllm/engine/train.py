@@ -274,7 +274,7 @@ def run(config_path: Path, *, resume: bool = True) -> int:
     try:
         cfg = load_model(TrainingConfig, config_path)
         summary["run_id"] = cfg.run_id
-        env = init_distributed(cfg.device)
+        env = init_distributed(cfg.device, cpu_collectives=cfg.parallel.cpu_offload)
         try:
             return train(cfg, run_dir, env, resume=resume, summary=summary)
         finally:
