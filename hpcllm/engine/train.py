@@ -26,7 +26,7 @@ from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
 from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at
-from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync
+from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import ConfigError, HpcllmError
@@ -217,7 +217,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     if env.is_main:
         console.print(
             f"[bold]{cfg.run_id}[/]: {cfg.model.n_params() / 1e6:.1f}M params, {env.world_size} rank(s) on "
-            f"{env.device.type}, {cfg.parallel.sharding}/{cfg.parallel.precision}, GBS {gbs} x "
+            f"{env.device.type}, {'FSDP2 ' + cfg.parallel.sharding if uses_fsdp(cfg.parallel, mesh) else 'unsharded'}"
+            f"/{cfg.parallel.precision}, GBS {gbs} x "
             f"seq {cfg.model.seq_len} = {gbs * cfg.model.seq_len} tokens/step, start at step {state.step}/{total}"
         )
 
