@@ -36,23 +36,9 @@ from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import train_step
 
+from fixed_batch import FixedBatch  # sibling module (benchmarks/ is on sys.path)
+
 console = Console()
-
-
-class FixedBatch:
-    """The loader contract, returning the same micro-batch forever (no data cost in either loop)."""
-
-    def __init__(self, batch: dict[str, torch.Tensor | None]) -> None:
-        self.batch = batch
-
-    def __next__(self) -> dict[str, torch.Tensor | None]:
-        return self.batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {}
-
-    def load_state_dict(self, sd: dict[str, int]) -> None:
-        pass
 
 
 def plain_step_fn(cfg: ModelConfig, batch: dict[str, torch.Tensor | None]) -> Callable[[], None]:

@@ -24,6 +24,17 @@ def in_project(monkeypatch: pytest.MonkeyPatch) -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two demo stores of real text: plain, and instruction data with a loss mask."""
+    from hpcllm.data.demo import write_demo
+
+    root = tmp_path_factory.mktemp("stores")
+    write_demo(root / "plain", with_debian_docs=False)
+    write_demo(root / "inst", instruct=True, with_debian_docs=False)
+    return {"plain": root / "plain", "inst": root / "inst"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Tests start torchrun and engines: keep each process single-threaded on this 2-core machine.
     os.environ.setdefault("OMP_NUM_THREADS", "1")

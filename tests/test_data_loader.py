@@ -8,20 +8,11 @@ import pytest
 import torch
 
 from hpcllm.config.training import DataConfig
-from hpcllm.data.demo import write_demo
 from hpcllm.engine.data import TrainLoader, build_train_loader
 from hpcllm.errors import ConfigError, HpcllmError
 
 SEQ = 32
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("stores")
-    write_demo(root / "plain", with_debian_docs=False)
-    write_demo(root / "inst", instruct=True, with_debian_docs=False)
-    return {"plain": root / "plain", "inst": root / "inst"}
 
 
 def _cfg(*paths: Path, workers: int = 0, **kw: object) -> DataConfig:

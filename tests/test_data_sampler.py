@@ -9,19 +9,10 @@ import numpy as np
 import pytest
 
 from hpcllm.data.blending import BlendSchedule
-from hpcllm.data.demo import write_demo
 from hpcllm.data.permutation import Permutation
 from hpcllm.data.sampler import Sampler, micro_batch_ids
 
 SEQ = 64
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("stores")
-    write_demo(root / "plain", with_debian_docs=False)
-    write_demo(root / "inst", instruct=True, with_debian_docs=False)
-    return {"plain": root / "plain", "inst": root / "inst"}
 
 
 def _sampler(paths: list[Path], weights: list[float] | None = None, seed: int = 7,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm.config.loader import load_model
 from hpcllm.errors import ConfigError
@@ -29,18 +29,21 @@ def parse_slurm_time(value: str) -> int:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def _valid_time(value: str) -> str:
+    parse_slurm_time(value)
+    return value
+
+
+# A wall time as SLURM writes it, checked where it is declared (profiles and experiments).
+SlurmTime = Annotated[str, AfterValidator(_valid_time)]
+
+
 class QosSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_time: str = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
+    max_time: SlurmTime = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
     max_nodes: int | None = Field(None, gt=0, description="Most nodes one job may use; null = partition limit.")
     description: str = ""
-
-    @field_validator("max_time")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        parse_slurm_time(value)
-        return value
 
 
 class ClusterProfile(BaseModel):

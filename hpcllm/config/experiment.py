@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpcllm.config import grid as gridlib
-from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
+from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.training import TrainingConfig
@@ -30,15 +30,9 @@ class Resources(BaseModel):
 
     nodes: int = Field(1, gt=0)
     gpus_per_node: int | None = Field(None, gt=0, description="Ranks per node; default: the profile's.")
-    time: str = Field("00:30:00", description="Wall-time limit, [D-]HH:MM:SS.")
+    time: SlurmTime = Field("00:30:00", description="Wall-time limit, [D-]HH:MM:SS.")
     qos: str | None = Field(None, description="QoS name from the profile; default: its default_qos.")
     max_restarts: int | None = Field(None, ge=0, description="Requeue budget; default: the profile's.")
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        parse_slurm_time(value)
-        return value
 
 
 class Experiment(BaseModel):

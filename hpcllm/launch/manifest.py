@@ -81,6 +81,19 @@ class Manifest(BaseModel):
     updated_at: str = Field(default_factory=now)
 
 
+    def mark_submitted(self, job_id: str, *, job_name: str | None = None, exclude: list[str] | None = None) -> None:
+        """A new job now carries this run: record it and forget the previous attempt's outcome."""
+        self.job_id = job_id
+        self.job_name = job_name
+        self.state = RunState.PENDING
+        self.nodes = None
+        self.runner_pid = None
+        self.exit_code = None
+        self.reason = None
+        self.error = None
+        self.submissions.append(Submission(job_id=job_id, time=now(), exclude=list(exclude or [])))
+
+
 def load_manifest(run_dir: RunDir) -> Manifest | None:
     data = read_json(run_dir.manifest)
     return None if data is None else Manifest.model_validate(data)

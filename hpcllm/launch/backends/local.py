@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hpcllm.errors import BackendError
 from hpcllm.launch.backends.base import Backend
-from hpcllm.launch.manifest import Manifest, RunState, Submission, load_manifest, now, save_manifest
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.rundir import RunDir
 
 QUEUE_LOCK_NAME = ".hpcllm-local-queue.lock"
@@ -49,13 +49,7 @@ class LocalBackend(Backend):
 
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
         job_id = f"{int(time.time() * 1000) % 10**10}{os.getpid() % 100:02d}"
-        manifest.job_id = job_id
-        manifest.state = RunState.PENDING
-        manifest.runner_pid = None
-        manifest.exit_code = None
-        manifest.reason = None
-        manifest.error = None
-        manifest.submissions.append(Submission(job_id=job_id, time=now()))
+        manifest.mark_submitted(job_id)
         save_manifest(run_dir, manifest)
         runner_log = run_dir.path / "local-runner.log"
         with open(runner_log, "ab") as log:

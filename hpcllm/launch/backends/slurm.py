@@ -26,7 +26,7 @@ from hpcllm.errors import BackendError
 from hpcllm.fsutil import atomic_write_text, read_json
 from hpcllm.launch.arrays import array_key, array_name, array_script
 from hpcllm.launch.backends.base import Backend
-from hpcllm.launch.manifest import Manifest, RunState, Submission, load_manifest, now, save_manifest
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
 
@@ -184,14 +184,7 @@ class SlurmBackend(Backend):
     def _record_submission(
         run_dir: RunDir, manifest: Manifest, job_id: str, job_name: str | None, exclude: list[str]
     ) -> None:
-        manifest.job_id = job_id
-        manifest.job_name = job_name
-        manifest.state = RunState.PENDING
-        manifest.nodes = None
-        manifest.exit_code = None
-        manifest.reason = None
-        manifest.error = None
-        manifest.submissions.append(Submission(job_id=job_id, time=now(), exclude=exclude))
+        manifest.mark_submitted(job_id, job_name=job_name, exclude=exclude)
         save_manifest(run_dir, manifest)
 
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
