@@ -42,7 +42,13 @@ def _fail(exc: HpcllmError) -> NoReturn:
 @ckpt_app.command("ls")
 def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/).")) -> None:
     """List complete checkpoints, newest last, marking the one `latest` names and any that fail checks."""
-    from hpcllm.engine.checkpoint import CheckpointCorrupt, list_checkpoints, read_latest_pointer, verify_checkpoint
+    from hpcllm.engine.checkpoint import (
+        CheckpointCorrupt,
+        incomplete_saves,
+        list_checkpoints,
+        read_latest_pointer,
+        verify_checkpoint,
+    )
 
     try:
         run = _run_dir(run_dir)
@@ -71,10 +77,13 @@ def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml a
             dt.datetime.fromtimestamp(saved, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if saved else "?",
             status,
         )
-    if not infos:
+    if infos:
+        console.print(table)
+    else:
         console.print(f"no complete checkpoints in {run.checkpoints}")
-        return
-    console.print(table)
+    for tmp in incomplete_saves(run.checkpoints):
+        console.print(f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; "
+                      "the next start removes it)", soft_wrap=True)
 
 
 @ckpt_app.command("export")

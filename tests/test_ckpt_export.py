@@ -91,12 +91,14 @@ def test_torch_export_is_the_model_state_dict(tmp_path: Path) -> None:
 def test_ls_shows_steps_latest_and_corruption(tmp_path: Path) -> None:
     run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=3)
     (run.checkpoints / "step_2" / ".metadata").unlink()
+    (run.checkpoints / ".tmp_step_4").mkdir()
     res = runner.invoke(ckpt_app, ["ls", str(run.path)])
     assert res.exit_code == 0, res.output
     rows = {line.split()[1]: line for line in res.output.splitlines() if line.strip().startswith("│ ")
             and line.split()[1].isdigit()}
     assert set(rows) == {"1", "2", "3"}, res.output
     assert "ok" in rows["1"] and "corrupt" in rows["2"] and "(latest)" in rows["3"]
+    assert "incomplete: .tmp_step_4" in res.output
 
 
 def test_export_errors_are_clear(tmp_path: Path) -> None:

@@ -109,6 +109,11 @@ def _read_trainer_state(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def incomplete_saves(ckpt_root: Path) -> list[Path]:
+    """Temp folders of saves in progress or interrupted by a crash (removed at the next start)."""
+    return sorted(ckpt_root.glob(f"{_TMP_PREFIX}*")) if ckpt_root.is_dir() else []
+
+
 def read_latest_pointer(ckpt_root: Path) -> Path | None:
     """The folder the ``latest`` pointer names, or None if there is no pointer."""
     try:
@@ -418,6 +423,6 @@ class Checkpointer:
                 shutil.rmtree(info.path, ignore_errors=True)
 
     def _remove_stale_temp_dirs(self) -> None:
-        for p in self.root.glob(f"{_TMP_PREFIX}*"):
+        for p in incomplete_saves(self.root):
             log.warning("removing incomplete checkpoint %s (a save was interrupted)", p)
             shutil.rmtree(p, ignore_errors=True)
