@@ -29,6 +29,9 @@ def plot_scaling(table: pd.DataFrame, output: Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
         ax.grid(True, which="both", alpha=0.3)
+    if table["MFU"].isna().all():
+        ax_mfu.text(0.5, 0.5, "no MFU: no known peak FLOPs\n(CPU runs)", ha="center", va="center",
+                    transform=ax_mfu.transAxes, color="grey")
     ax_tp.set_yscale("log")
     ax_tp.set_title("Throughput (dotted: linear scaling)")
     ax_mfu.set_title("Model FLOPs utilisation")
