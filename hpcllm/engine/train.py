@@ -21,7 +21,7 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.checkpoint import Checkpointer, read_latest_pointer
 from hpcllm.engine.data import build_train_loader
-from hpcllm.engine.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown_distributed
+from hpcllm.engine.distributed import DistEnv, all_reduce_max, all_reduce_sum, init_distributed, shutdown_distributed
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
@@ -242,7 +242,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             state.consumed_samples += gbs
             summary["steps_completed"] = state.step  # what a failed summary reports
             record = metrics.log(step=state.step, loss=loss, lr=lr, grad_norm=grad_norm,
-                                 step_time_s=step_time, mem_peak_gib=peak_memory_gib(env.device))
+                                 step_time_s=step_time,
+                                 mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device))
             if env.is_main and state.step % cfg.train.log_every == 0:
                 console.print(
                     f"step {state.step:>6}/{total}  loss {loss:.4f}  lr {lr:.2e}  gnorm {grad_norm:.3f}  "
