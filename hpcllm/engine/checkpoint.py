@@ -55,6 +55,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
+from hpcllm.engine.distributed import barrier
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
@@ -184,11 +185,6 @@ def single_process_dcp() -> Iterator[None]:
         yield
 
 
-def _barrier() -> None:
-    if _dist_on():
-        dist.barrier()
-
-
 def _fsync_dir(path: Path) -> None:
     """Make renames inside ``path`` durable: a node crash must not roll back a published checkpoint."""
     fd = os.open(path, os.O_RDONLY)
@@ -240,7 +236,7 @@ class Checkpointer:
         if _rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             self._remove_stale_temp_dirs()
-        _barrier()
+        barrier()
 
     # --- resume --------------------------------------------------------------------------------
     def load_latest(self, state: TrainState) -> bool:
@@ -330,7 +326,7 @@ class Checkpointer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         self._write_rng(tmp)
         if _rank() == 0:
             atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state))
@@ -392,7 +388,7 @@ class Checkpointer:
     def close(self) -> None:
         """Wait for an async save; call on every rank before the process exits."""
         self.wait()
-        _barrier()
+        barrier()
 
     def _publish(self, tmp: Path, step: int) -> None:
         """Rank 0: rename the finished temp dir into place, move ``latest``, drop old checkpoints.

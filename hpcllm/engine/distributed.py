@@ -62,6 +62,12 @@ def init_distributed(device_preference: str, *, cpu_collectives: bool = False) -
     return DistEnv(rank, world_size, local_rank, local_world_size, device)
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in a world of one)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

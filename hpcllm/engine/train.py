@@ -21,7 +21,14 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.checkpoint import Checkpointer, read_latest_pointer
 from hpcllm.engine.data import build_train_loader
-from hpcllm.engine.distributed import DistEnv, all_reduce_max, all_reduce_sum, init_distributed, shutdown_distributed
+from hpcllm.engine.distributed import (
+    DistEnv,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
@@ -278,7 +285,11 @@ def run(config_path: Path, *, resume: bool = True) -> int:
         summary["run_id"] = cfg.run_id
         env = init_distributed(cfg.device, cpu_collectives=cfg.parallel.cpu_offload)
         try:
-            return train(cfg, run_dir, env, resume=resume, summary=summary)
+            code = train(cfg, run_dir, env, resume=resume, summary=summary)
+            # Leave together: a rank that tears gloo down while a peer is still publishing a
+            # checkpoint or writing the summary can abort that peer (seen once under load in CI).
+            barrier()
+            return code
         finally:
             shutdown_distributed()
     except HpcllmError as exc:
