@@ -197,7 +197,7 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
             f"[{colors.get(s.state, 'white')}]{s.state}[/]", (m.job_id if m else None) or "-",
             "-" if s.step is None else str(s.step), "-" if s.loss is None else f"{s.loss:.4f}",
             str(len(m.restarts)) if m else "0",
-            (m.reason or last_restart) if m else "",
+            f"waiting: {s.waiting_for}" if s.waiting_for else ((m.reason or last_restart) if m else ""),
         )
     console.print(table)
 

@@ -292,6 +292,11 @@ def test_dependency_waits_for_its_job_and_a_failed_one_cancels_it(env: Path, dem
     second_exp = experiment(tmp_path, demo_data, "second", steps=5)
     second = only_run(submit_experiment(second_exp, "localslurm", env, after=[first_job]))
     assert scontrol_job(manifest_of(second).job_id or "").get("Dependency", "").startswith(f"afterok:{first_job}")
+    # `hpcllm status` says why the second run has not started yet.
+    wait_for(
+        lambda: any(s.run_dir.path == second.path and s.waiting_for == "Dependency" for s in collect_status(env)),
+        30, "status to show the pending reason 'Dependency'",
+    )
     states = wait_for(lambda: finished(env, [first, second]), 240, "both runs to finish")
     assert set(states.values()) == {"completed"}
     second_job = scontrol_job(manifest_of(second).job_id or "")

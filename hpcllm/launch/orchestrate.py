@@ -159,6 +159,7 @@ class RunStatus:
     state: str
     step: int | None
     loss: float | None
+    waiting_for: str | None = None  # the scheduler's reason a pending run has not started
 
 
 def collect_status(root: Path) -> list[RunStatus]:
@@ -168,6 +169,7 @@ def collect_status(root: Path) -> list[RunStatus]:
     run_dirs = find_run_dirs(root)
     manifests = {rd.path: load_manifest(rd) for rd in run_dirs}
     states: dict[Path, str] = {}
+    waiting: dict[str, str] = {}
     by_cluster: dict[str, list[tuple[RunDir, Manifest]]] = {}
     for rd in run_dirs:
         m = manifests[rd.path]
@@ -181,6 +183,7 @@ def collect_status(root: Path) -> list[RunStatus]:
         try:
             backend = backend_for(load_cluster(cluster_name))
             fresh = backend.refresh(items)
+            waiting.update(backend.pending_reasons)
         except HpcllmError:
             fresh = {m.run_id: m.state for _, m in items}
         for rd, m in items:
@@ -189,7 +192,8 @@ def collect_status(root: Path) -> list[RunStatus]:
     out = []
     for rd in run_dirs:
         last = last_metrics(rd) or {}
-        out.append(RunStatus(rd, manifests[rd.path], states[rd.path], last.get("step"), last.get("loss")))
+        out.append(RunStatus(rd, manifests[rd.path], states[rd.path], last.get("step"), last.get("loss"),
+                             waiting.get(rd.run_id) if states[rd.path] == "pending" else None))
     return out
 
 

@@ -14,6 +14,9 @@ class Backend(ABC):
 
     def __init__(self, cluster: ClusterProfile) -> None:
         self.cluster = cluster
+        # Why each still-pending run waits (run id -> the scheduler's reason, e.g. "Priority"),
+        # as of the last ``refresh``; shown by `hpcllm status`, never written to the manifest.
+        self.pending_reasons: dict[str, str] = {}
 
     @abstractmethod
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:

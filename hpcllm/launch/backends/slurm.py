@@ -246,6 +246,8 @@ class SlurmBackend(Backend):
         if entry is not None:
             _, slurm_state, reason = entry
             state = job_state(slurm_state)
+            if state == RunState.PENDING and reason not in ("None", ""):
+                self.pending_reasons[manifest.run_id] = reason
             if not state.active:
                 detail = "" if reason in ("None", "") else f" ({reason})"
                 self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
