@@ -94,6 +94,10 @@ def test_smoke_grid_one_and_two_ranks(in_project, tmp_path, demo_store):
     status = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "250"})
     assert status.output.count("completed") == 2
 
+    logs = runner.invoke(app, ["logs", runs[1].run_id, "--results", str(results), "-n", "200"])
+    assert logs.exit_code == 0 and f"[hpcllm] job {load_manifest(runs[1]).job_id} restart 0" in logs.output
+    assert "engine status 'completed'" in logs.output
+
     again = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results)], env={"COLUMNS": "250"})
     assert again.exit_code == 0 and again.output.count("skipped completed") == 2
 
