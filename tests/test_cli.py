@@ -155,3 +155,11 @@ def test_experiment_references_reach_the_manifest(in_project, tmp_path):
     exp.write_text(exp.read_text().replace("mfu:", "mfuu:"))
     bad = runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")])
     assert bad.exit_code == 2 and "expected.leonardo.mfuu: not a checkable metric" in bad.output
+
+
+def test_collect_keeps_a_run_without_measured_steps(tmp_path):
+    """A run resumed exactly at its last step measured nothing: an empty cell, not a crash."""
+    _fake_run(tmp_path, "a", samples_per_s=None, mfu=None)
+    result = runner.invoke(app, ["collect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| 2.8 | 8 |  | 1 | 2 | 16 |" in result.output

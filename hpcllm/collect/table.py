@@ -37,12 +37,16 @@ def _params_b(n_params: float) -> float:
     return float(f"{n_params / 1e9:.3g}")
 
 
+def _rounded(value: Any, digits: int) -> float | None:
+    """None stays None (an empty cell): e.g. a run resumed at its last step measured no step."""
+    return None if value is None else round(float(value), digits)
+
+
 def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
-    mfu = summary.get("mfu")
     return {
         "# Params (B)": _params_b(summary["n_params"]),
         "#GPUs": summary["world_size"],
-        "Samples/s": round(float(summary["samples_per_s"]), 2),
+        "Samples/s": _rounded(summary.get("samples_per_s"), 2),
         "GradAccm": summary["grad_accum"],
         "MBS": summary["micro_batch_size"],
         "GBS": summary["global_batch_size"],
@@ -51,7 +55,7 @@ def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
         "Sharding": summary["sharding"],
         "AC": _ac_label(summary),
         "GPU Type": summary.get("gpu_type") or "cpu",
-        "MFU": None if mfu is None else round(float(mfu), 4),
+        "MFU": _rounded(summary.get("mfu"), 4),
     }
 
 

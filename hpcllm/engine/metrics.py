@@ -105,7 +105,14 @@ class MetricsLog:
         return record
 
     def medians(self, warmup_steps: int) -> dict[str, Any]:
-        """Medians over this attempt's steps after its first ``warmup_steps`` (compile, warm-up)."""
+        """Medians over this attempt's steps after its first ``warmup_steps`` (compile, warm-up).
+
+        Only this attempt's steps count: a resumed run may run on another number of ranks. When a
+        short final attempt (resumed near the end) has no step past its warm-up, every step of it
+        is measured instead, and ``summary_warmup_steps`` says 0, so the table still gets a figure.
+        """
+        if len(self.records) <= warmup_steps:
+            warmup_steps = 0
         measured = self.records[warmup_steps:]
         out: dict[str, Any] = {"steps_measured": len(measured), "summary_warmup_steps": warmup_steps}
         for key in ("samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "step_time_s",
