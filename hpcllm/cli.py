@@ -264,7 +264,10 @@ def collect(
 
     if not root.exists():
         _fail(HpcllmError(f"{root}: no such folder"))
-    table = collect_table(root)
+    problems: list[str] = []
+    table = collect_table(root, problems)
+    for problem in problems:
+        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
     text = format_table(table, fmt.value)
     if output:
         from hpcllm.fsutil import atomic_write_text

@@ -163,3 +163,17 @@ def test_collect_keeps_a_run_without_measured_steps(tmp_path):
     result = runner.invoke(app, ["collect", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "| 2.8 | 8 |  | 1 | 2 | 16 |" in result.output
+
+
+def test_collect_skips_broken_summaries_and_says_so(tmp_path):
+    _fake_run(tmp_path, "good")
+    bad = _fake_run(tmp_path, "bad")
+    summary = json.loads((bad / "summary.json").read_text())
+    del summary["world_size"]
+    (bad / "summary.json").write_text(json.dumps(summary))
+    torn = _fake_run(tmp_path, "torn")
+    (torn / "summary.json").write_text('{"status": "compl')
+    result = runner.invoke(app, ["collect", str(tmp_path), "--format", "csv"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "missing or bad field 'world_size'" in result.output and "not valid JSON" in result.output
+    assert result.output.count("FULL_SHARD") == 1

@@ -59,18 +59,34 @@ def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def collect_table(root: Path) -> pd.DataFrame:
-    """One row per completed run under ``root``, sorted by model size, GPUs, MBS and sharding."""
+def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """One row per completed run under ``root``, sorted by model size, GPUs, MBS and sharding.
+
+    A summary that cannot be read or lacks a field is left out and described in ``problems``
+    (one bad run must not hide the table of the others).
+    """
     rows = []
     for run_dir in find_run_dirs(root):
-        summary = read_json(run_dir.summary)
+        try:
+            summary = read_json(run_dir.summary)
+        except ValueError as exc:
+            _note(problems, f"{run_dir.summary}: not valid JSON ({exc})")
+            continue
         if not summary or summary.get("status") != SUMMARY_STATUS_COMPLETED:
             continue
-        rows.append(summary_row(summary))
+        try:
+            rows.append(summary_row(summary))
+        except (KeyError, TypeError, ValueError) as exc:
+            _note(problems, f"{run_dir.summary}: missing or bad field {exc}")
     table = pd.DataFrame(rows, columns=COLUMNS)
     if not table.empty:
         table = table.sort_values(["# Params (B)", "#GPUs", "MBS", "Sharding"], kind="stable")
     return table.reset_index(drop=True)
+
+
+def _note(problems: list[str] | None, message: str) -> None:
+    if problems is not None:
+        problems.append(message)
 
 
 def format_table(table: pd.DataFrame, fmt: Format) -> str:
