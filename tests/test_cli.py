@@ -177,3 +177,11 @@ def test_collect_skips_broken_summaries_and_says_so(tmp_path):
     assert result.exit_code == 0, result.output
     assert "missing or bad field 'world_size'" in result.output and "not valid JSON" in result.output
     assert result.output.count("FULL_SHARD") == 1
+
+
+def test_status_names_a_damaged_manifest(tmp_path):
+    run = _fake_run(tmp_path, "a")
+    (run / "manifest.json").write_text('{"run_id": "a", "state": "runn')
+    result = runner.invoke(app, ["status", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "manifest.json: not a valid manifest" in result.output and "Traceback" not in result.output

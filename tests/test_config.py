@@ -158,3 +158,52 @@ def test_every_shipped_file_is_valid(in_project):
     assert {"leonardo", "marenostrum5", "local"} <= set(available_clusters())
     for path in Path("experiments").glob("*.yaml"):
         load_experiment(path)
+
+
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ('name: "x\\necho INJECTED #"\ntraining: {model: {preset: tiny}, data: {path: d}}\n',
+         r"e\.yaml: name: String should match pattern"),
+        ('name: "a/../../b"\ntraining: {model: {preset: tiny}, data: {path: d}}\n', r"name: String should match pattern"),
+    ],
+)
+def test_names_that_could_escape_a_script_or_folder_are_refused(in_project, tmp_path, text, pattern):
+    path = _write(tmp_path, "e.yaml", text)
+    with pytest.raises(ConfigError, match=pattern):
+        load_experiment(path)
+
+
+def test_model_name_with_a_newline_is_refused(in_project, tmp_path):
+    path = _write(tmp_path, "e.yaml", EXPERIMENT.replace("{preset: tiny}", '{preset: tiny, name: "a\\nb"}'))
+    with pytest.raises(ConfigError, match=r"model\.name: String should match pattern"):
+        expand_experiment(load_experiment(path), load_cluster("local"), str(path))
+
+
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        ("where: '1/0'\n", r"where: cannot evaluate '1/0': division by zero"),
+        ("where: 'model.preset > 3'\n", r"where: .*'model\.preset' is not a key|where: cannot evaluate"),
+        ("grid: {resources: [1, 2]}\n", r"resources: must be a mapping"),
+    ],
+)
+def test_bad_where_and_grid_values_are_one_line_errors(in_project, tmp_path, extra, pattern):
+    path = _write(tmp_path, "e.yaml", EXPERIMENT + extra)
+    with pytest.raises(ConfigError, match=pattern):
+        expand_experiment(load_experiment(path), load_cluster("local"), str(path))
+
+
+def test_where_sees_resolved_defaults(in_project, tmp_path):
+    """`train.steps` (a default), `model.n_layers` (from the preset), gpus_per_node (the profile)."""
+    path = _write(tmp_path, "e.yaml", EXPERIMENT + "grid: {train.micro_batch_size: [1, 2]}\n"
+                  "where: 'train.steps == 20 and model.n_layers == 2 and resources.gpus_per_node == 2 "
+                  "and train.micro_batch_size == 2'\n")
+    specs = expand_experiment(load_experiment(path), load_cluster("local"), str(path))
+    assert [s.training.train.micro_batch_size for s in specs] == [2]
+
+
+def test_bad_env_name_in_profile(tmp_path):
+    path = _write(tmp_path, "bad.yaml", GOOD_CLUSTER + "env: {A-B: x}\n")
+    with pytest.raises(ConfigError, match=r"'A-B' is not a valid shell variable name"):
+        load_model(ClusterProfile, path)

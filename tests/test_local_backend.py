@@ -141,3 +141,28 @@ def test_time_limit_requeues_resumes_and_respects_the_budget(in_project, tmp_pat
         first = next(m for m in lines if m["restart"] == restart)
         assert first["step"] == manifest.restarts[restart - 1].last_step + 1
     assert json.loads(rd.summary.read_text())["status"] == "preempted"
+
+
+def test_cancel_before_the_runner_starts_is_kept(in_project, tmp_path, monkeypatch):
+    """A run cancelled while its runner has not started yet never runs (no engine needed)."""
+    import signal
+
+    from hpcllm.config.cluster import load_cluster
+    from hpcllm.launch.backends.local import LocalBackend, queue_lock_path
+    from hpcllm.launch.local_runner import Runner
+    from hpcllm.launch.manifest import Manifest, save_manifest
+
+    rd = RunDir(tmp_path / "results" / "e" / "local" / "r1")
+    rd.path.mkdir(parents=True)
+    rd.job_script.write_text("#!/bin/bash\ntouch ran\n")
+    save_manifest(rd, Manifest(run_id="r1", experiment="e", cluster="local", backend="local",
+                               state="pending", job_id="1"))
+    LocalBackend(load_cluster("local")).cancel(rd, load_manifest(rd))
+    assert load_manifest(rd).state.value == "cancelled"
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        assert Runner(rd, queue_lock_path(rd), 60).run() == 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert load_manifest(rd).state.value == "cancelled"
+    assert not (rd.path / "ran").exists()

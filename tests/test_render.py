@@ -82,3 +82,9 @@ def test_golden_script(in_project):
         "rendered script differs from tests/golden/; if the change is intended, regenerate with "
         "HPCLLM_REGEN_GOLDEN=1 pytest tests/test_render.py::test_golden_script"
     )
+
+
+def test_unknown_template_is_a_config_error(in_project, tmp_path):
+    profile, specs = _specs("smoke.yaml", "leonardo")
+    with pytest.raises(ConfigError, match=r"template: 'nope\.j2' is not in .*; known: sbatch\.sh\.j2"):
+        render_job(specs[0], profile.model_copy(update={"template": "nope.j2"}), RunDir(tmp_path / "r"), account="a")

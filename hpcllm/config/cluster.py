@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from hpcllm.config import NAME_PATTERN
 from hpcllm.config.loader import load_model
 from hpcllm.errors import ConfigError
 
@@ -51,7 +52,9 @@ class ClusterProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Short name used on the command line (--cluster NAME).")
+    name: str = Field(
+        description="Short name used on the command line (--cluster NAME).", pattern=NAME_PATTERN
+    )
     description: str = ""
     scheduler: Literal["slurm", "local"] = Field(
         description="slurm: submit with sbatch. local: run on this machine, one job at a time."
@@ -92,6 +95,9 @@ class ClusterProfile(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterProfile":
+        for key in self.env:
+            if not key.isidentifier():
+                raise ValueError(f"env: {key!r} is not a valid shell variable name (letters, digits, _)")
         if self.default_qos is not None and self.default_qos not in self.qos:
             raise ValueError(
                 f"default_qos {self.default_qos!r} is not one of the qos names: {', '.join(self.qos) or '(none)'}"

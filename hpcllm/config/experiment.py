@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hpcllm.config import grid as gridlib
+from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
@@ -38,7 +39,9 @@ class Resources(BaseModel):
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Names the results folder: results/<name>/<cluster>/<run>/.")
+    name: str = Field(
+        description="Names the results folder: results/<name>/<cluster>/<run>/.", pattern=NAME_PATTERN
+    )
     description: str = ""
     resources: Resources = Field(default_factory=Resources)
     training: dict[str, Any] = Field(description="Base TrainingConfig (see `hpcllm schema training`).")
@@ -119,7 +122,8 @@ def expand_experiment(exp: Experiment, cluster: ClusterProfile, source: str) -> 
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:
-            if not all(gridlib.evaluate_where(expr, doc) for expr in exp.where):
+            view = _where_view(doc, cluster, where) if exp.where else doc
+            if not all(gridlib.evaluate_where(expr, view) for expr in exp.where):
                 continue
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
@@ -138,9 +142,13 @@ def _point_label(point: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in point.items()) + "}" if point else "(base)"
 
 
-def _resolve_point(
-    experiment: str, point: dict[str, Any], doc: dict[str, Any], cluster: ClusterProfile, where: str
-) -> RunSpec:
+def _split_with_defaults(
+    doc: dict[str, Any], cluster: ClusterProfile, where: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(resources, training) documents of a point, with the profile's defaults filled in."""
+    if not isinstance(doc.get("resources", {}), dict):
+        raise ConfigError(f"{where}: resources: must be a mapping (nodes, gpus_per_node, time, qos, "
+                          f"max_restarts), got {doc['resources']!r}")
     resources_doc = dict(doc.get("resources", {}))
     resources_doc.setdefault("gpus_per_node", cluster.gpus_per_node)
     resources_doc.setdefault("max_restarts", cluster.max_restarts)
@@ -150,6 +158,26 @@ def _resolve_point(
     training_doc.setdefault("metrics", {})
     training_doc["metrics"] = {**training_doc["metrics"], "gpu_type": cluster.gpu_type}
     training_doc["data"] = _absolute_data_paths(training_doc.get("data"))
+    return resources_doc, training_doc
+
+
+def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str) -> dict[str, Any]:
+    """The point as ``where`` sees it: every resolved value (defaults, preset fields, the profile's
+    gpus_per_node and QoS), or only what the YAML says when the point does not validate (it is then
+    rejected later unless the filter drops it)."""
+    resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
+    try:
+        resources = Resources.model_validate(resources_doc).model_dump(mode="json")
+        training = TrainingConfig.model_validate(training_doc).model_dump(mode="json")
+    except ValidationError:
+        return doc
+    return {"resources": resources, **training}
+
+
+def _resolve_point(
+    experiment: str, point: dict[str, Any], doc: dict[str, Any], cluster: ClusterProfile, where: str
+) -> RunSpec:
+    resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
     try:
         resources = Resources.model_validate(resources_doc)
         training = TrainingConfig.model_validate(training_doc)

@@ -78,7 +78,10 @@ def evaluate_where(expression: str, doc: dict[str, Any]) -> bool:
         tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"where: not an expression: {expression!r} ({exc.msg})") from None
-    return bool(_eval(tree.body, doc, expression))
+    try:
+        return bool(_eval(tree.body, doc, expression))
+    except (ArithmeticError, TypeError) as exc:  # 1/0, 'tiny' > 3, ...
+        raise ValueError(f"where: cannot evaluate {expression!r}: {exc}") from None
 
 
 def _dotted_name(node: ast.AST) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm import perf
+from hpcllm.config import NAME_PATTERN
 
 
 class InitConfig(BaseModel):
@@ -35,7 +36,11 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("custom", description="Preset name this config started from (informational).")
+    name: str = Field(
+        "custom",
+        description="Preset name this config started from; part of run ids (letters, digits, . _ -).",
+        pattern=NAME_PATTERN,
+    )
     vocab_size: int = Field(50304, gt=0, description="Embedding rows; padded to a multiple of 64 is fastest.")
     seq_len: int = Field(2048, gt=0, description="Context length = training sequence length.")
     n_layers: int = Field(12, gt=0)

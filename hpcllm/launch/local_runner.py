@@ -52,6 +52,8 @@ class Runner:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
         manifest = self._manifest()
+        if manifest.state == RunState.CANCELLED:
+            return 1  # `hpcllm cancel` came before this runner started: nothing to run
         manifest.runner_pid = os.getpid()
         save_manifest(self.run_dir, manifest)
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,11 +68,17 @@ class Runner:
                 return self._finish(RunState.CANCELLED, None, "cancelled")
 
     def _run_attempts(self) -> int:
-        restart = len(self._manifest().restarts)
+        first = self._manifest()
+        # The budget is per submission: a run resubmitted with --retry-failed starts afresh.
+        restart = sum(1 for r in first.restarts if r.job_id == first.job_id)
         while True:
             manifest = self._manifest()
+            if manifest.state == RunState.CANCELLED:
+                return 1  # cancelled while this runner waited for the queue lock
             manifest.state = RunState.RUNNING
             save_manifest(self.run_dir, manifest)
+            # An earlier attempt's summary must not be read as this attempt's outcome.
+            self.run_dir.summary.unlink(missing_ok=True)
             rc, timed_out = self._attempt(manifest, restart)
             status = (read_json(self.run_dir.summary) or {}).get("status")
             if self.cancelled:
@@ -82,7 +90,7 @@ class Runner:
                 if restart < manifest.max_restarts:
                     manifest.restarts.append(
                         Restart(time=now(), reason=reason, nodes=socket.gethostname(),
-                                last_step=_last_step(self.run_dir))
+                                last_step=_last_step(self.run_dir), job_id=manifest.job_id)
                     )
                     save_manifest(self.run_dir, manifest)
                     restart += 1

@@ -10,8 +10,9 @@ import datetime as dt
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json, read_json
 from hpcllm.rundir import RunDir
 
@@ -95,8 +96,15 @@ class Manifest(BaseModel):
 
 
 def load_manifest(run_dir: RunDir) -> Manifest | None:
-    data = read_json(run_dir.manifest)
-    return None if data is None else Manifest.model_validate(data)
+    """The run's manifest, None if it has none; a damaged one is an error that names the file."""
+    try:
+        data = read_json(run_dir.manifest)
+        return None if data is None else Manifest.model_validate(data)
+    except (ValueError, ValidationError) as exc:  # torn JSON, or not a manifest of ours
+        raise HpcllmError(
+            f"{run_dir.manifest}: not a valid manifest ({str(exc).splitlines()[0]}); "
+            "move it away to let hpcllm treat the run as never submitted"
+        ) from None
 
 
 def save_manifest(run_dir: RunDir, manifest: Manifest) -> None:

@@ -14,6 +14,7 @@ import jinja2
 from hpcllm import __version__
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
+from hpcllm.errors import ConfigError
 from hpcllm import rundir as rd
 
 
@@ -79,8 +80,12 @@ def render_job(
         status_completed=rd.SUMMARY_STATUS_COMPLETED,
         status_preempted=rd.SUMMARY_STATUS_PREEMPTED,
     )
-    for key, value in cluster.env.items():
-        if not key.isidentifier():
-            raise ValueError(f"cluster {cluster.name!r}: env: {key!r} is not a valid variable name")
-    template = _environment(directory or templates_dir()).get_template(cluster.template)
+    folder = directory or templates_dir()
+    try:
+        template = _environment(folder).get_template(cluster.template)
+    except jinja2.TemplateNotFound:
+        known = ", ".join(sorted(p.name for p in folder.glob("*.j2"))) or "(none)"
+        raise ConfigError(
+            f"cluster {cluster.name!r}: template: {cluster.template!r} is not in {folder}; known: {known}"
+        ) from None
     return template.render(**context)

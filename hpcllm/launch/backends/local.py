@@ -69,8 +69,9 @@ class LocalBackend(Backend):
         for run_dir, manifest in items:
             fresh = load_manifest(run_dir) or manifest
             state = fresh.state
-            # A runner that vanished without recording an end (killed -9, machine reboot) failed.
-            if state == RunState.RUNNING and not pid_alive(fresh.runner_pid):
+            # A runner that vanished without recording an end (killed -9, machine reboot) failed;
+            # a pending run without a runner pid yet is one whose runner is still starting.
+            if state.active and fresh.runner_pid is not None and not pid_alive(fresh.runner_pid):
                 fresh.state = state = RunState.FAILED
                 fresh.reason = "local runner exited without recording a result"
                 save_manifest(run_dir, fresh)

@@ -107,6 +107,11 @@ def jobcomp_state(log: Path, job_id: str, job_name: str) -> str | None:
     return state
 
 
+def _release(job_id: str) -> None:
+    """Let a job submitted with --hold start (for an array id, every task of it)."""
+    run_slurm(["scontrol", "release", job_id])
+
+
 class SlurmBackend(Backend):
     name = "slurm"
 
@@ -119,6 +124,7 @@ class SlurmBackend(Backend):
         exclude = self._excludes(run_dir, manifest)
         job_id = self._sbatch(run_dir.job_script, exclude, manifest.depends_on, run_dir)
         self._record_submission(run_dir, manifest, job_id, submitted_job_name(run_dir), exclude)
+        _release(job_id)
         return job_id
 
     def submit_all(self, items: list[tuple[RunDir, Manifest]]) -> list[str]:
@@ -154,6 +160,7 @@ class SlurmBackend(Backend):
             job_id = f"{array_id}_{i}"
             self._record_submission(run_dir, manifest, job_id, name, exclude)
             job_ids.append(job_id)
+        _release(array_id)
         return job_ids
 
     def _excludes(self, run_dir: RunDir, manifest: Manifest) -> list[str]:
@@ -164,7 +171,9 @@ class SlurmBackend(Backend):
         if not run_dir.path.is_dir():
             # sbatch accepts a job whose --output folder is missing; the job then fails with no log.
             raise BackendError(f"{run_dir.path}: the run directory (the job's --output folder) does not exist")
-        cmd = ["sbatch", "--parsable"]
+        # --hold: the job may not start before its manifest names it (the batch script's hooks
+        # read and update that manifest); `_release` lets it go once it is recorded.
+        cmd = ["sbatch", "--parsable", "--hold"]
         if array:
             cmd.append(f"--array=0-{array - 1}")
         if exclude:
