@@ -287,3 +287,46 @@ def test_kill_during_save_keeps_pointer_on_a_complete_checkpoint(tmp_path: Path,
     # The pointer is the commit point: resume follows it even if step_4 was already renamed.
     assert state.step == 2
     assert not list(run.checkpoints.glob(".tmp_*")), "the interrupted save was not cleaned up"
+
+
+def test_checkpoint_of_another_architecture_is_an_error_and_leaves_state_fresh(tmp_path: Path) -> None:
+    """A changed model in run.yaml must not resume silently from step 0 with a moved data position."""
+    run, _ = _two_checkpoints(tmp_path)
+    cfg = ModelConfig.from_name("tiny", seq_len=16, n_layers=3)
+    model = GPT(cfg)
+    init_weights(model, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    other = TrainState(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), CountingLoader())
+    with pytest.raises(HpcllmError, match=r"cannot be loaded into this run's model/optimizer \(.*blocks\.2"):
+        Checkpointer(run, CheckpointConfig()).load_latest(other)
+    assert other.step == 0 and other.loader.consumed == 0
+
+
+def test_optimizer_settings_come_from_the_config_not_the_checkpoint(tmp_path: Path) -> None:
+    run, _ = _two_checkpoints(tmp_path)
+    state = make_state(seed=5)
+    for group in state.optimizer.param_groups:
+        group.update(weight_decay=0.0, betas=(0.8, 0.99), eps=1e-6)
+    assert Checkpointer(run, CheckpointConfig()).load_latest(state)
+    assert state.step == 4
+    assert all((g["weight_decay"], g["betas"], g["eps"]) == (0.0, (0.8, 0.99), 1e-6)
+               for g in state.optimizer.param_groups)
+    assert state.optimizer.state  # the moments themselves were restored
+
+
+def test_damaged_rng_file_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run, _ = _two_checkpoints(tmp_path)
+    rng = run.checkpoints / "step_4" / "rng_rank0.pt"
+    os.truncate(rng, 100)
+    state = make_state(seed=3)
+    with caplog.at_level(logging.WARNING, logger="hpcllm.engine.checkpoint"):
+        assert Checkpointer(run, CheckpointConfig()).load_latest(state)
+    assert state.step == 4 and "rng_rank0.pt: unreadable" in caplog.text
+
+
+def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    run, _ = _two_checkpoints(tmp_path)
+    for step in (2, 4):
+        (run.checkpoints / f"step_{step}" / ".metadata").unlink()
+    with pytest.raises(HpcllmError, match=r"none of the 2 checkpoints is usable.*--no-resume"):
+        Checkpointer(run, CheckpointConfig()).load_latest(make_state())

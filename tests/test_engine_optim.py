@@ -55,9 +55,15 @@ def test_wsd_schedule_is_stable_then_decays_linearly() -> None:
     kw = dict(warmup_steps=10, min_lr_ratio=0.0, decay_fraction=0.2)  # decay over the last 22 steps
     assert lr("wsd", 5, **kw) == pytest.approx(0.6)
     assert lr("wsd", 87, **kw) == pytest.approx(1.0)
-    assert lr("wsd", 88, **kw) == pytest.approx(1.0)
-    assert lr("wsd", 88 + 21 // 3, **kw) == pytest.approx(1 - 1 / 3)
+    assert lr("wsd", 88, **kw) == pytest.approx(1 - 1 / 22)  # every decay step is below the peak
+    assert lr("wsd", 88 + 10, **kw) == pytest.approx(1 - 11 / 22)
     assert lr("wsd", 109, **kw) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "wsd"])
+def test_a_one_step_decay_still_reaches_the_minimum(name: str) -> None:
+    cfg = ScheduleConfig(name=name, warmup_steps=9, min_lr_ratio=0.1, decay_fraction=0.1)
+    assert lr_at(9, base_lr=1.0, total_steps=10, cfg=cfg) == pytest.approx(0.1)
 
 
 def test_scheduler_sets_the_optimizer_lr_and_resumes_from_its_state() -> None:

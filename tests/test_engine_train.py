@@ -160,6 +160,10 @@ def test_distillation_from_a_teacher_checkpoint(tmp_path: Path, store: Path) -> 
     bad = write_run(tmp_path / "bad", store, distill={"teacher": teacher, "teacher_checkpoint": str(tmp_path)})
     assert run(bad) == 2
     assert "is not a run directory" in summary(tmp_path / "bad")["error"]
+    short = write_run(tmp_path / "short", store,
+                      distill={"teacher": {"preset": "tiny", "seq_len": 32}, "teacher_checkpoint": str(teacher_dir)})
+    assert run(short) == 2
+    assert "distill.teacher.seq_len: 32 is shorter than model.seq_len 64" in summary(tmp_path / "short")["error"]
 
 
 def test_smoke_experiment_loss_goes_down(tmp_path: Path) -> None:

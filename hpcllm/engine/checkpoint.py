@@ -58,6 +58,7 @@ from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.distributed import barrier
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
+from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
 from hpcllm.rundir import RunDir
 
@@ -185,6 +186,17 @@ def single_process_dcp() -> Iterator[None]:
         yield
 
 
+# Optimizer settings owned by run.yaml: a resumed run keeps them even if the checkpoint differs.
+_CONFIG_HYPERPARAMS = ("weight_decay", "betas", "eps")
+
+
+def describe_failures(exc: CheckpointException) -> str:
+    """The per-rank causes inside DCP's CheckpointException (its str() names only the ranks)."""
+    failures = getattr(exc, "failures", None) or {}
+    causes = {f"{(err[0] if isinstance(err, tuple) else err)}" for err in failures.values()}
+    return "; ".join(sorted(causes)) or str(exc)
+
+
 def _fsync_dir(path: Path) -> None:
     """Make renames inside ``path`` durable: a node crash must not roll back a published checkpoint."""
     fd = os.open(path, os.O_RDONLY)
@@ -247,7 +259,8 @@ class Checkpointer:
         checkpoint of another data setup is an error (HpcllmError from the loader), not skipped:
         every older checkpoint of this run would have the same problem.
         """
-        for path in self._candidates():
+        candidates = self._candidates()
+        for path in candidates:
             try:
                 verify_checkpoint(path)
                 self._load(path, state)
@@ -257,6 +270,12 @@ class Checkpointer:
             log.info("resumed from %s (step %d, %d samples consumed)", path, state.step, state.consumed_samples)
             self._last_saved_step = state.step
             return True
+        if candidates:
+            # Starting over here would silently throw the run's progress away (and overwrite it).
+            raise HpcllmError(
+                f"{self.root}: none of the {len(candidates)} checkpoints is usable (warnings above name "
+                "each); move them away, or start over with --no-resume / checkpoint.resume: false"
+            )
         return False
 
     def _candidates(self) -> list[Path]:
@@ -271,15 +290,26 @@ class Checkpointer:
 
     def _load(self, path: Path, state: TrainState) -> None:
         trainer = read_json(path / TRAINER_STATE)
+        fresh_loader = state.loader.state_dict()
         state.loader.load_state_dict(trainer["loader"])  # first: it refuses another data setup
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd = {"model": model_sd, "optim": optim_sd}
         try:
             with single_process_dcp():
                 dcp.load(sd, checkpoint_id=str(path))
-        except CheckpointException as exc:  # raised on every rank alike, so all ranks skip it
-            raise CheckpointCorrupt(f"{path}: loading failed: {exc}") from None
+        except CheckpointException as exc:  # raised on every rank alike
+            state.loader.load_state_dict(fresh_loader)
+            # The files passed verification, so the model or optimizer no longer matches them
+            # (another architecture in run.yaml): every older checkpoint would fail the same way.
+            raise HpcllmError(
+                f"{path}: cannot be loaded into this run's model/optimizer ({describe_failures(exc)}); was "
+                "run.yaml's model changed? Restore it, or start over with --no-resume"
+            ) from None
+        # Hyperparameters come from run.yaml, not from the checkpoint (the scheduler sets lr).
+        hyper = [{k: g[k] for k in _CONFIG_HYPERPARAMS if k in g} for g in state.optimizer.param_groups]
         set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        for group, values in zip(state.optimizer.param_groups, hyper):
+            group.update(values)
         state.scheduler.load_state_dict(trainer["scheduler"])
         state.step = int(trainer["step"])
         state.consumed_samples = int(trainer["consumed_samples"])
@@ -291,7 +321,11 @@ class Checkpointer:
             _warn("%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
                   path, saved_world, _world())
             return
-        rng = torch.load(f, weights_only=True)
+        try:
+            rng = torch.load(f, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged RNG file must not stop every restart
+            _warn("%s: unreadable (%s): per-rank RNG states are not restored", f, exc)
+            return
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
         np_state = rng["numpy"]
         np.random.set_state((np_state[0], rng["numpy_keys"].numpy().astype(np.uint32), *np_state[1:]))
@@ -369,7 +403,13 @@ class Checkpointer:
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        torch.save(rng, folder / f"rng_rank{_rank()}.pt")
+        target = folder / f"rng_rank{_rank()}.pt"
+        tmp = target.with_suffix(".pt.tmp")
+        with open(tmp, "wb") as fh:
+            torch.save(rng, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
 
     def _poll_pending(self) -> None:
         """Publish a finished async save (non-blocking)."""

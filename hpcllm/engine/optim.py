@@ -66,14 +66,15 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, cfg: ScheduleConfig) -
     if cfg.name == "constant":
         return base_lr
     if cfg.name == "wsd":
+        # Every one of the decay steps is below base_lr and the last one is at min (so even a
+        # one-step decay decays).
         decay_steps = max(1, round(cfg.decay_fraction * total_steps))
         decay_start = max(cfg.warmup_steps, total_steps - decay_steps)
         if step < decay_start:
             return base_lr
-        span = max(1, total_steps - 1 - decay_start)
-        return base_lr - (base_lr - min_lr) * min(1.0, (step - decay_start) / span)
-    span = max(1, total_steps - 1 - cfg.warmup_steps)
-    p = min(1.0, (step - cfg.warmup_steps) / span)
+        return base_lr - (base_lr - min_lr) * min(1.0, (step - decay_start + 1) / (total_steps - decay_start))
+    span = total_steps - 1 - cfg.warmup_steps
+    p = 1.0 if span <= 0 else min(1.0, (step - cfg.warmup_steps) / span)  # one step after warmup: min
     if cfg.name == "linear":
         return base_lr - (base_lr - min_lr) * p
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import CheckpointException
 from rich.console import Console
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
-from hpcllm.engine.checkpoint import Checkpointer, read_latest_pointer
+from hpcllm.engine.checkpoint import Checkpointer, describe_failures, read_latest_pointer
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import (
     DistEnv,
@@ -117,12 +118,17 @@ def resolve_checkpoint_dir(spec: str) -> Path:
 
 
 def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: DistEnv, seed: int,
-                  student_vocab: int) -> GPT:
+                  student_vocab: int, student_seq_len: int) -> GPT:
     """The frozen teacher: sharded like the student, weights from its checkpoint, eval mode."""
     if dcfg.teacher.vocab_size != student_vocab:
         raise ConfigError(
             f"distill.teacher.vocab_size: {dcfg.teacher.vocab_size} must equal model.vocab_size "
             f"{student_vocab} (the KL term compares distributions over the same vocabulary)"
+        )
+    if dcfg.teacher.seq_len < student_seq_len:
+        raise ConfigError(
+            f"distill.teacher.seq_len: {dcfg.teacher.seq_len} is shorter than model.seq_len "
+            f"{student_seq_len}: the teacher must see the student's whole training sequences"
         )
     ckpt = resolve_checkpoint_dir(dcfg.teacher_checkpoint)
     teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
@@ -133,7 +139,8 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
     except Exception as exc:  # noqa: BLE001 - DCP wraps per-rank failures in CheckpointException
         raise HpcllmError(
             f"distill.teacher_checkpoint: cannot load {ckpt} into the teacher architecture "
-            f"({dcfg.teacher.name}, {dcfg.teacher.n_layers} layers, d_model {dcfg.teacher.d_model}): {exc}"
+            f"({dcfg.teacher.name}, {dcfg.teacher.n_layers} layers, d_model {dcfg.teacher.d_model}): "
+            f"{describe_failures(exc) if isinstance(exc, CheckpointException) else exc}"
         ) from None
     set_model_state_dict(teacher, state["model"])
     teacher.requires_grad_(False)
@@ -202,7 +209,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             f"{source}: model.vocab_size: {cfg.model.vocab_size} is smaller than the data's tokenizer "
             f"vocabulary ({loader.vocab_size} ids); set model.vocab_size >= {loader.vocab_size}"
         )
-    teacher = (build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size)
+    teacher = (build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size,
+                             cfg.model.seq_len)
                if cfg.distill is not None else None)
     total = cfg.train.steps
     optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule))
