@@ -255,18 +255,15 @@ class Checkpointer:
         """Restore ``state`` in place from the newest complete checkpoint; False when there is none.
 
         Candidates: the folder ``latest`` names, then every other ``step_<N>``, newest first. A
-        candidate that fails verification or loading is skipped with a warning naming it. A
-        checkpoint of another data setup is an error (HpcllmError from the loader), not skipped:
-        every older checkpoint of this run would have the same problem.
+        candidate that fails verification is skipped with a warning naming it. A verified one that
+        does not fit this run (another data setup, another model) is an error, not skipped: every
+        older checkpoint of the run would have the same problem. Checkpoints exist but none
+        verifies: an error too (starting over is ``--no-resume``'s job, not a silent fallback).
         """
         candidates = self._candidates()
-        for path in candidates:
-            try:
-                verify_checkpoint(path)
-                self._load(path, state)
-            except CheckpointCorrupt as exc:
-                _warn("skipping checkpoint %s: %s", path, exc)
-                continue
+        path = self._choose(candidates)
+        if path is not None:
+            self._load(path, state)
             log.info("resumed from %s (step %d, %d samples consumed)", path, state.step, state.consumed_samples)
             self._last_saved_step = state.step
             return True
@@ -277,6 +274,29 @@ class Checkpointer:
                 "each); move them away, or start over with --no-resume / checkpoint.resume: false"
             )
         return False
+
+    @staticmethod
+    def _choose(candidates: list[Path]) -> Path | None:
+        """The newest candidate that verifies, decided by rank 0 and broadcast.
+
+        One verdict for all ranks: on a shared file system ranks could otherwise see a file at
+        different moments and resume from different steps; and only rank 0 stats every shard.
+        """
+        choice: str | None = None
+        if _rank() == 0:
+            for path in candidates:
+                try:
+                    verify_checkpoint(path)
+                except CheckpointCorrupt as exc:
+                    _warn("skipping checkpoint %s: %s", path, exc)
+                    continue
+                choice = str(path)
+                break
+        if _world() > 1:
+            box = [choice]
+            dist.broadcast_object_list(box, src=0)
+            choice = box[0]
+        return None if choice is None else Path(choice)
 
     def _candidates(self) -> list[Path]:
         latest = read_latest_pointer(self.root)
