@@ -218,3 +218,18 @@ def test_requeue_refused_because_slurm_already_requeued_keeps_the_restart(run_di
     on_requeue_failed(ctx(run_dir), "Job is pending execution for job 42")
     m = manifest(run_dir)
     assert m.state == RunState.PENDING and [r.last_step for r in m.restarts] == [9]
+
+
+def test_jobcomp_log_finds_array_tasks_by_array_and_task_id(tmp_path: Path) -> None:
+    """jobcomp/filetxt logs a task under its own JobId, with ArrayJobId/ArrayTaskId (format seen here)."""
+    log = tmp_path / "jobcomp.txt"
+    log.write_text(
+        "JobId=29 UserId=root(0) GroupId=root(0) Name=arr JobState=TIMEOUT Partition=debug "
+        "ArrayJobId=28 ArrayTaskId=0 DerivedExitCode=0:0\n"
+        "JobId=28 UserId=root(0) GroupId=root(0) Name=arr JobState=CANCELLED Partition=debug "
+        "ArrayJobId=28 ArrayTaskId=2 DerivedExitCode=0:0\n"
+    )
+    assert jobcomp_state(log, "28_0", "arr") == "TIMEOUT"
+    assert jobcomp_state(log, "28_2", "arr") == "CANCELLED"
+    assert jobcomp_state(log, "28_1", "arr") is None
+    assert jobcomp_state(log, "28_0", "someone-else") is None

@@ -92,16 +92,28 @@ def usable_excludes(exclude: list[str], nodes: int, partition_nodes: int) -> lis
 
 
 def jobcomp_state(log: Path, job_id: str, job_name: str) -> str | None:
-    """The last ``JobState`` of job ``job_id`` named ``job_name`` in a jobcomp/filetxt log."""
-    prefix = f"JobId={job_id} "
+    """The last ``JobState`` of job ``job_id`` named ``job_name`` in a jobcomp/filetxt log.
+
+    An array task ``<array>_<task>`` is logged under its own numeric JobId, with
+    ``ArrayJobId=<array> ArrayTaskId=<task>``: match it by those.
+    """
+    array_id, _, task_id = job_id.partition("_")
     state = None
     try:
         with open(log, errors="replace") as fh:
             for line in fh:
-                if line.startswith(prefix):
+                if task_id:
+                    if f"ArrayJobId={array_id} " not in line:
+                        continue
                     rec = parse_scontrol_record(line)
-                    if rec.get("Name") == job_name:
-                        state = rec.get("JobState")
+                    if rec.get("ArrayTaskId") != task_id:
+                        continue
+                elif line.startswith(f"JobId={job_id} "):
+                    rec = parse_scontrol_record(line)
+                else:
+                    continue
+                if rec.get("Name") == job_name:
+                    state = rec.get("JobState")
     except OSError:
         return None
     return state
