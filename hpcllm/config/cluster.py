@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.loader import load_model
 from hpcllm.errors import ConfigError
+from hpcllm.paths import project_folder
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 
@@ -127,8 +128,8 @@ class ClusterProfile(BaseModel):
 
 
 def clusters_dir() -> Path:
-    """``clusters/`` of the project (env HPCLLM_CLUSTERS_DIR overrides; default: ./clusters)."""
-    return Path(os.environ.get("HPCLLM_CLUSTERS_DIR", "clusters"))
+    """The profiles folder: $HPCLLM_CLUSTERS_DIR, ./clusters, or the installed copies."""
+    return project_folder("clusters", "HPCLLM_CLUSTERS_DIR")
 
 
 def available_clusters(directory: Path | None = None) -> list[str]:

@@ -15,12 +15,13 @@ from hpcllm import __version__
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import ConfigError
+from hpcllm.paths import project_folder
 from hpcllm import rundir as rd
 
 
 def templates_dir() -> Path:
-    """``templates/`` next to the package in a checkout (the project layout)."""
-    return Path(__file__).resolve().parents[2] / "templates"
+    """The templates folder: $HPCLLM_TEMPLATES_DIR, ./templates, or the installed copies."""
+    return project_folder("templates", "HPCLLM_TEMPLATES_DIR")
 
 
 def _environment(directory: Path) -> jinja2.Environment:
