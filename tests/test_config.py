@@ -207,3 +207,9 @@ def test_bad_env_name_in_profile(tmp_path):
     path = _write(tmp_path, "bad.yaml", GOOD_CLUSTER + "env: {A-B: x}\n")
     with pytest.raises(ConfigError, match=r"'A-B' is not a valid shell variable name"):
         load_model(ClusterProfile, path)
+
+
+def test_hsdp_shard_size_without_hybrid_sharding_is_refused(in_project, tmp_path):
+    path = _write(tmp_path, "e.yaml", EXPERIMENT.replace("model: {preset: tiny}", "model: {preset: tiny}\n  parallel: {hsdp_shard_size: 2}"))
+    with pytest.raises(ConfigError, match=r"parallel: Value error, hsdp_shard_size is only used with sharding: HYBRID_SHARD"):
+        expand_experiment(load_experiment(path), load_cluster("local"), str(path))

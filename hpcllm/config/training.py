@@ -48,6 +48,14 @@ class ParallelConfig(_Strict):
     ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
 
+    @model_validator(mode="after")
+    def _hsdp_only(self) -> "ParallelConfig":
+        if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
+            raise ValueError(
+                f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})"
+            )
+        return self
+
 
 class OptimConfig(_Strict):
     lr: float = Field(3e-4, gt=0)
