@@ -78,14 +78,20 @@ def submit_experiment(
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None
 
-    queued: list[tuple[PlannedRun, Manifest]] = []
+    existing: list[tuple[RunSpec, RunDir, str, Manifest | None]] = []
     for spec in specs:
         run_dir = RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)
         config_text = run_config_text(spec)
         _guard_foreign_run(run_dir, config_text)
-        manifest = load_manifest(run_dir)
-        if manifest is not None and backend is not None and manifest.state.active:
-            manifest.state = backend.refresh([(run_dir, manifest)])[spec.run_id]
+        existing.append((spec, run_dir, config_text, load_manifest(run_dir)))
+    # Runs still queued or running by the manifest: ask the scheduler once, for all of them.
+    active = [(rd, m) for _, rd, _, m in existing if m is not None and m.state.active]
+    fresh = backend.refresh(active) if backend is not None and active else {}
+
+    queued: list[tuple[PlannedRun, Manifest]] = []
+    for spec, run_dir, config_text, manifest in existing:
+        if manifest is not None and spec.run_id in fresh:
+            manifest.state = fresh[spec.run_id]
         skip = _skip_reason(manifest, retry_failed)
         if skip:
             result.runs.append(PlannedRun(spec, run_dir, "skipped", skip, manifest.job_id if manifest else None))
