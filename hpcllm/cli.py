@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from hpcllm import __version__
 from hpcllm.cli_ckpt import ckpt_app
+from hpcllm.cli_common import console, err_console, fail
 from hpcllm.cli_data import data_app
 from hpcllm.cli_model import model_app
 from hpcllm.errors import HpcllmError
@@ -34,15 +34,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(ckpt_app, name="ckpt")
 app.add_typer(model_app, name="model")
 
-console = Console()
-err_console = Console(stderr=True)
 
 RESULTS = Path("results")
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _version(value: bool) -> None:
@@ -78,7 +71,7 @@ def clusters_list(ctx: typer.Context) -> None:
                 ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
             )
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(table)
 
 
@@ -90,7 +83,7 @@ def clusters_show(name: str = typer.Argument(..., help="Profile name, e.g. leona
     try:
         profile = load_cluster(name)
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     table = Table(title=f"Cluster {profile.name}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
@@ -124,7 +117,7 @@ def submit(
             after=after,
         )
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
     table = Table(title=f"{experiment} on {cluster}: {len(result.runs)} runs")
@@ -184,7 +177,7 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
     try:
         rows = collect_status(root)
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     table = Table(title=f"Runs under {root}")
     for col in ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason"):
         table.add_column(col)
@@ -213,7 +206,7 @@ def cancel(
     try:
         manifest = cancel_run(results, run_id)
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"cancel requested for {manifest.run_id} (job {manifest.job_id}, now {manifest.state.value})")
 
 
@@ -231,10 +224,10 @@ def logs(
     try:
         run_dir = find_run(results, run_id)
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     files = run_dir.log_files()
     if not files:
-        _fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
+        fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
     latest = max(files, key=lambda p: p.stat().st_mtime)
     console.print(f"[dim]==> {latest} <==[/]")
     with open(latest, errors="replace") as fh:
@@ -263,7 +256,7 @@ def collect(
     from hpcllm.collect.table import collect_table, format_table
 
     if not root.exists():
-        _fail(HpcllmError(f"{root}: no such folder"))
+        fail(HpcllmError(f"{root}: no such folder"))
     problems: list[str] = []
     table = collect_table(root, problems)
     for problem in problems:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import datetime as dt
 from enum import Enum
 from pathlib import Path
-from typing import NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from hpcllm.cli_common import console, fail
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 
 ckpt_app = typer.Typer(help="Inspect and export a run's checkpoints.", no_args_is_help=True)
-console = Console()
 
 
 class ExportFormat(str, Enum):
@@ -32,11 +30,6 @@ def _run_dir(path: Path) -> RunDir:
     if not run.checkpoints.is_dir():
         raise HpcllmError(f"{path}: no checkpoints/ folder here; give a run directory (it holds run.yaml)")
     return run
-
-
-def _fail(exc: HpcllmError) -> NoReturn:
-    console.print(f"[red]error:[/] {exc}", soft_wrap=True)  # unwrapped: paths stay copyable
-    raise typer.Exit(1)
 
 
 @ckpt_app.command("ls")
@@ -53,7 +46,7 @@ def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml a
     try:
         run = _run_dir(run_dir)
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc, exit_code=1)
     latest = read_latest_pointer(run.checkpoints)
     table = Table(title=str(run.checkpoints))
     for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
@@ -125,5 +118,5 @@ def export(
             else:
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc, exit_code=1)
     console.print(f"wrote {output} ({fmt.value}, from {ckpt})")

@@ -12,23 +12,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 from rich.table import Table
 
+from hpcllm.cli_common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 data_app = typer.Typer(help="Tokenize text into token stores and inspect them.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
 
 _INPUT_HELP = "Input files, directories or globs: .txt (one document per file) or .jsonl, optionally .gz."
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @contextmanager
@@ -86,7 +79,7 @@ def prepare_cmd(
             result = prepare(inputs, tokenizer, output, fields=_fields(text_key, prompt_key, response_key),
                              workers=workers, overwrite=overwrite, progress=advance, on_start=on_start)
     except (HpcllmError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     mb = result.input_bytes / 1e6
     _print_header(result.output, result.header, {
         "input": f"{mb:,.1f} MB in {result.seconds:.1f} s ({mb / max(result.seconds, 1e-9):,.1f} MB/s)"})
@@ -113,7 +106,7 @@ def train_tokenizer_cmd(
             path = train_bpe(inputs, vocab_size, output, min_frequency=min_frequency, progress=advance,
                              fields=_fields(text_key, prompt_key, response_key))
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"wrote [bold]{path}[/] (vocab {vocab_size:,}); use it with "
                   f"`hpcllm data prepare --tokenizer {path}` and `data.tokenizer: {path}` in run.yaml")
 
@@ -131,7 +124,7 @@ def demo_cmd(
     try:
         corpus, result = write_demo(output, instruct=instruct, overwrite=True, with_debian_docs=debian_docs)
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     _print_header(result.output, result.header, {"text": str(corpus)})
 
 
@@ -155,7 +148,7 @@ def info_cmd(
                 store.verify(progress=lambda n: bar.advance(task, n))
             console.print(f"[green]verified[/] {store.n_tokens:,} tokens, {store.n_docs:,} documents")
     except HpcllmError as exc:
-        _fail(exc)
+        fail(exc)
     extra = {}
     if seq_len:
         extra[f"samples @ seq_len {seq_len}"] = f"{store.n_windows(seq_len):,}"

@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from hpcllm.cli_common import console, fail
 from hpcllm.config.model import ModelConfig, preset_fields, preset_names
 
 model_app = typer.Typer(help="Inspect the named model configs.", no_args_is_help=True)
-console = Console()
 
 
 def _human(n: float) -> str:
@@ -45,8 +44,7 @@ def info_cmd(
     try:
         preset_fields(name)  # the unknown-name message lists the known ones
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     cfg = ModelConfig.from_name(name)
     t = seq_len or cfg.seq_len
     table = Table(title=f"model {name}", show_header=False)
