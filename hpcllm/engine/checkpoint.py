@@ -55,7 +55,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
-from hpcllm.engine.distributed import barrier
+from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import HpcllmError
@@ -159,20 +159,8 @@ def verify_checkpoint(path: Path) -> None:
 
 def _warn(msg: str, *args: object) -> None:
     """Warn once per job, not once per rank: every rank sees the same files and reaches the same verdict."""
-    if _rank() == 0:
+    if rank() == 0:
         log.warning(msg, *args)
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _dist_on() else 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if _dist_on() else 1
 
 
 @contextlib.contextmanager
@@ -244,8 +232,8 @@ class Checkpointer:
         # On gloo, an async save must not share the default group with training: the save thread's
         # collectives would interleave with the train loop's and crash or hang. new_group is itself
         # a collective, so every rank creates it here, at the same point.
-        self._save_group = dist.new_group(backend="gloo") if cfg.async_save and _dist_on() else None
-        if _rank() == 0:
+        self._save_group = dist.new_group(backend="gloo") if cfg.async_save and is_distributed() else None
+        if rank() == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             self._remove_stale_temp_dirs()
         barrier()
@@ -283,7 +271,7 @@ class Checkpointer:
         different moments and resume from different steps; and only rank 0 stats every shard.
         """
         choice: str | None = None
-        if _rank() == 0:
+        if rank() == 0:
             for path in candidates:
                 try:
                     verify_checkpoint(path)
@@ -292,7 +280,7 @@ class Checkpointer:
                     continue
                 choice = str(path)
                 break
-        if _world() > 1:
+        if world_size() > 1:
             box = [choice]
             dist.broadcast_object_list(box, src=0)
             choice = box[0]
@@ -336,10 +324,10 @@ class Checkpointer:
         self._load_rng(path, int(trainer["world_size"]))
 
     def _load_rng(self, path: Path, saved_world: int) -> None:
-        f = path / f"rng_rank{_rank()}.pt"
-        if saved_world != _world() or not f.is_file():
+        f = path / f"rng_rank{rank()}.pt"
+        if saved_world != world_size() or not f.is_file():
             _warn("%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
-                  path, saved_world, _world())
+                  path, saved_world, world_size())
             return
         try:
             rng = torch.load(f, weights_only=True)
@@ -376,13 +364,13 @@ class Checkpointer:
         step = state.step
         final = self.root / step_dir_name(step)
         tmp = self.root / f"{_TMP_PREFIX}{final.name}"
-        if _rank() == 0:
+        if rank() == 0:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         barrier()
         self._write_rng(tmp)
-        if _rank() == 0:
+        if rank() == 0:
             atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state))
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd = {"model": model_sd, "optim": optim_sd}
@@ -405,7 +393,7 @@ class Checkpointer:
             "consumed_samples": state.consumed_samples,
             "scheduler": state.scheduler.state_dict(),
             "loader": state.loader.state_dict(),
-            "world_size": _world(),
+            "world_size": world_size(),
             "saved_at_unix": time.time(),
             "torch_version": torch.__version__,
             # The architecture travels with the weights (nanoGPT's model_args): export and
@@ -423,7 +411,7 @@ class Checkpointer:
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        target = folder / f"rng_rank{_rank()}.pt"
+        target = folder / f"rng_rank{rank()}.pt"
         tmp = target.with_suffix(".pt.tmp")
         with open(tmp, "wb") as fh:
             torch.save(rng, fh)
@@ -457,7 +445,7 @@ class Checkpointer:
         async one, rank 0's future completes only after DCP's finish step, which gathers every
         rank's write results before writing ``.metadata``.
         """
-        if _rank() != 0:
+        if rank() != 0:
             return
         final = self.root / step_dir_name(step)
         old = self.root / f"{_TMP_PREFIX}old_{final.name}"

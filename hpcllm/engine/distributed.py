@@ -62,6 +62,19 @@ def init_distributed(device_preference: str, *, cpu_collectives: bool = False) -
     return DistEnv(rank, world_size, local_rank, local_world_size, device)
 
 
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a world of one)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -27,6 +27,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from hpcllm.engine.distributed import rank
 from hpcllm.rundir import RunDir
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -87,7 +88,7 @@ class StopRequest:
 
     def local_flag(self) -> bool:
         """This rank's view: a signal arrived here, or (rank 0 only) the STOP file exists."""
-        if not self._event.is_set() and _rank() == 0 and self.run_dir.stop_file.exists():
+        if not self._event.is_set() and rank() == 0 and self.run_dir.stop_file.exists():
             self.request(f"STOP file {self.run_dir.stop_file}")
         return self._event.is_set()
 
@@ -97,7 +98,3 @@ class StopRequest:
         if stop and self.reason is None:
             self.reason = "another rank was asked to stop"
         return stop
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
-from hpcllm.launch.progress import last_metrics
+from hpcllm.launch.progress import last_step
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -69,10 +69,6 @@ def _manifest(ctx: JobContext) -> Manifest:
     return manifest
 
 
-def _last_step(run_dir: RunDir) -> int | None:
-    last = last_metrics(run_dir)
-    return None if last is None else last.get("step")
-
 
 def on_start(ctx: JobContext) -> bool:
     """Record this attempt (and any restart SLURM did on its own); False = do not launch."""
@@ -88,7 +84,7 @@ def on_start(ctx: JobContext) -> bool:
         for _ in range(ctx.restart_count - len(recorded)):
             manifest.restarts.append(
                 Restart(time=now(), reason=f"requeued by SLURM after {cause}", nodes=previous,
-                        last_step=_last_step(ctx.run_dir), job_id=ctx.job_id, failed_nodes=bad)
+                        last_step=last_step(ctx.run_dir), job_id=ctx.job_id, failed_nodes=bad)
             )
     elif bad and recorded and not recorded[-1].failed_nodes:
         # A node went down and SLURM's TERM let the engine stop cleanly, so the end hook already
@@ -135,7 +131,7 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
         why = STOP_REASONS.get(stop_signal, "the engine stopped on request")
         if ctx.restart_count < manifest.max_restarts:
             manifest.restarts.append(
-                Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=_last_step(ctx.run_dir),
+                Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=last_step(ctx.run_dir),
                         job_id=ctx.job_id)
             )
             manifest.state = RunState.PENDING

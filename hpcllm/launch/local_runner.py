@@ -20,6 +20,7 @@ from pathlib import Path
 from hpcllm.config.cluster import parse_slurm_time
 from hpcllm.fsutil import read_json
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
+from hpcllm.launch.progress import last_step
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
@@ -90,7 +91,7 @@ class Runner:
                 if restart < manifest.max_restarts:
                     manifest.restarts.append(
                         Restart(time=now(), reason=reason, nodes=socket.gethostname(),
-                                last_step=_last_step(self.run_dir), job_id=manifest.job_id)
+                                last_step=last_step(self.run_dir), job_id=manifest.job_id)
                     )
                     save_manifest(self.run_dir, manifest)
                     restart += 1
@@ -170,12 +171,6 @@ def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
     except ProcessLookupError:
         pass
 
-
-def _last_step(run_dir: RunDir) -> int | None:
-    from hpcllm.launch.progress import last_metrics
-
-    last = last_metrics(run_dir)
-    return None if last is None else last.get("step")
 
 
 def main(argv: list[str]) -> int:

@@ -29,5 +29,11 @@ def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
     return None
 
 
+def last_step(run_dir: RunDir) -> int | None:
+    """The highest step the run has logged so far (the last line's), or None before the first."""
+    last = last_metrics(run_dir)
+    return None if last is None else last.get("step")
+
+
 def summary(run_dir: RunDir) -> dict[str, Any] | None:
     return read_json(run_dir.summary)
