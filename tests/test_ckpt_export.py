@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hpcllm.cli_ckpt import ckpt_app
+from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.checkpoint import Checkpointer
@@ -110,6 +110,6 @@ def test_export_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, hpcllm.cli_ckpt; sys.exit('torch' in sys.modules)"
+    code = "import sys, hpcllm.cli.ckpt; sys.exit('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0

@@ -243,7 +243,7 @@ def test_export_of_a_sharded_checkpoint_loads_in_transformers(tmp_path: Path, re
     from transformers import LlamaForCausalLM
     from typer.testing import CliRunner
 
-    from hpcllm.cli_ckpt import ckpt_app
+    from hpcllm.cli.ckpt import ckpt_app
     from hpcllm.engine.export import checkpoint_model_config
     from hpcllm.engine.model import GPT
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from hpcllm.cli_data import data_app
+from hpcllm.cli.data import data_app
 from hpcllm.data.store import TokenStore
 
 runner = CliRunner()
@@ -56,7 +56,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_importing_the_sub_app_does_not_import_torch() -> None:
-    code = "import sys, hpcllm.cli_data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, hpcllm.cli.data; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

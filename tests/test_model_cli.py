@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from hpcllm.cli_model import model_app
+from hpcllm.cli.model import model_app
 from hpcllm.config.model import ModelConfig, preset_names
 
 
@@ -39,5 +39,5 @@ def test_list_names_every_preset() -> None:
 
 
 def test_model_cli_does_not_import_torch() -> None:
-    code = "import sys, hpcllm.cli_model; assert 'torch' not in sys.modules"
+    code = "import sys, hpcllm.cli.model; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

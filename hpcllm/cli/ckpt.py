@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hpcllm.cli_common import console, fail
+from hpcllm.cli.common import console, fail
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 

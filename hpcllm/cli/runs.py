@@ -1,101 +1,18 @@
-"""The ``hpcllm`` command. Thin: each command parses, calls one function, prints with rich.
-
-Nothing here imports torch: the commands must answer in a fraction of a second on a login node.
-"""
+"""``hpcllm submit|status|cancel|logs``: the life of runs, from grid to finished job."""
 
 from __future__ import annotations
 
-import json
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from hpcllm import __version__
-from hpcllm.cli_ckpt import ckpt_app
-from hpcllm.cli_common import console, err_console, fail
-from hpcllm.cli_data import data_app
-from hpcllm.cli_model import model_app
+from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
 
-app = typer.Typer(
-    name="hpcllm",
-    help="Run LLM pretraining scaling experiments on SLURM clusters with the bundled FSDP2 engine.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-clusters_app = typer.Typer(help="List and inspect cluster profiles (clusters/*.yaml).", invoke_without_command=True)
-app.add_typer(clusters_app, name="clusters")
-# Sub-apps of their own modules; each imports torch only inside its commands.
-app.add_typer(data_app, name="data")
-app.add_typer(ckpt_app, name="ckpt")
-app.add_typer(model_app, name="model")
 
-
-RESULTS = Path("results")
-
-
-def _version(value: bool) -> None:
-    if value:
-        console.print(f"hpcllm {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
-) -> None:
-    """hpcllm: experiment grids -> sbatch scripts -> torchrun + FSDP2 -> scaling tables."""
-
-
-# --- clusters -----------------------------------------------------------------------------------
-@clusters_app.callback()
-def clusters_list(ctx: typer.Context) -> None:
-    """Without a subcommand: a table of every profile in clusters/."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from hpcllm.config.cluster import available_clusters, load_cluster
-
-    table = Table(title="Cluster profiles")
-    for col in ("name", "scheduler", "partition", "GPU", "GPUs/node", "cores/node", "max nodes", "QoS"):
-        table.add_column(col)
-    try:
-        for name in available_clusters():
-            c = load_cluster(name)
-            table.add_row(
-                c.name, c.scheduler, c.partition or "-", c.gpu_type, str(c.gpus_per_node),
-                str(c.cpus_per_node), str(c.max_nodes),
-                ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
-            )
-    except HpcllmError as exc:
-        fail(exc)
-    console.print(table)
-
-
-@clusters_app.command("show")
-def clusters_show(name: str = typer.Argument(..., help="Profile name, e.g. leonardo.")) -> None:
-    """Every setting of one profile."""
-    from hpcllm.config.cluster import load_cluster
-
-    try:
-        profile = load_cluster(name)
-    except HpcllmError as exc:
-        fail(exc)
-    table = Table(title=f"Cluster {profile.name}", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for key, value in profile.model_dump(mode="json").items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, indent=1) if value else "-"
-        table.add_row(key, "-" if value is None else str(value))
-    console.print(table)
-
-
-# --- submit / status / cancel / logs -------------------------------------------------------------
-@app.command()
 def submit(
     experiment: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/smoke.yaml."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name (see `hpcllm clusters`)."),
@@ -169,7 +86,6 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
 def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it).")) -> None:
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.orchestrate import collect_status
@@ -195,7 +111,6 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
     console.print(table)
 
 
-@app.command()
 def cancel(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix), as `hpcllm status` shows it."),
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
@@ -210,7 +125,6 @@ def cancel(
     console.print(f"cancel requested for {manifest.run_id} (job {manifest.job_id}, now {manifest.state.value})")
 
 
-@app.command()
 def logs(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
@@ -233,91 +147,3 @@ def logs(
     with open(latest, errors="replace") as fh:
         for line in deque(fh, maxlen=lines):
             console.print(line.rstrip("\n"), markup=False, highlight=False)
-
-
-# --- collect --------------------------------------------------------------------------------------
-class TableFormat(str, Enum):
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-
-
-@app.command()
-def collect(
-    root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
-    fmt: TableFormat = typer.Option(TableFormat.markdown, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save a scaling plot (PNG)."),
-    check: bool = typer.Option(
-        False, "--check", help="Check runs against the experiments' `expected:` references; exit 1 on a miss."
-    ),
-) -> None:
-    """The seed's scaling table (one row per completed run) as markdown, csv or json."""
-    from hpcllm.collect.table import collect_table, format_table
-
-    if not root.exists():
-        fail(HpcllmError(f"{root}: no such folder"))
-    problems: list[str] = []
-    table = collect_table(root, problems)
-    for problem in problems:
-        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
-    text = format_table(table, fmt.value)
-    if output:
-        from hpcllm.fsutil import atomic_write_text
-
-        atomic_write_text(output, text)
-        err_console.print(f"wrote {len(table)} rows to {output}")
-    else:
-        console.print(text, markup=False, highlight=False, end="", soft_wrap=True)
-    if plot:
-        from hpcllm.collect.plot import plot_scaling
-
-        err_console.print(f"plot: {plot_scaling(table, plot)}")
-    if table.empty:
-        err_console.print(f"[yellow]no completed runs under {root}[/]")
-    if check:
-        _check_references(root)
-
-
-def _check_references(root: Path) -> None:
-    from hpcllm.collect.references import check_references
-
-    verdicts = check_references(root)
-    table = Table(title="Performance references")
-    for col in ("run", "metric", "measured", "reference", "bounds", "verdict"):
-        table.add_column(col)
-    for v in verdicts:
-        lo, hi = v.reference.bounds()
-        bounds = f"[{'-inf' if lo is None else f'{lo:.4g}'}, {'inf' if hi is None else f'{hi:.4g}'}]"
-        measured = "n/a" if v.measured is None else f"{v.measured:.4g}"
-        table.add_row(v.run_id, v.metric, measured, f"{v.reference.value:.4g}", bounds,
-                      "[green]ok[/]" if v.ok else "[red]FAIL[/]")
-    err_console.print(table if verdicts else "[yellow]no references to check (no `expected:` for these runs)[/]")
-    if any(not v.ok for v in verdicts):
-        raise typer.Exit(1)
-
-
-# --- schema ---------------------------------------------------------------------------------------
-class SchemaKind(str, Enum):
-    cluster = "cluster"
-    experiment = "experiment"
-    training = "training"
-
-
-@app.command()
-def schema(kind: SchemaKind = typer.Argument(..., help="Which file: cluster, experiment or training (run.yaml).")) -> None:
-    """JSON Schema of a YAML file type, for editor completion (e.g. yaml-language-server)."""
-    from hpcllm.config.cluster import ClusterProfile
-    from hpcllm.config.experiment import Experiment
-    from hpcllm.config.training import TrainingConfig
-
-    model = {"cluster": ClusterProfile, "experiment": Experiment, "training": TrainingConfig}[kind.value]
-    console.print_json(json.dumps(model.model_json_schema()))
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

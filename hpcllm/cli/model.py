@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from hpcllm.cli_common import console, fail
+from hpcllm.cli.common import console, fail
 from hpcllm.config.model import ModelConfig, preset_fields, preset_names
 
 model_app = typer.Typer(help="Inspect the named model configs.", no_args_is_help=True)

@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 from rich.table import Table
 
-from hpcllm.cli_common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 data_app = typer.Typer(help="Tokenize text into token stores and inspect them.", no_args_is_help=True)

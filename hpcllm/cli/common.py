@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -15,3 +16,7 @@ def fail(exc: Exception, exit_code: int = 2) -> NoReturn:
     """Print ``exc`` as one unwrapped line on stderr (paths stay copyable) and exit, no traceback."""
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code)
+
+
+# The results root every command defaults to (relative to where `hpcllm` runs).
+RESULTS = Path("results")

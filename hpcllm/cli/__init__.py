@@ -1,0 +1,53 @@
+"""The ``hpcllm`` command: one module per command group, assembled here.
+
+Thin: each command parses, calls one function of the package below it, prints with rich. Nothing
+here imports torch: the commands must answer in a fraction of a second on a login node.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from hpcllm import __version__
+from hpcllm.cli import collect, runs, schema
+from hpcllm.cli.ckpt import ckpt_app
+from hpcllm.cli.clusters import clusters_app
+from hpcllm.cli.common import console
+from hpcllm.cli.data import data_app
+from hpcllm.cli.model import model_app
+
+app = typer.Typer(
+    name="hpcllm",
+    help="Run LLM pretraining scaling experiments on SLURM clusters with the bundled FSDP2 engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, schema.schema):
+    app.command()(command)
+# Sub-apps of their own modules; each imports torch only inside its commands.
+app.add_typer(clusters_app, name="clusters")
+app.add_typer(data_app, name="data")
+app.add_typer(ckpt_app, name="ckpt")
+app.add_typer(model_app, name="model")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"hpcllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """hpcllm: experiment grids -> sbatch scripts -> torchrun + FSDP2 -> scaling tables."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
