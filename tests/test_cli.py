@@ -61,7 +61,7 @@ def test_dry_run_renders_every_point(in_project, tmp_path):
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 0, result.output
-    runs = sorted((tmp_path / "scaling_2.7b" / "leonardo").iterdir())
+    runs = sorted(p for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())  # not .submit.lock
     assert len(runs) == 18
     for run in runs:
         assert {"job.sbatch", "run.yaml", "manifest.json"} <= {p.name for p in run.iterdir()}

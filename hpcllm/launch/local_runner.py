@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hpcllm.config.cluster import parse_slurm_time
 from hpcllm.fsutil import read_json
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
 from hpcllm.launch.progress import last_step
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -52,11 +52,14 @@ class Runner:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
-        manifest = self._manifest()
-        if manifest.state == RunState.CANCELLED:
-            return 1  # `hpcllm cancel` came before this runner started: nothing to run
-        manifest.runner_pid = os.getpid()
-        save_manifest(self.run_dir, manifest)
+        # Every manifest change below is a read-modify-write under the run's lock: `hpcllm status`
+        # and `cancel` may write the same manifest at the same moment.
+        with manifest_lock(self.run_dir):
+            manifest = self._manifest()
+            if manifest.state == RunState.CANCELLED:
+                return 1  # `hpcllm cancel` came before this runner started: nothing to run
+            manifest.runner_pid = os.getpid()
+            save_manifest(self.run_dir, manifest)
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a") as lock:
             try:
@@ -73,11 +76,12 @@ class Runner:
         # The budget is per submission: a run resubmitted with --retry-failed starts afresh.
         restart = sum(1 for r in first.restarts if r.job_id == first.job_id)
         while True:
-            manifest = self._manifest()
-            if manifest.state == RunState.CANCELLED:
-                return 1  # cancelled while this runner waited for the queue lock
-            manifest.state = RunState.RUNNING
-            save_manifest(self.run_dir, manifest)
+            with manifest_lock(self.run_dir):
+                manifest = self._manifest()
+                if manifest.state == RunState.CANCELLED:
+                    return 1  # cancelled while this runner waited for the queue lock
+                manifest.state = RunState.RUNNING
+                save_manifest(self.run_dir, manifest)
             # An earlier attempt's summary must not be read as this attempt's outcome.
             self.run_dir.summary.unlink(missing_ok=True)
             rc, timed_out = self._attempt(manifest, restart)
@@ -89,11 +93,13 @@ class Runner:
             reason = "time limit" if timed_out else f"exit code {rc}"
             if status == SUMMARY_STATUS_PREEMPTED or rc == EXIT_PREEMPTED:
                 if restart < manifest.max_restarts:
-                    manifest.restarts.append(
-                        Restart(time=now(), reason=reason, nodes=socket.gethostname(),
-                                last_step=last_step(self.run_dir), job_id=manifest.job_id)
-                    )
-                    save_manifest(self.run_dir, manifest)
+                    with manifest_lock(self.run_dir):
+                        fresh = self._manifest()  # not the copy read before the attempt
+                        fresh.restarts.append(
+                            Restart(time=now(), reason=reason, nodes=socket.gethostname(),
+                                    last_step=last_step(self.run_dir), job_id=fresh.job_id)
+                        )
+                        save_manifest(self.run_dir, fresh)
                     restart += 1
                     continue
                 return self._finish(
@@ -157,11 +163,12 @@ class Runner:
         return timed_out
 
     def _finish(self, state: RunState, rc: int | None, reason: str | None) -> int:
-        manifest = self._manifest()
-        manifest.state = state
-        manifest.exit_code = rc
-        manifest.reason = reason
-        save_manifest(self.run_dir, manifest)
+        with manifest_lock(self.run_dir):
+            manifest = self._manifest()
+            manifest.state = state
+            manifest.exit_code = rc
+            manifest.reason = reason
+            save_manifest(self.run_dir, manifest)
         return 0 if state == RunState.COMPLETED else 1
 
 
