@@ -64,6 +64,7 @@ from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
+from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import HpcllmError
@@ -299,7 +300,11 @@ class Checkpointer:
             self.save(state)
 
     def save(self, state: TrainState) -> None:
-        """Write a checkpoint of ``state`` now (async if configured); rank 0 publishes it when complete."""
+        """Write a checkpoint of ``state`` now (async if configured); rank 0 publishes it when complete.
+
+        Never of inf/NaN weights: they would poison every restart (raises NonFiniteError instead).
+        """
+        check_weights(state.model, state.step)
         self.wait()  # one save in flight at a time: the next one would overwrite its staging buffers
         step = state.step
         final = self.root / step_dir_name(step)

@@ -31,7 +31,7 @@ from typing import TypeVar
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
-from hpcllm.launch.progress import last_step
+from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -162,9 +162,10 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
         save_manifest(ctx.run_dir, manifest)
         return f"exit {EXIT_PREEMPTED}"
     manifest.state = RunState.FAILED
+    error = summary_error(ctx.run_dir)  # e.g. a diverged run: failed, not requeued, and why
     manifest.reason = (
-        f"engine exited with code {rc} (summary status: {status or 'none written'}); "
-        f"see {ctx.run_dir.log_file(ctx.job_id).name}"
+        f"engine exited with code {rc} (summary status: {status or 'none written'})"
+        f"{f': {error}' if error else ''}; see {ctx.run_dir.log_file(ctx.job_id).name}"
     )
     save_manifest(ctx.run_dir, manifest)
     return f"exit {rc if rc != 0 else 1}"

@@ -20,7 +20,7 @@ from pathlib import Path
 from hpcllm.config.cluster import parse_slurm_time
 from hpcllm.fsutil import read_json
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
-from hpcllm.launch.progress import last_step
+from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
@@ -105,7 +105,9 @@ class Runner:
                 return self._finish(
                     RunState.FAILED, rc, f"restart budget exhausted ({manifest.max_restarts}) after {reason}"
                 )
-            return self._finish(RunState.FAILED, rc, f"{reason}; see {self.run_dir.log_file(manifest.job_id or '')}")
+            error = summary_error(self.run_dir)  # e.g. a diverged run: not requeued, says why
+            return self._finish(RunState.FAILED, rc, f"{reason}{f': {error}' if error else ''}; "
+                                f"see {self.run_dir.log_file(manifest.job_id or '')}")
 
     def _attempt(self, manifest: Manifest, restart: int) -> tuple[int, bool]:
         env = dict(os.environ)
