@@ -220,3 +220,20 @@ def test_concurrent_submits_on_slurm_submit_each_run_once(tmp_path: Path, store:
     monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])  # for the status queries below
     assert set(wait_until_finished(results, 600).values()) == {"completed"}
     assert_one_job_ran(runs)
+
+
+def test_status_records_a_vanished_local_runner_as_failed(tmp_path: Path) -> None:
+    from hpcllm.config.cluster import load_cluster
+    from hpcllm.launch.backends.local import LocalBackend
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names no process now
+    rd = run_dir_with_manifest(tmp_path)
+    with update_manifest(rd) as m:
+        m.state, m.job_id, m.runner_pid = RunState.RUNNING, "1", gone.pid
+    backend = LocalBackend(load_cluster(str(REPO / "clusters" / "local.yaml")))
+    assert backend.refresh([(rd, load_manifest(rd))]) == {"r1": RunState.FAILED}
+    assert load_manifest(rd).reason == "local runner exited without recording a result"
+    with update_manifest(rd) as m:  # a live runner is left alone
+        m.state, m.runner_pid = RunState.RUNNING, os.getpid()
+    assert backend.refresh([(rd, load_manifest(rd))]) == {"r1": RunState.RUNNING}

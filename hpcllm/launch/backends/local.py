@@ -68,19 +68,24 @@ class LocalBackend(Backend):
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
         states = {}
         for run_dir, manifest in items:
-            # Under the run's lock: the runner may be recording its result right now, and must
-            # not be overwritten by a "failed" decided from the manifest it just replaced.
-            with manifest_lock(run_dir):
-                fresh = load_manifest(run_dir) or manifest
-                state = fresh.state
-                # A runner that vanished without recording an end (killed -9, machine reboot)
-                # failed; a pending run without a runner pid yet is one whose runner is starting.
-                if state.active and fresh.runner_pid is not None and not pid_alive(fresh.runner_pid):
-                    fresh.state = state = RunState.FAILED
-                    fresh.reason = "local runner exited without recording a result"
-                    save_manifest(run_dir, fresh)
-            states[fresh.run_id] = state
+            fresh = load_manifest(run_dir) or manifest
+            if self._runner_vanished(fresh):
+                # Decided again under the run's lock: the runner may have recorded its result
+                # just now, which a "failed" decided from the older copy must not overwrite.
+                with manifest_lock(run_dir):
+                    fresh = load_manifest(run_dir) or manifest
+                    if self._runner_vanished(fresh):
+                        fresh.state = RunState.FAILED
+                        fresh.reason = "local runner exited without recording a result"
+                        save_manifest(run_dir, fresh)
+            states[fresh.run_id] = fresh.state
         return states
+
+    @staticmethod
+    def _runner_vanished(manifest: Manifest) -> bool:
+        """A runner that exited without recording an end (killed -9, machine reboot). A pending run
+        without a runner pid yet is one whose runner is still starting."""
+        return manifest.state.active and manifest.runner_pid is not None and not pid_alive(manifest.runner_pid)
 
     def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
         with manifest_lock(run_dir):
