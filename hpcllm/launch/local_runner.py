@@ -19,7 +19,16 @@ from pathlib import Path
 
 from hpcllm.config.cluster import parse_slurm_time
 from hpcllm.fsutil import read_json
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
+from hpcllm.launch.manifest import (
+    Manifest,
+    Restart,
+    RunState,
+    load_manifest,
+    manifest_lock,
+    now,
+    save_manifest,
+    update_manifest,
+)
 from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -93,13 +102,11 @@ class Runner:
             reason = "time limit" if timed_out else f"exit code {rc}"
             if status == SUMMARY_STATUS_PREEMPTED or rc == EXIT_PREEMPTED:
                 if restart < manifest.max_restarts:
-                    with manifest_lock(self.run_dir):
-                        fresh = self._manifest()  # not the copy read before the attempt
+                    with update_manifest(self.run_dir) as fresh:  # not the copy read before the attempt
                         fresh.restarts.append(
                             Restart(time=now(), reason=reason, nodes=socket.gethostname(),
                                     last_step=last_step(self.run_dir), job_id=fresh.job_id)
                         )
-                        save_manifest(self.run_dir, fresh)
                     restart += 1
                     continue
                 return self._finish(
@@ -165,12 +172,10 @@ class Runner:
         return timed_out
 
     def _finish(self, state: RunState, rc: int | None, reason: str | None) -> int:
-        with manifest_lock(self.run_dir):
-            manifest = self._manifest()
+        with update_manifest(self.run_dir) as manifest:
             manifest.state = state
             manifest.exit_code = rc
             manifest.reason = reason
-            save_manifest(self.run_dir, manifest)
         return 0 if state == RunState.COMPLETED else 1
 
 

@@ -58,6 +58,9 @@ def exclusive(lock_file: Path) -> Iterator[None]:
     except OSError as exc:
         os.close(fd)
         raise HpcllmError(_lock_failure(key, exc)) from None
+    except BaseException:  # a signal handler raised while waiting (the local runner's cancel)
+        os.close(fd)
+        raise
     _held[key] = (fd, 1)
     try:
         yield

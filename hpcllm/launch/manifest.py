@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from enum import Enum
 from typing import Any
 
@@ -117,7 +117,7 @@ def save_manifest(run_dir: RunDir, manifest: Manifest) -> None:
     atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"))
 
 
-def manifest_lock(run_dir: RunDir):  # -> a context manager
+def manifest_lock(run_dir: RunDir) -> AbstractContextManager[None]:
     """The run's lock: hold it from reading the manifest to saving the changed one."""
     return exclusive(run_dir.lock_file)
 
