@@ -241,3 +241,19 @@ def test_malformed_file_gives_one_clear_line_and_leaves_nothing(workspace: Path,
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert not results.exists() or not any(results.rglob("*")), "something was rendered"
     assert not Path(PWNED).exists()
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_an_account_from_the_command_line_or_environment_is_checked_too(workspace: Path, how: str) -> None:
+    (workspace / "exp.yaml").write_text(dump(experiment()))
+    args = ["submit", str(workspace / "exp.yaml"), "--cluster", "advslurm", "--results", str(workspace / "results")]
+    env = {"PATH": "/nonexistent"}
+    if how == "option":
+        args += ["--account", INJECT]
+    else:
+        env["HPCLLM_ACCOUNT"] = INJECT
+    result = runner.invoke(app, args, env=env)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "account 'x\\ntouch /tmp/hpcllm-adversarial-pwned\\n#': must be one line of printable text" in lines[0]
+    assert not (workspace / "results").exists()
