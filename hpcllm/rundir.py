@@ -4,11 +4,14 @@
         job.sbatch          rendered batch script (hpcllm.launch.render)
         run.yaml            resolved TrainingConfig, the engine's only input
         manifest.json       orchestrator state: job ids, states, restarts (atomic writes)
+        .manifest.lock      locked around every read-modify-write of manifest.json (launch/locks.py)
         slurm-<jobid>.out   scheduler log, appended across requeues
         metrics.jsonl       one JSON object per logged step (engine)
         summary.json        medians + table fields + status (engine, atomic)
         checkpoints/        step_<N>/ DCP folders and the `latest` pointer (engine)
         STOP                present = the batch script asked the engine to checkpoint and stop
+
+    results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
 
 Both the orchestrator and the engine import this module, so the names cannot drift apart.
 """
@@ -26,6 +29,8 @@ SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
 SUMMARY_STATUS_FAILED = "failed"
 
+SUBMIT_LOCK_NAME = ".submit.lock"
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -42,6 +47,10 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.path / "run.yaml"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".manifest.lock"
 
     @property
     def job_script(self) -> Path:
@@ -75,6 +84,11 @@ class RunDir:
 
     def log_files(self) -> list[Path]:
         return sorted(self.path.glob(self.LOG_PATTERN.replace("%j", "*")))
+
+
+def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:
+    """The lock ``hpcllm submit`` holds while it submits one experiment's grid to one cluster."""
+    return Path(results_root) / experiment / cluster / SUBMIT_LOCK_NAME
 
 
 def find_run_dirs(root: Path) -> list[RunDir]:

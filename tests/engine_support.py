@@ -6,6 +6,7 @@ boundaries), tokenised with the byte tokenizer, so losses are those of real data
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,38 @@ def run_engine(config: Path, nproc: int = 1, *extra: str, timeout: int = 240,
                "-m", "hpcllm.engine", "--config", str(config), *extra]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def losses_checking_reruns(records: list[dict[str, Any]]) -> dict[int, float]:
+    """One loss per step from metrics.jsonl records, checking every re-run step against the attempt
+    that first ran it: after a resume the same step sees the same weights and batch (same ranks),
+    so its loss must be identical, not merely dropped the way the collector drops it."""
+    first: dict[int, float] = {}
+    for rec in records:
+        if not rec["rerun"]:
+            assert rec["step"] not in first, f"step {rec['step']} logged twice without the rerun mark"
+            first[rec["step"]] = rec["loss"]
+    for rec in records:
+        if rec["rerun"]:
+            assert rec["step"] in first, f"re-run step {rec['step']} was never run before"
+            assert rec["loss"] == first[rec["step"]], (
+                f"step {rec['step']} re-run (restart {rec['restart']}) gave loss {rec['loss']!r}, "
+                f"first run {first[rec['step']]!r}")
+    return first
+
+
+def uninterrupted_losses(run_yaml: Path, steps: int, workdir: Path, nproc: int = 1) -> dict[int, float]:
+    """Losses of steps 1..``steps`` of ``run_yaml``'s config run in one go, without checkpoints:
+    the independent expectation for a run that was stopped, requeued and resumed. The config must
+    not make the learning rate depend on ``train.steps`` (a constant schedule after warmup)."""
+    cfg = yaml.safe_load(run_yaml.read_text())
+    cfg["train"]["steps"] = steps
+    cfg["checkpoint"] = {**cfg.get("checkpoint", {}), "every_steps": None, "every_minutes": None,
+                         "at_end": False, "resume": False}
+    run_dir = workdir / "uninterrupted"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_engine(run_dir / "run.yaml", nproc, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return losses_checking_reruns(records)

@@ -5,6 +5,7 @@ Multi-rank behaviour (resharding, exact resume, signals) is in test_ckpt_resume.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -182,7 +183,12 @@ def _shard(path: Path) -> Path:
     ],
 )
 def test_corrupt_latest_falls_back_to_previous(tmp_path: Path, damage, caplog: pytest.LogCaptureFixture) -> None:
-    run, _ = _two_checkpoints(tmp_path)
+    run = RunDir(tmp_path)
+    trained = make_state()
+    ckpt = Checkpointer(run, CheckpointConfig(every_steps=2, keep_last=3))
+    run_steps(trained, ckpt, 2)
+    at_step_2 = copy.deepcopy(trained)  # what step_2 holds, kept apart from further training
+    run_steps(trained, ckpt, 2)
     latest = run.checkpoints / "step_4"
     damage(latest)
     with pytest.raises(CheckpointCorrupt):
@@ -190,8 +196,10 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path: Path, damage, caplog: p
     state = make_state(seed=3)
     with caplog.at_level(logging.WARNING, logger="hpcllm.engine.checkpoint"):
         assert Checkpointer(run, CheckpointConfig()).load_latest(state)
-    assert state.step == 2 and state.consumed_samples == 4
     assert any(str(latest) in r.getMessage() for r in caplog.records), caplog.text
+    # Everything is step 2's: weights, Adam moments, schedule, data position; none of step 4's.
+    assert_same_state(state, at_step_2)
+    assert not torch.equal(state.model.head.weight, trained.model.head.weight)
 
 
 def test_checkpoint_of_other_data_is_an_error_not_skipped(tmp_path: Path) -> None:

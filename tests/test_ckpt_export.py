@@ -88,25 +88,54 @@ def test_torch_export_is_the_model_state_dict(tmp_path: Path) -> None:
     assert set(state) == {"model", "optim"} and "state" in state["optim"]
 
 
+def _ls_rows(output: str) -> dict[str, str]:
+    """Table rows of `ckpt ls` by step."""
+    return {line.split()[1]: line for line in output.splitlines() if line.strip().startswith("│ ")
+            and line.split()[1].isdigit()}
+
+
 def test_ls_shows_steps_latest_and_corruption(tmp_path: Path) -> None:
     run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=3)
     (run.checkpoints / "step_2" / ".metadata").unlink()
+    shard = next((run.checkpoints / "step_1").glob("*.distcp"))
+    os.truncate(shard, shard.stat().st_size // 2)  # only DCP's index can tell
     (run.checkpoints / ".tmp_step_4").mkdir()
-    res = runner.invoke(ckpt_app, ["ls", str(run.path)])
+    res = runner.invoke(ckpt_app, ["ls", str(run.path)], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    rows = {line.split()[1]: line for line in res.output.splitlines() if line.strip().startswith("│ ")
-            and line.split()[1].isdigit()}
+    rows = _ls_rows(res.output)
     assert set(rows) == {"1", "2", "3"}, res.output
-    assert "ok" in rows["1"] and "corrupt" in rows["2"] and "(latest)" in rows["3"]
+    assert "complete" in rows["1"] and "corrupt: missing DCP metadata" in rows["2"] and "(latest)" in rows["3"]
     assert "incomplete: .tmp_step_4" in res.output
+    assert "`--verify` does" in res.output
+    res = runner.invoke(ckpt_app, ["ls", str(run.path), "--verify"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = _ls_rows(res.output)
+    assert "corrupt: shard" in rows["1"] and "is truncated" in rows["1"]
+    assert "corrupt" in rows["2"] and "ok" in rows["3"] and "(latest)" in rows["3"]
+
+
+def test_ls_runs_without_torch(tmp_path: Path) -> None:
+    """A login node may have no torch: `ckpt ls` lists from the checkpoint files alone."""
+    run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=2)
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom hpcllm.cli import app\n"
+            "res = CliRunner().invoke(app, ['ckpt', 'ls', sys.argv[1]], env={'COLUMNS': '200'})\n"
+            "print(res.output)\nprint('exit', res.exit_code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.strip().splitlines()[-1] == "exit 0 False", proc.stdout + proc.stderr
+    rows = _ls_rows(proc.stdout)
+    assert set(rows) == {"1", "2"} and "complete" in rows["1"] and "(latest)" in rows["2"]
+    cells = {step: [c.strip() for c in row.split("│")[1:-1]] for step, row in rows.items()}
+    assert [cells["1"][1], cells["2"][1]] == ["2", "4"]  # consumed samples, from trainer_state.json
+    assert cells["2"][2] == "1"  # written by one rank
 
 
 def test_export_errors_are_clear(tmp_path: Path) -> None:
     res = runner.invoke(ckpt_app, ["export", str(tmp_path), "-o", str(tmp_path / "x.pt")])
-    assert res.exit_code == 1 and "no checkpoints/ folder" in res.output
+    assert res.exit_code == 2 and "no checkpoints/ folder" in res.output
     run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=1)
     res = runner.invoke(ckpt_app, ["export", str(run.path), "-o", str(tmp_path / "x"), "--step", "7"])
-    assert res.exit_code == 1 and "no checkpoint step_7; complete checkpoints at steps: 1" in res.output
+    assert res.exit_code == 2 and "no checkpoint step_7; complete checkpoints at steps: 1" in res.output
 
 
 def test_cli_module_does_not_import_torch() -> None:

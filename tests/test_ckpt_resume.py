@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from engine_support import PYTHON, REPO, make_store, write_run
+from engine_support import PYTHON, REPO, losses_checking_reruns, make_store, write_run
 from hpcllm.engine.checkpoint import list_checkpoints, read_latest_pointer
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
@@ -83,13 +83,8 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """Loss per step, one line per step: the collector's rule (drop lines marked ``rerun``)."""
-    out: dict[int, float] = {}
-    for rec in metrics(run_dir):
-        if not rec["rerun"]:
-            assert rec["step"] not in out, f"step {rec['step']} logged twice without rerun mark"
-            out[rec["step"]] = rec["loss"]
-    return out
+    """Loss per step, one line per step; re-run steps must repeat the first attempt's loss exactly."""
+    return losses_checking_reruns(metrics(run_dir))
 
 
 def summary(run_dir: Path) -> dict[str, Any]:

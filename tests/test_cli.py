@@ -61,7 +61,7 @@ def test_dry_run_renders_every_point(in_project, tmp_path):
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 0, result.output
-    runs = sorted((tmp_path / "scaling_2.7b" / "leonardo").iterdir())
+    runs = sorted(p for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())  # not .submit.lock
     assert len(runs) == 18
     for run in runs:
         assert {"job.sbatch", "run.yaml", "manifest.json"} <= {p.name for p in run.iterdir()}
@@ -129,17 +129,33 @@ def test_collect_missing_folder(tmp_path):
     assert result.exit_code == 2 and "no such folder" in result.output
 
 
+def _verdicts(output: str) -> dict[str, list[str]]:
+    """The reference table of `collect --check`: run -> [metric, measured, reference, bounds, verdict]."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 6 and cells[0] not in ("run", ""):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
 def test_collect_check_flags_runs_out_of_bounds(tmp_path):
-    ok = _fake_run(tmp_path, "ok", mfu=0.56)
-    low = _fake_run(tmp_path, "low", mfu=0.40, world_size=16)
-    for run in (ok, low):
+    # Run names that cannot be mistaken for a verdict in the output.
+    inside = _fake_run(tmp_path, "run-inside", mfu=0.56)
+    below = _fake_run(tmp_path, "run-below", mfu=0.40, world_size=16)
+    for run in (inside, below):
         (run / "manifest.json").write_text(json.dumps({"expected": {"mfu": {"value": 0.55, "lower": -0.1, "upper": None}}}))
     result = runner.invoke(app, ["collect", str(tmp_path), "--check"], env={"COLUMNS": "200"})
     assert result.exit_code == 1
-    assert "FAIL" in result.output and result.output.count("ok") >= 1
-    assert "[0.495, inf]" in result.output
-    (low / "summary.json").write_text((low / "summary.json").read_text().replace('"mfu": 0.4', '"mfu": 0.5'))
-    assert runner.invoke(app, ["collect", str(tmp_path), "--check"]).exit_code == 0
+    # mfu >= 0.55 x (1 - 0.1) = 0.495, no upper bound: 0.56 passes, 0.40 does not.
+    assert _verdicts(result.output) == {
+        "run-inside": ["mfu", "0.56", "0.55", "[0.495, inf]", "ok"],
+        "run-below": ["mfu", "0.4", "0.55", "[0.495, inf]", "FAIL"],
+    }
+    (below / "summary.json").write_text((below / "summary.json").read_text().replace('"mfu": 0.4', '"mfu": 0.5'))
+    result = runner.invoke(app, ["collect", str(tmp_path), "--check"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert [v[-1] for v in _verdicts(result.output).values()] == ["ok", "ok"]
 
 
 def test_experiment_references_reach_the_manifest(in_project, tmp_path):

@@ -50,7 +50,9 @@ GOOD_CLUSTER = "name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpu
 
 @pytest.mark.parametrize("patch,pattern", BAD_CLUSTERS, ids=[p for p, _ in BAD_CLUSTERS])
 def test_bad_cluster_file_errors(tmp_path, patch, pattern):
-    path = _write(tmp_path, "bad.yaml", GOOD_CLUSTER + patch)
+    # The patch replaces the good line with its key (a repeated key would itself be the error).
+    kept = [line for line in GOOD_CLUSTER.splitlines(keepends=True) if line.split(":")[0] != patch.split(":")[0]]
+    path = _write(tmp_path, "bad.yaml", "".join(kept) + patch)
     with pytest.raises(ConfigError, match=pattern):
         load_model(ClusterProfile, path)
 
@@ -78,7 +80,7 @@ training:
          r"train\.micro_batchsize: unknown key; allowed keys here: steps, micro_batch_size"),
         ("grid: {trian.steps: [1]}\n", r"grid: .*'trian\.steps' must start with one of: resources, run_id"),
         ("grid: {model.preset: [tiny, huge]}\n", r"'huge' is not a model preset; known presets: tiny, 125m"),
-        ("zip: [{train.steps: [1, 2], train.grad_accum: [1]}]\n", r"zip: zip group lists must have equal lengths"),
+        ("zip: [{train.steps: [1, 2], train.grad_accum: [1]}]\n", r"zip: group lists must have equal lengths"),
         ("where: \"__import__('os')\"\n", r"where: Call is not allowed"),
         ("where: \"train.nope > 1\"\n", r"where: 'train\.nope' is not a key"),
         ("training2: {}\n", r"e\.yaml: training2: unknown key; allowed keys here: name, description, resources"),

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from engine_support import losses_checking_reruns, uninterrupted_losses
 from hpcllm.cli import app
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.orchestrate import collect_status
@@ -121,11 +122,13 @@ def test_time_limit_requeues_resumes_and_respects_the_budget(in_project, tmp_pat
     """USR1 before the limit -> checkpoint -> requeue -> resume, until the restart budget is used.
 
     The run needs far more steps than fit, so the outcome does not depend on the machine's speed:
-    three attempts (max_restarts 2), each resuming where the previous one checkpointed.
+    three attempts (max_restarts 2), each resuming where the previous one checkpointed. USR1 comes
+    10 s into an attempt and the limit 50 s later: time enough for a loaded machine to start the
+    engine and reach the step boundary where it stops (with 9 s, an attempt was once killed first).
     """
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_profile_dir(tmp_path, signal_before_end_s=9)))
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_profile_dir(tmp_path, signal_before_end_s=50)))
     exp = _experiment(tmp_path, demo_store, steps=1_000_000, grid={"resources.gpus_per_node": [1]},
-                      time_limit="00:00:15", max_restarts=2)
+                      time_limit="00:01:00", max_restarts=2)
     results = tmp_path / "results"
     out = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results), "--wait"])
     assert out.exit_code == 1
@@ -141,6 +144,10 @@ def test_time_limit_requeues_resumes_and_respects_the_budget(in_project, tmp_pat
         first = next(m for m in lines if m["restart"] == restart)
         assert first["step"] == manifest.restarts[restart - 1].last_step + 1
     assert json.loads(rd.summary.read_text())["status"] == "preempted"
+    # The losses are those of one uninterrupted run, up to past the last resume (constant lr).
+    got = losses_checking_reruns(lines)
+    upto = min(manifest.restarts[-1].last_step + 10, max(got))
+    assert {s: got[s] for s in range(1, upto + 1)} == uninterrupted_losses(rd.config, upto, tmp_path)
 
 
 def test_cancel_before_the_runner_starts_is_kept(in_project, tmp_path, monkeypatch):

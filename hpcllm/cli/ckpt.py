@@ -1,7 +1,8 @@
 """``hpcllm ckpt``: list a run's checkpoints and export one for evaluation.
 
-Thin, like the rest of the CLI: parse, call one engine function, print with rich. torch is
-imported inside the commands, so ``hpcllm --help`` stays torch-free.
+Thin, like the rest of the CLI: parse, call one function, print with rich. ``ls`` reads the
+checkpoint files without torch (login nodes); ``ls --verify`` and ``export`` import torch inside
+the command, so ``hpcllm --help`` stays torch-free. Errors exit 2, like every other command.
 """
 
 from __future__ import annotations
@@ -33,20 +34,31 @@ def _run_dir(path: Path) -> RunDir:
 
 
 @ckpt_app.command("ls")
-def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/).")) -> None:
-    """List complete checkpoints, newest last, marking the one `latest` names and any that fail checks."""
-    from hpcllm.engine.checkpoint import (
+def ls(
+    run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/)."),
+    verify: bool = typer.Option(False, "--verify", help="Also check every shard against DCP's index "
+                                "(reads the index with torch; catches truncated shards)."),
+) -> None:
+    """List complete checkpoints, newest last, marking the one `latest` names and any that fail checks.
+
+    Without --verify it needs no torch (login nodes): names, trainer_state.json and DCP's files.
+    """
+    from hpcllm.checkpoint_layout import (
         CheckpointCorrupt,
+        check_files,
         incomplete_saves,
         list_checkpoints,
         read_latest_pointer,
-        verify_checkpoint,
     )
 
     try:
         run = _run_dir(run_dir)
     except HpcllmError as exc:
-        fail(exc, exit_code=1)
+        fail(exc)
+    if verify:
+        from hpcllm.engine.checkpoint import verify_checkpoint as check
+    else:
+        check = check_files
     latest = read_latest_pointer(run.checkpoints)
     table = Table(title=str(run.checkpoints))
     for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
@@ -55,8 +67,8 @@ def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml a
     for info in infos:
         ts = info.trainer_state or {}
         try:
-            verify_checkpoint(info.path)
-            status = "ok"
+            check(info.path)
+            status = "ok" if verify else "complete"
         except CheckpointCorrupt as exc:
             status = f"[red]corrupt[/]: {str(exc).removeprefix(str(info.path) + ': ')}"
         if latest == info.path:
@@ -77,6 +89,8 @@ def ls(run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml a
     for tmp in incomplete_saves(run.checkpoints):
         console.print(f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; "
                       "the next start removes it)", soft_wrap=True)
+    if infos and not verify:
+        console.print("shards not checked against DCP's index: `--verify` does (needs torch)", style="dim")
 
 
 @ckpt_app.command("export")
@@ -118,5 +132,5 @@ def export(
             else:
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
-        fail(exc, exit_code=1)
+        fail(exc)
     console.print(f"wrote {output} ({fmt.value}, from {ckpt})")

@@ -12,10 +12,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(exc: Exception, exit_code: int = 2) -> NoReturn:
-    """Print ``exc`` as one unwrapped line on stderr (paths stay copyable) and exit, no traceback."""
+# Every command's exit status for a user error (bad input, missing files, a refusing scheduler),
+# as click's own usage errors: 1 stays for verdicts (`collect --check` misses, `submit --wait` failures).
+EXIT_ERROR = 2
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Print ``exc`` as one unwrapped line on stderr (paths stay copyable) and exit 2, no traceback."""
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(exit_code)
+    raise typer.Exit(EXIT_ERROR)
 
 
 # The results root every command defaults to (relative to where `hpcllm` runs).

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.loader import load_model
+from hpcllm.config.text import OneLine, SbatchOption, one_line, shell_variable_name
 from hpcllm.errors import ConfigError
 from hpcllm.paths import project_folder
 
@@ -24,7 +25,7 @@ _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 
 def parse_slurm_time(value: str) -> int:
     """SLURM time ``[D-]HH:MM:SS`` -> seconds (the only form we accept: unambiguous)."""
-    match = _TIME_RE.match(value.strip())
+    match = _TIME_RE.fullmatch(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a time; use [D-]HH:MM:SS, e.g. 00:30:00 or 1-00:00:00")
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
@@ -33,7 +34,7 @@ def parse_slurm_time(value: str) -> int:
 
 def _valid_time(value: str) -> str:
     parse_slurm_time(value)
-    return value
+    return value.strip()  # "00:30:00\n" would end the #SBATCH --time line early
 
 
 # A wall time as SLURM writes it, checked where it is declared (profiles and experiments).
@@ -60,35 +61,36 @@ class ClusterProfile(BaseModel):
     scheduler: Literal["slurm", "local"] = Field(
         description="slurm: submit with sbatch. local: run on this machine, one job at a time."
     )
-    partition: str | None = Field(None, description="SLURM partition (-p).")
-    account: str | None = Field(
+    partition: OneLine | None = Field(None, description="SLURM partition (-p).")
+    account: OneLine | None = Field(
         None, description="Project to charge (-A). Overridden by $HPCLLM_ACCOUNT, then by --account."
     )
     requires_account: bool = Field(True, description="The site rejects jobs without an account.")
-    qos: dict[str, QosSpec] = Field(default_factory=dict, description="QoS names and their limits.")
-    default_qos: str | None = None
+    qos: dict[OneLine, QosSpec] = Field(default_factory=dict, description="QoS names and their limits.")
+    default_qos: OneLine | None = None
     max_nodes: int = Field(1, gt=0, description="Nodes in the partition: more would pend forever.")
     gpu_type: str = Field(description="Accelerator model for MFU (see hpcllm.perf), or 'cpu'.")
     gpus_per_node: int = Field(gt=0, description="Ranks per node (one per GPU; CPU ranks on 'cpu').")
     cpus_per_node: int = Field(gt=0, description="Cores of one node, all given to the node's task.")
     min_cpus_per_gpu: int | None = Field(None, gt=0, description="Site rule: at least this many cores per GPU.")
-    gres: str | None = Field(None, description="--gres value, e.g. gpu:4; null = none.")
-    mem: str | None = Field(None, description="--mem value (0 = all of the node); null = no --mem line.")
+    gres: OneLine | None = Field(None, description="--gres value, e.g. gpu:4; null = none.")
+    mem: OneLine | None = Field(None, description="--mem value (0 = all of the node); null = no --mem line.")
     exclusive: bool = Field(True, description="Add --exclusive (whole nodes for scaling runs).")
-    modules: list[str] = Field(default_factory=list, description="`module load` these, in order.")
+    modules: list[OneLine] = Field(default_factory=list, description="`module load` these, in order.")
     setup: list[str] = Field(
         default_factory=list, description="Shell lines run before launch (activate the venv etc.)."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Exported in the job (NCCL etc.).")
-    sbatch_extra: list[str] = Field(
+    sbatch_extra: list[SbatchOption] = Field(
         default_factory=list, description="Extra #SBATCH options, e.g. --constraint=... ."
     )
-    python: str = Field("python", description="Interpreter that has hpcllm[train] installed.")
+    python: OneLine = Field("python", description="Interpreter that has hpcllm[train] installed.")
     signal_before_end_s: int = Field(
         300, gt=0, description="--signal=B:USR1@N: seconds before the time limit to checkpoint."
     )
     max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
-    template: str = Field("sbatch.sh.j2", description="Template in templates/ used to render jobs.")
+    template: str = Field("sbatch.sh.j2", description="Template in templates/ used to render jobs.",
+                          pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\.j2$")
     max_array_size: int = Field(
         0, ge=0, description="SLURM: submit grid points with equal resources as one job array of at most "
         "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run."
@@ -97,8 +99,10 @@ class ClusterProfile(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "ClusterProfile":
         for key in self.env:
-            if not key.isidentifier():
-                raise ValueError(f"env: {key!r} is not a valid shell variable name (letters, digits, _)")
+            try:
+                shell_variable_name(key)
+            except ValueError as exc:
+                raise ValueError(f"env: {exc}") from None
         if self.default_qos is not None and self.default_qos not in self.qos:
             raise ValueError(
                 f"default_qos {self.default_qos!r} is not one of the qos names: {', '.join(self.qos) or '(none)'}"
@@ -124,6 +128,11 @@ class ClusterProfile(BaseModel):
                 f"cluster {self.name!r} needs an account: set `account:` in its profile, "
                 "export HPCLLM_ACCOUNT=<project>, or pass --account <project>"
             )
+        if account is not None:
+            try:
+                one_line(account)
+            except ValueError as exc:
+                raise ConfigError(f"account {account!r}: {exc}") from None
         return account
 
 

@@ -20,6 +20,7 @@ from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
+from hpcllm.config.text import OneLine
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
 
@@ -32,7 +33,7 @@ class Resources(BaseModel):
     nodes: int = Field(1, gt=0)
     gpus_per_node: int | None = Field(None, gt=0, description="Ranks per node; default: the profile's.")
     time: SlurmTime = Field("00:30:00", description="Wall-time limit, [D-]HH:MM:SS.")
-    qos: str | None = Field(None, description="QoS name from the profile; default: its default_qos.")
+    qos: OneLine | None = Field(None, description="QoS name from the profile; default: its default_qos.")
     max_restarts: int | None = Field(None, ge=0, description="Requeue budget; default: the profile's.")
 
 
@@ -109,7 +110,7 @@ def expand_experiment(exp: Experiment, cluster: ClusterProfile, source: str) -> 
     try:
         points = gridlib.expand(exp.grid, exp.zip)
     except ValueError as exc:
-        raise ConfigError(f"{source}: zip: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
     base = {"resources": exp.resources.model_dump(exclude_none=True), **exp.training}
     specs: list[RunSpec] = []
     seen: dict[str, dict[str, Any]] = {}

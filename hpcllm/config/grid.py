@@ -16,16 +16,44 @@ from typing import Any
 
 Point = dict[str, Any]
 
+# More points than any scheduler would queue for one user (SLURM's MaxSubmitJobs is typically in
+# the hundreds to a few thousand); expanding and validating this many takes seconds, not minutes.
+MAX_POINTS = 10_000
 
-def expand(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]]) -> list[Point]:
-    """All points: the cross product of every grid axis and every zip group (a group = one axis)."""
-    axes: list[list[Point]] = [[{key: v} for v in values] for key, values in grid.items()]
+
+def axis_sizes(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]]) -> dict[str, int]:
+    """Each axis with its number of values: grid keys, and one axis per zip group (keys joined by +)."""
+    sizes = {key: len(values) for key, values in grid.items()}
     for group in zips:
         lengths = {len(v) for v in group.values()}
         if len(lengths) > 1:
             detail = ", ".join(f"{k}: {len(v)}" for k, v in group.items())
-            raise ValueError(f"zip group lists must have equal lengths ({detail})")
-        n = lengths.pop() if lengths else 0
+            raise ValueError(f"zip: group lists must have equal lengths ({detail})")
+        sizes["+".join(group)] = lengths.pop() if lengths else 0
+    return sizes
+
+
+def check_size(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]], limit: int = MAX_POINTS) -> int:
+    """The number of points, counted without expanding; ValueError naming the axes beyond ``limit``."""
+    sizes = axis_sizes(grid, zips)
+    total = 1
+    for n in sizes.values():
+        total *= n
+    if total > limit:
+        detail = " x ".join(f"{n:,} ({key})" for key, n in sizes.items())
+        raise ValueError(
+            f"grid: {detail} = {total:,} points; at most {limit:,} per experiment: split it into "
+            "several experiments, or narrow the axes"
+        )
+    return total
+
+
+def expand(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]]) -> list[Point]:
+    """All points: the cross product of every grid axis and every zip group (a group = one axis)."""
+    check_size(grid, zips)
+    axes: list[list[Point]] = [[{key: v} for v in values] for key, values in grid.items()]
+    for group in zips:
+        n = len(next(iter(group.values()))) if group else 0
         axes.append([{k: group[k][i] for k in group} for i in range(n)])
     points = []
     for combo in itertools.product(*axes):
@@ -72,8 +100,18 @@ _CMPOPS = {
 }
 
 
+# A filter is a line or two; the limit bounds the work an expression can ask for (with numbers
+# only in arithmetic, its values stay as small as its text).
+MAX_WHERE_CHARS = 500
+
+
 def evaluate_where(expression: str, doc: dict[str, Any]) -> bool:
     """Evaluate a ``where`` expression against a resolved point document."""
+    if len(expression) > MAX_WHERE_CHARS:
+        raise ValueError(
+            f"where: an expression of {len(expression):,} characters; at most {MAX_WHERE_CHARS} "
+            "(split it into several `where` entries)"
+        )
     try:
         tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
@@ -82,6 +120,8 @@ def evaluate_where(expression: str, doc: dict[str, Any]) -> bool:
         return bool(_eval(tree.body, doc, expression))
     except (ArithmeticError, TypeError) as exc:  # 1/0, 'tiny' > 3, ...
         raise ValueError(f"where: cannot evaluate {expression!r}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"where: {expression[:40]!r}...: nested too deeply") from None
 
 
 def _dotted_name(node: ast.AST) -> str | None:
@@ -111,7 +151,12 @@ def _eval(node: ast.AST, doc: dict[str, Any], src: str) -> Any:
         value = _eval(node.operand, doc, src)
         return (not value) if isinstance(node.op, ast.Not) else -value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _BINOPS[type(node.op)](_eval(node.left, doc, src), _eval(node.right, doc, src))
+        left, right = _eval(node.left, doc, src), _eval(node.right, doc, src)
+        for operand in (left, right):
+            # Numbers only: 'x' * 10**9 or [0] * 10**9 would be a memory bomb in a filter.
+            if isinstance(operand, bool) or not isinstance(operand, (int, float)):
+                raise ValueError(f"where: arithmetic needs numbers, got {operand!r} (in {src!r})")
+        return _BINOPS[type(node.op)](left, right)
     if isinstance(node, ast.Compare):
         left = _eval(node.left, doc, src)
         for op, comparator in zip(node.ops, node.comparators):

@@ -32,17 +32,14 @@ Why each piece:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +50,21 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re-exported here
+    LATEST,
+    TMP_PREFIX,
+    TRAINER_STATE,
+    CheckpointCorrupt,
+    check_files,
+    incomplete_saves,
+    list_checkpoints,
+    read_latest_pointer,
+    step_dir_name,
+)
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
+from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import HpcllmError
@@ -64,82 +73,14 @@ from hpcllm.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-TRAINER_STATE = "trainer_state.json"
-_STEP_RE = re.compile(r"^step_(\d+)$")
-_TMP_PREFIX = ".tmp_"
-_TRAINER_KEYS = ("step", "consumed_samples", "scheduler", "loader", "world_size")
-
-
-class CheckpointCorrupt(Exception):
-    """A step_<N> folder that is not a loadable checkpoint (truncated or missing files)."""
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step}"
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One complete checkpoint on disk, as ``hpcllm ckpt ls`` shows it."""
-
-    path: Path
-    step: int
-    trainer_state: dict[str, Any] | None
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-
-
-def list_checkpoints(ckpt_root: Path) -> list[CheckpointInfo]:
-    """Complete checkpoints (renamed ``step_<N>`` folders) under ``ckpt_root``, oldest first."""
-    found = []
-    if ckpt_root.is_dir():
-        for p in ckpt_root.iterdir():
-            m = _STEP_RE.match(p.name)
-            if m and p.is_dir():
-                found.append(CheckpointInfo(p, int(m.group(1)), _read_trainer_state(p)))
-    return sorted(found, key=lambda c: c.step)
-
-
-def _read_trainer_state(path: Path) -> dict[str, Any] | None:
-    """For listing only: None when missing or torn (``verify_checkpoint`` says which)."""
-    try:
-        return read_json(path / TRAINER_STATE)
-    except ValueError:
-        return None
-
-
-def incomplete_saves(ckpt_root: Path) -> list[Path]:
-    """Temp folders of saves in progress or interrupted by a crash (removed at the next start)."""
-    return sorted(ckpt_root.glob(f"{_TMP_PREFIX}*")) if ckpt_root.is_dir() else []
-
-
-def read_latest_pointer(ckpt_root: Path) -> Path | None:
-    """The folder the ``latest`` pointer names, or None if there is no pointer."""
-    try:
-        name = (ckpt_root / LATEST).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return ckpt_root / name
-
-
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointCorrupt unless ``path`` has trainer state, DCP metadata and every shard in full.
 
-    Checks file presence and sizes against DCP's own index (``storage_data``: file, offset, length
-    of every item), which catches truncated and deleted shards without reading the tensors.
+    After the torch-free checks (``check_files``), checks file presence and sizes against DCP's
+    own index (``storage_data``: file, offset, length of every item), which catches truncated and
+    deleted shards without reading the tensors.
     """
-    try:
-        trainer = json.loads((path / TRAINER_STATE).read_text())
-    except FileNotFoundError:
-        raise CheckpointCorrupt(f"{path}: missing {TRAINER_STATE}") from None
-    except ValueError as exc:
-        raise CheckpointCorrupt(f"{path}: {TRAINER_STATE} is not valid JSON: {exc}") from None
-    missing = [k for k in _TRAINER_KEYS if k not in trainer]
-    if missing:
-        raise CheckpointCorrupt(f"{path}: {TRAINER_STATE} lacks {', '.join(missing)}")
+    check_files(path)
     try:
         metadata = FileSystemReader(str(path)).read_metadata()
     except Exception as exc:  # noqa: BLE001 - any failure to read the index means "not loadable"
@@ -359,11 +300,15 @@ class Checkpointer:
             self.save(state)
 
     def save(self, state: TrainState) -> None:
-        """Write a checkpoint of ``state`` now (async if configured); rank 0 publishes it when complete."""
+        """Write a checkpoint of ``state`` now (async if configured); rank 0 publishes it when complete.
+
+        Never of inf/NaN weights: they would poison every restart (raises NonFiniteError instead).
+        """
+        check_weights(state.model, state.step)
         self.wait()  # one save in flight at a time: the next one would overwrite its staging buffers
         step = state.step
         final = self.root / step_dir_name(step)
-        tmp = self.root / f"{_TMP_PREFIX}{final.name}"
+        tmp = self.root / f"{TMP_PREFIX}{final.name}"
         if rank() == 0:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -448,7 +393,7 @@ class Checkpointer:
         if rank() != 0:
             return
         final = self.root / step_dir_name(step)
-        old = self.root / f"{_TMP_PREFIX}old_{final.name}"
+        old = self.root / f"{TMP_PREFIX}old_{final.name}"
         if final.exists():  # a step re-run after a crash is saved again; move the old copy aside first
             final.rename(old)
         tmp.rename(final)

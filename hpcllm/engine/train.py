@@ -30,6 +30,7 @@ from hpcllm.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
@@ -264,6 +265,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
                     f"step {state.step:>6}/{total}  loss {loss:.4f}  lr {lr:.2e}  gnorm {grad_norm:.3f}  "
                     f"{record['tokens_per_s']:.0f} tok/s  {step_time * 1e3:.0f} ms"
                 )
+            check_step(state.step, loss, grad_norm)  # before any checkpoint of this state
             checkpointer.maybe_save(state)
             if stop.should_stop():
                 checkpointer.maybe_save(state, force=True)
@@ -277,6 +279,10 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         checkpointer.close()
         finish(SUMMARY_STATUS_COMPLETED)
         return 0
+    except NonFiniteError as exc:
+        summary["failed_step"] = exc.step
+        checkpointer.close()  # an async save of an earlier, finite step still completes
+        raise
     finally:
         stop.uninstall()
         loader.close()

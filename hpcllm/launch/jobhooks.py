@@ -20,15 +20,18 @@ Torch-free and quick: it runs on the batch node before and after every attempt.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
-from hpcllm.launch.progress import last_step
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
+from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -62,6 +65,21 @@ class JobContext:
         )
 
 
+T = TypeVar("T")
+
+
+def _under_run_lock(hook: Callable[..., T]) -> Callable[..., T]:
+    """Run a hook from reading the manifest to saving it under the run's lock: ``hpcllm status``
+    or ``cancel`` on a login node may be changing the same manifest at that moment."""
+
+    @functools.wraps(hook)
+    def locked(ctx: JobContext, *args: object) -> T:
+        with manifest_lock(ctx.run_dir):
+            return hook(ctx, *args)
+
+    return locked
+
+
 def _manifest(ctx: JobContext) -> Manifest:
     manifest = load_manifest(ctx.run_dir)
     if manifest is None:
@@ -70,6 +88,7 @@ def _manifest(ctx: JobContext) -> Manifest:
 
 
 
+@_under_run_lock
 def on_start(ctx: JobContext) -> bool:
     """Record this attempt (and any restart SLURM did on its own); False = do not launch."""
     manifest = _manifest(ctx)
@@ -111,6 +130,7 @@ def on_start(ctx: JobContext) -> bool:
     return True
 
 
+@_under_run_lock
 def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
     """Decide what the batch script does now: ``requeue`` or ``exit N``; records the outcome."""
     manifest = _manifest(ctx)
@@ -142,14 +162,16 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
         save_manifest(ctx.run_dir, manifest)
         return f"exit {EXIT_PREEMPTED}"
     manifest.state = RunState.FAILED
+    error = summary_error(ctx.run_dir)  # e.g. a diverged run: failed, not requeued, and why
     manifest.reason = (
-        f"engine exited with code {rc} (summary status: {status or 'none written'}); "
-        f"see {ctx.run_dir.log_file(ctx.job_id).name}"
+        f"engine exited with code {rc} (summary status: {status or 'none written'})"
+        f"{f': {error}' if error else ''}; see {ctx.run_dir.log_file(ctx.job_id).name}"
     )
     save_manifest(ctx.run_dir, manifest)
     return f"exit {rc if rc != 0 else 1}"
 
 
+@_under_run_lock
 def on_requeue_failed(ctx: JobContext, error: str) -> None:
     """``scontrol requeue`` refused: the restart recorded by ``on_end`` never happened, unless SLURM
     is requeueing the job itself (a node failed while the engine stopped on its TERM)."""

@@ -19,8 +19,17 @@ from pathlib import Path
 
 from hpcllm.config.cluster import parse_slurm_time
 from hpcllm.fsutil import read_json
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now, save_manifest
-from hpcllm.launch.progress import last_step
+from hpcllm.launch.manifest import (
+    Manifest,
+    Restart,
+    RunState,
+    load_manifest,
+    manifest_lock,
+    now,
+    save_manifest,
+    update_manifest,
+)
+from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
@@ -52,11 +61,14 @@ class Runner:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_term)
-        manifest = self._manifest()
-        if manifest.state == RunState.CANCELLED:
-            return 1  # `hpcllm cancel` came before this runner started: nothing to run
-        manifest.runner_pid = os.getpid()
-        save_manifest(self.run_dir, manifest)
+        # Every manifest change below is a read-modify-write under the run's lock: `hpcllm status`
+        # and `cancel` may write the same manifest at the same moment.
+        with manifest_lock(self.run_dir):
+            manifest = self._manifest()
+            if manifest.state == RunState.CANCELLED:
+                return 1  # `hpcllm cancel` came before this runner started: nothing to run
+            manifest.runner_pid = os.getpid()
+            save_manifest(self.run_dir, manifest)
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a") as lock:
             try:
@@ -73,11 +85,12 @@ class Runner:
         # The budget is per submission: a run resubmitted with --retry-failed starts afresh.
         restart = sum(1 for r in first.restarts if r.job_id == first.job_id)
         while True:
-            manifest = self._manifest()
-            if manifest.state == RunState.CANCELLED:
-                return 1  # cancelled while this runner waited for the queue lock
-            manifest.state = RunState.RUNNING
-            save_manifest(self.run_dir, manifest)
+            with manifest_lock(self.run_dir):
+                manifest = self._manifest()
+                if manifest.state == RunState.CANCELLED:
+                    return 1  # cancelled while this runner waited for the queue lock
+                manifest.state = RunState.RUNNING
+                save_manifest(self.run_dir, manifest)
             # An earlier attempt's summary must not be read as this attempt's outcome.
             self.run_dir.summary.unlink(missing_ok=True)
             rc, timed_out = self._attempt(manifest, restart)
@@ -89,17 +102,19 @@ class Runner:
             reason = "time limit" if timed_out else f"exit code {rc}"
             if status == SUMMARY_STATUS_PREEMPTED or rc == EXIT_PREEMPTED:
                 if restart < manifest.max_restarts:
-                    manifest.restarts.append(
-                        Restart(time=now(), reason=reason, nodes=socket.gethostname(),
-                                last_step=last_step(self.run_dir), job_id=manifest.job_id)
-                    )
-                    save_manifest(self.run_dir, manifest)
+                    with update_manifest(self.run_dir) as fresh:  # not the copy read before the attempt
+                        fresh.restarts.append(
+                            Restart(time=now(), reason=reason, nodes=socket.gethostname(),
+                                    last_step=last_step(self.run_dir), job_id=fresh.job_id)
+                        )
                     restart += 1
                     continue
                 return self._finish(
                     RunState.FAILED, rc, f"restart budget exhausted ({manifest.max_restarts}) after {reason}"
                 )
-            return self._finish(RunState.FAILED, rc, f"{reason}; see {self.run_dir.log_file(manifest.job_id or '')}")
+            error = summary_error(self.run_dir)  # e.g. a diverged run: not requeued, says why
+            return self._finish(RunState.FAILED, rc, f"{reason}{f': {error}' if error else ''}; "
+                                f"see {self.run_dir.log_file(manifest.job_id or '')}")
 
     def _attempt(self, manifest: Manifest, restart: int) -> tuple[int, bool]:
         env = dict(os.environ)
@@ -157,11 +172,10 @@ class Runner:
         return timed_out
 
     def _finish(self, state: RunState, rc: int | None, reason: str | None) -> int:
-        manifest = self._manifest()
-        manifest.state = state
-        manifest.exit_code = rc
-        manifest.reason = reason
-        save_manifest(self.run_dir, manifest)
+        with update_manifest(self.run_dir) as manifest:
+            manifest.state = state
+            manifest.exit_code = rc
+            manifest.reason = reason
         return 0 if state == RunState.COMPLETED else 1
 
 

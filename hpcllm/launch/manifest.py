@@ -1,12 +1,16 @@
 """``manifest.json``: the orchestrator's record of one run (job ids, state, restarts).
 
 Written atomically (temp file + rename) by whoever owns the run at the moment: ``hpcllm submit``
-before a job exists, then the local runner or the batch script's epilogue. The engine never writes it.
+before a job exists, then the local runner or the batch script's epilogue, and ``hpcllm status`` or
+``cancel`` when they learn of an end. Every change is a read-modify-write under the run's lock
+(``update_manifest``), so that no writer overwrites another's update. The engine never writes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from enum import Enum
 from typing import Any
 
@@ -14,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json, read_json
+from hpcllm.launch.locks import exclusive
 from hpcllm.rundir import RunDir
 
 
@@ -110,3 +115,19 @@ def load_manifest(run_dir: RunDir) -> Manifest | None:
 def save_manifest(run_dir: RunDir, manifest: Manifest) -> None:
     manifest.updated_at = now()
     atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"))
+
+
+def manifest_lock(run_dir: RunDir) -> AbstractContextManager[None]:
+    """The run's lock: hold it from reading the manifest to saving the changed one."""
+    return exclusive(run_dir.lock_file)
+
+
+@contextmanager
+def update_manifest(run_dir: RunDir) -> Iterator[Manifest]:
+    """The current manifest, read under the run's lock and saved when the block ends without error."""
+    with manifest_lock(run_dir):
+        manifest = load_manifest(run_dir)
+        if manifest is None:
+            raise HpcllmError(f"{run_dir.manifest}: missing; was this run submitted with `hpcllm submit`?")
+        yield manifest
+        save_manifest(run_dir, manifest)

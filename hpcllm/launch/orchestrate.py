@@ -14,13 +14,15 @@ from pathlib import Path
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
+from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
-from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.backends.base import Backend
+from hpcllm.launch.locks import exclusive
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.render import render_job
-from hpcllm.rundir import RunDir, find_run_dirs
+from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
 
 
 @dataclass
@@ -77,7 +79,22 @@ def submit_experiment(
     backend = None if dry_run else backend_for(cluster)
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None
+    if not specs:
+        return result
+    # One submitter per grid at a time: deciding what to submit and recording it must not
+    # interleave with another `hpcllm submit` of the same experiment (a colleague's, or a
+    # second terminal's), or both would submit every run.
+    with exclusive(submit_lock(results_root, experiment.name, cluster.name)):
+        return _submit_specs(specs, experiment, cluster, results_root, backend, python, account=account,
+                             retry_failed=retry_failed, after=after, result=result)
 
+
+def _submit_specs(
+    specs: list[RunSpec], experiment: Experiment, cluster: ClusterProfile, results_root: Path,
+    backend: Backend | None, python: str | None, *, account: str | None, retry_failed: bool,
+    after: list[str] | None, result: SubmitResult,
+) -> SubmitResult:
+    """Render every run that needs it and submit them (``backend`` None: a dry run)."""
     existing: list[tuple[RunSpec, RunDir, str, Manifest | None]] = []
     for spec in specs:
         run_dir = RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)
@@ -115,7 +132,8 @@ def submit_experiment(
         manifest.depends_on = list(after or [])
         if backend is None:
             if manifest.state == RunState.RENDERED:
-                save_manifest(run_dir, manifest)
+                with manifest_lock(run_dir):
+                    save_manifest(run_dir, manifest)
             result.runs.append(PlannedRun(spec, run_dir, "rendered"))
             continue
         planned = PlannedRun(spec, run_dir, "submitted")
@@ -130,7 +148,8 @@ def submit_experiment(
                 if manifest.state != RunState.PENDING:  # not submitted before the error
                     manifest.state = RunState.SUBMIT_FAILED
                     manifest.error = str(exc)
-                    save_manifest(planned.run_dir, manifest)
+                    with manifest_lock(planned.run_dir):
+                        save_manifest(planned.run_dir, manifest)
             raise
         for (planned, _), job_id in zip(queued, job_ids):
             planned.job_id = job_id

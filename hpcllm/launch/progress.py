@@ -37,3 +37,12 @@ def last_step(run_dir: RunDir) -> int | None:
 
 def summary(run_dir: RunDir) -> dict[str, Any] | None:
     return read_json(run_dir.summary)
+
+
+def summary_error(run_dir: RunDir) -> str | None:
+    """Why the engine failed, in one line (the message, or a traceback's last line), from summary.json."""
+    error = (summary(run_dir) or {}).get("error")
+    if not isinstance(error, str):
+        return None
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else None

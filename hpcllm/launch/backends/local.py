@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hpcllm.errors import BackendError
 from hpcllm.launch.backends.base import Backend
-from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.rundir import RunDir
 
 QUEUE_LOCK_NAME = ".hpcllm-local-queue.lock"
@@ -49,8 +49,9 @@ class LocalBackend(Backend):
 
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
         job_id = f"{int(time.time() * 1000) % 10**10}{os.getpid() % 100:02d}"
-        manifest.mark_submitted(job_id)
-        save_manifest(run_dir, manifest)
+        with manifest_lock(run_dir):
+            manifest.mark_submitted(job_id)
+            save_manifest(run_dir, manifest)
         runner_log = run_dir.path / "local-runner.log"
         with open(runner_log, "ab") as log:
             subprocess.Popen(
@@ -68,24 +69,33 @@ class LocalBackend(Backend):
         states = {}
         for run_dir, manifest in items:
             fresh = load_manifest(run_dir) or manifest
-            state = fresh.state
-            # A runner that vanished without recording an end (killed -9, machine reboot) failed;
-            # a pending run without a runner pid yet is one whose runner is still starting.
-            if state.active and fresh.runner_pid is not None and not pid_alive(fresh.runner_pid):
-                fresh.state = state = RunState.FAILED
-                fresh.reason = "local runner exited without recording a result"
-                save_manifest(run_dir, fresh)
-            states[fresh.run_id] = state
+            if self._runner_vanished(fresh):
+                # Decided again under the run's lock: the runner may have recorded its result
+                # just now, which a "failed" decided from the older copy must not overwrite.
+                with manifest_lock(run_dir):
+                    fresh = load_manifest(run_dir) or manifest
+                    if self._runner_vanished(fresh):
+                        fresh.state = RunState.FAILED
+                        fresh.reason = "local runner exited without recording a result"
+                        save_manifest(run_dir, fresh)
+            states[fresh.run_id] = fresh.state
         return states
 
+    @staticmethod
+    def _runner_vanished(manifest: Manifest) -> bool:
+        """A runner that exited without recording an end (killed -9, machine reboot). A pending run
+        without a runner pid yet is one whose runner is still starting."""
+        return manifest.state.active and manifest.runner_pid is not None and not pid_alive(manifest.runner_pid)
+
     def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
-        fresh = load_manifest(run_dir) or manifest
-        if not fresh.state.active:
-            raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
-        if fresh.runner_pid is None or not pid_alive(fresh.runner_pid):
-            # Submitted but the runner never started (or died): just record the cancellation.
-            fresh.state = RunState.CANCELLED
-            fresh.reason = "cancelled before it started"
-            save_manifest(run_dir, fresh)
-            return
+        with manifest_lock(run_dir):
+            fresh = load_manifest(run_dir) or manifest
+            if not fresh.state.active:
+                raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
+            if fresh.runner_pid is None or not pid_alive(fresh.runner_pid):
+                # Submitted but the runner never started (or died): just record the cancellation.
+                fresh.state = RunState.CANCELLED
+                fresh.reason = "cancelled before it started"
+                save_manifest(run_dir, fresh)
+                return
         os.kill(fresh.runner_pid, signal.SIGTERM)

@@ -26,7 +26,7 @@ from hpcllm.errors import BackendError
 from hpcllm.fsutil import atomic_write_text, read_json
 from hpcllm.launch.arrays import array_key, array_name, array_script
 from hpcllm.launch.backends.base import Backend
-from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
 
@@ -205,8 +205,9 @@ class SlurmBackend(Backend):
     def _record_submission(
         run_dir: RunDir, manifest: Manifest, job_id: str, job_name: str | None, exclude: list[str]
     ) -> None:
-        manifest.mark_submitted(job_id, job_name=job_name, exclude=exclude)
-        save_manifest(run_dir, manifest)
+        with manifest_lock(run_dir):
+            manifest.mark_submitted(job_id, job_name=job_name, exclude=exclude)
+            save_manifest(run_dir, manifest)
 
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:
         fresh = [(rd, load_manifest(rd) or m) for rd, m in items]
@@ -218,22 +219,25 @@ class SlurmBackend(Backend):
         return states
 
     def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
-        fresh = load_manifest(run_dir) or manifest
-        if not fresh.state.active:
-            raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
-        previous = fresh.state
-        # Mark first: the batch script's end hook must not requeue the run it sees stopping.
-        fresh.state = RunState.CANCELLED
-        fresh.reason = "cancelled with `hpcllm cancel`"
-        save_manifest(run_dir, fresh)
+        with manifest_lock(run_dir):
+            fresh = load_manifest(run_dir) or manifest
+            if not fresh.state.active:
+                raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
+            previous = fresh.state
+            # Mark first: the batch script's end hook must not requeue the run it sees stopping.
+            fresh.state = RunState.CANCELLED
+            fresh.reason = "cancelled with `hpcllm cancel`"
+            save_manifest(run_dir, fresh)
         entry = self._squeue([fresh.job_id]).get(fresh.job_id) if fresh.job_id else None
         if entry is None or entry[0] != expected_job_name(run_dir, fresh) or not job_state(entry[1]).active:
             return  # not (or no longer) our job in the scheduler: nothing to signal
         try:
             run_slurm(["scancel", fresh.job_id])
         except BackendError:
-            fresh.state, fresh.reason = previous, None
-            save_manifest(run_dir, fresh)
+            with manifest_lock(run_dir):
+                restored = load_manifest(run_dir) or fresh
+                restored.state, restored.reason = previous, None
+                save_manifest(run_dir, restored)
             raise
 
     # --- state --------------------------------------------------------------------------------
@@ -318,9 +322,10 @@ class SlurmBackend(Backend):
     @staticmethod
     def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
         """Record an end the job's own hooks did not write; never overwrite one they did."""
-        manifest = load_manifest(run_dir)
-        if manifest is None or not manifest.state.active:
-            return
-        manifest.state = state
-        manifest.reason = None if state == RunState.COMPLETED else reason
-        save_manifest(run_dir, manifest)
+        with manifest_lock(run_dir):
+            manifest = load_manifest(run_dir)
+            if manifest is None or not manifest.state.active:
+                return
+            manifest.state = state
+            manifest.reason = None if state == RunState.COMPLETED else reason
+            save_manifest(run_dir, manifest)
