@@ -60,6 +60,52 @@ def test_wsd_schedule_is_stable_then_decays_linearly() -> None:
     assert lr("wsd", 109, **kw) == pytest.approx(0.0)
 
 
+def test_step_decay_multiplies_by_gamma_every_step_size_steps_after_warmup() -> None:
+    kw = dict(warmup_steps=10, gamma=0.5, step_size=30)
+    # Warmup as for every schedule, then k = step - 10: factor 0.5 ** (k // 30).
+    assert [lr("step", s, **kw) for s in (4, 10, 39, 40, 69, 70, 109)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.5, 0.25, 0.125])
+
+
+def test_exponential_decay_multiplies_by_gamma_every_step_after_warmup() -> None:
+    kw = dict(warmup_steps=10, gamma=0.99)
+    assert [lr("exponential", s, **kw) for s in (9, 10, 11, 60, 109)] == pytest.approx(
+        [1.0, 1.0, 0.99, 0.99 ** 50, 0.99 ** 99])
+
+
+def test_step_and_exponential_match_pytorchs_schedulers() -> None:
+    """Same values as torch.optim.lr_scheduler.StepLR / ExponentialLR (no warmup)."""
+    for name, torch_sched, kw in (
+        ("step", torch.optim.lr_scheduler.StepLR, dict(step_size=7, gamma=0.3)),
+        ("exponential", torch.optim.lr_scheduler.ExponentialLR, dict(gamma=0.95)),
+    ):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        ref = torch_sched(opt, **kw)
+        expected = []
+        for _ in range(30):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            ref.step()
+        ours = [lr_at(s, base_lr=2.0, total_steps=30, cfg=ScheduleConfig(name=name, **kw)) for s in range(30)]
+        assert ours == pytest.approx(expected), name
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(name="step", gamma=0.5), "step_size is required with name: step"),
+        (dict(name="exponential"), "gamma is required with name: exponential"),
+        (dict(name="cosine", gamma=0.5), "gamma is only used by name: step and exponential"),
+        (dict(name="exponential", gamma=0.9, step_size=3), "step_size is only used by name: step"),
+        (dict(name="step", gamma=1.5, step_size=3), "less than or equal to 1"),
+    ],
+    ids=["step-without-step_size", "exponential-without-gamma", "gamma-on-cosine", "step_size-on-exp", "gamma>1"],
+)
+def test_decay_factor_errors_say_which_schedule_uses_them(kw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScheduleConfig(**kw)
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine", "wsd"])
 def test_a_one_step_decay_still_reaches_the_minimum(name: str) -> None:
     cfg = ScheduleConfig(name=name, warmup_steps=9, min_lr_ratio=0.1, decay_fraction=0.1)

@@ -67,12 +67,32 @@ class OptimConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
+    name: Literal["constant", "linear", "cosine", "wsd", "step", "exponential"] = "cosine"
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="linear, cosine, wsd: final lr as a fraction of lr."
+    )
     decay_fraction: float = Field(
         0.2, gt=0, le=1, description="wsd: fraction of the steps spent decaying at the end."
     )
+    gamma: float | None = Field(
+        None, gt=0, le=1,
+        description="step: lr factor every step_size steps; exponential: lr factor per step (after warmup).",
+    )
+    step_size: int | None = Field(None, gt=0, description="step: steps between two decays by gamma.")
+
+    @model_validator(mode="after")
+    def _decay_factors(self) -> "ScheduleConfig":
+        """gamma/step_size belong to step and exponential only: elsewhere they would be ignored."""
+        needs = {"step": ("gamma", "step_size"), "exponential": ("gamma",)}.get(self.name, ())
+        for key in ("gamma", "step_size"):
+            given = getattr(self, key) is not None
+            if key in needs and not given:
+                raise ValueError(f"{key} is required with name: {self.name}")
+            if given and key not in needs:
+                users = "step" if key == "step_size" else "step and exponential"
+                raise ValueError(f"{key} is only used by name: {users} (got name: {self.name})")
+        return self
 
 
 class DataSource(_Strict):
