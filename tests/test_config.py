@@ -77,7 +77,7 @@ training:
         ("grid: {train.micro_batchsize: [1]}\n",
          r"train\.micro_batchsize: unknown key; allowed keys here: steps, micro_batch_size"),
         ("grid: {trian.steps: [1]}\n", r"grid: .*'trian\.steps' must start with one of: resources, run_id"),
-        ("grid: {model.preset: [tiny, huge]}\n", r"'huge' is not a model preset; known presets: tiny, 125m"),
+        ("grid: {model.preset: [tiny, huge]}\n", r"'huge' is not a model preset; known presets: tiny, 60m, 125m"),
         ("zip: [{train.steps: [1, 2], train.grad_accum: [1]}]\n", r"zip: zip group lists must have equal lengths"),
         ("where: \"__import__('os')\"\n", r"where: Call is not allowed"),
         ("where: \"train.nope > 1\"\n", r"where: 'train\.nope' is not a key"),
@@ -150,7 +150,7 @@ def test_preset_2_7b_matches_the_seed_shape():
 
 def test_preset_override_and_unknown_preset():
     assert ModelConfig.from_name("6.7b", n_layers=4).n_layers == 4
-    with pytest.raises(ValueError, match="'7b' is not a model preset; known presets: tiny, 125m, 1b, 2.7b"):
+    with pytest.raises(ValueError, match="'7b' is not a model preset; known presets: tiny, 60m, 125m, 1b, 2.7b"):
         ModelConfig.from_name("7b")
 
 
