@@ -131,7 +131,7 @@ def test_cli_prints_config_errors_without_traceback(in_project, tmp_path):
     path = _write(tmp_path, "e.yaml", EXPERIMENT + "grid: {parallel.precision: [FP16]}\n")
     result = runner.invoke(app, ["submit", str(path), "--cluster", "local", "--dry-run", "--results", str(tmp_path / "r")])
     assert result.exit_code == 2
-    assert "parallel.precision: Input should be 'BF_16' or 'FP_32'" in result.output
+    assert "parallel.precision: Input should be 'BF_16', 'FP_16' or 'FP_32'" in result.output
     assert "Traceback" not in result.output
 
 

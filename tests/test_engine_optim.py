@@ -205,7 +205,7 @@ def _step(model: GPT, batches: list[dict], grad_accum: int) -> tuple[float, floa
     state = TrainState(model=model, optimizer=opt,
                        scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
                        loader=ListLoader(batches))
-    loss, norm = train_step(state, grad_accum=grad_accum, dp_size=1, grad_clip=1.0, device=torch.device("cpu"))
+    loss, norm, _ = train_step(state, grad_accum=grad_accum, dp_size=1, grad_clip=1.0, device=torch.device("cpu"))
     return loss, norm, model
 
 
@@ -292,7 +292,7 @@ def test_train_step_with_teacher_copy_has_the_ce_gradient_scaled() -> None:
     state = TrainState(model=student, optimizer=opt,
                        scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
                        loader=ListLoader([_batch(idx)]))
-    loss, _ = train_step(state, grad_accum=1, dp_size=1, grad_clip=None, device=torch.device("cpu"),
+    loss, _, _ = train_step(state, grad_accum=1, dp_size=1, grad_clip=None, device=torch.device("cpu"),
                          teacher=teacher, distill=dcfg)
     with torch.no_grad():
         ce = cross_entropy_sum(teacher(idx[:, :-1]), idx[:, 1:], None) / idx[:, 1:].numel()

@@ -32,6 +32,24 @@ class TrainConfig(_Strict):
     )
 
 
+class LossScaleConfig(_Strict):
+    """FP_16's dynamic loss scaling (hpcllm/engine/loss_scale.py); defaults of torch.amp.GradScaler."""
+
+    init_scale: float = Field(2.0**16, gt=0, description="Loss scale of the first step.")
+    growth_factor: float = Field(2.0, gt=1, description="Scale multiplier after growth_interval good steps.")
+    backoff_factor: float = Field(0.5, gt=0, lt=1, description="Scale multiplier after an overflow (step skipped).")
+    growth_interval: int = Field(2000, gt=0, description="Finite steps in a row before the scale grows.")
+    min_scale: float = Field(
+        1.0, gt=0, description="Overflowing below this scale fails the run (the loss itself is not finite)."
+    )
+
+    @model_validator(mode="after")
+    def _start_above_floor(self) -> "LossScaleConfig":
+        if self.init_scale < self.min_scale:
+            raise ValueError(f"init_scale {self.init_scale:g} is below min_scale {self.min_scale:g}")
+        return self
+
+
 class ParallelConfig(_Strict):
     sharding: Literal["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"] = Field(
         "FULL_SHARD",
@@ -40,8 +58,12 @@ class ParallelConfig(_Strict):
     hsdp_shard_size: int | None = Field(
         None, gt=0, description="HYBRID_SHARD shard-group size; default: ranks per node."
     )
-    precision: Literal["BF_16", "FP_32"] = Field(
-        "BF_16", description="BF_16: bf16 params/compute, fp32 reductions and master weights."
+    precision: Literal["BF_16", "FP_16", "FP_32"] = Field(
+        "BF_16", description="BF_16 / FP_16: half-precision params and compute, fp32 reductions and master "
+        "weights; FP_16 adds dynamic loss scaling."
+    )
+    loss_scale: LossScaleConfig | None = Field(
+        None, description="FP_16 only: dynamic loss scaling settings; null = the defaults."
     )
     cpu_offload: bool = Field(False, description="Keep sharded params/grads/optimizer state on CPU.")
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
@@ -54,6 +76,8 @@ class ParallelConfig(_Strict):
             raise ValueError(
                 f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})"
             )
+        if self.loss_scale is not None and self.precision != "FP_16":
+            raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
 
 

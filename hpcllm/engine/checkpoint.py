@@ -7,7 +7,8 @@ Layout (``RunDir.checkpoints``)::
         step_<N>/               a complete checkpoint; only ever created by renaming a finished temp dir
             .metadata           DCP global metadata (written last by DCP's coordinator)
             __<r>_0.distcp      DCP shards: model + optimizer, one file per writing rank
-            trainer_state.json  step, consumed samples, LR scheduler and data-loader state, world size
+            trainer_state.json  step, consumed samples, LR scheduler, data-loader and FP_16 loss-scaler
+                                state, world size
             rng_rank<r>.pt      per-rank RNG states (python, numpy, torch, cuda)
         .tmp_step_<N>/          a save in progress (or one a crash interrupted; removed on the next start)
 
@@ -319,6 +320,8 @@ class Checkpointer:
         for group, values in zip(state.optimizer.param_groups, hyper):
             group.update(values)
         state.scheduler.load_state_dict(trainer["scheduler"])
+        if state.loss_scaler is not None and trainer.get("loss_scaler") is not None:
+            state.loss_scaler.load_state_dict(trainer["loss_scaler"])  # FP_16: resume at the scale reached
         state.step = int(trainer["step"])
         state.consumed_samples = int(trainer["consumed_samples"])
         self._load_rng(path, int(trainer["world_size"]))
@@ -393,6 +396,7 @@ class Checkpointer:
             "consumed_samples": state.consumed_samples,
             "scheduler": state.scheduler.state_dict(),
             "loader": state.loader.state_dict(),
+            "loss_scaler": state.loss_scaler.state_dict() if state.loss_scaler is not None else None,
             "world_size": world_size(),
             "saved_at_unix": time.time(),
             "torch_version": torch.__version__,

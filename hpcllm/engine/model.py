@@ -186,7 +186,8 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.init_buffers(self.tok_emb.weight.device)
-        # bf16 compute for an unsharded model (one rank); under FSDP2 its MixedPrecisionPolicy casts.
+        # Half-precision compute (BF_16, FP_16) for an unsharded model (one rank); under FSDP2 its
+        # MixedPrecisionPolicy casts.
         self.autocast_dtype: torch.dtype | None = None
 
     def tie_weights(self) -> None:

@@ -10,7 +10,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -30,6 +30,7 @@ from hpcllm.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from hpcllm.engine.loss_scale import build_loss_scaler
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
@@ -150,22 +151,35 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
 # --- one optimizer step ---------------------------------------------------------------------------
 
 
+class StepResult(NamedTuple):
+    """What one optimizer step reports. ``skipped``: FP_16's loss scaler found an inf/NaN gradient
+    and left the weights alone (``grad_norm`` is then not finite; the step still counts)."""
+
+    loss: float
+    grad_norm: float
+    skipped: bool = False
+
+
 def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: float | None,
                device: torch.device, teacher: GPT | None = None,
-               distill: DistillConfig | None = None) -> tuple[float, float]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm).
+               distill: DistillConfig | None = None) -> StepResult:
+    """One optimizer step over ``grad_accum`` micro-batches.
 
-    The loss is the mean over every unmasked token of the step (all micro-batches, all ranks): each
-    micro-batch's loss *sum* is divided by that global count, times ``dp_size`` because FSDP
-    averages gradients over ranks. Gradients are reduced across ranks only on the last micro-batch.
+    The loss is the weighted mean over the tokens of the step (all micro-batches, all ranks), with
+    the per-token loss weights (1 without any): each micro-batch's weighted loss *sum* is divided
+    by the global weight sum, times ``dp_size`` because FSDP averages gradients over ranks.
+    Gradients are reduced across ranks only on the last micro-batch. With a loss scaler (FP_16)
+    the backward runs on the scaled loss, and a step with a non-finite gradient norm is skipped.
     """
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, scaler = state.model, state.optimizer, state.loss_scaler
     micro_batches = [next(state.loader) for _ in range(grad_accum)]
     n_tokens = torch.zeros(1, dtype=torch.float64, device=device)  # stays on the device: no host sync
     for b in micro_batches:
         n_tokens += b["loss_mask"].sum() if b["loss_mask"] is not None else b["labels"].numel()
     n_tokens = all_reduce_sum(n_tokens).clamp_min(1.0)
     scale = (dp_size / n_tokens).float().squeeze()
+    if scaler is not None:
+        scale = scale * scaler.scale
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, batch in enumerate(micro_batches):
         set_gradient_sync(model, i == grad_accum - 1)
@@ -179,12 +193,17 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
             micro = cross_entropy_sum(logits, batch["labels"], batch["loss_mask"])
         (micro * scale).backward()
         loss_sum += micro.detach()
-    grad_norm = clip_grad_norm_(list(model.parameters()), grad_clip)
-    optimizer.step()
+    params = list(model.parameters())
+    if scaler is not None:
+        scaler.unscale_(params)
+    grad_norm = clip_grad_norm_(params, grad_clip)
+    skipped = scaler.update(grad_norm) if scaler is not None else False
+    if not skipped:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
     loss = (all_reduce_sum(loss_sum.reshape(1)) / n_tokens).item()
-    return loss, grad_norm
+    return StepResult(loss, grad_norm, skipped)
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -215,7 +234,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     total = cfg.train.steps
     optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule))
     scheduler = Scheduler(optimizer, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule)
-    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+                       loss_scaler=build_loss_scaler(cfg.parallel))
 
     checkpointer = Checkpointer(run_dir, cfg.checkpoint)
     stop = StopRequest(run_dir)
@@ -240,6 +260,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     def finish(status: str) -> None:
         summary.update(status=status, steps_completed=state.step,
                        final_loss=metrics.records[-1]["loss"] if metrics.records else None,
+                       skipped_steps=sum(r["skipped"] for r in metrics.records),
                        **metrics.medians(cfg.train.summary_warmup_steps))
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
@@ -248,7 +269,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         while state.step < total:
             t0 = time.perf_counter()
             lr = scheduler.lr
-            loss, grad_norm = train_step(
+            loss_scale = state.loss_scaler.scale if state.loss_scaler is not None else None
+            loss, grad_norm, skipped = train_step(
                 state, grad_accum=cfg.train.grad_accum, dp_size=dp_size, grad_clip=cfg.train.grad_clip,
                 device=env.device, teacher=teacher, distill=cfg.distill,
             )
@@ -258,11 +280,13 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             summary["steps_completed"] = state.step  # what a failed summary reports
             record = metrics.log(step=state.step, loss=loss, lr=lr, grad_norm=grad_norm,
                                  step_time_s=step_time,
-                                 mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device))
-            if env.is_main and state.step % cfg.train.log_every == 0:
+                                 mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device),
+                                 skipped=skipped, loss_scale=loss_scale)
+            if env.is_main and (state.step % cfg.train.log_every == 0 or skipped):
                 console.print(
                     f"step {state.step:>6}/{total}  loss {loss:.4f}  lr {lr:.2e}  gnorm {grad_norm:.3f}  "
                     f"{record['tokens_per_s']:.0f} tok/s  {step_time * 1e3:.0f} ms"
+                    + (f"  [yellow]skipped: fp16 gradient overflow at loss scale {loss_scale:g}[/]" if skipped else "")
                 )
             checkpointer.maybe_save(state)
             if stop.should_stop():
