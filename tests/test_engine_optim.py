@@ -209,11 +209,11 @@ def _step(model: GPT, batches: list[dict], grad_accum: int) -> tuple[float, floa
     return loss, norm, model
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
-def test_gradient_accumulation_equals_one_big_batch(masked: bool) -> None:
+@pytest.mark.parametrize("masked", ["none", "mask", "weights"], ids=["no-mask", "mask", "weights"])
+def test_gradient_accumulation_equals_one_big_batch(masked: str) -> None:
     torch.manual_seed(0)
     idx = torch.randint(0, 512, (4, 33))
-    mask = (torch.rand(4, 32) > 0.3).float() if masked else None
+    mask = {"none": None, "mask": (torch.rand(4, 32) > 0.3).float(), "weights": torch.rand(4, 32)}[masked]
     big = _step(tiny_model(), [_batch(idx, mask)], grad_accum=1)
     halves = [_batch(idx[i:i + 2], None if mask is None else mask[i:i + 2]) for i in (0, 2)]
     acc = _step(tiny_model(), halves, grad_accum=2)
@@ -251,6 +251,26 @@ def test_loss_masking_mean_is_over_unmasked_tokens_only() -> None:
         logits = tiny_model()(idx[:, :-1])
         expected = cross_entropy_sum(logits, idx[:, 1:], mask) / mask.sum()
     assert loss_a == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_loss_weights_give_the_weighted_mean_and_scale_each_tokens_gradient() -> None:
+    """Loss = Σ w·ce / Σ w over the step: a token's gradient is w times its unweighted share."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, 512, (2, 33))
+    weights = torch.rand(2, 32)
+    weights[0, :8] = 0.0
+    loss, _, _ = _step(tiny_model(), [_batch(idx, weights)], 1)
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(tiny_model()(idx[:, :-1]).flatten(0, 1), idx[:, 1:].reshape(-1),
+                                               reduction="none")
+    assert loss == pytest.approx(((ce * weights.reshape(-1)).sum() / weights.sum()).item(), rel=1e-5)
+    # Per-token gradients: scaling one weight scales exactly that token's logit gradient.
+    logits = torch.randn(1, 4, 16, requires_grad=True)
+    labels = torch.randint(0, 16, (1, 4))
+    w = torch.tensor([[1.0, 0.5, 0.1, 0.0]])
+    cross_entropy_sum(logits, labels, w).backward()
+    full = torch.func.grad(lambda x: cross_entropy_sum(x, labels, None))(logits.detach())
+    torch.testing.assert_close(logits.grad, full * w[..., None])
 
 
 # --- distillation ------------------------------------------------------------------------------
