@@ -180,3 +180,9 @@ class TrainingConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     distill: DistillConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    init_from: str | None = Field(
+        None,
+        description="Warm start (fine-tuning): RUN_DIR[@STEP], a checkpoints/ or step_<N> folder, or a folder "
+        "holding one run. Its model weights start this run; optimizer, LR schedule and data position start "
+        "fresh. Only when the run has no checkpoint of its own (a restart resumes from those).",
+    )

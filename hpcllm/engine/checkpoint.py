@@ -59,9 +59,9 @@ from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
-from hpcllm.errors import HpcllmError
+from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, find_run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,65 @@ def read_latest_pointer(ckpt_root: Path) -> Path | None:
     except FileNotFoundError:
         return None
     return ckpt_root / name
+
+
+def expand_path(spec: str) -> Path:
+    """A user-given path as this node sees it (``~`` expanded): the one place checkpoint references
+    are turned into paths, so site-specific expansion ($SCRATCH, ...) can be added here alone."""
+    return Path(spec).expanduser()
+
+
+def resolve_checkpoint(spec: str, key: str) -> Path:
+    """The complete checkpoint folder that ``spec`` names; errors start with ``key`` (config key or option).
+
+    ``spec`` is a ``step_<N>`` folder, or a run directory, its ``checkpoints/`` folder, or a folder
+    holding exactly one run directory (``results/<exp>/<cluster>/`` of a one-run experiment): their
+    latest checkpoint, or step N with an ``@N`` suffix (``results/pretrain/local/<run>@2000``).
+    """
+    text, step = spec, None
+    head, sep, tail = spec.rpartition("@")
+    if sep and tail.isdigit():
+        text, step = head, int(tail)
+    path = expand_path(text)
+    if step is None and (path / ".metadata").is_file():
+        return path
+    root = _checkpoint_root(path, spec, key)
+    if step is not None:
+        chosen: Path | None = root / step_dir_name(step)
+        missing = f"no checkpoint at step {step}"
+    else:
+        chosen = read_latest_pointer(root)
+        missing = "no 'latest' pointer" if chosen is None else f"'latest' names {chosen.name}, which is missing"
+    if chosen is None or not (chosen / ".metadata").is_file():
+        steps = ", ".join(str(c.step) for c in list_checkpoints(root)) or "none"
+        raise ConfigError(f"{key}: {spec!r}: {missing} in {root}; complete checkpoints at steps: {steps}")
+    try:
+        verify_checkpoint(chosen)
+    except CheckpointCorrupt as exc:
+        raise ConfigError(f"{key}: {spec!r}: {exc}") from None
+    return chosen
+
+
+def _checkpoint_root(path: Path, spec: str, key: str) -> Path:
+    """The ``checkpoints/`` folder of the run that ``path`` names (see ``resolve_checkpoint``)."""
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints"
+    if (path / LATEST).is_file() or list_checkpoints(path):
+        return path
+    if RunDir(path).config.is_file():
+        raise ConfigError(f"{key}: {spec!r} is a run directory without checkpoints yet "
+                          "(checkpoint.every_steps / at_end decide when a run saves one)")
+    runs = find_run_dirs(path) if path.is_dir() else []
+    if len(runs) == 1 and runs[0].checkpoints.is_dir():
+        return runs[0].checkpoints
+    if len(runs) > 1:
+        names = ", ".join(r.path.name for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+        raise ConfigError(f"{key}: {spec!r} is not a run directory but holds {len(runs)} runs ({names}); "
+                          "name one of them")
+    raise ConfigError(
+        f"{key}: {spec!r} is not a run directory, checkpoints directory or checkpoint folder with a "
+        "complete checkpoint (no 'latest' pointer or .metadata found)"
+    )
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -324,6 +383,7 @@ class Checkpointer:
             state.loss_scaler.load_state_dict(trainer["loss_scaler"])  # FP_16: resume at the scale reached
         state.step = int(trainer["step"])
         state.consumed_samples = int(trainer["consumed_samples"])
+        state.init_from = trainer.get("init_from")
         self._load_rng(path, int(trainer["world_size"]))
 
     def _load_rng(self, path: Path, saved_world: int) -> None:
@@ -397,6 +457,7 @@ class Checkpointer:
             "scheduler": state.scheduler.state_dict(),
             "loader": state.loader.state_dict(),
             "loss_scaler": state.loss_scaler.state_dict() if state.loss_scaler is not None else None,
+            "init_from": state.init_from,
             "world_size": world_size(),
             "saved_at_unix": time.time(),
             "torch_version": torch.__version__,

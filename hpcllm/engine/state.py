@@ -29,7 +29,8 @@ class TrainState:
 
     ``step`` counts completed optimizer steps (0 before the first); ``consumed_samples`` counts
     sequences consumed by all ranks together (global batch size per step). ``loss_scaler``: FP_16
-    runs only; its scale is saved with the rest.
+    runs only; its scale is saved with the rest. ``init_from``: the checkpoint a warm-started run
+    took its initial weights from (provenance, kept across resumes).
     """
 
     model: torch.nn.Module
@@ -39,3 +40,4 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     loss_scaler: "DynamicLossScaler | None" = None
+    init_from: str | None = None

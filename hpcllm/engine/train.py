@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
-from hpcllm.engine.checkpoint import Checkpointer, describe_failures, read_latest_pointer
+from hpcllm.engine.checkpoint import Checkpointer, describe_failures, resolve_checkpoint
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import (
     DistEnv,
@@ -38,6 +38,7 @@ from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.state import TrainState
+from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import (
@@ -103,21 +104,6 @@ def peak_flops_per_device(cfg: TrainingConfig, env: DistEnv) -> float | None:
 # --- distillation ---------------------------------------------------------------------------------
 
 
-def resolve_checkpoint_dir(spec: str) -> Path:
-    """A DCP folder from a run dir, a checkpoints/ dir (both via ``latest``) or a step folder."""
-    path = Path(spec).expanduser()
-    if (path / ".metadata").is_file():
-        return path
-    for root in (RunDir(path).checkpoints, path):
-        latest = read_latest_pointer(root)
-        if latest is not None and (latest / ".metadata").is_file():
-            return latest
-    raise ConfigError(
-        f"distill.teacher_checkpoint: {spec!r} is not a run directory, checkpoints directory or "
-        "checkpoint folder with a complete checkpoint (no 'latest' pointer or .metadata found)"
-    )
-
-
 def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: DistEnv, seed: int,
                   student_vocab: int, student_seq_len: int) -> GPT:
     """The frozen teacher: sharded like the student, weights from its checkpoint, eval mode."""
@@ -131,7 +117,7 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
             f"distill.teacher.seq_len: {dcfg.teacher.seq_len} is shorter than model.seq_len "
             f"{student_seq_len}: the teacher must see the student's whole training sequences"
         )
-    ckpt = resolve_checkpoint_dir(dcfg.teacher_checkpoint)
+    ckpt = resolve_checkpoint(dcfg.teacher_checkpoint, "distill.teacher_checkpoint")
     teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
     teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed)
     state = {"model": get_model_state_dict(teacher)}
@@ -240,8 +226,10 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     checkpointer = Checkpointer(run_dir, cfg.checkpoint)
     stop = StopRequest(run_dir)
     stop.install()
-    if resume and cfg.checkpoint.resume:
-        checkpointer.load_latest(state)
+    resumed = resume and cfg.checkpoint.resume and checkpointer.load_latest(state)
+    if cfg.init_from is not None and not resumed:  # warm start: weights only, the rest starts fresh
+        state.init_from = str(load_initial_weights(model, cfg.init_from, cfg.model))
+    summary["init_from"] = state.init_from
 
     metrics = MetricsLog(
         path=run_dir.metrics,
@@ -255,6 +243,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             f"{env.device.type}, {'FSDP2 ' + cfg.parallel.sharding if uses_fsdp(cfg.parallel, mesh) else 'unsharded'}"
             f"/{cfg.parallel.precision}, GBS {gbs} x "
             f"seq {cfg.model.seq_len} = {gbs * cfg.model.seq_len} tokens/step, start at step {state.step}/{total}"
+            + (f", weights from {state.init_from}" if state.init_from else "")
         )
 
     def finish(status: str) -> None:
