@@ -150,7 +150,7 @@ def test_sampling_is_reproducible_from_its_seed(tmp_path: Path, store: Path) -> 
     gen = load_generator(str(d))
     a, b, c = (gen.generate(PROMPT, 30, Sampling(temperature=1.0, seed=s)).ids for s in (7, 7, 8))
     assert a == b and a != c
-    # Through the CLI, in another process: the same text again.
+    # Through the CLI (a new generator, loaded again): the same text again.
     assert cli_ids(d, "--temperature", "1", "--seed", "7", "-n", "30")["ids"] == a
     # top-k 1 is greedy whatever the seed.
     greedy = gen.generate(PROMPT, 30, Sampling(temperature=0)).ids
