@@ -89,9 +89,9 @@ def test_scaler_exists_for_fp16_only_and_settings_need_fp16() -> None:
 # --- the engine --------------------------------------------------------------------------------
 
 
-def fp16_run(run_dir: Path, store: Path, steps: int, **loss_scale: float) -> Path:
-    return write_run(run_dir, store, train={"steps": steps}, parallel={"precision": "FP_16", "loss_scale": loss_scale},
-                     checkpoint={"at_end": True})
+def fp16_run(run_dir: Path, store: Path, steps: int, log_every: int = 1, **loss_scale: float) -> Path:
+    return write_run(run_dir, store, train={"steps": steps, "log_every": log_every},
+                     parallel={"precision": "FP_16", "loss_scale": loss_scale}, checkpoint={"at_end": True})
 
 
 def test_overflowing_steps_are_skipped_logged_and_leave_the_weights_alone(tmp_path: Path, store: Path) -> None:
@@ -111,9 +111,10 @@ def test_overflowing_steps_are_skipped_logged_and_leave_the_weights_alone(tmp_pa
     assert rows[-1]["loss"] < rows[0]["loss"]  # it did train after the skips
 
     # A run made only of skipped steps ends with exactly its initial weights and no optimizer state.
+    # Skipped steps are logged even between log_every steps (here only step 2 would be).
     d2 = tmp_path / "all-skipped"
-    assert run(fp16_run(d2, store, steps=3, init_scale=2.0**40)) == 0
-    assert all(r["skipped"] for r in metrics(d2))
+    assert run(fp16_run(d2, store, steps=3, log_every=2, init_scale=2.0**40)) == 0
+    assert [(r["step"], r["skipped"]) for r in metrics(d2)] == [(1, True), (2, True), (3, True)]
     cfg = load_model(TrainingConfig, RunDir(d2).config)
     initial = GPT(cfg.model)
     init_weights(initial, cfg.seed)
