@@ -79,7 +79,7 @@ training:
         ("grid: {train.micro_batchsize: [1]}\n",
          r"train\.micro_batchsize: unknown key; allowed keys here: steps, micro_batch_size"),
         ("grid: {trian.steps: [1]}\n", r"grid: .*'trian\.steps' must start with one of: resources, run_id"),
-        ("grid: {model.preset: [tiny, huge]}\n", r"'huge' is not a model preset; known presets: tiny, 125m"),
+        ("grid: {model.preset: [tiny, huge]}\n", r"'huge' is not a model preset; known presets: tiny, 60m, 125m"),
         ("zip: [{train.steps: [1, 2], train.grad_accum: [1]}]\n", r"zip: group lists must have equal lengths"),
         ("where: \"__import__('os')\"\n", r"where: Call is not allowed"),
         ("where: \"train.nope > 1\"\n", r"where: 'train\.nope' is not a key"),
@@ -133,7 +133,7 @@ def test_cli_prints_config_errors_without_traceback(in_project, tmp_path):
     path = _write(tmp_path, "e.yaml", EXPERIMENT + "grid: {parallel.precision: [FP16]}\n")
     result = runner.invoke(app, ["submit", str(path), "--cluster", "local", "--dry-run", "--results", str(tmp_path / "r")])
     assert result.exit_code == 2
-    assert "parallel.precision: Input should be 'BF_16' or 'FP_32'" in result.output
+    assert "parallel.precision: Input should be 'BF_16', 'FP_16' or 'FP_32'" in result.output
     assert "Traceback" not in result.output
 
 
@@ -152,7 +152,7 @@ def test_preset_2_7b_matches_the_seed_shape():
 
 def test_preset_override_and_unknown_preset():
     assert ModelConfig.from_name("6.7b", n_layers=4).n_layers == 4
-    with pytest.raises(ValueError, match="'7b' is not a model preset; known presets: tiny, 125m, 1b, 2.7b"):
+    with pytest.raises(ValueError, match="'7b' is not a model preset; known presets: tiny, 60m, 125m, 1b, 2.7b"):
         ModelConfig.from_name("7b")
 
 

@@ -49,6 +49,18 @@ def test_loss_mask_from_instruction_store(stores: dict[str, Path]) -> None:
     assert float(mask[0].sum()) == 0 and float(mask[-1].sum()) == SEQ
 
 
+def test_fractional_loss_weights_reach_the_batch(stores: dict[str, Path], tmp_path: Path) -> None:
+    from hpcllm.data.demo import write_demo
+
+    write_demo(tmp_path / "qa", instruct=True, with_debian_docs=False, prompt_weight=0.25)
+    weighted = next(_loader(_cfg(tmp_path / "qa", shuffle=False), mbs=8))["loss_mask"]
+    masked = next(_loader(_cfg(stores["inst"], shuffle=False), mbs=8))["loss_mask"]
+    assert weighted is not None and weighted.dtype == torch.float32
+    # Same text and order: where the 0/1 store masks a prompt token, the weighted store has 0.25.
+    assert torch.equal(weighted, torch.where(masked == 0, torch.tensor(0.25), masked))
+    assert float(masked[0].sum()) == 0  # the first window is all prompt
+
+
 def test_workers_give_the_same_stream(stores: dict[str, Path]) -> None:
     a = _take(_loader(_cfg(stores["plain"], workers=0)), 4)
     b = _take(_loader(_cfg(stores["plain"], workers=2)), 4)

@@ -90,6 +90,41 @@ def test_instruction_pairs_mask_the_prompt(tmp_path: Path) -> None:
     assert _decode(store, 1) == "Q: 2+2?\nA: 4"
 
 
+def test_loss_weights_from_records_and_the_prompt_weight_option(tmp_path: Path) -> None:
+    recs = [{"text": "ab"},                                            # weight 1
+            {"text": "cd", "weight": 0.25},                            # a down-weighted document
+            {"prompt": "Q", "response": "A"},                          # prompt: --prompt-weight
+            {"prompt": "Q", "response": "A", "prompt_weight": 0.5, "response_weight": 0.75},
+            {"segments": [{"text": "u1", "weight": 0}, {"text": "a1"}, {"text": "u2", "weight": 0.1},
+                          {"text": "a2", "weight": 0.9}]}]           # multi-turn; EOS: last weight
+    _jsonl(tmp_path / "w.jsonl", recs)
+    res = prepare([str(tmp_path / "w.jsonl")], "byte", tmp_path / "s", workers=1,
+                  fields=sources.Fields(prompt_weight=0.1))
+    store = TokenStore.open(res.output)
+    assert store.header.loss_mask_dtype == "float16"
+    expected = ([1, 1, 1] + [0.25] * 3 + [0.1, 1, 1] + [0.5, 0.75, 0.75]
+                + [0, 0, 1, 1, 0.1, 0.1, 0.9, 0.9, 0.9])
+    assert np.asarray(store.loss_mask).tolist() == np.asarray(expected, np.float16).tolist()
+    assert _decode(store, 4) == "u1a1u2a2"
+    # Without fractional weights the same pairs give the plain 0/1 mask (prompt weight 0).
+    _jsonl(tmp_path / "p.jsonl", recs[2:3])
+    plain = TokenStore.open(prepare([str(tmp_path / "p.jsonl")], "byte", tmp_path / "p", workers=1).output)
+    assert plain.header.loss_mask_dtype == "uint8" and list(plain.loss_mask) == [0, 1, 1]
+
+
+@pytest.mark.parametrize("record,match", [
+    ({"text": "x", "weight": 1.5}, r"w.jsonl:1: 'weight' must be a loss weight in \[0, 1\], got 1.5"),
+    ({"prompt": "q", "response": "a", "prompt_weight": "high"}, r"'prompt_weight' must be a loss weight"),
+    ({"segments": [{"text": "x", "weight": -0.1}]}, r"'weight' must be a loss weight in \[0, 1\], got -0.1"),
+    ({"segments": "x"}, r"'segments' must be a list of"),
+    ({"segments": [{"weight": 1}]}, r"'text' must be a string, got None"),
+], ids=["weight>1", "prompt_weight-string", "negative-segment", "segments-not-list", "segment-without-text"])
+def test_bad_weights_name_file_line_and_range(tmp_path: Path, record: dict, match: str) -> None:
+    _jsonl(tmp_path / "w.jsonl", [record])
+    with pytest.raises(ConfigError, match=match):
+        prepare([str(tmp_path / "w.jsonl")], "byte", tmp_path / "s", workers=1)
+
+
 def test_custom_field_names(tmp_path: Path) -> None:
     _jsonl(tmp_path / "c.jsonl", [{"body": DOCS[0]}])
     res = prepare([str(tmp_path / "c.jsonl")], "byte", tmp_path / "s", workers=1,
@@ -181,3 +216,12 @@ def test_progress_reports_every_input_byte_once(tmp_path: Path, monkeypatch: pyt
             workers=1, progress=seen.append, on_start=totals.append)
     size = (tmp_path / "a.jsonl.gz").stat().st_size + (tmp_path / "b.txt").stat().st_size
     assert totals == [size] and sum(seen) == size and len(seen) > 3
+
+
+def test_tokenizers_decode_what_they_encode_without_eos(bpe: Path) -> None:
+    """What `hpcllm generate` prints: the text of the ids, EOS and other special tokens left out."""
+    for tok in (load_tokenizer("byte"), load_tokenizer(str(bpe))):
+        ids = tok.encode_batch([DOCS[1]])[0].tolist()
+        assert tok.decode(ids + [tok.eos_id]) == DOCS[1], tok.name
+    # A byte tokenizer's multi-byte character split over tokens decodes once whole.
+    assert load_tokenizer("byte").decode(list("é".encode())) == "é"

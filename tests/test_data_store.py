@@ -197,3 +197,67 @@ def test_verify_scans_what_open_does_not(tmp_path: Path) -> None:
     tokens.flush()
     with pytest.raises(ConfigError, match="document 0 does not end with EOS"):
         TokenStore.open(tmp_path / "s").verify(chunk=2)
+
+
+# --- loss weights in [0, 1] ----------------------------------------------------------------------
+
+
+def _weighted(path: Path, masks: list[np.ndarray | None]) -> TokenStore:
+    """One 3-token document (2 bytes + EOS) per entry of ``masks`` (None: no weights given)."""
+    with StoreWriter(path, vocab_size=257, eos_id=256, tokenizer="byte", tokenizer_fingerprint="byte-v1") as w:
+        for m in masks:
+            w.add([np.array([65, 66, 256])], None if m is None else [m])
+        w.commit()
+    return TokenStore.open(path)
+
+
+def test_fractional_weights_widen_the_mask_to_float16(tmp_path: Path) -> None:
+    # Plain doc (weight 1), a 0/1-masked doc, then fractional weights: everything written before
+    # the first fraction is converted, so it keeps its value.
+    store = _weighted(tmp_path / "s", [None, np.array([0, 1, 1], np.uint8), np.array([0.1, 0.5, 1.0])])
+    assert store.header.loss_mask_dtype == "float16" and store.loss_mask.dtype == np.float16
+    assert np.asarray(store.loss_mask).tolist() == [1, 1, 1, 0, 1, 1, np.float16(0.1), 0.5, 1]
+    header = json.loads((tmp_path / "s" / HEADER).read_text())
+    assert header["format_version"] == 2 and header["loss_mask_dtype"] == "float16"
+    assert (tmp_path / "s" / LOSS_MASK).stat().st_size == 9 * 2
+    _, mask = store.windows(np.array([1]), 3)  # labels are tokens 4..6
+    assert mask.tolist() == [[1, 1, np.float16(0.1)]]
+    store.verify()
+
+
+def test_binary_masks_stay_uint8_and_version_1(tmp_path: Path) -> None:
+    store = _weighted(tmp_path / "s", [np.array([0.0, 1.0, 1.0])])  # float input, 0/1 values
+    assert store.header.loss_mask_dtype == "uint8" and store.loss_mask.dtype == np.uint8
+    assert json.loads((tmp_path / "s" / HEADER).read_text())["format_version"] == 1
+
+
+def test_version_1_header_without_mask_dtype_still_opens(tmp_path: Path) -> None:
+    _write(tmp_path / "s", masks=True)
+    file = tmp_path / "s" / HEADER
+    header = json.loads(file.read_text())
+    del header["loss_mask_dtype"]  # as written before loss weights existed
+    file.write_text(json.dumps(header))
+    store = TokenStore.open(tmp_path / "s")
+    assert store.header.loss_mask_dtype == "uint8" and list(store.loss_mask[:4]) == [0, 1, 0, 1]
+
+
+def test_weights_outside_0_1_are_refused_when_written_and_found_by_verify(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"loss weights must lie in \[0, 1\]"):
+        _weighted(tmp_path / "bad", [np.array([0.5, 1.5, 1.0])])
+    store = _weighted(tmp_path / "s", [np.array([0.5, 0.25, 1.0])])
+    raw = np.memmap(tmp_path / "s" / LOSS_MASK, dtype=np.float16, mode="r+")
+    raw[1] = np.float16("nan")
+    raw.flush()
+    with pytest.raises(ConfigError, match=r"loss_mask.bin: values other than weights in \[0, 1\] near token 0"):
+        TokenStore.open(tmp_path / "s").verify()
+    assert store.header.loss_mask_dtype == "float16"
+
+
+def test_unknown_mask_dtype_is_named(tmp_path: Path) -> None:
+    _write(tmp_path / "s", masks=True)
+    file = tmp_path / "s" / HEADER
+    header = json.loads(file.read_text())
+    header["loss_mask_dtype"] = "float64"
+    file.write_text(json.dumps(header))
+    with pytest.raises(ConfigError, match="loss_mask_dtype: 'float64'; allowed: uint8, float16"):
+        TokenStore.open(tmp_path / "s")

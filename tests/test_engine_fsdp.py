@@ -58,10 +58,15 @@ def test_one_rank_without_offload_is_a_plain_module(world_of_one: None) -> None:
     assert model.blocks[0].attn.qkv.weight.grad.dtype == torch.float32
     fp32 = sharded(ParallelConfig(precision="FP_32"))
     assert fp32.autocast_dtype is None
+    fp16 = sharded(ParallelConfig(precision="FP_16"))
+    out.clear()
+    fp16.blocks[0].attn.qkv.register_forward_hook(lambda mod, args, y: out.append(y.dtype))
+    fp16(torch.randint(0, 512, (2, 32))).float().sum().backward()
+    assert out == [torch.float16] and fp16.blocks[0].attn.qkv.weight.grad.dtype == torch.float32
 
 
 @pytest.mark.integration
-def test_fsdp_sharded_init_and_bf16_policy_on_two_ranks() -> None:
+def test_fsdp_sharded_init_half_precision_policies_and_fp16_skips_on_two_ranks() -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            str(Path(__file__).with_name("engine_fsdp_probe.py"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,

@@ -60,6 +60,52 @@ def test_wsd_schedule_is_stable_then_decays_linearly() -> None:
     assert lr("wsd", 109, **kw) == pytest.approx(0.0)
 
 
+def test_step_decay_multiplies_by_gamma_every_step_size_steps_after_warmup() -> None:
+    kw = dict(warmup_steps=10, gamma=0.5, step_size=30)
+    # Warmup as for every schedule, then k = step - 10: factor 0.5 ** (k // 30).
+    assert [lr("step", s, **kw) for s in (4, 10, 39, 40, 69, 70, 109)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.5, 0.25, 0.125])
+
+
+def test_exponential_decay_multiplies_by_gamma_every_step_after_warmup() -> None:
+    kw = dict(warmup_steps=10, gamma=0.99)
+    assert [lr("exponential", s, **kw) for s in (9, 10, 11, 60, 109)] == pytest.approx(
+        [1.0, 1.0, 0.99, 0.99 ** 50, 0.99 ** 99])
+
+
+def test_step_and_exponential_match_pytorchs_schedulers() -> None:
+    """Same values as torch.optim.lr_scheduler.StepLR / ExponentialLR (no warmup)."""
+    for name, torch_sched, kw in (
+        ("step", torch.optim.lr_scheduler.StepLR, dict(step_size=7, gamma=0.3)),
+        ("exponential", torch.optim.lr_scheduler.ExponentialLR, dict(gamma=0.95)),
+    ):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        ref = torch_sched(opt, **kw)
+        expected = []
+        for _ in range(30):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            ref.step()
+        ours = [lr_at(s, base_lr=2.0, total_steps=30, cfg=ScheduleConfig(name=name, **kw)) for s in range(30)]
+        assert ours == pytest.approx(expected), name
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(name="step", gamma=0.5), "step_size is required with name: step"),
+        (dict(name="exponential"), "gamma is required with name: exponential"),
+        (dict(name="cosine", gamma=0.5), "gamma is only used by name: step and exponential"),
+        (dict(name="exponential", gamma=0.9, step_size=3), "step_size is only used by name: step"),
+        (dict(name="step", gamma=1.5, step_size=3), "less than or equal to 1"),
+    ],
+    ids=["step-without-step_size", "exponential-without-gamma", "gamma-on-cosine", "step_size-on-exp", "gamma>1"],
+)
+def test_decay_factor_errors_say_which_schedule_uses_them(kw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScheduleConfig(**kw)
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine", "wsd"])
 def test_a_one_step_decay_still_reaches_the_minimum(name: str) -> None:
     cfg = ScheduleConfig(name=name, warmup_steps=9, min_lr_ratio=0.1, decay_fraction=0.1)
@@ -159,15 +205,15 @@ def _step(model: GPT, batches: list[dict], grad_accum: int) -> tuple[float, floa
     state = TrainState(model=model, optimizer=opt,
                        scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
                        loader=ListLoader(batches))
-    loss, norm = train_step(state, grad_accum=grad_accum, dp_size=1, grad_clip=1.0, device=torch.device("cpu"))
+    loss, norm, _ = train_step(state, grad_accum=grad_accum, dp_size=1, grad_clip=1.0, device=torch.device("cpu"))
     return loss, norm, model
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "mask"])
-def test_gradient_accumulation_equals_one_big_batch(masked: bool) -> None:
+@pytest.mark.parametrize("masked", ["none", "mask", "weights"], ids=["no-mask", "mask", "weights"])
+def test_gradient_accumulation_equals_one_big_batch(masked: str) -> None:
     torch.manual_seed(0)
     idx = torch.randint(0, 512, (4, 33))
-    mask = (torch.rand(4, 32) > 0.3).float() if masked else None
+    mask = {"none": None, "mask": (torch.rand(4, 32) > 0.3).float(), "weights": torch.rand(4, 32)}[masked]
     big = _step(tiny_model(), [_batch(idx, mask)], grad_accum=1)
     halves = [_batch(idx[i:i + 2], None if mask is None else mask[i:i + 2]) for i in (0, 2)]
     acc = _step(tiny_model(), halves, grad_accum=2)
@@ -205,6 +251,26 @@ def test_loss_masking_mean_is_over_unmasked_tokens_only() -> None:
         logits = tiny_model()(idx[:, :-1])
         expected = cross_entropy_sum(logits, idx[:, 1:], mask) / mask.sum()
     assert loss_a == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_loss_weights_give_the_weighted_mean_and_scale_each_tokens_gradient() -> None:
+    """Loss = Σ w·ce / Σ w over the step: a token's gradient is w times its unweighted share."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, 512, (2, 33))
+    weights = torch.rand(2, 32)
+    weights[0, :8] = 0.0
+    loss, _, _ = _step(tiny_model(), [_batch(idx, weights)], 1)
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(tiny_model()(idx[:, :-1]).flatten(0, 1), idx[:, 1:].reshape(-1),
+                                               reduction="none")
+    assert loss == pytest.approx(((ce * weights.reshape(-1)).sum() / weights.sum()).item(), rel=1e-5)
+    # Per-token gradients: scaling one weight scales exactly that token's logit gradient.
+    logits = torch.randn(1, 4, 16, requires_grad=True)
+    labels = torch.randint(0, 16, (1, 4))
+    w = torch.tensor([[1.0, 0.5, 0.1, 0.0]])
+    cross_entropy_sum(logits, labels, w).backward()
+    full = torch.func.grad(lambda x: cross_entropy_sum(x, labels, None))(logits.detach())
+    torch.testing.assert_close(logits.grad, full * w[..., None])
 
 
 # --- distillation ------------------------------------------------------------------------------
@@ -246,7 +312,7 @@ def test_train_step_with_teacher_copy_has_the_ce_gradient_scaled() -> None:
     state = TrainState(model=student, optimizer=opt,
                        scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
                        loader=ListLoader([_batch(idx)]))
-    loss, _ = train_step(state, grad_accum=1, dp_size=1, grad_clip=None, device=torch.device("cpu"),
+    loss, _, _ = train_step(state, grad_accum=1, dp_size=1, grad_clip=None, device=torch.device("cpu"),
                          teacher=teacher, distill=dcfg)
     with torch.no_grad():
         ce = cross_entropy_sum(teacher(idx[:, :-1]), idx[:, 1:], None) / idx[:, 1:].numel()

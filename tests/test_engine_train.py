@@ -15,12 +15,12 @@ from hpcllm.engine.train import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
 METRIC_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "step_time_s",
-               "mem_peak_gib", "restart", "rerun"}
+               "mem_peak_gib", "restart", "rerun", "skipped", "loss_scale"}
 SUMMARY_KEYS = {"status", "run_id", "steps_completed", "final_loss", "n_params", "n_params_flops", "n_layers",
                 "d_model", "seq_len", "world_size", "dp_size", "micro_batch_size", "grad_accum",
                 "global_batch_size", "precision", "sharding", "activation_checkpointing", "ac_every", "compile",
                 "gpu_type", "device", "samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu",
-                "step_time_s", "mem_peak_gib", "steps_measured", "summary_warmup_steps"}
+                "step_time_s", "mem_peak_gib", "steps_measured", "summary_warmup_steps", "skipped_steps"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_run_writes_the_metrics_and_summary_contract(tmp_path: Path, store: Path
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(set(r) == METRIC_KEYS for r in rows)
     assert all(r["mfu"] is None and r["restart"] == 0 and r["rerun"] is False for r in rows)
+    assert all(r["skipped"] is False and r["loss_scale"] is None for r in rows)  # FP_32: no loss scaling
     s = summary(tmp_path / "r")
     assert SUMMARY_KEYS <= set(s)
     assert s["status"] == "completed" and s["steps_completed"] == 4 and s["steps_measured"] == 3

@@ -73,3 +73,14 @@ def test_changing_a_setting_changes_the_id(in_project, tmp_path):
     ids1 = {s.run_id for s in expand_experiment(exp1, load_cluster("local"), "a")}
     ids2 = {s.run_id for s in expand_experiment(exp2, load_cluster("local"), "b")}
     assert ids1.isdisjoint(ids2)
+
+
+def test_init_from_is_made_absolute_at_submit_time_unless_it_is_a_variable(in_project, tmp_path):
+    """Like data paths: a job may start elsewhere; `$VAR` paths are the compute node's to expand."""
+    text = Path("experiments/smoke.yaml").read_text()
+    (tmp_path / "s.yaml").write_text(text.replace("training:\n", "training:\n  init_from: results/pre@40\n", 1))
+    specs = expand_experiment(load_experiment(tmp_path / "s.yaml"), load_cluster("local"), "s")
+    assert {s.training.init_from for s in specs} == {str(in_project / "results" / "pre@40")}
+    (tmp_path / "v.yaml").write_text(text.replace("training:\n", "training:\n  init_from: $SCRATCH/pre\n", 1))
+    specs = expand_experiment(load_experiment(tmp_path / "v.yaml"), load_cluster("local"), "v")
+    assert {s.training.init_from for s in specs} == {"$SCRATCH/pre"}

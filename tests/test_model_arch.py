@@ -33,6 +33,16 @@ def test_parameter_count_matches_config_for_every_preset(name: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == cfg.n_params()
 
 
+def test_60m_preset_is_the_seeds_60m_parameter_gpt() -> None:
+    cfg = ModelConfig.from_name("60m")
+    with torch.device("meta"):
+        model = GPT(cfg)
+    # Built on meta: every parameter counted once (the tied head is the embedding).
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 59_845_120 and round(n / 1e6) == 60
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.seq_len) == (10, 512, 8, 64, 1024)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [dict(activation="gelu", norm="layernorm", bias=True, pos_emb="learned", tie_embeddings=False),

@@ -30,7 +30,7 @@ def test_info_for_the_seed_27b() -> None:
 def test_unknown_name_lists_the_known_ones() -> None:
     result = CliRunner().invoke(model_app, ["info", "3b"])
     assert result.exit_code == 2
-    assert "'3b' is not a model preset; known presets: tiny, 125m" in result.output
+    assert "'3b' is not a model preset; known presets: tiny, 60m, 125m" in result.output
 
 
 def test_list_names_every_preset() -> None:

@@ -54,10 +54,14 @@ def _print_header(path: Path, header: object, extra: dict[str, str] | None = Non
     console.print(table)
 
 
-def _fields(text_key: str, prompt_key: str, response_key: str):  # -> Fields (lazy import)
+def _fields(text_key: str, prompt_key: str, response_key: str, prompt_weight: float = 0.0):  # -> Fields (lazy)
     from hpcllm.data.sources import Fields
 
-    return Fields(text=text_key, prompt=prompt_key, response=response_key)
+    return Fields(text=text_key, prompt=prompt_key, response=response_key, prompt_weight=prompt_weight)
+
+
+_PROMPT_WEIGHT_HELP = ("Loss weight in [0, 1] of prompt tokens (records may set their own prompt_weight): "
+                       "0 masks them out, 0.1 gives them a tenth of a response token's weight.")
 
 
 @data_app.command("prepare")
@@ -69,6 +73,7 @@ def prepare_cmd(
     text_key: str = typer.Option("text", help=".jsonl key of a plain document's text."),
     prompt_key: str = typer.Option("prompt", help=".jsonl key of an instruction's prompt (loss-masked)."),
     response_key: str = typer.Option("response", help=".jsonl key of an instruction's response."),
+    prompt_weight: float = typer.Option(0.0, min=0.0, max=1.0, help=_PROMPT_WEIGHT_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing store at --output."),
 ) -> None:
     """Tokenize text into a memory-mapped token store (streamed, on every core)."""
@@ -76,7 +81,8 @@ def prepare_cmd(
 
     try:
         with _byte_progress("tokenizing") as (on_start, advance):
-            result = prepare(inputs, tokenizer, output, fields=_fields(text_key, prompt_key, response_key),
+            fields = _fields(text_key, prompt_key, response_key, prompt_weight)
+            result = prepare(inputs, tokenizer, output, fields=fields,
                              workers=workers, overwrite=overwrite, progress=advance, on_start=on_start)
     except (HpcllmError, ValueError) as exc:
         fail(exc)
@@ -115,6 +121,7 @@ def train_tokenizer_cmd(
 def demo_cmd(
     output: Path = typer.Option(Path("data/demo"), "--output", "-o", help="Store directory to (re)create."),
     instruct: bool = typer.Option(False, help="Question/answer pairs with a loss mask on the questions."),
+    prompt_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="--instruct: " + _PROMPT_WEIGHT_HELP),
     debian_docs: bool = typer.Option(
         True, help="Add Python's docs from Debian's python3.11-doc package when it is installed."),
 ) -> None:
@@ -122,7 +129,8 @@ def demo_cmd(
     from hpcllm.data.demo import write_demo
 
     try:
-        corpus, result = write_demo(output, instruct=instruct, overwrite=True, with_debian_docs=debian_docs)
+        corpus, result = write_demo(output, instruct=instruct, overwrite=True, with_debian_docs=debian_docs,
+                                    prompt_weight=prompt_weight)
     except HpcllmError as exc:
         fail(exc)
     _print_header(result.output, result.header, {"text": str(corpus)})

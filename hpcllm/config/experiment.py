@@ -159,6 +159,8 @@ def _split_with_defaults(
     training_doc.setdefault("metrics", {})
     training_doc["metrics"] = {**training_doc["metrics"], "gpu_type": cluster.gpu_type}
     training_doc["data"] = _absolute_data_paths(training_doc.get("data"))
+    if isinstance(training_doc.get("init_from"), str):  # a warm start's checkpoint, as seen from here
+        training_doc["init_from"] = _absolute(training_doc["init_from"])
     return resources_doc, training_doc
 
 

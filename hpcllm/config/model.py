@@ -151,6 +151,8 @@ class ModelConfig(BaseModel):
 _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=512, seq_len=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64,
                  ffn_hidden=192, tie_embeddings=True),
+    # The seed's getting-started size (60M): 10 x 512 with a tied GPT-2-sized vocabulary = 59.8M.
+    "60m": dict(seq_len=1024, n_layers=10, n_heads=8, d_model=512, tie_embeddings=True),
     "125m": dict(seq_len=2048, n_layers=12, n_heads=12, d_model=768),
     "1b": dict(seq_len=2048, n_layers=18, n_heads=16, d_model=2048, ffn_hidden=5632),
     "2.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=2560, ffn_hidden=6912),

@@ -32,6 +32,24 @@ class TrainConfig(_Strict):
     )
 
 
+class LossScaleConfig(_Strict):
+    """FP_16's dynamic loss scaling (hpcllm/engine/loss_scale.py); defaults of torch.amp.GradScaler."""
+
+    init_scale: float = Field(2.0**16, gt=0, description="Loss scale of the first step.")
+    growth_factor: float = Field(2.0, gt=1, description="Scale multiplier after growth_interval good steps.")
+    backoff_factor: float = Field(0.5, gt=0, lt=1, description="Scale multiplier after an overflow (step skipped).")
+    growth_interval: int = Field(2000, gt=0, description="Finite steps in a row before the scale grows.")
+    min_scale: float = Field(
+        1.0, gt=0, description="Overflowing below this scale fails the run (the loss itself is not finite)."
+    )
+
+    @model_validator(mode="after")
+    def _start_above_floor(self) -> "LossScaleConfig":
+        if self.init_scale < self.min_scale:
+            raise ValueError(f"init_scale {self.init_scale:g} is below min_scale {self.min_scale:g}")
+        return self
+
+
 class ParallelConfig(_Strict):
     sharding: Literal["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"] = Field(
         "FULL_SHARD",
@@ -40,8 +58,12 @@ class ParallelConfig(_Strict):
     hsdp_shard_size: int | None = Field(
         None, gt=0, description="HYBRID_SHARD shard-group size; default: ranks per node."
     )
-    precision: Literal["BF_16", "FP_32"] = Field(
-        "BF_16", description="BF_16: bf16 params/compute, fp32 reductions and master weights."
+    precision: Literal["BF_16", "FP_16", "FP_32"] = Field(
+        "BF_16", description="BF_16 / FP_16: half-precision params and compute, fp32 reductions and master "
+        "weights; FP_16 adds dynamic loss scaling."
+    )
+    loss_scale: LossScaleConfig | None = Field(
+        None, description="FP_16 only: dynamic loss scaling settings; null = the defaults."
     )
     cpu_offload: bool = Field(False, description="Keep sharded params/grads/optimizer state on CPU.")
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
@@ -54,6 +76,8 @@ class ParallelConfig(_Strict):
             raise ValueError(
                 f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})"
             )
+        if self.loss_scale is not None and self.precision != "FP_16":
+            raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
 
 
@@ -67,12 +91,32 @@ class OptimConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["constant", "linear", "cosine", "wsd"] = "cosine"
+    name: Literal["constant", "linear", "cosine", "wsd", "step", "exponential"] = "cosine"
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr as a fraction of lr.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="linear, cosine, wsd: final lr as a fraction of lr."
+    )
     decay_fraction: float = Field(
         0.2, gt=0, le=1, description="wsd: fraction of the steps spent decaying at the end."
     )
+    gamma: float | None = Field(
+        None, gt=0, le=1,
+        description="step: lr factor every step_size steps; exponential: lr factor per step (after warmup).",
+    )
+    step_size: int | None = Field(None, gt=0, description="step: steps between two decays by gamma.")
+
+    @model_validator(mode="after")
+    def _decay_factors(self) -> "ScheduleConfig":
+        """gamma/step_size belong to step and exponential only: elsewhere they would be ignored."""
+        needs = {"step": ("gamma", "step_size"), "exponential": ("gamma",)}.get(self.name, ())
+        for key in ("gamma", "step_size"):
+            given = getattr(self, key) is not None
+            if key in needs and not given:
+                raise ValueError(f"{key} is required with name: {self.name}")
+            if given and key not in needs:
+                users = "step" if key == "step_size" else "step and exponential"
+                raise ValueError(f"{key} is only used by name: {users} (got name: {self.name})")
+        return self
 
 
 class DataSource(_Strict):
@@ -136,3 +180,9 @@ class TrainingConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     distill: DistillConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    init_from: str | None = Field(
+        None,
+        description="Warm start (fine-tuning): RUN_DIR[@STEP], a checkpoints/ or step_<N> folder, or a folder "
+        "holding one run. Its model weights start this run; optimizer, LR schedule and data position start "
+        "fresh. Only when the run has no checkpoint of its own (a restart resumes from those).",
+    )

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hpcllm.data.prepare import PrepareResult, prepare
+from hpcllm.data.sources import Fields
 from hpcllm.data.tokenizer import BYTE
 from hpcllm.fsutil import atomic_write_text
 
@@ -45,10 +46,12 @@ def records(instruct: bool, with_debian_docs: bool = True) -> Iterator[dict[str,
 
 
 def write_demo(output: str | Path, *, instruct: bool = False, overwrite: bool = False,
-               with_debian_docs: bool = True) -> tuple[Path, PrepareResult]:
-    """Write the corpus as ``<output>.jsonl`` next to the store, then prepare it with the byte tokenizer."""
+               with_debian_docs: bool = True, prompt_weight: float = 0.0) -> tuple[Path, PrepareResult]:
+    """Write the corpus as ``<output>.jsonl`` next to the store, then prepare it with the byte
+    tokenizer; ``prompt_weight`` is the loss weight of the questions of ``instruct`` data."""
     output = Path(output)
     corpus = output.with_name(output.name + ".jsonl")
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records(instruct, with_debian_docs))
     atomic_write_text(corpus, text)
-    return corpus, prepare([str(corpus)], BYTE, output, workers=1, overwrite=overwrite)
+    return corpus, prepare([str(corpus)], BYTE, output, workers=1, overwrite=overwrite,
+                           fields=Fields(prompt_weight=prompt_weight))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcllm.data import sources
-from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_tasks, parse_json
+from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_tasks, parse_record
 from hpcllm.data.store import StoreHeader, StoreWriter, token_dtype
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer, single_threaded
 from hpcllm.errors import HpcllmError
@@ -32,7 +32,7 @@ StartFn = Callable[[int], None]  # called once with the total input size in byte
 @dataclass
 class Encoded:
     tokens: np.ndarray  # flat ids in the store's dtype, documents closed by EOS
-    mask: np.ndarray | None  # uint8 per token, None when the task held no instruction pair
+    mask: np.ndarray | None  # loss weight per token (uint8 when all are 0/1, else float16), None when all are 1
     doc_ends: np.ndarray  # positions in ``tokens`` where documents end (exclusive)
 
 
@@ -53,46 +53,44 @@ def available_cores() -> int:
 
 
 def encode_task(task: Task, tok: Tokenizer, fields: Fields) -> Encoded:
-    """Tokenize one task. Instruction pairs: prompt tokens get mask 0, response and EOS mask 1."""
+    """Tokenize one task; every token gets the loss weight of its segment (instruction pairs: the
+    prompt ``fields.prompt_weight``, by default 0, the response and EOS 1). Documents whose
+    segments are all empty are skipped."""
     texts: list[str] = []
-    masked: list[int] = []  # per text: 1 = train on it, 0 = prompt
+    weights: list[float] = []  # per text: the loss weight of its tokens
     ends: list[bool] = []  # per text: closes a document (EOS follows)
-    any_prompt = False
     for piece in task.pieces:
         if piece.is_json:
-            text, response = parse_json(piece, fields)
-            if response is None:
-                if text:
-                    texts.append(text)
-                    masked.append(1)
-                    ends.append(True)
-            elif text or response:
-                any_prompt = True
-                texts += [text, response]
-                masked += [0, 1]
-                ends += [False, True]
+            segments = parse_record(piece, fields)
+            if any(seg.text for seg in segments):
+                texts += [seg.text for seg in segments]
+                weights += [seg.weight for seg in segments]
+                ends += [i == len(segments) - 1 for i in range(len(segments))]
         else:
             texts.append(piece.data.decode("utf-8", errors="replace"))
-            masked.append(1)
+            weights.append(1.0)
             ends.append(piece.ends_doc)
     ids = tok.encode_batch(texts)
+    weighted = any(w != 1.0 for w in weights)
+    # The store's own dtypes (a 0/1 mask, else float16 weights): compact on the way back from a worker.
+    mask_dtype = np.uint8 if all(w in (0.0, 1.0) for w in weights) else np.float16
     parts: list[np.ndarray] = []
     mask_parts: list[np.ndarray] = []
     doc_ends: list[int] = []
     n = 0
     eos = np.asarray([tok.eos_id], dtype=np.int64)
-    for seq, m, end in zip(ids, masked, ends):
+    for seq, w, end in zip(ids, weights, ends):
         seq = np.append(seq.astype(np.int64), eos) if end else seq.astype(np.int64)
         parts.append(seq)
-        if any_prompt:
-            mask_parts.append(np.full(seq.size, m, dtype=np.uint8))
+        if weighted:
+            mask_parts.append(np.full(seq.size, w, dtype=mask_dtype))
         n += seq.size
         if end:
             doc_ends.append(n)
     # Already in the store's dtype: a quarter of the bytes an int64 array would take back to the writer.
     dtype = token_dtype(tok.vocab_size)
     tokens = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-    mask = np.concatenate(mask_parts) if any_prompt else None
+    mask = np.concatenate(mask_parts) if weighted else None
     return Encoded(tokens, mask, np.asarray(doc_ends, dtype=np.int64))
 
 

@@ -30,7 +30,7 @@ from hpcllm.errors import ConfigError
 @dataclass
 class Batch:
     tokens: np.ndarray  # (n, T + 1) int64
-    loss_mask: np.ndarray | None  # (n, T) uint8 for the labels, None when no source has a mask
+    loss_mask: np.ndarray | None  # (n, T) float32 loss weights of the labels, None when no source has any
 
 
 class Sampler:
@@ -100,7 +100,8 @@ class Sampler:
     def batch(self, g: np.ndarray) -> Batch:
         src, _, window = self.locate(g)
         tokens = np.empty((len(src), self.seq_len + 1), dtype=np.int64)
-        mask = np.ones((len(src), self.seq_len), dtype=np.uint8) if self.has_loss_mask else None
+        # float32 whatever the stores hold (0/1 uint8, float16 weights): the loss is computed in it.
+        mask = np.ones((len(src), self.seq_len), dtype=np.float32) if self.has_loss_mask else None
         for s in np.unique(src):
             sel = src == s
             tok, m = self.stores[s].windows(window[sel], self.seq_len)

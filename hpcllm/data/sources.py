@@ -3,8 +3,9 @@
 Nothing here holds more than one chunk (~1 MiB) of a file in memory, so inputs larger than RAM are
 fine. A ``.txt`` file is one document, cut into line-aligned pieces; a ``.jsonl`` line is one
 document: ``{"text": ...}`` for plain text, ``{"prompt": ..., "response": ...}`` for instruction
-data (the field names are options). Parsing the JSON happens in the tokenizer workers, not here,
-so the reader is never the bottleneck of ``prepare``.
+data (the field names are options), ``{"segments": [{"text": ..., "weight": ...}, ...]}`` for
+documents whose parts weigh differently in the loss (multi-turn dialogue). Parsing the JSON happens
+in the tokenizer workers, not here, so the reader is never the bottleneck of ``prepare``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hpcllm.errors import ConfigError
 
@@ -27,11 +28,21 @@ ProgressFn = Callable[[int], None]  # called with on-disk bytes consumed since t
 
 @dataclass(frozen=True)
 class Fields:
-    """Which JSON keys hold the text (plain documents) or the prompt/response (instruction data)."""
+    """How JSON records are read: which keys hold the text (plain documents) or the prompt/response
+    (instruction data), and the loss weight of a prompt that does not give its own."""
 
     text: str = "text"
     prompt: str = "prompt"
     response: str = "response"
+    prompt_weight: float = 0.0  # 0: prompts are masked out of the loss
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A part of a document and the loss weight, in [0, 1], of each of its tokens."""
+
+    text: str
+    weight: float = 1.0
 
 
 @dataclass
@@ -154,37 +165,62 @@ def iter_tasks(files: list[Path], progress: ProgressFn | None = None) -> Iterato
         yield task
 
 
-def parse_json(piece: Piece, fields: Fields) -> tuple[str, str | None]:
-    """(text, None) for a plain document, (prompt, response) for an instruction pair."""
+SEGMENTS = "segments"
+
+
+def parse_record(piece: Piece, fields: Fields) -> list[Segment]:
+    """One JSON line -> the weighted segments of its document, in order (keys as in ``fields``):
+
+    - ``{"text": t, "weight": w}`` -> one segment; ``weight`` is optional (1);
+    - ``{"prompt": p, "response": r, "prompt_weight": a, "response_weight": b}`` -> two segments;
+      weights optional (``fields.prompt_weight``, by default 0, and 1);
+    - ``{"segments": [{"text": t, "weight": w}, ...]}`` -> those segments (weight optional, 1).
+
+    The EOS that ends the document takes the weight of the last segment.
+    """
     try:
         obj = json.loads(piece.data)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{piece.where}: invalid JSON: {exc.msg}") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{piece.where}: expected a JSON object, got {type(obj).__name__}")
+    if SEGMENTS in obj:
+        parts = obj[SEGMENTS]
+        if not isinstance(parts, list) or not all(isinstance(x, dict) for x in parts):
+            raise ConfigError(f"{piece.where}: {SEGMENTS!r} must be a list of {{\"text\": ..., \"weight\": ...}} objects")
+        return [Segment(_string(x, "text", piece), _weight(x, "weight", 1.0, piece)) for x in parts]
     if fields.prompt in obj and fields.response in obj:
-        prompt, response = obj[fields.prompt], obj[fields.response]
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise ConfigError(f"{piece.where}: {fields.prompt!r} and {fields.response!r} must be strings")
-        return prompt, response
+        return [Segment(_string(obj, fields.prompt, piece), _weight(obj, "prompt_weight", fields.prompt_weight, piece)),
+                Segment(_string(obj, fields.response, piece), _weight(obj, "response_weight", 1.0, piece))]
     if fields.text in obj:
-        if not isinstance(obj[fields.text], str):
-            raise ConfigError(f"{piece.where}: {fields.text!r} must be a string")
-        return obj[fields.text], None
+        return [Segment(_string(obj, fields.text, piece), _weight(obj, "weight", 1.0, piece))]
     raise ConfigError(
-        f"{piece.where}: no {fields.text!r} key and no {fields.prompt!r}/{fields.response!r} pair "
-        f"(keys: {', '.join(sorted(obj)) or 'none'}); choose the keys with --text-key/--prompt-key/"
-        f"--response-key"
+        f"{piece.where}: no {fields.text!r} key and no {fields.prompt!r}/{fields.response!r} pair or "
+        f"{SEGMENTS!r} list (keys: {', '.join(sorted(obj)) or 'none'}); choose the keys with "
+        f"--text-key/--prompt-key/--response-key"
     )
 
 
+def _string(obj: dict[str, Any], key: str, piece: Piece) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{piece.where}: {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _weight(obj: dict[str, Any], key: str, default: float, piece: Piece) -> float:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{piece.where}: {key!r} must be a loss weight in [0, 1], got {value!r}")
+    return float(value)
+
+
 def iter_texts(files: list[Path], fields: Fields, progress: ProgressFn | None = None) -> Iterator[str]:
-    """Every document's text (prompt and response joined), e.g. to train a tokenizer on."""
+    """Every document's text (its segments joined), e.g. to train a tokenizer on."""
     for path in files:
         for piece in iter_pieces(path, progress):
             if piece.is_json:
-                text, response = parse_json(piece, fields)
-                yield text if response is None else text + response
+                yield "".join(seg.text for seg in parse_record(piece, fields))
             elif piece.data:
                 yield piece.data.decode("utf-8", errors="replace")
 

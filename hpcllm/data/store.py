@@ -4,7 +4,8 @@
         header.json       format version, dtype, vocab size, tokenizer fingerprint, counts (written last)
         tokens.bin        every document's tokens followed by EOS, concatenated; uint16 or uint32
         doc_offsets.npy   int64, n_docs + 1 entries: document i is tokens[off[i]:off[i+1]] (EOS included)
-        loss_mask.bin     optional, uint8, one per token: 1 = train on this token (instruction data)
+        loss_mask.bin     optional, one loss weight per token: uint8 0/1 (a mask: prompts of instruction
+                          data), or float16 in [0, 1] (weights; format version 2)
 
 Why this shape: opening is O(1) (memmap plus a header read, no index to unpickle or scan), the
 arrays are readable by any numpy without hpcllm, and a store is built in a sibling temp directory
@@ -30,7 +31,11 @@ from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json
 
 FORMAT = "hpcllm-token-store"
-FORMAT_VERSION = 1
+# Version 2 added float16 loss weights. A store is written with the lowest version that describes
+# it (``StoreHeader.format_version``), so a store without fractional weights stays readable by
+# hpcllm versions that know only version 1.
+READABLE_VERSIONS = (1, 2)
+MASK_DTYPES = ("uint8", "float16")  # a 0/1 mask, or weights in [0, 1]
 HEADER = "header.json"
 TOKENS = "tokens.bin"
 DOC_OFFSETS = "doc_offsets.npy"
@@ -52,9 +57,14 @@ class StoreHeader:
     n_tokens: int
     n_docs: int
     has_loss_mask: bool
+    loss_mask_dtype: str = "uint8"  # version 1 headers lack it: their masks are uint8 0/1
+
+    @property
+    def format_version(self) -> int:
+        return 2 if self.has_loss_mask and self.loss_mask_dtype == "float16" else 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "hpcllm_version": __version__,
+        return {"format": FORMAT, "format_version": self.format_version, "hpcllm_version": __version__,
                 **self.__dict__}
 
     @classmethod
@@ -67,17 +77,22 @@ class StoreHeader:
             raw = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{file}: unreadable store header: {exc}") from None
-        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
             raise ConfigError(
                 f"{file}: format {raw.get('format')!r} version {raw.get('format_version')!r}; this "
-                f"hpcllm reads {FORMAT!r} version {FORMAT_VERSION}: re-run `hpcllm data prepare`"
+                f"hpcllm reads {FORMAT!r} versions {', '.join(map(str, READABLE_VERSIONS))}: "
+                "re-run `hpcllm data prepare` (or update hpcllm)"
             )
+        raw.setdefault("loss_mask_dtype", "uint8")
         fields = {k: raw.get(k) for k in cls.__dataclass_fields__}
         missing = [k for k, v in fields.items() if v is None]
         if missing:
             raise ConfigError(f"{file}: header lacks {', '.join(missing)}")
         if fields["dtype"] not in ("uint16", "uint32"):
             raise ConfigError(f"{file}: dtype: {fields['dtype']!r}; allowed: uint16, uint32")
+        if fields["loss_mask_dtype"] not in MASK_DTYPES:
+            raise ConfigError(f"{file}: loss_mask_dtype: {fields['loss_mask_dtype']!r}; allowed: "
+                              f"{', '.join(MASK_DTYPES)}")
         return cls(**fields)
 
 
@@ -124,8 +139,10 @@ class TokenStore:
             )
         mask = None
         if h.has_loss_mask:
-            _check_size(path / LOSS_MASK, h.n_tokens, f"{h.n_tokens} uint8 mask entries")
-            mask = _memmap(path / LOSS_MASK, np.dtype(np.uint8), h.n_tokens)
+            mask_dtype = np.dtype(h.loss_mask_dtype)
+            _check_size(path / LOSS_MASK, h.n_tokens * mask_dtype.itemsize,
+                        f"{h.n_tokens} {h.loss_mask_dtype} loss weights")
+            mask = _memmap(path / LOSS_MASK, mask_dtype, h.n_tokens)
         return cls(path, h, tokens, offsets, mask)
 
     @property
@@ -141,7 +158,8 @@ class TokenStore:
         return max(0, (self.n_tokens - 1) // seq_len)
 
     def windows(self, idx: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Tokens (n, seq_len + 1) int64 of windows ``idx``, and the mask of their labels (n, seq_len)."""
+        """Tokens (n, seq_len + 1) int64 of windows ``idx``, and the loss weights of their labels
+        (n, seq_len), in the store's mask dtype."""
         rows = np.asarray(idx, dtype=np.int64)[:, None] * seq_len + np.arange(seq_len + 1)
         tokens = self.tokens[rows].astype(np.int64)
         mask = None if self.loss_mask is None else self.loss_mask[rows[:, 1:]]
@@ -149,7 +167,8 @@ class TokenStore:
 
     def verify(self, progress: Callable[[int], None] | None = None, chunk: int = 1 << 24) -> None:
         """Full scan (O(n), unlike ``open``): ids < vocab_size, every document ends with EOS and is
-        non-empty, mask values are 0/1. ``progress(n)`` gets the tokens checked so far, per chunk."""
+        non-empty, mask values are 0/1 (uint8) or in [0, 1] (float16 weights). ``progress(n)`` gets
+        the tokens checked so far, per chunk."""
         h = self.header
         off = self.doc_offsets
         for start in range(0, h.n_docs, chunk):
@@ -167,13 +186,26 @@ class TokenStore:
                 at = start + int(np.argmax(block >= h.vocab_size))
                 raise ConfigError(f"{self.path / TOKENS}: token {at} is {int(self.tokens[at])}, "
                                   f"not below vocab_size {h.vocab_size}")
-            if self.loss_mask is not None and int(np.asarray(self.loss_mask[start: start + chunk]).max()) > 1:
-                raise ConfigError(f"{self.path / LOSS_MASK}: values other than 0 and 1 near token {start}")
+            if self.loss_mask is not None and not _valid_weights(np.asarray(self.loss_mask[start: start + chunk])):
+                allowed = "0 and 1" if self.loss_mask.dtype == np.uint8 else "weights in [0, 1]"
+                raise ConfigError(f"{self.path / LOSS_MASK}: values other than {allowed} near token {start}")
             if progress is not None:
                 progress(block.size)
 
     def document(self, i: int) -> np.ndarray:
         return np.asarray(self.tokens[int(self.doc_offsets[i]): int(self.doc_offsets[i + 1])])
+
+
+def _valid_weights(w: np.ndarray) -> bool:
+    """0/1 for a uint8 mask; finite and in [0, 1] for float weights (NaN fails both comparisons)."""
+    if w.dtype == np.uint8:
+        return w.size == 0 or int(w.max()) <= 1
+    return bool(((w >= 0) & (w <= 1)).all())
+
+
+def is_binary_mask(w: np.ndarray) -> bool:
+    """Weights that a uint8 0/1 mask holds exactly."""
+    return bool(((w == 0) | (w == 1)).all())
 
 
 def _memmap(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
@@ -195,8 +227,9 @@ class StoreWriter:
     """Appends documents to a new store in a temp directory; ``commit()`` renames it into place.
 
     Memory stays bounded: tokens, mask and document end offsets stream to temp files, and the
-    ``.npy`` index is assembled from them at the end. The loss mask is only materialised once an
-    instruction document arrives (earlier tokens get mask 1), so plain-text stores have none.
+    ``.npy`` index is assembled from them at the end. The loss mask is only materialised once a
+    document with a weight other than 1 arrives (earlier tokens get 1), so plain-text stores have
+    none. It is a uint8 0/1 mask until the first fractional weight, which widens it to float16.
     """
 
     def __init__(self, output: str | Path, *, vocab_size: int, eos_id: int, tokenizer: str,
@@ -223,9 +256,11 @@ class StoreWriter:
         self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")
         self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")
         self._mask: BinaryIO | None = None
+        self._mask_dtype = np.dtype(np.uint8)
 
     def add(self, docs: list[np.ndarray], masks: list[np.ndarray] | None = None) -> None:
-        """Append whole documents (token ids incl. their EOS); ``masks``: per-token 0/1, None = all 1."""
+        """Append whole documents (token ids incl. their EOS); ``masks``: per-token loss weights in
+        [0, 1] (0/1 for a plain mask), None = all 1."""
         if not docs:
             return
         ends = np.cumsum([d.size for d in docs])
@@ -235,7 +270,8 @@ class StoreWriter:
         """Append a flat run of tokens; ``doc_ends``: positions in it where documents end (exclusive).
 
         A document may span several calls (large .txt files arrive in pieces): it ends at the call
-        whose ``doc_ends`` names its end. ``mask`` None means "train on every token".
+        whose ``doc_ends`` names its end. ``mask``: loss weights in [0, 1]; None means "train on
+        every token" (weight 1).
         """
         if tokens.size and (int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0):
             raise ValueError(f"token id out of range [0, {self.vocab_size})")
@@ -245,11 +281,15 @@ class StoreWriter:
             raise ValueError("document ends must increase, leave no empty document, and lie in the run")
         if mask is not None and mask.size != tokens.size:
             raise ValueError(f"{mask.size} mask entries for {tokens.size} tokens")
+        if mask is not None and not ((mask >= 0) & (mask <= 1)).all():
+            raise ValueError("loss weights must lie in [0, 1]")
         if mask is not None and self._mask is None:
             self._start_mask()
+        if mask is not None and self._mask_dtype == np.uint8 and not is_binary_mask(mask):
+            self._widen_mask()
         if self._mask is not None:
-            m = mask if mask is not None else np.ones(tokens.size, np.uint8)
-            self._mask.write(m.astype(np.uint8).tobytes())
+            m = mask if mask is not None else np.ones(tokens.size, self._mask_dtype)
+            self._mask.write(m.astype(self._mask_dtype).tobytes())
         self._tokens.write(tokens.astype(self.dtype).tobytes())
         self._ends.write(ends.tobytes())
         self.n_tokens += int(tokens.size)
@@ -265,6 +305,18 @@ class StoreWriter:
             n = min(left, len(ones))
             self._mask.write(ones[:n])
             left -= n
+
+    def _widen_mask(self) -> None:
+        """Rewrite the 0/1 mask written so far as float16: the first fractional weight has arrived."""
+        assert self._mask is not None
+        self._mask.close()
+        narrow, wide = self.tmp / LOSS_MASK, self.tmp / f"{LOSS_MASK}.float16"
+        with open(narrow, "rb") as src, open(wide, "wb") as dst:
+            while buf := src.read(1 << 22):
+                dst.write(np.frombuffer(buf, dtype=np.uint8).astype(np.float16).tobytes())
+        os.replace(wide, narrow)
+        self._mask = open(narrow, "ab")
+        self._mask_dtype = np.dtype(np.float16)
 
     def commit(self) -> StoreHeader:
         """Finish every file, write the header last, and rename the directory into place."""
@@ -283,6 +335,7 @@ class StoreWriter:
             dtype=self.dtype.name, vocab_size=self.vocab_size, eos_id=self.eos_id,
             tokenizer=self.tokenizer, tokenizer_fingerprint=self.fingerprint,
             n_tokens=self.n_tokens, n_docs=self.n_docs, has_loss_mask=self._mask is not None,
+            loss_mask_dtype=self._mask_dtype.name,
         )
         atomic_write_json(self.tmp / HEADER, header.to_json())
         (self.tmp / HEADER).chmod(self.tmp.stat().st_mode & 0o666)  # mkstemp made it 0600

@@ -36,6 +36,10 @@ class Tokenizer(Protocol):
         """One int array of token ids per text, without EOS."""
         ...
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids`` (generation output); special tokens such as EOS are left out."""
+        ...
+
 
 class ByteTokenizer:
     """UTF-8 bytes as ids 0-255, EOS = 256: needs no file, so tests and the demo run anywhere."""
@@ -47,6 +51,10 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.frombuffer(t.encode("utf-8", errors="replace"), dtype=np.uint8) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        # Decoded as a whole: a character's UTF-8 bytes may come from several tokens.
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
 class HFTokenizer:
@@ -73,6 +81,9 @@ class HFTokenizer:
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
         encs = encode(texts, add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encs]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
 
 
 def load_tokenizer(spec: str) -> Tokenizer:

@@ -7,7 +7,8 @@ Layout (``RunDir.checkpoints``)::
         step_<N>/               a complete checkpoint; only ever created by renaming a finished temp dir
             .metadata           DCP global metadata (written last by DCP's coordinator)
             __<r>_0.distcp      DCP shards: model + optimizer, one file per writing rank
-            trainer_state.json  step, consumed samples, LR scheduler and data-loader state, world size
+            trainer_state.json  step, consumed samples, LR scheduler, data-loader and FP_16 loss-scaler
+                                state, world size
             rng_rank<r>.pt      per-rank RNG states (python, numpy, torch, cuda)
         .tmp_step_<N>/          a save in progress (or one a crash interrupted; removed on the next start)
 
@@ -67,11 +68,70 @@ from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
-from hpcllm.errors import HpcllmError
+from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, find_run_dirs
 
 log = logging.getLogger(__name__)
+
+def expand_path(spec: str) -> Path:
+    """A user-given path as this node sees it (``~`` expanded): the one place checkpoint references
+    are turned into paths, so site-specific expansion ($SCRATCH, ...) can be added here alone."""
+    return Path(spec).expanduser()
+
+
+def resolve_checkpoint(spec: str, key: str) -> Path:
+    """The complete checkpoint folder that ``spec`` names; errors start with ``key`` (config key or option).
+
+    ``spec`` is a ``step_<N>`` folder, or a run directory, its ``checkpoints/`` folder, or a folder
+    holding exactly one run directory (``results/<exp>/<cluster>/`` of a one-run experiment): their
+    latest checkpoint, or step N with an ``@N`` suffix (``results/pretrain/local/<run>@2000``).
+    """
+    text, step = spec, None
+    head, sep, tail = spec.rpartition("@")
+    if sep and tail.isdigit():
+        text, step = head, int(tail)
+    path = expand_path(text)
+    if step is None and (path / ".metadata").is_file():
+        return path
+    root = _checkpoint_root(path, spec, key)
+    if step is not None:
+        chosen: Path | None = root / step_dir_name(step)
+        missing = f"no checkpoint at step {step}"
+    else:
+        chosen = read_latest_pointer(root)
+        missing = "no 'latest' pointer" if chosen is None else f"'latest' names {chosen.name}, which is missing"
+    if chosen is None or not (chosen / ".metadata").is_file():
+        steps = ", ".join(str(c.step) for c in list_checkpoints(root)) or "none"
+        raise ConfigError(f"{key}: {spec!r}: {missing} in {root}; complete checkpoints at steps: {steps}")
+    try:
+        verify_checkpoint(chosen)
+    except CheckpointCorrupt as exc:
+        raise ConfigError(f"{key}: {spec!r}: {exc}") from None
+    return chosen
+
+
+def _checkpoint_root(path: Path, spec: str, key: str) -> Path:
+    """The ``checkpoints/`` folder of the run that ``path`` names (see ``resolve_checkpoint``)."""
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints"
+    if (path / LATEST).is_file() or list_checkpoints(path):
+        return path
+    if RunDir(path).config.is_file():
+        raise ConfigError(f"{key}: {spec!r} is a run directory without checkpoints yet "
+                          "(checkpoint.every_steps / at_end decide when a run saves one)")
+    runs = find_run_dirs(path) if path.is_dir() else []
+    if len(runs) == 1 and runs[0].checkpoints.is_dir():
+        return runs[0].checkpoints
+    if len(runs) > 1:
+        names = ", ".join(r.path.name for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
+        raise ConfigError(f"{key}: {spec!r} is not a run directory but holds {len(runs)} runs ({names}); "
+                          "name one of them")
+    raise ConfigError(
+        f"{key}: {spec!r} is not a run directory, checkpoints directory or checkpoint folder with a "
+        "complete checkpoint (no 'latest' pointer or .metadata found)"
+    )
+
 
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointCorrupt unless ``path`` has trainer state, DCP metadata and every shard in full.
@@ -260,8 +320,11 @@ class Checkpointer:
         for group, values in zip(state.optimizer.param_groups, hyper):
             group.update(values)
         state.scheduler.load_state_dict(trainer["scheduler"])
+        if state.loss_scaler is not None and trainer.get("loss_scaler") is not None:
+            state.loss_scaler.load_state_dict(trainer["loss_scaler"])  # FP_16: resume at the scale reached
         state.step = int(trainer["step"])
         state.consumed_samples = int(trainer["consumed_samples"])
+        state.init_from = trainer.get("init_from")
         self._load_rng(path, int(trainer["world_size"]))
 
     def _load_rng(self, path: Path, saved_world: int) -> None:
@@ -338,6 +401,8 @@ class Checkpointer:
             "consumed_samples": state.consumed_samples,
             "scheduler": state.scheduler.state_dict(),
             "loader": state.loader.state_dict(),
+            "loss_scaler": state.loss_scaler.state_dict() if state.loss_scaler is not None else None,
+            "init_from": state.init_from,
             "world_size": world_size(),
             "saved_at_unix": time.time(),
             "torch_version": torch.__version__,

@@ -1,8 +1,10 @@
-"""Per-token training losses, returned as *sums* over unmasked tokens.
+"""Per-token training losses, returned as *weighted sums* over tokens.
 
-Sums, not means: the train step divides by the number of unmasked tokens of the whole optimizer
-step (all micro-batches, all ranks), so the gradient is the mean over exactly those tokens whatever
-the split into micro-batches and ranks. A token whose mask is 0 adds nothing to loss or gradient.
+Each token's loss is multiplied by its loss weight in [0, 1] (the store's ``loss_mask``: a 0/1
+mask, or fractional weights; none = 1). Sums, not means: the train step divides by the sum of the
+weights of the whole optimizer step (all micro-batches, all ranks), so the loss is the weighted
+mean over exactly those tokens whatever the split into micro-batches and ranks. A token of weight
+0 adds nothing to loss or gradient; a token of weight w contributes w times its gradient.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ def _masked_sum(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Σ over unmasked tokens of −log p(label); logits (B, T, V) in any dtype, computed in fp32."""
+    """Σ over tokens of weight·(−log p(label)); logits (B, T, V) in any dtype, computed in fp32."""
     per_token = F.cross_entropy(logits.flatten(0, 1).float(), labels.reshape(-1), reduction="none")
     return _masked_sum(per_token, mask)
 
 
 def distillation_sum(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                      mask: torch.Tensor | None, *, alpha: float, temperature: float) -> torch.Tensor:
-    """Σ over unmasked tokens of α·T²·KL(p_teacher,T ‖ p_student,T) + (1−α)·CE(student, label).
+    """Σ over tokens of weight·(α·T²·KL(p_teacher,T ‖ p_student,T) + (1−α)·CE(student, label)).
 
     T² keeps the soft-target gradient's scale independent of T (Hinton et al. 2015).
     """

@@ -90,16 +90,18 @@ class MetricsLog:
         self._rerun_until = max_logged_step(self.path) if self.enabled else 0
 
     def log(self, *, step: int, loss: float, lr: float, grad_norm: float, step_time_s: float,
-            mem_peak_gib: float) -> dict[str, Any]:
+            mem_peak_gib: float, skipped: bool = False, loss_scale: float | None = None) -> dict[str, Any]:
+        """Record a step; written when ``log_every`` divides it, and always when it was skipped."""
         rates = self.throughput.rates(step_time_s)
         record = {
             "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
             "mfu": rates["mfu"], "step_time_s": step_time_s, "mem_peak_gib": mem_peak_gib,
             "restart": self.restart, "rerun": step <= self._rerun_until,
+            "skipped": skipped, "loss_scale": loss_scale,
         }
         self.records.append({**record, "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"]})
-        if self.enabled and step % self.log_every == 0:
+        if self.enabled and (step % self.log_every == 0 or skipped):
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
         return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -52,6 +53,19 @@ def attention_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return out.transpose(1, 2)
 
 
+def attention_after(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of the last ``Tq`` positions of a ``Tk``-long sequence (decoding with a
+    KV cache): query i sits at position ``Tk - Tq + i`` and sees keys 0 .. that position."""
+    tq, tk = q.shape[2], k.shape[2]
+    gqa = k.shape[1] != q.shape[1]
+    if tq == tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if tq == 1:  # the usual decoding step: the newest token sees everything
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    seen = torch.arange(tk, device=q.device)[None, :] <= torch.arange(tk - tq, tk, device=q.device)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=seen, enable_gqa=gqa)
+
+
 def _attention_kernel(name: str) -> Callable[..., torch.Tensor]:
     if name == "flash":
         if not torch.cuda.is_available():
@@ -89,6 +103,38 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # ---------------------------------------------------------------------------------------------
+# KV cache (decoding, hpcllm/engine/generate.py): keys and values of the tokens seen so far
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerKV:
+    """One layer's cached keys and values, (B, K, T_max, D) each, filled up to the cache's length."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class KVCache:
+    """Per-layer K/V buffers for up to ``max_len`` positions, allocated once.
+
+    ``GPT.forward(idx, cache)`` runs ``idx`` at positions ``length .. length + T``, writes their keys
+    and values, attends over everything cached so far, and advances ``length``. So each new token
+    costs one position's work instead of re-running the whole prefix.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, *, dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        if max_len > cfg.seq_len:
+            raise ValueError(f"a cache of {max_len} positions exceeds the model's seq_len {cfg.seq_len}")
+        shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.layers = [LayerKV(torch.zeros(shape, dtype=dtype, device=device),
+                               torch.zeros(shape, dtype=dtype, device=device)) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
@@ -110,14 +156,20 @@ class Attention(nn.Module):
         self.use_rope = cfg.pos_emb == "rope"
         self.kernel = _attention_kernel(cfg.attention)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        """``kv``: decoding; x holds positions ``start .. start + T``, whose K/V join the cache."""
         b, t, c = x.shape
         qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
         qkv = qkv.transpose(1, 2)  # (B, H + 2K, T, D)
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
         if self.use_rope:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = self.kernel(q, k, v)  # (B, H, T, D)
+        if kv is None:
+            y = self.kernel(q, k, v)  # (B, H, T, D)
+        else:
+            kv.k[:, :, start:start + t], kv.v[:, :, start:start + t] = k, v
+            y = attention_after(q, kv.k[:, :, :start + t], kv.v[:, :, :start + t])
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -155,14 +207,18 @@ class Block(nn.Module):
         self.checkpointed = False
         self.compute: Callable[..., torch.Tensor] = self._compute
 
-    def _compute(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def _compute(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv, start)
         return x + self.mlp(self.mlp_norm(x))
 
     def compile_compute(self) -> None:
         self.compute = torch.compile(self._compute)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        if kv is not None:  # decoding: no gradients to checkpoint, nothing compiled for it
+            return self._compute(x, cos, sin, kv, start)
         if self.checkpointed and torch.is_grad_enabled():
             # Non-reentrant: works with FSDP2, compile and inputs that need no grad.
             return checkpoint(self.compute, x, cos, sin, use_reentrant=False)
@@ -186,7 +242,8 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.init_buffers(self.tok_emb.weight.device)
-        # bf16 compute for an unsharded model (one rank); under FSDP2 its MixedPrecisionPolicy casts.
+        # Half-precision compute (BF_16, FP_16) for an unsharded model (one rank); under FSDP2 its
+        # MixedPrecisionPolicy casts.
         self.autocast_dtype: torch.dtype | None = None
 
     def tie_weights(self) -> None:
@@ -206,19 +263,25 @@ class GPT(nn.Module):
             cos = sin = torch.zeros(0, device=device)
         self.rope_cos, self.rope_sin = cos, sin
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab). With ``cache``, ``idx`` continues the cached
+        sequence (positions ``cache.length ..``) and the cache advances by T."""
         t = idx.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"sequence length {t} exceeds the model's seq_len {self.cfg.seq_len}")
+        start = 0 if cache is None else cache.length
+        limit = self.cfg.seq_len if cache is None else cache.max_len
+        if start + t > limit:
+            raise ValueError(f"sequence length {start + t} exceeds the model's seq_len {self.cfg.seq_len}"
+                             if cache is None else f"sequence length {start + t} exceeds the cache's {limit}")
         with torch.autocast(idx.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
             x = self.tok_emb(idx)  # (B, T, C)
             if self.pos_emb is not None:
-                x = x + self.pos_emb(torch.arange(t, device=idx.device))
-            cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-            for block in self.blocks:
-                x = block(x, cos, sin)
+                x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
+            cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+            for i, block in enumerate(self.blocks):
+                x = block(x, cos, sin) if cache is None else block(x, cos, sin, cache.layers[i], start)
+            if cache is not None:
+                cache.length = start + t
             return self.head(self.norm(x))
 
 

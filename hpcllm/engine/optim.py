@@ -58,13 +58,21 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, cfg: ScheduleConfig) -
     (last step: p = 1) and ``min = min_lr_ratio·base_lr``:
     constant ``base_lr``; linear ``base_lr - (base_lr - min)·p``; cosine
     ``min + (base_lr - min)·(1 + cos(π·p))/2``; wsd: ``base_lr`` until the last
-    ``decay_fraction·total_steps`` steps, which decay linearly to ``min``.
+    ``decay_fraction·total_steps`` steps, which decay linearly to ``min``. With ``k`` = steps since
+    warmup, as PyTorch's StepLR and ExponentialLR (no floor: ``min_lr_ratio`` does not apply):
+    step ``base_lr·gamma^⌊k/step_size⌋``; exponential ``base_lr·gamma^k``.
     """
     if step < cfg.warmup_steps:
         return base_lr * (step + 1) / cfg.warmup_steps
     min_lr = cfg.min_lr_ratio * base_lr
     if cfg.name == "constant":
         return base_lr
+    if cfg.name == "step":
+        assert cfg.gamma is not None and cfg.step_size is not None  # ScheduleConfig requires both
+        return base_lr * cfg.gamma ** ((step - cfg.warmup_steps) // cfg.step_size)
+    if cfg.name == "exponential":
+        assert cfg.gamma is not None
+        return base_lr * cfg.gamma ** (step - cfg.warmup_steps)
     if cfg.name == "wsd":
         # Every one of the decay steps is below base_lr and the last one is at min (so even a
         # one-step decay decays).

@@ -37,10 +37,16 @@ def build_mesh(cfg: ParallelConfig, env: DistEnv) -> DeviceMesh:
     return init_device_mesh(env.device.type, (world // shard, shard), mesh_dim_names=("replicate", "shard"))
 
 
+# The compute dtype of each precision; master weights, gradients and optimizer state stay fp32.
+HALF_DTYPES = {"BF_16": torch.bfloat16, "FP_16": torch.float16}
+
+
 def mixed_precision(cfg: ParallelConfig) -> MixedPrecisionPolicy:
-    """BF_16: bf16 params and compute, fp32 gradient reduction (fp32 master weights stay sharded)."""
-    if cfg.precision == "BF_16":
-        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    """BF_16 / FP_16: half-precision params and compute, fp32 gradient reduction (fp32 master
+    weights stay sharded). FP_16 gradients are loss-scaled (hpcllm/engine/loss_scale.py)."""
+    half = HALF_DTYPES.get(cfg.precision)
+    if half is not None:
+        return MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
 
 
@@ -84,8 +90,8 @@ def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: Devi
         for block in model.blocks:
             fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
         fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload)
-    elif cfg.precision == "BF_16":
-        model.autocast_dtype = torch.bfloat16
+    elif cfg.precision in HALF_DTYPES:
+        model.autocast_dtype = HALF_DTYPES[cfg.precision]
     model.to_empty(device="cpu" if cfg.cpu_offload else device)
     if not uses_fsdp(cfg, mesh):
         model.tie_weights()  # FSDP2 registers a shared parameter once; a plain module needs re-tying

@@ -7,9 +7,12 @@ place. Keeping it a plain dataclass means neither side needs to know how the oth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from hpcllm.engine.loss_scale import DynamicLossScaler
 
 
 class Stateful(Protocol):
@@ -25,7 +28,9 @@ class TrainState:
     """Model, optimizer, LR scheduler, data loader and the two counters that locate the run in time.
 
     ``step`` counts completed optimizer steps (0 before the first); ``consumed_samples`` counts
-    sequences consumed by all ranks together (global batch size per step).
+    sequences consumed by all ranks together (global batch size per step). ``loss_scaler``: FP_16
+    runs only; its scale is saved with the rest. ``init_from``: the checkpoint a warm-started run
+    took its initial weights from (provenance, kept across resumes).
     """
 
     model: torch.nn.Module
@@ -34,3 +39,5 @@ class TrainState:
     loader: Stateful
     step: int = 0
     consumed_samples: int = 0
+    loss_scaler: "DynamicLossScaler | None" = None
+    init_from: str | None = None

@@ -10,7 +10,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
-from hpcllm.engine.checkpoint import Checkpointer, describe_failures, read_latest_pointer
+from hpcllm.engine.checkpoint import Checkpointer, describe_failures, resolve_checkpoint
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import (
     DistEnv,
@@ -31,6 +31,7 @@ from hpcllm.engine.distributed import (
     shutdown_distributed,
 )
 from hpcllm.engine.guards import NonFiniteError, check_step
+from hpcllm.engine.loss_scale import build_loss_scaler
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
@@ -38,6 +39,7 @@ from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.state import TrainState
+from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import (
@@ -103,21 +105,6 @@ def peak_flops_per_device(cfg: TrainingConfig, env: DistEnv) -> float | None:
 # --- distillation ---------------------------------------------------------------------------------
 
 
-def resolve_checkpoint_dir(spec: str) -> Path:
-    """A DCP folder from a run dir, a checkpoints/ dir (both via ``latest``) or a step folder."""
-    path = Path(spec).expanduser()
-    if (path / ".metadata").is_file():
-        return path
-    for root in (RunDir(path).checkpoints, path):
-        latest = read_latest_pointer(root)
-        if latest is not None and (latest / ".metadata").is_file():
-            return latest
-    raise ConfigError(
-        f"distill.teacher_checkpoint: {spec!r} is not a run directory, checkpoints directory or "
-        "checkpoint folder with a complete checkpoint (no 'latest' pointer or .metadata found)"
-    )
-
-
 def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: DistEnv, seed: int,
                   student_vocab: int, student_seq_len: int) -> GPT:
     """The frozen teacher: sharded like the student, weights from its checkpoint, eval mode."""
@@ -131,7 +118,7 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
             f"distill.teacher.seq_len: {dcfg.teacher.seq_len} is shorter than model.seq_len "
             f"{student_seq_len}: the teacher must see the student's whole training sequences"
         )
-    ckpt = resolve_checkpoint_dir(dcfg.teacher_checkpoint)
+    ckpt = resolve_checkpoint(dcfg.teacher_checkpoint, "distill.teacher_checkpoint")
     teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
     teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed)
     state = {"model": get_model_state_dict(teacher)}
@@ -151,22 +138,35 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
 # --- one optimizer step ---------------------------------------------------------------------------
 
 
+class StepResult(NamedTuple):
+    """What one optimizer step reports. ``skipped``: FP_16's loss scaler found an inf/NaN gradient
+    and left the weights alone (``grad_norm`` is then not finite; the step still counts)."""
+
+    loss: float
+    grad_norm: float
+    skipped: bool = False
+
+
 def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: float | None,
                device: torch.device, teacher: GPT | None = None,
-               distill: DistillConfig | None = None) -> tuple[float, float]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm).
+               distill: DistillConfig | None = None) -> StepResult:
+    """One optimizer step over ``grad_accum`` micro-batches.
 
-    The loss is the mean over every unmasked token of the step (all micro-batches, all ranks): each
-    micro-batch's loss *sum* is divided by that global count, times ``dp_size`` because FSDP
-    averages gradients over ranks. Gradients are reduced across ranks only on the last micro-batch.
+    The loss is the weighted mean over the tokens of the step (all micro-batches, all ranks), with
+    the per-token loss weights (1 without any): each micro-batch's weighted loss *sum* is divided
+    by the global weight sum, times ``dp_size`` because FSDP averages gradients over ranks.
+    Gradients are reduced across ranks only on the last micro-batch. With a loss scaler (FP_16)
+    the backward runs on the scaled loss, and a step with a non-finite gradient norm is skipped.
     """
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, scaler = state.model, state.optimizer, state.loss_scaler
     micro_batches = [next(state.loader) for _ in range(grad_accum)]
     n_tokens = torch.zeros(1, dtype=torch.float64, device=device)  # stays on the device: no host sync
     for b in micro_batches:
         n_tokens += b["loss_mask"].sum() if b["loss_mask"] is not None else b["labels"].numel()
     n_tokens = all_reduce_sum(n_tokens).clamp_min(1.0)
     scale = (dp_size / n_tokens).float().squeeze()
+    if scaler is not None:
+        scale = scale * scaler.scale
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, batch in enumerate(micro_batches):
         set_gradient_sync(model, i == grad_accum - 1)
@@ -180,12 +180,17 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
             micro = cross_entropy_sum(logits, batch["labels"], batch["loss_mask"])
         (micro * scale).backward()
         loss_sum += micro.detach()
-    grad_norm = clip_grad_norm_(list(model.parameters()), grad_clip)
-    optimizer.step()
+    params = list(model.parameters())
+    if scaler is not None:
+        scaler.unscale_(params)
+    grad_norm = clip_grad_norm_(params, grad_clip)
+    skipped = scaler.update(grad_norm) if scaler is not None else False
+    if not skipped:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
     loss = (all_reduce_sum(loss_sum.reshape(1)) / n_tokens).item()
-    return loss, grad_norm
+    return StepResult(loss, grad_norm, skipped)
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -216,13 +221,16 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     total = cfg.train.steps
     optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule))
     scheduler = Scheduler(optimizer, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule)
-    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+                       loss_scaler=build_loss_scaler(cfg.parallel))
 
     checkpointer = Checkpointer(run_dir, cfg.checkpoint)
     stop = StopRequest(run_dir)
     stop.install()
-    if resume and cfg.checkpoint.resume:
-        checkpointer.load_latest(state)
+    resumed = resume and cfg.checkpoint.resume and checkpointer.load_latest(state)
+    if cfg.init_from is not None and not resumed:  # warm start: weights only, the rest starts fresh
+        state.init_from = str(load_initial_weights(model, cfg.init_from, cfg.model))
+    summary["init_from"] = state.init_from
 
     metrics = MetricsLog(
         path=run_dir.metrics,
@@ -236,11 +244,13 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             f"{env.device.type}, {'FSDP2 ' + cfg.parallel.sharding if uses_fsdp(cfg.parallel, mesh) else 'unsharded'}"
             f"/{cfg.parallel.precision}, GBS {gbs} x "
             f"seq {cfg.model.seq_len} = {gbs * cfg.model.seq_len} tokens/step, start at step {state.step}/{total}"
+            + (f", weights from {state.init_from}" if state.init_from else "")
         )
 
     def finish(status: str) -> None:
         summary.update(status=status, steps_completed=state.step,
                        final_loss=metrics.records[-1]["loss"] if metrics.records else None,
+                       skipped_steps=sum(r["skipped"] for r in metrics.records),
                        **metrics.medians(cfg.train.summary_warmup_steps))
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
@@ -249,7 +259,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         while state.step < total:
             t0 = time.perf_counter()
             lr = scheduler.lr
-            loss, grad_norm = train_step(
+            loss_scale = state.loss_scaler.scale if state.loss_scaler is not None else None
+            loss, grad_norm, skipped = train_step(
                 state, grad_accum=cfg.train.grad_accum, dp_size=dp_size, grad_clip=cfg.train.grad_clip,
                 device=env.device, teacher=teacher, distill=cfg.distill,
             )
@@ -259,13 +270,16 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             summary["steps_completed"] = state.step  # what a failed summary reports
             record = metrics.log(step=state.step, loss=loss, lr=lr, grad_norm=grad_norm,
                                  step_time_s=step_time,
-                                 mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device))
-            if env.is_main and state.step % cfg.train.log_every == 0:
+                                 mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device),
+                                 skipped=skipped, loss_scale=loss_scale)
+            if env.is_main and (state.step % cfg.train.log_every == 0 or skipped):
                 console.print(
                     f"step {state.step:>6}/{total}  loss {loss:.4f}  lr {lr:.2e}  gnorm {grad_norm:.3f}  "
                     f"{record['tokens_per_s']:.0f} tok/s  {step_time * 1e3:.0f} ms"
+                    + (f"  [yellow]skipped: fp16 gradient overflow at loss scale {loss_scale:g}[/]" if skipped else "")
                 )
-            check_step(state.step, loss, grad_norm)  # before any checkpoint of this state
+            if not skipped:  # an fp16 overflow the scaler skipped left the weights as they were
+                check_step(state.step, loss, grad_norm)  # before any checkpoint of this state
             checkpointer.maybe_save(state)
             if stop.should_stop():
                 checkpointer.maybe_save(state, force=True)

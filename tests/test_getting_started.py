@@ -1,0 +1,67 @@
+"""docs/getting-started.md runs as written: every `$` command, in order, from a fresh directory.
+
+The commands are taken from the page itself (each ```console block's lines starting with "$ "),
+so a change of the guide is tested as it is, and a command the tool no longer accepts fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "docs" / "getting-started.md"
+
+
+def guide_commands(text: str) -> list[str]:
+    """The `$ ` lines of the page's ```console blocks, in order."""
+    blocks = re.findall(r"```console\n(.*?)```", text, flags=re.S)
+    return [line[2:] for block in blocks for line in block.splitlines() if line.startswith("$ ")]
+
+
+def test_the_guide_has_the_tutorials_steps() -> None:
+    commands = guide_commands(GUIDE.read_text())
+    joined = "\n".join(commands)
+    for step in ("hpcllm data demo", "hpcllm submit experiments/getting_started.yaml", "hpcllm generate",
+                 "--instruct --prompt-weight", "hpcllm submit experiments/getting_started_finetune.yaml",
+                 "hpcllm ckpt export", "getting_started_60m.yaml"):
+        assert step in joined, step
+
+
+@pytest.mark.integration
+def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")  # the guide runs from a clone's root
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("HPCLLM_ACCOUNT", None)
+    outputs: dict[str, str] = {}
+    for cmd in guide_commands(GUIDE.read_text()):
+        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"$ {cmd}\n{proc.stdout}\n{proc.stderr}"
+        outputs[cmd] = proc.stdout + proc.stderr
+
+    def output_of(start: str) -> str:
+        return next(out for cmd, out in outputs.items() if cmd.startswith(start))
+
+    pretrain = next((tmp_path / "results" / "getting_started" / "local").iterdir())
+    summary = json.loads((pretrain / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps_completed"] == 100
+    losses = [json.loads(line)["loss"] for line in (pretrain / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 4.0, losses  # it learned: ln(257) = 5.55 is a uniform guess over the bytes
+    assert "| 0.000131 | 1 |" in output_of("hpcllm collect results/getting_started")
+    assert output_of("hpcllm generate results/getting_started/local").startswith("The for statement")
+    assert "loss_mask_dtype       │ float16" in output_of("hpcllm data info data/demo-qa")
+    finetune = next((tmp_path / "results" / "getting_started_finetune" / "local").iterdir())
+    tuned = json.loads((finetune / "summary.json").read_text())
+    assert tuned["status"] == "completed" and tuned["init_from"] == str(pretrain.resolve() / "checkpoints" / "step_100")
+    assert output_of("hpcllm generate results/getting_started_finetune").startswith("Question: what does")
+    assert (tmp_path / "hf" / "getting_started" / "config.json").is_file()
+    assert "rendered" in output_of("hpcllm submit experiments/getting_started_60m.yaml")
+    assert (tmp_path / "results" / "getting_started_60m" / "leonardo").is_dir()
