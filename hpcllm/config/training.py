@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error
 from hpcllm.config.model import ModelConfig
+from hpcllm.config.profiling import ProfileConfig
+from hpcllm.config.tracking import TrackingConfig
 
 
 class _Strict(BaseModel):
@@ -73,6 +76,12 @@ class ScheduleConfig(_Strict):
     decay_fraction: float = Field(
         0.2, gt=0, le=1, description="wsd: fraction of the steps spent decaying at the end."
     )
+    total_steps: int | None = Field(
+        None, gt=0,
+        description="Steps the schedule spans; default: train.steps. Longer than train.steps, a run "
+        "stops early on the longer schedule and resumes later with more steps on the same curve "
+        "(search rungs).",
+    )
 
 
 class DataSource(_Strict):
@@ -87,6 +96,7 @@ class DataConfig(_Strict):
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
     shuffle: bool = True
+    holdout: HoldoutConfig | None = Field(None, description="Documents held out of training (the eval set).")
 
     @model_validator(mode="before")
     @classmethod
@@ -136,3 +146,13 @@ class TrainingConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     distill: DistillConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    eval: EvalConfig | None = Field(None, description="Periodic loss on held-out data (docs/evaluation.md).")
+    profile: ProfileConfig | None = Field(None, description="PyTorch profiler traces of a few steps.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _eval_has_data(self) -> "TrainingConfig":
+        problem = eval_data_error(self.eval, self.data.holdout is not None)
+        if problem:
+            raise ValueError(problem)
+        return self
