@@ -294,3 +294,11 @@ def test_eval_on_two_fsdp_ranks_matches_the_saved_weights(tmp_path: Path, store:
         logits = model(tokens[:, :-1])
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
     assert summary(d)["eval_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_status_reads_the_last_training_line_not_the_eval_line(tmp_path: Path) -> None:
+    from hpcllm.launch.progress import last_metrics, last_step
+
+    rd = RunDir(tmp_path)
+    rd.metrics.write_text('{"step": 4, "loss": 2.5}\n{"step": 4, "eval_loss": 2.7, "eval_ppl": 14.9}\n')
+    assert last_metrics(rd) == {"step": 4, "loss": 2.5} and last_step(rd) == 4
