@@ -106,14 +106,17 @@ def test_split_is_deterministic_and_seeded_by_its_own_seed(many_docs: TokenStore
     assert held(0.05) <= held(0.2)  # a threshold on a fixed hash: more held out = a superset
 
 
-def test_view_windows_are_cut_from_the_side_stream(many_docs: TokenStore) -> None:
-    view = Holdout(0.3, seed=5).view(many_docs, "heldout")
-    side = stream(view)
-    idx = np.array([0, 3, view.n_windows(16) - 1])
-    tokens, mask = view.windows(idx, 16)
-    assert mask is None
-    for row, w in zip(tokens, idx):
-        assert np.array_equal(row, side[w * 16: w * 16 + 17])
+@pytest.mark.parametrize("side", ["train", "heldout"])
+def test_view_windows_are_cut_from_the_side_stream(many_docs: TokenStore, side: str) -> None:
+    """Every window, inside one run of documents or across the gap to the next (both paths)."""
+    view = Holdout(0.3, seed=5).view(many_docs, side)  # type: ignore[arg-type]
+    side_stream = stream(view)
+    for seq_len in (4, 64):
+        idx = np.arange(view.n_windows(seq_len))
+        tokens, mask = view.windows(idx, seq_len)
+        assert mask is None
+        expected = np.stack([side_stream[w * seq_len: w * seq_len + seq_len + 1] for w in idx])
+        assert np.array_equal(tokens, expected)
 
 
 def test_training_never_reads_a_held_out_document(many_docs: TokenStore) -> None:

@@ -282,3 +282,36 @@ def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path,
     assert row["optim.lr"] == winner and row["Steps"] == 6
     assert row["eval_loss"] == pytest.approx(evals(trials[winner])[6], abs=1e-4)
     assert math.isfinite(row["Samples/s"])
+
+
+def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
+    """Manifests and summaries as the backends and the engine leave them; no scheduler needed."""
+    from hpcllm.fsutil import atomic_write_json
+    from hpcllm.launch.manifest import Manifest, RunState, save_manifest
+    from hpcllm.launch.search import reconcile
+
+    cases = {  # run id: (trial state before, manifest state, steps the run completed)
+        "t0": (TrialState.RUNNING, RunState.FAILED, 2),       # its job failed -> failed
+        "t1": (TrialState.QUEUED, RunState.FAILED, 2),        # --retry-failed: still to submit
+        "t2": (TrialState.RUNNING, RunState.COMPLETED, 4),    # finished its rung -> score
+        "t3": (TrialState.QUEUED, RunState.COMPLETED, 4),     # promoted to 12, not submitted yet
+        "t4": (TrialState.QUEUED, RunState.PENDING, 4),       # submitted, state not saved -> running
+    }
+    trials = []
+    for i, (run_id, (before, manifest_state, done)) in enumerate(cases.items()):
+        rd = RunDir(tmp_path / run_id)
+        rd.path.mkdir()
+        rd.config.write_text("{}\n")
+        save_manifest(rd, Manifest(run_id=run_id, experiment="e", cluster="local", backend="local",
+                                   state=manifest_state, reason="exit code 1" if manifest_state.value == "failed" else None))
+        atomic_write_json(rd.summary, {"status": "completed", "steps_completed": done, "eval_loss": 3.25})
+        rd.metrics.write_text(json.dumps({"step": done, "eval_loss": 3.25}) + "\n")
+        rung = 1 if run_id == "t3" else 0
+        trials.append(Trial(index=i, run_id=run_id, params={}, rung=rung, state=before))
+    state = SearchState(experiment="e", cluster="local", method="halving", metric="eval_loss", seed=0,
+                        rungs=[4, 12], definition="d", groups=[{"label": "(base)", "point": {}, "trials": trials}])
+    reconcile(state, tmp_path)
+    got = {t.run_id: (t.state.value, t.scores) for t in state.trials}
+    assert got == {"t0": ("failed", {}), "t1": ("queued", {}), "t2": ("finished", {"4": 3.25}),
+                   "t3": ("queued", {}), "t4": ("running", {})}
+    assert state.trials[0].reason == "exit code 1"

@@ -29,6 +29,7 @@ def run(
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
     account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the first rung's trials, submit nothing."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed trials again (they resume)."),
     wait: bool = typer.Option(False, "--wait", help="Keep advancing until the search has finished."),
     poll: float = typer.Option(30.0, "--poll", min=0.1, help="Seconds between checks with --wait."),
 ) -> None:
@@ -40,7 +41,7 @@ def run(
     from hpcllm.launch.search import advance
 
     try:
-        step = advance(experiment, cluster, results, account=account, dry_run=dry_run)
+        step = advance(experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed)
         _print_step(step)
         if dry_run:
             return

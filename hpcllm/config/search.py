@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationInfo, field_validator,
+                      model_validator)
 
 from hpcllm.config.training import TrainingConfig
 
@@ -68,6 +69,15 @@ class Domain(_Strict):
                 raise ValueError(f"int: bounds must be integers (got {bounds!r})")
             return {"kind": kind, "low": low, "high": high}
         raise ValueError(f"expected {_DOMAIN_HELP} (got {raw!r})")
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """The YAML forms users write (for editor completion), not this model's internal fields."""
+        pair = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+        ranges = [{"type": "object", "properties": {kind: pair}, "required": [kind], "additionalProperties": False}
+                  for kind in _RANGE_KINDS]
+        return {"description": f"Where the parameter is drawn from: {_DOMAIN_HELP}.",
+                "anyOf": [{"type": "array", "minItems": 1}, *ranges]}
 
     @property
     def finite_values(self) -> list[Any] | None:

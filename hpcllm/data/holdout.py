@@ -97,9 +97,19 @@ class StoreView:
         return virtual - self._virtual[seg] + self._starts[seg]
 
     def windows(self, idx: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Like ``TokenStore.windows``, in this view's stream (a window may join two segments)."""
-        rows = np.asarray(idx, dtype=np.int64)[:, None] * seq_len + np.arange(seq_len + 1)
-        real = self.positions(rows)
+        """Like ``TokenStore.windows``, in this view's stream (a window may join two segments).
+
+        A window inside one segment maps with one offset (the common case on the training side,
+        whose segments span many documents); only windows that cross a segment end are mapped
+        token by token.
+        """
+        first = np.asarray(idx, dtype=np.int64) * seq_len
+        seg = np.searchsorted(self._virtual, first, side="right") - 1
+        seg_end = np.append(self._virtual[1:], self.n_tokens)[seg]
+        real = (first - self._virtual[seg] + self._starts[seg])[:, None] + np.arange(seq_len + 1)
+        crossing = first + seq_len >= seg_end
+        if crossing.any():
+            real[crossing] = self.positions(first[crossing, None] + np.arange(seq_len + 1))
         tokens = self.store.tokens[real].astype(np.int64)
         mask = None if self.store.loss_mask is None else self.store.loss_mask[real[:, 1:]]
         return tokens, mask

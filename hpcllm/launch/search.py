@@ -338,7 +338,12 @@ def rung_score(run_dir: RunDir, metric: str, steps: int) -> float | None:
 
 
 def reconcile(state: SearchState, folder: Path) -> None:
-    """Update every live trial from its run directory and manifest (refreshed from the scheduler)."""
+    """Update every live trial from its run directory and manifest (refreshed from the scheduler).
+
+    ``queued`` is the search's intent (submit this trial for its rung): it only becomes running or
+    finished when the run shows it was submitted (an ``advance`` interrupted between submitting
+    and saving), never failed by an earlier attempt's manifest.
+    """
     statuses = {s.run_dir.run_id: s for s in collect_status(folder)} if folder.is_dir() else {}
     for trial in state.trials:
         if trial.state not in (TrialState.QUEUED, TrialState.RUNNING):
@@ -354,10 +359,10 @@ def reconcile(state: SearchState, folder: Path) -> None:
             done = (read_json(status.run_dir.summary) or {}).get("steps_completed") or 0
             if done >= target:
                 trial.scores[str(target)] = rung_score(status.run_dir, state.metric, target)
-                trial.state = TrialState.FINISHED
+                trial.state, trial.reason = TrialState.FINISHED, None
             else:
                 trial.state = TrialState.QUEUED  # an earlier rung; its promotion is not submitted yet
-        else:
+        elif trial.state == TrialState.RUNNING:
             trial.state = TrialState.FAILED
             trial.reason = manifest.reason or manifest.state.value
 
@@ -431,8 +436,12 @@ class Step:
 
 
 def advance(experiment_path: Path, cluster_name: str, results_root: Path, *, account: str | None = None,
-            dry_run: bool = False) -> Step:
-    """Reconcile the trials with their runs, promote/stop, submit what is due; safe to repeat."""
+            dry_run: bool = False, retry_failed: bool = False) -> Step:
+    """Reconcile the trials with their runs, promote/stop, submit what is due; safe to repeat.
+
+    ``retry_failed``: submit failed trials again for their rung (they resume from their last
+    checkpoint, like any resubmitted run).
+    """
     plan = plan_search(experiment_path, cluster_name)
     folder = search_folder(results_root, plan.experiment.name, plan.cluster.name)
     if dry_run:
@@ -448,6 +457,10 @@ def advance(experiment_path: Path, cluster_name: str, results_root: Path, *, acc
                 "(its search, training, grid or resources changed); restore the experiment, or move "
                 f"{folder} away to start a new search"
             )
+        if retry_failed:
+            for trial in state.trials:
+                if trial.state == TrialState.FAILED:
+                    trial.state, trial.reason = TrialState.QUEUED, None
         reconcile(state, folder)
         step = Step(state, folder)
         if plan.search.method == "halving":
