@@ -22,7 +22,6 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.checkpoint import Checkpointer, describe_failures, read_latest_pointer
 from hpcllm.engine.data import build_train_loader
-from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.distributed import (
     DistEnv,
     all_reduce_max,
@@ -31,6 +30,7 @@ from hpcllm.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT

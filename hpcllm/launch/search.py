@@ -490,7 +490,7 @@ def _submit_queued(plan: Plan, state: SearchState, folder: Path, account: str | 
     backend = backend_for(plan.cluster)
     python = sys.executable if plan.cluster.scheduler == "local" else None
     items = []
-    for trial, spec in zip(queued, _trial_specs(plan, state, queued)):
+    for spec in _trial_specs(plan, state, queued):
         run_dir = RunDir(folder / spec.run_id)
         manifest = prepare_run(spec, run_dir, load_manifest(run_dir), experiment=plan.experiment,
                                cluster=plan.cluster, account=account, python=python)
