@@ -14,6 +14,7 @@ from hpcllm.engine.train import run
 from hpcllm.rundir import RunDir
 
 HOLDOUT = {"fraction": 0.25}
+TB = {"tensorboard": True}  # the test helper's runs turn it off
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_tensorboard_mirrors_the_metrics(tmp_path: Path, store: Path) -> None:
     d = tmp_path / "r"
     cfg = write_run(d, store, train={"steps": 4}, data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-                    eval={"every_steps": 2, "samples": 4}, metrics={"cpu_peak_flops": 1e11})
+                    eval={"every_steps": 2, "samples": 4}, metrics={"cpu_peak_flops": 1e11}, tracking=TB)
     assert run(cfg) == 0
     tb = tensorboard_scalars(d)
     train = [r for r in lines(d) if "loss" in r]
@@ -54,17 +55,19 @@ def test_tensorboard_mirrors_the_metrics(tmp_path: Path, store: Path) -> None:
 def test_tensorboard_shows_rerun_steps_once(tmp_path: Path, store: Path) -> None:
     """A crash after step 3 with a checkpoint at 2: the resumed attempt purges the lost step 3."""
     d = tmp_path / "r"
-    cfg = write_run(d, store, train={"steps": 3}, checkpoint={"every_steps": 2, "at_end": False},
-                    metrics={"cpu_peak_flops": None})
+    cfg = write_run(d, store, train={"steps": 3}, checkpoint={"every_steps": 2, "at_end": False}, tracking=TB)
     assert run(cfg) == 0
-    write_run(d, store, train={"steps": 5}, checkpoint={"every_steps": 2, "at_end": False})
+    write_run(d, store, train={"steps": 5}, checkpoint={"every_steps": 2, "at_end": False}, tracking=TB)
     assert run(cfg) == 0
     assert [s for s, _ in tensorboard_scalars(d)["train/loss"]] == [1, 2, 3, 4, 5]
     # no MFU without a peak: the tag is absent rather than zero
     assert "perf/mfu" not in tensorboard_scalars(d)
 
 
-def test_tensorboard_can_be_turned_off(tmp_path: Path, store: Path) -> None:
+def test_tensorboard_is_on_by_default_and_can_be_turned_off(tmp_path: Path, store: Path) -> None:
+    from hpcllm.config.training import TrainingConfig
+
+    assert TrainingConfig.model_validate({"data": {"path": "x"}}).tracking.tensorboard is True
     d = tmp_path / "r"
     assert run(write_run(d, store, train={"steps": 1}, tracking={"tensorboard": False})) == 0
     assert not RunDir(d).tensorboard.exists()
