@@ -9,6 +9,9 @@
         metrics.jsonl       one JSON object per logged step (engine)
         summary.json        medians + table fields + status (engine, atomic)
         checkpoints/        step_<N>/ DCP folders and the `latest` pointer (engine)
+        tensorboard/        TensorBoard event files (engine, rank 0; tracking.tensorboard)
+        wandb/              Weights & Biases files (engine, rank 0; tracking.wandb)
+        profile/            profiler traces trace-rank<R>-steps<A>-<B>.json (+ CUDA memory snapshots)
         STOP                present = the batch script asked the engine to checkpoint and stop
 
     results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
@@ -71,6 +74,24 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def profile(self) -> Path:
+        return self.path / "profile"
+
+    def profile_trace(self, rank: int, first_step: int, last_step: int) -> Path:
+        return self.profile / f"trace-rank{rank}-steps{first_step}-{last_step}.json"
+
+    def memory_snapshot(self, rank: int, first_step: int, last_step: int) -> Path:
+        return self.profile / f"memory-rank{rank}-steps{first_step}-{last_step}.pickle"
+
+    def profile_files(self) -> list[Path]:
+        """Traces and memory snapshots written so far, sorted by name."""
+        return sorted(p for p in self.profile.glob("*-rank*-steps*") if not p.name.startswith("."))
 
     @property
     def stop_file(self) -> Path:

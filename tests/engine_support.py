@@ -57,6 +57,8 @@ def write_run(run_dir: Path, store: Path, **overrides: Any) -> Path:
         "schedule": {"name": "constant"},
         "data": {"path": str(store), "num_workers": 0},
         "checkpoint": {"at_end": False},
+        # TensorBoard (on by default) costs ~1 s of import per run; tests of tracking turn it on.
+        "tracking": {"tensorboard": False},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):

@@ -186,10 +186,12 @@ def test_smoke_experiment_loss_goes_down(tmp_path: Path) -> None:
     d.mkdir()
     (d / "run.yaml").write_text(yaml.safe_dump(training))
     assert run(d / "run.yaml") == 0
-    losses = [r["loss"] for r in metrics(d)]
+    losses = [r["loss"] for r in metrics(d) if "loss" in r]  # eval lines carry eval_loss instead
     assert len(losses) == training["train"]["steps"]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.0, (first, last)
+    evals = [r["eval_loss"] for r in metrics(d) if "eval_loss" in r]
+    assert len(evals) == 4 and evals[-1] < evals[0] and summary(d)["eval_loss"] == evals[-1]
 
 
 def test_rerun_boundary_ignores_a_torn_last_line(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def _experiment(tmp_path: Path, store: Path, *, steps: int, grid: dict, time_lim
             "parallel": {"precision": "FP_32"},
             "data": {"path": str(store), "num_workers": 0},
             "checkpoint": {"every_steps": every_steps},
+            "tracking": {"tensorboard": False},  # ~1 s of import per attempt; 15 s time limits below
         },
         "grid": grid,
     }

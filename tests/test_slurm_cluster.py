@@ -94,7 +94,9 @@ def finished(results: Path, run_dirs: list[RunDir]) -> dict[str, str] | None:
 
 
 def metrics(run_dir: RunDir) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in run_dir.metrics.read_text().splitlines() if line.strip()]
+    """The training lines (smoke.yaml evaluates: its eval lines carry eval_loss, not loss)."""
+    lines = [json.loads(line) for line in run_dir.metrics.read_text().splitlines() if line.strip()]
+    return [r for r in lines if "loss" in r]
 
 
 def last_step(run_dir: RunDir) -> int:
@@ -156,7 +158,7 @@ def test_two_concurrent_two_node_runs_collect_like_local_and_resubmit_skips(
     assert len(endpoints) == 2
 
     table = collect_table(env)
-    assert list(table.columns) == COLUMNS and len(table) == 2  # the same table as on `local`
+    assert list(table.columns) == COLUMNS + ["Eval Loss"] and len(table) == 2  # the same table as on `local`
     assert sorted(table["MBS"]) == [4, 8] and set(table["#GPUs"]) == {2}
 
     again = submit_experiment(exp, "localslurm", env)
@@ -197,8 +199,9 @@ def test_node_down_requeues_and_resumes_to_the_uninterrupted_loss(env: Path, dem
     assert all(r["step"] > every for r in records if r["rerun"])  # resumed from a checkpoint, not step 0
 
     assert_no_leftover_processes(run)  # nothing of the attempt on the downed node survives
-    final = json.loads(run.summary.read_text())["final_loss"]
-    assert final == json.loads(reference.summary.read_text())["final_loss"]
+    final = json.loads(run.summary.read_text())
+    assert final["final_loss"] == json.loads(reference.summary.read_text())["final_loss"]
+    assert final["eval_loss"] == json.loads(reference.summary.read_text())["eval_loss"]  # eval across a requeue
 
     # --retry-failed resubmits a failed run with the failed node excluded.
     manifest.state = RunState.FAILED
@@ -371,3 +374,35 @@ def test_grid_as_job_array_with_per_task_requeue(
         assert manifest_of(rd).job_id == f"{array_id}_{i}"
         assert "[hpcllm] job" in rd.log_file(f"{array_id}_{i}").read_text()  # the run's own log
     assert len(collect_table(env)) == 2
+
+
+def test_search_trials_run_as_a_job_array(env: Path, demo_data: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search's trials are ordinary runs: one sbatch --array for the rung, then scored from their logs."""
+    from hpcllm.collect.best import best_table
+    from hpcllm.launch.search import advance
+
+    profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
+    profile.update(name="arrayslurm", max_array_size=4)
+    clusters = tmp_path / "clusters"
+    clusters.mkdir()
+    (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+    path = experiment(tmp_path, demo_data, "lrgrid", steps=10, every=1000)
+    doc = yaml.safe_load(path.read_text())
+    doc["search"] = {"method": "grid", "parameters": {"optim.lr": [3.0e-3, 3.0e-2]}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    first = advance(path, "arrayslurm", env)
+    run_dirs = [RunDir(first.folder / t.run_id) for t in first.state.trials]
+    array_id = (manifest_of(run_dirs[0]).job_id or "").split("_")[0]
+    assert [manifest_of(rd).job_id for rd in run_dirs] == [f"{array_id}_0", f"{array_id}_1"]
+    states = wait_for(lambda: finished(env, run_dirs), 300, "both trials")
+    assert set(states.values()) == {"completed"}, {rd.run_id: manifest_of(rd).reason for rd in run_dirs}
+    done = advance(path, "arrayslurm", env)
+    assert done.state.complete and not done.submitted
+    scores = {t.params["optim.lr"]: t.scores["10"] for t in done.state.trials}
+    for t, rd in zip(done.state.trials, run_dirs):
+        assert scores[t.params["optim.lr"]] == json.loads(rd.summary.read_text())["eval_loss"]
+    (best,) = best_table(env).to_dict(orient="records")
+    assert best["optim.lr"] == min(scores, key=lambda lr: scores[lr])

@@ -15,6 +15,7 @@ from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
 from hpcllm.cli.data import data_app
 from hpcllm.cli.model import model_app
+from hpcllm.cli.search import search_app
 
 app = typer.Typer(
     name="hpcllm",
@@ -31,6 +32,7 @@ app.add_typer(clusters_app, name="clusters")
 app.add_typer(data_app, name="data")
 app.add_typer(ckpt_app, name="ckpt")
 app.add_typer(model_app, name="model")
+app.add_typer(search_app, name="search")
 
 
 def _version(value: bool) -> None:

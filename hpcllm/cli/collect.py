@@ -27,6 +27,9 @@ def collect(
     check: bool = typer.Option(
         False, "--check", help="Check runs against the experiments' `expected:` references; exit 1 on a miss."
     ),
+    best: bool = typer.Option(
+        False, "--best", help="Only the best run of each search group (`hpcllm search`), with its parameters."
+    ),
 ) -> None:
     """The seed's scaling table (one row per completed run) as markdown, csv or json."""
     from hpcllm.collect.table import collect_table, format_table
@@ -34,7 +37,15 @@ def collect(
     if not root.exists():
         fail(HpcllmError(f"{root}: no such folder"))
     problems: list[str] = []
-    table = collect_table(root, problems)
+    if best:
+        from hpcllm.collect.best import best_table
+
+        try:
+            table = best_table(root, problems)
+        except HpcllmError as exc:
+            fail(exc)
+    else:
+        table = collect_table(root, problems)
     for problem in problems:
         err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
     text = format_table(table, fmt.value)
@@ -50,7 +61,7 @@ def collect(
 
         err_console.print(f"plot: {plot_scaling(table, plot)}")
     if table.empty:
-        err_console.print(f"[yellow]no completed runs under {root}[/]")
+        err_console.print(f"[yellow]no {'search with a finished trial' if best else 'completed runs'} under {root}[/]")
     if check:
         _check_references(root)
 

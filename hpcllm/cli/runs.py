@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
+
+if TYPE_CHECKING:
+    from hpcllm.rundir import RunDir
 
 
 def submit(
@@ -109,6 +112,18 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
             f"waiting: {s.waiting_for}" if s.waiting_for else ((m.reason or last_restart) if m else ""),
         )
     console.print(table)
+    _print_artifacts(root, [s.run_dir for s in rows])
+
+
+def _print_artifacts(root: Path, run_dirs: list["RunDir"]) -> None:
+    """Where the profiler traces are, and how to open the TensorBoard event files."""
+    for rd in run_dirs:
+        traces = rd.profile_files()
+        if traces:
+            console.print(f"{rd.run_id}: profiler traces in {rd.profile}/: {', '.join(p.name for p in traces)}",
+                          soft_wrap=True, highlight=False)
+    if any(rd.tensorboard.is_dir() for rd in run_dirs):
+        console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
 
 def cancel(

@@ -19,6 +19,8 @@ COLUMNS = [
     "# Params (B)", "#GPUs", "Samples/s", "GradAccm", "MBS", "GBS", "Sequence Length",
     "Precision", "Sharding", "AC", "GPU Type", "MFU",
 ]
+# Shown after the seed's columns when at least one run has a value (runs with an eval section).
+OPTIONAL_COLUMNS = ["Eval Loss"]
 
 Format = Literal["markdown", "csv", "json"]
 
@@ -56,6 +58,7 @@ def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
         "AC": _ac_label(summary),
         "GPU Type": summary.get("gpu_type") or "cpu",
         "MFU": _rounded(summary.get("mfu"), 4),
+        "Eval Loss": _rounded(summary.get("eval_loss"), 4),
     }
 
 
@@ -78,7 +81,8 @@ def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame
             rows.append(summary_row(summary))
         except (KeyError, TypeError, ValueError) as exc:
             _note(problems, f"{run_dir.summary}: missing or bad field {exc}")
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    optional = [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)]
+    table = pd.DataFrame(rows, columns=COLUMNS + optional)
     if not table.empty:
         table = table.sort_values(["# Params (B)", "#GPUs", "MBS", "Sharding"], kind="stable")
     return table.reset_index(drop=True)
@@ -105,7 +109,8 @@ def _markdown(table: pd.DataFrame) -> str:
     def cell(value: Any) -> str:
         return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = [str(c) for c in table.columns] if len(table.columns) else COLUMNS
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for record in table.to_dict(orient="records"):
-        lines.append("| " + " | ".join(cell(record[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(record[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpcllm.config import grid as gridlib
 from hpcllm.config import NAME_PATTERN
@@ -21,6 +21,7 @@ from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.text import OneLine
+from hpcllm.config.search import SearchConfig
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
 
@@ -56,6 +57,18 @@ class Experiment(BaseModel):
         description="Per cluster: metric -> [value, lower, upper] (fractions; null = unbounded), "
         "checked by `hpcllm collect --check`.",
     )
+    search: SearchConfig | None = Field(
+        None, description="A hyper-parameter search per grid point (`hpcllm search run`; docs/search.md)."
+    )
+
+    @model_validator(mode="after")
+    def _search_apart_from_grid(self) -> "Experiment":
+        if self.search is not None:
+            gridded = set(self.grid).union(*self.zip) & set(self.search.parameters)
+            if gridded:
+                raise ValueError(f"search.parameters: {', '.join(sorted(gridded))} also in grid/zip; "
+                                 "a key is either a grid axis (groups) or searched, not both")
+        return self
 
     @field_validator("expected")
     @classmethod

@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error
 from hpcllm.config.model import ModelConfig
+from hpcllm.config.profiling import ProfileConfig
+from hpcllm.config.tracking import TrackingConfig
 
 
 class _Strict(BaseModel):
@@ -104,6 +107,12 @@ class ScheduleConfig(_Strict):
         description="step: lr factor every step_size steps; exponential: lr factor per step (after warmup).",
     )
     step_size: int | None = Field(None, gt=0, description="step: steps between two decays by gamma.")
+    total_steps: int | None = Field(
+        None, gt=0,
+        description="Steps the schedule spans; default: train.steps. Longer than train.steps, a run "
+        "stops early on the longer schedule and resumes later with more steps on the same curve "
+        "(search rungs).",
+    )
 
     @model_validator(mode="after")
     def _decay_factors(self) -> "ScheduleConfig":
@@ -131,6 +140,7 @@ class DataConfig(_Strict):
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
     shuffle: bool = True
+    holdout: HoldoutConfig | None = Field(None, description="Documents held out of training (the eval set).")
 
     @model_validator(mode="before")
     @classmethod
@@ -186,3 +196,13 @@ class TrainingConfig(_Strict):
         "holding one run. Its model weights start this run; optimizer, LR schedule and data position start "
         "fresh. Only when the run has no checkpoint of its own (a restart resumes from those).",
     )
+    eval: EvalConfig | None = Field(None, description="Periodic loss on held-out data (docs/evaluation.md).")
+    profile: ProfileConfig | None = Field(None, description="PyTorch profiler traces of a few steps.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _eval_has_data(self) -> "TrainingConfig":
+        problem = eval_data_error(self.eval, self.data.holdout is not None)
+        if problem:
+            raise ValueError(problem)
+        return self

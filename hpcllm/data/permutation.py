@@ -15,7 +15,7 @@ import numpy as np
 _ROUNDS = 6
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: every input bit flips about half the output bits."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -38,7 +38,7 @@ class Permutation:
     def _feistel(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> self._half, x & self._mask
         for key in self._keys:
-            left, right = right, left ^ (_mix(right ^ key) & self._mask)
+            left, right = right, left ^ (splitmix64(right ^ key) & self._mask)
         return (left << self._half) | right
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hpcllm.data.blending import BlendSchedule
+from hpcllm.data.holdout import Holdout, Side
 from hpcllm.data.permutation import Permutation
 from hpcllm.data.store import TokenStore
 from hpcllm.data.tokenizer import fingerprint_of
@@ -37,21 +38,26 @@ class Sampler:
     """Maps global sample ids to token windows of one store or a weighted blend of stores."""
 
     def __init__(self, paths: list[str], weights: list[float], *, tokenizer: str, seq_len: int,
-                 seed: int, shuffle: bool) -> None:
+                 seed: int, shuffle: bool, holdout: Holdout | None = None, side: Side = "train") -> None:
+        """``holdout``: read only ``side`` of each store's document split (``hpcllm.data.holdout``)."""
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
         self.paths, self.weights = list(paths), list(weights)
         self.tokenizer, self.seq_len, self.seed, self.shuffle = tokenizer, seq_len, seed, shuffle
+        self.holdout, self.side = holdout, side
         self._open()
 
     def _open(self) -> None:
         fp = fingerprint_of(self.tokenizer)
         self.stores = [TokenStore.open(p, tokenizer_fingerprint=fp) for p in self.paths]
+        if self.holdout is not None:
+            self.stores = [self.holdout.view(s, self.side) for s in self.stores]
         self.n_windows = [s.n_windows(self.seq_len) for s in self.stores]
         for path, store, n in zip(self.paths, self.stores, self.n_windows):
             if n == 0:
+                part = "" if self.holdout is None else f" (its {self.side} documents)"
                 raise ConfigError(
-                    f"{path}: {store.n_tokens} tokens cannot fill one sample of seq_len + 1 = "
+                    f"{path}: {store.n_tokens} tokens{part} cannot fill one sample of seq_len + 1 = "
                     f"{self.seq_len + 1} tokens"
                 )
         self.blend = BlendSchedule(self.weights) if len(self.stores) > 1 else None
@@ -61,7 +67,7 @@ class Sampler:
     # Memmaps must not be pickled into DataLoader workers (that would copy the data): reopen there.
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in ("paths", "weights", "tokenizer", "seq_len", "seed",
-                                              "shuffle")}
+                                              "shuffle", "holdout", "side")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -112,7 +118,7 @@ class Sampler:
 
     def identity(self) -> dict[str, Any]:
         """What a saved position is only meaningful for: resuming elsewhere would train on other data."""
-        return {
+        identity = {
             "seq_len": self.seq_len,
             "seed": self.seed,
             "shuffle": self.shuffle,
@@ -122,6 +128,10 @@ class Sampler:
                 for p, w, s in zip(self.paths, self.weights, self.stores)
             ],
         }
+        if self.holdout is not None:  # absent otherwise: checkpoints from before splits still resume
+            identity["holdout"] = {"fraction": self.holdout.fraction, "seed": self.holdout.seed,
+                                   "side": self.side}
+        return identity
 
 
 def micro_batch_ids(consumed: int, micro_batch_size: int, dp_rank: int) -> np.ndarray:

@@ -12,12 +12,15 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler as TorchSampler
 
+from hpcllm.config.evaluation import EvalConfig
 from hpcllm.config.training import DataConfig
+from hpcllm.data.holdout import Holdout
 from hpcllm.data.sampler import Sampler, micro_batch_ids
-from hpcllm.errors import HpcllmError
+from hpcllm.errors import ConfigError, HpcllmError
 
 STATE_VERSION = 1
 
@@ -148,6 +151,67 @@ def build_train_loader(data_cfg: DataConfig, *, seq_len: int, micro_batch_size: 
     sampler = Sampler(
         [s.path for s in data_cfg.sources], [s.weight for s in data_cfg.sources],
         tokenizer=data_cfg.tokenizer, seq_len=seq_len, seed=seed, shuffle=data_cfg.shuffle,
+        holdout=_holdout(data_cfg),
     )
     return TrainLoader(sampler, micro_batch_size=micro_batch_size, dp_rank=dp_rank,
                        dp_size=dp_size, num_workers=data_cfg.num_workers, device=device)
+
+
+def _holdout(data_cfg: DataConfig) -> Holdout | None:
+    h = data_cfg.holdout
+    return None if h is None else Holdout(h.fraction, h.seed)
+
+
+def eval_sampler(data_cfg: DataConfig, eval_cfg: EvalConfig, seq_len: int) -> Sampler:
+    """The eval stream: the eval stores, else the held-out documents of the training stores.
+
+    Shuffled with the split's seed (0 for eval stores), never the run's: every run draws the same
+    eval sequences, spread over the whole held-out set rather than its first documents.
+    """
+    if eval_cfg.sources is not None:
+        return Sampler([s.path for s in eval_cfg.sources], [s.weight for s in eval_cfg.sources],
+                       tokenizer=data_cfg.tokenizer, seq_len=seq_len, seed=0, shuffle=True)
+    holdout = _holdout(data_cfg)
+    assert holdout is not None, "TrainingConfig validation guarantees eval data"
+    return Sampler([s.path for s in data_cfg.sources], [s.weight for s in data_cfg.sources],
+                   tokenizer=data_cfg.tokenizer, seq_len=seq_len, seed=holdout.seed, shuffle=True,
+                   holdout=holdout, side="heldout")
+
+
+def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: int, micro_batch_size: int,
+                       dp_rank: int, dp_size: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's share of the eval set: the first ``eval.samples`` sequences of the eval stream.
+
+    Every rank gets the same number of micro-batches (each forward is a collective under FSDP):
+    the last round is padded with a valid window whose loss mask is 0, so the eval loss is the mean
+    over exactly ``samples`` sequences for any number of ranks and micro-batch size. Built once,
+    on the CPU; ``loss_mask`` is always present.
+    """
+    sampler = eval_sampler(data_cfg, eval_cfg, seq_len)
+    samples = eval_cfg.samples
+    _check_eval_capacity(sampler, samples)
+    per_round = micro_batch_size * dp_size
+    batches = []
+    for start in range(0, samples, per_round):
+        ids = micro_batch_ids(start, micro_batch_size, dp_rank)
+        real = ids < samples
+        batch = sampler.batch(np.where(real, ids, 0))
+        tokens = torch.from_numpy(batch.tokens)
+        mask = np.ones((len(ids), seq_len), np.float32) if batch.loss_mask is None else batch.loss_mask
+        mask = torch.from_numpy(np.asarray(mask, dtype=np.float32) * real[:, None])
+        batches.append({"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
+                        "loss_mask": mask})
+    return batches
+
+
+def _check_eval_capacity(sampler: Sampler, samples: int) -> None:
+    """Each eval sequence at most once: ``samples`` must fit in one epoch of every eval source."""
+    taken = [samples] if sampler.blend is None else sampler.blend.taken_before(samples).tolist()
+    for path, need, have in zip(sampler.paths, taken, sampler.n_windows):
+        if need > have:
+            where = "the held-out documents of " if sampler.holdout is not None else ""
+            raise ConfigError(
+                f"eval.samples: {samples} sequences take {need} from {where}{path}, which hold only "
+                f"{have} of seq_len + 1 tokens; lower eval.samples"
+                + (" or raise data.holdout.fraction" if sampler.holdout is not None else "")
+            )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from hpcllm import perf
+from hpcllm.engine.tracking import MetricSink, scalars
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -85,6 +86,7 @@ class MetricsLog:
     log_every: int
     enabled: bool
     records: list[dict[str, Any]] = field(default_factory=list)
+    sinks: list[MetricSink] = field(default_factory=list)  # trackers that mirror every written line
 
     def __post_init__(self) -> None:
         self._rerun_until = max_logged_step(self.path) if self.enabled else 0
@@ -101,10 +103,28 @@ class MetricsLog:
             "skipped": skipped, "loss_scale": loss_scale,
         }
         self.records.append({**record, "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"]})
-        if self.enabled and (step % self.log_every == 0 or skipped):
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if step % self.log_every == 0 or skipped:
+            self._write(record)
         return record
+
+    def log_eval(self, record: dict[str, Any]) -> None:
+        """An eval line (``step``, ``eval_loss``, ``eval_ppl``, ...), written whatever ``log_every``."""
+        self._write({**record, "restart": self.restart, "rerun": record["step"] <= self._rerun_until})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        values = scalars(record)
+        for sink in self.sinks:
+            sink.write(record["step"], values)
+
+    def close(self) -> None:
+        """Flush and close the trackers (event files, W&B run)."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def medians(self, warmup_steps: int) -> dict[str, Any]:
         """Medians over this attempt's steps after its first ``warmup_steps`` (compile, warm-up).

@@ -32,14 +32,17 @@ from hpcllm.engine.distributed import (
 )
 from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.engine.loss_scale import build_loss_scaler
+from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
 from hpcllm.engine.model import GPT
 from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
 from hpcllm.engine.preemption import StopRequest
+from hpcllm.engine.profiling import StepProfiler
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.warm_start import load_initial_weights
+from hpcllm.engine.tracking import open_sinks
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import (
@@ -218,9 +221,12 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     teacher = (build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size,
                              cfg.model.seq_len)
                if cfg.distill is not None else None)
+    evaluator = build_evaluator(cfg, env)
+    profiler = StepProfiler(cfg.profile, run_dir, env)
     total = cfg.train.steps
-    optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule))
-    scheduler = Scheduler(optimizer, base_lr=cfg.optim.lr, total_steps=total, cfg=cfg.schedule)
+    horizon = cfg.schedule.total_steps or total  # a longer schedule: stop early, resume later on it
+    optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=horizon, cfg=cfg.schedule))
+    scheduler = Scheduler(optimizer, base_lr=cfg.optim.lr, total_steps=horizon, cfg=cfg.schedule)
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
                        loss_scaler=build_loss_scaler(cfg.parallel))
 
@@ -237,6 +243,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         throughput=Throughput(gbs, cfg.model.seq_len, cfg.model.flops_per_token(), env.world_size,
                               peak_flops_per_device(cfg, env)),
         restart=restart_count(), log_every=cfg.train.log_every, enabled=env.is_main,
+        sinks=open_sinks(cfg, run_dir, resume_step=state.step) if env.is_main else [],
     )
     if env.is_main:
         console.print(
@@ -251,12 +258,14 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         summary.update(status=status, steps_completed=state.step,
                        final_loss=metrics.records[-1]["loss"] if metrics.records else None,
                        skipped_steps=sum(r["skipped"] for r in metrics.records),
-                       **metrics.medians(cfg.train.summary_warmup_steps))
+                       **metrics.medians(cfg.train.summary_warmup_steps),
+                       **(evaluator.summary_fields() if evaluator is not None else {}))
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
 
     try:
         while state.step < total:
+            profiler.before_step(state.step + 1)
             t0 = time.perf_counter()
             lr = scheduler.lr
             loss_scale = state.loss_scaler.scale if state.loss_scaler is not None else None
@@ -267,6 +276,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             step_time = time.perf_counter() - t0
             state.step += 1
             state.consumed_samples += gbs
+            profiler.after_step(state.step)
             summary["steps_completed"] = state.step  # what a failed summary reports
             record = metrics.log(step=state.step, loss=loss, lr=lr, grad_norm=grad_norm,
                                  step_time_s=step_time,
@@ -280,6 +290,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
                 )
             if not skipped:  # an fp16 overflow the scaler skipped left the weights as they were
                 check_step(state.step, loss, grad_norm)  # before any checkpoint of this state
+            if evaluator is not None and evaluator.due(state.step):
+                _evaluate(evaluator, model, state.step, metrics, env)
             checkpointer.maybe_save(state)
             if stop.should_stop():
                 checkpointer.maybe_save(state, force=True)
@@ -288,6 +300,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
                 if env.is_main:
                     console.print(f"stopped at step {state.step} ({stop.reason}); checkpoint saved")
                 return EXIT_PREEMPTED
+        if evaluator is not None and evaluator.due_at_end(state.step):
+            _evaluate(evaluator, model, state.step, metrics, env)
         if cfg.checkpoint.at_end:
             checkpointer.maybe_save(state, force=True)
         checkpointer.close()
@@ -298,8 +312,20 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         checkpointer.close()  # an async save of an earlier, finite step still completes
         raise
     finally:
+        profiler.close()
+        metrics.close()
         stop.uninstall()
         loader.close()
+
+
+def _evaluate(evaluator: Evaluator, model: torch.nn.Module, step: int, metrics: MetricsLog,
+              env: DistEnv) -> None:
+    """Evaluate on every rank, log the line (rank 0) and print it."""
+    result = evaluator.evaluate(model, step)
+    metrics.log_eval(result.record())
+    if env.is_main:
+        console.print(f"eval at step {step}: loss {result.loss:.4f}  ppl {result.perplexity:.2f}  "
+                      f"({result.samples} sequences, {result.time_s:.1f} s)")
 
 
 def run(config_path: Path, *, resume: bool = True) -> int:

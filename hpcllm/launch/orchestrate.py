@@ -62,6 +62,9 @@ def submit_experiment(
 ) -> SubmitResult:
     """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``)."""
     experiment = load_experiment(experiment_path)
+    if experiment.search is not None:
+        raise ConfigError(f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
+                          f"with `hpcllm search run {experiment_path} --cluster {cluster_name}`")
     cluster = load_cluster(cluster_name)
     if after and cluster.scheduler != "slurm":
         raise ConfigError(f"--after: cluster {cluster.name!r} is {cluster.scheduler!r}; dependencies need SLURM")
@@ -106,30 +109,15 @@ def _submit_specs(
     fresh = backend.refresh(active) if backend is not None and active else {}
 
     queued: list[tuple[PlannedRun, Manifest]] = []
-    for spec, run_dir, config_text, manifest in existing:
+    for spec, run_dir, _, manifest in existing:
         if manifest is not None and spec.run_id in fresh:
             manifest.state = fresh[spec.run_id]
         skip = _skip_reason(manifest, retry_failed)
         if skip:
             result.runs.append(PlannedRun(spec, run_dir, "skipped", skip, manifest.job_id if manifest else None))
             continue
-        script = render_job(spec, cluster, run_dir, account=account, python=python)
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir.config, config_text)
-        atomic_write_text(run_dir.job_script, script)
-        run_dir.job_script.chmod(0o755)
-        if manifest is None or manifest.state == RunState.RENDERED:
-            manifest = Manifest(
-                run_id=spec.run_id, experiment=experiment.name, cluster=cluster.name,
-                backend=cluster.scheduler, point=spec.point,
-            )
-        manifest.max_restarts = spec.resources.max_restarts or 0
-        manifest.expected = {
-            metric: ref.model_dump() for metric, ref in experiment.expected.get(cluster.name, {}).items()
-        }
-        manifest.time_limit = spec.resources.time
-        manifest.signal_before_end_s = cluster.signal_before_end_s
-        manifest.depends_on = list(after or [])
+        manifest = prepare_run(spec, run_dir, manifest, experiment=experiment, cluster=cluster,
+                               account=account, python=python, after=after)
         if backend is None:
             if manifest.state == RunState.RENDERED:
                 with manifest_lock(run_dir):
@@ -154,6 +142,30 @@ def _submit_specs(
         for (planned, _), job_id in zip(queued, job_ids):
             planned.job_id = job_id
     return result
+
+
+def prepare_run(spec: RunSpec, run_dir: RunDir, manifest: Manifest | None, *, experiment: Experiment,
+                cluster: ClusterProfile, account: str | None, python: str | None,
+                after: list[str] | None = None) -> Manifest:
+    """Write the run's ``run.yaml`` and ``job.sbatch``; return its manifest, ready to submit."""
+    script = render_job(spec, cluster, run_dir, account=account, python=python)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir.config, run_config_text(spec))
+    atomic_write_text(run_dir.job_script, script)
+    run_dir.job_script.chmod(0o755)
+    if manifest is None or manifest.state == RunState.RENDERED:
+        manifest = Manifest(
+            run_id=spec.run_id, experiment=experiment.name, cluster=cluster.name,
+            backend=cluster.scheduler, point=spec.point,
+        )
+    manifest.max_restarts = spec.resources.max_restarts or 0
+    manifest.expected = {
+        metric: ref.model_dump() for metric, ref in experiment.expected.get(cluster.name, {}).items()
+    }
+    manifest.time_limit = spec.resources.time
+    manifest.signal_before_end_s = cluster.signal_before_end_s
+    manifest.depends_on = list(after or [])
+    return manifest
 
 
 def _skip_reason(manifest: Manifest | None, retry_failed: bool) -> str | None:

@@ -11,7 +11,7 @@ from hpcllm.rundir import RunDir
 
 
 def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
-    """The last complete JSON line of metrics.jsonl, reading only the file's tail."""
+    """The last complete training line of metrics.jsonl (eval lines skipped), reading only the tail."""
     path = run_dir.metrics
     try:
         with open(path, "rb") as fh:
@@ -23,9 +23,11 @@ def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
         return None
     for line in reversed(tail):
         try:
-            return json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue  # a line being written right now, or the cut start of the window
+        if "loss" in record:  # not an eval line (docs/run-contract.md)
+            return record
     return None
 
 
