@@ -39,6 +39,7 @@ from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
+from hpcllm.sitepaths import expand_site_paths
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_STATUS_COMPLETED,
@@ -289,7 +290,8 @@ def run(config_path: Path, *, resume: bool = True) -> int:
     rank = int(os.environ.get("RANK", "0"))
     summary: dict[str, Any] = {"run_id": run_dir.run_id}
     try:
-        cfg = load_model(TrainingConfig, config_path)
+        # $CINECA_SCRATCH/... and ~/... in paths mean this node's values (docs/sites.md).
+        cfg = expand_site_paths(load_model(TrainingConfig, config_path), str(config_path))
         summary["run_id"] = cfg.run_id
         env = init_distributed(cfg.device, cpu_collectives=cfg.parallel.cpu_offload)
         try:
