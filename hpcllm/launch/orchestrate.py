@@ -7,6 +7,7 @@ resubmitted when asked.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +15,19 @@ from pathlib import Path
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
+from hpcllm.config.cluster import clusters_dir
+from hpcllm.config.experiment import RefusedPoint, RunSpec, expand_experiment, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.render import render_job
+from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
 from hpcllm.rundir import RunDir, find_run_dirs
+from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
+
+# The default results root when neither --results nor the profile's paths.results names one.
+RESULTS_ENV = "HPCLLM_RESULTS"
 
 
 @dataclass
@@ -37,6 +44,10 @@ class SubmitResult:
     cluster: ClusterProfile
     runs: list[PlannedRun] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    results_root: Path = Path("results")
+    refused: list[RefusedPoint] = field(default_factory=list)  # points no QoS of the profile admits
+    storage: StorageNeed | None = None  # what the submitted runs' checkpoints take
+    room: Room | None = None  # the tightest free space where they go, when it could be measured
 
 
 def run_config_text(spec: RunSpec) -> str:
@@ -51,14 +62,19 @@ def run_config_text(spec: RunSpec) -> str:
 def submit_experiment(
     experiment_path: Path,
     cluster_name: str,
-    results_root: Path,
+    results_root: Path | None = None,
     *,
     account: str | None = None,
     dry_run: bool = False,
     retry_failed: bool = False,
     after: list[str] | None = None,
 ) -> SubmitResult:
-    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``)."""
+    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
+
+    ``results_root`` defaults to ``$HPCLLM_RESULTS``, else the profile's ``paths.results``, else
+    ``./results``. Points no QoS admits are listed in ``refused``; the checkpoints of the runs to
+    submit must fit the results root's free space and quota (StorageError otherwise).
+    """
     experiment = load_experiment(experiment_path)
     cluster = load_cluster(cluster_name)
     if after and cluster.scheduler != "slurm":
@@ -73,7 +89,9 @@ def submit_experiment(
             raise
         result.warnings.append(f"no account for {cluster.name!r}: rendered without --account")
         account = None
-    specs = expand_experiment(experiment, cluster, str(experiment_path))
+    results_root = result.results_root = _results_root(results_root, cluster, account, dry_run, result.warnings)
+    specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=result.refused)
+    result.warnings += _unset_on_login(specs)
     backend = None if dry_run else backend_for(cluster)
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None
@@ -88,10 +106,20 @@ def submit_experiment(
     active = [(rd, m) for _, rd, _, m in existing if m is not None and m.state.active]
     fresh = backend.refresh(active) if backend is not None and active else {}
 
-    queued: list[tuple[PlannedRun, Manifest]] = []
-    for spec, run_dir, config_text, manifest in existing:
+    for spec, _, _, manifest in existing:
         if manifest is not None and spec.run_id in fresh:
             manifest.state = fresh[spec.run_id]
+    to_run = [spec for spec, _, _, manifest in existing if not _skip_reason(manifest, retry_failed)]
+    result.storage = storage_need(to_run)
+    try:
+        result.room = check_storage(result.storage, results_root, profile_file=_profile_file(cluster))
+    except StorageError as exc:
+        if not dry_run:
+            raise
+        result.warnings.append(str(exc))
+
+    queued: list[tuple[PlannedRun, Manifest]] = []
+    for spec, run_dir, config_text, manifest in existing:
         skip = _skip_reason(manifest, retry_failed)
         if skip:
             result.runs.append(PlannedRun(spec, run_dir, "skipped", skip, manifest.job_id if manifest else None))
@@ -135,6 +163,45 @@ def submit_experiment(
         for (planned, _), job_id in zip(queued, job_ids):
             planned.job_id = job_id
     return result
+
+
+def _profile_file(cluster: ClusterProfile) -> str:
+    return str(clusters_dir() / f"{cluster.name}.yaml")
+
+
+def _results_root(given: Path | None, cluster: ClusterProfile, account: str | None, dry_run: bool,
+                  warnings: list[str]) -> Path:
+    """--results, else $HPCLLM_RESULTS, else the profile's ``paths.results`` (expanded here, on the
+    login node, where run directories are made), else ./results."""
+    if given is not None:
+        return Path(given)
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    configured = cluster.storage_roots(account).get("results")
+    if configured is None:
+        return Path("results")
+    key = f"{_profile_file(cluster)}: paths.results"
+    try:
+        if "{account}" in configured:
+            raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")
+        return Path(expand_path(configured, key))
+    except ConfigError as exc:
+        if not dry_run:
+            raise
+        warnings.append(f"{exc}; rendering under ./results instead")
+        return Path("results")
+
+
+def _unset_on_login(specs: list[RunSpec]) -> list[str]:
+    """One warning per path variable that is not set here: the compute node must set it, or the run
+    fails at start-up (it may be fine: some sites set scratch variables only in jobs)."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for key, value in iter_site_paths(spec.training):
+            for name in unset_variables(value):
+                seen.setdefault(name, f"{key}: {value}")
+    return [f"${name} is not set on this login node (used in {where}); the job's node must set it, "
+            "or the run fails at start" for name, where in seen.items()]
 
 
 def _skip_reason(manifest: Manifest | None, retry_failed: bool) -> str | None:
