@@ -15,6 +15,7 @@ from hpcllm import __version__
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import ConfigError
+from hpcllm.launch.cpus import CPU_BIND, rank_share, threads_per_rank
 from hpcllm.paths import project_folder
 from hpcllm import rundir as rd
 
@@ -56,6 +57,10 @@ def render_job(
         nodes=res.nodes,
         gpus_per_node=res.gpus_per_node,
         cpus_per_task=cluster.cpus_per_node,
+        cpu_bind=CPU_BIND,
+        rank_share=rank_share(cluster.cpus_per_node, res.gpus_per_node),
+        loader_workers=spec.training.data.num_workers,
+        threads_per_rank=threads_per_rank(cluster.cpus_per_node, res.gpus_per_node, spec.training.data.num_workers),
         time=res.time,
         partition=cluster.partition,
         account=account,

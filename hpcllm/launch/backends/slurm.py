@@ -119,6 +119,22 @@ def jobcomp_state(log: Path, job_id: str, job_name: str) -> str | None:
     return state
 
 
+SCRIPT_ERROR_PREFIX = "[hpcllm] error: "  # how templates/sbatch.sh.j2's setup_failed starts its line
+
+
+def script_error(run_dir: RunDir, job_id: str, tail_bytes: int = 65536) -> str | None:
+    """The last ``[hpcllm] error:`` line the batch script wrote to the job's log, without the prefix."""
+    try:
+        with open(run_dir.log_file(job_id), "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(fh.tell() - tail_bytes, 0))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line[len(SCRIPT_ERROR_PREFIX):] for line in lines if line.startswith(SCRIPT_ERROR_PREFIX)]
+    return errors[-1] if errors else None
+
+
 def _release(job_id: str) -> None:
     """Let a job submitted with --hold start (for an array id, every task of it)."""
     run_slurm(["scontrol", "release", job_id])
@@ -317,10 +333,16 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
-        """Record an end the job's own hooks did not write; never overwrite one they did."""
+        """Record an end the job's own hooks did not write; never overwrite one they did.
+
+        A batch script that stopped in its set-up (a module that does not load) says why in its
+        log; that line is the reason, with SLURM's verdict after it.
+        """
         manifest = load_manifest(run_dir)
         if manifest is None or not manifest.state.active:
             return
+        setup_error = script_error(run_dir, manifest.job_id) if state == RunState.FAILED and manifest.job_id else None
         manifest.state = state
-        manifest.reason = None if state == RunState.COMPLETED else reason
+        manifest.reason = None if state == RunState.COMPLETED else (
+            f"{setup_error} ({reason})" if setup_error else reason)
         save_manifest(run_dir, manifest)
