@@ -7,6 +7,7 @@
         slurm-<jobid>.out   scheduler log, appended across requeues
         metrics.jsonl       one JSON object per logged step (engine)
         summary.json        medians + table fields + status (engine, atomic)
+        runtime.jsonl       per attempt: versions, hosts, CPUs and devices of every rank (engine)
         checkpoints/        step_<N>/ DCP folders and the `latest` pointer (engine)
         STOP                present = the batch script asked the engine to checkpoint and stop
 
@@ -58,6 +59,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def runtime(self) -> Path:
+        return self.path / "runtime.jsonl"
 
     @property
     def checkpoints(self) -> Path:

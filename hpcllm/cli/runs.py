@@ -114,7 +114,7 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
     except HpcllmError as exc:
         fail(exc)
     table = Table(title=f"Runs under {root}")
-    for col in ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason"):
+    for col in ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with"):
         table.add_column(col)
     colors = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta"}
     for s in rows:
@@ -126,6 +126,7 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
             "-" if s.step is None else str(s.step), "-" if s.loss is None else f"{s.loss:.4f}",
             str(len(m.restarts)) if m else "0",
             f"waiting: {s.waiting_for}" if s.waiting_for else ((m.reason or last_restart) if m else ""),
+            s.software,
         )
     console.print(table)
 

@@ -36,6 +36,7 @@ from hpcllm.engine.model import GPT
 from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
 from hpcllm.engine.preemption import StopRequest
+from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
@@ -199,6 +200,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     dp_size = env.world_size
     gbs = global_batch_size(cfg, dp_size, source)
     summary.update(summary_fields(cfg, env, gbs))
+    record_runtime(run_dir, env, restart=restart_count())
     mesh = build_mesh(cfg.parallel, env)
     model = build_parallel_model(cfg.model, cfg.parallel, mesh, env.device, cfg.seed)
     loader = build_train_loader(

@@ -233,11 +233,13 @@ class RunStatus:
     step: int | None
     loss: float | None
     waiting_for: str | None = None  # the scheduler's reason a pending run has not started
+    software: str = ""  # what the latest attempt ran with (runtime.jsonl)
 
 
 def collect_status(root: Path) -> list[RunStatus]:
     """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
     from hpcllm.launch.progress import last_metrics
+    from hpcllm.launch.runinfo import last_runtime, software_label
 
     run_dirs = find_run_dirs(root)
     manifests = {rd.path: load_manifest(rd) for rd in run_dirs}
@@ -266,7 +268,8 @@ def collect_status(root: Path) -> list[RunStatus]:
     for rd in run_dirs:
         last = last_metrics(rd) or {}
         out.append(RunStatus(rd, manifests[rd.path], states[rd.path], last.get("step"), last.get("loss"),
-                             waiting.get(rd.run_id) if states[rd.path] == "pending" else None))
+                             waiting.get(rd.run_id) if states[rd.path] == "pending" else None,
+                             software_label(last_runtime(rd))))
     return out
 
 
