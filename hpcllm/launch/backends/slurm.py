@@ -135,6 +135,38 @@ def script_error(run_dir: RunDir, job_id: str, tail_bytes: int = 65536) -> str |
     return errors[-1] if errors else None
 
 
+def parse_duration(value: str) -> int | None:
+    """A SLURM duration (scontrol's RunTime/TimeLimit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``,
+    ``D-HH:MM``, ``D-HH:MM:SS``) -> seconds; None for UNLIMITED, Partition_Limit and the like."""
+    days, dash, clock = value.strip().rpartition("-")
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3 or (dash and not days.isdigit()):
+        return None
+    numbers = [int(p) for p in parts]
+    if dash:  # after "D-" the clock starts with hours
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+    else:
+        hours, minutes, seconds = ([0, 0] + numbers)[-3:] if len(numbers) > 1 else (0, numbers[0], 0)
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def shorten_time_limit(job_id: str, grace_s: int) -> str | None:
+    """Lower a running job's time limit to its run time + ``grace_s`` (whole minutes, as SLURM keeps
+    them); users may lower a limit, never raise it. Returns the new limit in minutes, or None when
+    the job's limit is already that short or the scheduler refused (the job then ends on its own
+    once the engine has checkpointed)."""
+    proc = run_slurm(["scontrol", "-o", "show", "job", job_id], check=False)
+    record = parse_scontrol_record(proc.stdout.splitlines()[0]) if proc.returncode == 0 and proc.stdout else {}
+    run_time, limit = parse_duration(record.get("RunTime", "")), parse_duration(record.get("TimeLimit", ""))
+    if run_time is None:
+        return None
+    minutes = -(-(run_time + grace_s) // 60)
+    if limit is not None and minutes * 60 >= limit:
+        return None
+    update = run_slurm(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], check=False)
+    return str(minutes) if update.returncode == 0 else None
+
+
 def _release(job_id: str) -> None:
     """Let a job submitted with --hold start (for an array id, every task of it)."""
     run_slurm(["scontrol", "release", job_id])
@@ -234,6 +266,14 @@ class SlurmBackend(Backend):
         return states
 
     def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
+        """Stop the run with a checkpoint: USR1 to the batch shell first (the time-limit path), then
+        the job's time limit shortened to now + the profile's grace, so that it ends even if the
+        engine cannot stop; a pending job is simply cancelled.
+
+        ``scancel`` alone sends TERM to every process at once: torchrun's agent then stops its
+        workers within ~30 s and SLURM kills what is left after KillWait, a race a large model's
+        checkpoint loses (docs/slurm.md, "How a job stops").
+        """
         fresh = load_manifest(run_dir) or manifest
         if not fresh.state.active:
             raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
@@ -245,12 +285,18 @@ class SlurmBackend(Backend):
         entry = self._squeue([fresh.job_id]).get(fresh.job_id) if fresh.job_id else None
         if entry is None or entry[0] != expected_job_name(run_dir, fresh) or not job_state(entry[1]).active:
             return  # not (or no longer) our job in the scheduler: nothing to signal
+        job_id = fresh.job_id or ""
         try:
-            run_slurm(["scancel", fresh.job_id])
+            if job_state(entry[1]) == RunState.PENDING:
+                run_slurm(["scancel", job_id])
+                return
+            run_slurm(["scancel", "--batch", "--signal=USR1", job_id])
         except BackendError:
             fresh.state, fresh.reason = previous, None
             save_manifest(run_dir, fresh)
             raise
+        grace = fresh.signal_before_end_s or self.cluster.signal_before_end_s
+        shorten_time_limit(job_id, grace)
 
     # --- state --------------------------------------------------------------------------------
     @staticmethod
