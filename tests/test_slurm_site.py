@@ -140,32 +140,43 @@ def test_plain_scancel_terms_every_rank_and_they_save_when_they_can(env: Path, d
     assert_no_leftover_processes(run)
 
 
-def test_a_term_race_the_ranks_lose_falls_back_to_the_last_periodic_checkpoint(
+def rank_pids(run: RunDir) -> list[int]:
+    """The engine's ranks (torchrun's workers), not the agent or srun."""
+    return [pid for pid in engine_pids(run)
+            if b"torch.distributed.run" not in (cmd := Path(f"/proc/{pid}/cmdline").read_bytes())
+            and not cmd.startswith(b"srun")]
+
+
+def test_a_stop_with_no_time_to_save_falls_back_to_the_last_periodic_checkpoint(
     env: Path, demo_data: Path, tmp_path: Path
 ) -> None:
+    """What a TERM race the ranks lose comes to (a 28B step and save longer than KillWait), as a rank
+    the OOM killer takes: KILL with no time to save; the run keeps only its periodic checkpoint.
+
+    The KILL comes from here, to the ranks, as the kernel's would: SLURM cannot send one alone
+    (``scancel --signal=KILL`` is a cancel: SIGCONT, TERM, KILL after KillWait)."""
     every = 5
-    run = only_run(submit_experiment(experiment(tmp_path, demo_data, "lostrace", steps=100_000, every=every),
+    run = only_run(submit_experiment(experiment(tmp_path, demo_data, "nosave", steps=100_000, every=every),
                                      "localslurm", env))
-    wait_for(lambda: (latest_checkpoint_step(run) or 0) >= every, 120, "a periodic checkpoint")
-    job = manifest_of(run).job_id or ""
-    # A 28B step plus its checkpoint take longer than KillWait: here the ranks are paused instead, so
-    # the TERM cannot be acted on before the KILL, as a site's KillWait would cut a large save short.
-    pids = engine_pids(run)
+    wait_for(lambda: (latest_checkpoint_step(run) or 0) >= every and rank_pids(run), 120, "a periodic checkpoint")
+    ranks = rank_pids(run)
 
     def pause() -> tuple[int, int | None]:
-        for pid in pids:
+        """Hold the ranks still, so that what they saved is what they will have saved."""
+        for pid in ranks:
             os.kill(pid, signal.SIGSTOP)
         return last_step(run), latest_checkpoint_step(run)
 
     stopped_at, periodic = pause()
-    while stopped_at == periodic:  # paused right after a save, when nothing would be lost: a few more steps
-        for pid in pids:
+    while stopped_at % every == 0:  # at a save step: go on to one that saves nothing
+        for pid in ranks:
             os.kill(pid, signal.SIGCONT)
         wait_for(lambda: last_step(run) > stopped_at, 60, "the run to go on")
         stopped_at, periodic = pause()
-    subprocess.run(["scancel", "--full", "--signal=TERM", job], check=True)
-    subprocess.run(["scancel", "--full", "--signal=KILL", job], check=True)
-    assert wait_for(lambda: finished(env, [run]), 120, "the job to end") == {run.run_id: "cancelled"}
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: finished(env, [run]), 120, "the job to end") == {run.run_id: "failed"}
+    assert "summary status: none written" in (manifest_of(run).reason or "")
     assert periodic is not None and periodic % every == 0 and periodic < stopped_at
     assert latest_checkpoint_step(run) == periodic  # steps after it are lost: the resume re-runs them
     assert_no_leftover_processes(run)

@@ -27,6 +27,7 @@ from hpcllm.config.experiment import RefusedPoint, RunSpec, expand_experiment, l
 from hpcllm.config.qos import qos_refusal
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
+from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
 from hpcllm.launch.render import environment_context, render_job, render_template
 from hpcllm.launch.sitefacts import (
     PartitionInfo,
@@ -99,8 +100,11 @@ def run_doctor(
     checks += storage_checks(cluster, account, specs, results_root, profile_file)
     checks.append(python_environment(cluster))
     if gpu:
-        checks += gpu_job_checks(cluster, account, part, results_root or _results_root(cluster, account),
-                                 gpu_timeout_s)
+        try:
+            job_root = results_root_for(cluster, account, results_root)
+        except ConfigError:
+            job_root = Path("results")  # the storage rows above say why the profile's root fails here
+        checks += gpu_job_checks(cluster, account, part, job_root, gpu_timeout_s)
     return checks
 
 
@@ -271,20 +275,12 @@ def _label(point: dict[str, Any]) -> str:
 # --- storage ------------------------------------------------------------------------------------
 
 
-def _results_root(cluster: ClusterProfile, account: str | None) -> Path:
-    value = cluster.storage_roots(account).get("results", "results")
-    try:
-        return Path(expand_path(value, "paths.results"))
-    except ConfigError:
-        return Path("results")
-
-
 def storage_checks(cluster: ClusterProfile, account: str | None, specs: list[RunSpec], results_root: Path | None,
                    profile_file: str) -> list[Check]:
+    """Each storage root of the profile, and the results root submit would use (same precedence)."""
     roots = dict(cluster.storage_roots(account))
-    if results_root is not None:
-        roots["results"] = str(results_root)
-    roots.setdefault("results", "results")
+    if results_root is not None or os.environ.get(RESULTS_ENV) or "results" not in roots:
+        roots["results"] = str(results_root_for(cluster, account, results_root))
     checks = []
     for name, value in roots.items():
         key = f"paths.{name}"

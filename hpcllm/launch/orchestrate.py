@@ -169,10 +169,10 @@ def _profile_file(cluster: ClusterProfile) -> str:
     return str(clusters_dir() / f"{cluster.name}.yaml")
 
 
-def _results_root(given: Path | None, cluster: ClusterProfile, account: str | None, dry_run: bool,
-                  warnings: list[str]) -> Path:
-    """--results, else $HPCLLM_RESULTS, else the profile's ``paths.results`` (expanded here, on the
-    login node, where run directories are made), else ./results."""
+def results_root_for(cluster: ClusterProfile, account: str | None, given: Path | None = None) -> Path:
+    """Where run directories go: ``given`` (--results), else $HPCLLM_RESULTS, else the profile's
+    ``paths.results`` (expanded here, on the login node, where run directories are made), else
+    ./results. ConfigError when the profile's root cannot be resolved here."""
     if given is not None:
         return Path(given)
     if os.environ.get(RESULTS_ENV):
@@ -181,10 +181,16 @@ def _results_root(given: Path | None, cluster: ClusterProfile, account: str | No
     if configured is None:
         return Path("results")
     key = f"{_profile_file(cluster)}: paths.results"
+    if "{account}" in configured:
+        raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")
+    return Path(expand_path(configured, key))
+
+
+def _results_root(given: Path | None, cluster: ClusterProfile, account: str | None, dry_run: bool,
+                  warnings: list[str]) -> Path:
+    """``results_root_for``; a dry run that cannot resolve the profile's root renders under ./results."""
     try:
-        if "{account}" in configured:
-            raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")
-        return Path(expand_path(configured, key))
+        return results_root_for(cluster, account, given)
     except ConfigError as exc:
         if not dry_run:
             raise
