@@ -117,3 +117,23 @@ def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(tmp_p
     assert "$HPCLLM_TEST_SCRATCH is not set on this login node (used in data.sources[0].path" in result.output
     assert "storage: 7.8 GB of checkpoints (2 runs x 2 kept x up to 1.9 GB" in result.output
     assert json.loads((runs[0] / "manifest.json").read_text())["state"] == "rendered"
+
+
+def test_a_throughput_runs_checkpoints_still_carry_a_requeue(tmp_path: Path) -> None:
+    """keep_last 1 and no final checkpoint (the scaling grids): a stop still saves, the resume still
+    finishes, and what stays on disk is the one stop checkpoint."""
+    from engine_support import make_store, write_run
+    from hpcllm.engine.train import run
+    from hpcllm.rundir import EXIT_PREEMPTED, RunDir
+
+    run_dir = RunDir(tmp_path / "r")
+    cfg = write_run(run_dir.path, make_store(tmp_path / "store"), train={"steps": 4},
+                    checkpoint={"keep_last": 1, "at_end": False, "every_steps": 3})
+    run_dir.stop_file.touch()
+    assert run(cfg) == EXIT_PREEMPTED
+    assert sorted(p.name for p in run_dir.checkpoints.glob("step_*")) == ["step_1"]
+    run_dir.stop_file.unlink()
+    assert run(cfg) == 0
+    assert json.loads(run_dir.summary.read_text())["status"] == "completed"
+    # The periodic save at step 3 replaced the stop checkpoint (keep_last: 1); at_end: false saved no step 4.
+    assert sorted(p.name for p in run_dir.checkpoints.glob("step_*")) == ["step_3"]
