@@ -192,3 +192,20 @@ def _map_value(value: Any, change: Callable[[str, str], str], key: str) -> Any:
 def expand_site_paths(model: M, source: str, environ: Mapping[str, str] | None = None) -> M:
     """``model`` with every path field expanded for this node (the engine calls this on ``run.yaml``)."""
     return map_site_paths(model, lambda key, value: expand_path(value, f"{source}: {key}", environ))
+
+
+def resolve_on_login(model: M, roots: Mapping[str, str], where: str, owner: str) -> M:
+    """What ``hpcllm submit`` writes into ``run.yaml``: every path field with ``{root}`` replaced by
+    the profile's storage root and made absolute against this directory (the job starts elsewhere);
+    ``$VAR`` and ``~`` stay for the compute node. ``owner`` names the profile in errors."""
+
+    def resolve(key: str, value: str) -> str:
+        resolved = substitute_roots(value, roots, f"{where}: {key}", owner)
+        if "{account}" in resolved:
+            raise ConfigError(
+                f"{where}: {key}: {value!r} lies under a storage root of {owner} that needs an account: "
+                "pass --account, export HPCLLM_ACCOUNT or set account: in the profile"
+            )
+        return absolute_on_login(resolved)
+
+    return map_site_paths(model, resolve)

@@ -18,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpcllm.config import grid as gridlib
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
-from hpcllm.config.qos import auto_qos_refusals, default_qos
+from hpcllm.config.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
 from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
-from hpcllm.sitepaths import absolute_on_login, map_site_paths, substitute_roots
+from hpcllm.sitepaths import resolve_on_login
 
 
 class Resources(BaseModel):
@@ -81,18 +81,6 @@ class Experiment(BaseModel):
                 if not group[key]:
                     raise ValueError(f"grid key {key!r} has an empty list of values")
         return value
-
-
-class QosRefused(ConfigError):
-    """No QoS the profile may choose admits the point: only a larger allocation can run it."""
-
-
-@dataclass(frozen=True)
-class RefusedPoint:
-    """A grid point left out because no QoS admits it, and why (each QoS's limit)."""
-
-    point: dict[str, Any]
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -223,28 +211,11 @@ def _resolve_point(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, TrainingConfig, where)) from None
     _check_against_cluster(resources, training, cluster, where)
-    training = _resolve_paths(training, cluster, account, where)
+    training = resolve_on_login(training, cluster.storage_roots(account), where, f"cluster {cluster.name!r}")
     training = _with_global_batch(training, resources, where)
     run_id = _run_id(training, resources)
     training = training.model_copy(update={"run_id": run_id})
     return RunSpec(experiment, cluster.name, run_id, point, resources, training)
-
-
-def _resolve_paths(training: TrainingConfig, cluster: ClusterProfile, account: str | None, where: str) -> TrainingConfig:
-    """Every path field with the profile's ``{root}`` filled in and made absolute against this directory
-    (jobs start elsewhere); ``$VAR`` and ``~`` are left for the compute node (hpcllm.sitepaths)."""
-    roots = cluster.storage_roots(account)
-
-    def resolve(key: str, value: str) -> str:
-        resolved = substitute_roots(value, roots, f"{where}: {key}", f"cluster {cluster.name!r}")
-        if "{account}" in resolved:
-            raise ConfigError(
-                f"{where}: {key}: {value!r} lies under a storage root of {cluster.name!r} that needs an "
-                "account: pass --account, export HPCLLM_ACCOUNT or set account: in the profile"
-            )
-        return absolute_on_login(resolved)
-
-    return map_site_paths(training, resolve)
 
 
 def _check_against_cluster(

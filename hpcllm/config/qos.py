@@ -8,7 +8,23 @@ where the profile lists ``auto_qos``, picks the first QoS whose window holds the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from hpcllm.config.cluster import ClusterProfile, QosSpec, parse_slurm_time
+from hpcllm.errors import ConfigError
+
+
+class QosRefused(ConfigError):
+    """No QoS the profile may choose admits the point: only a larger allocation can run it."""
+
+
+@dataclass(frozen=True)
+class RefusedPoint:
+    """A grid point left out because no QoS admits it, and why (each QoS's limit)."""
+
+    point: dict[str, Any]
+    reason: str
 
 
 def qos_refusal(name: str, spec: QosSpec, nodes: int, time: str) -> str | None:
