@@ -8,6 +8,7 @@
         slurm-<jobid>.out   scheduler log, appended across requeues
         metrics.jsonl       one JSON object per logged step (engine)
         summary.json        medians + table fields + status (engine, atomic)
+        runtime.jsonl       per attempt: versions, hosts, CPUs and devices of every rank (engine)
         checkpoints/        step_<N>/ DCP folders and the `latest` pointer (engine)
         tensorboard/        TensorBoard event files (engine, rank 0; tracking.tensorboard)
         wandb/              Weights & Biases files (engine, rank 0; tracking.wandb)
@@ -70,6 +71,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def runtime(self) -> Path:
+        return self.path / "runtime.jsonl"
 
     @property
     def checkpoints(self) -> Path:

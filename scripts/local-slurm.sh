@@ -21,7 +21,13 @@
 #    logical node they run on. n1..n4 go into /etc/hosts so rendezvous endpoints like n2:29500 resolve.
 #  - AuthInfo cred_expire=5: after a node failure slurmctld holds a requeued job back for
 #    cred_expire+1 s (default 121 s). Short scheduler intervals start jobs within a second or two.
-#  - proctrack/pgid: works without cgroups (containers); jobs are killed by process group.
+#  - proctrack/linuxproc: works without cgroups (containers) and, like the sites' proctrack/cgroup,
+#    finds every process of a step through the process tree: torchrun starts its workers in
+#    sessions of their own, which proctrack/pgid would leave running after a KILL.
+#  - task/affinity: steps are bound to the CPUs they were given, as on the sites (where it comes with
+#    task/cgroup), so a step that does not restate --cpus-per-task would show it.
+#  - KillWait=30 (SLURM's default, what the sites run with; `scontrol show config | grep KillWait`):
+#    after the TERM of a scancel or a time limit, processes have 30 s before KILL.
 #  - No slurmdbd: `sacct` does not work here ("accounting storage is disabled"). Finished jobs stay
 #    visible to `scontrol show job` for MinJobAge seconds and are appended to log/jobcomp.txt.
 #  - ReturnToService=1: a slurmd that comes back makes its node usable again; a node set DOWN by
@@ -35,6 +41,7 @@ NODE_MEM_MB=${HPCLLM_SLURM_MEM_MB:-2048}
 CTLD_PORT=${HPCLLM_SLURM_CTLD_PORT:-16817}
 FIRST_SLURMD_PORT=${HPCLLM_SLURM_SLURMD_PORT:-16901}   # n1 gets this port, n2 the next, ...
 MIN_JOB_AGE=${HPCLLM_SLURM_MIN_JOB_AGE:-300}
+KILL_WAIT=${HPCLLM_SLURM_KILL_WAIT:-30}    # seconds between TERM and KILL, as on the sites
 READY_TIMEOUT_S=${HPCLLM_SLURM_READY_TIMEOUT:-60}
 SLURM_CONF_FILE=$STATE_DIR/etc/slurm.conf
 MUNGE_DIR=$STATE_DIR/munge
@@ -110,8 +117,8 @@ SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
 SlurmdLogFile=$STATE_DIR/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/pgid
-TaskPlugin=task/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/affinity
 MpiDefault=none
 SwitchType=switch/none
 MailProg=/bin/true
@@ -122,7 +129,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1,kill_invalid_depend
 ReturnToService=1
 MinJobAge=$MIN_JOB_AGE
-KillWait=5
+KillWait=$KILL_WAIT
 InactiveLimit=0
 Waittime=0
 SlurmdTimeout=30

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,5 +24,6 @@ def fail(exc: Exception) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
-# The results root every command defaults to (relative to where `hpcllm` runs).
-RESULTS = Path("results")
+# The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
+# once), else ./results (relative to where `hpcllm` runs).
+RESULTS = Path(os.environ.get("HPCLLM_RESULTS") or "results")

@@ -13,6 +13,7 @@ from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
+    from hpcllm.launch.orchestrate import SubmitResult
     from hpcllm.rundir import RunDir
 
 
@@ -21,7 +22,9 @@ def submit(
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name (see `hpcllm clusters`)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render scripts and run dirs, submit nothing."),
     account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Optional[Path] = typer.Option(
+        None, "--results", help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled runs."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every run has finished."),
     after: Optional[list[str]] = typer.Option(
@@ -51,10 +54,24 @@ def submit(
             p.sharding, p.activation_checkpointing, f"{run.action} {run.detail}".strip(), run.job_id or "-",
         )
     console.print(table)
+    _print_plan_notes(result)
     if result.runs:
         console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
     if wait and not dry_run:
-        _wait_for(results, [r.run_dir.path for r in result.runs])
+        _wait_for(result.results_root, [r.run_dir.path for r in result.runs])
+
+
+def _print_plan_notes(result: SubmitResult) -> None:
+    """Points no QoS admits, and what the checkpoints take where they go."""
+    from hpcllm.launch.storage import human_bytes
+
+    for refused in result.refused:
+        point = ", ".join(f"{k}={v}" for k, v in refused.point.items()) or "(base)"
+        err_console.print(f"[yellow]refused[/] {{{point}}}: {refused.reason}", highlight=False, soft_wrap=True)
+    if result.storage is not None and result.storage.runs:
+        room = f"; {human_bytes(result.room.free)} free ({result.room.source})" if result.room else ""
+        console.print(f"storage: {result.storage.describe()} under {result.results_root}{room}",
+                      highlight=False, soft_wrap=True)
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:
@@ -98,7 +115,7 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
     except HpcllmError as exc:
         fail(exc)
     table = Table(title=f"Runs under {root}")
-    for col in ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason"):
+    for col in ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with"):
         table.add_column(col)
     colors = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta"}
     for s in rows:
@@ -110,6 +127,7 @@ def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one exp
             "-" if s.step is None else str(s.step), "-" if s.loss is None else f"{s.loss:.4f}",
             str(len(m.restarts)) if m else "0",
             f"waiting: {s.waiting_for}" if s.waiting_for else ((m.reason or last_restart) if m else ""),
+            s.software,
         )
     console.print(table)
     _print_artifacts(root, [s.run_dir for s in rows])

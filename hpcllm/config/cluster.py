@@ -19,6 +19,7 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.text import OneLine, SbatchOption, one_line, shell_variable_name
 from hpcllm.errors import ConfigError
 from hpcllm.paths import project_folder
+from hpcllm.sitepaths import root_names
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 
@@ -46,7 +47,16 @@ class QosSpec(BaseModel):
 
     max_time: SlurmTime = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
     max_nodes: int | None = Field(None, gt=0, description="Most nodes one job may use; null = partition limit.")
+    min_nodes: int | None = Field(
+        None, gt=0, description="Fewest nodes a job must use (big-job QoS such as boost_qos_bprod); null = 1."
+    )
     description: str = ""
+
+    @model_validator(mode="after")
+    def _range(self) -> "QosSpec":
+        if self.min_nodes is not None and self.max_nodes is not None and self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) > max_nodes ({self.max_nodes})")
+        return self
 
 
 class ClusterProfile(BaseModel):
@@ -67,7 +77,12 @@ class ClusterProfile(BaseModel):
     )
     requires_account: bool = Field(True, description="The site rejects jobs without an account.")
     qos: dict[OneLine, QosSpec] = Field(default_factory=dict, description="QoS names and their limits.")
-    default_qos: OneLine | None = None
+    default_qos: OneLine | None = Field(None, description="QoS of a run that names none (unless auto_qos is set).")
+    auto_qos: list[OneLine] = Field(
+        default_factory=list,
+        description="A run that names no QoS gets the first of these that admits its nodes and time; "
+        "a run none admits is refused with each one's limit.",
+    )
     max_nodes: int = Field(1, gt=0, description="Nodes in the partition: more would pend forever.")
     gpu_type: str = Field(description="Accelerator model for MFU (see hpcllm.perf), or 'cpu'.")
     gpus_per_node: int = Field(gt=0, description="Ranks per node (one per GPU; CPU ranks on 'cpu').")
@@ -77,6 +92,10 @@ class ClusterProfile(BaseModel):
     mem: OneLine | None = Field(None, description="--mem value (0 = all of the node); null = no --mem line.")
     exclusive: bool = Field(True, description="Add --exclusive (whole nodes for scaling runs).")
     modules: list[OneLine] = Field(default_factory=list, description="`module load` these, in order.")
+    system_nccl: bool = Field(
+        False, description="Allow a site NCCL module: it shadows the NCCL torch was built and tested with "
+        "(LD_LIBRARY_PATH beats the wheel's RUNPATH); only for sites whose network needs it."
+    )
     setup: list[str] = Field(
         default_factory=list, description="Shell lines run before launch (activate the venv etc.)."
     )
@@ -91,6 +110,12 @@ class ClusterProfile(BaseModel):
     max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
     template: str = Field("sbatch.sh.j2", description="Template in templates/ used to render jobs.",
                           pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\.j2$")
+    paths: dict[str, OneLine] = Field(
+        default_factory=dict,
+        description="Storage roots by name. Experiments write `{scratch}/data` and get this site's path; "
+        "`results` is where `hpcllm submit` puts run directories (default ./results). Values may use "
+        "$VAR, ${VAR} and ~ (expanded where the path is used) and {account}.",
+    )
     max_array_size: int = Field(
         0, ge=0, description="SLURM: submit grid points with equal resources as one job array of at most "
         "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run."
@@ -107,6 +132,23 @@ class ClusterProfile(BaseModel):
             raise ValueError(
                 f"default_qos {self.default_qos!r} is not one of the qos names: {', '.join(self.qos) or '(none)'}"
             )
+        for name in self.auto_qos:
+            if name not in self.qos:
+                raise ValueError(f"auto_qos: {name!r} is not one of the qos names: {', '.join(self.qos) or '(none)'}")
+        if self.auto_qos and self.default_qos is not None:
+            raise ValueError("set default_qos or auto_qos, not both (auto_qos chooses for runs that name no QoS)")
+        for key, value in self.paths.items():
+            if not key.isidentifier():
+                raise ValueError(f"paths: {key!r} is not a name (letters, digits, _): experiments write {{name}}")
+            unknown = [r for r in root_names(value) if r != "account"]
+            if unknown:
+                raise ValueError(f"paths.{key}: {{{unknown[0]}}}: only {{account}} may appear in a storage root")
+        nccl = [m for m in self.modules if m.split("/")[0].lower() == "nccl"]
+        if nccl and not self.system_nccl:
+            raise ValueError(
+                f"modules: {nccl[0]!r} would put the site's NCCL ahead of the one torch ships with; "
+                "remove it, or set system_nccl: true if this site's network needs it"
+            )
         if self.min_cpus_per_gpu and self.cpus_per_node < self.min_cpus_per_gpu * self.gpus_per_node:
             raise ValueError(
                 f"cpus_per_node ({self.cpus_per_node}) < min_cpus_per_gpu ({self.min_cpus_per_gpu}) "
@@ -117,6 +159,11 @@ class ClusterProfile(BaseModel):
     @property
     def is_cpu(self) -> bool:
         return self.gpu_type.lower() == "cpu"
+
+    def storage_roots(self, account: str | None) -> dict[str, str]:
+        """``paths`` with ``{account}`` filled in (left as is without an account: whoever uses such a
+        root says that it needs one)."""
+        return {name: value.replace("{account}", account) if account else value for name, value in self.paths.items()}
 
     def resolve_account(self, cli_account: str | None = None) -> str | None:
         """--account beats $HPCLLM_ACCOUNT beats the profile; error if the site needs one and none is set."""

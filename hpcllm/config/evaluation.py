@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hpcllm.sitepaths import SitePath
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +32,7 @@ class HoldoutConfig(_Strict):
 
 
 class EvalSource(_Strict):
-    path: str = Field(description="Token store written with the run's tokenizer.")
+    path: SitePath = Field(description="Token store written with the run's tokenizer.")
     weight: float = Field(1.0, gt=0, description="Share of the eval set drawn from this store.")
 
 

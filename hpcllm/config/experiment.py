@@ -18,12 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpcllm.config import grid as gridlib
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
+from hpcllm.config.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
 from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.text import OneLine
 from hpcllm.config.search import SearchConfig
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
+from hpcllm.sitepaths import resolve_on_login
 
 
 class Resources(BaseModel):
@@ -118,8 +120,16 @@ def load_experiment(path: Path) -> Experiment:
     return load_model(Experiment, Path(path))
 
 
-def expand_experiment(exp: Experiment, cluster: ClusterProfile, source: str) -> list[RunSpec]:
-    """Every point of ``exp`` as a RunSpec for ``cluster``; errors name ``source`` and the point."""
+def expand_experiment(
+    exp: Experiment, cluster: ClusterProfile, source: str, *, account: str | None = None,
+    refused: list[RefusedPoint] | None = None,
+) -> list[RunSpec]:
+    """Every point of ``exp`` as a RunSpec for ``cluster``; errors name ``source`` and the point.
+
+    ``account`` fills ``{account}`` in the profile's storage roots. A point that no QoS of the
+    profile's ``auto_qos`` admits is an error, unless the caller passes ``refused``: then it is
+    listed there and left out (a grid may hold rows that need a special allocation).
+    """
     try:
         points = gridlib.expand(exp.grid, exp.zip)
     except ValueError as exc:
@@ -141,7 +151,13 @@ def expand_experiment(exp: Experiment, cluster: ClusterProfile, source: str) -> 
                 continue
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        spec = _resolve_point(exp.name, point, doc, cluster, where)
+        try:
+            spec = _resolve_point(exp.name, point, doc, cluster, where, account)
+        except QosRefused as exc:
+            if refused is None:
+                raise
+            refused.append(RefusedPoint(point, str(exc).removeprefix(f"{where}: ")))
+            continue
         if spec.run_id in seen:
             raise ConfigError(
                 f"{source}: points {_point_label(seen[spec.run_id])} and {_point_label(point)} resolve "
@@ -166,32 +182,41 @@ def _split_with_defaults(
     resources_doc = dict(doc.get("resources", {}))
     resources_doc.setdefault("gpus_per_node", cluster.gpus_per_node)
     resources_doc.setdefault("max_restarts", cluster.max_restarts)
-    if cluster.default_qos and not resources_doc.get("qos"):
-        resources_doc["qos"] = cluster.default_qos
+    if not resources_doc.get("qos"):
+        resources_doc["qos"] = _qos_for(resources_doc, cluster)
     training_doc = {k: v for k, v in doc.items() if k != "resources"}
     training_doc.setdefault("metrics", {})
     training_doc["metrics"] = {**training_doc["metrics"], "gpu_type": cluster.gpu_type}
-    training_doc["data"] = _absolute_data_paths(training_doc.get("data"))
-    if isinstance(training_doc.get("init_from"), str):  # a warm start's checkpoint, as seen from here
-        training_doc["init_from"] = _absolute(training_doc["init_from"])
     return resources_doc, training_doc
+
+
+def _qos_for(resources_doc: dict[str, Any], cluster: ClusterProfile) -> str | None:
+    """The profile's choice of QoS for a point that names none (None: none admits it, or the
+    resources do not validate, which is reported on its own)."""
+    try:
+        resources = Resources.model_validate(resources_doc)
+    except ValidationError:
+        return None
+    return default_qos(cluster, resources.nodes, resources.time)
 
 
 def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str) -> dict[str, Any]:
     """The point as ``where`` sees it: every resolved value (defaults, preset fields, the profile's
     gpus_per_node and QoS), or only what the YAML says when the point does not validate (it is then
-    rejected later unless the filter drops it)."""
+    rejected later unless the filter drops it); ``cluster`` is the profile's name, so one grid can
+    hold different rows for different machines."""
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
     try:
         resources = Resources.model_validate(resources_doc).model_dump(mode="json")
         training = TrainingConfig.model_validate(training_doc).model_dump(mode="json")
     except ValidationError:
-        return doc
-    return {"resources": resources, **training}
+        return {**doc, "cluster": cluster.name}
+    return {"resources": resources, **training, "cluster": cluster.name}
 
 
 def _resolve_point(
-    experiment: str, point: dict[str, Any], doc: dict[str, Any], cluster: ClusterProfile, where: str
+    experiment: str, point: dict[str, Any], doc: dict[str, Any], cluster: ClusterProfile, where: str,
+    account: str | None,
 ) -> RunSpec:
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
     try:
@@ -200,34 +225,11 @@ def _resolve_point(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, TrainingConfig, where)) from None
     _check_against_cluster(resources, training, cluster, where)
+    training = resolve_on_login(training, cluster.storage_roots(account), where, f"cluster {cluster.name!r}")
     training = _with_global_batch(training, resources, where)
     run_id = _run_id(training, resources)
     training = training.model_copy(update={"run_id": run_id})
     return RunSpec(experiment, cluster.name, run_id, point, resources, training)
-
-
-def _absolute_data_paths(data: Any) -> Any:
-    """Relative store paths are relative to where `hpcllm submit` runs; jobs may start elsewhere.
-
-    Paths that start with ``$`` (``$SCRATCH/...``) are left for the compute node to expand.
-    """
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
-    if isinstance(data.get("path"), str):
-        data["path"] = _absolute(data["path"])
-    if isinstance(data.get("tokenizer"), str) and data["tokenizer"] != "byte":
-        data["tokenizer"] = _absolute(data["tokenizer"])
-    if isinstance(data.get("sources"), list):
-        data["sources"] = [
-            {**s, "path": _absolute(s["path"])} if isinstance(s, dict) and isinstance(s.get("path"), str) else s
-            for s in data["sources"]
-        ]
-    return data
-
-
-def _absolute(path: str) -> str:
-    return path if path.startswith("$") else str(Path(path).expanduser().absolute())
 
 
 def _check_against_cluster(
@@ -240,6 +242,12 @@ def _check_against_cluster(
         )
     if cluster.scheduler == "local" and resources.nodes != 1:
         raise ConfigError(f"{where}: resources.nodes: the local cluster runs 1 node, got {resources.nodes}")
+    if resources.qos is None and cluster.auto_qos:
+        raise QosRefused(
+            f"{where}: resources.nodes: no QoS of {cluster.name!r} admits {resources.nodes} nodes for "
+            f"{resources.time}: {'; '.join(auto_qos_refusals(cluster, resources.nodes, resources.time))} "
+            "(a larger allocation's QoS can be added to the profile)"
+        )
     if resources.qos is not None:
         if cluster.qos and resources.qos not in cluster.qos:
             raise ConfigError(
@@ -256,6 +264,11 @@ def _check_against_cluster(
                 raise ConfigError(
                     f"{where}: resources.nodes: {resources.nodes} exceeds QoS {resources.qos!r} limit of "
                     f"{spec.max_nodes} nodes"
+                )
+            if spec.min_nodes is not None and resources.nodes < spec.min_nodes:
+                raise ConfigError(
+                    f"{where}: resources.nodes: {resources.nodes} is below QoS {resources.qos!r} minimum of "
+                    f"{spec.min_nodes} nodes (the job would pend forever)"
                 )
     if training.device == "cuda" and cluster.is_cpu:
         raise ConfigError(f"{where}: device: 'cuda' on cluster {cluster.name!r}, which has no GPUs")

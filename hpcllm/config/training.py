@@ -7,7 +7,7 @@ it back with ``TrainingConfig.model_validate``; neither side invents defaults th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,7 @@ from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.profiling import ProfileConfig
 from hpcllm.config.tracking import TrackingConfig
+from hpcllm.sitepaths import SitePath, site_path
 
 
 class _Strict(BaseModel):
@@ -129,13 +130,13 @@ class ScheduleConfig(_Strict):
 
 
 class DataSource(_Strict):
-    path: str = Field(description="Token store directory written by `hpcllm data prepare`.")
+    path: SitePath = Field(description="Token store directory written by `hpcllm data prepare`.")
     weight: float = Field(1.0, gt=0, description="Relative sampling weight when blending stores.")
 
 
 class DataConfig(_Strict):
     sources: list[DataSource] = Field(min_length=1)
-    tokenizer: str = Field(
+    tokenizer: Annotated[str, site_path("byte")] = Field(
         "byte", description="'byte' or a tokenizer.json path; must match the store's fingerprint."
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
@@ -163,7 +164,7 @@ class CheckpointConfig(_Strict):
 
 class DistillConfig(_Strict):
     teacher: ModelConfig = Field(description="Teacher architecture (a preset plus overrides).")
-    teacher_checkpoint: str = Field(description="Run dir or checkpoint dir holding the teacher's weights.")
+    teacher_checkpoint: SitePath = Field(description="Run dir or checkpoint dir holding the teacher's weights.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term; 1-alpha weighs CE.")
     temperature: float = Field(1.0, gt=0)
 
@@ -190,7 +191,7 @@ class TrainingConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     distill: DistillConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    init_from: str | None = Field(
+    init_from: SitePath | None = Field(
         None,
         description="Warm start (fine-tuning): RUN_DIR[@STEP], a checkpoints/ or step_<N> folder, or a folder "
         "holding one run. Its model weights start this run; optimizer, LR schedule and data position start "

@@ -71,14 +71,9 @@ from hpcllm.engine.state import TrainState
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
 from hpcllm.rundir import RunDir, find_run_dirs
+from hpcllm.sitepaths import expand_path
 
 log = logging.getLogger(__name__)
-
-def expand_path(spec: str) -> Path:
-    """A user-given path as this node sees it (``~`` expanded): the one place checkpoint references
-    are turned into paths, so site-specific expansion ($SCRATCH, ...) can be added here alone."""
-    return Path(spec).expanduser()
-
 
 def resolve_checkpoint(spec: str, key: str) -> Path:
     """The complete checkpoint folder that ``spec`` names; errors start with ``key`` (config key or option).
@@ -91,7 +86,7 @@ def resolve_checkpoint(spec: str, key: str) -> Path:
     head, sep, tail = spec.rpartition("@")
     if sep and tail.isdigit():
         text, step = head, int(tail)
-    path = expand_path(text)
+    path = Path(expand_path(text, key))  # $VAR and ~, as for every path the engine reads
     if step is None and (path / ".metadata").is_file():
         return path
     root = _checkpoint_root(path, spec, key)

@@ -21,12 +21,13 @@ import torch
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer
-from hpcllm.engine.checkpoint import TRAINER_STATE, expand_path, resolve_checkpoint
+from hpcllm.engine.checkpoint import TRAINER_STATE, resolve_checkpoint
 from hpcllm.engine.export import checkpoint_model_config, load_model_state
 from hpcllm.engine.model import GPT, KVCache
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import read_json
 from hpcllm.rundir import RunDir
+from hpcllm.sitepaths import expand_path
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,13 @@ def load_generator(spec: str, *, tokenizer: str | None = None, device: str = "au
     with ``tokenizer``, else the one in its run's ``run.yaml`` (``data.tokenizer``)."""
     ckpt = resolve_checkpoint(spec, "RUN_DIR")
     run = RunDir(ckpt.parent.parent)  # <run>/checkpoints/step_N
+    tokenizer_from_run = tokenizer is None
     if tokenizer is None:
         if not run.config.is_file():
             raise ConfigError(f"{ckpt}: no run.yaml beside this checkpoint to take the tokenizer from; "
                               "give --tokenizer (byte or a tokenizer.json)")
         tokenizer = load_model(TrainingConfig, run.config).data.tokenizer
-    tok = load_tokenizer(tokenizer if tokenizer == "byte" else str(expand_path(tokenizer)))
+    tok = load_tokenizer(tokenizer if tokenizer == "byte" else expand_path(tokenizer, "data.tokenizer" if tokenizer_from_run else "--tokenizer"))
     cfg = checkpoint_model_config(ckpt, run)
     if tok.vocab_size > cfg.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer!r} has {tok.vocab_size} ids, more than the model's "

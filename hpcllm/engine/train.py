@@ -40,11 +40,13 @@ from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.profiling import StepProfiler
+from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.engine.tracking import open_sinks
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
+from hpcllm.sitepaths import expand_site_paths
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_STATUS_COMPLETED,
@@ -207,6 +209,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     dp_size = env.world_size
     gbs = global_batch_size(cfg, dp_size, source)
     summary.update(summary_fields(cfg, env, gbs))
+    record_runtime(run_dir, env, restart=restart_count())
     mesh = build_mesh(cfg.parallel, env)
     model = build_parallel_model(cfg.model, cfg.parallel, mesh, env.device, cfg.seed)
     loader = build_train_loader(
@@ -335,7 +338,8 @@ def run(config_path: Path, *, resume: bool = True) -> int:
     rank = int(os.environ.get("RANK", "0"))
     summary: dict[str, Any] = {"run_id": run_dir.run_id}
     try:
-        cfg = load_model(TrainingConfig, config_path)
+        # $CINECA_SCRATCH/... and ~/... in paths mean this node's values (docs/sites.md).
+        cfg = expand_site_paths(load_model(TrainingConfig, config_path), str(config_path))
         summary["run_id"] = cfg.run_id
         env = init_distributed(cfg.device, cpu_collectives=cfg.parallel.cpu_offload)
         try:

@@ -11,7 +11,8 @@ requeue, with the node list and the last step the run had reached).
   go into ``exclude_nodes`` so a resubmission avoids them. Past the retry budget the run is marked
   failed and the script exits before launching anything (exit 3).
 - ``end``: after the launcher exits, decide from ``summary.json`` and the budget; prints
-  ``requeue`` or ``exit N`` for the script to act on, and records the outcome.
+  ``requeue``, ``cancel`` (the run was cancelled: the script ends its job as CANCELLED once the
+  engine has checkpointed) or ``exit N`` for the script to act on, and records the outcome.
 - ``requeue-failed``: ``scontrol requeue`` itself failed; the run is marked failed with that reason.
 
 Torch-free and quick: it runs on the batch node before and after every attempt.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,16 +134,19 @@ def on_start(ctx: JobContext) -> bool:
 
 @_under_run_lock
 def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
-    """Decide what the batch script does now: ``requeue`` or ``exit N``; records the outcome."""
+    """Decide what the batch script does now: ``requeue``, ``cancel`` or ``exit N``; records the outcome."""
     manifest = _manifest(ctx)
-    status = (read_json(ctx.run_dir.summary) or {}).get("status")
+    summary = read_json(ctx.run_dir.summary) or {}
+    status = summary.get("status")
     manifest.exit_code = rc
-    if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx.job_id)):
+    if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx)):
         # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
         manifest.state = RunState.CANCELLED
         manifest.reason = manifest.reason or "cancelled (scancel)"
+        if status == SUMMARY_STATUS_PREEMPTED:
+            manifest.reason += f"; checkpoint at step {summary.get('steps_completed')}"
         save_manifest(ctx.run_dir, manifest)
-        return f"exit {EXIT_PREEMPTED}"
+        return "cancel"
     if status == SUMMARY_STATUS_COMPLETED:
         manifest.state = RunState.COMPLETED
         manifest.reason = None
@@ -192,9 +197,25 @@ def _slurm_state(job_id: str) -> str:
     return proc.stdout.strip().split("\n")[0] if proc.returncode == 0 else ""
 
 
-def _cancelled(job_id: str) -> bool:
-    """True when SLURM already marks the job CANCELLED (a TERM from scancel, not a preemption)."""
-    return _slurm_state(job_id).startswith("CANCELLED")
+# slurmstepd's line in the job's log when the job is cancelled; a time limit, preemption or node
+# failure adds " DUE TO <reason>" before the closing stars, a plain scancel adds nothing.
+_PLAIN_CANCEL = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+ \*\*\*\s*$")
+
+
+def _cancelled(ctx: JobContext) -> bool:
+    """True when the TERM came from a user's ``scancel`` (not a time limit, preemption or node failure).
+
+    While its processes end, a cancelled job is only COMPLETING to squeue and scontrol, so SLURM's
+    state says CANCELLED too late for this hook; slurmstepd's line in the job's log says it at once.
+    """
+    if _slurm_state(ctx.job_id).startswith("CANCELLED"):
+        return True
+    job = os.environ.get("SLURM_JOB_ID", ctx.job_id)  # an array task's own number, as slurmstepd writes it
+    try:
+        with open(ctx.run_dir.log_file(ctx.job_id), errors="replace") as fh:
+            return any((m := _PLAIN_CANCEL.search(line)) and m.group(1) == job for line in fh)
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ resubmitted when asked.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
+from hpcllm.config.cluster import clusters_dir
+from hpcllm.config.experiment import Experiment, RefusedPoint, RunSpec, expand_experiment, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
@@ -22,7 +24,12 @@ from hpcllm.launch.backends.base import Backend
 from hpcllm.launch.locks import exclusive
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.render import render_job
+from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
 from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
+from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
+
+# The default results root when neither --results nor the profile's paths.results names one.
+RESULTS_ENV = "HPCLLM_RESULTS"
 
 
 @dataclass
@@ -39,6 +46,10 @@ class SubmitResult:
     cluster: ClusterProfile
     runs: list[PlannedRun] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    results_root: Path = Path("results")
+    refused: list[RefusedPoint] = field(default_factory=list)  # points no QoS of the profile admits
+    storage: StorageNeed | None = None  # what the submitted runs' checkpoints take
+    room: Room | None = None  # the tightest free space where they go, when it could be measured
 
 
 def run_config_text(spec: RunSpec) -> str:
@@ -53,14 +64,19 @@ def run_config_text(spec: RunSpec) -> str:
 def submit_experiment(
     experiment_path: Path,
     cluster_name: str,
-    results_root: Path,
+    results_root: Path | None = None,
     *,
     account: str | None = None,
     dry_run: bool = False,
     retry_failed: bool = False,
     after: list[str] | None = None,
 ) -> SubmitResult:
-    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``)."""
+    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
+
+    ``results_root`` defaults to ``$HPCLLM_RESULTS``, else the profile's ``paths.results``, else
+    ``./results``. Points no QoS admits are listed in ``refused``; the checkpoints of the runs to
+    submit must fit the results root's free space and quota (StorageError otherwise).
+    """
     experiment = load_experiment(experiment_path)
     if experiment.search is not None:
         raise ConfigError(f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
@@ -78,18 +94,37 @@ def submit_experiment(
             raise
         result.warnings.append(f"no account for {cluster.name!r}: rendered without --account")
         account = None
-    specs = expand_experiment(experiment, cluster, str(experiment_path))
+    results_root = result.results_root = _results_root(results_root, cluster, account, dry_run, result.warnings)
+    specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=result.refused)
+    result.warnings += _unset_on_login(specs)
     backend = None if dry_run else backend_for(cluster)
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None
     if not specs:
         return result
+    _check_storage(specs, experiment, cluster, results_root, retry_failed, dry_run, result)
     # One submitter per grid at a time: deciding what to submit and recording it must not
     # interleave with another `hpcllm submit` of the same experiment (a colleague's, or a
     # second terminal's), or both would submit every run.
     with exclusive(submit_lock(results_root, experiment.name, cluster.name)):
         return _submit_specs(specs, experiment, cluster, results_root, backend, python, account=account,
                              retry_failed=retry_failed, after=after, result=result)
+
+
+def _check_storage(specs: list[RunSpec], experiment: Experiment, cluster: ClusterProfile, results_root: Path,
+                   retry_failed: bool, dry_run: bool, result: SubmitResult) -> None:
+    """Refuse (StorageError) before anything is written when the checkpoints of the runs to submit
+    cannot fit where they go; a dry run only warns. Runs are judged by their manifests as they are
+    (no scheduler query): a run that is queued or done needs no new room."""
+    to_run = [spec for spec in specs if not _skip_reason(
+        load_manifest(RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)), retry_failed)]
+    result.storage = storage_need(to_run)
+    try:
+        result.room = check_storage(result.storage, results_root, profile_file=_profile_file(cluster))
+    except StorageError as exc:
+        if not dry_run:
+            raise
+        result.warnings.append(str(exc))
 
 
 def _submit_specs(
@@ -108,10 +143,12 @@ def _submit_specs(
     active = [(rd, m) for _, rd, _, m in existing if m is not None and m.state.active]
     fresh = backend.refresh(active) if backend is not None and active else {}
 
-    queued: list[tuple[PlannedRun, Manifest]] = []
-    for spec, run_dir, _, manifest in existing:
+    for spec, _, _, manifest in existing:
         if manifest is not None and spec.run_id in fresh:
             manifest.state = fresh[spec.run_id]
+
+    queued: list[tuple[PlannedRun, Manifest]] = []
+    for spec, run_dir, config_text, manifest in existing:
         skip = _skip_reason(manifest, retry_failed)
         if skip:
             result.runs.append(PlannedRun(spec, run_dir, "skipped", skip, manifest.job_id if manifest else None))
@@ -168,6 +205,51 @@ def prepare_run(spec: RunSpec, run_dir: RunDir, manifest: Manifest | None, *, ex
     return manifest
 
 
+def _profile_file(cluster: ClusterProfile) -> str:
+    return str(clusters_dir() / f"{cluster.name}.yaml")
+
+
+def results_root_for(cluster: ClusterProfile, account: str | None, given: Path | None = None) -> Path:
+    """Where run directories go: ``given`` (--results), else $HPCLLM_RESULTS, else the profile's
+    ``paths.results`` (expanded here, on the login node, where run directories are made), else
+    ./results. ConfigError when the profile's root cannot be resolved here."""
+    if given is not None:
+        return Path(given)
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    configured = cluster.storage_roots(account).get("results")
+    if configured is None:
+        return Path("results")
+    key = f"{_profile_file(cluster)}: paths.results"
+    if "{account}" in configured:
+        raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")
+    return Path(expand_path(configured, key))
+
+
+def _results_root(given: Path | None, cluster: ClusterProfile, account: str | None, dry_run: bool,
+                  warnings: list[str]) -> Path:
+    """``results_root_for``; a dry run that cannot resolve the profile's root renders under ./results."""
+    try:
+        return results_root_for(cluster, account, given)
+    except ConfigError as exc:
+        if not dry_run:
+            raise
+        warnings.append(f"{exc}; rendering under ./results instead")
+        return Path("results")
+
+
+def _unset_on_login(specs: list[RunSpec]) -> list[str]:
+    """One warning per path variable that is not set here: the compute node must set it, or the run
+    fails at start-up (it may be fine: some sites set scratch variables only in jobs)."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for key, value in iter_site_paths(spec.training):
+            for name in unset_variables(value):
+                seen.setdefault(name, f"{key}: {value}")
+    return [f"${name} is not set on this login node (used in {where}); the job's node must set it, "
+            "or the run fails at start" for name, where in seen.items()]
+
+
 def _skip_reason(manifest: Manifest | None, retry_failed: bool) -> str | None:
     if manifest is None:
         return None
@@ -197,11 +279,13 @@ class RunStatus:
     step: int | None
     loss: float | None
     waiting_for: str | None = None  # the scheduler's reason a pending run has not started
+    software: str = ""  # what the latest attempt ran with (runtime.jsonl)
 
 
 def collect_status(root: Path) -> list[RunStatus]:
     """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
     from hpcllm.launch.progress import last_metrics
+    from hpcllm.launch.runinfo import last_runtime, software_label
 
     run_dirs = find_run_dirs(root)
     manifests = {rd.path: load_manifest(rd) for rd in run_dirs}
@@ -230,7 +314,8 @@ def collect_status(root: Path) -> list[RunStatus]:
     for rd in run_dirs:
         last = last_metrics(rd) or {}
         out.append(RunStatus(rd, manifests[rd.path], states[rd.path], last.get("step"), last.get("loss"),
-                             waiting.get(rd.run_id) if states[rd.path] == "pending" else None))
+                             waiting.get(rd.run_id) if states[rd.path] == "pending" else None,
+                             software_label(last_runtime(rd))))
     return out
 
 

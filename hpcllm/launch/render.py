@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -15,6 +16,7 @@ from hpcllm import __version__
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import ConfigError
+from hpcllm.launch.cpus import CPU_BIND, rank_share, threads_per_rank
 from hpcllm.paths import project_folder
 from hpcllm import rundir as rd
 
@@ -35,6 +37,35 @@ def _environment(directory: Path) -> jinja2.Environment:
     return env
 
 
+def environment_context(cluster: ClusterProfile, ranks_per_node: int, loader_workers: int) -> dict[str, Any]:
+    """What templates/_environment.sh.j2 needs: modules, env, set-up lines and each rank's CPU share."""
+    return dict(
+        modules=cluster.modules,
+        env=cluster.env,
+        setup=cluster.setup,
+        cpus_per_task=cluster.cpus_per_node,
+        cpu_bind=CPU_BIND,
+        gpus_per_node=ranks_per_node,
+        rank_share=rank_share(cluster.cpus_per_node, ranks_per_node),
+        loader_workers=loader_workers,
+        threads_per_rank=threads_per_rank(cluster.cpus_per_node, ranks_per_node, loader_workers),
+    )
+
+
+def render_template(name: str, context: dict[str, Any], cluster_name: str, directory: Path | None = None) -> str:
+    """Render ``name`` from the templates folder; a missing template names the known ones."""
+    folder = directory or templates_dir()
+    try:
+        template = _environment(folder).get_template(name)
+    except jinja2.TemplateNotFound:
+        # Templates named _*.j2 are parts (the job environment) and the doctor's job, not run templates.
+        known = ", ".join(sorted(p.name for p in folder.glob("*.j2") if not p.name.startswith("_"))) or "(none)"
+        raise ConfigError(
+            f"cluster {cluster_name!r}: template: {name!r} is not in {folder}; known: {known}"
+        ) from None
+    return template.render(version=__version__, **context)
+
+
 def render_job(
     spec: RunSpec,
     cluster: ClusterProfile,
@@ -48,14 +79,12 @@ def render_job(
     res = spec.resources
     assert res.gpus_per_node is not None and res.max_restarts is not None
     context = dict(
-        version=__version__,
         experiment=spec.experiment,
         cluster=cluster.name,
         run_id=spec.run_id,
         job_name=f"hpcllm-{spec.experiment}-{spec.run_id}"[:120],
         nodes=res.nodes,
-        gpus_per_node=res.gpus_per_node,
-        cpus_per_task=cluster.cpus_per_node,
+        **environment_context(cluster, res.gpus_per_node, spec.training.data.num_workers),
         time=res.time,
         partition=cluster.partition,
         account=account,
@@ -64,9 +93,6 @@ def render_job(
         mem=cluster.mem,
         exclusive=cluster.exclusive,
         sbatch_extra=cluster.sbatch_extra,
-        modules=cluster.modules,
-        env=cluster.env,
-        setup=cluster.setup,
         python=python or cluster.python,
         scheduler=cluster.scheduler,
         launcher="srun" if cluster.scheduler == "slurm" else "direct",
@@ -81,12 +107,4 @@ def render_job(
         status_completed=rd.SUMMARY_STATUS_COMPLETED,
         status_preempted=rd.SUMMARY_STATUS_PREEMPTED,
     )
-    folder = directory or templates_dir()
-    try:
-        template = _environment(folder).get_template(cluster.template)
-    except jinja2.TemplateNotFound:
-        known = ", ".join(sorted(p.name for p in folder.glob("*.j2"))) or "(none)"
-        raise ConfigError(
-            f"cluster {cluster.name!r}: template: {cluster.template!r} is not in {folder}; known: {known}"
-        ) from None
-    return template.render(**context)
+    return render_template(cluster.template, context, cluster.name, directory)

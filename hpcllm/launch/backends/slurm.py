@@ -119,6 +119,54 @@ def jobcomp_state(log: Path, job_id: str, job_name: str) -> str | None:
     return state
 
 
+SCRIPT_ERROR_PREFIX = "[hpcllm] error: "  # how templates/sbatch.sh.j2's setup_failed starts its line
+
+
+def script_error(run_dir: RunDir, job_id: str, tail_bytes: int = 65536) -> str | None:
+    """The last ``[hpcllm] error:`` line the batch script wrote to the job's log, without the prefix."""
+    try:
+        with open(run_dir.log_file(job_id), "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(fh.tell() - tail_bytes, 0))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line[len(SCRIPT_ERROR_PREFIX):] for line in lines if line.startswith(SCRIPT_ERROR_PREFIX)]
+    return errors[-1] if errors else None
+
+
+def parse_duration(value: str) -> int | None:
+    """A SLURM duration (scontrol's RunTime/TimeLimit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``,
+    ``D-HH:MM``, ``D-HH:MM:SS``) -> seconds; None for UNLIMITED, Partition_Limit and the like."""
+    days, dash, clock = value.strip().rpartition("-")
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3 or (dash and not days.isdigit()):
+        return None
+    numbers = [int(p) for p in parts]
+    if dash:  # after "D-" the clock starts with hours
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+    else:
+        hours, minutes, seconds = ([0, 0] + numbers)[-3:] if len(numbers) > 1 else (0, numbers[0], 0)
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def shorten_time_limit(job_id: str, grace_s: int) -> str | None:
+    """Lower a running job's time limit to its run time + ``grace_s`` (whole minutes, as SLURM keeps
+    them); users may lower a limit, never raise it. Returns the new limit in minutes, or None when
+    the job's limit is already that short or the scheduler refused (the job then ends on its own
+    once the engine has checkpointed)."""
+    proc = run_slurm(["scontrol", "-o", "show", "job", job_id], check=False)
+    record = parse_scontrol_record(proc.stdout.splitlines()[0]) if proc.returncode == 0 and proc.stdout else {}
+    run_time, limit = parse_duration(record.get("RunTime", "")), parse_duration(record.get("TimeLimit", ""))
+    if run_time is None:
+        return None
+    minutes = -(-(run_time + grace_s) // 60)
+    if limit is not None and minutes * 60 >= limit:
+        return None
+    update = run_slurm(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], check=False)
+    return str(minutes) if update.returncode == 0 else None
+
+
 def _release(job_id: str) -> None:
     """Let a job submitted with --hold start (for an array id, every task of it)."""
     run_slurm(["scontrol", "release", job_id])
@@ -219,6 +267,14 @@ class SlurmBackend(Backend):
         return states
 
     def cancel(self, run_dir: RunDir, manifest: Manifest) -> None:
+        """Stop the run with a checkpoint: USR1 to the batch shell first (the time-limit path), then
+        the job's time limit shortened to now + the profile's grace, so that it ends even if the
+        engine cannot stop; a pending job is simply cancelled.
+
+        ``scancel`` alone sends TERM to every process at once: torchrun's agent then stops its
+        workers within ~30 s and SLURM kills what is left after KillWait, a race a large model's
+        checkpoint loses (docs/slurm.md, "How a job stops").
+        """
         with manifest_lock(run_dir):
             fresh = load_manifest(run_dir) or manifest
             if not fresh.state.active:
@@ -231,14 +287,20 @@ class SlurmBackend(Backend):
         entry = self._squeue([fresh.job_id]).get(fresh.job_id) if fresh.job_id else None
         if entry is None or entry[0] != expected_job_name(run_dir, fresh) or not job_state(entry[1]).active:
             return  # not (or no longer) our job in the scheduler: nothing to signal
+        job_id = fresh.job_id or ""
         try:
-            run_slurm(["scancel", fresh.job_id])
+            if job_state(entry[1]) == RunState.PENDING:
+                run_slurm(["scancel", job_id])
+                return
+            run_slurm(["scancel", "--batch", "--signal=USR1", job_id])
         except BackendError:
             with manifest_lock(run_dir):
                 restored = load_manifest(run_dir) or fresh
                 restored.state, restored.reason = previous, None
                 save_manifest(run_dir, restored)
             raise
+        grace = fresh.signal_before_end_s or self.cluster.signal_before_end_s
+        shorten_time_limit(job_id, grace)
 
     # --- state --------------------------------------------------------------------------------
     @staticmethod
@@ -321,11 +383,18 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
-        """Record an end the job's own hooks did not write; never overwrite one they did."""
+        """Record an end the job's own hooks did not write; never overwrite one they did.
+
+        A batch script that stopped in its set-up (a module that does not load) says why in its
+        log; that line is the reason, with SLURM's verdict after it.
+        """
         with manifest_lock(run_dir):
             manifest = load_manifest(run_dir)
             if manifest is None or not manifest.state.active:
                 return
+            setup_error = (script_error(run_dir, manifest.job_id)
+                           if state == RunState.FAILED and manifest.job_id else None)
             manifest.state = state
-            manifest.reason = None if state == RunState.COMPLETED else reason
+            manifest.reason = None if state == RunState.COMPLETED else (
+                f"{setup_error} ({reason})" if setup_error else reason)
             save_manifest(run_dir, manifest)
