@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -14,7 +15,8 @@ err_console = Console(stderr=True)
 
 def fail(exc: Exception, exit_code: int = 2) -> NoReturn:
     """Print ``exc`` as one unwrapped line on stderr (paths stay copyable) and exit, no traceback."""
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    # escape: a message may hold brackets ("a tolerance is [lower, upper]") that are not markup
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code)
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpcllm.config import grid as gridlib
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
-from hpcllm.collect.references import Reference, validate_metric_names
+from hpcllm.collect.references import ClusterReferences, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
@@ -50,15 +50,15 @@ class Experiment(BaseModel):
         default_factory=list, description="Groups of dotted keys whose lists advance together."
     )
     where: list[str] = Field(default_factory=list, description="Keep only points where all are true.")
-    expected: dict[str, dict[str, Reference]] = Field(
+    expected: dict[str, ClusterReferences] = Field(
         default_factory=dict,
-        description="Per cluster: metric -> [value, lower, upper] (fractions; null = unbounded), "
-        "checked by `hpcllm collect --check`.",
+        description="Per cluster: metric -> [value, lower, upper] (fractions; null = unbounded), and "
+        "seed: {metric: [lower, upper]} for the seed's row of each point; checked by `hpcllm collect --check`.",
     )
 
     @field_validator("expected")
     @classmethod
-    def _checkable(cls, value: dict[str, dict[str, Reference]]) -> dict[str, dict[str, Reference]]:
+    def _checkable(cls, value: dict[str, ClusterReferences]) -> dict[str, ClusterReferences]:
         validate_metric_names(value)
         return value
 
@@ -115,10 +115,8 @@ def expand_experiment(exp: Experiment, cluster: ClusterProfile, source: str) -> 
     seen: dict[str, dict[str, Any]] = {}
     for point in points:
         where = f"{source}: point {_point_label(point)}"
-        doc = base
         try:
-            for key, value in point.items():
-                doc = gridlib.set_dotted(doc, key, value)
+            doc = gridlib.apply_point(base, point)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:
