@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from hpcllm import __version__
-from hpcllm.cli import collect, runs, schema
+from hpcllm.cli import collect, report, runs, schema
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, schema.schema):
+for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, report.report, schema.schema):
     app.command()(command)
 # Sub-apps of their own modules; each imports torch only inside its commands.
 app.add_typer(clusters_app, name="clusters")
