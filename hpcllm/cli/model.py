@@ -60,7 +60,8 @@ def info_cmd(
         ("params (total)", f"{cfg.n_params():,} ({_human(cfg.n_params())})"),
         ("params (non-embedding)", f"{cfg.n_params_non_embedding():,} ({_human(cfg.n_params_non_embedding())})"),
         ("params in matmuls (FLOPs)", f"{cfg.n_params_flops():,}"),
-        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (6N + 12·L·T·d)"),
+        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (MFU: the seed's 72·L·d² + 12·L·T·d)"),
+        ("  with the output head", f"{cfg.flops_per_token_with_head(t):.4g} (MFU+head: 6N + 12·L·T·d, N in matmuls)"),
     ]
     for key, value in rows:
         table.add_row(key, value)

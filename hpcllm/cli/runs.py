@@ -61,16 +61,31 @@ def submit(
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:
-    """A live progress display until none of ``run_paths`` is pending or running."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Show progress until none of ``run_paths`` is pending or running: a live display on a
+    terminal, a line per state change in a log."""
     from hpcllm.config.training import TrainingConfig
     from hpcllm.config.loader import load_model
-    from hpcllm.launch.orchestrate import collect_status
     from hpcllm.rundir import RunDir
 
     wanted = {p.absolute() for p in run_paths}
     totals = {p: load_model(TrainingConfig, RunDir(p).config).train.steps for p in wanted}
+    if not console.is_terminal:  # a log or a pipe: one whole line per change, no live display to cut
+        statuses = _wait_plain(results, wanted, totals)
+    else:
+        statuses = _wait_live(results, wanted, totals)
+    failed = [s for s in statuses if s.state != "completed"]
+    if failed:
+        for s in failed:
+            reason = s.manifest.reason if s.manifest else ""
+            err_console.print(f"[red]{s.run_dir.run_id}: {s.state}[/] {reason or ''}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list["RunStatus"]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hpcllm.launch.orchestrate import collect_status
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console,
@@ -82,14 +97,27 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
                 loss = f" loss {s.loss:.3f}" if s.loss is not None else ""
                 progress.update(tasks[s.run_dir.path.absolute()], completed=s.step or 0, info=f"{s.state}{loss}")
             if all(s.state not in ("pending", "running") for s in statuses):
-                break
+                return statuses
             time.sleep(1.0)
-    failed = [s for s in statuses if s.state != "completed"]
-    if failed:
-        for s in failed:
-            reason = s.manifest.reason if s.manifest else ""
-            err_console.print(f"[red]{s.run_dir.run_id}: {s.state}[/] {reason or ''}")
-        raise typer.Exit(1)
+
+
+def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list["RunStatus"]:
+    """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
+    from hpcllm.launch.orchestrate import collect_status
+
+    said: dict[Path, str] = {}
+    while True:
+        statuses = [s for s in collect_status(results) if s.run_dir.path.absolute() in wanted]
+        for s in statuses:
+            path = s.run_dir.path.absolute()
+            if said.get(path) != s.state:
+                said[path] = s.state
+                progress = "" if s.step is None else f" step {s.step}/{totals[path]}"
+                loss = "" if s.loss is None else f" loss {s.loss:.3f}"
+                console.out(f"{s.run_dir.run_id}: {s.state}{progress}{loss}", highlight=False)
+        if all(s.state not in ("pending", "running") for s in statuses):
+            return statuses
+        time.sleep(1.0)
 
 
 class StatusFormat(str, Enum):

@@ -64,14 +64,18 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
+def _last_line(text: object) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def _reason(record: RunRecord) -> str:
-    """Why a run stopped: the orchestrator's reason, its error, or the engine's last error line."""
-    m, s = record.manifest, record.summary or {}
+    """Why a run stopped, as the orchestrator recorded it (or its last restart's reason)."""
+    m = record.manifest
     restarts = m.get("restarts") or []
-    for text in (m.get("reason"), m.get("error"), s.get("error"), restarts[-1].get("reason") if restarts else None):
+    for text in (m.get("reason"), m.get("error"), restarts[-1].get("reason") if restarts else None):
         if text:
-            lines = [line for line in str(text).strip().splitlines() if line.strip()]
-            return lines[-1] if lines else str(text)
+            return _last_line(text)
     return ""
 
 
@@ -89,6 +93,7 @@ def _facts(record: RunRecord) -> list[tuple[str, str]]:
     m, s = record.manifest, record.summary or {}
     point = m.get("point") or {}
     facts = [
+        ("engine error", _last_line(s.get("error"))),  # the engine's own words (the last traceback line)
         ("experiment / cluster", f"{record.experiment} / {record.cluster}"),
         ("job", str(m.get("job_id") or "-")),
         ("grid point", ", ".join(f"{k}={v}" for k, v in point.items()) or "(base)"),
@@ -109,7 +114,7 @@ def _facts(record: RunRecord) -> list[tuple[str, str]]:
         facts.append(("model / ranks", f"{s.get('model', '?')}, {s.get('n_params', 0):,} params, "
                                        f"{s.get('world_size', '?')} x {s.get('gpu_type', '?')}, "
                                        f"{s.get('sharding', '?')}, {s.get('precision', '?')}"))
-    return facts
+    return [(key, value) for key, value in facts if value]
 
 
 def _details(record: RunRecord, with_log: bool) -> RunDetails:
