@@ -120,3 +120,22 @@ def test_shipped_scaling_experiments_ask_for_the_seeds_rows(in_project):
     for name in ("scaling_2.7b", "scaling_6.7b", "scaling_28b"):
         exp = load_experiment(Path(f"experiments/{name}.yaml"))
         assert all(isinstance(refs, ClusterReferences) and refs.seed is not None for refs in exp.expected.values())
+
+
+def test_check_holds_runs_to_their_seed_row(in_project, tmp_path):
+    """Submit (dry run) writes the seed references; runs that then finish are checked against them."""
+    from collect_support import engine_summary
+
+    exp = _experiment(tmp_path, "{leonardo: {seed: {samples_per_s: [-0.05, null]}}}")
+    results = tmp_path / "r"
+    assert runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(results)]).exit_code == 0
+    runs = {p.name: p for p in (results / "e" / "leonardo").iterdir()}
+    fs = next(p for name, p in runs.items() if "-n2x4-" in name and "-fs-" in name)
+    hs = next(p for name, p in runs.items() if "-n2x4-" in name and "-hs-" in name)
+    (fs / "summary.json").write_text(json.dumps(engine_summary(samples_per_s=17.8)))  # >= 0.95 x 18.63
+    (hs / "summary.json").write_text(json.dumps(engine_summary(samples_per_s=17.4, sharding="HYBRID_SHARD")))
+    result = runner.invoke(app, ["collect", str(results), "--check"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1  # 17.4 < 0.95 x 18.43
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("2.7b-")}
+    assert "seed leonardo row 1" in lines[fs.name] and "ok" in lines[fs.name]
+    assert "seed leonardo row 2" in lines[hs.name] and "FAIL" in lines[hs.name] and "[17.51, inf]" in lines[hs.name]

@@ -95,20 +95,22 @@ def _plots(records: list, plot: Optional[Path], loss_plot: Optional[Path]) -> No
 
 
 def _check_references(root: Path) -> None:
-    from rich.table import Table
-
+    from hpcllm.cli.listing import print_listing
     from hpcllm.collect.references import check_references
 
     verdicts = check_references(root)
-    table = Table(title="Performance references")
-    for col in ("run", "metric", "measured", "reference", "bounds", "source", "verdict"):
-        table.add_column(col, no_wrap=col == "run", overflow="fold")
+    if not verdicts:
+        err_console.print("[yellow]no references to check (no `expected:` for these runs)[/]")
+        return
+    rows = []
     for v in verdicts:
         lo, hi = v.reference.bounds()
         bounds = f"[{'-inf' if lo is None else f'{lo:.4g}'}, {'inf' if hi is None else f'{hi:.4g}'}]"
         measured = "n/a" if v.measured is None else f"{v.measured:.4g}"
-        table.add_row(v.run_id, v.metric, measured, f"{v.reference.value:.4g}", bounds, v.reference.source or "",
-                      "[green]ok[/]" if v.ok else "[red]FAIL[/]")
-    err_console.print(table if verdicts else "[yellow]no references to check (no `expected:` for these runs)[/]")
+        rows.append([v.run_id, v.metric, measured, f"{v.reference.value:.4g}", bounds, v.reference.source or "",
+                     "ok" if v.ok else "FAIL"])
+    print_listing(err_console, "Performance references",
+                  ("run", "metric", "measured", "reference", "bounds", "source", "verdict"), rows,
+                  keep_whole=("run", "verdict"), styles={"verdict": {"ok": "green", "FAIL": "red"}})
     if any(not v.ok for v in verdicts):
         raise typer.Exit(1)
