@@ -75,3 +75,14 @@ def test_long_listings_on_a_terminal_are_plain_text():
     print_listing(console, "t", ("run", "state"), rows, keep_whole=("run",))
     text = console.export_text()
     assert "│" not in text and text.splitlines()[-1] == f"run-{RICH_MAX_ROWS:05d}  completed"
+
+
+@pytest.mark.parametrize("command", [["status"], ["collect", "--compare", "seed"], ["report", "-o", "r.html"]],
+                         ids=["status", "collect", "report"])
+def test_login_node_commands_do_not_import_torch(results, tmp_path, command):
+    code = ("import sys\nfrom hpcllm.cli import app\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code, command[0], str(results), *command[1:]], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
