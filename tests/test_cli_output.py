@@ -86,3 +86,14 @@ def test_login_node_commands_do_not_import_torch(results, tmp_path, command):
     proc = subprocess.run([sys.executable, "-c", code, command[0], str(results), *command[1:]], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_status_reads_the_last_training_line_of_any_length(tmp_path):
+    """The tail window grows until it holds a whole line; evaluation lines (no loss) are skipped."""
+    from hpcllm.launch.progress import last_metrics
+
+    run = write_run(tmp_path, "r", metrics=[*loss_curve(3), {"step": 3, "eval_loss": 2.5}])
+    assert last_metrics(run)["step"] == 3 and "loss" in last_metrics(run)
+    long_line = {"step": 4, "loss": 1.0, "note": "x" * 10_000}  # longer than the first 4 KiB window
+    run.metrics.write_text(run.metrics.read_text() + json.dumps(long_line) + "\n")
+    assert last_metrics(run)["note"] == "x" * 10_000

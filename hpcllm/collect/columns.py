@@ -111,7 +111,7 @@ _COLUMNS = [
     Column("mem_peak_gib", "Mem (GiB)", _summary("mem_peak_gib", 2), help="peak memory, max over ranks",
            numeric=True),
     Column("loss", "Loss", _summary("final_loss", 4), help="training loss of the last step", numeric=True),
-    Column("eval_loss", "Eval loss", _summary("eval_loss", 4), help="evaluation loss, when the run evaluated",
+    Column("eval_loss", "Eval Loss", _summary("eval_loss", 4), help="evaluation loss, when the run evaluated",
            optional=True, numeric=True),
     Column("eval_ppl", "Eval PPL", _summary("eval_ppl", 2), help="evaluation perplexity", optional=True,
            numeric=True),

@@ -11,7 +11,8 @@ from hpcllm.rundir import RunDir
 
 
 def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
-    """The last complete JSON line of metrics.jsonl, reading only the file's tail.
+    """The last complete training line of metrics.jsonl (evaluation lines, which have no ``loss``,
+    are skipped), reading only the file's tail.
 
     A 4 KiB window holds a dozen lines; it grows only when no complete line is in it (``status``
     reads this for every run, so 10,000 runs cost 40 MB of reads, not 640).
@@ -24,9 +25,11 @@ def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
                 fh.seek(max(size - window, 0))
                 for line in reversed(fh.read().splitlines()):
                     try:
-                        return json.loads(line)
+                        record = json.loads(line)
                     except ValueError:
                         continue  # a line being written right now, or the cut start of the window
+                    if isinstance(record, dict) and "loss" in record:
+                        return record
                 if window >= size or window >= 1 << 20:
                     return None
                 window *= 4
