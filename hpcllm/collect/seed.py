@@ -96,8 +96,10 @@ def _preset_params(name: str) -> int:
     return ModelConfig.from_name(name).n_params()
 
 
+@lru_cache(maxsize=1)
 def rows_by_key() -> dict[SeedKey, list[SeedRow]]:
-    """The seed's rows grouped by configuration (it published some configurations twice)."""
+    """The seed's rows grouped by configuration (it published some configurations twice); built
+    once per process (``submit`` looks up every grid point). Callers must not modify it."""
     grouped: dict[SeedKey, list[SeedRow]] = {}
     for row in seed_rows():
         grouped.setdefault(row.key, []).append(row)
