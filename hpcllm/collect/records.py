@@ -72,6 +72,13 @@ class RunRecord:
         """The orchestrator's state (manifest), else the engine's status (summary), else ``unknown``."""
         return self.manifest.get("state") or (self.summary or {}).get("status") or "unknown"
 
+    def has_metrics(self) -> bool:
+        """Whether ``metrics.jsonl`` has anything, without reading it."""
+        try:
+            return os.path.getsize(os.path.join(self.run_dir.path, rundir.METRICS)) > 0
+        except OSError:
+            return False
+
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
         """Every complete line of ``metrics.jsonl`` (a torn last line is skipped)."""

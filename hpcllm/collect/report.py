@@ -139,7 +139,7 @@ def build_report(root: Path, columns: str | None = None) -> Report:
     comparison.table.rows = [row for row in comparison.table.rows
                              if row["cluster"] in ran_on or row["status"] == STATUS_OURS_ONLY]
     figures = [_figure("scaling", "Scaling", plot.scaling_figure(completed))]
-    with_metrics = [r for r in records if r.metrics]
+    with_metrics = [r for r in records if r.has_metrics()]  # parsed only for the runs drawn
     note = (f"the first {MAX_LOSS_CURVES} of {len(with_metrics)} runs with metrics"
             if len(with_metrics) > MAX_LOSS_CURVES else "")
     figures.append(_figure("losses", "Loss curves", plot.loss_figure(with_metrics[:MAX_LOSS_CURVES]), note))
