@@ -162,3 +162,12 @@ def test_find_run_dirs_does_not_descend_into_runs(tmp_path):
     assert [rd.path for rd in find_run_dirs(tmp_path)] == [tmp_path / "exp" / "leonardo" / "a",
                                                            tmp_path / "z" / "leonardo" / "b"]
     assert [rd.run_id for rd in find_run_dirs(a.path)] == ["a"]
+
+
+def test_the_dataframe_api_gives_the_same_seed_table(results):
+    """collect_table (a DataFrame, for plots and scripts) formats like `collect --columns seed`."""
+    from hpcllm.collect.table import COLUMNS, collect_table, format_table
+
+    frame = collect_table(results)
+    assert list(frame.columns) == COLUMNS and len(frame) == 3
+    assert format_table(frame, "markdown") == collect(results, "--columns", "seed").output

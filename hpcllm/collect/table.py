@@ -176,7 +176,7 @@ def format_table(table: "Table | pd.DataFrame", fmt: Format) -> str:
 
 
 def _from_frame(frame: "pd.DataFrame") -> Table:
-    """A DataFrame with the seed's headers (older callers) as a Table."""
+    """A DataFrame (``collect_table``, or another table with known headers) as a Table."""
     by_header = {c.header: c for c in cols.COLUMNS.values()}
     chosen = [by_header.get(h) or cols.Column(str(h), str(h), lambda r: None) for h in frame.columns]
     rows = []
