@@ -40,8 +40,8 @@ def grid_experiment(path: Path, points: int) -> Path:
     """The 2.7b scaling experiment with a grid of ``points`` points (a multiple of 100)."""
     doc = yaml.safe_load((ROOT / "experiments" / "scaling_2.7b.yaml").read_text())
     doc["name"] = "cli_scale"
-    doc.pop("where", None)
-    doc.pop("zip", None)
+    for key in ("where", "zip", "expected"):  # no references: an older hpcllm (--hpcllm) reads this file too
+        doc.pop(key, None)
     lrs = [round(1e-4 * (i + 1), 6) for i in range(points // 100)]
     doc["grid"] = {
         "resources.nodes": [1, 2, 4, 8, 16],
@@ -125,11 +125,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10000, help="run directories for status and collect")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the generated files here")
+    parser.add_argument("--hpcllm", default=str(Path(sys.executable).with_name("hpcllm")),
+                        help="the hpcllm to time (e.g. another checkout's .venv/bin/hpcllm)")
+    parser.add_argument("--cwd", type=Path, default=ROOT, help="the project folder it runs in (clusters/ there)")
     args = parser.parse_args()
     console = Console()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hpcllm-cli-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    hpcllm = [str(Path(sys.executable).with_name("hpcllm"))]  # the console script
+    hpcllm = [args.hpcllm]
     try:
         exp = grid_experiment(work / "grid.yaml", args.points)
         rendered = work / "rendered"
@@ -140,21 +143,21 @@ def main() -> None:
         runs = work / "runs"
         for _ in range(args.repeats):  # interleaved, so that all three see the same load
             shutil.rmtree(rendered, ignore_errors=True)  # each dry run renders into a fresh folder
-            samples["submit --dry-run"].append(timed(submit, ROOT))
+            samples["submit --dry-run"].append(timed(submit, args.cwd))
             if template is None:
                 template = next((rendered / "cli_scale" / "leonardo").iterdir())
             if not runs.exists():
                 with console.status(f"writing {args.runs} run directories"):
                     write_runs(runs, args.runs, template)
-            samples["status"].append(timed([*hpcllm, "status", str(runs)], ROOT))
-            samples["collect"].append(timed([*hpcllm, "collect", str(runs), "--format", "csv"], ROOT))
+            samples["status"].append(timed([*hpcllm, "status", str(runs)], args.cwd))
+            samples["collect"].append(timed([*hpcllm, "collect", str(runs), "--format", "csv"], args.cwd))
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     sizes = {"submit --dry-run": f"{args.points} points", "status": f"{args.runs} runs",
              "collect": f"{args.runs} runs"}
     load = os.getloadavg()[0]
-    table = Table(title=f"hpcllm on the login node (median of {args.repeats}, fresh process each; "
+    table = Table(title=f"{args.hpcllm} on the login node (median of {args.repeats}, fresh process each; "
                         f"load average {load:.1f} on {os.cpu_count()} cores)")
     for col in ("command", "size", "wall s", "CPU s", "target s", "wall < target"):
         table.add_column(col)
