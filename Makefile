@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up, prepare real text, run the smoke grid on the `local` cluster, print the table
-#   make test   set up, start the local SLURM cluster (as root), run the whole test suite
+#   make test   set up, install Chromium and start the local SLURM cluster (as root), run the whole test suite
 # Both create the virtualenv themselves; a fresh Debian 12 clone needs nothing else.
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RESULTS ?= results
 
-.PHONY: setup demo test test-fast clean-results
+.PHONY: setup demo test test-fast browser clean-results
 
 setup: $(VENV)/.installed
 
@@ -33,8 +33,12 @@ demo: setup
 	$(BIN)/hpcllm submit experiments/smoke.yaml --cluster local --results $(RESULTS) --wait
 	$(BIN)/hpcllm collect $(RESULTS)/smoke --format markdown
 
-test: setup
+test: setup browser
 	VENV=$(VENV) scripts/test.sh
+
+# Chromium from Debian's packages for the report's browser test (as root; a no-op when installed).
+browser:
+	scripts/install-browser.sh
 
 # Unit tests only (no torchrun, no SLURM): seconds.
 test-fast: setup

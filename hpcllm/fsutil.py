@@ -15,11 +15,15 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
     """Write ``text`` to a temp file in the same directory, fsync it, then rename over ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600), so
     collaborators in the same project group can read manifests and summaries.
+
+    ``durable=False`` skips the fsync: the rename still means no reader (and no crashed process)
+    leaves half a file, but a power cut may lose it. For files that can be rendered again (batch
+    scripts, run.yaml): an fsync costs milliseconds, i.e. seconds for a 1,000-point grid.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,16 +32,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", durable=durable)
 
 
 def read_json(path: Path) -> Any | None:

@@ -22,12 +22,19 @@ Both the orchestrator and the engine import this module, so the names cannot dri
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 # Exit code of an engine that stopped on request (signal or STOP file) after saving a checkpoint.
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a requeue does.
 EXIT_PREEMPTED = 75
+
+RUN_CONFIG = "run.yaml"  # its presence makes a folder a run directory
+MANIFEST = "manifest.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -49,42 +56,51 @@ class RunDir:
         return self.path.name
 
     @property
-    def config(self) -> Path:
-        return self.path / "run.yaml"
+    def cluster(self) -> str:
+        """The cluster folder above the run (``results/<experiment>/<cluster>/<run_id>``)."""
+        return self.path.parent.name
 
     @property
     def lock_file(self) -> Path:
         return self.path / ".manifest.lock"
 
-    @property
+    @cached_property
+    def experiment(self) -> str:
+        return self.path.parent.parent.name
+
+    @cached_property
+    def config(self) -> Path:
+        return self.path / RUN_CONFIG
+
+    @cached_property
     def job_script(self) -> Path:
         return self.path / "job.sbatch"
 
-    @property
+    @cached_property
     def manifest(self) -> Path:
-        return self.path / "manifest.json"
+        return self.path / MANIFEST
 
-    @property
+    @cached_property
     def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
-    @property
+    @cached_property
     def summary(self) -> Path:
-        return self.path / "summary.json"
+        return self.path / SUMMARY
 
-    @property
+    @cached_property
     def runtime(self) -> Path:
         return self.path / "runtime.jsonl"
 
-    @property
+    @cached_property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
-    @property
+    @cached_property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
-    @property
+    @cached_property
     def profile(self) -> Path:
         return self.path / "profile"
 
@@ -98,7 +114,7 @@ class RunDir:
         """Traces and memory snapshots written so far, sorted by name."""
         return sorted(p for p in self.profile.glob("*-rank*-steps*") if not p.name.startswith("."))
 
-    @property
+    @cached_property
     def stop_file(self) -> Path:
         return self.path / "STOP"
 
@@ -118,8 +134,33 @@ def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:
 
 
 def find_run_dirs(root: Path) -> list[RunDir]:
-    """Every run directory below ``root`` (a dir holding run.yaml), sorted by path."""
+    """Every run directory below ``root`` (a dir holding run.yaml), sorted by path.
+
+    A walk with ``os.scandir`` that does not descend into run directories: their checkpoints hold
+    thousands of shard files, and ``status``/``collect`` over 10,000 runs must not visit them.
+    """
     root = Path(root)
-    if (root / "run.yaml").exists():
+    if (root / RUN_CONFIG).exists():
         return [RunDir(root)]
-    return [RunDir(p.parent) for p in sorted(root.rglob("run.yaml"))]
+    found: list[RunDir] = []
+    linked: set[str] = set()  # real paths of symlinked folders already walked: a link loop ends here
+
+    def walk(folder: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if e.is_dir()), key=lambda e: e.name)
+        except OSError:  # unreadable or vanished meanwhile: nothing to list there
+            return
+        for entry in entries:
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if real in linked or os.path.realpath(folder).startswith(real + os.sep):
+                    continue
+                linked.add(real)
+            if os.path.exists(os.path.join(entry.path, RUN_CONFIG)):
+                found.append(RunDir(Path(entry.path)))
+            else:
+                walk(entry.path)
+
+    walk(str(root))
+    return found

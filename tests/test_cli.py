@@ -104,7 +104,7 @@ def test_collect_formats(tmp_path):
     _fake_run(tmp_path, "b", world_size=16, samples_per_s=36.9, global_batch_size=32, activation_checkpointing="full")
     _fake_run(tmp_path, "c", status="failed")
     _fake_run(tmp_path, "d", world_size=2, gpu_type="cpu", mfu=None)
-    md = runner.invoke(app, ["collect", str(tmp_path), "--format", "markdown"])
+    md = runner.invoke(app, ["collect", str(tmp_path), "--format", "markdown", "--columns", "seed"])
     assert md.exit_code == 0
     lines = md.output.strip().splitlines()
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
@@ -113,13 +113,14 @@ def test_collect_formats(tmp_path):
     assert "| 2.8 | 8 | 18.63 | 1 | 2 | 16 | 4096 | BF_16 | FULL_SHARD | False | A100 | 0.5847 |" in lines
     assert "| 2.8 | 16 | 36.9 | 1 | 2 | 32 | 4096 | BF_16 | FULL_SHARD | True | A100 | 0.5847 |" in lines
     assert lines[2].endswith("| cpu |  |")  # no MFU on CPU: an empty cell, never a made-up number
-    csv = runner.invoke(app, ["collect", str(tmp_path), "--format", "csv"])
+    csv = runner.invoke(app, ["collect", str(tmp_path), "--format", "csv", "--columns", "seed"])
     assert csv.output.splitlines()[0] == ",".join(COLUMNS)
-    js = runner.invoke(app, ["collect", str(tmp_path), "--format", "json"])
+    js = runner.invoke(app, ["collect", str(tmp_path), "--format", "json", "--columns", "seed"])
     rows = json.loads(js.output)
     assert len(rows) == 3 and set(rows[0]) == set(COLUMNS)
     out = tmp_path / "t.md"
-    assert runner.invoke(app, ["collect", str(tmp_path), "--output", str(out), "--plot", str(tmp_path / "p.png")]).exit_code == 0
+    assert runner.invoke(app, ["collect", str(tmp_path), "--columns", "seed", "--output", str(out),
+                               "--plot", str(tmp_path / "p.png")]).exit_code == 0
     assert out.read_text().splitlines()[0] == lines[0]
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -130,12 +131,18 @@ def test_collect_missing_folder(tmp_path):
 
 
 def _verdicts(output: str) -> dict[str, list[str]]:
-    """The reference table of `collect --check`: run -> [metric, measured, reference, bounds, verdict]."""
+    """The reference listing of `collect --check`: run -> [metric, measured, reference, bounds, verdict]
+    (cells cut at the header's column starts; the `source` column is left out)."""
+    lines = output.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.split()[:2] == ["run", "metric"])
+    names = lines[top].split()
+    starts = [lines[top].index(name) for name in names]
     rows = {}
-    for line in output.splitlines():
-        cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) == 6 and cells[0] not in ("run", ""):
-            rows[cells[0]] = cells[1:]
+    for line in lines[top + 1:]:
+        if not line.strip():
+            break
+        cells = [line[start:end].strip() for start, end in zip(starts, starts[1:] + [None])]
+        rows[cells[0]] = [cell for name, cell in zip(names[1:], cells[1:]) if name != "source"]
     return rows
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.collect.best import best_table
-from hpcllm.collect.table import COLUMNS, collect_table, format_table
+from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records, format_table
 from hpcllm.fsutil import atomic_write_json
 
 runner = CliRunner()
@@ -33,11 +33,13 @@ def write_run(root: Path, name: str, **fields: Any) -> Path:
 
 def test_eval_loss_column_only_when_a_run_has_one(tmp_path: Path) -> None:
     write_run(tmp_path / "a", "r1")
-    assert list(collect_table(tmp_path / "a").columns) == COLUMNS  # the seed's layout, unchanged
+    assert "Eval Loss" not in build_table(completed_records(tmp_path / "a")).headers
     write_run(tmp_path / "b", "r1", eval_loss=2.345678)
     write_run(tmp_path / "b", "r2", micro_batch_size=8)
-    table = collect_table(tmp_path / "b")
-    assert list(table.columns) == COLUMNS + ["Eval Loss"]
+    assert list(collect_table(tmp_path / "b").columns) == COLUMNS  # `--columns seed`: the seed's layout
+    table = build_table(completed_records(tmp_path / "b"), "seed,eval_loss")
+    assert table.headers == COLUMNS + ["Eval Loss"]
+    assert "Eval Loss" in build_table(completed_records(tmp_path / "b")).headers  # default columns
     text = format_table(table, "markdown")
     assert text.splitlines()[0].endswith("| MFU | Eval Loss |")
     assert text.splitlines()[2].endswith("|  | 2.3457 |") and text.splitlines()[3].endswith("|  |  |")

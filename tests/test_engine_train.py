@@ -15,12 +15,13 @@ from hpcllm.engine.train import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
 METRIC_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "step_time_s",
-               "mem_peak_gib", "restart", "rerun", "skipped", "loss_scale"}
+               "mem_peak_gib", "restart", "rerun", "skipped", "loss_scale", "time", "elapsed_s"}
 SUMMARY_KEYS = {"status", "run_id", "steps_completed", "final_loss", "n_params", "n_params_flops", "n_layers",
                 "d_model", "seq_len", "world_size", "dp_size", "micro_batch_size", "grad_accum",
                 "global_batch_size", "precision", "sharding", "activation_checkpointing", "ac_every", "compile",
                 "gpu_type", "device", "samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu",
-                "step_time_s", "mem_peak_gib", "steps_measured", "summary_warmup_steps", "skipped_steps"}
+                "step_time_s", "mem_peak_gib", "steps_measured", "summary_warmup_steps", "skipped_steps",
+                "model", "mfu_with_head", "hfu", "elapsed_s", "wall_time_s"}
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +54,10 @@ def test_run_writes_the_metrics_and_summary_contract(tmp_path: Path, store: Path
     assert rows[-1]["tokens_per_s"] == pytest.approx(4 * 64 / rows[-1]["step_time_s"])
 
 
-# Training FLOPs per token of the tiny preset at seq_len 64, by hand (6N + 12·L·T·d, the formula of
-# docs/engine.md): d 64, 2 layers, 4 heads of 16 (2 KV heads: K and V have 32 columns), SwiGLU 192,
-# vocab 512, tied head. Per block: qkv 64·(64 + 2·32) + out 64·64 + MLP 3·64·192 + 2 norms·64
-# = 49,280; body 2·49,280 + final norm 64 = 98,624; the head's matmul adds 512·64 = 32,768 (tied,
-# but still a matmul): N = 131,392. 6N = 788,352; attention 12·2·64·64 = 98,304.
-TINY_SEQ64_FLOPS_PER_TOKEN = 886_656
+# Training FLOPs per token of the tiny preset at seq_len 64 in the seed's convention, the `mfu` of
+# metrics.jsonl (docs/reports.md): 72·L·d² + 12·L·T·d with L = 2 layers, d = 64, T = 64:
+# 72·2·4,096 = 589,824 plus 12·2·64·64 = 98,304.
+TINY_SEQ64_FLOPS_PER_TOKEN = 688_128
 
 
 def test_mfu_uses_the_configured_cpu_peak(tmp_path: Path, store: Path) -> None:
@@ -69,6 +68,38 @@ def test_mfu_uses_the_configured_cpu_peak(tmp_path: Path, store: Path) -> None:
     assert row["tokens_per_s"] == pytest.approx(2 * 64 / row["step_time_s"])
     assert row["mfu"] == pytest.approx(row["tokens_per_s"] * TINY_SEQ64_FLOPS_PER_TOKEN / 1e11, rel=1e-12)
     assert summary(tmp_path / "r")["mfu"] > 0
+
+
+def test_summary_has_three_flop_conventions(tmp_path: Path, store: Path) -> None:
+    """MFU (seed: 72·L·d² + 12·L·T·d), MFU+head (exact matmul params) and HFU (+ AC recomputation),
+    each checked by hand for the tiny model: L=2, d=64, T=64, 98,624 body + 32,768 head parameters."""
+    cfg = write_run(tmp_path / "r", store, metrics={"cpu_peak_flops": 1e11},
+                    parallel={"activation_checkpointing": "full"})
+    assert run(cfg) == 0
+    s = summary(tmp_path / "r")
+    seed = 72 * 2 * 64**2 + 12 * 2 * 64 * 64
+    with_head = 6 * (98_624 + 512 * 64) + 12 * 2 * 64 * 64
+    block = (98_624 - 64) // 2
+    hardware = with_head + 2 * (2 * block + 4 * 64 * 64)  # both blocks run their forward twice
+    tokens_per_s = s["samples_per_s"] * 64
+    assert s["mfu"] == pytest.approx(tokens_per_s * seed / 1e11, rel=1e-6)
+    assert s["mfu_with_head"] == pytest.approx(tokens_per_s * with_head / 1e11, rel=1e-6)
+    assert s["hfu"] == pytest.approx(tokens_per_s * hardware / 1e11, rel=1e-6)
+
+
+def test_wall_time_adds_up_the_attempts(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each metrics line says how long its attempt had run; the summary adds the earlier attempts."""
+    d = tmp_path / "r"
+    cfg = write_run(d, store, train={"steps": 2}, checkpoint={"every_steps": 2})
+    assert run(cfg) == 0
+    first = summary(d)
+    assert first["wall_time_s"] == first["elapsed_s"] >= metrics(d)[-1]["elapsed_s"] > 0
+    write_run(d, store, train={"steps": 4}, checkpoint={"every_steps": 2})
+    monkeypatch.setenv("HPCLLM_RESTART_COUNT", "1")
+    assert run(cfg) == 0
+    second, rows = summary(d), metrics(d)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert second["wall_time_s"] == pytest.approx(rows[1]["elapsed_s"] + second["elapsed_s"], abs=1e-3)
 
 
 def test_log_every_thins_the_metrics_file(tmp_path: Path, store: Path) -> None:

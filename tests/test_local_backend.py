@@ -94,7 +94,8 @@ def test_smoke_grid_one_and_two_ranks(in_project, tmp_path, demo_store):
     table = runner.invoke(app, ["collect", str(results), "--format", "csv"])
     assert len(table.output.strip().splitlines()) == 3
     status = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "250"})
-    assert status.output.count("completed") == 2
+    assert status.output.count("completed") == 3  # two rows and the closing count
+    assert status.output.splitlines()[-1] == "2 runs: 2 completed"
 
     logs = runner.invoke(app, ["logs", runs[1].run_id, "--results", str(results), "-n", "200"])
     assert logs.exit_code == 0 and f"[hpcllm] job {load_manifest(runs[1]).job_id} restart 0" in logs.output

@@ -12,5 +12,6 @@ def test_125m_checkpoint_matches_the_measured_save() -> None:
     assert abs(size_mib - 1857) < 2
 
 
-def test_2_7b_checkpoint_is_about_33_gb() -> None:
-    assert 32e9 < checkpoint_bytes(ModelConfig.from_name("2.7b")) < 35e9
+def test_2_7b_checkpoint_is_about_32_gb() -> None:
+    # 2.67 B parameters (tied embeddings, as the seed's 2.7B) x 12 bytes
+    assert 31e9 < checkpoint_bytes(ModelConfig.from_name("2.7b")) < 33e9

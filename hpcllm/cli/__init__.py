@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from hpcllm import __version__
-from hpcllm.cli import collect, doctor, generate, runs, schema
+from hpcllm.cli import collect, doctor, generate, report, runs, schema
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -24,7 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, schema.schema, doctor.doctor):
+for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, report.report, schema.schema,
+                doctor.doctor):
     app.command()(command)
 app.command()(generate.generate)
 # Sub-apps of their own modules; each imports torch only inside its commands.

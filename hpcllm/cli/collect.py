@@ -1,4 +1,5 @@
-"""``hpcllm collect``: the scaling table of finished runs, plots, and the reference check."""
+"""``hpcllm collect``: the scaling table of finished runs, plots, the seed comparison and the
+reference check."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
@@ -17,13 +17,33 @@ class TableFormat(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
+    latex = "latex"
+
+
+class CompareWith(str, Enum):
+    seed = "seed"
 
 
 def collect(
     root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
-    fmt: TableFormat = typer.Option(TableFormat.markdown, "--format", "-f", help="Output format."),
+    fmt: TableFormat = typer.Option(TableFormat.markdown, "--format", "-f",
+                                    help="markdown (the seed's layout), csv, json, or latex (booktabs)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save a scaling plot (PNG)."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", "-c",
+        help="Comma-separated column ids or groups: seed, default, all, swept; a grid key (optim.lr); "
+        "summary.<key>. Ids: params, gpus, samples_per_s, mfu, mfu_with_head, hfu, loss, eval_loss, "
+        "restarts, wall_time, run, ... (docs/reports.md).",
+    ),
+    where: Optional[str] = typer.Option(
+        None, "--where", "-w", help="Keep rows where this is true, e.g. \"gpus >= 16 and sharding == 'FULL_SHARD'\"."
+    ),
+    sort: Optional[str] = typer.Option(None, "--sort", "-s", help="Column ids to sort by; -id for descending, e.g. gpus,-mfu."),
+    compare: Optional[CompareWith] = typer.Option(
+        None, "--compare", help="seed: our runs beside the seed's published rows, with ours/seed per row."
+    ),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save the scaling plots (PNG)."),
+    loss_plot: Optional[Path] = typer.Option(None, "--loss-plot", help="Also save the loss curves (PNG)."),
     check: bool = typer.Option(
         False, "--check", help="Check runs against the experiments' `expected:` references; exit 1 on a miss."
     ),
@@ -31,54 +51,75 @@ def collect(
         False, "--best", help="Only the best run of each search group (`hpcllm search`), with its parameters."
     ),
 ) -> None:
-    """The seed's scaling table (one row per completed run) as markdown, csv or json."""
-    from hpcllm.collect.table import collect_table, format_table
+    """The seed's scaling table (one row per completed run) and more columns, as markdown, csv, json or LaTeX."""
+    from hpcllm.collect.table import build_table, completed_records, format_table
 
     if not root.exists():
         fail(HpcllmError(f"{root}: no such folder"))
     problems: list[str] = []
-    if best:
-        from hpcllm.collect.best import best_table
+    records = completed_records(root, problems)
+    try:
+        if best:
+            from hpcllm.collect.best import best_table
 
-        try:
             table = best_table(root, problems)
-        except HpcllmError as exc:
-            fail(exc)
-    else:
-        table = collect_table(root, problems)
+        elif compare is not None:
+            from hpcllm.collect.compare import compare_with_seed
+
+            comparison = compare_with_seed(records, where)
+            table = comparison.table
+        else:
+            table = build_table(records, columns, where=where, sort=sort, problems=problems)
+    except (ValueError, HpcllmError) as exc:
+        fail(exc)
     for problem in problems:
-        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
     text = format_table(table, fmt.value)
     if output:
         from hpcllm.fsutil import atomic_write_text
 
         atomic_write_text(output, text)
-        err_console.print(f"wrote {len(table)} rows to {output}")
+        err_console.print(f"wrote {len(table)} rows to {output}", highlight=False, soft_wrap=True)
     else:
         console.print(text, markup=False, highlight=False, end="", soft_wrap=True)
-    if plot:
-        from hpcllm.collect.plot import plot_scaling
-
-        err_console.print(f"plot: {plot_scaling(table, plot)}")
-    if table.empty:
-        err_console.print(f"[yellow]no {'search with a finished trial' if best else 'completed runs'} under {root}[/]")
+    if compare is not None and not best:
+        err_console.print(comparison.summary_line(), highlight=False, soft_wrap=True)
+    if plot or loss_plot:
+        _plots(records, plot, loss_plot)
+    if best and len(table) == 0:
+        err_console.print(f"[yellow]no search with a finished trial under {root}[/]", soft_wrap=True)
+    elif not records:
+        err_console.print(f"[yellow]no completed runs under {root}[/]", soft_wrap=True)
     if check:
         _check_references(root)
 
 
+def _plots(records: list, plot: Optional[Path], loss_plot: Optional[Path]) -> None:
+    from hpcllm.collect.plot import plot_losses, plot_scaling
+
+    if plot:
+        err_console.print(f"plot: {plot_scaling(records, plot)}", highlight=False, soft_wrap=True)
+    if loss_plot:
+        err_console.print(f"loss curves: {plot_losses(records, loss_plot)}", highlight=False, soft_wrap=True)
+
+
 def _check_references(root: Path) -> None:
+    from hpcllm.cli.listing import print_listing
     from hpcllm.collect.references import check_references
 
     verdicts = check_references(root)
-    table = Table(title="Performance references")
-    for col in ("run", "metric", "measured", "reference", "bounds", "verdict"):
-        table.add_column(col)
+    if not verdicts:
+        err_console.print("[yellow]no references to check (no `expected:` for these runs)[/]")
+        return
+    rows = []
     for v in verdicts:
         lo, hi = v.reference.bounds()
         bounds = f"[{'-inf' if lo is None else f'{lo:.4g}'}, {'inf' if hi is None else f'{hi:.4g}'}]"
         measured = "n/a" if v.measured is None else f"{v.measured:.4g}"
-        table.add_row(v.run_id, v.metric, measured, f"{v.reference.value:.4g}", bounds,
-                      "[green]ok[/]" if v.ok else "[red]FAIL[/]")
-    err_console.print(table if verdicts else "[yellow]no references to check (no `expected:` for these runs)[/]")
+        rows.append([v.run_id, v.metric, measured, f"{v.reference.value:.4g}", bounds, v.reference.source or "",
+                     "ok" if v.ok else "FAIL"])
+    print_listing(err_console, "Performance references",
+                  ("run", "metric", "measured", "reference", "bounds", "source", "verdict"), rows,
+                  keep_whole=("run", "verdict"), styles={"verdict": {"ok": "green", "FAIL": "red"}})
     if any(not v.ok for v in verdicts):
         raise typer.Exit(1)

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,7 +21,8 @@ EXIT_ERROR = 2
 
 def fail(exc: Exception) -> NoReturn:
     """Print ``exc`` as one unwrapped line on stderr (paths stay copyable) and exit 2, no traceback."""
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    # escape: a message may hold brackets ("a tolerance is [lower, upper]") that are not markup
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
 
 

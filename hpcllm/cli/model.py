@@ -12,7 +12,6 @@ import typer
 from rich.table import Table
 
 from hpcllm.cli.common import console, fail
-from hpcllm.config.model import ModelConfig, preset_fields, preset_names
 
 model_app = typer.Typer(help="Inspect the named model configs.", no_args_is_help=True)
 
@@ -27,6 +26,8 @@ def _human(n: float) -> str:
 @model_app.command("list")
 def list_cmd() -> None:
     """Every named config with its size."""
+    from hpcllm.config.model import ModelConfig, preset_names
+
     table = Table("name", "layers", "d_model", "heads (kv)", "ffn", "seq", "params")
     for name in preset_names():
         c = ModelConfig.from_name(name)
@@ -37,10 +38,13 @@ def list_cmd() -> None:
 
 @model_app.command("info")
 def info_cmd(
-    name: str = typer.Argument(..., help=f"A named config: {', '.join(preset_names())}."),
+    name: str = typer.Argument(..., help="A named config (`hpcllm model list` names them all)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length for FLOPs (default: the config's)."),
 ) -> None:
     """Architecture, parameters (total / non-embedding) and training FLOPs per token of NAME."""
+    # Imported here: pydantic's model classes cost every other command ~0.1 s of start-up.
+    from hpcllm.config.model import ModelConfig, preset_fields
+
     try:
         preset_fields(name)  # the unknown-name message lists the known ones
     except ValueError as exc:
@@ -60,7 +64,8 @@ def info_cmd(
         ("params (total)", f"{cfg.n_params():,} ({_human(cfg.n_params())})"),
         ("params (non-embedding)", f"{cfg.n_params_non_embedding():,} ({_human(cfg.n_params_non_embedding())})"),
         ("params in matmuls (FLOPs)", f"{cfg.n_params_flops():,}"),
-        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (6N + 12·L·T·d)"),
+        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (MFU: the seed's 72·L·d² + 12·L·T·d)"),
+        ("  with the output head", f"{cfg.flops_per_token_with_head(t):.4g} (MFU+head: 6N + 12·L·T·d, N in matmuls)"),
     ]
     for key, value in rows:
         table.add_row(key, value)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.table import Table
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail
+from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
-    from hpcllm.launch.orchestrate import SubmitResult
+    from hpcllm.launch.orchestrate import RunStatus, SubmitResult
     from hpcllm.rundir import RunDir
 
 
@@ -42,18 +45,18 @@ def submit(
     except HpcllmError as exc:
         fail(exc)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
-    table = Table(title=f"{experiment} on {cluster}: {len(result.runs)} runs")
-    for col in ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"):
-        table.add_column(col)
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    rows = []
     for run in result.runs:
         t, p = run.spec.training, run.spec.training.parallel
-        table.add_row(
+        rows.append([
             run.spec.run_id, str(run.spec.resources.nodes), str(run.spec.world_size),
             str(t.train.micro_batch_size), str(t.train.grad_accum), str(t.train.global_batch_size),
             p.sharding, p.activation_checkpointing, f"{run.action} {run.detail}".strip(), run.job_id or "-",
-        )
-    console.print(table)
+        ])
+    print_listing(console, f"{experiment} on {cluster}: {len(result.runs)} runs",
+                  ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"), rows,
+                  keep_whole=("run", "job"))
     _print_plan_notes(result)
     if result.runs:
         console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
@@ -75,16 +78,31 @@ def _print_plan_notes(result: SubmitResult) -> None:
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:
-    """A live progress display until none of ``run_paths`` is pending or running."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Show progress until none of ``run_paths`` is pending or running: a live display on a
+    terminal, a line per state change in a log."""
     from hpcllm.config.training import TrainingConfig
     from hpcllm.config.loader import load_model
-    from hpcllm.launch.orchestrate import collect_status
     from hpcllm.rundir import RunDir
 
     wanted = {p.absolute() for p in run_paths}
     totals = {p: load_model(TrainingConfig, RunDir(p).config).train.steps for p in wanted}
+    if not console.is_terminal:  # a log or a pipe: one whole line per change, no live display to cut
+        statuses = _wait_plain(results, wanted, totals)
+    else:
+        statuses = _wait_live(results, wanted, totals)
+    failed = [s for s in statuses if s.state != "completed"]
+    if failed:
+        for s in failed:
+            reason = s.manifest.reason if s.manifest else ""
+            err_console.print(f"[red]{s.run_dir.run_id}: {s.state}[/] {reason or ''}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list["RunStatus"]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hpcllm.launch.orchestrate import collect_status
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console,
@@ -96,41 +114,68 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
                 loss = f" loss {s.loss:.3f}" if s.loss is not None else ""
                 progress.update(tasks[s.run_dir.path.absolute()], completed=s.step or 0, info=f"{s.state}{loss}")
             if all(s.state not in ("pending", "running") for s in statuses):
-                break
+                return statuses
             time.sleep(1.0)
-    failed = [s for s in statuses if s.state != "completed"]
-    if failed:
-        for s in failed:
-            reason = s.manifest.reason if s.manifest else ""
-            err_console.print(f"[red]{s.run_dir.run_id}: {s.state}[/] {reason or ''}")
-        raise typer.Exit(1)
 
 
-def status(root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it).")) -> None:
+def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list["RunStatus"]:
+    """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
+    from hpcllm.launch.orchestrate import collect_status
+
+    said: dict[Path, str] = {}
+    while True:
+        statuses = [s for s in collect_status(results) if s.run_dir.path.absolute() in wanted]
+        for s in statuses:
+            path = s.run_dir.path.absolute()
+            if said.get(path) != s.state:
+                said[path] = s.state
+                progress = "" if s.step is None else f" step {s.step}/{totals[path]}"
+                loss = "" if s.loss is None else f" loss {s.loss:.3f}"
+                console.out(f"{s.run_dir.run_id}: {s.state}{progress}{loss}", highlight=False)
+        if all(s.state not in ("pending", "running") for s in statuses):
+            return statuses
+        time.sleep(1.0)
+
+
+class StatusFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+STATE_STYLES = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red",
+                "submit_failed": "red", "cancelled": "magenta"}
+
+
+def status(
+    root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
+    fmt: StatusFormat = typer.Option(StatusFormat.table, "--format", "-f",
+                                     help="table (ends with the count per state), or json for scripts."),
+) -> None:
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.orchestrate import collect_status
 
     try:
-        rows = collect_status(root)
+        statuses = collect_status(root)
     except HpcllmError as exc:
         fail(exc)
-    table = Table(title=f"Runs under {root}")
-    for col in ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with"):
-        table.add_column(col)
-    colors = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta"}
-    for s in rows:
-        m = s.manifest
-        last_restart = m.restarts[-1].reason if m and m.restarts else ""
-        table.add_row(
-            m.experiment if m else "?", m.cluster if m else "?", s.run_dir.run_id,
-            f"[{colors.get(s.state, 'white')}]{s.state}[/]", (m.job_id if m else None) or "-",
-            "-" if s.step is None else str(s.step), "-" if s.loss is None else f"{s.loss:.4f}",
-            str(len(m.restarts)) if m else "0",
-            f"waiting: {s.waiting_for}" if s.waiting_for else ((m.reason or last_restart) if m else ""),
-            s.software,
-        )
-    console.print(table)
-    _print_artifacts(root, [s.run_dir for s in rows])
+    records = _status_records(statuses)
+    if fmt == StatusFormat.json:
+        console.out(json.dumps(records, indent=2), highlight=False)
+        return
+    headers = ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with")
+    rows = [
+        [r["experiment"] or "?", r["cluster"] or "?", r["run_id"], r["state"], r["job_id"] or "-",
+         "-" if r["step"] is None else str(r["step"]), "-" if r["loss"] is None else f"{r['loss']:.4f}",
+         str(r["restarts"]), f"waiting: {r['waiting_for']}" if r["waiting_for"] else r["reason"] or "",
+         r["ran_with"]]
+        for r in records
+    ]
+    print_listing(console, f"Runs under {root}", headers, rows, keep_whole=("run", "state", "job"),
+                  styles={"state": STATE_STYLES})
+    counts = Counter(r["state"] for r in records)
+    console.out(f"{len(records)} runs: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"),
+                highlight=False)
+    _print_artifacts(root, [s.run_dir for s in statuses])
 
 
 def _print_artifacts(root: Path, run_dirs: list["RunDir"]) -> None:
@@ -142,6 +187,22 @@ def _print_artifacts(root: Path, run_dirs: list["RunDir"]) -> None:
                           soft_wrap=True, highlight=False)
     if any(rd.tensorboard.is_dir() for rd in run_dirs):
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
+
+
+def _status_records(statuses: list["RunStatus"]) -> list[dict[str, Any]]:
+    """``collect_status`` as plain data (``hpcllm status --format json``; the table prints the same)."""
+    out = []
+    for s in statuses:
+        m = s.manifest
+        last_restart = m.restarts[-1].reason if m and m.restarts else None
+        out.append({
+            "experiment": m.experiment if m else None, "cluster": m.cluster if m else None,
+            "run_id": s.run_dir.run_id, "path": str(s.run_dir.path), "state": s.state,
+            "job_id": m.job_id if m else None, "step": s.step, "loss": s.loss,
+            "restarts": len(m.restarts) if m else 0, "reason": (m.reason or last_restart) if m else None,
+            "waiting_for": s.waiting_for, "ran_with": s.software,
+        })
+    return out
 
 
 def cancel(

@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from hpcllm.collect.table import summary_row
+from hpcllm.collect import columns as cols
+from hpcllm.collect.records import RunRecord
 from hpcllm.fsutil import read_json
 from hpcllm.launch.search import best_trial, find_searches
 from hpcllm.rundir import RunDir
@@ -40,7 +41,7 @@ def best_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
                                    "Run": best.run_id, "Steps": steps, **best.params,
                                    state.metric: round(best.score_at(steps), 4)}
             try:
-                row.update(summary_row(summary or {}))
+                row.update(_scaling_columns(RunRecord(run_dir, summary or {})))
             except (KeyError, TypeError, ValueError) as exc:
                 _note(problems, f"{run_dir.summary}: missing or bad field {exc}")
             if state.metric == "eval_loss":
@@ -56,3 +57,9 @@ def best_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
 def _note(problems: list[str] | None, message: str) -> None:
     if problems is not None:
         problems.append(message)
+
+
+def _scaling_columns(record: RunRecord) -> dict[str, Any]:
+    """The run's cells of the seed's table and its eval loss, under the collector's headers."""
+    chosen = [cols.COLUMNS[c] for c in (*cols.SEED, "eval_loss")]
+    return {c.header: c.get(record) for c in chosen}

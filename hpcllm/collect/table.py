@@ -1,91 +1,98 @@
-"""Build the seed's scaling table from completed runs' ``summary.json``.
+"""Build the scaling table from completed runs and write it as markdown, csv, json or LaTeX.
 
-The columns and their order are exactly the seed's (Modalities' README), so our tables can be put
-next to theirs. MFU comes from the engine's summary, which computed it with ``hpcllm.perf``.
+The default columns start with exactly the seed's (Modalities' README), in its order, so our tables
+can be put next to theirs; ``--columns seed`` prints only those. MFU and the other figures come from
+the engine's ``summary.json``, which computed them with ``hpcllm.perf``.
+
+Rows are plain dicts (column id -> value): ``collect`` over 10,000 runs must answer in well under a
+second, and importing pandas alone takes a third of that. pandas is imported for LaTeX (its Styler
+writes booktabs tables) and by the plots.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
+from hpcllm.collect import columns as cols
+from hpcllm.collect.records import RunRecord, scan
+from hpcllm.config import grid as gridlib
 
-from hpcllm.fsutil import read_json
-from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, find_run_dirs
+if TYPE_CHECKING:
+    import pandas as pd
 
-COLUMNS = [
-    "# Params (B)", "#GPUs", "Samples/s", "GradAccm", "MBS", "GBS", "Sequence Length",
-    "Precision", "Sharding", "AC", "GPU Type", "MFU",
-]
-# Shown after the seed's columns when at least one run has a value (runs with an eval section).
-OPTIONAL_COLUMNS = ["Eval Loss"]
+COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
+DEFAULT_SORT = ["params", "gpus", "mbs", "sharding"]
 
-Format = Literal["markdown", "csv", "json"]
-
-
-def _ac_label(summary: dict[str, Any]) -> str:
-    ac = summary.get("activation_checkpointing", "none")
-    if ac == "none":
-        return "False"
-    if ac == "full":
-        return "True"
-    return f"selective/{summary.get('ac_every')}"
+Format = Literal["markdown", "csv", "json", "latex"]
+FORMATS = ("markdown", "csv", "json", "latex")
 
 
-def _params_b(n_params: float) -> float:
-    """Billions with 3 significant digits (2.8, 0.124, 0.000131)."""
-    return float(f"{n_params / 1e9:.3g}")
+@dataclass
+class Table:
+    columns: list[cols.Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # column id -> value
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def headers(self) -> list[str]:
+        return [c.header for c in self.columns]
+
+    def to_frame(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame([[row[c.id] for c in self.columns] for row in self.rows], columns=self.headers)
 
 
-def _rounded(value: Any, digits: int) -> float | None:
-    """None stays None (an empty cell): e.g. a run resumed at its last step measured no step."""
-    return None if value is None else round(float(value), digits)
+def completed_records(root: Path, problems: list[str] | None = None) -> list[RunRecord]:
+    """Records of the completed runs under ``root``; unusable summaries are described in ``problems``."""
+    records = []
+    for record in scan(root):
+        if problems is not None:
+            problems.extend(record.problems)
+        if record.completed:
+            records.append(record)
+    return records
 
 
-def summary_row(summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "# Params (B)": _params_b(summary["n_params"]),
-        "#GPUs": summary["world_size"],
-        "Samples/s": _rounded(summary.get("samples_per_s"), 2),
-        "GradAccm": summary["grad_accum"],
-        "MBS": summary["micro_batch_size"],
-        "GBS": summary["global_batch_size"],
-        "Sequence Length": summary["seq_len"],
-        "Precision": summary["precision"],
-        "Sharding": summary["sharding"],
-        "AC": _ac_label(summary),
-        "GPU Type": summary.get("gpu_type") or "cpu",
-        "MFU": _rounded(summary.get("mfu"), 4),
-        "Eval Loss": _rounded(summary.get("eval_loss"), 4),
-    }
+def build_table(
+    records: list[RunRecord],
+    columns: str | None = None,
+    *,
+    where: str | None = None,
+    sort: str | None = None,
+    problems: list[str] | None = None,
+) -> Table:
+    """The table of ``records``: ``columns``/``where``/``sort`` as the CLI options of those names.
 
-
-def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
-    """One row per completed run under ``root``, sorted by model size, GPUs, MBS and sharding.
-
-    A summary that cannot be read or lacks a field is left out and described in ``problems``
-    (one bad run must not hide the table of the others).
+    A run whose summary lacks a field a column needs is left out and described in ``problems``
+    (one bad run must not hide the table of the others). ValueError for a bad option.
     """
-    rows = []
-    for run_dir in find_run_dirs(root):
+    chosen = cols.resolve(columns, records)
+    selector = _where(where, records, chosen) if where else None
+    table = Table(chosen)
+    for record in records:
         try:
-            summary = read_json(run_dir.summary)
-        except ValueError as exc:
-            _note(problems, f"{run_dir.summary}: not valid JSON ({exc})")
-            continue
-        if not summary or summary.get("status") != SUMMARY_STATUS_COMPLETED:
-            continue
-        try:
-            rows.append(summary_row(summary))
+            row = {c.id: c.get(record) for c in chosen}
         except (KeyError, TypeError, ValueError) as exc:
-            _note(problems, f"{run_dir.summary}: missing or bad field {exc}")
-    optional = [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)]
-    table = pd.DataFrame(rows, columns=COLUMNS + optional)
-    if not table.empty:
-        table = table.sort_values(["# Params (B)", "#GPUs", "MBS", "Sharding"], kind="stable")
-    return table.reset_index(drop=True)
+            _note(problems, f"{record.run_dir.summary}: missing or bad field {exc}")
+            continue
+        if selector is not None and not selector(record):
+            continue
+        table.rows.append(row)
+    _sort(table, records, sort)
+    return table
+
+
+def collect_table(root: Path, problems: list[str] | None = None) -> "pd.DataFrame":
+    """The seed's table of the completed runs under ``root``, as a DataFrame (headers as columns)."""
+    return build_table(completed_records(root, problems), "seed", problems=problems).to_frame()
 
 
 def _note(problems: list[str] | None, message: str) -> None:
@@ -93,24 +100,109 @@ def _note(problems: list[str] | None, message: str) -> None:
         problems.append(message)
 
 
-def format_table(table: pd.DataFrame, fmt: Format) -> str:
+def _view(record: RunRecord, names: list[str]) -> dict[str, Any]:
+    """A nested dict of the named columns' values, as ``where`` expressions read it."""
+    doc: dict[str, Any] = {}
+    for name in names:
+        column = _column_for(name)
+        doc = gridlib.set_dotted(doc, name, column.get(record)) if "." in name else {**doc, name: column.get(record)}
+    return doc
+
+
+def _column_for(name: str) -> cols.Column:
+    if name in cols.COLUMNS:
+        return cols.COLUMNS[name]
+    if name.startswith("summary."):
+        return cols.summary_column(name[len("summary."):])
+    return cols.swept_column(name)
+
+
+def _where(expression: str, records: list[RunRecord], chosen: list[cols.Column]):
+    """A predicate on records; names are column ids, grid keys and ``summary.<key>``."""
+    names = gridlib.where_names(expression)
+    for name in names:
+        if name not in cols.COLUMNS and not name.startswith("summary.") and "." not in name:
+            raise ValueError(
+                f"--where: {name!r} is not a column; use {', '.join(cols.COLUMNS)}, a grid key such as "
+                "parallel.sharding, or summary.<key>"
+            )
+    predicate = gridlib.compile_where(expression)
+    return lambda record: predicate(_view(record, names))
+
+
+def _sort(table: Table, records: list[RunRecord], sort: str | None) -> None:
+    """Stable multi-key sort; ``-id`` sorts descending; empty cells last either way."""
+    keys = [k.strip() for k in (sort.split(",") if sort else DEFAULT_SORT) if k.strip()]
+    ids = {c.id for c in table.columns}
+    for key in reversed(keys):
+        descending = key.startswith("-")
+        name = key.lstrip("-")
+        if name not in ids:
+            if sort:  # the user's: say so; the default sort skips columns not shown
+                raise ValueError(f"--sort: {name!r} is not a column of this table; columns: {', '.join(sorted(ids))}")
+            continue
+        present = [r for r in table.rows if r[name] is not None]
+        absent = [r for r in table.rows if r[name] is None]
+        present.sort(key=lambda r: _sortable(r[name]), reverse=descending)
+        table.rows[:] = present + absent
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """Numbers before text, so a column of mixed values still sorts."""
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+# --- formats ---------------------------------------------------------------------------------------
+
+
+def format_table(table: "Table | pd.DataFrame", fmt: Format) -> str:
+    if not isinstance(table, Table):
+        table = _from_frame(table)
     if fmt == "markdown":
         return _markdown(table)
     if fmt == "csv":
-        return table.to_csv(index=False)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(table.headers)
+        for row in table.rows:
+            writer.writerow(["" if row[c.id] is None else row[c.id] for c in table.columns])
+        return out.getvalue()
     if fmt == "json":
-        records = json.loads(table.to_json(orient="records"))
+        records = [{c.header: row[c.id] for c in table.columns} for row in table.rows]
         return json.dumps(records, indent=2) + "\n"
-    raise ValueError(f"unknown format {fmt!r}; use markdown, csv or json")
+    if fmt == "latex":
+        return _latex(table)
+    raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    """The seed's layout: ``| a | b |`` rows under a ``|---|`` rule; an empty MFU stays empty."""
-    def cell(value: Any) -> str:
-        return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+def _from_frame(frame: "pd.DataFrame") -> Table:
+    """A DataFrame (``collect_table``, or another table with known headers) as a Table."""
+    by_header = {c.header: c for c in cols.COLUMNS.values()}
+    chosen = [by_header.get(h) or cols.Column(str(h), str(h), lambda r: None) for h in frame.columns]
+    rows = []
+    for values in frame.itertuples(index=False):
+        rows.append({c.id: (None if _isnan(v) else v) for c, v in zip(chosen, values)})
+    return Table(chosen, rows)
 
-    columns = [str(c) for c in table.columns] if len(table.columns) else COLUMNS
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for record in table.to_dict(orient="records"):
-        lines.append("| " + " | ".join(cell(record[c]) for c in columns) + " |")
+
+def _isnan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _markdown(table: Table) -> str:
+    """The seed's layout: ``| a | b |`` rows under a ``|---|`` rule; an empty value is an empty cell."""
+    lines = ["| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.columns)]
+    for row in table.rows:
+        lines.append("| " + " | ".join(c.cell(row[c.id]) for c in table.columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _latex(table: Table) -> str:
+    """A booktabs tabular (``\\toprule``/``\\midrule``/``\\bottomrule``; needs ``\\usepackage{booktabs}``)."""
+    import pandas as pd
+
+    cells = [[c.cell(row[c.id]) for c in table.columns] for row in table.rows]
+    frame = pd.DataFrame(cells, columns=table.headers)
+    styler = frame.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    align = "".join("r" if c.numeric else "l" for c in table.columns)
+    return styler.to_latex(hrules=True, column_format=align)

@@ -19,7 +19,7 @@ from hpcllm.config import grid as gridlib
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.config.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
-from hpcllm.collect.references import Reference, validate_metric_names
+from hpcllm.collect.references import ClusterReferences, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.text import OneLine
 from hpcllm.config.search import SearchConfig
@@ -54,10 +54,10 @@ class Experiment(BaseModel):
         default_factory=list, description="Groups of dotted keys whose lists advance together."
     )
     where: list[str] = Field(default_factory=list, description="Keep only points where all are true.")
-    expected: dict[str, dict[str, Reference]] = Field(
+    expected: dict[str, ClusterReferences] = Field(
         default_factory=dict,
-        description="Per cluster: metric -> [value, lower, upper] (fractions; null = unbounded), "
-        "checked by `hpcllm collect --check`.",
+        description="Per cluster: metric -> [value, lower, upper] (fractions; null = unbounded), and "
+        "seed: {metric: [lower, upper]} for the seed's row of each point; checked by `hpcllm collect --check`.",
     )
     search: SearchConfig | None = Field(
         None, description="A hyper-parameter search per grid point (`hpcllm search run`; docs/search.md)."
@@ -74,7 +74,7 @@ class Experiment(BaseModel):
 
     @field_validator("expected")
     @classmethod
-    def _checkable(cls, value: dict[str, dict[str, Reference]]) -> dict[str, dict[str, Reference]]:
+    def _checkable(cls, value: dict[str, ClusterReferences]) -> dict[str, ClusterReferences]:
         validate_metric_names(value)
         return value
 
@@ -139,10 +139,8 @@ def expand_experiment(
     seen: dict[str, dict[str, Any]] = {}
     for point in points:
         where = f"{source}: point {_point_label(point)}"
-        doc = base
         try:
-            for key, value in point.items():
-                doc = gridlib.set_dotted(doc, key, value)
+            doc = gridlib.apply_point(base, point)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:

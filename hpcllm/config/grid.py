@@ -12,6 +12,7 @@ import ast
 import copy
 import itertools
 import operator
+from collections.abc import Callable
 from typing import Any
 
 Point = dict[str, Any]
@@ -66,7 +67,18 @@ def expand(grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]]) -> list
 
 def set_dotted(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """A deep copy of ``doc`` with ``a.b.c`` set to ``value`` (creating dicts on the way)."""
+    return apply_point(doc, {key: value})
+
+
+def apply_point(doc: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``doc`` with every dotted key of ``point`` set (one copy, however many keys)."""
     doc = copy.deepcopy(doc)
+    for key, value in point.items():
+        _set_in_place(doc, key, value)
+    return doc
+
+
+def _set_in_place(doc: dict[str, Any], key: str, value: Any) -> None:
     node = doc
     parts = key.split(".")
     for part in parts[:-1]:
@@ -77,7 +89,6 @@ def set_dotted(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
             raise ValueError(f"cannot set {key!r}: {part!r} is a {type(child).__name__}, not a mapping")
         node = child
     node[parts[-1]] = copy.deepcopy(value)
-    return doc
 
 
 def get_dotted(doc: dict[str, Any], key: str) -> Any:
@@ -107,21 +118,53 @@ MAX_WHERE_CHARS = 500
 
 def evaluate_where(expression: str, doc: dict[str, Any]) -> bool:
     """Evaluate a ``where`` expression against a resolved point document."""
+    return compile_where(expression)(doc)
+
+
+def compile_where(expression: str) -> Callable[[dict[str, Any]], bool]:
+    """Parse ``expression`` once; the result evaluates it against any number of documents."""
+    tree = _parse_where(expression)
+
+    def evaluate(doc: dict[str, Any]) -> bool:
+        try:
+            return bool(_eval(tree.body, doc, expression))
+        except (ArithmeticError, TypeError) as exc:  # 1/0, 'tiny' > 3, ...
+            raise ValueError(f"where: cannot evaluate {expression!r}: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"where: {expression[:40]!r}...: nested too deeply") from None
+
+    return evaluate
+
+
+def where_names(expression: str) -> list[str]:
+    """The dotted names an expression reads (``parallel.sharding``), for checking them up front."""
+    tree = _parse_where(expression)
+    names: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            name = _dotted_name(node)
+            if name and name not in ("True", "False", "None"):
+                names.append(name)
+                return
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree.body)
+    return names
+
+
+def _parse_where(expression: str) -> ast.Expression:
+    """The syntax tree of a ``where`` expression; ValueError for one too long or not an expression."""
     if len(expression) > MAX_WHERE_CHARS:
         raise ValueError(
             f"where: an expression of {len(expression):,} characters; at most {MAX_WHERE_CHARS} "
             "(split it into several `where` entries)"
         )
     try:
-        tree = ast.parse(expression, mode="eval")
+        return ast.parse(expression, mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"where: not an expression: {expression!r} ({exc.msg})") from None
-    try:
-        return bool(_eval(tree.body, doc, expression))
-    except (ArithmeticError, TypeError) as exc:  # 1/0, 'tiny' > 3, ...
-        raise ValueError(f"where: cannot evaluate {expression!r}: {exc}") from None
-    except RecursionError:
-        raise ValueError(f"where: {expression[:40]!r}...: nested too deeply") from None
 
 
 def _dotted_name(node: ast.AST) -> str | None:

@@ -140,14 +140,35 @@ class ModelConfig(BaseModel):
         return self.n_params_non_embedding() + self.vocab_size * self.d_model
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        return perf.flops_per_token(
-            self.n_params_flops(), self.n_layers, seq_len or self.seq_len, self.d_model
-        )
+        """Training FLOPs per token as the ``MFU`` column counts them: the seed's convention
+        (``72·L·d² + 12·L·T·d``, see ``hpcllm.perf``)."""
+        return perf.seed_flops_per_token(self.n_layers, seq_len or self.seq_len, self.d_model)
+
+    def flops_per_token_with_head(self, seq_len: int | None = None) -> float:
+        """``6·N + 12·L·T·d`` with N the exact matmul parameters, output head included (``MFU+head``)."""
+        return perf.flops_per_token(self.n_params_flops(), self.n_layers, seq_len or self.seq_len, self.d_model)
+
+    def flops(self, seq_len: int | None = None, recomputed_blocks: int = 0) -> perf.TokenFlops:
+        """All three conventions; ``recomputed_blocks`` (``perf.recomputed_blocks``) adds AC's extra forwards."""
+        t = seq_len or self.seq_len
+        with_head = self.flops_per_token_with_head(t)
+        extra = perf.recompute_flops_per_token(self.block_params(), recomputed_blocks, t, self.d_model)
+        return perf.TokenFlops(model=self.flops_per_token(t), with_head=with_head, hardware=with_head + extra)
 
 
-# Named configs. Shapes follow GPT-3's table (Brown et al. 2020, Table 2.1) with SwiGLU MLPs, RoPE
-# and RMSNorm (Llama-style), vocab 50304 (GPT-2's 50257 padded to a multiple of 64).
-# "2.7b" is the seed's 2.7B (32 layers, hidden 2560, seq 4096); "28b" the seed's 28B (seq 8192).
+# Named configs. Llama-style blocks (SwiGLU MLP, RoPE, RMSNorm, no biases), vocab 50304 (GPT-2's
+# 50257 padded to a multiple of 64). The SwiGLU width follows Modalities (the seed's framework):
+# 2/3 of 4·d rounded up to a multiple of 256.
+# The seed's models: its scaling tables name them "2.7", "6.7" and "28" (billions) and publish no
+# architecture (none of Modalities' published config files has these sizes), so the shapes below
+# are chosen to reproduce what its rows imply: the seed's FLOPs per token (72·L·d² + 12·L·T·d, see
+# hpcllm.perf) within 0.03 % of every row, and a total parameter count that rounds to its label.
+#   2.7b: GPT-3's 2.7B shape (32 layers, d 2560); the seed's rows imply 19.13 GFLOP/token at seq
+#         4096, exactly this shape's. Tied embeddings: 2.67 B parameters ("2.7").
+#   6.7b: GPT-3's 6.7B shape (32 layers, d 4096); 45.10 GFLOP/token at seq 4096, as the rows imply.
+#         Tied embeddings: 6.68 B ("6.7").
+#   28b:  the rows imply 199.9 GFLOP/token at seq 8192; 52 layers of d 6656 (52 heads of 128) give
+#         199.9 (+0.01 %), with tied embeddings 28.2 B ("28"). The seed used full AC and MBS 1.
 _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=512, seq_len=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64,
                  ffn_hidden=192, tie_embeddings=True),
@@ -155,9 +176,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "60m": dict(seq_len=1024, n_layers=10, n_heads=8, d_model=512, tie_embeddings=True),
     "125m": dict(seq_len=2048, n_layers=12, n_heads=12, d_model=768),
     "1b": dict(seq_len=2048, n_layers=18, n_heads=16, d_model=2048, ffn_hidden=5632),
-    "2.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=2560, ffn_hidden=6912),
-    "6.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=4096, ffn_hidden=11008),
-    "28b": dict(seq_len=8192, n_layers=44, n_heads=56, d_model=7168, ffn_hidden=19456),
+    "2.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=2560, ffn_hidden=6912, tie_embeddings=True),
+    "6.7b": dict(seq_len=4096, n_layers=32, n_heads=32, d_model=4096, ffn_hidden=11008, tie_embeddings=True),
+    "28b": dict(seq_len=8192, n_layers=52, n_heads=52, d_model=6656, ffn_hidden=17920, tie_embeddings=True),
 }
 
 

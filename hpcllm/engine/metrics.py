@@ -2,7 +2,8 @@
 
 Only rank 0 writes. Throughput is global (all ranks); MFU comes from ``hpcllm.perf`` against a
 known peak (the GPU table, or ``metrics.cpu_peak_flops`` on CPU) and is ``null`` otherwise, never an
-invented figure. docs/engine.md lists every key.
+invented figure: ``mfu`` in the seed's convention, ``mfu_with_head`` and ``hfu`` beside it (see
+``hpcllm.perf``). docs/run-contract.md lists every key.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 
 from hpcllm import perf
 from hpcllm.engine.tracking import MetricSink, scalars
+from hpcllm.config.training import TrainingConfig
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -42,14 +45,43 @@ def detect_gpu_type(device: torch.device, configured: str | None) -> str | None:
 
 def max_logged_step(path: Path) -> int:
     """Highest ``step`` already in ``metrics.jsonl`` (0 if none): steps up to it are re-runs."""
-    best = 0
+    return _earlier_attempts(path)[0]
+
+
+def _earlier_attempts(path: Path) -> tuple[int, float]:
+    """(highest logged step, wall seconds of the earlier attempts) from ``metrics.jsonl``.
+
+    Each line carries ``time`` (Unix seconds) and ``elapsed_s`` (seconds since its attempt began),
+    so ``time - elapsed_s`` names the attempt; each attempt lasted (at least) its last line's
+    ``elapsed_s``. Time after an attempt's last logged step (a final save, a crash) is not counted.
+    """
+    best, total = 0, 0.0
+    started, elapsed = None, 0.0  # the current attempt's start and its latest elapsed_s
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                best = max(best, int(json.loads(line)["step"]))
+                record = json.loads(line)
+                best = max(best, int(record["step"]))
+                line_elapsed, line_time = float(record["elapsed_s"]), float(record["time"])
             except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a killed attempt
-    return best
+                continue  # a torn last line from a killed attempt, or a line from an older engine
+            line_started = line_time - line_elapsed
+            if started is not None and abs(line_started - started) > ATTEMPT_CLOCK_SLACK_S:
+                total += elapsed
+            started, elapsed = line_started, line_elapsed
+    return best, total + elapsed
+
+
+# Two lines belong to one attempt when their implied start times agree to within this (both clocks
+# are logged to the millisecond; two attempts of one run start at least a training step apart).
+ATTEMPT_CLOCK_SLACK_S = 0.05
+
+
+def token_flops(cfg: TrainingConfig) -> perf.TokenFlops:
+    """FLOPs per token of the run's model in the three conventions, AC recomputation included."""
+    p = cfg.parallel
+    recomputed = perf.recomputed_blocks(cfg.model.n_layers, p.activation_checkpointing, p.ac_every)
+    return cfg.model.flops(recomputed_blocks=recomputed)
 
 
 @dataclass
@@ -58,22 +90,25 @@ class Throughput:
 
     samples_per_step: int  # global batch size
     seq_len: int
-    flops_per_token: float
+    flops: perf.TokenFlops
     n_devices: int
     peak_flops_per_device: float | None  # None: MFU is null
 
     def rates(self, step_time_s: float) -> dict[str, float | None]:
         samples_per_s = self.samples_per_step / step_time_s
-        mfu = None
+        utilisation: dict[str, float | None] = dict.fromkeys(UTILISATION_KEYS)
         if self.peak_flops_per_device is not None:
-            mfu = perf.mfu_at_peak(samples_per_s, self.seq_len, self.flops_per_token,
-                                   self.n_devices, self.peak_flops_per_device)
+            utilisation.update(self.flops.utilisation(samples_per_s, self.seq_len, self.n_devices,
+                                                      self.peak_flops_per_device))
         return {
             "samples_per_s": samples_per_s,
             "tokens_per_s": samples_per_s * self.seq_len,
             "tokens_per_s_per_gpu": samples_per_s * self.seq_len / self.n_devices,
-            "mfu": mfu,
+            **utilisation,
         }
+
+
+UTILISATION_KEYS = ("mfu", "mfu_with_head", "hfu")
 
 
 @dataclass
@@ -85,11 +120,12 @@ class MetricsLog:
     restart: int
     log_every: int
     enabled: bool
+    started: float = field(default_factory=time.monotonic)  # when this attempt began
     records: list[dict[str, Any]] = field(default_factory=list)
     sinks: list[MetricSink] = field(default_factory=list)  # trackers that mirror every written line
 
     def __post_init__(self) -> None:
-        self._rerun_until = max_logged_step(self.path) if self.enabled else 0
+        self._rerun_until, self._earlier_s = _earlier_attempts(self.path) if self.enabled else (0, 0.0)
 
     def log(self, *, step: int, loss: float, lr: float, grad_norm: float, step_time_s: float,
             mem_peak_gib: float, skipped: bool = False, loss_scale: float | None = None) -> dict[str, Any]:
@@ -101,8 +137,10 @@ class MetricsLog:
             "mfu": rates["mfu"], "step_time_s": step_time_s, "mem_peak_gib": mem_peak_gib,
             "restart": self.restart, "rerun": step <= self._rerun_until,
             "skipped": skipped, "loss_scale": loss_scale,
+            "time": round(time.time(), 3), "elapsed_s": round(time.monotonic() - self.started, 3),
         }
-        self.records.append({**record, "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"]})
+        self.records.append({**record, "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"],
+                             "mfu_with_head": rates["mfu_with_head"], "hfu": rates["hfu"]})
         if step % self.log_every == 0 or skipped:
             self._write(record)
         return record
@@ -137,8 +175,13 @@ class MetricsLog:
             warmup_steps = 0
         measured = self.records[warmup_steps:]
         out: dict[str, Any] = {"steps_measured": len(measured), "summary_warmup_steps": warmup_steps}
-        for key in ("samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "step_time_s",
+        for key in ("samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", *UTILISATION_KEYS, "step_time_s",
                     "mem_peak_gib"):
             values = [r[key] for r in measured if r[key] is not None]
             out[key] = statistics.median(values) if values else None
         return out
+
+    def timing(self) -> dict[str, float]:
+        """``elapsed_s``: this attempt's wall time so far; ``wall_time_s``: all attempts' together."""
+        elapsed = time.monotonic() - self.started
+        return {"elapsed_s": round(elapsed, 3), "wall_time_s": round(self._earlier_s + elapsed, 3)}

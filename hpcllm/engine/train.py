@@ -34,7 +34,7 @@ from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.engine.loss_scale import build_loss_scaler
 from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
-from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib
+from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib, token_flops
 from hpcllm.engine.model import GPT
 from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
@@ -88,7 +88,7 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
     if env.device.type == "cuda" and gpu is None:
         gpu = torch.cuda.get_device_name(env.device)
     return {
-        "run_id": cfg.run_id, "n_params": m.n_params(), "n_params_flops": m.n_params_flops(),
+        "run_id": cfg.run_id, "model": m.name, "n_params": m.n_params(), "n_params_flops": m.n_params_flops(),
         "n_layers": m.n_layers, "d_model": m.d_model, "seq_len": m.seq_len,
         "world_size": env.world_size, "dp_size": env.world_size, "micro_batch_size": t.micro_batch_size,
         "grad_accum": t.grad_accum, "global_batch_size": gbs, "precision": p.precision,
@@ -204,6 +204,7 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
 def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
           summary: dict[str, Any]) -> int:
     """Run (or continue) training to ``train.steps``; returns the process exit code."""
+    started = time.monotonic()
     torch.manual_seed(cfg.seed)
     source = str(run_dir.config)
     dp_size = env.world_size
@@ -243,9 +244,9 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
 
     metrics = MetricsLog(
         path=run_dir.metrics,
-        throughput=Throughput(gbs, cfg.model.seq_len, cfg.model.flops_per_token(), env.world_size,
+        throughput=Throughput(gbs, cfg.model.seq_len, token_flops(cfg), env.world_size,
                               peak_flops_per_device(cfg, env)),
-        restart=restart_count(), log_every=cfg.train.log_every, enabled=env.is_main,
+        restart=restart_count(), log_every=cfg.train.log_every, enabled=env.is_main, started=started,
         sinks=open_sinks(cfg, run_dir, resume_step=state.step) if env.is_main else [],
     )
     if env.is_main:
@@ -261,7 +262,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         summary.update(status=status, steps_completed=state.step,
                        final_loss=metrics.records[-1]["loss"] if metrics.records else None,
                        skipped_steps=sum(r["skipped"] for r in metrics.records),
-                       **metrics.medians(cfg.train.summary_warmup_steps),
+                       **metrics.medians(cfg.train.summary_warmup_steps), **metrics.timing(),
                        **(evaluator.summary_fields() if evaluator is not None else {}))
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)

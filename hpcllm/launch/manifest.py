@@ -112,9 +112,10 @@ def load_manifest(run_dir: RunDir) -> Manifest | None:
         ) from None
 
 
-def save_manifest(run_dir: RunDir, manifest: Manifest) -> None:
+def save_manifest(run_dir: RunDir, manifest: Manifest, *, durable: bool = True) -> None:
+    """``durable=False`` for a manifest that only says "rendered" (the next submit writes it again)."""
     manifest.updated_at = now()
-    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"))
+    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"), durable=durable)
 
 
 def manifest_lock(run_dir: RunDir) -> AbstractContextManager[None]:

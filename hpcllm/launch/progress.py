@@ -11,24 +11,30 @@ from hpcllm.rundir import RunDir
 
 
 def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
-    """The last complete training line of metrics.jsonl (eval lines skipped), reading only the tail."""
-    path = run_dir.metrics
+    """The last complete training line of metrics.jsonl (evaluation lines, which have no ``loss``,
+    are skipped), reading only the file's tail.
+
+    A 4 KiB window holds a dozen lines; it grows only when no complete line is in it (``status``
+    reads this for every run, so 10,000 runs cost 40 MB of reads, not 640).
+    """
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(size - 65536, 0))
-            tail = fh.read().splitlines()
+        with open(run_dir.metrics, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            window = 4096
+            while True:
+                fh.seek(max(size - window, 0))
+                for line in reversed(fh.read().splitlines()):
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a line being written right now, or the cut start of the window
+                    if isinstance(record, dict) and "loss" in record:
+                        return record
+                if window >= size or window >= 1 << 20:
+                    return None
+                window *= 4
     except FileNotFoundError:
         return None
-    for line in reversed(tail):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being written right now, or the cut start of the window
-        if "loss" in record:  # not an eval line (docs/run-contract.md)
-            return record
-    return None
 
 
 def last_step(run_dir: RunDir) -> int | None:

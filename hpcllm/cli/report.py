@@ -1,0 +1,31 @@
+"""``hpcllm report``: one self-contained HTML page of a results folder (tables, plots, failures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hpcllm.cli.common import RESULTS, err_console, fail
+from hpcllm.errors import HpcllmError
+
+
+def report(
+    root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write."),
+    columns: Optional[str] = typer.Option(None, "--columns", "-c", help="Columns of the scaling table, as for `collect`."),
+) -> None:
+    """Write one HTML page (no network needed to view it): runs per state, the scaling table, scaling
+    plots and loss curves, the seed comparison, failures with their reasons, every run's details."""
+    from hpcllm.collect.report import write_report
+
+    if not root.exists():
+        fail(HpcllmError(f"{root}: no such folder"))
+    try:
+        with err_console.status(f"reading {root} and drawing the plots"):
+            result = write_report(root, output, columns)
+    except ValueError as exc:
+        fail(exc)
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items()) or "no runs"
+    err_console.print(f"wrote {output}: {len(result.runs)} runs ({counts})", highlight=False, soft_wrap=True)

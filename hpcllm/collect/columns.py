@@ -1,0 +1,186 @@
+"""The columns a scaling table can show: an id (for ``--columns``, ``--sort`` and ``--where``), the
+header it prints under (the seed's names for the seed's columns), and how its value is read from a
+run record and written in a text cell.
+
+Columns are data: ``summary.<key>`` reads any key of ``summary.json`` (what another part of the
+engine adds shows up without a change here), a dotted grid key (``optim.lr``) reads the value the
+run's grid point swept, and optional columns (evaluation loss) join the default table only when
+some run has a value for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from hpcllm.collect.records import RunRecord
+
+
+@dataclass(frozen=True)
+class Column:
+    id: str
+    header: str
+    get: Callable[[RunRecord], Any]
+    text: Callable[[Any], str] = str  # the cell in markdown and LaTeX (None is always empty)
+    help: str = ""
+    optional: bool = False  # in the default table only when some run has a value
+    numeric: bool = False  # right-aligned in LaTeX
+
+    def cell(self, value: Any) -> str:
+        return "" if value is None else self.text(value)
+
+
+def _summary(key: str, digits: int | None = None, *, required: bool = False) -> Callable[[RunRecord], Any]:
+    """A summary.json value, rounded; ``required``: a completed run without it is broken (KeyError)."""
+    def get(record: RunRecord) -> Any:
+        summary = record.summary or {}
+        value = summary[key] if required else summary.get(key)
+        if digits is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return round(float(value), digits) if digits > 0 else int(round(value))
+        return value
+
+    return get
+
+
+def params_billions(n_params: float) -> float:
+    """Billions with 2 significant digits, as the seed prints them: 2.7, 6.7, 28, 0.00013."""
+    return float(f"{n_params / 1e9:.2g}")
+
+
+def ac_label(activation_checkpointing: str | None, ac_every: Any = None) -> str:
+    """The seed's AC column: False / True (full), and selective/<k> for ours."""
+    if activation_checkpointing in (None, "none"):
+        return "False"
+    if activation_checkpointing == "full":
+        return "True"
+    return f"selective/{ac_every}"
+
+
+def _params(record: RunRecord) -> float:
+    return params_billions(float((record.summary or {})["n_params"]))
+
+
+def _ac(record: RunRecord) -> str:
+    s = record.summary or {}
+    return ac_label(s.get("activation_checkpointing", "none"), s.get("ac_every"))
+
+
+def _restarts(record: RunRecord) -> int:
+    return len(record.manifest.get("restarts") or [])
+
+
+def _model(record: RunRecord) -> str | None:
+    name = (record.summary or {}).get("model")
+    return name or record.run_id.split("-n", 1)[0]
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss (a run's wall time)."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def number_text(value: Any) -> str:
+    return f"{value:g}"
+
+
+_COLUMNS = [
+    # The seed's table, in its order.
+    Column("params", "# Params (B)", _params, number_text, "total parameters, billions, 2 significant digits", numeric=True),
+    Column("gpus", "#GPUs", _summary("world_size", required=True), help="ranks (GPUs) of the run", numeric=True),
+    Column("samples_per_s", "Samples/s", _summary("samples_per_s", 2), help="median over the measured steps",
+           numeric=True),
+    Column("grad_accum", "GradAccm", _summary("grad_accum", required=True), numeric=True),
+    Column("mbs", "MBS", _summary("micro_batch_size", required=True), help="micro-batch size per rank", numeric=True),
+    Column("gbs", "GBS", _summary("global_batch_size", required=True), help="global batch size", numeric=True),
+    Column("seq_len", "Sequence Length", _summary("seq_len", required=True), numeric=True),
+    Column("precision", "Precision", _summary("precision", required=True)),
+    Column("sharding", "Sharding", _summary("sharding", required=True)),
+    Column("ac", "AC", _ac, help="activation checkpointing: False, True (full), selective/<k>"),
+    Column("gpu_type", "GPU Type", lambda r: (r.summary or {}).get("gpu_type") or "cpu"),
+    Column("mfu", "MFU", _summary("mfu", 4), help="the seed's MFU: 72·L·d² + 12·L·T·d FLOPs per token",
+           numeric=True),
+    # Ours.
+    Column("mfu_with_head", "MFU+head", _summary("mfu_with_head", 4),
+           help="MFU counting every matmul parameter, the output projection included", numeric=True),
+    Column("hfu", "HFU", _summary("hfu", 4), help="MFU+head plus activation-checkpointing recomputation",
+           numeric=True),
+    Column("tokens_per_s_per_gpu", "Tokens/s/GPU", _summary("tokens_per_s_per_gpu", 0), numeric=True),
+    Column("step_time_s", "Step (s)", _summary("step_time_s", 3), numeric=True),
+    Column("mem_peak_gib", "Mem (GiB)", _summary("mem_peak_gib", 2), help="peak memory, max over ranks",
+           numeric=True),
+    Column("loss", "Loss", _summary("final_loss", 4), help="training loss of the last step", numeric=True),
+    Column("eval_loss", "Eval Loss", _summary("eval_loss", 4), help="evaluation loss, when the run evaluated",
+           optional=True, numeric=True),
+    Column("eval_ppl", "Eval PPL", _summary("eval_ppl", 2), help="evaluation perplexity", optional=True,
+           numeric=True),
+    Column("restarts", "Restarts", _restarts, help="requeues and restarts (manifest)", numeric=True),
+    Column("wall_time", "Wall time", _summary("wall_time_s", 1), _clock,
+           help="training wall time over all attempts (seconds in csv/json, h:mm:ss in text)", numeric=True),
+    Column("steps", "Steps", _summary("steps_completed"), numeric=True),
+    Column("model", "Model", _model, help="model preset"),
+    Column("n_params", "Params", _summary("n_params"), help="exact parameter count", numeric=True),
+    Column("experiment", "Experiment", lambda r: r.experiment),
+    Column("cluster", "Cluster", lambda r: r.cluster),
+    Column("run", "Run", lambda r: r.run_id, help="run id"),
+]
+COLUMNS: dict[str, Column] = {c.id: c for c in _COLUMNS}
+
+SEED = ["params", "gpus", "samples_per_s", "grad_accum", "mbs", "gbs", "seq_len", "precision", "sharding",
+        "ac", "gpu_type", "mfu"]
+# After the seed's columns and the swept values, by default:
+DEFAULT_TAIL = ["loss", "eval_loss", "eval_ppl", "restarts", "wall_time"]
+GROUPS = {"seed": SEED, "default": [*SEED, "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
+
+# Grid keys the seed's columns already show (directly, or as #GPUs).
+COVERED_BY_SEED = {
+    "resources.nodes", "resources.gpus_per_node", "train.micro_batch_size", "train.grad_accum",
+    "train.global_batch_size", "model.seq_len", "parallel.precision", "parallel.sharding",
+    "parallel.activation_checkpointing", "model.preset",
+}
+
+
+def swept_column(key: str) -> Column:
+    """The value the run's grid point gave ``key`` (from its manifest)."""
+    return Column(key, key, lambda r: (r.manifest.get("point") or {}).get(key), help="swept by the grid")
+
+
+def summary_column(key: str) -> Column:
+    return Column(f"summary.{key}", key, _summary(key), help=f"summary.json {key}")
+
+
+def swept_keys(records: Iterable[RunRecord]) -> list[str]:
+    """Grid keys of these runs whose values differ between runs, in first-seen order."""
+    values: dict[str, set[str]] = {}
+    for record in records:
+        for key, value in (record.manifest.get("point") or {}).items():
+            values.setdefault(key, set()).add(repr(value))
+    return [key for key, seen in values.items() if len(seen) > 1]
+
+
+def resolve(spec: str | None, records: list[RunRecord]) -> list[Column]:
+    """The columns of ``--columns SPEC``: ids, groups (seed, default, all), ``swept``, grid keys and
+    ``summary.<key>``, comma-separated. Unknown names raise ValueError listing the known ones."""
+    names = [n.strip() for n in (spec or "default").split(",") if n.strip()]
+    out: list[Column] = []
+    for name in names:
+        for item in GROUPS.get(name, [name]):
+            if item == "swept":
+                grid_keys = swept_keys(records)
+                out += [swept_column(k) for k in grid_keys if name == "swept" or k not in COVERED_BY_SEED]
+            elif item in COLUMNS:
+                column = COLUMNS[item]
+                if column.optional and item not in names and not any(column.get(r) is not None for r in records):
+                    continue  # an optional column the user did not name, and no run has a value
+                out.append(column)
+            elif item.startswith("summary.") and len(item) > len("summary."):
+                out.append(summary_column(item[len("summary."):]))
+            elif "." in item:
+                out.append(swept_column(item))
+            else:
+                raise ValueError(
+                    f"--columns: unknown column {item!r}; use {', '.join(COLUMNS)}, a group ({', '.join(GROUPS)}), "
+                    "swept, a grid key such as optim.lr, or summary.<key>"
+                )
+    return list({c.id: c for c in out}.values())  # each column once, where it first appeared

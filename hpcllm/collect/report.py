@@ -1,0 +1,168 @@
+"""``hpcllm report``: one self-contained HTML page of a results folder.
+
+Runs counted per state, the scaling table, the scaling plots and loss curves (PNG, embedded as data
+URIs), the comparison with the seed, the failures with their reasons and log tails, and every run's
+details. No script, stylesheet, font or image is fetched: the page opens offline on a laptop.
+It reads what ``collect`` reads (``hpcllm.collect.records``); the page is a Jinja template
+(``report.html.j2``, autoescaped) shipped in the package.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from hpcllm import __version__
+from hpcllm.collect import plot
+from hpcllm.collect.compare import STATUS_OURS_ONLY, compare_with_seed
+from hpcllm.collect.records import RunRecord, scan
+from hpcllm.collect.table import Table, build_table
+
+TEMPLATE = "report.html.j2"
+MAX_LOSS_CURVES = 40  # more runs than this on one loss plot is a thicket; the first 40 are drawn
+LOG_TAIL_LINES = 30
+FAILED_STATES = ("failed", "submit_failed", "cancelled")
+
+
+@dataclass
+class Figure:
+    id: str
+    title: str
+    png_base64: str
+    note: str = ""
+
+
+@dataclass
+class RunDetails:
+    record: RunRecord
+    state: str
+    reason: str
+    facts: list[tuple[str, str]]
+    restarts: list[dict[str, Any]]
+    log_name: str = ""
+    log_tail: str = ""
+
+
+@dataclass
+class Report:
+    root: Path
+    generated: str
+    counts: dict[str, int]
+    table: Table
+    comparison: Table | None
+    comparison_note: str
+    figures: list[Figure]
+    failures: list[RunDetails] = field(default_factory=list)
+    runs: list[RunDetails] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _last_line(text: object) -> str:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _reason(record: RunRecord) -> str:
+    """Why a run stopped, as the orchestrator recorded it (or its last restart's reason)."""
+    m = record.manifest
+    restarts = m.get("restarts") or []
+    for text in (m.get("reason"), m.get("error"), restarts[-1].get("reason") if restarts else None):
+        if text:
+            return _last_line(text)
+    return ""
+
+
+def _log_tail(record: RunRecord) -> tuple[str, str]:
+    files = record.run_dir.log_files()
+    if not files:
+        return "", ""
+    latest = max(files, key=lambda p: p.stat().st_mtime)
+    with open(latest, errors="replace") as fh:
+        lines = fh.read().splitlines()[-LOG_TAIL_LINES:]
+    return latest.name, "\n".join(lines)
+
+
+def _facts(record: RunRecord) -> list[tuple[str, str]]:
+    m, s = record.manifest, record.summary or {}
+    point = m.get("point") or {}
+    facts = [
+        ("engine error", _last_line(s.get("error"))),  # the engine's own words (the last traceback line)
+        ("experiment / cluster", f"{record.experiment} / {record.cluster}"),
+        ("job", str(m.get("job_id") or "-")),
+        ("grid point", ", ".join(f"{k}={v}" for k, v in point.items()) or "(base)"),
+    ]
+    for label, key, fmt in (
+        ("steps", "steps_completed", "{}"), ("final loss", "final_loss", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
+        ("samples/s", "samples_per_s", "{:.2f}"), ("MFU / MFU+head / HFU", "mfu", "{:.4f}"),
+        ("peak memory (GiB)", "mem_peak_gib", "{:.2f}"), ("wall time (s)", "wall_time_s", "{:.0f}"),
+    ):
+        value = s.get(key)
+        if value is None:
+            continue
+        text = fmt.format(value)
+        if key == "mfu":
+            text = " / ".join("-" if s.get(k) is None else f"{s[k]:.4f}" for k in ("mfu", "mfu_with_head", "hfu"))
+        facts.append((label, text))
+    if s:
+        facts.append(("model / ranks", f"{s.get('model', '?')}, {s.get('n_params', 0):,} params, "
+                                       f"{s.get('world_size', '?')} x {s.get('gpu_type', '?')}, "
+                                       f"{s.get('sharding', '?')}, {s.get('precision', '?')}"))
+    return [(key, value) for key, value in facts if value]
+
+
+def _details(record: RunRecord, with_log: bool) -> RunDetails:
+    log_name, log_tail = _log_tail(record) if with_log else ("", "")
+    return RunDetails(record, record.state, _reason(record), _facts(record),
+                      list(record.manifest.get("restarts") or []), log_name, log_tail)
+
+
+def _figure(id_: str, title: str, fig: Any, note: str = "") -> Figure:
+    return Figure(id_, title, base64.b64encode(plot.png_bytes(fig)).decode("ascii"), note)
+
+
+def build_report(root: Path, columns: str | None = None) -> Report:
+    records = scan(root)
+    completed = [r for r in records if r.completed]
+    table_problems: list[str] = []
+    table = build_table(completed, columns, problems=table_problems)
+    comparison = compare_with_seed(completed)
+    ran_on = {r.cluster for r in completed}
+    # The seed's rows of clusters these results never ran on are noise here (`collect --compare
+    # seed` lists them all); our runs that the seed has no row for stay.
+    comparison.table.rows = [row for row in comparison.table.rows
+                             if row["cluster"] in ran_on or row["status"] == STATUS_OURS_ONLY]
+    figures = [_figure("scaling", "Scaling", plot.scaling_figure(completed))]
+    with_metrics = [r for r in records if r.has_metrics()]  # parsed only for the runs drawn
+    note = (f"the first {MAX_LOSS_CURVES} of {len(with_metrics)} runs with metrics"
+            if len(with_metrics) > MAX_LOSS_CURVES else "")
+    figures.append(_figure("losses", "Loss curves", plot.loss_figure(with_metrics[:MAX_LOSS_CURVES]), note))
+    failures = [_details(r, with_log=True) for r in records if r.state in FAILED_STATES]
+    runs = [_details(r, with_log=False) for r in records]
+    return Report(
+        root=root, generated=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        counts=dict(sorted(Counter(r.state for r in records).items())), table=table,
+        comparison=comparison.table, comparison_note=comparison.summary_line(), figures=figures,
+        failures=failures, runs=runs,
+        problems=list(dict.fromkeys(table_problems + [p for r in records for p in r.problems])),
+    )
+
+
+def render_report(report: Report) -> str:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(resources.files("hpcllm.collect").joinpath(TEMPLATE).read_text())
+    return template.render(report=report, version=__version__)
+
+
+def write_report(root: Path, output: Path, columns: str | None = None) -> Report:
+    from hpcllm.fsutil import atomic_write_text
+
+    report = build_report(root, columns)
+    atomic_write_text(output, render_report(report))
+    return report

@@ -1,0 +1,173 @@
+"""``hpcllm collect``: columns, filters, sorting, formats, the seed comparison, and run discovery."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from collect_support import engine_summary, loss_curve, write_run
+from hpcllm.cli import app
+from hpcllm.launch.manifest import RunState
+from hpcllm.rundir import find_run_dirs
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "400"}
+
+
+def collect(*args: str):
+    result = runner.invoke(app, ["collect", *map(str, args)], env=WIDE)
+    return result
+
+
+def markdown_rows(output: str) -> list[list[str]]:
+    """The header and the data rows of a markdown table (the |---| rule left out)."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+
+
+@pytest.fixture
+def results(tmp_path):
+    """Three completed 2.7b runs on Leonardo (8, 16, 32 GPUs; two learning rates), one failed."""
+    write_run(tmp_path, "a", summary=engine_summary(), point={"resources.nodes": 2, "optim.lr": 0.001})
+    write_run(tmp_path, "b", summary=engine_summary(world_size=16, global_batch_size=32, samples_per_s=36.0,
+                                                    mfu=0.5651, wall_time_s=7322.0),
+              point={"resources.nodes": 4, "optim.lr": 0.001}, restarts=2)
+    write_run(tmp_path, "c", summary=engine_summary(world_size=32, global_batch_size=64, samples_per_s=80.5,
+                                                    mfu=0.6317, final_loss=5.5),
+              point={"resources.nodes": 8, "optim.lr": 0.002})
+    write_run(tmp_path, "d", summary=engine_summary(status="failed"), state=RunState.FAILED,
+              point={"resources.nodes": 2, "optim.lr": 0.002})
+    return tmp_path
+
+
+def test_default_table_is_the_seeds_columns_then_ours(results):
+    result = collect(results)
+    assert result.exit_code == 0, result.output
+    header, *rows = markdown_rows(result.output)
+    assert header == ["# Params (B)", "#GPUs", "Samples/s", "GradAccm", "MBS", "GBS", "Sequence Length", "Precision",
+                      "Sharding", "AC", "GPU Type", "MFU", "optim.lr", "Loss", "Restarts", "Wall time"]
+    # resources.nodes is swept too, but the seed's #GPUs shows it; optim.lr is not shown otherwise
+    assert rows == [
+        ["2.7", "8", "18.63", "1", "2", "16", "4096", "BF_16", "FULL_SHARD", "False", "A100", "0.5848", "0.001",
+         "6.0432", "0", "1:02:05"],
+        ["2.7", "16", "36.0", "1", "2", "32", "4096", "BF_16", "FULL_SHARD", "False", "A100", "0.5651", "0.001",
+         "6.0432", "2", "2:02:02"],
+        ["2.7", "32", "80.5", "1", "2", "64", "4096", "BF_16", "FULL_SHARD", "False", "A100", "0.6317", "0.002",
+         "5.5", "0", "1:02:05"],
+    ]
+
+
+def test_evaluation_loss_shows_when_a_run_has_it(results):
+    assert "Eval Loss" not in collect(results).output
+    write_run(results, "e", summary=engine_summary(world_size=64, global_batch_size=128, eval_loss=5.91234, eval_ppl=369.1))
+    header, *rows = markdown_rows(collect(results).output)
+    assert header[-5:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time"]
+    assert [row[-4] for row in rows] == ["", "", "", "5.9123"]
+
+
+def test_columns_where_and_sort(results):
+    result = collect(results, "--columns", "gpus,samples_per_s,mfu_with_head,hfu,restarts,run",
+                     "--where", "gpus >= 16 or optim.lr == 0.002", "--sort", "-samples_per_s")
+    assert result.exit_code == 0, result.output
+    header, *rows = markdown_rows(result.output)
+    assert header == ["#GPUs", "Samples/s", "MFU+head", "HFU", "Restarts", "Run"]
+    assert [row[0] for row in rows] == ["32", "16"]
+    assert rows[1][-2:] == ["2", "b"]
+    by_summary = collect(results, "--columns", "run,summary.tokens_per_s", "--where", "summary.mem_peak_gib > 40")
+    assert markdown_rows(by_summary.output)[0] == ["Run", "tokens_per_s"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--columns", "gpus,mfuu"], "--columns: unknown column 'mfuu'; use params, gpus"),
+    (["--where", "gpuz > 1"], "--where: 'gpuz' is not a column"),
+    (["--where", "gpus >"], "where: not an expression"),
+    (["--sort", "loss"], "--sort: 'loss' is not a column of this table"),
+])
+def test_bad_options_are_one_line_errors(results, args, message):
+    result = collect(results, "--columns", "seed", *args) if args[0] == "--sort" else collect(results, *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_csv_and_json_keep_raw_values(results):
+    rows = list(csv.DictReader(io.StringIO(collect(results, "-f", "csv").output)))
+    assert rows[1]["Wall time"] == "7322.0" and rows[1]["Restarts"] == "2" and rows[0]["MFU"] == "0.5848"
+    data = json.loads(collect(results, "-f", "json", "--columns", "seed,wall_time").output)
+    assert data[0]["Wall time"] == 3725.4 and data[0]["#GPUs"] == 8 and data[0]["AC"] == "False"
+
+
+def test_latex_is_a_booktabs_table(results):
+    tex = collect(results, "-f", "latex", "--columns", "seed").output
+    lines = tex.splitlines()
+    assert lines[0] == r"\begin{tabular}{rrrrrrrllllr}" and lines[-1] == r"\end{tabular}"
+    assert [line for line in lines if "rule" in line] == [r"\toprule", r"\midrule", r"\bottomrule"]
+    assert r"\# Params (B) & \#GPUs & Samples/s" in tex  # LaTeX specials escaped
+    assert r"2.7 & 8 & 18.63 & 1 & 2 & 16 & 4096 & BF\_16 & FULL\_SHARD & False & A100 & 0.5848 \\" in tex
+
+
+def test_compare_seed_pairs_runs_with_the_seeds_rows(results):
+    """Run a (8 GPUs, MBS 2, FULL_SHARD) is Leonardo's row 1 (18.63 samples/s); b (16 GPUs) is row
+    4 (36.96). c (32 GPUs, GBS 64) is row 6; a run on 6 GPUs has no seed row."""
+    write_run(results, "f", summary=engine_summary(world_size=6, global_batch_size=12))
+    result = collect(results, "--compare", "seed", "-f", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[: result.output.rindex("]") + 1])
+    ok = {r["Run"]: r for r in rows if r["Status"] == "ok"}
+    assert set(ok) == {"a", "b", "c"}
+    assert ok["a"]["Samples/s (seed)"] == 18.63 and ok["a"]["ours/seed"] == 1.0
+    assert ok["b"]["Samples/s (seed)"] == 36.96 and ok["b"]["ours/seed"] == round(36.0 / 36.96, 3)
+    assert ok["c"]["MFU (seed)"] == 0.5788
+    assert sum(r["Status"] == "not run" for r in rows) == 49 - 3
+    (extra,) = [r for r in rows if r["Status"] == "not in seed"]
+    assert extra["Run"] == "f" and extra["#GPUs"] == 6
+    assert "seed rows matched by our runs: 3, seed rows not run: 46, our runs not in the seed: 1" in result.output
+    only_ok = collect(results, "--compare", "seed", "--where", "status == 'ok' and gpus > 8")
+    assert [r[-1] for r in markdown_rows(only_ok.output)[1:]] == ["b", "c"]
+
+
+def test_a_different_model_does_not_match_the_seed(results, tmp_path):
+    """Same 8-GPU configuration, but 4 layers of the 2.7b preset: another model, no seed row."""
+    write_run(tmp_path / "other", "x", summary=engine_summary(n_params=400_000_000))
+    rows = markdown_rows(collect(tmp_path / "other", "--compare", "seed", "--where", "status != 'not run'").output)
+    assert rows[1][0] == "not in seed"
+
+
+def test_plots_are_written(results, tmp_path):
+    write_run(results, "g", summary=engine_summary(world_size=64, global_batch_size=128, samples_per_s=140.0),
+              metrics=loss_curve(40, restart_at=20))
+    result = collect(results, "--plot", tmp_path / "s.png", "--loss-plot", tmp_path / "l.png")
+    assert result.exit_code == 0, result.output
+    for name in ("s.png", "l.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_restarts_are_marked_where_an_attempt_resumed():
+    from hpcllm.collect.plot import _restart_steps, efficiency
+
+    assert _restart_steps(loss_curve(40, restart_at=20)) == [21]
+    assert _restart_steps(loss_curve(10)) == []
+    assert efficiency([{"gpus": 8, "samples_per_s": 16.0}, {"gpus": 32, "samples_per_s": 48.0}]) == [1.0, 0.75]
+
+
+def test_find_run_dirs_does_not_descend_into_runs(tmp_path):
+    a = write_run(tmp_path, "a", summary=engine_summary())
+    (a.checkpoints / "step_10").mkdir(parents=True)
+    (a.checkpoints / "step_10" / "run.yaml").write_text("not a run\n")  # inside a run: never listed
+    write_run(tmp_path, "b", experiment="z", summary=engine_summary())
+    os.symlink(tmp_path, tmp_path / "exp" / "loop")  # a link back up must not loop forever
+    assert [rd.path for rd in find_run_dirs(tmp_path)] == [tmp_path / "exp" / "leonardo" / "a",
+                                                           tmp_path / "z" / "leonardo" / "b"]
+    assert [rd.run_id for rd in find_run_dirs(a.path)] == ["a"]
+
+
+def test_the_dataframe_api_gives_the_same_seed_table(results):
+    """collect_table (a DataFrame, for plots and scripts) formats like `collect --columns seed`."""
+    from hpcllm.collect.table import COLUMNS, collect_table, format_table
+
+    frame = collect_table(results)
+    assert list(frame.columns) == COLUMNS and len(frame) == 3
+    assert format_table(frame, "markdown") == collect(results, "--columns", "seed").output

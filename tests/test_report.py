@@ -1,0 +1,150 @@
+"""``hpcllm report``: one self-contained HTML page, checked as HTML and in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from browser import Browser, find_chromium
+from collect_support import engine_summary, loss_curve, write_run
+from hpcllm.cli import app
+from hpcllm.launch.manifest import RunState
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+FAILED_REASON = "engine exited with code 1 (summary status: failed); see slurm-4242.out"
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """Scaling runs of 2.7b on Leonardo (FULL_SHARD 8/16/32 GPUs, one restarted), a failed run with
+    its log, a cancelled one."""
+    root = tmp_path / "results"
+    for gpus, sps, restart in ((8, 18.2, None), (16, 36.1, 30), (32, 71.0, None)):
+        write_run(root, f"2.7b-n{gpus // 4}x4-mbs2-ga1-fs-acnone-seq4096-0000000{gpus % 7}",
+                  summary=engine_summary(world_size=gpus, global_batch_size=2 * gpus, samples_per_s=sps,
+                                         mfu=round(0.5847 * sps / 18.63 * 8 / gpus, 4)),
+                  point={"resources.nodes": gpus // 4}, restarts=int(restart is not None),
+                  metrics=loss_curve(60, restart_at=restart))
+    write_run(root, "2.7b-n16x4-mbs4-ga1-fs-acnone-seq4096-deadbeef", state=RunState.FAILED, reason=FAILED_REASON,
+              summary=engine_summary(status="failed", error="Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory"),
+              log="[hpcllm] attempt 1 on nodes lrdn[0001-0016]\ntorch.OutOfMemoryError: CUDA out of memory\n")
+    write_run(root, "2.7b-n64x4-mbs2-ga1-hs-acnone-seq4096-cafef00d", state=RunState.CANCELLED,
+              reason="cancelled by the user")
+    return root
+
+
+class _Page(HTMLParser):
+    """The parts of the page the tests look at: elements by id, table rows, images, links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.images: list[dict[str, str]] = []
+        self.urls: list[str] = []
+        self.rows: dict[str, int] = {}
+        self._table: str | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "table":
+            self._table = a.get("id")
+            self.rows[self._table or ""] = 0
+        if tag == "tr" and self._table:
+            self.rows[self._table] += 1
+        if tag == "img":
+            self.images.append(a)
+        for key in ("src", "href"):
+            if a.get(key):
+                self.urls.append(a[key])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _report(results: Path, out: Path) -> _Page:
+    result = runner.invoke(app, ["report", str(results), "--output", str(out)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "5 runs (1 cancelled, 3 completed, 1 failed)" in result.output
+    page = _Page()
+    page.feed(out.read_text())
+    return page
+
+
+def test_report_is_one_self_contained_page(results, tmp_path):
+    page = _report(results, tmp_path / "report.html")
+    assert {"counts", "scaling-table", "plot-scaling", "plot-losses", "comparison-table", "failures"} <= page.ids
+    assert page.rows["scaling-table"] == 1 + 3  # header + completed runs
+    # every image is embedded PNG; nothing is fetched from anywhere
+    assert len(page.images) == 2
+    for img in page.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix) and base64.b64decode(img["src"][len(prefix):])[:8] == PNG
+    assert all(url.startswith("data:") for url in page.urls)
+    text = " ".join(page.text)
+    assert FAILED_REASON in text and "cancelled by the user" in text
+    assert "torch.OutOfMemoryError: CUDA out of memory" in text  # the log's tail
+    assert "seed rows matched by our runs: 3" in text  # Leonardo rows 1, 4 and 6
+
+
+@pytest.mark.integration
+def test_report_renders_in_a_headless_browser(results, tmp_path):
+    """Chromium (Debian's package; scripts/install-browser.sh) opens the page offline: the tables
+    and every plot are laid out, decoded and on screen when scrolled to."""
+    exe = find_chromium()
+    assert exe, "no chromium on PATH: run scripts/install-browser.sh (as root), as `make test` does"
+    report = tmp_path / "report.html"
+    _report(results, report)
+    with Browser(exe) as browser:
+        browser.open(report)
+        checks = browser.evaluate(VISIBILITY_JS)
+        shot = browser.screenshot(tmp_path / "report.png")
+    assert checks["images"] == 2 and checks["external"] == []
+    for name, element in checks["elements"].items():
+        assert element["found"], name
+        assert element["width"] > 100 and element["height"] > 40, (name, element)
+        assert element["shown"], f"{name} is hidden or covered: {element}"
+    for img in checks["imgs"]:
+        assert img["decoded"] and img["naturalWidth"] > 300 and img["naturalHeight"] > 200, img
+    assert checks["rows"] == {"scaling-table": 4, "comparison-table": 1 + 3 + 21}  # header, ok, not run (Leonardo)
+    data = shot.read_bytes()
+    assert data[:8] == PNG and len(data) > 50_000
+
+
+# Run in the page: for each element, its box, and whether the element (or a child) is what the
+# browser shows at the centre of its box once scrolled into view (so neither hidden nor covered).
+VISIBILITY_JS = r"""
+(async () => {
+  const ids = ["counts", "scaling-table", "plot-scaling", "plot-losses", "comparison-table", "failures"];
+  const elements = {};
+  for (const id of ids) {
+    const el = document.getElementById(id);
+    if (!el) { elements[id] = {found: false}; continue; }
+    el.scrollIntoView({block: "center", inline: "nearest"});
+    await new Promise(r => requestAnimationFrame(r));
+    const box = el.getBoundingClientRect();
+    const style = getComputedStyle(el);
+    const x = Math.min(box.left + box.width / 2, innerWidth - 1), y = Math.min(box.top + box.height / 2, innerHeight - 1);
+    const hit = document.elementFromPoint(x, y);
+    elements[id] = {found: true, width: box.width, height: box.height,
+                    shown: style.display !== "none" && style.visibility === "visible" && !!hit && (hit === el || el.contains(hit))};
+  }
+  const imgs = [...document.images].map(img => ({decoded: img.complete && img.naturalWidth > 0,
+                                                naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight}));
+  const rows = {};
+  for (const id of ["scaling-table", "comparison-table"]) rows[id] = document.querySelectorAll(`#${id} tr`).length;
+  const external = performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith("data:"));
+  return {elements, imgs, images: imgs.length, rows, external};
+})()
+"""
