@@ -56,6 +56,19 @@ class ParallelConfig(_Strict):
             )
         return self
 
+    def shard_group_size(self, world_size: int, ranks_per_node: int) -> int:
+        """Ranks one parameter is sharded over: all (FULL_SHARD), a node's or ``hsdp_shard_size``
+        (HYBRID_SHARD), one (NO_SHARD). The engine's device mesh and the memory estimate use it."""
+        if self.sharding == "FULL_SHARD":
+            return world_size
+        if self.sharding == "NO_SHARD":
+            return 1
+        return self.hsdp_shard_size or ranks_per_node
+
+    def wraps_in_fsdp(self, world_size: int) -> bool:
+        """FSDP2 whenever it does something: more than one rank, or CPU offload (engine/parallelize.py)."""
+        return world_size > 1 or self.cpu_offload
+
 
 class OptimConfig(_Strict):
     lr: float = Field(3e-4, gt=0)
