@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
+
+if TYPE_CHECKING:
+    from hpcllm.launch.memcheck import Unfit
 
 
 def submit(
@@ -24,6 +27,9 @@ def submit(
     after: Optional[list[str]] = typer.Option(
         None, "--after", metavar="JOBID", help="SLURM job id every run waits for (afterok); repeat for several."
     ),
+    no_memory_check: bool = typer.Option(
+        False, "--no-memory-check", help="Also submit points whose memory estimate exceeds the GPU memory."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
     from hpcllm.launch.orchestrate import submit_experiment
@@ -31,12 +37,14 @@ def submit(
     try:
         result = submit_experiment(
             experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed,
-            after=after,
+            after=after, memory_check=not no_memory_check,
         )
     except HpcllmError as exc:
         fail(exc)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
+    if result.unfit:
+        _print_unfit(result.unfit)
     table = Table(title=f"{experiment} on {cluster}: {len(result.runs)} runs")
     for col in ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"):
         table.add_column(col)
@@ -52,6 +60,19 @@ def submit(
         console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
     if wait and not dry_run:
         _wait_for(results, [r.run_dir.path for r in result.runs])
+
+
+def _print_unfit(unfit: list["Unfit"]) -> None:
+    """The points left out for memory, each with its estimate's largest terms and what would fit."""
+    table = Table(title=f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)")
+    for col in ("run", "ranks", "MBS", "sharding", "AC", "why"):
+        table.add_column(col)
+    for u in unfit:
+        t, p = u.spec.training, u.spec.training.parallel
+        table.add_row(u.spec.run_id, str(u.spec.world_size), str(t.train.micro_batch_size), p.sharding,
+                      p.activation_checkpointing, u.reason)
+    err_console.print(table)
+    err_console.print("the breakdown of one point: hpcllm model info NAME --mbs … --gpus … --cluster … (docs/memory.md)")
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:

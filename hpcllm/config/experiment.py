@@ -22,6 +22,7 @@ from hpcllm.collect.references import Reference, validate_metric_names
 from hpcllm.config.loader import format_validation_error, load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
+from hpcllm.memory.runs import where_names
 
 
 class Resources(BaseModel):
@@ -163,15 +164,18 @@ def _split_with_defaults(
 
 def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str) -> dict[str, Any]:
     """The point as ``where`` sees it: every resolved value (defaults, preset fields, the profile's
-    gpus_per_node and QoS), or only what the YAML says when the point does not validate (it is then
-    rejected later unless the filter drops it)."""
+    gpus_per_node and QoS) plus the memory estimate's ``mem_gib`` and ``fits`` (hpcllm.memory.runs),
+    or only what the YAML says when the point does not validate (it is then rejected later unless
+    the filter drops it)."""
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
     try:
-        resources = Resources.model_validate(resources_doc).model_dump(mode="json")
-        training = TrainingConfig.model_validate(training_doc).model_dump(mode="json")
+        resources = Resources.model_validate(resources_doc)
+        training = TrainingConfig.model_validate(training_doc)
     except ValidationError:
         return doc
-    return {"resources": resources, **training}
+    assert resources.gpus_per_node is not None
+    memory = where_names(training, nodes=resources.nodes, gpus_per_node=resources.gpus_per_node, cluster=cluster)
+    return {"resources": resources.model_dump(mode="json"), **training.model_dump(mode="json"), **memory}
 
 
 def _resolve_point(

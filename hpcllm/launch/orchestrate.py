@@ -14,11 +14,12 @@ from pathlib import Path
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
+from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.render import render_job
 from hpcllm.rundir import RunDir, find_run_dirs
 
@@ -37,6 +38,7 @@ class SubmitResult:
     cluster: ClusterProfile
     runs: list[PlannedRun] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unfit: list[Unfit] = field(default_factory=list)  # points left out: over the GPU memory
 
 
 def run_config_text(spec: RunSpec) -> str:
@@ -57,10 +59,38 @@ def submit_experiment(
     dry_run: bool = False,
     retry_failed: bool = False,
     after: list[str] | None = None,
+    memory_check: bool = True,
 ) -> SubmitResult:
-    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``)."""
+    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
+
+    ``memory_check``: leave out the points whose memory estimate exceeds the profile's GPU memory
+    (``SubmitResult.unfit`` says why).
+    """
     experiment = load_experiment(experiment_path)
     cluster = load_cluster(cluster_name)
+    specs = expand_experiment(experiment, cluster, str(experiment_path))
+    fitting, unfit = split_by_fit(specs, cluster) if memory_check else (specs, [])
+    result = submit_runs(experiment, cluster, fitting, results_root, account=account, dry_run=dry_run,
+                         retry_failed=retry_failed, after=after)
+    result.unfit = unfit
+    if memory_check and cluster.gpu_memory_gib is None:
+        result.warnings.append(f"cluster {cluster.name!r} states no gpu_memory_gib: memory not checked")
+    return result
+
+
+def submit_runs(
+    experiment: Experiment,
+    cluster: ClusterProfile,
+    specs: list[RunSpec],
+    results_root: Path,
+    *,
+    account: str | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    after: list[str] | None = None,
+) -> SubmitResult:
+    """Render, write and submit ``specs``, points of ``experiment`` on ``cluster``: the one path from a
+    RunSpec to a queued job (``hpcllm submit`` and ``hpcllm explore-batch`` both use it)."""
     if after and cluster.scheduler != "slurm":
         raise ConfigError(f"--after: cluster {cluster.name!r} is {cluster.scheduler!r}; dependencies need SLURM")
     if after and not all(a.isdigit() for a in after):
@@ -73,7 +103,6 @@ def submit_experiment(
             raise
         result.warnings.append(f"no account for {cluster.name!r}: rendered without --account")
         account = None
-    specs = expand_experiment(experiment, cluster, str(experiment_path))
     backend = None if dry_run else backend_for(cluster)
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None
