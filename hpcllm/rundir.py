@@ -7,6 +7,7 @@
         slurm-<jobid>.out   scheduler log, appended across requeues
         metrics.jsonl       one JSON object per logged step (engine)
         summary.json        medians + table fields + status (engine, atomic)
+        probe.json          a batch-size probe's trials and answer (engine probe mode, atomic)
         checkpoints/        step_<N>/ DCP folders and the `latest` pointer (engine)
         STOP                present = the batch script asked the engine to checkpoint and stop
 
@@ -25,6 +26,9 @@ EXIT_PREEMPTED = 75
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
 SUMMARY_STATUS_FAILED = "failed"
+# summary.json "kind" of a batch-size probe; a training run's summary has no kind. The scaling table
+# leaves probes out: they have their own (hpcllm.collect.probes).
+SUMMARY_KIND_PROBE = "probe"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / "summary.json"
+
+    @property
+    def probe(self) -> Path:
+        return self.path / "probe.json"
 
     @property
     def checkpoints(self) -> Path:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm.config.model import ModelConfig
+from hpcllm.config.probe import ProbeConfig
 
 
 class _Strict(BaseModel):
@@ -149,3 +150,6 @@ class TrainingConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     distill: DistillConfig | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    probe: ProbeConfig | None = Field(
+        None, description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md)."
+    )
