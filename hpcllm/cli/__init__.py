@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from hpcllm import __version__
-from hpcllm.cli import collect, runs, schema
+from hpcllm.cli import collect, explore, runs, schema
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -25,6 +25,7 @@ app = typer.Typer(
 
 for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, schema.schema):
     app.command()(command)
+app.command("explore-batch")(explore.explore_batch)
 # Sub-apps of their own modules; each imports torch only inside its commands.
 app.add_typer(clusters_app, name="clusters")
 app.add_typer(data_app, name="data")

@@ -51,8 +51,27 @@ def collect(
         err_console.print(f"plot: {plot_scaling(table, plot)}")
     if table.empty:
         err_console.print(f"[yellow]no completed runs under {root}[/]")
+    _show_probes(root)
     if check:
         _check_references(root)
+
+
+def _show_probes(root: Path) -> None:
+    """Batch-size probes under ``root`` (hpcllm explore-batch), as their own table on stderr."""
+    from hpcllm.collect.probes import collect_probes
+
+    problems: list[str] = []
+    probes = collect_probes(root, problems)
+    for problem in problems:
+        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+    if probes.empty:
+        return
+    table = Table(title="Batch-size probes (* = fastest that fitted)")
+    for col in probes.columns:
+        table.add_column(col)
+    for record in probes.itertuples(index=False):
+        table.add_row(*("" if v is None or (isinstance(v, float) and v != v) else str(v) for v in record))
+    err_console.print(table)
 
 
 def _check_references(root: Path) -> None:

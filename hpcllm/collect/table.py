@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from hpcllm.fsutil import read_json
-from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, find_run_dirs
+from hpcllm.rundir import SUMMARY_KIND_PROBE, SUMMARY_STATUS_COMPLETED, find_run_dirs
 
 COLUMNS = [
     "# Params (B)", "#GPUs", "Samples/s", "GradAccm", "MBS", "GBS", "Sequence Length",
@@ -73,6 +73,8 @@ def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame
             _note(problems, f"{run_dir.summary}: not valid JSON ({exc})")
             continue
         if not summary or summary.get("status") != SUMMARY_STATUS_COMPLETED:
+            continue
+        if summary.get("kind") == SUMMARY_KIND_PROBE:  # batch-size probes have their own table
             continue
         try:
             rows.append(summary_row(summary))

@@ -20,6 +20,7 @@ from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.memcheck import Unfit, split_by_fit
+from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.launch.render import render_job
 from hpcllm.rundir import RunDir, find_run_dirs
 
@@ -64,12 +65,13 @@ def submit_experiment(
     """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
 
     ``memory_check``: leave out the points whose memory estimate exceeds the profile's GPU memory
-    (``SubmitResult.unfit`` says why).
+    and that no probe of the experiment ran at their micro-batch size (``SubmitResult.unfit`` says why).
     """
     experiment = load_experiment(experiment_path)
     cluster = load_cluster(cluster_name)
     specs = expand_experiment(experiment, cluster, str(experiment_path))
-    fitting, unfit = split_by_fit(specs, cluster) if memory_check else (specs, [])
+    measured = measured_largest_fits(results_root, experiment.name, cluster.name) if memory_check else {}
+    fitting, unfit = split_by_fit(specs, cluster, measured) if memory_check else (specs, [])
     result = submit_runs(experiment, cluster, fitting, results_root, account=account, dry_run=dry_run,
                          retry_failed=retry_failed, after=after)
     result.unfit = unfit
