@@ -84,9 +84,10 @@ def test_tiny_variants(world_of_one: None, mode: str, overrides: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ac", ["none", "full"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["fp32", "bf16-fsdp2"])
 def test_125m(world_of_one: None, mode: str, ac: str) -> None:
-    """The 125m preset's shapes (12 layers, d 768, vocab 50304) at seq 512 to keep CPU time small;
-    every term is linear in the sequence length with flash-style attention."""
-    measured, estimated = measure(ModelConfig.from_name("125m", seq_len=512), mode, ac, mbs=1)
+    """The 125m preset's shapes (12 layers, d 768, vocab 50304) at seq 256 to keep CPU time small
+    (every term is linear in the sequence length with flash-style attention; benchmarks/memory_cpu.py
+    checks seq 2048 and the autocast mode too, docs/memory.md)."""
+    measured, estimated = measure(ModelConfig.from_name("125m", seq_len=256), mode, ac, mbs=1)
     assert estimated == pytest.approx(measured, rel=0.02)
