@@ -179,3 +179,22 @@ def loss_buffer_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
     """
     n = b * t
     return n * cfg.vocab_size * (num.compute + 2 * FP32)
+
+
+def backward_working_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
+    """What one block's backward allocates at once besides the saved tensors: gradients.
+
+    The larger of the MLP's (the product's, the gate's and the up projection's gradients, N x f each;
+    two for GELU) and the attention's (flash-style: the q, k, v gradients and the fused qkv output's;
+    math: the probabilities' and the scores' gradients, the T x T term), plus the residual stream's
+    gradient. Measured on CPU, math attention's peak grows by exactly the two T x T gradients per
+    sequence over the saved tensors (docs/memory.md).
+    """
+    n, d, c = b * t, cfg.d_model, num.compute
+    mlp = (3 if cfg.activation == "swiglu" else 2) * n * cfg.ffn_dim * c
+    if cfg.attention == "math":
+        probs = c if num.autocast else FP32
+        attention = 2 * b * cfg.n_heads * t * t * probs
+    else:
+        attention = 2 * n * (d + 2 * cfg.kv_heads * cfg.head_dim) * c
+    return max(mlp, attention) + n * d * num.residual

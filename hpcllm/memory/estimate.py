@@ -11,7 +11,8 @@ The terms (docs/memory.md explains each with its formula):
   bf16 copies autocast keeps of every matmul weight;
 - activations: what the forward pass saves for backward (``hpcllm.memory.activations``);
 - loss: logits held by the train step and the loss's backward buffers;
-- recompute: with activation checkpointing, the block being recomputed in backward;
+- backward: one block's backward working set: the gradients of its largest intermediates and, with
+  activation checkpointing, its recomputed activations;
 - overhead: a stated allowance for what tensors do not account for.
 
 Activations and gradients do not peak together: backward frees a block's activations as it
@@ -28,7 +29,16 @@ from typing import Literal
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig, TrainingConfig
-from hpcllm.memory.activations import BF16, FP32, ActivationBytes, Device, Numerics, activation_bytes, loss_buffer_bytes
+from hpcllm.memory.activations import (
+    BF16,
+    FP32,
+    ActivationBytes,
+    Device,
+    Numerics,
+    activation_bytes,
+    backward_working_bytes,
+    loss_buffer_bytes,
+)
 from hpcllm.memory.checkpoint import checkpoint_bytes
 
 GIB = 2**30
@@ -46,9 +56,10 @@ ADAMW_STEP_BYTES = 4
 CUDA_FIXED_OVERHEAD_BYTES = 1 * GIB
 CUDA_FRAGMENTATION = 0.10
 # CPU ranks: the resident size of a rank before its first step (Python, torch, gloo, the engine and
-# data loader imported): 0.29-0.31 GiB measured with torch 2.13 (docs/memory.md); glibc returns
-# large freed blocks to the system, so no fragmentation allowance.
-CPU_FIXED_OVERHEAD_BYTES = int(0.35 * GIB)
+# data loader imported) is 0.31-0.33 GiB with torch 2.13, and the first backward adds about 0.1 GiB
+# (oneDNN/MKL kernels, autograd's worker): tiny preset probe, docs/memory.md. glibc returns large
+# freed blocks to the system, so no fragmentation allowance.
+CPU_FIXED_OVERHEAD_BYTES = int(0.45 * GIB)
 
 # Blocks whose parameters are unsharded at once under FSDP2: the one computing and the next one,
 # whose all-gather is issued early to overlap with the compute (implicit prefetching).
@@ -116,7 +127,8 @@ class MemoryEstimate:
 
     spec: MemorySpec
     terms: tuple[Term, ...]
-    peak_bytes: int  # on the device (GPU memory; host memory for CPU ranks)
+    peak_bytes: int  # on the device (GPU memory; host memory for CPU ranks), overhead included
+    tensor_bytes: int  # the tensors alone at the peak: what torch.cuda.max_memory_allocated measures
     phase: Phase
     activations: ActivationBytes
     checkpoint_bytes: int  # one checkpoint on disk, all ranks together
@@ -230,9 +242,12 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         loss += n_v * num.compute + 3 * n_v * FP32
         loss_note += " + teacher logits and the KL term's fp32 buffers"
     terms.append(Term("loss", loss, "device", loss_note))
-    recompute = act.block_full if act.n_checkpointed else 0
-    terms.append(Term("recompute", recompute, "device",
-                      "one checkpointed block recomputed in backward" if recompute else "no checkpointing"))
+    backward = backward_working_bytes(model, spec.micro_batch_size, t, num)
+    backward_note = "one block's gradients of its largest intermediates"
+    if act.n_checkpointed:
+        backward += act.block_full
+        backward_note += " + its recomputed activations (checkpointed)"
+    terms.append(Term("backward", backward, "device", backward_note))
 
     by_name = {term.name: term.bytes for term in terms}
     resident_names = ["weights", "optimizer", "teacher"] if state_at == "device" else []
@@ -241,8 +256,8 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     keep_grads_across_micro_batches = spec.grad_accum > 1 and kept_grads > 0
     # The loss's buffers are gone before the first block is recomputed; only the logits stay live.
     live_logits = spec.micro_batch_size * t * model.vocab_size * num.compute
-    start = act.total + max(loss, live_logits + recompute) + (kept_grads if keep_grads_across_micro_batches else 0)
-    end = kept_grads + act.block_full
+    start = act.total + max(loss, live_logits + backward) + (kept_grads if keep_grads_across_micro_batches else 0)
+    end = kept_grads + act.block_full + backward
     phase: Phase = "backward start" if start >= end else "backward end"
     tensors = resident + max(start, end)
     if spec.device == "cuda":
@@ -255,12 +270,12 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     terms.append(Term("overhead", overhead, "device", overhead_note))
     parts = [n for n in resident_names if n in by_name] + ["gathered"]
     if phase == "backward start":
-        parts += ["activations", "loss" if loss >= live_logits + recompute else "logits + recompute"]
+        parts += ["activations", "loss" if loss >= live_logits + backward else "logits + backward"]
         parts += ["gradients"] if keep_grads_across_micro_batches else []
     else:
-        parts += (["gradients"] if kept_grads else []) + ["one block's activations"]
+        parts += (["gradients"] if kept_grads else []) + ["one block's activations + backward"]
     formula = " + ".join(parts + ["overhead"])
-    return MemoryEstimate(spec, tuple(terms), tensors + overhead, phase, act,
+    return MemoryEstimate(spec, tuple(terms), tensors + overhead, tensors, phase, act,
                           checkpoint_bytes(model, spec.world_size), formula)
 
 
