@@ -28,9 +28,12 @@ def explore_batch(
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled probes."),
 ) -> None:
-    """One short probe job per distinct (model, GPUs, sharding, AC, seq len) of the grid: it grows the
+    """Probe jobs that measure the micro-batch size each setup of a grid holds; --apply uses them.
+
+    One short probe job per distinct (model, GPUs, sharding, AC, seq len) of the grid grows the
     micro-batch from the memory estimate's suggestion until memory or throughput stops it. --apply
-    then writes an experiment with each point's best measured micro-batch size."""
+    then writes an experiment with each point's best measured micro-batch size.
+    """
     from hpcllm.launch.explore import ProbeSettings, apply_probes
     from hpcllm.launch.explore import explore_batch as submit_probes
 

@@ -54,9 +54,9 @@ CRASHED = "the job ended while this size ran (an out-of-memory error on some ran
 class Prober:
     """The model, optimizer and data of the run, and one trial per micro-batch size."""
 
-    def __init__(self, cfg: TrainingConfig, env: DistEnv) -> None:
+    def __init__(self, cfg: TrainingConfig, env: DistEnv, source: str = "run.yaml") -> None:
         assert cfg.probe is not None
-        self.cfg, self.probe, self.env = cfg, cfg.probe, env
+        self.cfg, self.probe, self.env, self.source = cfg, cfg.probe, env, source
         self.mesh = build_mesh(cfg.parallel, env)
         self.meter = MemoryMeter(env.device)
         budget = self.probe.memory_budget_gib
@@ -93,7 +93,7 @@ class Prober:
         cfg, probe, env = self.cfg, self.probe, self.env
         loader = build_train_loader(cfg.data, seq_len=cfg.model.seq_len, micro_batch_size=mbs, dp_rank=env.rank,
                                     dp_size=env.world_size, seed=cfg.seed, device=env.device)
-        check_data_vocab(cfg, loader.vocab_size, f"{cfg.run_id}/run.yaml")
+        check_data_vocab(cfg, loader.vocab_size, self.source)
         state = TrainState(self.model, self.optimizer, self.scheduler, loader)
         self.meter.release()
         self.meter.reset_peak()
@@ -201,7 +201,7 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
 
-    prober = Prober(cfg, env)
+    prober = Prober(cfg, env, str(run_dir.config))
     if report.baseline_gib is None:
         report.baseline_gib = round(prober.in_use_gib(), 4)
     save()
