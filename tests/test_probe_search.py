@@ -100,3 +100,14 @@ def test_report_conclusion() -> None:
 def test_probe_config_bounds() -> None:
     with pytest.raises(ValueError, match=r"start_mbs \(8\) must not exceed max_mbs \(4\)"):
         ProbeConfig(start_mbs=8, max_mbs=4)
+
+
+def test_training_runs_dump_no_probe_key_so_their_run_ids_do_not_change() -> None:
+    """Run ids hash the dumped config: adding the probe field must not rename existing runs."""
+    from hpcllm.config.training import TrainingConfig
+
+    plain = TrainingConfig(data={"path": "x"})
+    assert "probe" not in plain.model_dump(mode="json")
+    probing = TrainingConfig(data={"path": "x"}, probe={"start_mbs": 2})
+    assert TrainingConfig.model_validate(probing.model_dump(mode="json")) == probing
+    assert "probe" in TrainingConfig.model_json_schema()["properties"]

@@ -7,9 +7,9 @@ it back with ``TrainingConfig.model_validate``; neither side invents defaults th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.probe import ProbeConfig
@@ -153,3 +153,12 @@ class TrainingConfig(_Strict):
     probe: ProbeConfig | None = Field(
         None, description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md)."
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_probe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A training run's dump has no ``probe`` key: run ids (a hash of the dump) and run.yaml
+        files written before probes existed stay the same."""
+        data = handler(self)
+        if self.probe is None:
+            data.pop("probe", None)
+        return data
