@@ -187,3 +187,20 @@ def test_cli_lists_the_probes_and_applies(explored: Path, tmp_path: Path) -> Non
     bad = runner.invoke(app, ["explore-batch", str(SCALING), "--cluster", "leonardo", "--apply", "--results",
                               str(explored), "--margin", "1.5"])
     assert bad.exit_code == 2 and "--margin: 1.5 is not a fraction in [0, 1)" in bad.output
+
+
+def test_collect_shows_probes_in_their_own_table_not_in_the_scaling_table(explored: Path) -> None:
+    from hpcllm.collect.probes import collect_probes
+    from hpcllm.collect.table import collect_table
+
+    index = load_index(explored, "scaling_2.7b", "leonardo")
+    for entry in index.probes.values():  # what the engine writes at the end of a probe
+        atomic_write_json(RunDir.of(explored, "scaling_2.7b", "leonardo", entry.run_id).summary,
+                          {"kind": "probe", "status": "completed", "run_id": entry.run_id, "world_size": 8})
+    assert collect_table(explored).empty
+    probes = collect_probes(explored)
+    assert len(probes) == 12 * len(MEASURED)
+    one = probes[probes["Probe"] == next(iter(index.probes.values())).run_id]
+    assert list(one["MBS"]) == [3, 6, 4, 5] and list(one["Status"]) == ["ok", "oom", "ok", "ok"]
+    assert list(one["Best"]) == ["", "", "", "*"]  # fastest that fitted, before any margin
+    assert list(one["Peak GiB"])[2] == 55.0  # reserved: what a CUDA run runs out of

@@ -90,6 +90,7 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
 
 
 def check_data_vocab(cfg: TrainingConfig, data_vocab: int, source: str) -> None:
+    """The embedding must have a row for every token id in the data (training and probes)."""
     if data_vocab > cfg.model.vocab_size:
         raise ConfigError(
             f"{source}: model.vocab_size: {cfg.model.vocab_size} is smaller than the data's tokenizer "
