@@ -48,7 +48,7 @@ def activations(args: argparse.Namespace) -> None:
     for name in args.presets.split(","):
         seq = args.seq_len or (128 if name == "tiny" else 1024)
         cfg = ModelConfig.from_name(name, seq_len=seq)
-        for mode in ("fp32", "bf16-autocast", "bf16-fsdp2"):
+        for mode in args.numerics.split(","):
             for ac in ("none", "full", "selective"):
                 got, est = measure(cfg, mode, ac, args.mbs)
                 table.add_row(name, str(seq), mode, ac if ac != "selective" else "every 2nd", f"{got / MIB:,.2f}",
@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--presets", default="tiny,125m")
     p.add_argument("--seq-len", type=int, default=None, help="default: 128 for tiny, 1024 otherwise (64 for state)")
     p.add_argument("--mbs", type=int, default=2)
+    p.add_argument("--numerics", default="fp32,bf16-autocast,bf16-fsdp2", help="activations: which of the three")
     args = p.parse_args()
     (activations if args.what == "activations" else state)(args)
 

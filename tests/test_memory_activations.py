@@ -10,6 +10,7 @@ bytes (the loss's scalar), so drift shows early: the tolerance is 2%.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -58,6 +59,8 @@ def measure(cfg: ModelConfig, mode: str, ac: str, mbs: int) -> tuple[int, int]:
     ids = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
     labels = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
     measured = saved_activation_bytes(lambda: cross_entropy_sum(model(ids), labels, None), model)
+    del model
+    gc.collect()  # FSDP2's modules hold reference cycles: free this model before the next is built
     num = Numerics.of(pcfg.precision, fsdp, "cpu")
     estimated = activation_bytes(cfg, micro_batch_size=mbs, seq_len=cfg.seq_len, num=num,
                                  checkpointing=ac, ac_every=pcfg.ac_every).total
