@@ -9,6 +9,7 @@
         metrics.jsonl       one JSON object per logged step (engine)
         summary.json        medians + table fields + status (engine, atomic)
         runtime.jsonl       per attempt: versions, hosts, CPUs and devices of every rank (engine)
+        probe.json          a batch-size probe's trials and answer (engine probe mode, atomic)
         checkpoints/        step_<N>/ DCP folders and the `latest` pointer (engine)
         tensorboard/        TensorBoard event files (engine, rank 0; tracking.tensorboard)
         wandb/              Weights & Biases files (engine, rank 0; tracking.wandb)
@@ -39,6 +40,9 @@ SUMMARY = "summary.json"
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
 SUMMARY_STATUS_FAILED = "failed"
+# summary.json "kind" of a batch-size probe; a training run's summary has no kind. The scaling table
+# leaves probes out: they have their own (hpcllm.collect.probes).
+SUMMARY_KIND_PROBE = "probe"
 
 SUBMIT_LOCK_NAME = ".submit.lock"
 
@@ -91,6 +95,10 @@ class RunDir:
     @cached_property
     def runtime(self) -> Path:
         return self.path / "runtime.jsonl"
+
+    @cached_property
+    def probe(self) -> Path:
+        return self.path / "probe.json"
 
     @cached_property
     def checkpoints(self) -> Path:

@@ -57,7 +57,8 @@ def test_show_completion_is_available():
 
 def test_dry_run_renders_every_point(in_project, tmp_path):
     result = runner.invoke(
-        app, ["submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path)],
+        app, ["submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path),
+              "--no-memory-check"],
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 0, result.output

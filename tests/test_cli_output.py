@@ -54,7 +54,7 @@ def test_status_json_for_scripts(results):
 
 def test_submit_dry_run_in_a_pipe_keeps_run_ids_whole(in_project, tmp_path):
     result = runner.invoke(app, ["submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run",
-                                 "--results", str(tmp_path)], env={"COLUMNS": "80"})
+                                 "--no-memory-check", "--results", str(tmp_path)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     run_ids = sorted(p.name for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())
     listed = [line.split()[0] for line in result.output.splitlines() if line.startswith("2.7b-")]

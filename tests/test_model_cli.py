@@ -41,3 +41,43 @@ def test_list_names_every_preset() -> None:
 def test_model_cli_does_not_import_torch() -> None:
     code = "import sys, hpcllm.cli.model; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _spec(name: str, mbs: int, gpus: int, per_node: int, device: str = "cuda", **parallel: object):
+    from hpcllm.config.training import ParallelConfig
+    from hpcllm.memory import MemorySpec
+
+    return MemorySpec(ModelConfig.from_name(name), ParallelConfig(**parallel), mbs, gpus, per_node, device=device)
+
+
+def test_info_prints_every_memory_term_and_the_peak() -> None:
+    from hpcllm.memory import estimate_memory
+
+    out = CliRunner().invoke(model_app, ["info", "2.7b", "--mbs", "2", "--gpus", "8", "--gpus-per-node", "4"],
+                             terminal_width=200).output
+    est = estimate_memory(_spec("2.7b", 2, 8, 4))
+    for term in est.terms:
+        assert f"{term.name}" in out and f"{term.gib:.2f}" in out
+    assert f"{est.peak_gib:.2f}" in out and "backward start" in out
+
+
+def test_info_with_a_cluster_gives_the_verdict_and_the_largest_mbs() -> None:
+    from hpcllm.memory import estimate_memory
+
+    result = CliRunner().invoke(model_app, ["info", "2.7b", "--mbs", "4", "--gpus", "8", "--cluster", "leonardo"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "of 64 GiB per GPU: does not fit" in result.output
+    best = int(result.output.split("largest MBS that fits: ")[1].split()[0])
+    assert estimate_memory(_spec("2.7b", best, 8, 4)).peak_gib <= 64 < estimate_memory(_spec("2.7b", best + 1, 8, 4)).peak_gib
+
+
+def test_info_on_a_cpu_profile_speaks_of_ranks() -> None:
+    out = CliRunner().invoke(model_app, ["info", "tiny", "--mbs", "8", "--cluster", "local"], terminal_width=200).output
+    assert "memory per rank" in out and "of 4 GiB per rank: fits" in out
+
+
+def test_info_rejects_inconsistent_parallel_options() -> None:
+    result = CliRunner().invoke(model_app, ["info", "125m", "--hsdp-shard-size", "2"])
+    assert result.exit_code == 2
+    assert "hsdp_shard_size is only used with sharding: HYBRID_SHARD" in result.output

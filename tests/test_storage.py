@@ -97,7 +97,7 @@ def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(tmp_
     assert len(nodes) * 2 * 336 * GB > free  # four 28B runs keeping two checkpoints each: ~2.7 TB
     with pytest.raises(StorageError, match=rf"{tmp_path / 'site-results'}: the runs to submit need 2\.\d TB of "
                                            r"checkpoints \(4 runs x 2 kept x up to 33\d\.\d GB.* is free there \(`df .*paths\.results in "):
-        submit_experiment(_experiment(tmp_path, nodes), "site", account=None)
+        submit_experiment(_experiment(tmp_path, nodes), "site", account=None, memory_check=False)
     assert not (tmp_path / "site-results").exists() and not (tmp_path / "results").exists()
 
 
@@ -109,7 +109,7 @@ def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(tmp_p
     monkeypatch.delenv("HPCLLM_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["submit", str(_experiment(tmp_path, [1, 2], preset="125m")), "--cluster", "site",
-                                 "--account", "proj", "--dry-run"], env={"COLUMNS": "250"})
+                                 "--account", "proj", "--dry-run", "--no-memory-check"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     runs = sorted(p for p in (tmp_path / "work" / "proj" / "results" / "big" / "site").iterdir() if p.is_dir())
     assert len(runs) == 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from hpcllm import __version__
-from hpcllm.cli import collect, doctor, generate, report, runs, schema
+from hpcllm.cli import collect, doctor, explore, generate, report, runs, schema
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -28,6 +28,7 @@ for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collec
                 doctor.doctor):
     app.command()(command)
 app.command()(generate.generate)
+app.command("explore-batch")(explore.explore_batch)
 # Sub-apps of their own modules; each imports torch only inside its commands.
 app.add_typer(clusters_app, name="clusters")
 app.add_typer(data_app, name="data")

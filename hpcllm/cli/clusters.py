@@ -21,14 +21,14 @@ def clusters_list(ctx: typer.Context) -> None:
     from hpcllm.config.cluster import available_clusters, load_cluster
 
     table = Table(title="Cluster profiles")
-    for col in ("name", "scheduler", "partition", "GPU", "GPUs/node", "cores/node", "max nodes", "QoS"):
+    for col in ("name", "scheduler", "partition", "GPU", "GPUs/node", "GiB/GPU", "cores/node", "max nodes", "QoS"):
         table.add_column(col)
     try:
         for name in available_clusters():
             c = load_cluster(name)
             table.add_row(
                 c.name, c.scheduler, c.partition or "-", c.gpu_type, str(c.gpus_per_node),
-                str(c.cpus_per_node), str(c.max_nodes),
+                f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-", str(c.cpus_per_node), str(c.max_nodes),
                 ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
             )
     except HpcllmError as exc:

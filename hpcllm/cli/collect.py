@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
+
+if TYPE_CHECKING:
+    from hpcllm.rundir import RunDir
 
 
 class TableFormat(str, Enum):
@@ -52,12 +55,14 @@ def collect(
     ),
 ) -> None:
     """The seed's scaling table (one row per completed run) and more columns, as markdown, csv, json or LaTeX."""
-    from hpcllm.collect.table import build_table, completed_records, format_table
+    from hpcllm.collect.records import scan
+    from hpcllm.collect.table import build_table, completed_of, format_table
 
     if not root.exists():
         fail(HpcllmError(f"{root}: no such folder"))
     problems: list[str] = []
-    records = completed_records(root, problems)
+    scanned = scan(root)
+    records = completed_of(scanned, problems)
     try:
         if best:
             from hpcllm.collect.best import best_table
@@ -90,6 +95,7 @@ def collect(
         err_console.print(f"[yellow]no search with a finished trial under {root}[/]", soft_wrap=True)
     elif not records:
         err_console.print(f"[yellow]no completed runs under {root}[/]", soft_wrap=True)
+    _show_probes([r.run_dir for r in scanned])
     if check:
         _check_references(root)
 
@@ -101,6 +107,21 @@ def _plots(records: list, plot: Optional[Path], loss_plot: Optional[Path]) -> No
         err_console.print(f"plot: {plot_scaling(records, plot)}", highlight=False, soft_wrap=True)
     if loss_plot:
         err_console.print(f"loss curves: {plot_losses(records, loss_plot)}", highlight=False, soft_wrap=True)
+
+
+def _show_probes(run_dirs: list["RunDir"]) -> None:
+    """Batch-size probes among ``run_dirs`` (hpcllm explore-batch), as their own table on stderr."""
+    from hpcllm.cli.listing import print_listing
+    from hpcllm.collect.probes import COLUMNS, collect_probes
+
+    problems: list[str] = []
+    probes = collect_probes(run_dirs, problems)
+    for problem in problems:
+        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+    if probes:
+        rows = [["" if row[c] is None else str(row[c]) for c in COLUMNS] for row in probes]
+        print_listing(err_console, "Batch-size probes (* = fastest that fitted)", COLUMNS, rows, keep_whole=("Probe",))
+
 
 
 def _check_references(root: Path) -> None:

@@ -1,17 +1,48 @@
 """``hpcllm model``: what a named model config costs, without torch.
 
 Parameter and FLOP counts come from ``ModelConfig`` and ``hpcllm.perf``, the same functions the
-engine and the collector use, so the numbers printed here are the ones MFU is computed with.
+engine and the collector use, so the numbers printed here are the ones MFU is computed with; the
+memory breakdown comes from ``hpcllm.memory``, the estimate ``submit`` checks points with.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from enum import Enum
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from hpcllm.cli.common import console, fail
+
+if TYPE_CHECKING:
+    from hpcllm.config.model import ModelConfig
+    from hpcllm.memory import MemoryEstimate
+
+
+class Sharding(str, Enum):
+    FULL_SHARD = "FULL_SHARD"
+    HYBRID_SHARD = "HYBRID_SHARD"
+    NO_SHARD = "NO_SHARD"
+
+
+class Precision(str, Enum):
+    BF_16 = "BF_16"
+    FP_16 = "FP_16"
+    FP_32 = "FP_32"
+
+
+class Attention(str, Enum):
+    sdpa = "sdpa"
+    flash = "flash"
+    math = "math"
+
+
+class Checkpointing(str, Enum):
+    none = "none"
+    full = "full"
+    selective = "selective"
+
 
 model_app = typer.Typer(help="Inspect the named model configs.", no_args_is_help=True)
 
@@ -26,6 +57,7 @@ def _human(n: float) -> str:
 @model_app.command("list")
 def list_cmd() -> None:
     """Every named config with its size."""
+    # Imported here: pydantic's model classes cost every other command ~0.1 s of start-up.
     from hpcllm.config.model import ModelConfig, preset_names
 
     table = Table("name", "layers", "d_model", "heads (kv)", "ffn", "seq", "params")
@@ -39,18 +71,78 @@ def list_cmd() -> None:
 @model_app.command("info")
 def info_cmd(
     name: str = typer.Argument(..., help="A named config (`hpcllm model list` names them all)."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length for FLOPs (default: the config's)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length (default: the config's)."),
+    mbs: int = typer.Option(1, "--mbs", min=1, help="Micro-batch size (sequences per GPU per micro-step)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs (ranks) in all; default: one node of --cluster, else 1."),
+    gpus_per_node: Optional[int] = typer.Option(
+        None, "--gpus-per-node", min=1, help="Ranks per node (HYBRID_SHARD's default group); default: the cluster's, else --gpus."
+    ),
+    sharding: Sharding = typer.Option(Sharding.FULL_SHARD, "--sharding", help="FSDP2 sharding."),
+    hsdp_shard_size: Optional[int] = typer.Option(None, "--hsdp-shard-size", min=1, help="HYBRID_SHARD group size."),
+    precision: Precision = typer.Option(Precision.BF_16, "--precision", help="Parameter/compute precision."),
+    ac: Checkpointing = typer.Option(Checkpointing.none, "--ac", help="Activation checkpointing policy."),
+    ac_every: int = typer.Option(2, "--ac-every", min=1, help="selective: checkpoint every k-th block."),
+    offload: bool = typer.Option(False, "--offload", help="FSDP2 CPU offload of the sharded state."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-steps per optimizer step."),
+    attention: Optional[Attention] = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="Check the fit against this profile's GPU memory."),
 ) -> None:
-    """Architecture, parameters (total / non-embedding) and training FLOPs per token of NAME."""
-    # Imported here: pydantic's model classes cost every other command ~0.1 s of start-up.
+    """Architecture, parameters, FLOPs per token and the per-GPU memory breakdown of NAME.
+
+    With --cluster: whether it fits the profile's GPU memory and the largest micro-batch that does.
+    """
+    from pydantic import ValidationError
+
+    from hpcllm.config.cluster import load_cluster
     from hpcllm.config.model import ModelConfig, preset_fields
+    from hpcllm.config.training import ParallelConfig
+    from hpcllm.errors import HpcllmError
+    from hpcllm.memory import MemorySpec, estimate_memory, largest_fitting_mbs
 
     try:
         preset_fields(name)  # the unknown-name message lists the known ones
-    except ValueError as exc:
+        overrides = {k: v for k, v in (("seq_len", seq_len), ("attention", attention and attention.value)) if v}
+        cfg = ModelConfig.from_name(name, **overrides)
+        profile = load_cluster(cluster) if cluster else None
+        parallel = ParallelConfig(sharding=sharding.value, hsdp_shard_size=hsdp_shard_size, precision=precision.value,
+                                  activation_checkpointing=ac.value, ac_every=ac_every, cpu_offload=offload)
+    except ValidationError as exc:  # a combination of options the configs reject
+        fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
+    except (HpcllmError, ValueError) as exc:
         fail(exc)
-    cfg = ModelConfig.from_name(name)
-    t = seq_len or cfg.seq_len
+    n_gpus = gpus or (profile.gpus_per_node if profile else 1)
+    per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
+    device = "cpu" if profile is not None and profile.is_cpu else "cuda"
+    spec = MemorySpec(cfg, parallel, mbs, world_size=n_gpus, ranks_per_node=min(per_node, n_gpus), device=device,
+                      grad_accum=grad_accum)
+    console.print(_architecture_table(name, cfg))
+    estimate = estimate_memory(spec)
+    console.print(estimate_table(estimate, title=(
+        f"memory per {'rank' if device == 'cpu' else 'GPU'}: MBS {mbs} x seq {cfg.seq_len}, {n_gpus} rank(s), "
+        f"{parallel.sharding}, {parallel.precision}, AC {parallel.activation_checkpointing}"
+    )))
+    console.print(f"checkpoint on disk: {_gib(estimate.checkpoint_bytes)} (weights + AdamW state, all ranks)")
+    if profile is None:
+        return
+    if profile.gpu_memory_gib is None:
+        console.print(f"[yellow]cluster {profile.name!r} states no gpu_memory_gib: no fit check[/]")
+        return
+    capacity = profile.gpu_memory_gib
+    verdict = "[green]fits[/]" if estimate.fits(capacity) else "[red]does not fit[/]"
+    console.print(f"{profile.name}: {estimate.peak_gib:.1f} of {capacity:g} GiB per {'rank' if device == 'cpu' else 'GPU'}: {verdict}")
+    best = largest_fitting_mbs(spec, capacity)
+    if best:
+        console.print(f"largest MBS that fits: {best} ({estimate_memory(spec.with_mbs(best)).peak_gib:.1f} GiB)")
+    else:
+        console.print("[red]not even MBS 1 fits[/]: more GPUs (sharding), activation checkpointing, or CPU offload")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _architecture_table(name: str, cfg: ModelConfig) -> Table:
+    t = cfg.seq_len
     table = Table(title=f"model {name}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
@@ -64,9 +156,24 @@ def info_cmd(
         ("params (total)", f"{cfg.n_params():,} ({_human(cfg.n_params())})"),
         ("params (non-embedding)", f"{cfg.n_params_non_embedding():,} ({_human(cfg.n_params_non_embedding())})"),
         ("params in matmuls (FLOPs)", f"{cfg.n_params_flops():,}"),
-        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (MFU: the seed's 72·L·d² + 12·L·T·d)"),
-        ("  with the output head", f"{cfg.flops_per_token_with_head(t):.4g} (MFU+head: 6N + 12·L·T·d, N in matmuls)"),
+        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (6N + 12·L·T·d)"),
     ]
     for key, value in rows:
         table.add_row(key, value)
-    console.print(table)
+    return table
+
+
+def estimate_table(estimate: "MemoryEstimate", title: str) -> Table:
+    """Every term of ``estimate`` with its size, where it lives and how it was computed, then the peak."""
+    table = Table(title=title)
+    table.add_column("term", style="bold")
+    table.add_column("GiB", justify="right")
+    table.add_column("where")
+    table.add_column("how")
+    for term in estimate.terms:
+        table.add_row(term.name, f"{term.gib:.2f}", term.location, term.detail)
+    table.add_row("[bold]peak[/]", f"[bold]{estimate.peak_gib:.2f}[/]", "device",
+                  f"at {estimate.phase}: {estimate.formula}", end_section=True)
+    if estimate.host_bytes:
+        table.add_row("host", f"{estimate.host_bytes / 2**30:.2f}", "host", "CPU-offloaded state per rank")
+    return table

@@ -18,6 +18,7 @@ from hpcllm.errors import HpcllmError
 if TYPE_CHECKING:
     from hpcllm.launch.orchestrate import RunStatus, SubmitResult
     from hpcllm.rundir import RunDir
+    from hpcllm.launch.memcheck import Unfit
 
 
 def submit(
@@ -33,6 +34,9 @@ def submit(
     after: Optional[list[str]] = typer.Option(
         None, "--after", metavar="JOBID", help="SLURM job id every run waits for (afterok); repeat for several."
     ),
+    no_memory_check: bool = typer.Option(
+        False, "--no-memory-check", help="Also submit points whose memory estimate exceeds the GPU memory."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
     from hpcllm.launch.orchestrate import submit_experiment
@@ -40,12 +44,14 @@ def submit(
     try:
         result = submit_experiment(
             experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed,
-            after=after,
+            after=after, memory_check=not no_memory_check,
         )
     except HpcllmError as exc:
         fail(exc)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    if result.unfit:
+        _print_unfit(result.unfit)
     rows = []
     for run in result.runs:
         t, p = run.spec.training, run.spec.training.parallel
@@ -75,6 +81,19 @@ def _print_plan_notes(result: SubmitResult) -> None:
         room = f"; {human_bytes(result.room.free)} free ({result.room.source})" if result.room else ""
         console.print(f"storage: {result.storage.describe()} under {result.results_root}{room}",
                       highlight=False, soft_wrap=True)
+
+
+def _print_unfit(unfit: list["Unfit"]) -> None:
+    """The points left out for memory, each with its estimate's largest terms and what would fit."""
+    rows = []
+    for u in unfit:
+        t, p = u.spec.training, u.spec.training.parallel
+        rows.append([u.spec.run_id, str(u.spec.world_size), str(t.train.micro_batch_size), p.sharding,
+                     p.activation_checkpointing, u.reason])
+    print_listing(err_console, f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)",
+                  ("run", "ranks", "MBS", "sharding", "AC", "why"), rows, keep_whole=("run",))
+    err_console.print("the breakdown of one point: hpcllm model info NAME --mbs … --gpus … --cluster … (docs/memory.md)",
+                      soft_wrap=True)
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord, scan
+from hpcllm.rundir import SUMMARY_KIND_PROBE
 from hpcllm.config import grid as gridlib
 
 if TYPE_CHECKING:
@@ -52,11 +53,16 @@ class Table:
 
 def completed_records(root: Path, problems: list[str] | None = None) -> list[RunRecord]:
     """Records of the completed runs under ``root``; unusable summaries are described in ``problems``."""
+    return completed_of(scan(root), problems)
+
+
+def completed_of(scanned: list[RunRecord], problems: list[str] | None = None) -> list[RunRecord]:
+    """The completed training runs among ``scanned`` (batch-size probes have their own table)."""
     records = []
-    for record in scan(root):
+    for record in scanned:
         if problems is not None:
             problems.extend(record.problems)
-        if record.completed:
+        if record.completed and record.summary.get("kind") != SUMMARY_KIND_PROBE:
             records.append(record)
     return records
 

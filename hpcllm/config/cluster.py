@@ -86,6 +86,11 @@ class ClusterProfile(BaseModel):
     max_nodes: int = Field(1, gt=0, description="Nodes in the partition: more would pend forever.")
     gpu_type: str = Field(description="Accelerator model for MFU (see hpcllm.perf), or 'cpu'.")
     gpus_per_node: int = Field(gt=0, description="Ranks per node (one per GPU; CPU ranks on 'cpu').")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="Memory of one GPU in GiB (`nvidia-smi --query-gpu=memory.total --format=csv` on a "
+        "compute node); on a CPU profile, the host memory one rank may use. `hpcllm submit` skips points whose "
+        "estimate exceeds it; null = no memory check.",
+    )
     cpus_per_node: int = Field(gt=0, description="Cores of one node, all given to the node's task.")
     min_cpus_per_gpu: int | None = Field(None, gt=0, description="Site rule: at least this many cores per GPU.")
     gres: OneLine | None = Field(None, description="--gres value, e.g. gpu:4; null = none.")

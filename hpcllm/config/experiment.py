@@ -26,6 +26,7 @@ from hpcllm.config.search import SearchConfig
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
 from hpcllm.sitepaths import resolve_on_login
+from hpcllm.memory.runs import where_names as memory_where_names
 
 
 class Resources(BaseModel):
@@ -120,6 +121,10 @@ def load_experiment(path: Path) -> Experiment:
     return load_model(Experiment, Path(path))
 
 
+# Names a `where:` filter may use beside the resolved config: the memory estimate (hpcllm.memory.runs).
+MEMORY_WHERE_NAMES = ("mem_gib", "fits")
+
+
 def expand_experiment(
     exp: Experiment, cluster: ClusterProfile, source: str, *, account: str | None = None,
     refused: list[RefusedPoint] | None = None,
@@ -135,6 +140,11 @@ def expand_experiment(
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     base = {"resources": exp.resources.model_dump(exclude_none=True), **exp.training}
+    try:  # parsed once for the whole grid; the estimate is only made for filters that read it
+        filters = [gridlib.compile_where(expr) for expr in exp.where]
+        with_memory = any(name in MEMORY_WHERE_NAMES for expr in exp.where for name in gridlib.where_names(expr))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     specs: list[RunSpec] = []
     seen: dict[str, dict[str, Any]] = {}
     for point in points:
@@ -144,8 +154,8 @@ def expand_experiment(
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:
-            view = _where_view(doc, cluster, where) if exp.where else doc
-            if not all(gridlib.evaluate_where(expr, view) for expr in exp.where):
+            view = _where_view(doc, cluster, where, with_memory) if filters else doc
+            if not all(keep(view) for keep in filters):
                 continue
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
@@ -198,18 +208,24 @@ def _qos_for(resources_doc: dict[str, Any], cluster: ClusterProfile) -> str | No
     return default_qos(cluster, resources.nodes, resources.time)
 
 
-def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str) -> dict[str, Any]:
+def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str, with_memory: bool) -> dict[str, Any]:
     """The point as ``where`` sees it: every resolved value (defaults, preset fields, the profile's
-    gpus_per_node and QoS), or only what the YAML says when the point does not validate (it is then
+    gpus_per_node and QoS) plus, when ``with_memory``, the memory estimate's ``mem_gib`` and ``fits``
+    (hpcllm.memory.runs), or only what the YAML says when the point does not validate (it is then
     rejected later unless the filter drops it); ``cluster`` is the profile's name, so one grid can
     hold different rows for different machines."""
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
     try:
-        resources = Resources.model_validate(resources_doc).model_dump(mode="json")
-        training = TrainingConfig.model_validate(training_doc).model_dump(mode="json")
+        resources = Resources.model_validate(resources_doc)
+        training = TrainingConfig.model_validate(training_doc)
     except ValidationError:
         return {**doc, "cluster": cluster.name}
-    return {"resources": resources, **training, "cluster": cluster.name}
+    view = {"resources": resources.model_dump(mode="json"), **training.model_dump(mode="json"), "cluster": cluster.name}
+    if with_memory:
+        assert resources.gpus_per_node is not None
+        view.update(memory_where_names(training, nodes=resources.nodes, gpus_per_node=resources.gpus_per_node,
+                                       cluster=cluster))
+    return view
 
 
 def _resolve_point(

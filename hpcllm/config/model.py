@@ -132,6 +132,42 @@ class ModelConfig(BaseModel):
         head = 0 if self.tie_embeddings else emb
         return self.n_params_non_embedding() + emb + pos + head
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in the order of the engine's ``named_parameters()``.
+
+        Memory planning needs shapes, not only counts: FSDP2 shards each tensor along its first
+        dimension in equal, padded pieces, so what a rank holds depends on every tensor's rows. A
+        tied LM head is the token embedding and appears once, as in the built module.
+        """
+        d, f, kv = self.d_model, self.ffn_dim, self.kv_heads * self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {"tok_emb.weight": (self.vocab_size, d)}
+        if self.pos_emb == "learned":
+            shapes["pos_emb.weight"] = (self.seq_len, d)
+
+        def linear(name: str, n_out: int, n_in: int) -> None:
+            shapes[f"{name}.weight"] = (n_out, n_in)
+            if self.bias:
+                shapes[f"{name}.bias"] = (n_out,)
+
+        def norm(name: str) -> None:
+            shapes[f"{name}.weight"] = (d,)
+            if self.norm == "layernorm" and self.bias:
+                shapes[f"{name}.bias"] = (d,)
+
+        for i in range(self.n_layers):
+            norm(f"blocks.{i}.attn_norm")
+            linear(f"blocks.{i}.attn.qkv", d + 2 * kv, d)
+            linear(f"blocks.{i}.attn.proj", d, d)
+            norm(f"blocks.{i}.mlp_norm")
+            if self.activation == "swiglu":
+                linear(f"blocks.{i}.mlp.gate", f, d)
+            linear(f"blocks.{i}.mlp.up", f, d)
+            linear(f"blocks.{i}.mlp.down", d, f)
+        norm("norm")
+        if not self.tie_embeddings:
+            shapes["head.weight"] = (self.vocab_size, d)
+        return shapes
+
     def n_params_flops(self) -> int:
         """Parameters that take part in matmuls: the body plus the output head (tied or not).
 

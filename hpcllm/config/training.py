@@ -7,12 +7,13 @@ it back with ``TrainingConfig.model_validate``; neither side invents defaults th
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error
 from hpcllm.config.model import ModelConfig
+from hpcllm.config.probe import ProbeConfig
 from hpcllm.config.profiling import ProfileConfig
 from hpcllm.config.tracking import TrackingConfig
 from hpcllm.sitepaths import SitePath, site_path
@@ -83,6 +84,19 @@ class ParallelConfig(_Strict):
         if self.loss_scale is not None and self.precision != "FP_16":
             raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
+
+    def shard_group_size(self, world_size: int, ranks_per_node: int) -> int:
+        """Ranks one parameter is sharded over: all (FULL_SHARD), a node's or ``hsdp_shard_size``
+        (HYBRID_SHARD), one (NO_SHARD). The engine's device mesh and the memory estimate use it."""
+        if self.sharding == "FULL_SHARD":
+            return world_size
+        if self.sharding == "NO_SHARD":
+            return 1
+        return self.hsdp_shard_size or ranks_per_node
+
+    def wraps_in_fsdp(self, world_size: int) -> bool:
+        """FSDP2 whenever it does something: more than one rank, or CPU offload (engine/parallelize.py)."""
+        return world_size > 1 or self.cpu_offload
 
 
 class OptimConfig(_Strict):
@@ -200,6 +214,9 @@ class TrainingConfig(_Strict):
     eval: EvalConfig | None = Field(None, description="Periodic loss on held-out data (docs/evaluation.md).")
     profile: ProfileConfig | None = Field(None, description="PyTorch profiler traces of a few steps.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    probe: ProbeConfig | None = Field(
+        None, description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md)."
+    )
 
     @model_validator(mode="after")
     def _eval_has_data(self) -> "TrainingConfig":
@@ -207,3 +224,12 @@ class TrainingConfig(_Strict):
         if problem:
             raise ValueError(problem)
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_probe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A training run's dump has no ``probe`` key: run ids (a hash of the dump) and run.yaml
+        files written before probes existed stay the same."""
+        data = handler(self)
+        if self.probe is None:
+            data.pop("probe", None)
+        return data

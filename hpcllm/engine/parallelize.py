@@ -28,7 +28,7 @@ def build_mesh(cfg: ParallelConfig, env: DistEnv) -> DeviceMesh:
     world = env.world_size
     if cfg.sharding == "FULL_SHARD":
         return init_device_mesh(env.device.type, (world,), mesh_dim_names=("shard",))
-    shard = 1 if cfg.sharding == "NO_SHARD" else (cfg.hsdp_shard_size or env.local_world_size)
+    shard = cfg.shard_group_size(world, env.local_world_size)
     if world % shard:
         raise ConfigError(
             f"parallel.hsdp_shard_size: {shard} does not divide the world size {world}; "
@@ -66,7 +66,7 @@ def uses_fsdp(cfg: ParallelConfig, mesh: DeviceMesh) -> bool:
     dispatch only cost time (benchmarks/engine_overhead.py: ~15% on a small CPU model), so the
     model stays a plain module and BF_16 becomes autocast, as torchtitan does.
     """
-    return mesh.size() > 1 or cfg.cpu_offload
+    return cfg.wraps_in_fsdp(mesh.size())
 
 
 def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: DeviceMesh,

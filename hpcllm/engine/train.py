@@ -97,6 +97,15 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
     }
 
 
+def check_data_vocab(cfg: TrainingConfig, data_vocab: int, source: str) -> None:
+    """The embedding must have a row for every token id in the data (training and probes)."""
+    if data_vocab > cfg.model.vocab_size:
+        raise ConfigError(
+            f"{source}: model.vocab_size: {cfg.model.vocab_size} is smaller than the data's tokenizer "
+            f"vocabulary ({data_vocab} ids); set model.vocab_size >= {data_vocab}"
+        )
+
+
 def peak_flops_per_device(cfg: TrainingConfig, env: DistEnv) -> float | None:
     """The per-device peak MFU is measured against, or None (MFU null) when none is known."""
     from hpcllm import perf
@@ -217,11 +226,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         cfg.data, seq_len=cfg.model.seq_len, micro_batch_size=cfg.train.micro_batch_size,
         dp_rank=env.rank, dp_size=dp_size, seed=cfg.seed, device=env.device,
     )
-    if loader.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"{source}: model.vocab_size: {cfg.model.vocab_size} is smaller than the data's tokenizer "
-            f"vocabulary ({loader.vocab_size} ids); set model.vocab_size >= {loader.vocab_size}"
-        )
+    check_data_vocab(cfg, loader.vocab_size, source)
     teacher = (build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size,
                              cfg.model.seq_len)
                if cfg.distill is not None else None)
@@ -344,7 +349,9 @@ def run(config_path: Path, *, resume: bool = True) -> int:
         summary["run_id"] = cfg.run_id
         env = init_distributed(cfg.device, cpu_collectives=cfg.parallel.cpu_offload)
         try:
-            code = train(cfg, run_dir, env, resume=resume, summary=summary)
+            from hpcllm.engine.probe import run_probe  # here, not at the top: probe.py builds on this module
+
+            code = (run_probe if cfg.probe is not None else train)(cfg, run_dir, env, resume=resume, summary=summary)
             # Leave together: a rank that tears gloo down while a peer is still publishing a
             # checkpoint or writing the summary can abort that peer (seen once under load in CI).
             barrier()

@@ -26,6 +26,8 @@ from hpcllm.launch.backends import backend_for
 from hpcllm.launch.backends.base import Backend
 from hpcllm.launch.locks import exclusive
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
+from hpcllm.launch.memcheck import Unfit, split_by_fit
+from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.launch.render import render_job
 from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
 from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
@@ -57,6 +59,7 @@ class SubmitResult:
     refused: list[RefusedPoint] = field(default_factory=list)  # points no QoS of the profile admits
     storage: StorageNeed | None = None  # what the submitted runs' checkpoints take
     room: Room | None = None  # the tightest free space where they go, when it could be measured
+    unfit: list[Unfit] = field(default_factory=list)  # points left out: over the GPU memory
 
 
 def run_config_text(spec: RunSpec) -> str:
@@ -85,33 +88,67 @@ def submit_experiment(
     dry_run: bool = False,
     retry_failed: bool = False,
     after: list[str] | None = None,
+    memory_check: bool = True,
 ) -> SubmitResult:
     """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
 
     ``results_root`` defaults to ``$HPCLLM_RESULTS``, else the profile's ``paths.results``, else
     ``./results``. Points no QoS admits are listed in ``refused``; the checkpoints of the runs to
     submit must fit the results root's free space and quota (StorageError otherwise).
+    ``memory_check``: leave out the points whose memory estimate exceeds the profile's GPU memory
+    and that no probe of the experiment ran at their micro-batch size (``SubmitResult.unfit`` says why).
     """
     experiment = load_experiment(experiment_path)
     if experiment.search is not None:
         raise ConfigError(f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
                           f"with `hpcllm search run {experiment_path} --cluster {cluster_name}`")
     cluster = load_cluster(cluster_name)
+    result = SubmitResult(cluster)
+    account = resolve_account(cluster, account, dry_run, result.warnings)
+    results_root = result.results_root = _results_root(results_root, cluster, account, dry_run, result.warnings)
+    specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=result.refused)
+    result.warnings += _unset_on_login(specs)
+    if memory_check:
+        measured = measured_largest_fits(results_root, experiment.name, cluster.name)
+        specs, result.unfit = split_by_fit(specs, cluster, measured)
+        if cluster.gpu_memory_gib is None:
+            result.warnings.append(f"cluster {cluster.name!r} states no gpu_memory_gib: memory not checked")
+    return submit_runs(experiment, cluster, specs, results_root, account=account, dry_run=dry_run,
+                       retry_failed=retry_failed, after=after, result=result)
+
+
+def resolve_account(cluster: ClusterProfile, account: str | None, dry_run: bool, warnings: list[str]) -> str | None:
+    """The account to charge (``ClusterProfile.resolve_account``); a dry run renders without one."""
+    try:
+        return cluster.resolve_account(account)
+    except ConfigError:
+        if not dry_run:
+            raise
+        warnings.append(f"no account for {cluster.name!r}: rendered without --account")
+        return None
+
+
+def submit_runs(
+    experiment: Experiment,
+    cluster: ClusterProfile,
+    specs: list[RunSpec],
+    results_root: Path,
+    *,
+    account: str | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    after: list[str] | None = None,
+    result: SubmitResult | None = None,
+) -> SubmitResult:
+    """Render, write and submit ``specs``, points of ``experiment`` on ``cluster``: the one path from a
+    RunSpec to a queued job (``hpcllm submit`` and ``hpcllm explore-batch`` both use it). ``account``
+    is the resolved one (``resolve_account``); ``result`` collects into a caller's result."""
     if after and cluster.scheduler != "slurm":
         raise ConfigError(f"--after: cluster {cluster.name!r} is {cluster.scheduler!r}; dependencies need SLURM")
     if after and not all(a.isdigit() for a in after):
         raise ConfigError(f"--after: {', '.join(after)}: give SLURM job ids (digits), e.g. --after 1234")
-    result = SubmitResult(cluster)
-    try:
-        account = cluster.resolve_account(account)
-    except ConfigError:
-        if not dry_run:
-            raise
-        result.warnings.append(f"no account for {cluster.name!r}: rendered without --account")
-        account = None
-    results_root = result.results_root = _results_root(results_root, cluster, account, dry_run, result.warnings)
-    specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=result.refused)
-    result.warnings += _unset_on_login(specs)
+    if result is None:
+        result = SubmitResult(cluster, results_root=Path(results_root))
     backend = None if dry_run else backend_for(cluster)
     # The local backend runs jobs with this interpreter, which has hpcllm installed.
     python = sys.executable if cluster.scheduler == "local" else None

@@ -1,8 +1,6 @@
-"""What a run costs in bytes, torch-free: the login node plans with it before anything runs.
+"""The bytes of one checkpoint: the one place that knows how large a DCP checkpoint of a model is.
 
-Next to ``hpcllm.perf`` (what a config costs in FLOPs). ``checkpoint_bytes`` is the one place that
-knows how large a DCP checkpoint of a model is; ``submit``'s storage check and the memory planner
-both use it.
+``submit``'s storage check and the memory estimate both use it.
 """
 
 from __future__ import annotations

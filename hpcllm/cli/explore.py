@@ -1,0 +1,84 @@
+"""``hpcllm explore-batch``: measure the micro-batch size each setup of a grid holds, then apply it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from hpcllm.cli.common import console, err_console, fail
+from hpcllm.errors import HpcllmError
+
+
+def explore_batch(
+    experiment: Path = typer.Argument(..., help="Experiment YAML whose grid to probe."),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name."),
+    apply: bool = typer.Option(False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="--apply: file to write (default EXP.CLUSTER.tuned.yaml)."),
+    margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
+    max_mbs: int = typer.Option(512, "--max-mbs", min=1, help="Largest micro-batch size a probe tries."),
+    steps: int = typer.Option(3, "--steps", min=1, help="Timed steps per size."),
+    warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."),
+    min_gain: float = typer.Option(0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."),
+    memory_only: bool = typer.Option(False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Render the probe runs, submit nothing."),
+    account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
+    results: Optional[Path] = typer.Option(
+        None, "--results", help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
+    ),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled probes."),
+) -> None:
+    """Probe jobs that measure the micro-batch size each setup of a grid holds; --apply uses them.
+
+    One short probe job per distinct (model, GPUs, sharding, AC, seq len) of the grid grows the
+    micro-batch from the memory estimate's suggestion until memory or throughput stops it. --apply
+    then writes an experiment with each point's best measured micro-batch size.
+    """
+    from hpcllm.launch.explore import ProbeSettings, apply_probes
+    from hpcllm.launch.explore import explore_batch as submit_probes
+
+    try:
+        if apply:
+            applied = apply_probes(experiment, cluster, results, output=output, margin=margin)
+        else:
+            settings = ProbeSettings(max_mbs=max_mbs, steps=steps, warmup_steps=warmup_steps,
+                                     min_gain=None if memory_only else min_gain)
+            explored = submit_probes(experiment, cluster, results, settings=settings, account=account,
+                                     dry_run=dry_run, retry_failed=retry_failed)
+    except HpcllmError as exc:
+        fail(exc)
+    if apply:
+        _print_applied(applied)
+        return
+    for warning in explored.submitted.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    actions = {r.spec.run_id: r for r in explored.submitted.runs}
+    table = Table(title=f"{experiment} on {cluster}: {len(explored.plans)} probes")
+    for col in ("probe", "setup", "points", "start MBS (estimate)", "action", "job"):
+        table.add_column(col)
+    for plan in explored.plans:
+        run = actions[plan.spec.run_id]
+        start = f"{plan.spec.training.probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
+        table.add_row(plan.spec.run_id, plan.label, str(len(plan.points)), start,
+                      f"{run.action} {run.detail}".strip(), run.job_id or "-")
+    console.print(table)
+    root = explored.submitted.results_root
+    console.print(f"then: hpcllm status {root}  ·  hpcllm collect {root}  ·  "
+                  f"hpcllm explore-batch {experiment} --cluster {cluster} --apply")
+
+
+def _print_applied(applied: "ApplyResult") -> None:  # noqa: F821 - imported lazily above
+    for warning in applied.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
+    table = Table(title=f"micro-batch sizes written to {applied.output}")
+    for col in ("setup", "points", "MBS", "samples/s per GPU", "peak GiB", "probe"):
+        table.add_column(col)
+    for c in applied.choices:
+        t = c.trial
+        mbs = "-" if t is None else str(t.mbs) + (f" (GA {c.grad_accum})" if c.grad_accum is not None else "")
+        table.add_row(c.label, str(c.points), mbs, "-" if t is None else f"{t.samples_per_s_per_gpu:.4g}",
+                      "-" if t is None or t.memory_gib is None else f"{t.memory_gib:.2f}", c.probe_run)
+    console.print(table)
+    console.print(f"submit it: hpcllm submit {applied.output} --cluster …")

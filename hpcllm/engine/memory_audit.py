@@ -1,0 +1,100 @@
+"""What a model really holds, measured on the live objects: the yardstick of the memory estimate.
+
+``saved_activation_bytes`` records, with ``torch.autograd.graph.saved_tensors_hooks``, every tensor
+autograd keeps for backward during one forward pass and loss, and counts each underlying storage
+once (a view keeps its whole storage alive; two views of one storage cost it once). Parameters and
+their casts (FSDP2's unsharded bf16 parameters, autocast's bf16 weight copies) are left out: they
+are the estimate's weight and gathered terms, not activations. ``rank_state_bytes`` sums the local
+shards of parameters, gradients and optimizer state on this rank.
+
+Used by tests/test_memory_activations.py and benchmarks/memory_cpu.py; the training loop never
+calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+# Autograd nodes that only view or cast their single input: a saved tensor reached from a
+# parameter through these alone is a copy or view of that parameter.
+_VIEW_OR_CAST_NODES = frozenset({
+    "TBackward0", "ToCopyBackward0", "ViewBackward0", "TransposeBackward0", "UnsafeViewBackward0",
+    "AliasBackward0", "PermuteBackward0", "ExpandBackward0",
+})
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    storage = _local(t).untyped_storage()
+    return storage.data_ptr(), storage.nbytes()
+
+
+def _from_parameter(t: torch.Tensor) -> bool:
+    """Is ``t`` a parameter, or a chain of views/casts of exactly one parameter?"""
+    if isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad):
+        return True
+    node = t.grad_fn
+    for _ in range(8):
+        if node is None:
+            return False
+        name = type(node).__name__
+        if name == "AccumulateGrad":
+            return True
+        if name not in _VIEW_OR_CAST_NODES:
+            return False
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
+    return False
+
+
+def saved_activation_bytes(forward_and_loss: Callable[[], torch.Tensor], model: nn.Module) -> int:
+    """Bytes of the distinct storages autograd saves while ``forward_and_loss()`` runs.
+
+    ``model``'s parameters (as they are at the moment a tensor is saved: FSDP2 swaps in unsharded
+    ones during a block's forward) and anything derived from one parameter by views and casts are
+    excluded. The returned loss is kept alive until the count is done, as the train step keeps it.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> Any:
+        if _from_parameter(t):
+            return t
+        params = {_storage_key(p)[0] for p in model.parameters()}
+        ptr, nbytes = _storage_key(t)
+        if ptr not in params and nbytes:
+            storages[ptr] = max(storages.get(ptr, 0), nbytes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward_and_loss()
+    del loss
+    return sum(storages.values())
+
+
+def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes this rank allocates for parameters, gradients and optimizer state (local shards).
+
+    ``*_storage`` counts each local shard's whole storage (FSDP2 pads shards to equal size);
+    ``weights``/``gradients``/``optimizer`` count the shards' own elements (``to_local().nbytes``).
+    """
+    params = list(model.parameters())
+    out = {
+        "weights": sum(_local(p).nbytes for p in params),
+        "weights_storage": sum(_local(p).untyped_storage().nbytes() for p in params),
+        "gradients": sum(_local(p.grad).nbytes for p in params if p.grad is not None),
+        "optimizer": 0,
+    }
+    if optimizer is not None:
+        out["optimizer"] = sum(_local(v).nbytes for state in optimizer.state.values() for v in state.values()
+                               if isinstance(v, torch.Tensor))
+    return out

@@ -1,0 +1,81 @@
+"""Run under ``torchrun --nproc-per-node=2`` by test_memory_state.py: the estimate against live shards.
+
+For each sharding, on every rank, after a real forward, backward and AdamW step of the engine's
+FSDP2 model: the bytes of this rank's parameter shards, gradient shards and optimizer state equal
+the estimate's per-rank figures exactly, and the bf16 parameters unsharded inside a block's forward
+are the block's and the root group's parameters. The model has an odd vocabulary (509 rows) so
+that FSDP2's uneven split and padding are exercised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from hpcllm.config.model import ModelConfig
+from hpcllm.config.training import OptimConfig, ParallelConfig
+from hpcllm.engine.distributed import init_distributed, shutdown_distributed
+from hpcllm.engine.losses import cross_entropy_sum
+from hpcllm.engine.memory_audit import rank_state_bytes
+from hpcllm.engine.optim import build_optimizer
+from hpcllm.engine.parallelize import build_mesh, build_parallel_model
+from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.memory.estimate import local_shard_numel, unsharded_numel
+
+CASES = [("FULL_SHARD", None), ("HYBRID_SHARD", None), ("HYBRID_SHARD", 1), ("NO_SHARD", None)]
+
+
+def check(sharding: str, hsdp: int | None, rank: int, world: int) -> None:
+    cfg = ModelConfig.from_name("tiny", seq_len=32, vocab_size=509, tie_embeddings=False)
+    pcfg = ParallelConfig(precision="BF_16", sharding=sharding, hsdp_shard_size=hsdp)
+    env = init_distributed("cpu")
+    model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=1)
+    optimizer = build_optimizer(model, OptimConfig(), lr=1e-3)
+
+    gathered: dict[str, int] = {}
+
+    def in_block_forward(module: torch.nn.Module, args: object) -> None:
+        gathered["block"] = sum(p.untyped_storage().nbytes() for p in module.parameters())
+        gathered["root"] = sum(p.untyped_storage().nbytes() for n, p in model.named_parameters()
+                               if not n.startswith("blocks."))
+        gathered["dtype"] = {p.dtype for p in module.parameters()} == {torch.bfloat16}
+
+    model.blocks[0].register_forward_pre_hook(in_block_forward)
+    ids = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
+    cross_entropy_sum(model(ids), ids, None).backward()
+    optimizer.step()
+
+    held = rank_state_bytes(model, optimizer)
+    est = estimate_memory(MemorySpec(cfg, pcfg, 2, world_size=world, ranks_per_node=world))
+    group = pcfg.shard_group_size(world, world)
+    shapes = cfg.parameter_shapes()
+    local = 4 * sum(local_shard_numel(s, group, rank % group) for s in shapes.values())
+    label = f"{sharding}/{hsdp} rank {rank}"
+    # Every rank allocates padded shards (the estimate); its shard proper is the chunk it owns.
+    assert held["weights_storage"] == est.term("weights").bytes, (label, held, est.term("weights"))
+    assert held["weights"] == local, (label, held["weights"], local)
+    assert held["gradients"] == local, (label, held["gradients"], local)
+    assert held["optimizer"] == 2 * local + 4 * len(shapes), (label, held["optimizer"])
+    if rank % group == 0:  # the first shard is the largest: the estimate is this rank's figure exactly
+        assert held["gradients"] == est.term("gradients").bytes, label
+        assert held["optimizer"] == est.term("optimizer").bytes, label
+    # Unsharded parameters are views of the all-gather buffer: every rank's padded shard.
+    def gathered_numel(s: tuple[int, ...]) -> int:
+        return math.ceil(s[0] / group) * group * math.prod(s[1:])
+
+    block = sum(gathered_numel(s) for n, s in shapes.items() if n.startswith("blocks.0."))
+    root = sum(gathered_numel(s) for n, s in shapes.items() if not n.startswith("blocks."))
+    assert block == unsharded_numel(cfg, group, blocks=True) and root == unsharded_numel(cfg, group, blocks=False)
+    assert gathered == {"block": 2 * block, "root": 2 * root, "dtype": True}, (label, gathered, block, root)
+
+
+if __name__ == "__main__":
+    env = init_distributed("cpu")
+    for sharding, hsdp in CASES:
+        check(sharding, hsdp, env.rank, env.world_size)
+        dist.barrier()
+    if env.rank == 0:
+        print("memory state ok")
+    shutdown_distributed()

@@ -1,0 +1,110 @@
+"""Submit-time memory check and the ``fits`` / ``mem_gib`` names of ``where:`` filters (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hpcllm.cli import app
+from hpcllm.config.cluster import load_cluster
+from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.errors import ConfigError
+from hpcllm.launch.memcheck import split_by_fit
+from hpcllm.launch.orchestrate import submit_experiment
+from hpcllm.memory import estimate_memory
+from hpcllm.memory.runs import run_spec
+
+SCALING = Path("experiments/scaling_2.7b.yaml")
+
+
+def estimate_gib(spec, cluster) -> float:
+    return estimate_memory(run_spec(spec.training, nodes=spec.resources.nodes,
+                                    gpus_per_node=spec.resources.gpus_per_node, cluster=cluster)).peak_gib
+
+
+def test_2_7b_without_checkpointing_fits_64_gib_at_mbs_2_not_4(in_project: Path) -> None:
+    """32 blocks keep ~41.7 bytes per token per hidden unit in bf16 (docs/memory.md): 55 GiB of
+    activations at MBS 4 x 4096 tokens, before the loss's 7.7 GiB; MBS 2 needs about 40 GiB."""
+    cluster = load_cluster("leonardo")
+    specs = expand_experiment(load_experiment(SCALING), cluster, "x")
+    fitting, unfit = split_by_fit(specs, cluster)
+    assert {s.training.train.micro_batch_size for s in fitting} == {2}
+    assert {u.spec.training.train.micro_batch_size for u in unfit} == {4}
+    assert len(fitting) + len(unfit) == len(specs) == 18
+    for u in unfit:
+        assert u.estimate.peak_gib > 64 and u.largest_mbs == 3
+        assert u.reason.startswith(f"needs {u.estimate.peak_gib:.1f} of 64 GiB (activations 55.3")
+        assert u.reason.endswith("MBS <= 3 fits")
+
+
+def test_nothing_fits_names_the_remedies(in_project: Path, tmp_path: Path) -> None:
+    exp = yaml.safe_load(SCALING.read_text())
+    exp["training"]["model"] = {"preset": "28b"}
+    exp["grid"] = {"resources.nodes": [1]}
+    exp.pop("where")
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    cluster = load_cluster("leonardo")
+    _, unfit = split_by_fit(expand_experiment(load_experiment(path), cluster, "x"), cluster)
+    assert len(unfit) == 1 and unfit[0].largest_mbs == 0
+    assert "not even MBS 1 fits: activation checkpointing, more GPUs or cpu_offload" in unfit[0].reason
+
+
+def test_submit_skips_unfit_points_and_no_memory_check_keeps_them(in_project: Path, tmp_path: Path) -> None:
+    checked = submit_experiment(SCALING, "leonardo", tmp_path / "a", dry_run=True)
+    assert len(checked.runs) == 12 and len(checked.unfit) == 6
+    rendered = {p.name for p in (tmp_path / "a" / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir()}
+    assert rendered == {r.spec.run_id for r in checked.runs}  # nothing of the skipped points is written
+    unchecked = submit_experiment(SCALING, "leonardo", tmp_path / "b", dry_run=True, memory_check=False)
+    assert len(unchecked.runs) == 18 and not unchecked.unfit
+
+
+def test_submit_prints_the_reasons(in_project: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["submit", str(SCALING), "--cluster", "leonardo", "--dry-run",
+                                      "--results", str(tmp_path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "6 points skipped: estimated over the GPU memory (--no-memory-check submits them)" in result.output
+    assert "MBS <= 3 fits" in result.output
+
+
+def test_profile_without_gpu_memory_checks_nothing_and_says_so(in_project: Path, tmp_path: Path) -> None:
+    profile = yaml.safe_load(Path("clusters/leonardo.yaml").read_text())
+    profile.pop("gpu_memory_gib")
+    (tmp_path / "nomem.yaml").write_text(yaml.safe_dump(profile))
+    cluster = load_cluster(str(tmp_path / "nomem.yaml"))
+    assert cluster.gpu_memory_gib is None
+    specs = expand_experiment(load_experiment(SCALING), cluster, "x")
+    assert split_by_fit(specs, cluster) == (specs, [])
+
+
+def _with_where(tmp_path: Path, where: str) -> Path:
+    """The scaling experiment with ``where`` added to its own filters (each cluster's seed rows)."""
+    exp = yaml.safe_load(SCALING.read_text())
+    exp["where"] = [*exp["where"], where]
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_where_fits_keeps_the_points_the_check_would_submit(in_project: Path, tmp_path: Path) -> None:
+    cluster = load_cluster("leonardo")
+    specs = expand_experiment(load_experiment(_with_where(tmp_path, "fits")), cluster, "x")
+    # 6 node counts x 2 shardings x MBS {2, 4}: the 12 MBS 2 points; no MBS 4 point fits, HYBRID or FULL.
+    assert len(specs) == 12 and {s.training.train.micro_batch_size for s in specs} == {2}
+    assert all(estimate_gib(s, cluster) <= 64 for s in specs)
+
+
+def test_where_mem_gib_is_the_estimate(in_project: Path, tmp_path: Path) -> None:
+    cluster = load_cluster("leonardo")
+    specs = expand_experiment(load_experiment(_with_where(tmp_path, "mem_gib < 40")), cluster, "x")
+    everything = expand_experiment(load_experiment(_with_where(tmp_path, "True")), cluster, "x")
+    assert specs and len(specs) < len(everything)
+    assert {s.run_id for s in specs} == {s.run_id for s in everything if estimate_gib(s, cluster) < 40}
+
+
+def test_where_on_memory_errors_name_the_file(in_project: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="where: cannot evaluate 'mem_gib < \"a\"'"):
+        expand_experiment(load_experiment(_with_where(tmp_path, 'mem_gib < "a"')), load_cluster("leonardo"), "w.yaml")
