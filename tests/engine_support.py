@@ -86,7 +86,9 @@ def run_engine(config: Path, nproc: int = 1, *extra: str, timeout: int = 240,
 def losses_checking_reruns(records: list[dict[str, Any]]) -> dict[int, float]:
     """One loss per step from metrics.jsonl records, checking every re-run step against the attempt
     that first ran it: after a resume the same step sees the same weights and batch (same ranks),
-    so its loss must be identical, not merely dropped the way the collector drops it."""
+    so its loss must be identical, not merely dropped the way the collector drops it. Eval lines
+    (no ``loss``; docs/run-contract.md) share their step with a training line and are left out."""
+    records = [rec for rec in records if "loss" in rec]
     first: dict[int, float] = {}
     for rec in records:
         if not rec["rerun"]:

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from engine_support import losses_checking_reruns, uninterrupted_losses
-from hpcllm.collect.table import COLUMNS, collect_table
+from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
@@ -158,8 +158,10 @@ def test_two_concurrent_two_node_runs_collect_like_local_and_resubmit_skips(
     assert len(endpoints) == 2
 
     table = collect_table(env)
-    assert list(table.columns) == COLUMNS + ["Eval Loss"] and len(table) == 2  # the same table as on `local`
+    assert list(table.columns) == COLUMNS and len(table) == 2  # the seed's table, as on `local`
     assert sorted(table["MBS"]) == [4, 8] and set(table["#GPUs"]) == {2}
+    default = build_table(completed_records(env))  # the default columns add the eval loss the runs report
+    assert "Eval Loss" in default.headers and all(row["eval_loss"] is not None for row in default.rows)
 
     again = submit_experiment(exp, "localslurm", env)
     assert [(r.action, r.detail) for r in again.runs] == [("skipped", "completed")] * 2
