@@ -16,7 +16,8 @@ wall time per step, tokens/s per rank, and the median per-round ratio to the DDP
 faster than it), in wall time and in CPU time per step (the process's, gloo's threads included:
 far less sensitive to other jobs on shared cores). Targets: FULL_SHARD >= 0.95, NO_SHARD >= 0.98 of the DDP loop.
 ``--profile N`` adds, per contender, the N operators with the most self CPU time in 2 steps
-(rank 0), which is how the gaps were found (docs/performance.md).
+(rank 0), which is how the gaps were found (docs/performance.md); ``--collectives`` times gloo's
+all-gather and reduce-scatter against the pairwise exchanges FSDP2 uses on CPU ranks.
 """
 
 from __future__ import annotations
@@ -76,6 +77,35 @@ def profile_table(steps: dict[str, Step], top: int, env: DistEnv) -> None:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top), flush=True)
 
 
+def collectives_table(cfg: ModelConfig, env: DistEnv, rounds: int) -> None:
+    """gloo's all-gather and reduce-scatter against the pairwise exchanges FSDP2 uses on CPU
+    (``hpcllm.engine.fsdp_gloo``), for one block's parameters and for the whole model."""
+    from hpcllm.engine.fsdp_gloo import PairwiseAllGather, PairwiseReduceScatter
+
+    # torch 2.13 renamed the tensor collectives (*_single); older ones only have the *_tensor names
+    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    group, world = dist.group.WORLD, env.world_size
+    block = sum(p.numel() for p in GPT(cfg).blocks[0].parameters())
+    table = Table(title=f"collectives on {world} ranks ({env.device.type}), median ms of {rounds}")
+    for col in ("floats per rank", "all-gather: gloo", "pairwise", "reduce-scatter: gloo", "all-reduce", "pairwise"):
+        table.add_column(col, justify="right")
+    for numel in (block // world, cfg.n_params() // world):
+        shard, full = torch.randn(numel), torch.randn(numel * world)
+        out_full, out_shard = torch.empty(numel * world), torch.empty(numel)
+        timings = time_interleaved({
+            "ag gloo": lambda: all_gather(out_full, shard),
+            "ag pairwise": lambda: PairwiseAllGather()(out_full, shard, group),
+            "rs gloo": lambda: reduce_scatter(out_shard, full.clone()),
+            "all-reduce": lambda: dist.all_reduce(full.clone()),
+            "rs pairwise": lambda: PairwiseReduceScatter()(out_shard, full.clone(), group, dist.ReduceOp.SUM),
+        }, rounds=rounds, steps_per_window=1, warmup=1)
+        if env.is_main:
+            table.add_row(f"{numel:,}", *(f"{timings.median_wall(k) * 1e3:.1f}" for k in timings.wall))
+    if env.is_main:
+        console.print(table)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=6)
@@ -92,6 +122,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default="FULL_SHARD,NO_SHARD", help="the engine's shardings to time beside the DDP loop")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N operators per contender")
+    p.add_argument("--collectives", action="store_true", help="also time gloo's collectives against pairwise ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     env = init_distributed("auto")
@@ -126,6 +157,8 @@ def main() -> None:
                           f"{timings.ratio(name, REFERENCE, 'cpu'):.3f}",
                           f">= {TARGETS[name]:.2f}" if name in TARGETS else "")
         console.print(table)
+    if args.collectives:
+        collectives_table(cfg, env, args.rounds)
     dist.destroy_process_group()
 
 

@@ -6,8 +6,10 @@ Asserts, on every rank:
   process gets from the whole global batch;
 - FULL_SHARD's recipe, read off the profiler's FSDP2 labels: the embedding, the last block and the
   head are all-gathered once per step (not again for backward), the other blocks twice; forward
-  all-gathers are prefetched; gradients are reduced without gloo's reduce-scatter;
-- the reduce-scatter done as an all-reduce gives gloo's own result, summed and averaged.
+  all-gathers are prefetched; parameters and gradients move by pairwise exchanges, not gloo's
+  all-gather and reduce-scatter;
+- those exchanges give gloo's own results (all-gather sync and async; reduce-scatter summed and
+  averaged).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import OptimConfig, ParallelConfig, ScheduleConfig
 from hpcllm.engine.distributed import DistEnv, init_distributed, shutdown_distributed
-from hpcllm.engine.fsdp_gloo import AllReduceScatter
+from hpcllm.engine.fsdp_gloo import PairwiseAllGather, PairwiseReduceScatter
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.optim import Scheduler, build_optimizer, param_groups
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
@@ -91,24 +93,33 @@ def check_full_shard_recipe(env: DistEnv) -> None:
     assert gathers == expected, gathers
     prefetches = sum(n for label, n in names.items() if label.startswith("FSDP::forward_prefetch"))
     assert prefetches == len(expected) - 1, names  # each group prefetches the next one in forward
-    assert not any("reduce_scatter" in label for label in names), [k for k in names if "reduce_scatter" in k]
+    gloo_collectives = [k for k in names if "reduce_scatter" in k or "allgather" in k]
+    assert not gloo_collectives, gloo_collectives  # pairwise exchanges instead
 
 
-def check_all_reduce_scatter(env: DistEnv) -> None:
-    comm = AllReduceScatter()
+def check_pairwise_collectives(env: DistEnv) -> None:
+    data = torch.arange(12, dtype=torch.float32) * (env.rank + 1) + 0.1
+    for async_op in (False, True):
+        ours = torch.empty(24)
+        work = PairwiseAllGather()(output_tensor=ours, input_tensor=data, group=dist.group.WORLD, async_op=async_op)
+        if async_op:
+            assert isinstance(work, dist.Work)  # FSDP2 waits only on a real Work
+            work.wait()
+        expected = torch.empty(24)
+        dist.all_gather(list(expected.chunk(2)), data)
+        assert torch.equal(ours, expected), (ours, expected)
     for op in (dist.ReduceOp.SUM, dist.ReduceOp.AVG):
-        data = torch.arange(12, dtype=torch.float32) * (env.rank + 1)
-        ours = comm.allocate((6,), dtype=torch.float32, device=env.device)
-        comm(output_tensor=ours, input_tensor=data.clone(), group=dist.group.WORLD, op=op)
+        ours = torch.empty(6)
+        PairwiseReduceScatter()(output_tensor=ours, input_tensor=data.clone(), group=dist.group.WORLD, op=op)
         expected = torch.empty(6)
-        dist.reduce_scatter_tensor(expected, data.clone(), op=op)
+        dist.reduce_scatter(expected, list(data.clone().chunk(2)), op=op)
         assert torch.equal(ours, expected), (op, ours, expected)
 
 
 if __name__ == "__main__":
     env = init_distributed("cpu")
     torch.manual_seed(0)
-    check_all_reduce_scatter(env)
+    check_pairwise_collectives(env)
     check_full_shard_recipe(env)
     check_no_shard_is_ddp_and_matches_one_process(env)
     if dist.get_rank() == 0:

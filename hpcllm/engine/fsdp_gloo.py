@@ -1,21 +1,25 @@
-"""FSDP2 on CPU ranks (gloo): overlap the all-gathers with compute, and a faster reduce-scatter.
+"""FSDP2 on CPU ranks (gloo): overlap the all-gathers with compute, and faster collectives.
 
 On GPUs FSDP2 overlaps its collectives with compute through CUDA streams. A CPU has no streams,
 so there every all-gather and reduce-scatter blocks its rank until the data has arrived: on 2
-CPU ranks FULL_SHARD ran at 0.83x a plain DDP loop, whose bucketed all-reduce runs in gloo's own
-thread while backward goes on (benchmarks/engine_ranks.py, docs/performance.md). Two changes:
+CPU ranks FULL_SHARD ran at 0.83-0.90x a plain DDP loop, whose bucketed all-reduce runs in gloo's
+own thread while backward goes on (benchmarks/engine_ranks.py, docs/performance.md). So:
 
-- Async all-gathers with explicit prefetching: each parameter group's all-gather is issued as an
-  asynchronous gloo op one group ahead (the next block in forward; FSDP2's default backward
-  prefetch does the same in backward once unsharding is asynchronous), so the transfer runs
-  while the current group computes. The FSDP2 switch is private (``_set_unshard_async_op``);
-  where a torch lacks it, FSDP2's default applies.
-- Reduce-scatter as an all-reduce of the whole buffer, keeping this rank's chunk: gloo's
-  reduce-scatter took about twice as long as its all-reduce of the same buffer (3.4M floats per
-  rank: 82 vs 64 ms; 1M: 32 vs 15 ms). FSDP2 accepts a custom reduce-scatter from torch 2.8 on
-  (``set_custom_reduce_scatter``); without it, gloo's own.
+- Asynchronous all-gathers with explicit prefetching: each parameter group's all-gather is
+  issued one group ahead (the next group in forward; FSDP2's default backward prefetch does the
+  same once unsharding is asynchronous), and the transfer runs while the current group computes.
+  The FSDP2 switch is private (``_set_unshard_async_op``); a torch without it keeps FSDP2's
+  default.
+- All-gather and reduce-scatter as pairwise exchanges: every rank sends each other rank of the
+  group the chunk that rank needs (its own shard, or the peer's slice of the gradient) and
+  receives the same from it, the bytes of a ring algorithm without its W-1 sequential steps.
+  gloo's own collectives took 1.6x (all-gather) and 2.4x (reduce-scatter) as long for 1M floats
+  per rank on 2 ranks, and its reduce-scatter even longer than an all-reduce of the whole buffer.
+  FSDP2 takes custom collectives from torch 2.8 on (``set_custom_all_gather`` /
+  ``set_custom_reduce_scatter``); an older torch keeps gloo's.
 
-Neither changes any result beyond the order of a floating-point sum.
+Results are unchanged: a reduced chunk is the sum of the ranks' slices in rank order (on 2 ranks
+bitwise what gloo gives; tests/engine_layout_probe.py compares both collectives with gloo's).
 """
 
 from __future__ import annotations
@@ -30,21 +34,63 @@ from torch.distributed.fsdp import FSDPModule
 def overlap_collectives(model: torch.nn.Module, forward_order: list[FSDPModule]) -> None:
     """Tune every FSDP2 module of ``model`` for gloo; ``forward_order``: its parameter groups (root
     excluded) in the order forward uses them, each of which prefetches the next."""
-    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    comm = AllReduceScatter()
-    for module in fsdp_modules:
+    all_gather, reduce_scatter = PairwiseAllGather(), PairwiseReduceScatter()
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
         if hasattr(module, "_set_unshard_async_op"):
             module._set_unshard_async_op(True)
-        if hasattr(module, "set_custom_reduce_scatter"):
-            module.set_custom_reduce_scatter(comm)  # type: ignore[arg-type]
+        if hasattr(module, "set_custom_all_gather") and hasattr(module, "set_custom_reduce_scatter"):
+            module.set_custom_all_gather(all_gather)  # type: ignore[arg-type]
+            module.set_custom_reduce_scatter(reduce_scatter)  # type: ignore[arg-type]
     for current, upcoming in zip(forward_order, forward_order[1:]):
         current.set_modules_to_forward_prefetch([upcoming])
 
 
-class AllReduceScatter:
-    """FSDP2's reduce-scatter, done as an all-reduce of the input buffer (FSDP2's scratch buffer,
-    free to overwrite) from which each rank copies its own chunk. It has the two methods FSDP2
-    calls on its ``ReduceScatter`` interface, whose class is private."""
+def exchange(group: dist.ProcessGroup, sends: dict[int, torch.Tensor],
+             receives: dict[int, torch.Tensor]) -> list[dist.Work]:
+    """Post all sends and receives at once (keys: ranks within ``group``); returns their handles."""
+    ops = [dist.P2POp(dist.isend, t, dist.get_global_rank(group, r), group) for r, t in sends.items()]
+    ops += [dist.P2POp(dist.irecv, t, dist.get_global_rank(group, r), group) for r, t in receives.items()]
+    return dist.batch_isend_irecv(ops) if ops else []
+
+
+class PendingExchange(dist.Work):
+    """One handle for the sends and receives of an asynchronous all-gather (FSDP2 waits on it)."""
+
+    def __init__(self, works: list[dist.Work]) -> None:
+        super().__init__()
+        self.works = works
+
+    def wait(self, timeout: Any = None) -> bool:
+        for work in self.works:
+            work.wait()
+        return True
+
+
+class PairwiseAllGather:
+    """FSDP2's all-gather (the two methods of its private ``AllGather`` interface): this rank's
+    shard goes into its slot of the output and to every other rank, whose shards fill the rest."""
+
+    def allocate(self, size: Any, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
+                 async_op: bool = False) -> dist.Work | None:
+        me, slots = group.rank(), output_tensor.view(group.size(), -1)
+        slots[me].copy_(input_tensor)
+        peers = [r for r in range(group.size()) if r != me]
+        works = exchange(group, {r: input_tensor for r in peers}, {r: slots[r] for r in peers})
+        if async_op:
+            return PendingExchange(works)
+        for work in works:
+            work.wait()
+        return None
+
+
+class PairwiseReduceScatter:
+    """FSDP2's reduce-scatter (its private ``ReduceScatter`` interface): every rank sends each peer
+    that peer's slice of the input and sums, in rank order, the slices of its own chunk it gets."""
 
     def allocate(self, size: Any, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return torch.empty(*size, dtype=dtype, device=device)
@@ -52,12 +98,17 @@ class AllReduceScatter:
     def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
                  op: Any, async_op: bool = False) -> dist.Work | None:
         average = op == dist.ReduceOp.AVG
-        if not (average or op == dist.ReduceOp.SUM):
-            return dist.reduce_scatter_tensor(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
-        dist.all_reduce(input_tensor, op=dist.ReduceOp.SUM, group=group)
-        chunk = input_tensor.view(group.size(), -1)[group.rank()]
+        if not (average or op == dist.ReduceOp.SUM):  # FSDP2 asks gloo for AVG, or SUM with its own division
+            raise ValueError(f"PairwiseReduceScatter: reduce op {op} is neither SUM nor AVG")
+        me, size = group.rank(), group.size()
+        chunks = input_tensor.view(size, -1)
+        received = torch.empty_like(chunks)
+        peers = [r for r in range(size) if r != me]
+        for work in exchange(group, {r: chunks[r] for r in peers}, {r: received[r] for r in peers}):
+            work.wait()
+        received[me].copy_(chunks[me])
+        out = output_tensor.view(-1)
+        torch.sum(received, dim=0, out=out)
         if average:
-            torch.div(chunk, group.size(), out=output_tensor.view_as(chunk))
-        else:
-            output_tensor.view_as(chunk).copy_(chunk)
+            out.div_(size)
         return None

@@ -114,7 +114,7 @@ def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: Devi
     init_weights(model, seed, device)
     model.init_buffers(device)  # RoPE tables live with the compute, even when params are offloaded
     if kind == "ddp" and trainable:
-        replicate(model, device_id=device, broadcast_buffers=False, gradient_as_bucket_view=True)
+        replicate(model, device_id=device, gradient_as_bucket_view=True)  # over parameters only: no buffers
     return model
 
 
