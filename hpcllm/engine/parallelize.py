@@ -73,7 +73,7 @@ def data_parallelism(cfg: ParallelConfig, mesh: DeviceMesh) -> DataParallelism:
     ddp: NO_SHARD on more than one rank. Replication is what DDP is built for: one bucketed
     all-reduce that starts while backward is still running, no per-block copies or DTensor
     dispatch (torchtitan also uses DDP when nothing is sharded); FSDP2 with shard groups of one
-    was 4-6% slower than a plain DDP loop on 2 CPU ranks (docs/performance.md).
+    ran at 0.81-0.91x a plain DDP loop on 2 CPU ranks (docs/performance.md).
     none: one rank without offload, where sharding is the identity and FSDP2's per-block copies
     and DTensor dispatch only cost time (~15% on a small CPU model).
     Without FSDP2, BF_16 / FP_16 is autocast over fp32 weights, as torchtitan does.

@@ -3,8 +3,9 @@
 Beside FSDP2's or DDP's gradient reduction, a step needs: the sum of the loss weights of its
 tokens over all ranks (to normalise the loss before backward), and, after backward, the global
 gradient norm (clipping, the FP_16 skip decision, the log) and the global loss sum (the log, the
-non-finite guard). Measured on 2 CPU ranks (benchmarks/engine_ranks.py), each separate small
-collective is a point where the faster rank waits for the slower one; so:
+non-finite guard). A small collective costs little in itself (~0.3 ms on gloo), but each one is a
+point where the faster rank waits for the slower one, which is what a loaded machine or a
+straggler node turns into lost time (docs/performance.md); so:
 
 - the weight sum needs no collective without loss weights: every token weighs 1 and every rank's
   micro-batches have the same shape;
