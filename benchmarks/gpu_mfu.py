@@ -24,15 +24,12 @@ from rich.table import Table
 
 from hpcllm import perf
 from hpcllm.config.model import ModelConfig
-from hpcllm.config.training import OptimConfig, ParallelConfig, ScheduleConfig
+from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.metrics import detect_gpu_type, peak_memory_gib
-from hpcllm.engine.optim import Scheduler, build_optimizer
-from hpcllm.engine.parallelize import build_mesh, build_parallel_model
-from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import train_step
 
-from fixed_batch import FixedBatch  # sibling module (benchmarks/ is on sys.path)
+from fixed_batch import engine_state, random_batch  # sibling module (benchmarks/ is on sys.path)
 
 console = Console()
 
@@ -56,12 +53,8 @@ def measure(cfg: ModelConfig, ac: str, compile_: bool, args: argparse.Namespace,
     try:
         if env.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(env.device)
-        model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=0)
-        opt = build_optimizer(model, OptimConfig(), lr=1e-4)
-        ids = torch.randint(0, cfg.vocab_size, (args.mbs, cfg.seq_len + 1), device=env.device)
-        state = TrainState(model=model, optimizer=opt, loader=FixedBatch(
-            {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": None}),
-            scheduler=Scheduler(opt, base_lr=1e-4, total_steps=10**9, cfg=ScheduleConfig()))
+        state = engine_state(cfg, pcfg, env, random_batch(cfg, args.mbs, seed=0, device=env.device))
+        model = state.model
         times = []
         for i in range(args.warmup + args.steps):
             t0 = time.perf_counter()

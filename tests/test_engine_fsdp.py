@@ -119,6 +119,10 @@ def losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def grad_norms(run_dir: Path) -> list[float]:
+    return [json.loads(line)["grad_norm"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def run_ranks(tmp_path: Path, store: Path, name: str, nproc: int, mbs: int, **parallel: object) -> list[float]:
     cfg = write_run(tmp_path / name, store, train={"steps": 4, "micro_batch_size": mbs},
                     parallel={"precision": "FP_32", **parallel})
@@ -139,6 +143,10 @@ def test_fsdp_ranks_match_one_rank_on_the_same_global_batch(tmp_path: Path, stor
     assert no_shard == pytest.approx(one, rel=1e-4)
     assert hybrid == pytest.approx(one, rel=1e-4)
     assert one[-1] != pytest.approx(one[0], rel=1e-3)  # training moved the loss
+    # The global gradient norm, whichever ranks hold which part of the gradient (replicas counted once).
+    reference = grad_norms(tmp_path / "one")
+    for name in ("full", "noshard", "hybrid"):
+        assert grad_norms(tmp_path / name) == pytest.approx(reference, rel=1e-4), name
 
 
 @pytest.mark.integration

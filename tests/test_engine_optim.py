@@ -13,7 +13,16 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import OptimConfig, ScheduleConfig
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.model import GPT, init_weights
-from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at, param_groups
+from hpcllm.engine.optim import (
+    Scheduler,
+    build_optimizer,
+    clip_grads_,
+    grad_norm_sq_share,
+    grad_replicas,
+    local_grads,
+    lr_at,
+    param_groups,
+)
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import train_step
 
@@ -165,16 +174,32 @@ def test_clipping_caps_the_global_norm_and_reports_the_norm_before() -> None:
     model = _with_grads(1.0)
     before = _norm(model)
     assert before > 1.0
-    reported = clip_grad_norm_(list(model.parameters()), 1.0)
-    assert reported == pytest.approx(before, rel=1e-5)
+    grads = local_grads(list(model.parameters()))
+    reported = grad_norm_sq_share(grads, replicas=1).sqrt()
+    assert reported.item() == pytest.approx(before, rel=1e-5)
+    clip_grads_(grads, 1.0, reported)
     assert _norm(model) == pytest.approx(1.0, rel=1e-4)
 
 
-def test_clipping_off_only_measures() -> None:
+def test_clipping_leaves_a_norm_below_the_cap_alone() -> None:
+    model = _with_grads(1e-3)
+    before = [p.grad.clone() for p in model.parameters()]
+    grads = local_grads(list(model.parameters()))
+    clip_grads_(grads, 1.0, grad_norm_sq_share(grads, replicas=1).sqrt())
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+
+
+def test_norm_share_divides_by_the_replicas_so_ranks_sum_to_the_global_norm() -> None:
+    """Under DDP every one of 4 ranks holds the whole gradient: each contributes a quarter."""
     model = _with_grads(1.0)
-    before = _norm(model)
-    assert clip_grad_norm_(list(model.parameters()), None) == pytest.approx(before, rel=1e-5)
-    assert _norm(model) == pytest.approx(before, rel=1e-6)
+    grads = local_grads(list(model.parameters()))
+    assert grad_replicas(list(model.parameters()), world_size=4) == 4  # plain gradients: replicated
+    assert (4 * grad_norm_sq_share(grads, replicas=4)).sqrt().item() == pytest.approx(_norm(model), rel=1e-5)
+
+
+def test_build_optimizer_uses_the_fused_kernel_on_cpu() -> None:
+    opt = build_optimizer(tiny_model(), OptimConfig(), lr=1e-3)
+    assert all(g["fused"] for g in opt.param_groups)
 
 
 # --- gradient accumulation and loss masking through the real train step --------------------------

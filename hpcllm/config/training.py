@@ -18,6 +18,8 @@ from hpcllm.config.profiling import ProfileConfig
 from hpcllm.config.tracking import TrackingConfig
 from hpcllm.sitepaths import SitePath, site_path
 
+DataParallelism = Literal["fsdp", "ddp", "none"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -94,9 +96,16 @@ class ParallelConfig(_Strict):
             return 1
         return self.hsdp_shard_size or ranks_per_node
 
-    def wraps_in_fsdp(self, world_size: int) -> bool:
-        """FSDP2 whenever it does something: more than one rank, or CPU offload (engine/parallelize.py)."""
-        return world_size > 1 or self.cpu_offload
+    def data_parallelism(self, world_size: int) -> DataParallelism:
+        """How the engine lays the model out over ``world_size`` ranks (engine/parallelize.py says why).
+
+        fsdp: FSDP2 for FULL_SHARD and HYBRID_SHARD on more than one rank, and for any CPU offload;
+        ddp: NO_SHARD on more than one rank; none: one rank without offload. The engine and the
+        memory estimate both read it, so the estimate describes the layout that actually runs.
+        """
+        if self.cpu_offload or (world_size > 1 and self.sharding != "NO_SHARD"):
+            return "fsdp"
+        return "ddp" if world_size > 1 else "none"
 
 
 class OptimConfig(_Strict):

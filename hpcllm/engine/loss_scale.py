@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from hpcllm.config.training import LossScaleConfig, ParallelConfig
+from hpcllm.engine.optim import local_grads
 from hpcllm.errors import HpcllmError
 
 
@@ -40,8 +41,7 @@ class DynamicLossScaler:
 
     def unscale_(self, params: list[torch.nn.Parameter]) -> None:
         """Divide every gradient by S in place: the local shard of a DTensor, or the plain tensor."""
-        grads = [p.grad for p in params if p.grad is not None]
-        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+        local = local_grads(params)
         if local:
             torch._foreach_mul_(local, 1.0 / self.scale)
 

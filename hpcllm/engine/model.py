@@ -88,18 +88,28 @@ def _attention_kernel(name: str) -> Callable[..., torch.Tensor]:
 
 def rope_tables(seq_len: int, head_dim: int, theta: float, device: torch.device | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, each (T, D): angle t·θ^(-2i/D) for pair i, repeated for both halves."""
+    """cos and sin tables, each (T, D/2): angle t·θ^(-2i/D) of pair i at position t."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, D)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (x_i, x_{i+D/2}) pair of x (B, heads, T, D) by its position's angle."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """Rotate each (x_i, x_{i+D/2}) pair of x (B, heads, T, D) by its position's angle
+    (``rope_tables``: cos and sin, (T, D/2)).
+
+    The two halves as (x1·c − x2·s, x2·c + x1·s) with one multiply-add each: ~1.25x faster on CPU
+    (forward + backward) than ``x·cos + rotate_half(x)·sin``, which negates, concatenates and
+    multiplies whole heads (benchmarks/engine_overhead.py). Autograd keeps only the shared tables.
+    The rotation runs in the (B, T, heads, D) layout the fused qkv projection wrote: attention's
+    output then keeps that layout, and the output projection reads it as a view instead of a
+    copy of every token (one d_model vector per token and block, docs/memory.md).
+    """
+    x = x.transpose(1, 2)  # (B, T, heads, D), a view
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, D/2)
+    x1, x2 = x.chunk(2, dim=-1)  # not two slices: chunk's backward is one concatenation
+    rotated = torch.cat((torch.addcmul(x1 * c, x2, s, value=-1), torch.addcmul(x2 * c, x1, s)), dim=-1)
+    return rotated.to(x.dtype).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import (
     DistEnv,
     all_reduce_max,
-    all_reduce_sum,
     barrier,
     init_distributed,
     shutdown_distributed,
@@ -36,12 +35,13 @@ from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib, token_flops
 from hpcllm.engine.model import GPT
-from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grad_norm_, lr_at
-from hpcllm.engine.parallelize import build_mesh, build_parallel_model, set_gradient_sync, uses_fsdp
+from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grads_, grad_replicas, local_grads, lr_at
+from hpcllm.engine.parallelize import build_mesh, build_parallel_model, describe_layout, set_gradient_sync
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.profiling import StepProfiler
 from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
+from hpcllm.engine.step_reductions import step_report, token_weight_sum
 from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.engine.tracking import open_sinks
 from hpcllm.errors import ConfigError, HpcllmError
@@ -134,7 +134,7 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
         )
     ckpt = resolve_checkpoint(dcfg.teacher_checkpoint, "distill.teacher_checkpoint")
     teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
-    teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed)
+    teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed, trainable=False)
     state = {"model": get_model_state_dict(teacher)}
     try:
         dcp.load(state, checkpoint_id=str(ckpt))
@@ -168,17 +168,21 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
 
     The loss is the weighted mean over the tokens of the step (all micro-batches, all ranks), with
     the per-token loss weights (1 without any): each micro-batch's weighted loss *sum* is divided
-    by the global weight sum, times ``dp_size`` because FSDP averages gradients over ranks.
+    by the global weight sum, times ``dp_size`` because FSDP2 and DDP average gradients over ranks.
     Gradients are reduced across ranks only on the last micro-batch. With a loss scaler (FP_16)
     the backward runs on the scaled loss, and a step with a non-finite gradient norm is skipped.
+
+    Besides the gradient reduction, one small all-reduce per step carries both values the step
+    reports, the global gradient norm and the loss sum (``step_report``); the host waits for it
+    only after the optimizer step has been issued (before it with FP_16, whose skip decision
+    needs the norm).
     """
     model, optimizer, scaler = state.model, state.optimizer, state.loss_scaler
     micro_batches = [next(state.loader) for _ in range(grad_accum)]
-    n_tokens = torch.zeros(1, dtype=torch.float64, device=device)  # stays on the device: no host sync
-    for b in micro_batches:
-        n_tokens += b["loss_mask"].sum() if b["loss_mask"] is not None else b["labels"].numel()
-    n_tokens = all_reduce_sum(n_tokens).clamp_min(1.0)
-    scale = (dp_size / n_tokens).float().squeeze()
+    n_tokens = token_weight_sum(micro_batches, dp_size, device)
+    scale = dp_size / n_tokens
+    if isinstance(scale, torch.Tensor):
+        scale = scale.float()  # the dtype of the loss it multiplies
     if scaler is not None:
         scale = scale * scaler.scale
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -197,14 +201,16 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
     params = list(model.parameters())
     if scaler is not None:
         scaler.unscale_(params)
-    grad_norm = clip_grad_norm_(params, grad_clip)
-    skipped = scaler.update(grad_norm) if scaler is not None else False
+    grads = local_grads(params)
+    norm, loss_sum = step_report(grads, loss_sum, grad_replicas(params, dp_size))
+    if grad_clip is not None:
+        clip_grads_(grads, grad_clip, norm)
+    skipped = scaler.update(float(norm)) if scaler is not None else False
     if not skipped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
-    loss = (all_reduce_sum(loss_sum.reshape(1)) / n_tokens).item()
-    return StepResult(loss, grad_norm, skipped)
+    return StepResult(float(loss_sum / n_tokens), float(norm), skipped)
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -257,7 +263,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     if env.is_main:
         console.print(
             f"[bold]{cfg.run_id}[/]: {cfg.model.n_params() / 1e6:.1f}M params, {env.world_size} rank(s) on "
-            f"{env.device.type}, {'FSDP2 ' + cfg.parallel.sharding if uses_fsdp(cfg.parallel, mesh) else 'unsharded'}"
+            f"{env.device.type}, {describe_layout(cfg.parallel, mesh)}"
             f"/{cfg.parallel.precision}, GBS {gbs} x "
             f"seq {cfg.model.seq_len} = {gbs * cfg.model.seq_len} tokens/step, start at step {state.step}/{total}"
             + (f", weights from {state.init_from}" if state.init_from else "")

@@ -117,7 +117,7 @@ def _attention(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
         qkv_out = n * (d + 2 * k * hd) * c
         rotated = n * (d + k * hd) * c if cfg.pos_emb == "rope" else 0
         kernel = qkv_out + rotated + n * d * c + b * h * t * FP32
-    tables = 2 * t * hd * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0
+    tables = t * hd * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0  # cos and sin, (T, D/2) each
     return qkv_input + kernel + tables
 
 
@@ -137,7 +137,7 @@ def block_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
 
 def checkpointed_block_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
     """A checkpointed block keeps only its inputs: the residual stream (and its RoPE table copies)."""
-    tables = 2 * t * cfg.head_dim * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0
+    tables = t * cfg.head_dim * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0  # cos and sin, (T, D/2)
     return b * t * cfg.d_model * num.residual + tables
 
 
@@ -152,7 +152,7 @@ def outside_blocks_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int
     ids = 2 * n * INDEX + (t * INDEX if cfg.pos_emb == "learned" else 0)
     head = _norm(cfg, n, num) + n * cfg.d_model * num.compute
     log_softmax = n * cfg.vocab_size * FP32
-    shared_tables = 2 * cfg.seq_len * cfg.head_dim * FP32 if cfg.pos_emb == "rope" and not num.rope_copies else 0
+    shared_tables = cfg.seq_len * cfg.head_dim * FP32 if cfg.pos_emb == "rope" and not num.rope_copies else 0
     return ids + head + log_softmax + shared_tables
 
 

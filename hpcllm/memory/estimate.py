@@ -114,7 +114,7 @@ class MemorySpec:
 
     @property
     def fsdp(self) -> bool:
-        return self.parallel.wraps_in_fsdp(self.world_size)
+        return self.parallel.data_parallelism(self.world_size) == "fsdp"
 
     @property
     def numerics(self) -> Numerics:
