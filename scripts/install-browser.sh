@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/install-browser.sh — Chromium from Debian's packages, for the report's browser test
-# (tests/test_report_browser.py drives it headless over the DevTools protocol; no driver needed).
+# (tests/test_report.py drives it headless over the DevTools protocol; no driver needed).
 #
 # Idempotent: does nothing when a chromium binary is already on PATH. Installing needs root and
 # apt (Debian/Ubuntu); elsewhere it says what to install and exits 1. `make test` runs it.

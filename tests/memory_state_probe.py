@@ -2,8 +2,8 @@
 
 For each sharding, on every rank, after a real forward, backward and AdamW step of the engine's
 FSDP2 model: the bytes of this rank's parameter shards, gradient shards and optimizer state equal
-the estimate's per-rank figures exactly, and the bf16 parameters unsharded inside a block's forward
-are the block's and the root group's parameters. The model has an odd vocabulary (509 rows) so
+the estimate's per-rank figures exactly, and the bf16 parameters unsharded when backward starts (the
+head's) are the last block's, the final norm's and the head's (the untied embedding is resharded). The model has an odd vocabulary (509 rows) so
 that FSDP2's uneven split and padding are exercised.
 """
 
@@ -36,13 +36,18 @@ def check(sharding: str, hsdp: int | None, rank: int, world: int) -> None:
 
     gathered: dict[str, int] = {}
 
-    def in_block_forward(module: torch.nn.Module, args: object) -> None:
-        gathered["block"] = sum(p.untyped_storage().nbytes() for p in module.parameters())
-        gathered["root"] = sum(p.untyped_storage().nbytes() for n, p in model.named_parameters()
-                               if not n.startswith("blocks."))
-        gathered["dtype"] = {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    def unsharded_bytes(params: object) -> int:
+        """Bytes of the parameters that are gathered now (plain tensors; sharded ones are DTensors)."""
+        return sum(p.untyped_storage().nbytes() for p in params if not hasattr(p, "to_local"))  # type: ignore[attr-defined]
 
-    model.blocks[0].register_forward_pre_hook(in_block_forward)
+    def at_backward_start(module: torch.nn.Module, grad_output: object) -> None:
+        """The head's backward comes first, with the logits' gradient: the step's peak."""
+        last = model.blocks[-1]
+        gathered["block"] = unsharded_bytes(last.parameters())
+        gathered["root"] = unsharded_bytes(p for n, p in model.named_parameters() if not n.startswith("blocks."))
+        gathered["dtype"] = {p.dtype for p in last.parameters()} == {torch.bfloat16}
+
+    model.head.register_full_backward_pre_hook(at_backward_start)
     ids = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
     cross_entropy_sum(model(ids), ids, None).backward()
     optimizer.step()
@@ -66,8 +71,12 @@ def check(sharding: str, hsdp: int | None, rank: int, world: int) -> None:
         return math.ceil(s[0] / group) * group * math.prod(s[1:])
 
     block = sum(gathered_numel(s) for n, s in shapes.items() if n.startswith("blocks.0."))
-    root = sum(gathered_numel(s) for n, s in shapes.items() if not n.startswith("blocks."))
+    # The untied embedding is resharded after forward and not gathered in backward; the norm and head stay.
+    root = sum(gathered_numel(s) for n, s in shapes.items() if not n.startswith(("blocks.", "tok_emb.")))
     assert block == unsharded_numel(cfg, group, blocks=True) and root == unsharded_numel(cfg, group, blocks=False)
+    if pcfg.data_parallelism(world) == "ddp":  # NO_SHARD: fp32 replicas under autocast, nothing gathered
+        assert gathered["dtype"] is False and est.term("gathered").bytes > 0, (label, gathered)
+        return
     assert gathered == {"block": 2 * block, "root": 2 * root, "dtype": True}, (label, gathered, block, root)
 
 

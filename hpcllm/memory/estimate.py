@@ -177,13 +177,20 @@ def _is_block(name: str) -> bool:
 
 
 def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
-    """Elements FSDP2 all-gathers for one block (``blocks``) or for the root group (the rest).
+    """Elements FSDP2 all-gathers for one block (``blocks``), or those of the rest that stay
+    gathered through backward: the root group and the head (engine/parallelize.py keeps both
+    gathered from their forward on). An untied token embedding is its own group, resharded after
+    forward and not gathered in backward, so it is not counted; a tied one is the head's weight.
 
     The unsharded parameters are views into the all-gather buffer, whose rows are the padded shards
     of every rank: a 509-row embedding over 2 ranks is gathered as 510 rows.
     """
-    return sum(padded_shard_numel(s, group) * group for n, s in model.parameter_shapes().items()
-               if (n.startswith("blocks.0.") if blocks else not _is_block(n)))
+    def counted(name: str) -> bool:
+        if blocks:
+            return name.startswith("blocks.0.")
+        return not _is_block(name) and (model.tie_embeddings or not name.startswith("tok_emb."))
+
+    return sum(padded_shard_numel(s, group) * group for n, s in model.parameter_shapes().items() if counted(n))
 
 
 def _autocast_copy_numel(model: ModelConfig) -> int:
@@ -290,7 +297,7 @@ def _gathered_term(spec: MemorySpec) -> Term:
         total = (root + blocks * block) * p + root * p + block * (p + reduce_copy)
         dtype = {"BF_16": "bf16", "FP_16": "fp16"}.get(par.precision, "fp32")
         return Term("gathered", total, "device",
-                    f"unsharded {dtype}: root (embeddings, norm, head) kept through backward, {blocks} "
+                    f"unsharded {dtype}: norm and head kept through backward, {blocks} "
                     f"blocks in flight of {block:,} params, and their unsharded gradients")
     if par.precision != "FP_32":
         return Term("gathered", _autocast_copy_numel(model) * BF16, "device",
