@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -44,8 +45,6 @@ from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.model import GPT, apply_rope, attention_math, attention_sdpa, init_weights, rope_tables
 from hpcllm.engine.train import train_step
 
-from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
-
 console = Console()
 HALF = {"BF_16": torch.bfloat16, "FP_32": None}
 
@@ -55,9 +54,9 @@ def modalities_gpt(cfg: ModelConfig) -> torch.nn.Module | None:
     try:
         from modalities.models.components.layer_norms import PytorchRMSLayerNormConfig
         from modalities.models.gpt2.gpt2_model import (
+            GPT2LLM,
             AttentionConfig,
             AttentionImplementation,
-            GPT2LLM,
             LayerNormWrapperConfig,
             PositionTypes,
         )

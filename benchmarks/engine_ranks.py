@@ -26,6 +26,7 @@ import argparse
 
 import torch
 import torch.distributed as dist
+from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -38,8 +39,6 @@ from hpcllm.engine.metrics import peak_memory_gib
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.train import train_step
-
-from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
 
 console = Console()
 TARGETS = {"FULL_SHARD": 0.95, "NO_SHARD": 0.98}

@@ -23,8 +23,8 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.checkpoint import (
     LATEST,
-    Checkpointer,
     CheckpointCorrupt,
+    Checkpointer,
     list_checkpoints,
     read_latest_pointer,
     verify_checkpoint,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_ckpt_checkpointer import CountingLoader, run_steps
 from typer.testing import CliRunner
 
 from hpcllm.cli.ckpt import ckpt_app
@@ -20,7 +21,6 @@ from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
-from test_ckpt_checkpointer import CountingLoader, run_steps
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

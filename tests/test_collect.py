@@ -8,9 +8,9 @@ import json
 import os
 
 import pytest
+from collect_support import engine_summary, loss_curve, write_run
 from typer.testing import CliRunner
 
-from collect_support import engine_summary, loss_curve, write_run
 from hpcllm.cli import app
 from hpcllm.launch.manifest import RunState
 from hpcllm.rundir import find_run_dirs

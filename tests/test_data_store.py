@@ -82,11 +82,10 @@ def test_uint32_store(tmp_path: Path) -> None:
 
 
 def test_crash_leaves_no_store(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                         tokenizer_fingerprint="byte-v1") as w:
-            w.add([np.array([1, 2, 256])])
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                     tokenizer_fingerprint="byte-v1") as w:
+        w.add([np.array([1, 2, 256])])
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from engine_support import make_store, write_run
+
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import LossScaleConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.export import load_model_state

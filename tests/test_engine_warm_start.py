@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-
 from engine_support import make_store, run_engine, write_run
+
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.checkpoint import resolve_checkpoint

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from engine_support import make_store, run_engine, write_run
+
 from hpcllm.config.evaluation import EvalConfig
 from hpcllm.config.loader import validate
 from hpcllm.config.training import DataConfig, TrainingConfig

@@ -191,8 +191,8 @@ def test_cli_lists_the_probes_and_applies(explored: Path, tmp_path: Path) -> Non
 
 def test_collect_shows_probes_in_their_own_table_not_in_the_scaling_table(explored: Path) -> None:
     from hpcllm.collect.probes import collect_probes
-    from hpcllm.rundir import find_run_dirs
     from hpcllm.collect.table import collect_table
+    from hpcllm.rundir import find_run_dirs
 
     index = load_index(explored, "scaling_2.7b", "leonardo")
     for entry in index.probes.values():  # what the engine writes at the end of a probe

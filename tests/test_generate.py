@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import make_store, run_engine, write_run
 from typer.testing import CliRunner
 
-from engine_support import make_store, run_engine, write_run
 from hpcllm.cli import app
 from hpcllm.config.model import ModelConfig
 from hpcllm.engine.generate import Sampling, decode, load_generator, next_token

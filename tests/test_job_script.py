@@ -3,7 +3,6 @@ defaults, and a module that fails to load stops the job at once (run for real wi
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from pathlib import Path

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from engine_support import losses_checking_reruns, uninterrupted_losses
 from typer.testing import CliRunner
 
-from engine_support import losses_checking_reruns, uninterrupted_losses
 from hpcllm.cli import app
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.orchestrate import collect_status

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
 from engine_support import make_store, write_run
+
 from hpcllm.config.loader import load_model
 from hpcllm.config.probe import ProbeReport, ProbeTrial
 from hpcllm.config.training import TrainingConfig

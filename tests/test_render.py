@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcllm.config.cluster import available_clusters, load_cluster
+from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import expand_experiment, load_experiment
 from hpcllm.errors import ConfigError
 from hpcllm.launch.render import render_job
@@ -27,7 +27,7 @@ def _specs(experiment: str, cluster: str):
     except ConfigError as exc:
         # Multi-node experiments cannot target small profiles, whose storage has no scratch root:
         # refusing them is the expected outcome.
-        assert ("nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc)
+        assert (("nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc))
                 or "{scratch} is not a storage root" in str(exc)), exc
         return profile, []
 

@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from browser import Browser, find_chromium
 from collect_support import engine_summary, loss_curve, write_run
+from typer.testing import CliRunner
+
 from hpcllm.cli import app
 from hpcllm.launch.manifest import RunState
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import PYTHON, REPO, make_store, write_run
 from typer.testing import CliRunner
 
-from engine_support import PYTHON, REPO, make_store, write_run
 from hpcllm.cli import app
 from hpcllm.engine.train import run
 from hpcllm.launch.manifest import Manifest, RunState, save_manifest

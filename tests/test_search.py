@@ -18,8 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
-from hpcllm.config.loader import validate
 from hpcllm.config.experiment import Experiment
+from hpcllm.config.loader import validate
 from hpcllm.config.search import HalvingConfig, SearchConfig
 from hpcllm.errors import ConfigError
 from hpcllm.launch.search import SearchState, Trial, TrialState, best_trial, decide, draw_trials

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from engine_support import make_store, write_run
+
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.train import run
 from hpcllm.errors import ConfigError

@@ -22,15 +22,15 @@ from typing import Any
 
 import pytest
 import yaml
-
 from engine_support import losses_checking_reruns, uninterrupted_losses
+from slurm_gate import LOCAL_SLURM_CONF, PARTITION_NODES
+
 from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
 from hpcllm.rundir import RunDir
-from slurm_gate import LOCAL_SLURM_CONF, PARTITION_NODES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_slurm_cluster import demo_data, env, experiment, finished, wait_for  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
 from hpcllm.launch.explore import ProbeSettings, explore_batch
 from hpcllm.rundir import RunDir
-from test_slurm_cluster import demo_data, env, experiment, finished, wait_for  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 

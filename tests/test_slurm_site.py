@@ -16,15 +16,6 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from hpcllm.cli import app
-from hpcllm.config.cluster import load_cluster
-from hpcllm.engine.checkpoint import read_latest_pointer
-from hpcllm.launch.backends.slurm import parse_duration
-from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
-from hpcllm.launch.orchestrate import cancel_run, submit_experiment
-from hpcllm.rundir import RunDir
 from test_slurm_cluster import (  # the local cluster's fixtures and helpers
     REPO,
     assert_no_leftover_processes,
@@ -40,6 +31,15 @@ from test_slurm_cluster import (  # the local cluster's fixtures and helpers
     scontrol_job,
     wait_for,
 )
+from typer.testing import CliRunner
+
+from hpcllm.cli import app
+from hpcllm.config.cluster import load_cluster
+from hpcllm.engine.checkpoint import read_latest_pointer
+from hpcllm.launch.backends.slurm import parse_duration
+from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
+from hpcllm.launch.orchestrate import cancel_run, submit_experiment
+from hpcllm.rundir import RunDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 runner = CliRunner()

@@ -124,6 +124,7 @@ def test_a_throughput_runs_checkpoints_still_carry_a_requeue(tmp_path: Path) -> 
     """keep_last 1 and no final checkpoint (the scaling grids): a stop still saves, the resume still
     finishes, and what stays on disk is the one stop checkpoint."""
     from engine_support import make_store, write_run
+
     from hpcllm.engine.train import run
     from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 

@@ -55,7 +55,7 @@ def efficiency(points: list[dict[str, Any]]) -> list[float]:
     return [p["samples_per_s"] / p["gpus"] / base for p in points]
 
 
-def scaling_figure(records: Iterable[RunRecord]) -> "Figure":
+def scaling_figure(records: Iterable[RunRecord]) -> Figure:
     plt = _pyplot()
     groups = scaling_groups(records)
     fig, (ax_tp, ax_mfu, ax_eff) = plt.subplots(1, 3, figsize=(15, 4.4))
@@ -101,7 +101,7 @@ def _restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
     return out
 
 
-def loss_figure(records: Iterable[RunRecord]) -> "Figure":
+def loss_figure(records: Iterable[RunRecord]) -> Figure:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4.4))
     shown = 0
@@ -130,14 +130,14 @@ def loss_figure(records: Iterable[RunRecord]) -> "Figure":
     return fig
 
 
-def png_bytes(fig: "Figure", dpi: int = 110) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     _pyplot().close(fig)
     return buf.getvalue()
 
 
-def _save(fig: "Figure", output: Path) -> Path:
+def _save(fig: Figure, output: Path) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(png_bytes(fig))

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord, scan
-from hpcllm.rundir import SUMMARY_KIND_PROBE
 from hpcllm.config import grid as gridlib
+from hpcllm.rundir import SUMMARY_KIND_PROBE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +45,7 @@ class Table:
     def headers(self) -> list[str]:
         return [c.header for c in self.columns]
 
-    def to_frame(self) -> "pd.DataFrame":
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         return pd.DataFrame([[row[c.id] for c in self.columns] for row in self.rows], columns=self.headers)
@@ -96,7 +96,7 @@ def build_table(
     return table
 
 
-def collect_table(root: Path, problems: list[str] | None = None) -> "pd.DataFrame":
+def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """The seed's table of the completed runs under ``root``, as a DataFrame (headers as columns)."""
     return build_table(completed_records(root, problems), "seed", problems=problems).to_frame()
 
@@ -161,7 +161,7 @@ def _sortable(value: Any) -> tuple[int, Any]:
 # --- formats ---------------------------------------------------------------------------------------
 
 
-def format_table(table: "Table | pd.DataFrame", fmt: Format) -> str:
+def format_table(table: Table | pd.DataFrame, fmt: Format) -> str:
     if not isinstance(table, Table):
         table = _from_frame(table)
     if fmt == "markdown":
@@ -181,7 +181,7 @@ def format_table(table: "Table | pd.DataFrame", fmt: Format) -> str:
     raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
 
 
-def _from_frame(frame: "pd.DataFrame") -> Table:
+def _from_frame(frame: pd.DataFrame) -> Table:
     """A DataFrame (``collect_table``, or another table with known headers) as a Table."""
     by_header = {c.header: c for c in cols.COLUMNS.values()}
     chosen = [by_header.get(h) or cols.Column(str(h), str(h), lambda r: None) for h in frame.columns]

@@ -36,7 +36,7 @@ class ProbeConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ProbeConfig":
+    def _bounds(self) -> ProbeConfig:
         if self.start_mbs > self.max_mbs:
             raise ValueError(f"start_mbs ({self.start_mbs}) must not exceed max_mbs ({self.max_mbs})")
         return self

@@ -51,7 +51,7 @@ class LossScaleConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _start_above_floor(self) -> "LossScaleConfig":
+    def _start_above_floor(self) -> LossScaleConfig:
         if self.init_scale < self.min_scale:
             raise ValueError(f"init_scale {self.init_scale:g} is below min_scale {self.min_scale:g}")
         return self
@@ -78,7 +78,7 @@ class ParallelConfig(_Strict):
     compile: bool = Field(False, description="torch.compile each transformer block.")
 
     @model_validator(mode="after")
-    def _hsdp_only(self) -> "ParallelConfig":
+    def _hsdp_only(self) -> ParallelConfig:
         if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
             raise ValueError(
                 f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})"
@@ -139,7 +139,7 @@ class ScheduleConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _decay_factors(self) -> "ScheduleConfig":
+    def _decay_factors(self) -> ScheduleConfig:
         """gamma/step_size belong to step and exponential only: elsewhere they would be ignored."""
         needs = {"step": ("gamma", "step_size"), "exponential": ("gamma",)}.get(self.name, ())
         for key in ("gamma", "step_size"):
@@ -228,7 +228,7 @@ class TrainingConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _eval_has_data(self) -> "TrainingConfig":
+    def _eval_has_data(self) -> TrainingConfig:
         problem = eval_data_error(self.eval, self.data.holdout is not None)
         if problem:
             raise ValueError(problem)

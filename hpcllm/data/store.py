@@ -19,9 +19,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -68,7 +68,7 @@ class StoreHeader:
                 **self.__dict__}
 
     @classmethod
-    def read(cls, path: Path) -> "StoreHeader":
+    def read(cls, path: Path) -> StoreHeader:
         file = path / HEADER
         if not file.is_file():
             hint = " (an interrupted `hpcllm data prepare`?)" if path.is_dir() else ""
@@ -108,7 +108,7 @@ class TokenStore:
         self.loss_mask = loss_mask
 
     @classmethod
-    def open(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> "TokenStore":
+    def open(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> TokenStore:
         """Map the store at ``path``; if given, its tokenizer must have ``tokenizer_fingerprint``."""
         path = Path(path)
         h = StoreHeader.read(path)
@@ -369,7 +369,7 @@ class StoreWriter:
                 fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler as TorchSampler
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Sampler as TorchSampler
 
 from hpcllm.config.evaluation import EvalConfig
 from hpcllm.config.training import DataConfig
@@ -97,7 +98,7 @@ class TrainLoader:
         )
         return iter(loader)
 
-    def __iter__(self) -> "TrainLoader":
+    def __iter__(self) -> TrainLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor | None]:

@@ -39,5 +39,5 @@ class TrainState:
     loader: Stateful
     step: int = 0
     consumed_samples: int = 0
-    loss_scaler: "DynamicLossScaler | None" = None
+    loss_scaler: DynamicLossScaler | None = None
     init_from: str | None = None

@@ -55,7 +55,7 @@ class JobContext:
     restart_count: int
 
     @classmethod
-    def from_env(cls, run_dir: Path) -> "JobContext":
+    def from_env(cls, run_dir: Path) -> JobContext:
         array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         return cls(
             run_dir=RunDir(run_dir),

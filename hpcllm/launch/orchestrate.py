@@ -17,8 +17,7 @@ from pathlib import Path
 import yaml
 
 from hpcllm.collect.references import references_for_point
-from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.cluster import clusters_dir
+from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
 from hpcllm.config.experiment import Experiment, RefusedPoint, RunSpec, expand_experiment, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
