@@ -14,6 +14,7 @@ on a shared login node the wall time is that divided by the share of a core it g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,10 +72,8 @@ def main() -> None:
         table.add_row(f"{len(specs):,}", "expand + where + validate", f"{time.process_time() - t0:.2f}")
     huge = {f"train.a{i}": list(range(10)) for i in range(20)}
     t0 = time.process_time()
-    try:
+    with contextlib.suppress(ValueError):
         gridlib.check_size(huge, [])
-    except ValueError:
-        pass
     table.add_row("10^20", "count and refuse", f"{time.process_time() - t0:.6f}")
     console.print(table)
 

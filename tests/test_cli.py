@@ -142,8 +142,8 @@ def _verdicts(output: str) -> dict[str, list[str]]:
     for line in lines[top + 1:]:
         if not line.strip():
             break
-        cells = [line[start:end].strip() for start, end in zip(starts, starts[1:] + [None])]
-        rows[cells[0]] = [cell for name, cell in zip(names[1:], cells[1:]) if name != "source"]
+        cells = [line[start:end].strip() for start, end in zip(starts, [*starts[1:], None], strict=True)]
+        rows[cells[0]] = [cell for name, cell in zip(names[1:], cells[1:], strict=True) if name != "source"]
     return rows
 
 

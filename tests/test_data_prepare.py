@@ -222,6 +222,6 @@ def test_tokenizers_decode_what_they_encode_without_eos(bpe: Path) -> None:
     """What `hpcllm generate` prints: the text of the ids, EOS and other special tokens left out."""
     for tok in (load_tokenizer("byte"), load_tokenizer(str(bpe))):
         ids = tok.encode_batch([DOCS[1]])[0].tolist()
-        assert tok.decode(ids + [tok.eos_id]) == DOCS[1], tok.name
+        assert tok.decode([*ids, tok.eos_id]) == DOCS[1], tok.name
     # A byte tokenizer's multi-byte character split over tokens decodes once whole.
     assert load_tokenizer("byte").decode(list("é".encode())) == "é"

@@ -172,12 +172,14 @@ def test_documents_may_span_writes_but_ends_are_checked(tmp_path: Path) -> None:
 
 
 def test_commit_refuses_an_unfinished_document(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="2 tokens after the last document end"):
-        with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                         tokenizer_fingerprint="byte-v1") as w:
-            w.add([np.array([1, 256])])
-            w.write(np.array([7, 8]), None, np.array([], np.int64))
-            w.commit()
+    with (
+        pytest.raises(ValueError, match="2 tokens after the last document end"),
+        StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                    tokenizer_fingerprint="byte-v1") as w,
+    ):
+        w.add([np.array([1, 256])])
+        w.write(np.array([7, 8]), None, np.array([], np.int64))
+        w.commit()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -138,7 +138,7 @@ def hf_greedy(run_dir: Path, out: Path, prompt_ids: list[int], n: int) -> list[i
 def test_greedy_output_equals_hugging_face_generate(tmp_path: Path, store: Path, model: dict) -> None:
     d = trained_run(tmp_path, store, **model)
     ours = cli_ids(d, "--temperature", "0", "-n", "30")
-    assert ours["prompt_ids"] == [256] + list(PROMPT.encode())  # EOS, then the prompt's bytes
+    assert ours["prompt_ids"] == [256, *PROMPT.encode()]  # EOS, then the prompt's bytes
     assert len(set(ours["ids"])) >= 8, ours["ids"]  # a varied continuation: the comparison means something
     assert ours["ids"] == hf_greedy(d, tmp_path / "hf", ours["prompt_ids"], 30)
     assert ours["text"] == bytes(i for i in ours["ids"] if i < 256).decode("utf-8", errors="replace")

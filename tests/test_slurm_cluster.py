@@ -404,7 +404,7 @@ def test_search_trials_run_as_a_job_array(env: Path, demo_data: Path, tmp_path: 
     done = advance(path, "arrayslurm", env)
     assert done.state.complete and not done.submitted
     scores = {t.params["optim.lr"]: t.scores["10"] for t in done.state.trials}
-    for t, rd in zip(done.state.trials, run_dirs):
+    for t, rd in zip(done.state.trials, run_dirs, strict=True):
         assert scores[t.params["optim.lr"]] == json.loads(rd.summary.read_text())["eval_loss"]
     (best,) = best_table(env).to_dict(orient="records")
     assert best["optim.lr"] == min(scores, key=lambda lr: scores[lr])

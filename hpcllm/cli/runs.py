@@ -105,10 +105,8 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
 
     wanted = {p.absolute() for p in run_paths}
     totals = {p: load_model(TrainingConfig, RunDir(p).config).train.steps for p in wanted}
-    if not console.is_terminal:  # a log or a pipe: one whole line per change, no live display to cut
-        statuses = _wait_plain(results, wanted, totals)
-    else:
-        statuses = _wait_live(results, wanted, totals)
+    # A log or a pipe gets one whole line per change: no live display to cut.
+    statuses = _wait_live(results, wanted, totals) if console.is_terminal else _wait_plain(results, wanted, totals)
     failed = [s for s in statuses if s.state != "completed"]
     if failed:
         for s in failed:

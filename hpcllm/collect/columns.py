@@ -37,7 +37,7 @@ def _summary(key: str, digits: int | None = None, *, required: bool = False) -> 
         summary = record.summary or {}
         value = summary[key] if required else summary.get(key)
         if digits is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return round(float(value), digits) if digits > 0 else int(round(value))
+            return round(float(value), digits) if digits > 0 else round(value)
         return value
 
     return get
@@ -77,7 +77,7 @@ def _model(record: RunRecord) -> str | None:
 
 def _clock(seconds: float) -> str:
     """h:mm:ss (a run's wall time)."""
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 

@@ -9,6 +9,7 @@ resumed, evaluation losses as points when the engine logged them.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,9 +65,9 @@ def scaling_figure(records: Iterable[RunRecord]) -> Figure:
         (line,) = ax_tp.plot(gpus, [p["samples_per_s"] for p in points], marker="o", label=label)
         ideal = [points[0]["samples_per_s"] * g / points[0]["gpus"] for g in gpus]
         ax_tp.plot(gpus, ideal, linestyle=":", color=line.get_color(), linewidth=1)
-        mfu = [(g, p["mfu"]) for g, p in zip(gpus, points) if p["mfu"] is not None]
+        mfu = [(g, p["mfu"]) for g, p in zip(gpus, points, strict=True) if p["mfu"] is not None]
         if mfu:
-            ax_mfu.plot(*zip(*mfu), marker="o", color=line.get_color(), label=label)
+            ax_mfu.plot(*zip(*mfu, strict=True), marker="o", color=line.get_color(), label=label)
         ax_eff.plot(gpus, efficiency(points), marker="o", color=line.get_color(), label=label)
     for ax, ylabel, title in (
         (ax_tp, "samples/s", "Throughput (dotted: linear scaling)"),
@@ -95,7 +96,7 @@ def _restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
     """Steps at which a new attempt started logging (the ``restart`` count changed, or the step
     counter went back: a resumed run re-runs the steps after its last checkpoint)."""
     out = []
-    for prev, cur in zip(metrics, metrics[1:]):
+    for prev, cur in itertools.pairwise(metrics):
         if cur.get("restart") != prev.get("restart") or cur["step"] <= prev["step"]:
             out.append(cur["step"])
     return out
@@ -117,7 +118,7 @@ def loss_figure(records: Iterable[RunRecord]) -> Figure:
                         va="top", ha="right", color=line.get_color())
         evals = [(m["step"], m["eval_loss"]) for m in r.metrics if m.get("eval_loss") is not None]
         if evals:
-            ax.plot(*zip(*evals), linestyle="none", marker="s", markersize=4, color=line.get_color())
+            ax.plot(*zip(*evals, strict=True), linestyle="none", marker="s", markersize=4, color=line.get_color())
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training loss (dashed: a restart resumed here; squares: evaluation loss)", fontsize=10)

@@ -187,7 +187,7 @@ def _from_frame(frame: pd.DataFrame) -> Table:
     chosen = [by_header.get(h) or cols.Column(str(h), str(h), lambda r: None) for h in frame.columns]
     rows = []
     for values in frame.itertuples(index=False):
-        rows.append({c.id: (None if _isnan(v) else v) for c, v in zip(chosen, values)})
+        rows.append({c.id: (None if _isnan(v) else v) for c, v in zip(chosen, values, strict=True)})
     return Table(chosen, rows)
 
 

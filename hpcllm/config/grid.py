@@ -202,7 +202,7 @@ def _eval(node: ast.AST, doc: dict[str, Any], src: str) -> Any:
         return _BINOPS[type(node.op)](left, right)
     if isinstance(node, ast.Compare):
         left = _eval(node.left, doc, src)
-        for op, comparator in zip(node.ops, node.comparators):
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = _eval(comparator, doc, src)
             if type(op) not in _CMPOPS or not _CMPOPS[type(op)](left, right):
                 return False

@@ -91,7 +91,7 @@ def _suffix_ok(p: Path) -> bool:
 
 def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
     """(stream to read, raw file whose position measures progress in on-disk bytes)."""
-    raw = open(path, "rb")
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
     return raw, raw

@@ -253,8 +253,9 @@ class StoreWriter:
         self.n_tokens = 0
         self.n_docs = 0
         self._last_end = 0  # where the last finished document ends
-        self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")
-        self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")
+        # The writer's files stay open across write() calls; commit() or abort() closes them.
+        self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")  # noqa: SIM115
+        self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")  # noqa: SIM115
         self._mask: BinaryIO | None = None
         self._mask_dtype = np.dtype(np.uint8)
 
@@ -298,7 +299,7 @@ class StoreWriter:
             self._last_end = int(ends[-1])
 
     def _start_mask(self) -> None:
-        self._mask = open(self.tmp / LOSS_MASK, "wb")
+        self._mask = open(self.tmp / LOSS_MASK, "wb")  # noqa: SIM115 - the writer's, like _tokens
         ones = np.ones(1 << 20, dtype=np.uint8).tobytes()
         left = self.n_tokens
         while left:
@@ -315,7 +316,7 @@ class StoreWriter:
             while buf := src.read(1 << 22):
                 dst.write(np.frombuffer(buf, dtype=np.uint8).astype(np.float16).tobytes())
         os.replace(wide, narrow)
-        self._mask = open(narrow, "ab")
+        self._mask = open(narrow, "ab")  # noqa: SIM115 - the writer's, like _tokens
         self._mask_dtype = np.dtype(np.float16)
 
     def commit(self) -> StoreHeader:

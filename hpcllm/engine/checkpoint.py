@@ -312,7 +312,7 @@ class Checkpointer:
         # Hyperparameters come from run.yaml, not from the checkpoint (the scheduler sets lr).
         hyper = [{k: g[k] for k in _CONFIG_HYPERPARAMS if k in g} for g in state.optimizer.param_groups]
         set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-        for group, values in zip(state.optimizer.param_groups, hyper):
+        for group, values in zip(state.optimizer.param_groups, hyper, strict=True):
             group.update(values)
         state.scheduler.load_state_dict(trainer["scheduler"])
         if state.loss_scaler is not None and trainer.get("loss_scaler") is not None:

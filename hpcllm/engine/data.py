@@ -208,7 +208,7 @@ def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: i
 def _check_eval_capacity(sampler: Sampler, samples: int) -> None:
     """Each eval sequence at most once: ``samples`` must fit in one epoch of every eval source."""
     taken = [samples] if sampler.blend is None else sampler.blend.taken_before(samples).tolist()
-    for path, need, have in zip(sampler.paths, taken, sampler.n_windows):
+    for path, need, have in zip(sampler.paths, taken, sampler.n_windows, strict=True):
         if need > have:
             where = "the held-out documents of " if sampler.holdout is not None else ""
             raise ConfigError(

@@ -71,7 +71,7 @@ def run_doctor(
     """Every check of ``cluster`` against the cluster this machine submits to, in order."""
     if cluster.scheduler != "slurm":
         return [Check("scheduler", "scheduler", SKIP, f"{cluster.name!r} is a {cluster.scheduler!r} profile: "
-                      "there is no scheduler to check")] + [python_environment(cluster)]
+                      "there is no scheduler to check"), python_environment(cluster)]
     try:
         config = slurm_config()
     except BackendError as exc:
@@ -144,7 +144,7 @@ def partition_checks(cluster: ClusterProfile, part: PartitionInfo | None, profil
     else:
         checks.append(Check("partition", "nodes", OK, f"max_nodes {cluster.max_nodes} <= {limit} a job may have"))
     if not part.nodes:
-        return checks + [Check("partition", "cpus per node", SKIP, "sinfo lists no nodes in the partition")]
+        return [*checks, Check("partition", "cpus per node", SKIP, "sinfo lists no nodes in the partition")]
     cpus = sorted({n.cpus for n in part.nodes})
     if cluster.cpus_per_node > cpus[0]:
         checks.append(Check("partition", "cpus per node", FAIL,
@@ -251,7 +251,7 @@ def point_checks(cluster: ClusterProfile, account: str | None, specs: list[RunSp
     if not specs:
         return checks
     if part is None:
-        return checks + [Check("point", f"{len(specs)} points", SKIP, "not tried: the partition does not exist")]
+        return [*checks, Check("point", f"{len(specs)} points", SKIP, "not tried: the partition does not exist")]
     with tempfile.TemporaryDirectory(prefix="hpcllm-doctor-") as tmp:
         for spec in specs:
             run_dir = RunDir.of(Path(tmp), spec.experiment, cluster.name, spec.run_id)

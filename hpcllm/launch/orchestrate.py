@@ -231,7 +231,7 @@ def _submit_specs(
                     with manifest_lock(planned.run_dir):
                         save_manifest(planned.run_dir, manifest)
             raise
-        for (planned, _), job_id in zip(queued, job_ids):
+        for (planned, _), job_id in zip(queued, job_ids, strict=True):
             planned.job_id = job_id
     return result
 
@@ -362,7 +362,7 @@ def collect_status(root: Path) -> list[RunStatus]:
             states[i] = fresh.get(m.run_id, m.state).value
             manifests[i] = load_manifest(run_dirs[i])
     out = []
-    for rd, manifest, state in zip(run_dirs, manifests, states):
+    for rd, manifest, state in zip(run_dirs, manifests, states, strict=True):
         last = last_metrics(rd) or {}
         out.append(RunStatus(rd, manifest, state, last.get("step"), last.get("loss"),
                              waiting.get(rd.run_id) if state == "pending" else None,

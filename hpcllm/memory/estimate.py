@@ -274,7 +274,7 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         parts += ["gradients"] if keep_grads_across_micro_batches else []
     else:
         parts += (["gradients"] if kept_grads else []) + ["one block's activations + backward"]
-    formula = " + ".join(parts + ["overhead"])
+    formula = " + ".join([*parts, "overhead"])
     return MemoryEstimate(spec, tuple(terms), tensors + overhead, tensors, phase, act,
                           checkpoint_bytes(model, spec.world_size), formula)
 

@@ -144,9 +144,9 @@ def parse_duration(value: str) -> int | None:
         return None
     numbers = [int(p) for p in parts]
     if dash:  # after "D-" the clock starts with hours
-        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        hours, minutes, seconds = ([*numbers, 0, 0])[:3]
     else:
-        hours, minutes, seconds = ([0, 0] + numbers)[-3:] if len(numbers) > 1 else (0, numbers[0], 0)
+        hours, minutes, seconds = ([0, 0, *numbers])[-3:] if len(numbers) > 1 else (0, numbers[0], 0)
     return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
@@ -203,7 +203,7 @@ class SlurmBackend(Backend):
                 if len(chunk) == 1:
                     job_ids[chunk[0]] = self.submit(*items[chunk[0]])
                     continue
-                for i, job_id in zip(chunk, self._submit_array([items[i] for i in chunk])):
+                for i, job_id in zip(chunk, self._submit_array([items[i] for i in chunk]), strict=True):
                     job_ids[i] = job_id
         return job_ids
 
