@@ -52,8 +52,8 @@ def main() -> None:
     for col in ("file", "bytes", "read_yaml (ms)", "yaml.safe_load (ms)"):
         table.add_column(col, justify="left" if col == "file" else "right")
     for path in files:
-        checked = best_of(args.repeats, lambda: read_yaml(path))
-        bare = best_of(args.repeats, lambda: yaml.safe_load(path.read_text()))
+        checked = best_of(args.repeats, lambda path=path: read_yaml(path))
+        bare = best_of(args.repeats, lambda path=path: yaml.safe_load(path.read_text()))
         table.add_row(str(path.relative_to(ROOT)), str(path.stat().st_size), f"{checked * 1e3:.2f}",
                       f"{bare * 1e3:.2f}")
     console.print(table)

@@ -223,7 +223,7 @@ def differences(cfg: ModelConfig, args: argparse.Namespace) -> None:
             for name, fn in (("ours: fused QKV, strided heads, enable_gqa", attention_ours),
                              ("Modalities: 3 matmuls, contiguous, K/V repeated", attention_modalities_layout)):
                 rows.append((f"attention ({tag})", name, median_ms(fwd_bwd(
-                    lambda a, w: fn(a, w, cos, sin, h, k), x, w_qkv), n), ""))
+                    lambda a, w, fn=fn: fn(a, w, cos, sin, h, k), x, w_qkv), n), ""))
     rows += layout_choices(cfg, b, n)
     q = torch.randn(b, h, t, cfg.head_dim).bfloat16()
     rows.append(("RoPE on bf16 q", "fp32 cos/sin, result cast back (ours)",

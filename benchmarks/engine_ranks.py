@@ -93,11 +93,12 @@ def collectives_table(cfg: ModelConfig, env: DistEnv, rounds: int) -> None:
         shard, full = torch.randn(numel), torch.randn(numel * world)
         out_full, out_shard = torch.empty(numel * world), torch.empty(numel)
         timings = time_interleaved({
-            "ag gloo": lambda: all_gather(out_full, shard),
-            "ag pairwise": lambda: PairwiseAllGather()(out_full, shard, group),
-            "rs gloo": lambda: reduce_scatter(out_shard, full.clone()),
-            "all-reduce": lambda: dist.all_reduce(full.clone()),
-            "rs pairwise": lambda: PairwiseReduceScatter()(out_shard, full.clone(), group, dist.ReduceOp.SUM),
+            "ag gloo": lambda out_full=out_full, shard=shard: all_gather(out_full, shard),
+            "ag pairwise": lambda out_full=out_full, shard=shard: PairwiseAllGather()(out_full, shard, group),
+            "rs gloo": lambda out_shard=out_shard, full=full: reduce_scatter(out_shard, full.clone()),
+            "all-reduce": lambda full=full: dist.all_reduce(full.clone()),
+            "rs pairwise": lambda out_shard=out_shard, full=full: PairwiseReduceScatter()(
+                out_shard, full.clone(), group, dist.ReduceOp.SUM),
         }, rounds=rounds, steps_per_window=1, warmup=1)
         if env.is_main:
             table.add_row(f"{numel:,}", *(f"{timings.median_wall(k) * 1e3:.1f}" for k in timings.wall))

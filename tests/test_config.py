@@ -1,5 +1,6 @@
 """Config loading: good files load, bad files give one clear line naming file, key, value and rule."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,7 @@ def test_cluster_limits_are_checked_at_render_time(in_project, tmp_path):
 
 def test_account_resolution(in_project, monkeypatch):
     leo = load_cluster("leonardo")
-    with pytest.raises(ConfigError, match="needs an account.*HPCLLM_ACCOUNT.*--account"):
+    with pytest.raises(ConfigError, match=r"needs an account.*HPCLLM_ACCOUNT.*--account"):
         leo.resolve_account(None)
     monkeypatch.setenv("HPCLLM_ACCOUNT", "from_env")
     assert leo.resolve_account(None) == "from_env"
@@ -125,7 +126,7 @@ def test_account_resolution(in_project, monkeypatch):
 
 
 def test_unknown_cluster_lists_known(in_project):
-    with pytest.raises(ConfigError, match="no cluster profile 'nope'.*known: local, leonardo|known: .*leonardo"):
+    with pytest.raises(ConfigError, match=r"no cluster profile 'nope'.*known: local, leonardo|known: .*leonardo"):
         load_cluster("nope")
 
 
@@ -152,7 +153,7 @@ def test_preset_2_7b_matches_the_seed_shape():
 
 def test_preset_override_and_unknown_preset():
     assert ModelConfig.from_name("6.7b", n_layers=4).n_layers == 4
-    with pytest.raises(ValueError, match="'7b' is not a model preset; known presets: tiny, 60m, 125m, 1b, 2.7b"):
+    with pytest.raises(ValueError, match=re.escape("'7b' is not a model preset; known presets: tiny, 60m, 125m, 1b, 2.7b")):
         ModelConfig.from_name("7b")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_open_rejects_other_tokenizer(tmp_path: Path) -> None:
 def test_open_rejects_incomplete_store(tmp_path: Path) -> None:
     _write(tmp_path / "s")
     (tmp_path / "s" / HEADER).unlink()
-    with pytest.raises(ConfigError, match="header.json is missing .*interrupted"):
+    with pytest.raises(ConfigError, match=r"header\.json is missing .*interrupted"):
         TokenStore.open(tmp_path / "s")
 
 
@@ -130,7 +131,7 @@ def test_open_rejects_truncated_tokens(tmp_path: Path) -> None:
 def test_open_rejects_missing_mask(tmp_path: Path) -> None:
     _write(tmp_path / "s", masks=True)
     (tmp_path / "s" / LOSS_MASK).unlink()
-    with pytest.raises(ConfigError, match="loss_mask.bin: missing"):
+    with pytest.raises(ConfigError, match=re.escape("loss_mask.bin: missing")):
         TokenStore.open(tmp_path / "s")
 
 
@@ -190,7 +191,7 @@ def test_verify_scans_what_open_does_not(tmp_path: Path) -> None:
     tokens = np.memmap(tmp_path / "s" / TOKENS, dtype=np.uint16, mode="r+")
     tokens[3] = 300
     tokens.flush()
-    with pytest.raises(ConfigError, match="tokens.bin: token 3 is 300, not below vocab_size 257"):
+    with pytest.raises(ConfigError, match=re.escape("tokens.bin: token 3 is 300, not below vocab_size 257")):
         TokenStore.open(tmp_path / "s").verify()
     tokens[3] = 65
     end_of_first = len(TEXTS[0].encode())

@@ -137,7 +137,7 @@ def test_a_fixed_global_batch_keeps_it_through_grad_accum(in_project: Path, tmp_
 
 
 def test_apply_waits_for_every_probe(in_project: Path, tmp_path: Path) -> None:
-    with pytest.raises(HpcllmError, match="no probes of 'scaling_2.7b' on 'leonardo'.*run `hpcllm explore-batch"):
+    with pytest.raises(HpcllmError, match=r"no probes of 'scaling_2\.7b' on 'leonardo'.*run `hpcllm explore-batch"):
         apply_probes(SCALING, "leonardo", tmp_path)
     result = explore_batch(SCALING, "leonardo", tmp_path, settings=SETTINGS, dry_run=True)
     for plan in result.plans[1:]:

@@ -12,9 +12,7 @@ cluster these tests skip by hand and fail under ``make test`` (tests/slurm_gate.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from engine_support import losses_checking_reruns, uninterrupted_losses
-from slurm_gate import LOCAL_SLURM_CONF, PARTITION_NODES
+from slurm_gate import PARTITION_NODES
 
 from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
@@ -37,25 +35,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hpcllm.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("slurm-data") / "demo"
-    write_demo(out, overwrite=True, with_debian_docs=False)
-    return out
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, demo_data: Path, tmp_path: Path) -> Path:
-    """Jobs inherit this environment (sbatch --export=ALL): this interpreter, this checkout."""
-    if "SLURM_CONF" not in os.environ and LOCAL_SLURM_CONF.exists():
-        monkeypatch.setenv("SLURM_CONF", str(LOCAL_SLURM_CONF))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "results"
+# The fixtures `demo_data` (module scope) and `env` come from tests/slurm_fixtures.py.
 
 
 def experiment(tmp_path: Path, data: Path, name: str, *, steps: int, nodes: int = 1, time_limit: str = "00:05:00",

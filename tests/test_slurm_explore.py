@@ -1,7 +1,7 @@
 """explore-batch through the SLURM backend: the probe is an sbatch job like any run (2 logical nodes).
 
-Helpers and fixtures (the local cluster's environment, the demo data, polling) come from
-test_slurm_cluster.py. Run: ``pytest -m slurm tests/test_slurm_explore.py``.
+Helpers (the experiment, polling) come from test_slurm_cluster.py, the fixtures (the local
+cluster's environment, the demo data) from tests/slurm_fixtures.py. Run: ``pytest -m slurm tests/test_slurm_explore.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_slurm_cluster import demo_data, env, experiment, finished, wait_for  # noqa: F401 - fixtures
+from test_slurm_cluster import experiment, finished, wait_for
 from typer.testing import CliRunner
 
 from hpcllm.cli import app

@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from test_slurm_cluster import (  # the local cluster's fixtures and helpers
+from test_slurm_cluster import (  # the local cluster's helpers (its fixtures: tests/slurm_fixtures.py)
     REPO,
     assert_no_leftover_processes,
-    demo_data,  # noqa: F401 - fixture
     engine_pids,
-    env,  # noqa: F401 - fixture
     experiment,
     finished,
     last_step,
@@ -171,7 +169,7 @@ def test_a_stop_with_no_time_to_save_falls_back_to_the_last_periodic_checkpoint(
     while stopped_at % every == 0:  # at a save step: go on to one that saves nothing
         for pid in ranks:
             os.kill(pid, signal.SIGCONT)
-        wait_for(lambda: last_step(run) > stopped_at, 60, "the run to go on")
+        wait_for(lambda stopped_at=stopped_at: last_step(run) > stopped_at, 60, "the run to go on")
         stopped_at, periodic = pause()
     for pid in ranks:
         os.kill(pid, signal.SIGKILL)
