@@ -186,20 +186,49 @@ def layout_choices(cfg: ModelConfig, b: int, n: int) -> list[tuple[str, str, flo
     freqs = torch.polar(torch.ones(t, hd // 2), torch.outer(torch.arange(t).float(), inv))
     return [
         ("SDPA (fp32)", "enable_gqa=True (used)", median_ms(fwd_bwd(attention_sdpa, q, kv, kv), n), ""),
-        ("SDPA (fp32)", "K/V heads repeated", median_ms(fwd_bwd(
-            lambda a, b_, c: F.scaled_dot_product_attention(
-                a, b_.repeat_interleave(h // k, 1), c.repeat_interleave(h // k, 1), is_causal=True), q, kv, kv), n), ""),
+        (
+            "SDPA (fp32)",
+            "K/V heads repeated",
+            median_ms(
+                fwd_bwd(
+                    lambda a, b_, c: F.scaled_dot_product_attention(
+                        a, b_.repeat_interleave(h // k, 1), c.repeat_interleave(h // k, 1), is_causal=True
+                    ),
+                    q,
+                    kv,
+                    kv,
+                ),
+                n,
+            ),
+            "",
+        ),
         ("SDPA (fp32)", "plain matmul reference", median_ms(fwd_bwd(attention_math, q, kv, kv), n), ""),
         ("norm (fp32)", "torch.nn.RMSNorm (used)", median_ms(fwd_bwd(norm, x), n), ""),
-        ("norm (fp32)", "formula x·rsqrt(mean x²+eps)·w", median_ms(fwd_bwd(
-            lambda a: a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight, x), n), ""),
+        (
+            "norm (fp32)",
+            "formula x·rsqrt(mean x²+eps)·w",
+            median_ms(fwd_bwd(lambda a: a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight, x), n),
+            "",
+        ),
         ("qkv (fp32)", "one fused matmul (used)", median_ms(fwd_bwd(lambda a: F.linear(a, w_fused), x), n), ""),
-        ("qkv (fp32)", "three matmuls", median_ms(fwd_bwd(
-            lambda a: torch.cat([F.linear(a, w_q), F.linear(a, w_k), F.linear(a, w_v)], -1), x), n), ""),
-        ("rope (fp32)", "half layout, two multiply-adds (used)",
-         median_ms(fwd_bwd(lambda a: apply_rope(a, cos, sin), q), n), ""),
-        ("rope (fp32)", "half layout, x·cos + rotate_half(x)·sin",
-         median_ms(fwd_bwd(lambda a: rope_rotate_half(a, cos, sin), q), n), ""),
+        (
+            "qkv (fp32)",
+            "three matmuls",
+            median_ms(fwd_bwd(lambda a: torch.cat([F.linear(a, w_q), F.linear(a, w_k), F.linear(a, w_v)], -1), x), n),
+            "",
+        ),
+        (
+            "rope (fp32)",
+            "half layout, two multiply-adds (used)",
+            median_ms(fwd_bwd(lambda a: apply_rope(a, cos, sin), q), n),
+            "",
+        ),
+        (
+            "rope (fp32)",
+            "half layout, x·cos + rotate_half(x)·sin",
+            median_ms(fwd_bwd(lambda a: rope_rotate_half(a, cos, sin), q), n),
+            "",
+        ),
         ("rope (fp32)", "interleaved pairs, complex", median_ms(fwd_bwd(lambda a: rope_complex(a, freqs), q), n), ""),
     ]
 

@@ -145,7 +145,8 @@ def main() -> None:
     if env.is_main:
         tokens = args.batch * cfg.seq_len
         table = Table(title=(
-            f"{env.world_size} ranks x {args.threads} thread(s), {env.device.type}: {cfg.n_params() / 1e6:.1f}M params "
+            f"{env.world_size} ranks x {args.threads} thread(s), {env.device.type}: "
+            f"{cfg.n_params() / 1e6:.1f}M params "
             f"({cfg.n_layers} layers, d {cfg.d_model}), seq {cfg.seq_len}, MBS {args.batch}, {args.precision}; "
             f"median of {args.rounds} interleaved rounds, load average {load_before} -> {load_average()}"))
         for col in ("loop", "ms/step", "tok/s/rank", "wall ratio", "CPU ms", "CPU ratio", "target"):

@@ -67,7 +67,9 @@ def check_overflow_on_one_rank_skips_everywhere() -> None:
     result = train_step(state, grad_accum=1, dp_size=2, grad_clip=1.0, device=env.device)
     assert result.skipped and not math.isfinite(result.grad_norm), result
     assert scaler.scale == 2.0**15
-    assert all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before, strict=True)), "weights moved"
+    assert all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before, strict=True)), (
+        "weights moved"
+    )
     scaler.unscale_ = unscale  # type: ignore[method-assign]
     result = train_step(state, grad_accum=1, dp_size=2, grad_clip=1.0, device=env.device)
     assert not result.skipped and math.isfinite(result.grad_norm), result

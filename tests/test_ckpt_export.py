@@ -65,7 +65,9 @@ def test_hf_export_matches_engine_logits(tmp_path: Path, overrides: dict) -> Non
 
 def test_hf_export_rejects_non_llama_configs(tmp_path: Path) -> None:
     cfg = ModelConfig.from_name("tiny", activation="gelu", norm="layernorm", seq_len=16)
-    with pytest.raises(HpcllmError, match=r"model.norm = 'layernorm' \(Llama needs 'rmsnorm'\); model.activation = 'gelu'"):
+    with pytest.raises(
+        HpcllmError, match=r"model.norm = 'layernorm' \(Llama needs 'rmsnorm'\); model.activation = 'gelu'"
+    ):
         export_hf(tmp_path / "nowhere", tmp_path / "out", cfg)
 
 

@@ -68,7 +68,9 @@ def test_mask_materialised_late_gives_ones_before(tmp_path: Path) -> None:
     assert list(TokenStore.open(tmp_path / "s").loss_mask) == [1, 1, 1, 0, 1, 1]
 
 
-@pytest.mark.parametrize("vocab,dtype", [(257, np.uint16), (65535, np.uint16), (65536, np.uint32), (200_000, np.uint32)])
+@pytest.mark.parametrize(
+    "vocab,dtype", [(257, np.uint16), (65535, np.uint16), (65536, np.uint32), (200_000, np.uint32)]
+)
 def test_dtype_by_vocab(vocab: int, dtype: type) -> None:
     assert token_dtype(vocab) == dtype
 

@@ -61,7 +61,11 @@ def test_scale_policy_matches_torch_grad_scaler() -> None:
 
 def test_unscale_divides_every_gradient_by_the_scale() -> None:
     scaler = DynamicLossScaler(LossScaleConfig(init_scale=1024.0))
-    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+    params = [
+        torch.nn.Parameter(torch.zeros(3)),
+        torch.nn.Parameter(torch.zeros(2)),
+        torch.nn.Parameter(torch.zeros(1)),
+    ]
     params[0].grad = torch.tensor([1024.0, -2048.0, 512.0])
     params[1].grad = torch.tensor([3072.0, 0.0])
     scaler.unscale_(params)  # the third has no gradient: left alone
@@ -126,7 +130,9 @@ def test_overflowing_steps_are_skipped_logged_and_leave_the_weights_alone(tmp_pa
     assert trainer["loss_scaler"] == {"scale": 2.0**37, "good_steps": 0}
 
 
-def test_resume_continues_with_the_saved_loss_scale(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_continues_with_the_saved_loss_scale(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = dict(init_scale=2.0**30, growth_interval=3)
     ref = tmp_path / "ref"
     assert run(fp16_run(ref, store, steps=12, **settings)) == 0

@@ -304,7 +304,9 @@ def test_loss_weights_give_the_weighted_mean_and_scale_each_tokens_gradient() ->
 def test_distillation_with_teacher_equal_to_student_has_zero_kl() -> None:
     logits = torch.randn(2, 8, 64)
     labels = torch.randint(0, 64, (2, 8))
-    assert distillation_sum(logits, logits, labels, None, alpha=1.0, temperature=2.0).item() == pytest.approx(0, abs=1e-4)
+    assert distillation_sum(logits, logits, labels, None, alpha=1.0, temperature=2.0).item() == pytest.approx(
+        0, abs=1e-4
+    )
     ce = cross_entropy_sum(logits, labels, None)
     mixed = distillation_sum(logits, logits, labels, None, alpha=0.3, temperature=2.0)
     assert mixed.item() == pytest.approx(0.7 * ce.item(), rel=1e-5)

@@ -107,7 +107,9 @@ def test_apply_writes_the_best_size_within_the_margin(explored: Path, tmp_path: 
     assert apply_probes(SCALING, "leonardo", explored, output=out, margin=0.0).choices[0].trial.mbs == 5
 
 
-def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_estimate(explored: Path, tmp_path: Path) -> None:
+def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_estimate(
+    explored: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "tuned.yaml"
     apply_probes(SCALING, "leonardo", explored, output=out)
     # The estimate puts 2.7b at MBS 4 over 64 GiB; the probes ran MBS 5, so nothing is skipped.

@@ -30,7 +30,11 @@ PROMPT = "The training engine shards"
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"n_kv_heads": None, "tie_embeddings": False}, {"pos_emb": "learned", "activation": "gelu", "norm": "layernorm"}],
+    [
+        {},
+        {"n_kv_heads": None, "tie_embeddings": False},
+        {"pos_emb": "learned", "activation": "gelu", "norm": "layernorm"},
+    ],
     ids=["gqa-rope", "mha-untied", "learned-positions"],
 )
 def test_cached_decoding_gives_the_logits_of_the_full_forward(overrides: dict) -> None:
@@ -57,8 +61,11 @@ def test_cache_and_context_limits_are_errors() -> None:
     cache = KVCache(cfg, 1, 8, dtype=torch.float32, device="cpu")
     with torch.no_grad(), pytest.raises(ValueError, match="exceeds the cache's 8"):
         model(torch.zeros(1, 9, dtype=torch.long), cache)
-    with pytest.raises(ConfigError, match=r"the prompt \(10 tokens\) plus --max-new-tokens 7 exceeds the model's context "
-                                          r"of 16 tokens; ask for at most 6"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the prompt \(10 tokens\) plus --max-new-tokens 7 exceeds the model's context "
+        r"of 16 tokens; ask for at most 6",
+    ):
         decode(model, list(range(10)), 7, Sampling(temperature=0), eos_id=None)
 
 
@@ -163,7 +170,10 @@ def test_plain_output_and_clear_errors(tmp_path: Path, store: Path) -> None:
     assert res.exit_code == 0 and res.stdout.startswith(PROMPT), res.output
     assert "step_1 (step 1) on cpu: 5 tokens" in res.stderr
     res = runner.invoke(app, ["generate", str(d), "--prompt", "x", "-n", "70"])
-    assert res.exit_code == 2 and "plus --max-new-tokens 70 exceeds the model's context of 64 tokens; ask for at most 62" in res.stderr
+    assert (
+        res.exit_code == 2
+        and "plus --max-new-tokens 70 exceeds the model's context of 64 tokens; ask for at most 62" in res.stderr
+    )
     res = runner.invoke(app, ["generate", str(d), "--prompt", "x", "--step", "9"])
     assert res.exit_code == 2 and "no checkpoint at step 9" in res.stderr and "steps: 1" in res.stderr
     res = runner.invoke(app, ["generate", str(tmp_path / "nothing"), "--prompt", "x"])

@@ -73,12 +73,20 @@ def test_missing_template_variable_is_an_error(in_project, tmp_path):
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
-        render_job(specs[0], profile.model_copy(update={"template": "t.j2"}), RunDir(tmp_path / "r"), account="a", directory=tmp_path)
+        render_job(
+            specs[0],
+            profile.model_copy(update={"template": "t.j2"}),
+            RunDir(tmp_path / "r"),
+            account="a",
+            directory=tmp_path,
+        )
 
 
 def test_golden_script(in_project):
     profile, specs = _specs("scaling_2.7b.yaml", "leonardo")
-    text = render_job(specs[0], profile, RunDir(Path("/results/scaling_2.7b/leonardo") / specs[0].run_id), account="AIFAC_L01_028")
+    text = render_job(
+        specs[0], profile, RunDir(Path("/results/scaling_2.7b/leonardo") / specs[0].run_id), account="AIFAC_L01_028"
+    )
     if os.environ.get("HPCLLM_REGEN_GOLDEN"):
         # Written, not checked: comparing the file with what was just written could never fail.
         GOLDEN.write_text(text)

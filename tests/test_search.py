@@ -200,7 +200,9 @@ def test_commands_refuse_what_does_not_fit(tmp_path: Path, store: Path, in_proje
     halving = _experiment(tmp_path, store, {"method": "halving", "trials": 2, "parameters": {"optim.lr": [1e-3, 1e-2]},
                                             "halving": {"min_steps": 6}})
     result = runner.invoke(app, ["search", "run", str(halving), "-c", "local", "--results", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "search.halving.min_steps: 6 must be below training.train.steps (6)" in result.output
+    assert (
+        result.exit_code == 2 and "search.halving.min_steps: 6 must be below training.train.steps (6)" in result.output
+    )
 
 
 # --- a real search on the local backend ----------------------------------------------------------
@@ -303,8 +305,17 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
         rd = RunDir(tmp_path / run_id)
         rd.path.mkdir()
         rd.config.write_text("{}\n")
-        save_manifest(rd, Manifest(run_id=run_id, experiment="e", cluster="local", backend="local",
-                                   state=manifest_state, reason="exit code 1" if manifest_state.value == "failed" else None))
+        save_manifest(
+            rd,
+            Manifest(
+                run_id=run_id,
+                experiment="e",
+                cluster="local",
+                backend="local",
+                state=manifest_state,
+                reason="exit code 1" if manifest_state.value == "failed" else None,
+            ),
+        )
         atomic_write_json(rd.summary, {"status": "completed", "steps_completed": done, "eval_loss": 3.25})
         rd.metrics.write_text(json.dumps({"step": done, "eval_loss": 3.25}) + "\n")
         rung = 1 if run_id == "t3" else 0

@@ -295,7 +295,9 @@ def test_sbatch_rejection_shows_command_and_stderr_and_marks_the_manifest(
     (clusters / "badpartition.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
     exp = experiment(tmp_path, demo_data, "rejected", steps=5)
-    with pytest.raises(BackendError, match=r"`sbatch --parsable .*job\.sbatch` failed \(exit 1\): .*[Ii]nvalid partition"):
+    with pytest.raises(
+        BackendError, match=r"`sbatch --parsable .*job\.sbatch` failed \(exit 1\): .*[Ii]nvalid partition"
+    ):
         submit_experiment(exp, "badpartition", env)
     run_dir = next(RunDir(p.parent) for p in env.rglob("run.yaml"))
     manifest = manifest_of(run_dir)
@@ -324,7 +326,9 @@ def test_a_reused_job_id_is_not_mistaken_for_the_run(env: Path, demo_data: Path,
 
 def test_more_nodes_than_the_partition_is_rejected_before_sbatch(env: Path, demo_data: Path, tmp_path: Path) -> None:
     exp = experiment(tmp_path, demo_data, "toobig", steps=5, nodes=PARTITION_NODES + 1)
-    with pytest.raises(ConfigError, match=r"resources.nodes: 5 nodes requested, but cluster 'localslurm' has at most 4"):
+    with pytest.raises(
+        ConfigError, match=r"resources.nodes: 5 nodes requested, but cluster 'localslurm' has at most 4"
+    ):
         submit_experiment(exp, "localslurm", env)
     assert not env.exists()
 

@@ -1,7 +1,8 @@
 """explore-batch through the SLURM backend: the probe is an sbatch job like any run (2 logical nodes).
 
 Helpers (the experiment, polling) come from test_slurm_cluster.py, the fixtures (the local
-cluster's environment, the demo data) from tests/slurm_fixtures.py. Run: ``pytest -m slurm tests/test_slurm_explore.py``.
+cluster's environment, the demo data) from tests/slurm_fixtures.py.
+Run: ``pytest -m slurm tests/test_slurm_explore.py``.
 """
 
 from __future__ import annotations

@@ -90,7 +90,9 @@ def test_a_module_that_does_not_load_fails_the_job_and_status_says_why(
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "module").write_text('#!/bin/sh\n[ "$1" = load ] && { echo "Lmod: unknown module $2" >&2; exit 1; }\nexit 0\n')
+    (bin_dir / "module").write_text(
+        '#!/bin/sh\n[ "$1" = load ] && { echo "Lmod: unknown module $2" >&2; exit 1; }\nexit 0\n'
+    )
     (bin_dir / "module").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # jobs inherit it (--export=ALL)
     name = profile(tmp_path, monkeypatch, "modsite", modules=["nosuch/1.0"])
@@ -105,8 +107,13 @@ def test_a_module_that_does_not_load_fails_the_job_and_status_says_why(
 
 
 def test_hpcllm_cancel_checkpoints_first_then_ends_the_job(env: Path, demo_data: Path, tmp_path: Path) -> None:
-    run = only_run(submit_experiment(
-        experiment(tmp_path, demo_data, "cancel1", steps=100_000, every=100_000, time_limit="00:10:00"), "localslurm", env))
+    run = only_run(
+        submit_experiment(
+            experiment(tmp_path, demo_data, "cancel1", steps=100_000, every=100_000, time_limit="00:10:00"),
+            "localslurm",
+            env,
+        )
+    )
     wait_for(lambda: last_step(run) >= 3, 120, "run to train")
     job = manifest_of(run).job_id or ""
     cancel_run(env, run.run_id)

@@ -29,11 +29,14 @@ class CompareWith(str, Enum):
 
 def collect(
     root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
-    fmt: TableFormat = typer.Option(TableFormat.markdown, "--format", "-f",
-                                    help="markdown (the seed's layout), csv, json, or latex (booktabs)."),
+    fmt: TableFormat = typer.Option(
+        TableFormat.markdown, "--format", "-f", help="markdown (the seed's layout), csv, json, or latex (booktabs)."
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the table to this file."),
     columns: str | None = typer.Option(
-        None, "--columns", "-c",
+        None,
+        "--columns",
+        "-c",
         help="Comma-separated column ids or groups: seed, default, all, swept; a grid key (optim.lr); "
         "summary.<key>. Ids: params, gpus, samples_per_s, mfu, mfu_with_head, hfu, loss, eval_loss, "
         "restarts, wall_time, run, ... (docs/reports.md).",
@@ -41,7 +44,9 @@ def collect(
     where: str | None = typer.Option(
         None, "--where", "-w", help="Keep rows where this is true, e.g. \"gpus >= 16 and sharding == 'FULL_SHARD'\"."
     ),
-    sort: str | None = typer.Option(None, "--sort", "-s", help="Column ids to sort by; -id for descending, e.g. gpus,-mfu."),
+    sort: str | None = typer.Option(
+        None, "--sort", "-s", help="Column ids to sort by; -id for descending, e.g. gpus,-mfu."
+    ),
     compare: CompareWith | None = typer.Option(
         None, "--compare", help="seed: our runs beside the seed's published rows, with ours/seed per row."
     ),

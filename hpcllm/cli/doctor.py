@@ -22,7 +22,9 @@ def doctor(
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
     results: Path | None = typer.Option(None, "--results", help="Results root to check (default: the profile's)."),
     gpu: bool = typer.Option(
-        False, "--gpu", help="Also run a short 2-node job: nvidia-smi, torch's CUDA, network interfaces, one all-reduce."
+        False,
+        "--gpu",
+        help="Also run a short 2-node job: nvidia-smi, torch's CUDA, network interfaces, one all-reduce.",
     ),
 ) -> None:
     """Check a profile against the cluster: partition, nodes, CPUs, GPUs, QoS, account, points, storage,

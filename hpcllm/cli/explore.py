@@ -14,18 +14,30 @@ from hpcllm.errors import HpcllmError
 def explore_batch(
     experiment: Path = typer.Argument(..., help="Experiment YAML whose grid to probe."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name."),
-    apply: bool = typer.Option(False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="--apply: file to write (default EXP.CLUSTER.tuned.yaml)."),
+    apply: bool = typer.Option(
+        False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="--apply: file to write (default EXP.CLUSTER.tuned.yaml)."
+    ),
     margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
     max_mbs: int = typer.Option(512, "--max-mbs", min=1, help="Largest micro-batch size a probe tries."),
     steps: int = typer.Option(3, "--steps", min=1, help="Timed steps per size."),
-    warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."),
-    min_gain: float = typer.Option(0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."),
-    memory_only: bool = typer.Option(False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."),
+    warmup_steps: int = typer.Option(
+        1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."
+    ),
+    min_gain: float = typer.Option(
+        0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."
+    ),
+    memory_only: bool = typer.Option(
+        False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the probe runs, submit nothing."),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
     results: Path | None = typer.Option(
-        None, "--results", help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
+        None,
+        "--results",
+        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled probes."),
 ) -> None:

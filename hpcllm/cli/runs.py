@@ -27,7 +27,9 @@ def submit(
     dry_run: bool = typer.Option(False, "--dry-run", help="Render scripts and run dirs, submit nothing."),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
     results: Path | None = typer.Option(
-        None, "--results", help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
+        None,
+        "--results",
+        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled runs."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every run has finished."),
@@ -90,10 +92,17 @@ def _print_unfit(unfit: list[Unfit]) -> None:
         t, p = u.spec.training, u.spec.training.parallel
         rows.append([u.spec.run_id, str(u.spec.world_size), str(t.train.micro_batch_size), p.sharding,
                      p.activation_checkpointing, u.reason])
-    print_listing(err_console, f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)",
-                  ("run", "ranks", "MBS", "sharding", "AC", "why"), rows, keep_whole=("run",))
-    err_console.print("the breakdown of one point: hpcllm model info NAME --mbs … --gpus … --cluster … (docs/memory.md)",
-                      soft_wrap=True)
+    print_listing(
+        err_console,
+        f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)",
+        ("run", "ranks", "MBS", "sharding", "AC", "why"),
+        rows,
+        keep_whole=("run",),
+    )
+    err_console.print(
+        "the breakdown of one point: hpcllm model info NAME --mbs … --gpus … --cluster … (docs/memory.md)",
+        soft_wrap=True,
+    )
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:

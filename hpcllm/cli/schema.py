@@ -16,7 +16,9 @@ class SchemaKind(str, Enum):
     training = "training"
 
 
-def schema(kind: SchemaKind = typer.Argument(..., help="Which file: cluster, experiment or training (run.yaml).")) -> None:
+def schema(
+    kind: SchemaKind = typer.Argument(..., help="Which file: cluster, experiment or training (run.yaml)."),
+) -> None:
     """JSON Schema of a YAML file type, for editor completion (e.g. yaml-language-server)."""
     from hpcllm.config.cluster import ClusterProfile
     from hpcllm.config.experiment import Experiment

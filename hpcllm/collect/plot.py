@@ -39,9 +39,11 @@ def scaling_groups(records: Iterable[RunRecord]) -> dict[str, list[dict[str, Any
         s = r.summary or {}
         if not r.completed or s.get("samples_per_s") is None or not s.get("world_size"):
             continue
-        label = (f"{r.cluster} {cols.params_billions(float(s.get('n_params', 0))):g}B {s.get('sharding')} "
-                 f"mbs={s.get('micro_batch_size')} AC={cols.ac_label(s.get('activation_checkpointing'), s.get('ac_every'))} "
-                 f"seq={s.get('seq_len')}")
+        label = (
+            f"{r.cluster} {cols.params_billions(float(s.get('n_params', 0))):g}B {s.get('sharding')} "
+            f"mbs={s.get('micro_batch_size')} AC={cols.ac_label(s.get('activation_checkpointing'), s.get('ac_every'))} "
+            f"seq={s.get('seq_len')}"
+        )
         groups.setdefault(label, []).append(
             {"gpus": int(s["world_size"]), "samples_per_s": float(s["samples_per_s"]), "mfu": s.get("mfu")}
         )

@@ -224,7 +224,8 @@ class TrainingConfig(_Strict):
     profile: ProfileConfig | None = Field(None, description="PyTorch profiler traces of a few steps.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     probe: ProbeConfig | None = Field(
-        None, description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md)."
+        None,
+        description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md).",
     )
 
     @model_validator(mode="after")

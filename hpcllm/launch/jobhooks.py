@@ -1,4 +1,6 @@
-"""Hooks the SLURM batch script calls around the engine: ``python -m hpcllm.launch.jobhooks start|end|requeue-failed RUN_DIR``.
+"""Hooks the SLURM batch script calls around the engine.
+
+``python -m hpcllm.launch.jobhooks start|end|requeue-failed RUN_DIR``.
 
 Why the batch script, and not ``hpcllm status``, records restarts: only the job itself knows when
 it starts again, on which nodes, and why it stopped. SLURM forgets finished jobs after MinJobAge

@@ -243,7 +243,9 @@ def prepare_run(spec: RunSpec, run_dir: RunDir, manifest: Manifest | None, *, ex
     return its manifest, ready to submit."""
     script = render_job(spec, cluster, run_dir, account=account, python=python)
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.config, config_text or run_config_text(spec), durable=False)  # both rendered again on resubmit
+    atomic_write_text(
+        run_dir.config, config_text or run_config_text(spec), durable=False
+    )  # both rendered again on resubmit
     atomic_write_text(run_dir.job_script, script, durable=False)
     run_dir.job_script.chmod(0o755)
     if manifest is None or manifest.state == RunState.RENDERED:

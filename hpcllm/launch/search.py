@@ -404,8 +404,11 @@ def decide(state: SearchState, eta: int, asynchronous: bool) -> list[tuple[Trial
                 for t in entered:
                     if t.rung == k and t.state == TrialState.FINISHED:
                         t.state = TrialState.STOPPED
-                        t.reason = (f"diverged at step {steps}" if not math.isfinite(t.score_at(steps))
-                                    else f"not in the best {max(1, len(entered) // eta)} of {len(entered)} at step {steps}")
+                        t.reason = (
+                            f"diverged at step {steps}"
+                            if not math.isfinite(t.score_at(steps))
+                            else f"not in the best {max(1, len(entered) // eta)} of {len(entered)} at step {steps}"
+                        )
                         decisions.append((t, "stopped"))
             below_complete = complete
     return decisions

@@ -165,5 +165,7 @@ def qos_table() -> dict[str, QosInfo]:
 
 
 def associations(user: str) -> list[Association]:
-    out = run_slurm(["sacctmgr", "-nP", "show", "assoc", "where", f"user={user}", "format=Account,Partition,QOS"]).stdout
+    out = run_slurm(
+        ["sacctmgr", "-nP", "show", "assoc", "where", f"user={user}", "format=Account,Partition,QOS"]
+    ).stdout
     return parse_associations(out)

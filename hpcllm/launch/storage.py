@@ -44,8 +44,10 @@ class StorageNeed:
         if not self.runs:
             return "no checkpoints (nothing to submit)"
         each = "" if self.uniform else "up to "
-        return (f"{human_bytes(self.total)} of checkpoints ({self.runs} run{'s' * (self.runs != 1)} x "
-                f"{self.kept} kept x {each}{human_bytes(self.largest)}; {human_bytes(self.peak)} while all save at once)")
+        return (
+            f"{human_bytes(self.total)} of checkpoints ({self.runs} run{'s' * (self.runs != 1)} x "
+            f"{self.kept} kept x {each}{human_bytes(self.largest)}; {human_bytes(self.peak)} while all save at once)"
+        )
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,9 @@ class SlurmBackend(Backend):
         return job_ids
 
     def _excludes(self, run_dir: RunDir, manifest: Manifest) -> list[str]:
-        return usable_excludes(manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes)
+        return usable_excludes(
+            manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes
+        )
 
     @staticmethod
     def _sbatch(script: Path, exclude: list[str], depends_on: list[str], run_dir: RunDir, array: int = 0) -> str:
@@ -316,7 +318,9 @@ class SlurmBackend(Backend):
         if proc.returncode != 0:
             if "Invalid job id" in proc.stderr:
                 return {}  # every one of them has left the scheduler
-            raise BackendError(f"`squeue --jobs={','.join(ids)}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
+            raise BackendError(
+                f"`squeue --jobs={','.join(ids)}` failed (exit {proc.returncode}): {proc.stderr.strip()}"
+            )
         queue = {}
         for line in proc.stdout.splitlines():
             parts = line.strip().split("|")
