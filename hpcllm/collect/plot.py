@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 MAX_LEGEND = 12  # more lines than this get no legend (it would cover the plot)
 
 
-def _pyplot():
+def _use_agg() -> None:
+    """Matplotlib's file-only backend, chosen before pyplot is imported (a login node has no display).
+
+    Each caller then imports pyplot itself, so that its figures keep matplotlib's types."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def scaling_groups(records: Iterable[RunRecord]) -> dict[str, list[dict[str, Any]]]:
@@ -59,7 +59,9 @@ def efficiency(points: list[dict[str, Any]]) -> list[float]:
 
 
 def scaling_figure(records: Iterable[RunRecord]) -> Figure:
-    plt = _pyplot()
+    _use_agg()
+    import matplotlib.pyplot as plt
+
     groups = scaling_groups(records)
     fig, (ax_tp, ax_mfu, ax_eff) = plt.subplots(1, 3, figsize=(15, 4.4))
     for label, points in groups.items():
@@ -105,7 +107,9 @@ def _restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
 
 
 def loss_figure(records: Iterable[RunRecord]) -> Figure:
-    plt = _pyplot()
+    _use_agg()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(11, 4.4))
     shown = 0
     for r in records:
@@ -136,7 +140,10 @@ def loss_figure(records: Iterable[RunRecord]) -> Figure:
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _pyplot().close(fig)
+    _use_agg()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return buf.getvalue()
 
 

@@ -24,6 +24,8 @@ from hpcllm.config import grid as gridlib
 from hpcllm.rundir import SUMMARY_KIND_PROBE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
 COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
@@ -62,7 +64,7 @@ def completed_of(scanned: list[RunRecord], problems: list[str] | None = None) ->
     for record in scanned:
         if problems is not None:
             problems.extend(record.problems)
-        if record.completed and record.summary.get("kind") != SUMMARY_KIND_PROBE:
+        if record.completed and (record.summary or {}).get("kind") != SUMMARY_KIND_PROBE:
             records.append(record)
     return records
 
@@ -123,7 +125,7 @@ def _column_for(name: str) -> cols.Column:
     return cols.swept_column(name)
 
 
-def _where(expression: str, records: list[RunRecord], chosen: list[cols.Column]):
+def _where(expression: str, records: list[RunRecord], chosen: list[cols.Column]) -> Callable[[RunRecord], bool]:
     """A predicate on records; names are column ids, grid keys and ``summary.<key>``."""
     names = gridlib.where_names(expression)
     for name in names:

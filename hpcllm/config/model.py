@@ -91,7 +91,8 @@ class ModelConfig(BaseModel):
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
-        return cls(preset=name, **overrides)
+        # The same validation as cls(preset=..., ...): `preset` is no field, the before-validator takes it.
+        return cls.model_validate({"preset": name, **overrides})
 
     # --- derived sizes -------------------------------------------------------------------------
     @property

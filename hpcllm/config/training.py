@@ -239,7 +239,7 @@ class TrainingConfig(_Strict):
     def _omit_absent_probe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """A training run's dump has no ``probe`` key: run ids (a hash of the dump) and run.yaml
         files written before probes existed stay the same."""
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if self.probe is None:
             data.pop("probe", None)
         return data

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
-from hpcllm.config.experiment import RefusedPoint, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import qos_refusal
+from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
+from hpcllm.config.qos import RefusedPoint, qos_refusal
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
 from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for

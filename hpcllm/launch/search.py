@@ -350,7 +350,7 @@ def reconcile(state: SearchState, folder: Path) -> None:
         target = state.rungs[trial.rung]
         status = statuses.get(trial.run_id)
         manifest = status.manifest if status else None
-        if manifest is None or manifest.state in (RunState.RENDERED, RunState.SUBMIT_FAILED):
+        if status is None or manifest is None or manifest.state in (RunState.RENDERED, RunState.SUBMIT_FAILED):
             trial.state = TrialState.QUEUED
         elif manifest.state.active:
             trial.state = TrialState.RUNNING

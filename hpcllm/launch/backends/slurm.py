@@ -343,8 +343,8 @@ class SlurmBackend(Backend):
                 detail = "" if reason in ("None", "") else f" ({reason})"
                 self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
             return state
-        state, reason = self._forgotten_job(run_dir, manifest)
-        self._record_end(run_dir, state, reason)
+        state, end_reason = self._forgotten_job(run_dir, manifest)
+        self._record_end(run_dir, state, end_reason)
         return state
 
     def _forgotten_job(self, run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | None]:
@@ -360,9 +360,9 @@ class SlurmBackend(Backend):
                 if job_name == name and not job_state(slurm_state).active:
                     return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} (sacct)"
         log = self._jobcomp_log()
-        slurm_state = jobcomp_state(log, job_id, name) if log else None
-        if slurm_state and not job_state(slurm_state).active:
-            return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} ({log})"
+        comp_state = jobcomp_state(log, job_id, name) if log else None
+        if comp_state and not job_state(comp_state).active:
+            return job_state(comp_state), f"SLURM job {job_id} ended {comp_state} ({log})"
         summary = read_json(run_dir.summary) or {}
         if summary.get("status") == SUMMARY_STATUS_COMPLETED:
             return RunState.COMPLETED, None
