@@ -13,6 +13,9 @@ from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from hpcllm.collect.table import Table
     from hpcllm.rundir import RunDir
 
 
@@ -68,6 +71,7 @@ def collect(
     problems: list[str] = []
     scanned = scan(root)
     records = completed_of(scanned, problems)
+    table: Table | pd.DataFrame
     try:
         if best:
             from hpcllm.collect.best import best_table

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
+
+if TYPE_CHECKING:
+    from hpcllm.launch.explore import ApplyResult
 
 
 def explore_batch(
@@ -71,7 +75,9 @@ def explore_batch(
         table.add_column(col)
     for plan in explored.plans:
         run = actions[plan.spec.run_id]
-        start = f"{plan.spec.training.probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
+        probe = plan.spec.training.probe
+        assert probe is not None, "an explore plan's runs are probes"
+        start = f"{probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
         table.add_row(plan.spec.run_id, plan.label, str(len(plan.points)), start,
                       f"{run.action} {run.detail}".strip(), run.job_id or "-")
     console.print(table)
@@ -80,7 +86,7 @@ def explore_batch(
                   f"hpcllm explore-batch {experiment} --cluster {cluster} --apply")
 
 
-def _print_applied(applied: ApplyResult) -> None:  # noqa: F821 - imported lazily above
+def _print_applied(applied: ApplyResult) -> None:
     for warning in applied.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
     table = Table(title=f"micro-batch sizes written to {applied.output}")

@@ -8,7 +8,7 @@ memory breakdown comes from ``hpcllm.memory``, the estimate ``submit`` checks po
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.table import Table
@@ -119,7 +119,7 @@ def info_cmd(
         fail(exc)
     n_gpus = gpus or (profile.gpus_per_node if profile else 1)
     per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
-    device = "cpu" if profile is not None and profile.is_cpu else "cuda"
+    device: Literal["cuda", "cpu"] = "cpu" if profile is not None and profile.is_cpu else "cuda"
     spec = MemorySpec(cfg, parallel, mbs, world_size=n_gpus, ranks_per_node=min(per_node, n_gpus), device=device,
                       grad_accum=grad_accum)
     console.print(_architecture_table(name, cfg))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hpcllm.data.blending import BlendSchedule
-from hpcllm.data.holdout import Holdout, Side
+from hpcllm.data.holdout import Holdout, Side, StoreView
 from hpcllm.data.permutation import Permutation
 from hpcllm.data.store import TokenStore
 from hpcllm.data.tokenizer import fingerprint_of
@@ -49,9 +49,10 @@ class Sampler:
 
     def _open(self) -> None:
         fp = fingerprint_of(self.tokenizer)
-        self.stores = [TokenStore.open(p, tokenizer_fingerprint=fp) for p in self.paths]
+        opened = [TokenStore.open(p, tokenizer_fingerprint=fp) for p in self.paths]
+        self.stores: list[TokenStore | StoreView] = list(opened)
         if self.holdout is not None:
-            self.stores = [self.holdout.view(s, self.side) for s in self.stores]
+            self.stores = [self.holdout.view(s, self.side) for s in opened]
         self.n_windows = [s.n_windows(self.seq_len) for s in self.stores]
         for path, store, n in zip(self.paths, self.stores, self.n_windows, strict=True):
             if n == 0:

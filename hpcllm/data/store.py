@@ -257,7 +257,7 @@ class StoreWriter:
         self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")  # noqa: SIM115
         self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")  # noqa: SIM115
         self._mask: BinaryIO | None = None
-        self._mask_dtype = np.dtype(np.uint8)
+        self._mask_dtype: np.dtype[Any] = np.dtype(np.uint8)
 
     def add(self, docs: list[np.ndarray], masks: list[np.ndarray] | None = None) -> None:
         """Append whole documents (token ids incl. their EOS); ``masks``: per-token loss weights in

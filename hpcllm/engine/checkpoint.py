@@ -294,10 +294,11 @@ class Checkpointer:
 
     def _load(self, path: Path, state: TrainState) -> None:
         trainer = read_json(path / TRAINER_STATE)
+        assert trainer is not None, f"{path}: verified, so it holds {TRAINER_STATE}"
         fresh_loader = state.loader.state_dict()
         state.loader.load_state_dict(trainer["loader"])  # first: it refuses another data setup
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
+        sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         try:
             with single_process_dcp():
                 dcp.load(sd, checkpoint_id=str(path))
@@ -383,6 +384,8 @@ class Checkpointer:
             with single_process_dcp():
                 future = dcp.async_save(_snapshot_if_needed(sd), checkpoint_id=str(tmp),
                                         process_group=self._save_group)
+            # An AsyncSaveResponse comes back only for an async_stager, which is not passed here.
+            assert isinstance(future, Future), type(future)
             self._pending = (future, tmp, step)
         else:
             with single_process_dcp():
@@ -408,7 +411,8 @@ class Checkpointer:
 
     def _write_rng(self, folder: Path) -> None:
         py = random.getstate()
-        np_state = np.random.get_state()
+        np_state = np.random.get_state(legacy=True)
+        assert isinstance(np_state, tuple)  # the legacy form of the default MT19937 state
         rng = {
             "python": [py[0], list(py[1]), py[2]],
             "numpy": [np_state[0], *np_state[2:]],

@@ -198,8 +198,8 @@ def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: i
         real = ids < samples
         batch = sampler.batch(np.where(real, ids, 0))
         tokens = torch.from_numpy(batch.tokens)
-        mask = np.ones((len(ids), seq_len), np.float32) if batch.loss_mask is None else batch.loss_mask
-        mask = torch.from_numpy(np.asarray(mask, dtype=np.float32) * real[:, None])
+        weights = np.ones((len(ids), seq_len), np.float32) if batch.loss_mask is None else batch.loss_mask
+        mask = torch.from_numpy(np.asarray(weights, dtype=np.float32) * real[:, None])
         batches.append({"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
                         "loss_mask": mask})
     return batches

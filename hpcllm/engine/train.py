@@ -189,13 +189,15 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
     for i, batch in enumerate(micro_batches):
         set_gradient_sync(model, i == grad_accum - 1)
         logits = model(batch["input_ids"])
+        labels = batch["labels"]
+        assert labels is not None  # of a micro-batch's entries only the loss mask may be None
         if teacher is not None and distill is not None:
             with torch.no_grad():
                 teacher_logits = teacher(batch["input_ids"])
-            micro = distillation_sum(logits, teacher_logits, batch["labels"], batch["loss_mask"],
+            micro = distillation_sum(logits, teacher_logits, labels, batch["loss_mask"],
                                      alpha=distill.alpha, temperature=distill.temperature)
         else:
-            micro = cross_entropy_sum(logits, batch["labels"], batch["loss_mask"])
+            micro = cross_entropy_sum(logits, labels, batch["loss_mask"])
         (micro * scale).backward()
         loss_sum += micro.detach()
     params = list(model.parameters())
