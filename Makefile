@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RESULTS ?= results
 
-.PHONY: setup demo test test-fast browser clean-results
+.PHONY: setup demo test test-fast lint browser clean-results
 
 setup: $(VENV)/.installed
 
@@ -33,8 +33,16 @@ demo: setup
 	$(BIN)/hpcllm submit experiments/smoke.yaml --cluster local --results $(RESULTS) --wait
 	$(BIN)/hpcllm collect $(RESULTS)/smoke --format markdown
 
-test: setup browser
+# Lint first: a finding fails `make test` before Chromium is installed or any test runs.
+test: setup lint browser
 	VENV=$(VENV) scripts/test.sh
+
+# Lint (ruff), formatting (ruff format --check) and types (mypy: strict on config, launch and
+# collect); the settings are in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Chromium from Debian's packages for the report's browser test (as root; a no-op when installed).
 browser:

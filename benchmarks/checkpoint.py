@@ -81,14 +81,14 @@ def save_load(model_cfg: ModelConfig, store: Path, work: Path, repeats: int) -> 
         for mode in ("sync", "async"):
             run = RunDir(work / f"sl_{mode}_{r}")
             ckpt = Checkpointer(run, CheckpointConfig(async_save=mode == "async"))
-            blocked = timed(lambda: ckpt.save(state))
+            blocked = timed(lambda ckpt=ckpt: ckpt.save(state))
             done = blocked + timed(ckpt.wait)
             ckpt.close()
             rows[f"{mode}: train loop blocked"] = min(rows[f"{mode}: train loop blocked"], blocked)
             rows[f"{mode}: until published"] = min(rows[f"{mode}: until published"], done)
             size = list_checkpoints(run.checkpoints)[-1].size_bytes
             fresh = build_state(model_cfg, store, steps=10)
-            load = timed(lambda: Checkpointer(run, CheckpointConfig()).load_latest(fresh))
+            load = timed(lambda run=run, fresh=fresh: Checkpointer(run, CheckpointConfig()).load_latest(fresh))
             rows["load (latest, verified)"] = min(rows["load (latest, verified)"], load)
             shutil.rmtree(run.path)
     table = Table(title=f"{model_cfg.name}: {model_cfg.n_params() / 1e6:.0f}M params, checkpoint "
@@ -117,7 +117,7 @@ def throughput(model_cfg: ModelConfig, store: Path, work: Path, cycles: int, eve
     times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
     for _ in track(range(cycles), description="train + checkpoint"):
         for mode, secs in times.items():
-            def cycle() -> None:
+            def cycle(mode: str = mode) -> None:
                 if mode != "none":
                     ckpts[mode].save(state)
                 for _ in range(every):

@@ -14,6 +14,7 @@ on a shared login node the wall time is that divided by the share of a core it g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,8 +52,8 @@ def main() -> None:
     for col in ("file", "bytes", "read_yaml (ms)", "yaml.safe_load (ms)"):
         table.add_column(col, justify="left" if col == "file" else "right")
     for path in files:
-        checked = best_of(args.repeats, lambda: read_yaml(path))
-        bare = best_of(args.repeats, lambda: yaml.safe_load(path.read_text()))
+        checked = best_of(args.repeats, lambda path=path: read_yaml(path))
+        bare = best_of(args.repeats, lambda path=path: yaml.safe_load(path.read_text()))
         table.add_row(str(path.relative_to(ROOT)), str(path.stat().st_size), f"{checked * 1e3:.2f}",
                       f"{bare * 1e3:.2f}")
     console.print(table)
@@ -71,10 +72,8 @@ def main() -> None:
         table.add_row(f"{len(specs):,}", "expand + where + validate", f"{time.process_time() - t0:.2f}")
     huge = {f"train.a{i}": list(range(10)) for i in range(20)}
     t0 = time.process_time()
-    try:
+    with contextlib.suppress(ValueError):
         gridlib.check_size(huge, [])
-    except ValueError:
-        pass
     table.add_row("10^20", "count and refuse", f"{time.process_time() - t0:.6f}")
     console.print(table)
 

@@ -113,7 +113,9 @@ def main() -> None:
     t.add_column("measurement")
     t.add_column("value", justify="right")
     t.add_row("TokenStore.open (median of 20)", f"{median_s(lambda: TokenStore.open(store_path), 20) * 1e3:.2f} ms")
-    t.add_row("Sampler(...) incl. open, seq 2048", f"{median_s(lambda: Sampler([str(store_path)], [1.0], tokenizer='byte', seq_len=2048, seed=0, shuffle=True), 20) * 1e3:.2f} ms")
+    sampler_s = median_s(
+        lambda: Sampler([str(store_path)], [1.0], tokenizer="byte", seq_len=2048, seed=0, shuffle=True), 20)
+    t.add_row("Sampler(...) incl. open, seq 2048", f"{sampler_s * 1e3:.2f} ms")
 
     def first_batch(workers: int, resume_at: int | None = None) -> None:
         loader = build_train_loader(cfg.model_copy(update={"num_workers": workers}), seq_len=2048,
@@ -125,9 +127,16 @@ def main() -> None:
         next(loader)
         loader.close()
 
-    t.add_row("first batch (build + next), 0 workers, seq 2048 x 8", f"{median_s(lambda: first_batch(0), 5) * 1e3:.1f} ms")
-    t.add_row("first batch (build + next), 1 worker, seq 2048 x 8", f"{median_s(lambda: first_batch(1), 3) * 1e3:.1f} ms")
-    t.add_row("resume at sample 10^9 (load_state_dict + next), 0 workers", f"{median_s(lambda: first_batch(0, 10**9), 5) * 1e3:.1f} ms")
+    t.add_row(
+        "first batch (build + next), 0 workers, seq 2048 x 8", f"{median_s(lambda: first_batch(0), 5) * 1e3:.1f} ms"
+    )
+    t.add_row(
+        "first batch (build + next), 1 worker, seq 2048 x 8", f"{median_s(lambda: first_batch(1), 3) * 1e3:.1f} ms"
+    )
+    t.add_row(
+        "resume at sample 10^9 (load_state_dict + next), 0 workers",
+        f"{median_s(lambda: first_batch(0, 10**9), 5) * 1e3:.1f} ms",
+    )
     console.print(t)
 
     r = Table(title="loader samples/s vs the samples/s one CPU rank trains the tiny model at")

@@ -39,7 +39,7 @@ def write_corpus(path: Path, size_mb: int) -> int:
     return written
 
 
-def _run(inputs: list[str], tokenizer: str, output: str, workers: int, q: "mp.Queue") -> None:
+def _run(inputs: list[str], tokenizer: str, output: str, workers: int, q: mp.Queue) -> None:
     res = prepare(inputs, tokenizer, output, workers=workers, overwrite=True)
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     q.put({

@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -44,8 +45,6 @@ from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.model import GPT, apply_rope, attention_math, attention_sdpa, init_weights, rope_tables
 from hpcllm.engine.train import train_step
 
-from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
-
 console = Console()
 HALF = {"BF_16": torch.bfloat16, "FP_32": None}
 
@@ -55,9 +54,9 @@ def modalities_gpt(cfg: ModelConfig) -> torch.nn.Module | None:
     try:
         from modalities.models.components.layer_norms import PytorchRMSLayerNormConfig
         from modalities.models.gpt2.gpt2_model import (
+            GPT2LLM,
             AttentionConfig,
             AttentionImplementation,
-            GPT2LLM,
             LayerNormWrapperConfig,
             PositionTypes,
         )
@@ -187,20 +186,49 @@ def layout_choices(cfg: ModelConfig, b: int, n: int) -> list[tuple[str, str, flo
     freqs = torch.polar(torch.ones(t, hd // 2), torch.outer(torch.arange(t).float(), inv))
     return [
         ("SDPA (fp32)", "enable_gqa=True (used)", median_ms(fwd_bwd(attention_sdpa, q, kv, kv), n), ""),
-        ("SDPA (fp32)", "K/V heads repeated", median_ms(fwd_bwd(
-            lambda a, b_, c: F.scaled_dot_product_attention(
-                a, b_.repeat_interleave(h // k, 1), c.repeat_interleave(h // k, 1), is_causal=True), q, kv, kv), n), ""),
+        (
+            "SDPA (fp32)",
+            "K/V heads repeated",
+            median_ms(
+                fwd_bwd(
+                    lambda a, b_, c: F.scaled_dot_product_attention(
+                        a, b_.repeat_interleave(h // k, 1), c.repeat_interleave(h // k, 1), is_causal=True
+                    ),
+                    q,
+                    kv,
+                    kv,
+                ),
+                n,
+            ),
+            "",
+        ),
         ("SDPA (fp32)", "plain matmul reference", median_ms(fwd_bwd(attention_math, q, kv, kv), n), ""),
         ("norm (fp32)", "torch.nn.RMSNorm (used)", median_ms(fwd_bwd(norm, x), n), ""),
-        ("norm (fp32)", "formula x·rsqrt(mean x²+eps)·w", median_ms(fwd_bwd(
-            lambda a: a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight, x), n), ""),
+        (
+            "norm (fp32)",
+            "formula x·rsqrt(mean x²+eps)·w",
+            median_ms(fwd_bwd(lambda a: a * torch.rsqrt(a.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight, x), n),
+            "",
+        ),
         ("qkv (fp32)", "one fused matmul (used)", median_ms(fwd_bwd(lambda a: F.linear(a, w_fused), x), n), ""),
-        ("qkv (fp32)", "three matmuls", median_ms(fwd_bwd(
-            lambda a: torch.cat([F.linear(a, w_q), F.linear(a, w_k), F.linear(a, w_v)], -1), x), n), ""),
-        ("rope (fp32)", "half layout, two multiply-adds (used)",
-         median_ms(fwd_bwd(lambda a: apply_rope(a, cos, sin), q), n), ""),
-        ("rope (fp32)", "half layout, x·cos + rotate_half(x)·sin",
-         median_ms(fwd_bwd(lambda a: rope_rotate_half(a, cos, sin), q), n), ""),
+        (
+            "qkv (fp32)",
+            "three matmuls",
+            median_ms(fwd_bwd(lambda a: torch.cat([F.linear(a, w_q), F.linear(a, w_k), F.linear(a, w_v)], -1), x), n),
+            "",
+        ),
+        (
+            "rope (fp32)",
+            "half layout, two multiply-adds (used)",
+            median_ms(fwd_bwd(lambda a: apply_rope(a, cos, sin), q), n),
+            "",
+        ),
+        (
+            "rope (fp32)",
+            "half layout, x·cos + rotate_half(x)·sin",
+            median_ms(fwd_bwd(lambda a: rope_rotate_half(a, cos, sin), q), n),
+            "",
+        ),
         ("rope (fp32)", "interleaved pairs, complex", median_ms(fwd_bwd(lambda a: rope_complex(a, freqs), q), n), ""),
     ]
 
@@ -224,7 +252,7 @@ def differences(cfg: ModelConfig, args: argparse.Namespace) -> None:
             for name, fn in (("ours: fused QKV, strided heads, enable_gqa", attention_ours),
                              ("Modalities: 3 matmuls, contiguous, K/V repeated", attention_modalities_layout)):
                 rows.append((f"attention ({tag})", name, median_ms(fwd_bwd(
-                    lambda a, w: fn(a, w, cos, sin, h, k), x, w_qkv), n), ""))
+                    lambda a, w, fn=fn: fn(a, w, cos, sin, h, k), x, w_qkv), n), ""))
     rows += layout_choices(cfg, b, n)
     q = torch.randn(b, h, t, cfg.head_dim).bfloat16()
     rows.append(("RoPE on bf16 q", "fp32 cos/sin, result cast back (ours)",

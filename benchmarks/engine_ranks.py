@@ -26,6 +26,7 @@ import argparse
 
 import torch
 import torch.distributed as dist
+from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -38,8 +39,6 @@ from hpcllm.engine.metrics import peak_memory_gib
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.train import train_step
-
-from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
 
 console = Console()
 TARGETS = {"FULL_SHARD": 0.95, "NO_SHARD": 0.98}
@@ -94,11 +93,12 @@ def collectives_table(cfg: ModelConfig, env: DistEnv, rounds: int) -> None:
         shard, full = torch.randn(numel), torch.randn(numel * world)
         out_full, out_shard = torch.empty(numel * world), torch.empty(numel)
         timings = time_interleaved({
-            "ag gloo": lambda: all_gather(out_full, shard),
-            "ag pairwise": lambda: PairwiseAllGather()(out_full, shard, group),
-            "rs gloo": lambda: reduce_scatter(out_shard, full.clone()),
-            "all-reduce": lambda: dist.all_reduce(full.clone()),
-            "rs pairwise": lambda: PairwiseReduceScatter()(out_shard, full.clone(), group, dist.ReduceOp.SUM),
+            "ag gloo": lambda out_full=out_full, shard=shard: all_gather(out_full, shard),
+            "ag pairwise": lambda out_full=out_full, shard=shard: PairwiseAllGather()(out_full, shard, group),
+            "rs gloo": lambda out_shard=out_shard, full=full: reduce_scatter(out_shard, full.clone()),
+            "all-reduce": lambda full=full: dist.all_reduce(full.clone()),
+            "rs pairwise": lambda out_shard=out_shard, full=full: PairwiseReduceScatter()(
+                out_shard, full.clone(), group, dist.ReduceOp.SUM),
         }, rounds=rounds, steps_per_window=1, warmup=1)
         if env.is_main:
             table.add_row(f"{numel:,}", *(f"{timings.median_wall(k) * 1e3:.1f}" for k in timings.wall))
@@ -145,7 +145,8 @@ def main() -> None:
     if env.is_main:
         tokens = args.batch * cfg.seq_len
         table = Table(title=(
-            f"{env.world_size} ranks x {args.threads} thread(s), {env.device.type}: {cfg.n_params() / 1e6:.1f}M params "
+            f"{env.world_size} ranks x {args.threads} thread(s), {env.device.type}: "
+            f"{cfg.n_params() / 1e6:.1f}M params "
             f"({cfg.n_layers} layers, d {cfg.d_model}), seq {cfg.seq_len}, MBS {args.batch}, {args.precision}; "
             f"median of {args.rounds} interleaved rounds, load average {load_before} -> {load_average()}"))
         for col in ("loop", "ms/step", "tok/s/rank", "wall ratio", "CPU ms", "CPU ratio", "target"):

@@ -106,7 +106,7 @@ class Timings:
     def ratio(self, name: str, reference: str, clock: str = "wall") -> float:
         """Median over rounds of reference time / contender time (> 1: the contender is faster)."""
         times = self.wall if clock == "wall" else self.cpu
-        return statistics.median(r / t for r, t in zip(times[reference], times[name]))
+        return statistics.median(r / t for r, t in zip(times[reference], times[name], strict=True))
 
 
 def time_interleaved(steps: dict[str, Step], *, rounds: int, steps_per_window: int, warmup: int,

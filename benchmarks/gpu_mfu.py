@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from fixed_batch import engine_state, random_batch  # sibling module (benchmarks/ is on sys.path)
 from rich.console import Console
 from rich.table import Table
 
@@ -28,8 +29,6 @@ from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.metrics import detect_gpu_type, peak_memory_gib
 from hpcllm.engine.train import train_step
-
-from fixed_batch import engine_state, random_batch  # sibling module (benchmarks/ is on sys.path)
 
 console = Console()
 

@@ -25,16 +25,16 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_memory_activations import measure  # noqa: E402 - the test's harness, so table and test agree
+from test_memory_activations import measure
 
-from hpcllm.config.model import ModelConfig  # noqa: E402
-from hpcllm.config.training import OptimConfig, ParallelConfig  # noqa: E402
-from hpcllm.engine.distributed import init_distributed  # noqa: E402
-from hpcllm.engine.losses import cross_entropy_sum  # noqa: E402
-from hpcllm.engine.memory_audit import rank_state_bytes  # noqa: E402
-from hpcllm.engine.optim import build_optimizer  # noqa: E402
-from hpcllm.engine.parallelize import build_mesh, build_parallel_model  # noqa: E402
-from hpcllm.memory import MemorySpec, estimate_memory  # noqa: E402
+from hpcllm.config.model import ModelConfig
+from hpcllm.config.training import OptimConfig, ParallelConfig
+from hpcllm.engine.distributed import init_distributed
+from hpcllm.engine.losses import cross_entropy_sum
+from hpcllm.engine.memory_audit import rank_state_bytes
+from hpcllm.engine.optim import build_optimizer
+from hpcllm.engine.parallelize import build_mesh, build_parallel_model
+from hpcllm.memory import MemorySpec, estimate_memory
 
 console = Console()
 MIB = 2**20

@@ -20,6 +20,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from fixed_batch import FixedBatch  # sibling module (benchmarks/ is on sys.path)
 from rich.console import Console
 from rich.table import Table
 
@@ -32,8 +33,6 @@ from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import train_step
 from hpcllm.memory import MemorySpec, estimate_memory
-
-from fixed_batch import FixedBatch  # sibling module (benchmarks/ is on sys.path)
 
 console = Console()
 

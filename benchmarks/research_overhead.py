@@ -19,8 +19,9 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,11 +78,11 @@ def split_table(workdir: Path) -> Table:
         table.add_column(col, justify="right")
     for n_docs in (100_000, 1_000_000):
         store = synthetic_store(workdir / f"docs{n_docs}", n_docs)
-        build = median_s(lambda: Holdout(0.01).view(store, "train"), 3)
+        build = median_s(lambda store=store: Holdout(0.01).view(store, "train"), 3)
         view = Holdout(0.01).view(store, "train")
         idx = np.random.default_rng(1).integers(0, view.n_windows(2048), size=64)
-        plain = median_s(lambda: store.windows(idx, 2048), 20)
-        through = median_s(lambda: view.windows(idx, 2048), 20)
+        plain = median_s(lambda store=store, idx=idx: store.windows(idx, 2048), 20)
+        through = median_s(lambda view=view, idx=idx: view.windows(idx, 2048), 20)
         table.add_row(f"{n_docs:,}", f"{store.n_tokens:,}", f"{build:.2f}", f"{plain * 1e3:.1f}",
                       f"{through * 1e3:.1f}")
     return table
@@ -102,7 +103,7 @@ def eval_table(workdir: Path, samples: int) -> Table:
         opt = build_optimizer(model, OptimConfig(), 1e-3)
         x = torch.randint(0, 256, (mbs, cfg.seq_len))
 
-        def step() -> None:
+        def step(model: GPT = model, opt: torch.optim.Optimizer = opt, x: torch.Tensor = x) -> None:
             loss = cross_entropy_sum(model(x), x, None) / x.numel()
             loss.backward()
             opt.step()
@@ -113,7 +114,7 @@ def eval_table(workdir: Path, samples: int) -> Table:
         evaluator = Evaluator(EvalConfig(samples=samples), batches, CPU)
         step()
         train_s = median_s(step, 9)
-        eval_s = median_s(lambda: evaluator.evaluate(model, 1), 5)
+        eval_s = median_s(lambda evaluator=evaluator, model=model: evaluator.evaluate(model, 1), 5)
         table.add_row(f"{cfg.n_params() / 1e6:.2f}M", str(cfg.seq_len), str(mbs), f"{train_s:.3f}",
                       f"{eval_s:.3f}", f"{eval_s / train_s:.1f}x")
     return table
@@ -130,7 +131,7 @@ def tracking_table(workdir: Path) -> Table:
         log = MetricsLog(path=folder / "metrics.jsonl", throughput=Throughput(8, 128, 1e6, 1, None), restart=0,
                          log_every=1, enabled=True, sinks=sinks)
         steps = iter(range(1, 10**9))
-        per_line = median_s(lambda: log.log(**{**record, "step": next(steps)}), 500)
+        per_line = median_s(lambda log=log, steps=steps: log.log(**{**record, "step": next(steps)}), 500)
         log.close()
         table.add_row(name, f"{per_line * 1e3:.3f}")
     return table

@@ -52,7 +52,7 @@ class RunDir:
     path: Path
 
     @classmethod
-    def of(cls, results_root: Path, experiment: str, cluster: str, run_id: str) -> "RunDir":
+    def of(cls, results_root: Path, experiment: str, cluster: str, run_id: str) -> RunDir:
         return cls(Path(results_root) / experiment / cluster / run_id)
 
     @property

@@ -182,7 +182,7 @@ def _map_value(value: Any, change: Callable[[str, str], str], key: str) -> Any:
         return map_site_paths(value, change, f"{key}.")
     if isinstance(value, list):
         items = [_map_value(item, change, f"{key}[{i}]") for i, item in enumerate(value)]
-        return items if any(a is not b for a, b in zip(items, value)) else value
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     if isinstance(value, dict):
         mapped = {k: _map_value(item, change, f"{key}.{k}") for k, item in value.items()}
         return mapped if any(mapped[k] is not value[k] for k in value) else value

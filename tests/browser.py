@@ -10,6 +10,7 @@ fd 3 and writes replies and events on fd 4.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -145,15 +146,13 @@ class Browser:
             self._proc.kill()
             self._proc.wait()
         for fd in (self._to_child, self._from_child):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         if self._proc.stderr:
             self._proc.stderr.close()
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,9 @@ import pytest
 # the local SLURM cluster does not answer: see tests/slurm_gate.py.
 from slurm_gate import pytest_report_teststatus, pytest_runtest_setup, pytest_terminal_summary  # noqa: F401
 
+# The scheduler tests' fixtures (demo_data, env), shared by the test_slurm_*.py modules.
+pytest_plugins = ["slurm_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

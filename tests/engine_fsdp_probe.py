@@ -31,7 +31,7 @@ def check(precision: str, expected: torch.dtype) -> None:
     model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=3)
     plain = GPT(cfg)
     init_weights(plain, 3)
-    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
         assert p.to_local().numel() < q.numel(), f"{name} is not sharded"
         assert torch.equal(p.full_tensor(), q), f"{name}: sharded init differs from plain init"
     seen: list[torch.dtype] = []
@@ -67,11 +67,13 @@ def check_overflow_on_one_rank_skips_everywhere() -> None:
     result = train_step(state, grad_accum=1, dp_size=2, grad_clip=1.0, device=env.device)
     assert result.skipped and not math.isfinite(result.grad_norm), result
     assert scaler.scale == 2.0**15
-    assert all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before)), "weights moved"
+    assert all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before, strict=True)), (
+        "weights moved"
+    )
     scaler.unscale_ = unscale  # type: ignore[method-assign]
     result = train_step(state, grad_accum=1, dp_size=2, grad_clip=1.0, device=env.device)
     assert not result.skipped and math.isfinite(result.grad_norm), result
-    assert not all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before))
+    assert not all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before, strict=True))
 
 
 if __name__ == "__main__":

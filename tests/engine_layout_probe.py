@@ -72,8 +72,10 @@ def check_no_shard_is_ddp_and_matches_one_process(env: DistEnv) -> None:
     # Loss and pre-clip norm pin the normalisation (Adam's first step alone is blind to a scale).
     assert abs(result.loss - loss.item()) < 1e-5 * loss.item(), (result, loss.item())
     assert abs(result.grad_norm - norm.item()) < 1e-4 * norm.item(), (result, norm.item())
-    for (name, p), q in zip(model.named_parameters(), reference.parameters()):  # ~lr = 1e-2 per element
-        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name} differs from one process: {m}")
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):  # ~lr = 1e-2 per element
+        torch.testing.assert_close(
+            p, q, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name} differs from one process: {m}"
+        )
 
 
 def check_full_shard_recipe(env: DistEnv) -> None:

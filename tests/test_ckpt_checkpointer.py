@@ -23,8 +23,8 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.checkpoint import (
     LATEST,
-    Checkpointer,
     CheckpointCorrupt,
+    Checkpointer,
     list_checkpoints,
     read_latest_pointer,
     verify_checkpoint,
@@ -81,7 +81,7 @@ def run_steps(state: TrainState, ckpt: Checkpointer, n: int) -> list[float]:
 
 
 def assert_same_state(a: TrainState, b: TrainState) -> None:
-    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
     sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
     for k in sa["state"]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_ckpt_checkpointer import CountingLoader, run_steps
 from typer.testing import CliRunner
 
 from hpcllm.cli.ckpt import ckpt_app
@@ -20,7 +21,6 @@ from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.state import TrainState
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
-from test_ckpt_checkpointer import CountingLoader, run_steps
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -65,7 +65,9 @@ def test_hf_export_matches_engine_logits(tmp_path: Path, overrides: dict) -> Non
 
 def test_hf_export_rejects_non_llama_configs(tmp_path: Path) -> None:
     cfg = ModelConfig.from_name("tiny", activation="gelu", norm="layernorm", seq_len=16)
-    with pytest.raises(HpcllmError, match=r"model.norm = 'layernorm' \(Llama needs 'rmsnorm'\); model.activation = 'gelu'"):
+    with pytest.raises(
+        HpcllmError, match=r"model.norm = 'layernorm' \(Llama needs 'rmsnorm'\); model.activation = 'gelu'"
+    ):
         export_hf(tmp_path / "nowhere", tmp_path / "out", cfg)
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from engine_support import PYTHON, REPO, losses_checking_reruns, make_store, write_run
+
 from hpcllm.engine.checkpoint import list_checkpoints, read_latest_pointer
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 

@@ -57,8 +57,17 @@ def test_show_completion_is_available():
 
 def test_dry_run_renders_every_point(in_project, tmp_path):
     result = runner.invoke(
-        app, ["submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path),
-              "--no-memory-check"],
+        app,
+        [
+            "submit",
+            "experiments/scaling_2.7b.yaml",
+            "--cluster",
+            "leonardo",
+            "--dry-run",
+            "--results",
+            str(tmp_path),
+            "--no-memory-check",
+        ],
         env={"COLUMNS": "250"},
     )
     assert result.exit_code == 0, result.output
@@ -80,7 +89,9 @@ def test_submit_without_sbatch_fails_clearly(in_project, tmp_path, monkeypatch):
 
 
 def test_submit_without_account_fails_clearly(in_project, tmp_path):
-    result = runner.invoke(app, ["submit", "experiments/smoke.yaml", "--cluster", "leonardo", "--results", str(tmp_path)])
+    result = runner.invoke(
+        app, ["submit", "experiments/smoke.yaml", "--cluster", "leonardo", "--results", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "needs an account" in result.output
 
 
@@ -109,7 +120,8 @@ def test_collect_formats(tmp_path):
     assert md.exit_code == 0
     lines = md.output.strip().splitlines()
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
-    assert lines[0] == "| # Params (B) | #GPUs | Samples/s | GradAccm | MBS | GBS | Sequence Length | Precision | Sharding | AC | GPU Type | MFU |"
+    assert lines[0] == ("| # Params (B) | #GPUs | Samples/s | GradAccm | MBS | GBS | Sequence Length | Precision "
+                        "| Sharding | AC | GPU Type | MFU |")
     assert len(lines) == 2 + 3  # header, rule, three completed runs
     assert "| 2.8 | 8 | 18.63 | 1 | 2 | 16 | 4096 | BF_16 | FULL_SHARD | False | A100 | 0.5847 |" in lines
     assert "| 2.8 | 16 | 36.9 | 1 | 2 | 32 | 4096 | BF_16 | FULL_SHARD | True | A100 | 0.5847 |" in lines
@@ -142,8 +154,8 @@ def _verdicts(output: str) -> dict[str, list[str]]:
     for line in lines[top + 1:]:
         if not line.strip():
             break
-        cells = [line[start:end].strip() for start, end in zip(starts, starts[1:] + [None])]
-        rows[cells[0]] = [cell for name, cell in zip(names[1:], cells[1:]) if name != "source"]
+        cells = [line[start:end].strip() for start, end in zip(starts, [*starts[1:], None], strict=True)]
+        rows[cells[0]] = [cell for name, cell in zip(names[1:], cells[1:], strict=True) if name != "source"]
     return rows
 
 
@@ -152,7 +164,9 @@ def test_collect_check_flags_runs_out_of_bounds(tmp_path):
     inside = _fake_run(tmp_path, "run-inside", mfu=0.56)
     below = _fake_run(tmp_path, "run-below", mfu=0.40, world_size=16)
     for run in (inside, below):
-        (run / "manifest.json").write_text(json.dumps({"expected": {"mfu": {"value": 0.55, "lower": -0.1, "upper": None}}}))
+        (run / "manifest.json").write_text(
+            json.dumps({"expected": {"mfu": {"value": 0.55, "lower": -0.1, "upper": None}}})
+        )
     result = runner.invoke(app, ["collect", str(tmp_path), "--check"], env={"COLUMNS": "200"})
     assert result.exit_code == 1
     # mfu >= 0.55 x (1 - 0.1) = 0.495, no upper bound: 0.56 passes, 0.40 does not.
@@ -172,12 +186,16 @@ def test_experiment_references_reach_the_manifest(in_project, tmp_path):
         "name: e\ntraining: {model: {preset: tiny}, data: {path: data/demo}}\n"
         "expected: {leonardo: {mfu: [0.5, -0.1, null]}, local: {samples_per_s: [100, -0.5, 1.0]}}\n"
     )
-    result = runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")]
+    )
     assert result.exit_code == 0, result.output
     (manifest,) = (tmp_path / "r").rglob("manifest.json")
     assert json.loads(manifest.read_text())["expected"] == {"mfu": {"value": 0.5, "lower": -0.1, "upper": None}}
     exp.write_text(exp.read_text().replace("mfu:", "mfuu:"))
-    bad = runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")])
+    bad = runner.invoke(
+        app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")]
+    )
     assert bad.exit_code == 2 and "expected.leonardo.mfuu: not a checkable metric" in bad.output
 
 

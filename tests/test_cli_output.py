@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from collect_support import engine_summary, loss_curve, write_run
 from rich.console import Console
 from typer.testing import CliRunner
 
-from collect_support import engine_summary, loss_curve, write_run
 from hpcllm.cli import app
 from hpcllm.cli.listing import RICH_MAX_ROWS, print_listing
 from hpcllm.launch.manifest import RunState

@@ -8,9 +8,9 @@ import json
 import os
 
 import pytest
+from collect_support import engine_summary, loss_curve, write_run
 from typer.testing import CliRunner
 
-from collect_support import engine_summary, loss_curve, write_run
 from hpcllm.cli import app
 from hpcllm.launch.manifest import RunState
 from hpcllm.rundir import find_run_dirs
@@ -64,7 +64,9 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
 
 def test_evaluation_loss_shows_when_a_run_has_it(results):
     assert "Eval Loss" not in collect(results).output
-    write_run(results, "e", summary=engine_summary(world_size=64, global_batch_size=128, eval_loss=5.91234, eval_ppl=369.1))
+    write_run(
+        results, "e", summary=engine_summary(world_size=64, global_batch_size=128, eval_loss=5.91234, eval_ppl=369.1)
+    )
     header, *rows = markdown_rows(collect(results).output)
     assert header[-5:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time"]
     assert [row[-4] for row in rows] == ["", "", "", "5.9123"]

@@ -38,7 +38,7 @@ def test_eval_loss_column_only_when_a_run_has_one(tmp_path: Path) -> None:
     write_run(tmp_path / "b", "r2", micro_batch_size=8)
     assert list(collect_table(tmp_path / "b").columns) == COLUMNS  # `--columns seed`: the seed's layout
     table = build_table(completed_records(tmp_path / "b"), "seed,eval_loss")
-    assert table.headers == COLUMNS + ["Eval Loss"]
+    assert table.headers == [*COLUMNS, "Eval Loss"]
     assert "Eval Loss" in build_table(completed_records(tmp_path / "b")).headers  # default columns
     text = format_table(table, "markdown")
     assert text.splitlines()[0].endswith("| MFU | Eval Loss |")

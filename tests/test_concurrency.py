@@ -106,9 +106,11 @@ def test_a_file_system_without_locks_is_a_clear_error(tmp_path: Path, monkeypatc
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(locks.fcntl, "lockf", refuse)
-    with pytest.raises(HpcllmError, match=r"\.manifest\.lock: the file system refuses POSIX locks .*-o flock"):
-        with update_manifest(run_dir_with_manifest(tmp_path)):
-            pass
+    with (
+        pytest.raises(HpcllmError, match=r"\.manifest\.lock: the file system refuses POSIX locks .*-o flock"),
+        update_manifest(run_dir_with_manifest(tmp_path)),
+    ):
+        pass
 
 
 # --- N concurrent `hpcllm submit` of one grid ----------------------------------------------------

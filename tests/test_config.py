@@ -1,5 +1,6 @@
 """Config loading: good files load, bad files give one clear line naming file, key, value and rule."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,10 @@ BAD_CLUSTERS = [
     ("gpus_per_nod: 4\n", r"bad\.yaml: gpus_per_nod: unknown key; allowed keys here: name, description"),
     ("qos: {normal: {max_time: '25h'}}\n", r"bad\.yaml: qos\.normal\.max_time: .*\[D-\]HH:MM:SS"),
     ("gpus_per_node: -1\n", r"bad\.yaml: gpus_per_node: Input should be greater than 0 \(got -1\)"),
-    ("qos: {normal: {max_time: '01:00:00', maxnodes: 2}}\n", r"qos\.normal\.maxnodes: unknown key; allowed keys here: max_time, max_nodes"),
+    (
+        "qos: {normal: {max_time: '01:00:00', maxnodes: 2}}\n",
+        r"qos\.normal\.maxnodes: unknown key; allowed keys here: max_time, max_nodes",
+    ),
 ]
 GOOD_CLUSTER = "name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpus_per_node: 32\n"
 
@@ -75,7 +79,8 @@ training:
     "extra,pattern",
     [
         ("grid: {parallel.sharding: [FULL, HYBRID_SHARD]}\n",
-         r"point \{parallel\.sharding=FULL\}: parallel\.sharding: Input should be 'FULL_SHARD', 'HYBRID_SHARD' or 'NO_SHARD'"),
+         r"point \{parallel\.sharding=FULL\}: parallel\.sharding: "
+         r"Input should be 'FULL_SHARD', 'HYBRID_SHARD' or 'NO_SHARD'"),
         ("grid: {train.micro_batchsize: [1]}\n",
          r"train\.micro_batchsize: unknown key; allowed keys here: steps, micro_batch_size"),
         ("grid: {trian.steps: [1]}\n", r"grid: .*'trian\.steps' must start with one of: resources, run_id"),
@@ -93,8 +98,17 @@ def test_bad_experiment_errors(in_project, tmp_path, extra, pattern):
 
 
 def test_gbs_mismatch_is_explained(in_project, tmp_path):
-    path = _write(tmp_path, "e.yaml", EXPERIMENT.replace("model: {preset: tiny}", "model: {preset: tiny}\n  train: {global_batch_size: 5, micro_batch_size: 2}"))
-    with pytest.raises(ConfigError, match=r"global_batch_size: 5 != micro_batch_size \(2\) x grad_accum \(1\) x data-parallel size \(2\) = 4"):
+    path = _write(
+        tmp_path,
+        "e.yaml",
+        EXPERIMENT.replace(
+            "model: {preset: tiny}", "model: {preset: tiny}\n  train: {global_batch_size: 5, micro_batch_size: 2}"
+        ),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"global_batch_size: 5 != micro_batch_size \(2\) x grad_accum \(1\) x data-parallel size \(2\) = 4",
+    ):
         expand_experiment(load_experiment(path), load_cluster("local"), str(path))
 
 
@@ -116,7 +130,7 @@ def test_cluster_limits_are_checked_at_render_time(in_project, tmp_path):
 
 def test_account_resolution(in_project, monkeypatch):
     leo = load_cluster("leonardo")
-    with pytest.raises(ConfigError, match="needs an account.*HPCLLM_ACCOUNT.*--account"):
+    with pytest.raises(ConfigError, match=r"needs an account.*HPCLLM_ACCOUNT.*--account"):
         leo.resolve_account(None)
     monkeypatch.setenv("HPCLLM_ACCOUNT", "from_env")
     assert leo.resolve_account(None) == "from_env"
@@ -125,13 +139,15 @@ def test_account_resolution(in_project, monkeypatch):
 
 
 def test_unknown_cluster_lists_known(in_project):
-    with pytest.raises(ConfigError, match="no cluster profile 'nope'.*known: local, leonardo|known: .*leonardo"):
+    with pytest.raises(ConfigError, match=r"no cluster profile 'nope'.*known: local, leonardo|known: .*leonardo"):
         load_cluster("nope")
 
 
 def test_cli_prints_config_errors_without_traceback(in_project, tmp_path):
     path = _write(tmp_path, "e.yaml", EXPERIMENT + "grid: {parallel.precision: [FP16]}\n")
-    result = runner.invoke(app, ["submit", str(path), "--cluster", "local", "--dry-run", "--results", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["submit", str(path), "--cluster", "local", "--dry-run", "--results", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2
     assert "parallel.precision: Input should be 'BF_16', 'FP_16' or 'FP_32'" in result.output
     assert "Traceback" not in result.output
@@ -152,7 +168,9 @@ def test_preset_2_7b_matches_the_seed_shape():
 
 def test_preset_override_and_unknown_preset():
     assert ModelConfig.from_name("6.7b", n_layers=4).n_layers == 4
-    with pytest.raises(ValueError, match="'7b' is not a model preset; known presets: tiny, 60m, 125m, 1b, 2.7b"):
+    with pytest.raises(
+        ValueError, match=re.escape("'7b' is not a model preset; known presets: tiny, 60m, 125m, 1b, 2.7b")
+    ):
         ModelConfig.from_name("7b")
 
 
@@ -165,9 +183,14 @@ def test_every_shipped_file_is_valid(in_project):
 @pytest.mark.parametrize(
     "text,pattern",
     [
-        ('name: "x\\necho INJECTED #"\ntraining: {model: {preset: tiny}, data: {path: d}}\n',
-         r"e\.yaml: name: String should match pattern"),
-        ('name: "a/../../b"\ntraining: {model: {preset: tiny}, data: {path: d}}\n', r"name: String should match pattern"),
+        (
+            'name: "x\\necho INJECTED #"\ntraining: {model: {preset: tiny}, data: {path: d}}\n',
+            r"e\.yaml: name: String should match pattern",
+        ),
+        (
+            'name: "a/../../b"\ntraining: {model: {preset: tiny}, data: {path: d}}\n',
+            r"name: String should match pattern",
+        ),
     ],
 )
 def test_names_that_could_escape_a_script_or_folder_are_refused(in_project, tmp_path, text, pattern):
@@ -212,6 +235,12 @@ def test_bad_env_name_in_profile(tmp_path):
 
 
 def test_hsdp_shard_size_without_hybrid_sharding_is_refused(in_project, tmp_path):
-    path = _write(tmp_path, "e.yaml", EXPERIMENT.replace("model: {preset: tiny}", "model: {preset: tiny}\n  parallel: {hsdp_shard_size: 2}"))
-    with pytest.raises(ConfigError, match=r"parallel: Value error, hsdp_shard_size is only used with sharding: HYBRID_SHARD"):
+    path = _write(
+        tmp_path,
+        "e.yaml",
+        EXPERIMENT.replace("model: {preset: tiny}", "model: {preset: tiny}\n  parallel: {hsdp_shard_size: 2}"),
+    )
+    with pytest.raises(
+        ConfigError, match=r"parallel: Value error, hsdp_shard_size is only used with sharding: HYBRID_SHARD"
+    ):
         expand_experiment(load_experiment(path), load_cluster("local"), str(path))

@@ -64,7 +64,7 @@ def test_fractional_loss_weights_reach_the_batch(stores: dict[str, Path], tmp_pa
 def test_workers_give_the_same_stream(stores: dict[str, Path]) -> None:
     a = _take(_loader(_cfg(stores["plain"], workers=0)), 4)
     b = _take(_loader(_cfg(stores["plain"], workers=2)), 4)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_resume_gives_the_batches_of_an_uninterrupted_run(stores: dict[str, Path]) -> None:
@@ -75,7 +75,7 @@ def test_resume_gives_the_batches_of_an_uninterrupted_run(stores: dict[str, Path
     state = first.state_dict()
     resumed = _loader(cfg)
     resumed.load_state_dict(state)
-    assert all(torch.equal(x, y) for x, y in zip(straight[3:], _take(resumed, 3)))
+    assert all(torch.equal(x, y) for x, y in zip(straight[3:], _take(resumed, 3), strict=True))
 
 
 @pytest.mark.parametrize("dp_before,dp_after", [(2, 1), (2, 4), (4, 3)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(ConfigError, match=r"x.csv: unknown file type; allowed: .txt, .jsonl"):
         prepare([str(tmp_path / "x.csv")], "byte", tmp_path / "s")
-    with pytest.raises(ConfigError, match="neither 'byte' nor an existing tokenizer.json"):
+    with pytest.raises(ConfigError, match=re.escape("neither 'byte' nor an existing tokenizer.json")):
         prepare([str(_jsonl(tmp_path / "ok.jsonl", [{"text": "hi"}]))], "gpt2", tmp_path / "s")
 
 
@@ -222,6 +223,6 @@ def test_tokenizers_decode_what_they_encode_without_eos(bpe: Path) -> None:
     """What `hpcllm generate` prints: the text of the ids, EOS and other special tokens left out."""
     for tok in (load_tokenizer("byte"), load_tokenizer(str(bpe))):
         ids = tok.encode_batch([DOCS[1]])[0].tolist()
-        assert tok.decode(ids + [tok.eos_id]) == DOCS[1], tok.name
+        assert tok.decode([*ids, tok.eos_id]) == DOCS[1], tok.name
     # A byte tokenizer's multi-byte character split over tokens decodes once whole.
     assert load_tokenizer("byte").decode(list("é".encode())) == "é"

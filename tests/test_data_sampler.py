@@ -88,7 +88,7 @@ def test_ranks_are_disjoint_and_cover_the_epoch(stores: dict[str, Path]) -> None
 def test_epochs_roll_over_with_a_new_order(stores: dict[str, Path]) -> None:
     s = _sampler([stores["plain"]])
     n = s.n_windows[0]
-    src, epoch, w = s.locate(np.arange(2 * n))
+    _src, epoch, w = s.locate(np.arange(2 * n))
     assert list(np.unique(epoch[:n])) == [0] and list(np.unique(epoch[n:])) == [1]
     assert sorted(w[n:].tolist()) == list(range(n))
     assert not np.array_equal(w[:n], w[n:])

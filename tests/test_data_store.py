@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,9 @@ def test_mask_materialised_late_gives_ones_before(tmp_path: Path) -> None:
     assert list(TokenStore.open(tmp_path / "s").loss_mask) == [1, 1, 1, 0, 1, 1]
 
 
-@pytest.mark.parametrize("vocab,dtype", [(257, np.uint16), (65535, np.uint16), (65536, np.uint32), (200_000, np.uint32)])
+@pytest.mark.parametrize(
+    "vocab,dtype", [(257, np.uint16), (65535, np.uint16), (65536, np.uint32), (200_000, np.uint32)]
+)
 def test_dtype_by_vocab(vocab: int, dtype: type) -> None:
     assert token_dtype(vocab) == dtype
 
@@ -82,11 +85,10 @@ def test_uint32_store(tmp_path: Path) -> None:
 
 
 def test_crash_leaves_no_store(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                         tokenizer_fingerprint="byte-v1") as w:
-            w.add([np.array([1, 2, 256])])
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                     tokenizer_fingerprint="byte-v1") as w:
+        w.add([np.array([1, 2, 256])])
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -116,7 +118,7 @@ def test_open_rejects_other_tokenizer(tmp_path: Path) -> None:
 def test_open_rejects_incomplete_store(tmp_path: Path) -> None:
     _write(tmp_path / "s")
     (tmp_path / "s" / HEADER).unlink()
-    with pytest.raises(ConfigError, match="header.json is missing .*interrupted"):
+    with pytest.raises(ConfigError, match=r"header\.json is missing .*interrupted"):
         TokenStore.open(tmp_path / "s")
 
 
@@ -131,7 +133,7 @@ def test_open_rejects_truncated_tokens(tmp_path: Path) -> None:
 def test_open_rejects_missing_mask(tmp_path: Path) -> None:
     _write(tmp_path / "s", masks=True)
     (tmp_path / "s" / LOSS_MASK).unlink()
-    with pytest.raises(ConfigError, match="loss_mask.bin: missing"):
+    with pytest.raises(ConfigError, match=re.escape("loss_mask.bin: missing")):
         TokenStore.open(tmp_path / "s")
 
 
@@ -173,12 +175,14 @@ def test_documents_may_span_writes_but_ends_are_checked(tmp_path: Path) -> None:
 
 
 def test_commit_refuses_an_unfinished_document(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="2 tokens after the last document end"):
-        with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                         tokenizer_fingerprint="byte-v1") as w:
-            w.add([np.array([1, 256])])
-            w.write(np.array([7, 8]), None, np.array([], np.int64))
-            w.commit()
+    with (
+        pytest.raises(ValueError, match="2 tokens after the last document end"),
+        StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
+                    tokenizer_fingerprint="byte-v1") as w,
+    ):
+        w.add([np.array([1, 256])])
+        w.write(np.array([7, 8]), None, np.array([], np.int64))
+        w.commit()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -189,7 +193,7 @@ def test_verify_scans_what_open_does_not(tmp_path: Path) -> None:
     tokens = np.memmap(tmp_path / "s" / TOKENS, dtype=np.uint16, mode="r+")
     tokens[3] = 300
     tokens.flush()
-    with pytest.raises(ConfigError, match="tokens.bin: token 3 is 300, not below vocab_size 257"):
+    with pytest.raises(ConfigError, match=re.escape("tokens.bin: token 3 is 300, not below vocab_size 257")):
         TokenStore.open(tmp_path / "s").verify()
     tokens[3] = 65
     end_of_first = len(TEXTS[0].encode())

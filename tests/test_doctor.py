@@ -69,8 +69,14 @@ def test_qos_limits_that_match_the_site_pass_and_a_wrong_one_fails(in_project, m
                            .replace("boost_qos_lprod", "boost_qos_lprod_new"))
     monkeypatch.setattr(doctor, "qos_table", lambda: site)
     checks = {c.name: c for c in qos_checks(leo, None, ACCOUNTING, "leonardo.yaml")}
-    assert checks["normal"].status == FAIL and "max_nodes 64 > the site's 32 (MaxTRESPerJob node=32)" in checks["normal"].detail
-    assert checks["boost_qos_lprod"].status == FAIL and "no QoS 'boost_qos_lprod' on this cluster" in checks["boost_qos_lprod"].detail
+    assert (
+        checks["normal"].status == FAIL
+        and "max_nodes 64 > the site's 32 (MaxTRESPerJob node=32)" in checks["normal"].detail
+    )
+    assert (
+        checks["boost_qos_lprod"].status == FAIL
+        and "no QoS 'boost_qos_lprod' on this cluster" in checks["boost_qos_lprod"].detail
+    )
     too_small = leo.model_copy(update={"qos": {**leo.qos, "boost_qos_bprod": leo.qos["boost_qos_bprod"].model_copy(
         update={"min_nodes": None})}})
     monkeypatch.setattr(doctor, "qos_table", lambda: parse_qos_table(LEONARDO_QOS))
@@ -80,7 +86,9 @@ def test_qos_limits_that_match_the_site_pass_and_a_wrong_one_fails(in_project, m
 
 def test_an_account_without_the_big_job_qos_is_told_so(in_project, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USER", "ab12")
-    monkeypatch.setattr(doctor, "associations", lambda user: [Association("aifac_l01_028", "", ["normal", "boost_qos_dbg"])])
+    monkeypatch.setattr(
+        doctor, "associations", lambda user: [Association("aifac_l01_028", "", ["normal", "boost_qos_dbg"])]
+    )
     leo = load_cluster("leonardo")
     checks = account_checks(leo, ACCOUNTING, "AIFAC_L01_028", ["boost_qos_bprod", "normal"], "leonardo.yaml")
     assert [c.status for c in checks] == [OK, FAIL]

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from hpcllm.engine.distributed import all_reduce_max, all_reduce_sum
 
 
-def _worker(rank: int, store_path: str, results: "mp.Queue[tuple[int, float, float]]") -> None:
+def _worker(rank: int, store_path: str, results: mp.Queue[tuple[int, float, float]]) -> None:
     store = dist.FileStore(store_path, 2)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
     try:

@@ -186,7 +186,7 @@ def test_clipping_leaves_a_norm_below_the_cap_alone() -> None:
     before = [p.grad.clone() for p in model.parameters()]
     grads = local_grads(list(model.parameters()))
     clip_grads_(grads, 1.0, grad_norm_sq_share(grads, replicas=1).sqrt())
-    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
 def test_norm_share_divides_by_the_replicas_so_ranks_sum_to_the_global_norm() -> None:
@@ -244,7 +244,7 @@ def test_gradient_accumulation_equals_one_big_batch(masked: str) -> None:
     acc = _step(tiny_model(), halves, grad_accum=2)
     assert acc[0] == pytest.approx(big[0], rel=1e-5)
     assert acc[1] == pytest.approx(big[1], rel=1e-4)
-    for a, b in zip(acc[2].parameters(), big[2].parameters()):
+    for a, b in zip(acc[2].parameters(), big[2].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)  # Adam steps are ~1e-3
 
 
@@ -270,7 +270,7 @@ def test_loss_masking_mean_is_over_unmasked_tokens_only() -> None:
     batch_b = {"input_ids": idx[:, :-1], "labels": changed[:, 1:], "loss_mask": mask}
     loss_b, _, model_b = _step(tiny_model(), [batch_b], 1)
     assert loss_a == pytest.approx(loss_b, rel=1e-6)
-    for a, b in zip(model_a.parameters(), model_b.parameters()):
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     with torch.no_grad():
         logits = tiny_model()(idx[:, :-1])
@@ -304,7 +304,9 @@ def test_loss_weights_give_the_weighted_mean_and_scale_each_tokens_gradient() ->
 def test_distillation_with_teacher_equal_to_student_has_zero_kl() -> None:
     logits = torch.randn(2, 8, 64)
     labels = torch.randint(0, 64, (2, 8))
-    assert distillation_sum(logits, logits, labels, None, alpha=1.0, temperature=2.0).item() == pytest.approx(0, abs=1e-4)
+    assert distillation_sum(logits, logits, labels, None, alpha=1.0, temperature=2.0).item() == pytest.approx(
+        0, abs=1e-4
+    )
     ce = cross_entropy_sum(logits, labels, None)
     mixed = distillation_sum(logits, logits, labels, None, alpha=0.3, temperature=2.0)
     assert mixed.item() == pytest.approx(0.7 * ce.item(), rel=1e-5)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-
 from engine_support import make_store, run_engine, write_run
+
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.checkpoint import resolve_checkpoint
@@ -114,7 +114,10 @@ def test_architecture_mismatch_is_one_clear_error(tmp_path: Path, data: dict[str
     proc = run_engine(write_run(tmp_path / "wider", data["plain"], init_from=str(bare),
                                 model={"preset": "tiny", "seq_len": 64, "d_model": 128}))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"init_from: {bare} does not fit this run's model: tok_emb.weight [512, 128] (checkpoint: [512, 64])" in proc.stderr
+    assert (
+        f"init_from: {bare} does not fit this run's model: tok_emb.weight [512, 128] (checkpoint: [512, 64])"
+        in proc.stderr
+    )
     # A longer context is allowed with RoPE (no position table): the weights carry over.
     longer = write_run(tmp_path / "longer", data["plain"], init_from=str(source), train={"steps": 1},
                        model={"preset": "tiny", "seq_len": 96})
@@ -127,8 +130,10 @@ def test_checkpoint_references_resolve_like_the_docs_say(tmp_path: Path, source:
     assert resolve_checkpoint(f"{source}@3", "k") == ckpts / "step_3"          # run dir @ step
     assert resolve_checkpoint(str(ckpts), "k") == ckpts / "step_6"             # checkpoints/
     assert resolve_checkpoint(str(ckpts / "step_3"), "k") == ckpts / "step_3"  # a step folder
-    assert resolve_checkpoint(str(source.parent), "k") == ckpts / "step_6"     # folder with one run
-    with pytest.raises(ConfigError, match=r"k: '.*@4': no checkpoint at step 4 in .*; complete checkpoints at steps: 3, 6"):
+    assert resolve_checkpoint(str(source.parent), "k") == ckpts / "step_6"  # folder with one run
+    with pytest.raises(
+        ConfigError, match=r"k: '.*@4': no checkpoint at step 4 in .*; complete checkpoints at steps: 3, 6"
+    ):
         resolve_checkpoint(f"{source}@4", "k")
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "run.yaml").write_text("{}")
@@ -155,8 +160,9 @@ def test_warm_start_from_two_ranks_on_one_and_from_one_on_two(tmp_path: Path, da
     assert metrics(one)[0]["loss"] == pytest.approx(
         first_step_loss(one, load_model_state(two / "checkpoints" / "step_2")), rel=1e-5)
     on_two = tmp_path / "on-two"
-    proc = run_engine(write_run(on_two, data["masked"], init_from=str(source), train={"steps": 1, "micro_batch_size": 1}),
-                      nproc=2)
+    proc = run_engine(
+        write_run(on_two, data["masked"], init_from=str(source), train={"steps": 1, "micro_batch_size": 1}), nproc=2
+    )
     assert proc.returncode == 0, proc.stderr
     assert metrics(on_two)[0]["loss"] == pytest.approx(
         first_step_loss(on_two, load_model_state(source / "checkpoints" / "step_6")), rel=1e-5)

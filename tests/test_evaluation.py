@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from engine_support import make_store, run_engine, write_run
+
 from hpcllm.config.evaluation import EvalConfig
 from hpcllm.config.loader import validate
 from hpcllm.config.training import DataConfig, TrainingConfig
@@ -159,7 +159,7 @@ def test_eval_set_is_the_same_sequences_for_any_ranks_and_batch(store: Path, dp_
         batches = build_eval_batches(data, cfg, seq_len=64, micro_batch_size=mbs, dp_rank=rank, dp_size=dp_size)
         rounds.add(len(batches))
         for b in batches:
-            for ids, labels, mask in zip(b["input_ids"], b["labels"], b["loss_mask"]):
+            for ids, labels, mask in zip(b["input_ids"], b["labels"], b["loss_mask"], strict=True):
                 assert mask.min() == mask.max()  # a whole sequence counts, or none of it (padding)
                 if mask[0] == 1:
                     got.append(torch.cat([ids, labels[-1:]]).numpy())
@@ -290,7 +290,7 @@ def test_eval_on_two_fsdp_ranks_matches_the_saved_weights(tmp_path: Path, store:
         events = json.loads(RunDir(d).profile_trace(rank, 2, 2).read_text())["traceEvents"]
         assert [e["name"] for e in events if e["name"].startswith("hpcllm.step")] == ["hpcllm.step 2"]
     model = GPT(ModelConfig.from_name("tiny", seq_len=64))
-    model.load_state_dict(load_model_state(RunDir(d).checkpoints / "step_2"), strict=False)  # RoPE: buffers
+    model.load_state_dict(load_model_state(RunDir(d).checkpoints / "step_2"), strict=True)  # RoPE: buffers
     tokens = torch.from_numpy(Sampler([str(store)], [1.0], tokenizer="byte", seq_len=64, seed=0, shuffle=True,
                                       holdout=Holdout(**HOLDOUT), side="heldout").batch(np.arange(5)).tokens)
     with torch.no_grad():

@@ -107,7 +107,9 @@ def test_apply_writes_the_best_size_within_the_margin(explored: Path, tmp_path: 
     assert apply_probes(SCALING, "leonardo", explored, output=out, margin=0.0).choices[0].trial.mbs == 5
 
 
-def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_estimate(explored: Path, tmp_path: Path) -> None:
+def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_estimate(
+    explored: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "tuned.yaml"
     apply_probes(SCALING, "leonardo", explored, output=out)
     # The estimate puts 2.7b at MBS 4 over 64 GiB; the probes ran MBS 5, so nothing is skipped.
@@ -137,7 +139,7 @@ def test_a_fixed_global_batch_keeps_it_through_grad_accum(in_project: Path, tmp_
 
 
 def test_apply_waits_for_every_probe(in_project: Path, tmp_path: Path) -> None:
-    with pytest.raises(HpcllmError, match="no probes of 'scaling_2.7b' on 'leonardo'.*run `hpcllm explore-batch"):
+    with pytest.raises(HpcllmError, match=r"no probes of 'scaling_2\.7b' on 'leonardo'.*run `hpcllm explore-batch"):
         apply_probes(SCALING, "leonardo", tmp_path)
     result = explore_batch(SCALING, "leonardo", tmp_path, settings=SETTINGS, dry_run=True)
     for plan in result.plans[1:]:
@@ -191,8 +193,8 @@ def test_cli_lists_the_probes_and_applies(explored: Path, tmp_path: Path) -> Non
 
 def test_collect_shows_probes_in_their_own_table_not_in_the_scaling_table(explored: Path) -> None:
     from hpcllm.collect.probes import collect_probes
-    from hpcllm.rundir import find_run_dirs
     from hpcllm.collect.table import collect_table
+    from hpcllm.rundir import find_run_dirs
 
     index = load_index(explored, "scaling_2.7b", "leonardo")
     for entry in index.probes.values():  # what the engine writes at the end of a probe

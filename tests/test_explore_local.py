@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from engine_support import make_store, write_run
 from typer.testing import CliRunner
 
-from engine_support import make_store, write_run
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
 from hpcllm.launch.explore import ProbeSettings, explore_batch

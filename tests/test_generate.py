@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import make_store, run_engine, write_run
 from typer.testing import CliRunner
 
-from engine_support import make_store, run_engine, write_run
 from hpcllm.cli import app
 from hpcllm.config.model import ModelConfig
 from hpcllm.engine.generate import Sampling, decode, load_generator, next_token
@@ -30,7 +30,11 @@ PROMPT = "The training engine shards"
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"n_kv_heads": None, "tie_embeddings": False}, {"pos_emb": "learned", "activation": "gelu", "norm": "layernorm"}],
+    [
+        {},
+        {"n_kv_heads": None, "tie_embeddings": False},
+        {"pos_emb": "learned", "activation": "gelu", "norm": "layernorm"},
+    ],
     ids=["gqa-rope", "mha-untied", "learned-positions"],
 )
 def test_cached_decoding_gives_the_logits_of_the_full_forward(overrides: dict) -> None:
@@ -57,8 +61,11 @@ def test_cache_and_context_limits_are_errors() -> None:
     cache = KVCache(cfg, 1, 8, dtype=torch.float32, device="cpu")
     with torch.no_grad(), pytest.raises(ValueError, match="exceeds the cache's 8"):
         model(torch.zeros(1, 9, dtype=torch.long), cache)
-    with pytest.raises(ConfigError, match=r"the prompt \(10 tokens\) plus --max-new-tokens 7 exceeds the model's context "
-                                          r"of 16 tokens; ask for at most 6"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the prompt \(10 tokens\) plus --max-new-tokens 7 exceeds the model's context "
+        r"of 16 tokens; ask for at most 6",
+    ):
         decode(model, list(range(10)), 7, Sampling(temperature=0), eos_id=None)
 
 
@@ -138,7 +145,7 @@ def hf_greedy(run_dir: Path, out: Path, prompt_ids: list[int], n: int) -> list[i
 def test_greedy_output_equals_hugging_face_generate(tmp_path: Path, store: Path, model: dict) -> None:
     d = trained_run(tmp_path, store, **model)
     ours = cli_ids(d, "--temperature", "0", "-n", "30")
-    assert ours["prompt_ids"] == [256] + list(PROMPT.encode())  # EOS, then the prompt's bytes
+    assert ours["prompt_ids"] == [256, *PROMPT.encode()]  # EOS, then the prompt's bytes
     assert len(set(ours["ids"])) >= 8, ours["ids"]  # a varied continuation: the comparison means something
     assert ours["ids"] == hf_greedy(d, tmp_path / "hf", ours["prompt_ids"], 30)
     assert ours["text"] == bytes(i for i in ours["ids"] if i < 256).decode("utf-8", errors="replace")
@@ -163,7 +170,10 @@ def test_plain_output_and_clear_errors(tmp_path: Path, store: Path) -> None:
     assert res.exit_code == 0 and res.stdout.startswith(PROMPT), res.output
     assert "step_1 (step 1) on cpu: 5 tokens" in res.stderr
     res = runner.invoke(app, ["generate", str(d), "--prompt", "x", "-n", "70"])
-    assert res.exit_code == 2 and "plus --max-new-tokens 70 exceeds the model's context of 64 tokens; ask for at most 62" in res.stderr
+    assert (
+        res.exit_code == 2
+        and "plus --max-new-tokens 70 exceeds the model's context of 64 tokens; ask for at most 62" in res.stderr
+    )
     res = runner.invoke(app, ["generate", str(d), "--prompt", "x", "--step", "9"])
     assert res.exit_code == 2 and "no checkpoint at step 9" in res.stderr and "steps: 1" in res.stderr
     res = runner.invoke(app, ["generate", str(tmp_path / "nothing"), "--prompt", "x"])

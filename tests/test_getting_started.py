@@ -28,9 +28,16 @@ def guide_commands(text: str) -> list[str]:
 def test_the_guide_has_the_tutorials_steps() -> None:
     commands = guide_commands(GUIDE.read_text())
     joined = "\n".join(commands)
-    for step in ("hpcllm data demo", "hpcllm submit experiments/getting_started.yaml", "grep eval_loss", "hpcllm generate",
-                 "--instruct --prompt-weight", "hpcllm submit experiments/getting_started_finetune.yaml",
-                 "hpcllm ckpt export", "getting_started_60m.yaml"):
+    for step in (
+        "hpcllm data demo",
+        "hpcllm submit experiments/getting_started.yaml",
+        "grep eval_loss",
+        "hpcllm generate",
+        "--instruct --prompt-weight",
+        "hpcllm submit experiments/getting_started_finetune.yaml",
+        "hpcllm ckpt export",
+        "getting_started_60m.yaml",
+    ):
         assert step in joined, step
 
 

@@ -50,7 +50,9 @@ def test_scaling_grid_applies_where(in_project):
     specs = expand_experiment(load_experiment(Path("experiments/scaling_2.7b.yaml")), load_cluster("leonardo"), "x")
     # 6 node counts x (FULL mbs2, FULL mbs4, HYBRID mbs2): HYBRID with mbs 4 is filtered out.
     assert len(specs) == 18
-    assert not any(s.training.parallel.sharding == "HYBRID_SHARD" and s.training.train.micro_batch_size == 4 for s in specs)
+    assert not any(
+        s.training.parallel.sharding == "HYBRID_SHARD" and s.training.train.micro_batch_size == 4 for s in specs
+    )
     assert {s.training.train.global_batch_size for s in specs if s.resources.nodes == 2} == {16, 32}
 
 

@@ -3,7 +3,6 @@ defaults, and a module that fails to load stops the job at once (run for real wi
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -47,10 +46,14 @@ def test_the_profiles_env_overrides_the_derived_thread_count(in_project, tmp_pat
 
 
 def test_a_site_nccl_module_needs_the_profile_to_say_so(tmp_path: Path) -> None:
-    base = "name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpus_per_node: 32\nmodules: [cuda/12.1, nccl/2.19]\n"
+    base = ("name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpus_per_node: 32\n"
+            "modules: [cuda/12.1, nccl/2.19]\n")
     (tmp_path / "x.yaml").write_text(base)
-    with pytest.raises(ConfigError, match=r"modules: 'nccl/2\.19' would put the site's NCCL ahead of the one torch ships with; "
-                                          r"remove it, or set system_nccl: true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"modules: 'nccl/2\.19' would put the site's NCCL ahead of the one torch ships with; "
+        r"remove it, or set system_nccl: true",
+    ):
         load_model(ClusterProfile, tmp_path / "x.yaml")
     (tmp_path / "x.yaml").write_text(base + "system_nccl: true\n")
     assert load_model(ClusterProfile, tmp_path / "x.yaml").modules == ["cuda/12.1", "nccl/2.19"]
@@ -60,7 +63,9 @@ FAKE_MODULE = """#!/bin/sh
 # Stands in for Lmod: purge and known modules work; an unknown one fails as Lmod does (exit 1).
 echo "module $*" >> "$MODULE_CALLS"
 case "$1 $2" in
-  "load nosuch/"*) echo "Lmod has detected the following error: The following module(s) are unknown: \\"$2\\"" >&2; exit 1 ;;
+  "load nosuch/"*)
+    echo "Lmod has detected the following error: The following module(s) are unknown: \\"$2\\"" >&2
+    exit 1 ;;
 esac
 exit 0
 """
@@ -91,10 +96,17 @@ def _run(script: Path, tmp_path: Path, with_module: bool) -> subprocess.Complete
 def test_a_module_that_fails_to_load_stops_the_job_with_a_clear_line(in_project, tmp_path: Path) -> None:
     proc = _run(_site_script(tmp_path, ["good/1.0", "nosuch/2.0", "later/3.0"]), tmp_path, with_module=True)
     assert proc.returncode == 1
-    assert proc.stdout.splitlines()[-1] == "[hpcllm] error: module load nosuch/2.0 failed; check the name with: module avail nosuch"
+    assert (
+        proc.stdout.splitlines()[-1]
+        == "[hpcllm] error: module load nosuch/2.0 failed; check the name with: module avail nosuch"
+    )
     assert "The following module(s) are unknown" in proc.stderr  # the module system's own words stay in the log
     assert "SETUP-RAN" not in proc.stdout  # nothing after the failed load ran
-    assert (tmp_path / "calls").read_text().splitlines() == ["module purge", "module load good/1.0", "module load nosuch/2.0"]
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "module purge",
+        "module load good/1.0",
+        "module load nosuch/2.0",
+    ]
     # What `hpcllm status` gives as the reason of a job that ended in its set-up: the log's line.
     run_dir = RunDir(tmp_path / "run")
     run_dir.log_file("41").write_text(proc.stdout + proc.stderr)

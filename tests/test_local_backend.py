@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from engine_support import losses_checking_reruns, uninterrupted_losses
 from typer.testing import CliRunner
 
-from engine_support import losses_checking_reruns, uninterrupted_losses
 from hpcllm.cli import app
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.orchestrate import collect_status
@@ -37,7 +37,11 @@ def _experiment(tmp_path: Path, store: Path, *, steps: int, grid: dict, time_lim
                 every_steps: int | None = None, max_restarts: int | None = None) -> Path:
     doc = {
         "name": "t",
-        "resources": {"nodes": 1, "time": time_limit, **({"max_restarts": max_restarts} if max_restarts is not None else {})},
+        "resources": {
+            "nodes": 1,
+            "time": time_limit,
+            **({"max_restarts": max_restarts} if max_restarts is not None else {}),
+        },
         "training": {
             "model": {"preset": "tiny", "n_layers": 1},
             "train": {"steps": steps, "micro_batch_size": 4, "summary_warmup_steps": 1},
@@ -101,7 +105,9 @@ def test_smoke_grid_one_and_two_ranks(in_project, tmp_path, demo_store):
     assert logs.exit_code == 0 and f"[hpcllm] job {load_manifest(runs[1]).job_id} restart 0" in logs.output
     assert "engine status 'completed'" in logs.output
 
-    again = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results)], env={"COLUMNS": "250"})
+    again = runner.invoke(
+        app, ["submit", str(exp), "--cluster", "local", "--results", str(results)], env={"COLUMNS": "250"}
+    )
     assert again.exit_code == 0 and again.output.count("skipped completed") == 2
 
 

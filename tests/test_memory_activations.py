@@ -58,7 +58,8 @@ def measure(cfg: ModelConfig, mode: str, ac: str, mbs: int) -> tuple[int, int]:
     model.init_buffers(torch.device("cpu"))
     ids = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
     labels = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
-    measured = saved_activation_bytes(lambda: cross_entropy_sum(model(ids), labels, None), model)
+    # The forward binds the model as it is now: the closure must not reach for the name deleted below.
+    measured = saved_activation_bytes(lambda m=model: cross_entropy_sum(m(ids), labels, None), model)
     del model
     gc.collect()  # FSDP2's modules hold reference cycles: free this model before the next is built
     num = Numerics.of(pcfg.precision, fsdp, "cpu")

@@ -207,7 +207,7 @@ def test_activation_checkpointing_keeps_gradients_and_saves_fewer_bytes() -> Non
     none_grads, none_bytes = _grads_and_saved_bytes("none")
     sel_grads, sel_bytes = _grads_and_saved_bytes("selective")
     full_grads, full_bytes = _grads_and_saved_bytes("full")
-    for a, b, c in zip(none_grads, sel_grads, full_grads):
+    for a, b, c in zip(none_grads, sel_grads, full_grads, strict=True):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, c)
     assert full_bytes < sel_bytes < none_bytes

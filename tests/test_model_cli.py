@@ -69,7 +69,11 @@ def test_info_with_a_cluster_gives_the_verdict_and_the_largest_mbs() -> None:
     assert result.exit_code == 0, result.output
     assert "of 64 GiB per GPU: does not fit" in result.output
     best = int(result.output.split("largest MBS that fits: ")[1].split()[0])
-    assert estimate_memory(_spec("2.7b", best, 8, 4)).peak_gib <= 64 < estimate_memory(_spec("2.7b", best + 1, 8, 4)).peak_gib
+    assert (
+        estimate_memory(_spec("2.7b", best, 8, 4)).peak_gib
+        <= 64
+        < estimate_memory(_spec("2.7b", best + 1, 8, 4)).peak_gib
+    )
 
 
 def test_info_on_a_cpu_profile_speaks_of_ranks() -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from engine_support import make_store, run_engine, write_run
+from test_ckpt_checkpointer import make_state, run_steps
+
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.checkpoint import Checkpointer, list_checkpoints, read_latest_pointer
 from hpcllm.engine.guards import NonFiniteError, check_step
@@ -26,7 +27,6 @@ from hpcllm.launch.jobhooks import JobContext, on_end
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import collect_status, submit_experiment
 from hpcllm.rundir import RunDir, find_run_dirs
-from test_ckpt_checkpointer import make_state, run_steps
 
 REPO = Path(__file__).resolve().parents[1]
 DIVERGING = {"optim": {"lr": 1e30}}

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-
 from engine_support import make_store, write_run
+
 from hpcllm.config.loader import load_model
 from hpcllm.config.probe import ProbeReport, ProbeTrial
 from hpcllm.config.training import TrainingConfig
@@ -153,7 +153,9 @@ def test_two_ranks_leave_an_over_budget_step_together_and_go_on(tmp_path: Path, 
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["kind"] == "probe"
     assert report.status == "completed" and report.world_size == 2
-    guarded = [t for t in report.trials if t.status == "over_budget" and "in use on the fullest rank" in (t.error or "")]
+    guarded = [
+        t for t in report.trials if t.status == "over_budget" and "in use on the fullest rank" in (t.error or "")
+    ]
     assert guarded, report.trials  # at least one step was stopped by the guard, not only judged by its peak
     first_stop = report.trials.index(guarded[0])
     assert any(t.fits for t in report.trials[first_stop + 1:])  # ... and the probe went on

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_support import make_store, write_run
 from typer.testing import CliRunner
 
-from engine_support import make_store, write_run
 from hpcllm.cli import app
 from hpcllm.engine.train import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir

@@ -65,8 +65,11 @@ def test_where_sees_the_chosen_qos(in_project, tmp_path: Path) -> None:
 
 def test_a_point_no_qos_admits_is_refused_with_each_limit(in_project, tmp_path: Path) -> None:
     path = _experiment(tmp_path, "resources: {nodes: 300}\n")
-    with pytest.raises(ConfigError, match=r"point \(base\): resources\.nodes: no QoS of 'leonardo' admits 300 nodes "
-                                          r"for 00:30:00: normal allows at most 64 nodes; boost_qos_bprod allows at most 256 nodes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"point \(base\): resources\.nodes: no QoS of 'leonardo' admits 300 nodes "
+        r"for 00:30:00: normal allows at most 64 nodes; boost_qos_bprod allows at most 256 nodes",
+    ):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
     path = _experiment(tmp_path, "resources: {nodes: 2, time: '2-00:00:00'}\n")
     with pytest.raises(ConfigError, match=r"no QoS of 'leonardo' admits 2 nodes for 2-00:00:00: normal allows at most "
@@ -89,11 +92,17 @@ def test_refused_points_are_collected_when_the_caller_asks(in_project, tmp_path:
     assert "acc_ehpc allows at most 100 nodes" in refused[0].reason
 
 
-@pytest.mark.parametrize("patch,pattern", [
-    ("qos: {a: {max_time: '01:00:00', min_nodes: 9, max_nodes: 8}}\n", r"qos\.a: Value error, min_nodes \(9\) > max_nodes \(8\)"),
-    ("qos: {a: {max_time: '01:00:00'}}\nauto_qos: [b]\n", r"auto_qos: 'b' is not one of the qos names: a"),
-    ("qos: {a: {max_time: '01:00:00'}}\nauto_qos: [a]\ndefault_qos: a\n", r"set default_qos or auto_qos, not both"),
-])
+@pytest.mark.parametrize(
+    "patch,pattern",
+    [
+        (
+            "qos: {a: {max_time: '01:00:00', min_nodes: 9, max_nodes: 8}}\n",
+            r"qos\.a: Value error, min_nodes \(9\) > max_nodes \(8\)",
+        ),
+        ("qos: {a: {max_time: '01:00:00'}}\nauto_qos: [b]\n", r"auto_qos: 'b' is not one of the qos names: a"),
+        ("qos: {a: {max_time: '01:00:00'}}\nauto_qos: [a]\ndefault_qos: a\n", r"set default_qos or auto_qos, not both"),
+    ],
+)
 def test_bad_qos_sections_are_refused(tmp_path: Path, patch: str, pattern: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpus_per_node: 32\n" + patch)

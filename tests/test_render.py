@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcllm.config.cluster import available_clusters, load_cluster
+from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import expand_experiment, load_experiment
 from hpcllm.errors import ConfigError
 from hpcllm.launch.render import render_job
@@ -27,7 +27,7 @@ def _specs(experiment: str, cluster: str):
     except ConfigError as exc:
         # Multi-node experiments cannot target small profiles, whose storage has no scratch root:
         # refusing them is the expected outcome.
-        assert ("nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc)
+        assert (("nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc))
                 or "{scratch} is not a storage root" in str(exc)), exc
         return profile, []
 
@@ -73,12 +73,20 @@ def test_missing_template_variable_is_an_error(in_project, tmp_path):
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
-        render_job(specs[0], profile.model_copy(update={"template": "t.j2"}), RunDir(tmp_path / "r"), account="a", directory=tmp_path)
+        render_job(
+            specs[0],
+            profile.model_copy(update={"template": "t.j2"}),
+            RunDir(tmp_path / "r"),
+            account="a",
+            directory=tmp_path,
+        )
 
 
 def test_golden_script(in_project):
     profile, specs = _specs("scaling_2.7b.yaml", "leonardo")
-    text = render_job(specs[0], profile, RunDir(Path("/results/scaling_2.7b/leonardo") / specs[0].run_id), account="AIFAC_L01_028")
+    text = render_job(
+        specs[0], profile, RunDir(Path("/results/scaling_2.7b/leonardo") / specs[0].run_id), account="AIFAC_L01_028"
+    )
     if os.environ.get("HPCLLM_REGEN_GOLDEN"):
         # Written, not checked: comparing the file with what was just written could never fail.
         GOLDEN.write_text(text)

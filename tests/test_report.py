@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from browser import Browser, find_chromium
 from collect_support import engine_summary, loss_curve, write_run
+from typer.testing import CliRunner
+
 from hpcllm.cli import app
 from hpcllm.launch.manifest import RunState
 
@@ -30,9 +30,14 @@ def results(tmp_path: Path) -> Path:
                                          mfu=round(0.5847 * sps / 18.63 * 8 / gpus, 4)),
                   point={"resources.nodes": gpus // 4}, restarts=int(restart is not None),
                   metrics=loss_curve(60, restart_at=restart))
-    write_run(root, "2.7b-n16x4-mbs4-ga1-fs-acnone-seq4096-deadbeef", state=RunState.FAILED, reason=FAILED_REASON,
-              summary=engine_summary(status="failed", error="Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory"),
-              log="[hpcllm] attempt 1 on nodes lrdn[0001-0016]\ntorch.OutOfMemoryError: CUDA out of memory\n")
+    write_run(
+        root,
+        "2.7b-n16x4-mbs4-ga1-fs-acnone-seq4096-deadbeef",
+        state=RunState.FAILED,
+        reason=FAILED_REASON,
+        summary=engine_summary(status="failed", error="Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory"),
+        log="[hpcllm] attempt 1 on nodes lrdn[0001-0016]\ntorch.OutOfMemoryError: CUDA out of memory\n",
+    )
     write_run(root, "2.7b-n64x4-mbs2-ga1-hs-acnone-seq4096-cafef00d", state=RunState.CANCELLED,
               reason="cancelled by the user")
     return root
@@ -135,10 +140,12 @@ VISIBILITY_JS = r"""
     await new Promise(r => requestAnimationFrame(r));
     const box = el.getBoundingClientRect();
     const style = getComputedStyle(el);
-    const x = Math.min(box.left + box.width / 2, innerWidth - 1), y = Math.min(box.top + box.height / 2, innerHeight - 1);
+    const x = Math.min(box.left + box.width / 2, innerWidth - 1);
+    const y = Math.min(box.top + box.height / 2, innerHeight - 1);
     const hit = document.elementFromPoint(x, y);
     elements[id] = {found: true, width: box.width, height: box.height,
-                    shown: style.display !== "none" && style.visibility === "visible" && !!hit && (hit === el || el.contains(hit))};
+                    shown: style.display !== "none" && style.visibility === "visible"
+                           && !!hit && (hit === el || el.contains(hit))};
   }
   const imgs = [...document.images].map(img => ({decoded: img.complete && img.naturalWidth > 0,
                                                 naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight}));

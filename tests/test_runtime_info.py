@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import PYTHON, REPO, make_store, write_run
 from typer.testing import CliRunner
 
-from engine_support import PYTHON, REPO, make_store, write_run
 from hpcllm.cli import app
 from hpcllm.engine.train import run
 from hpcllm.launch.manifest import Manifest, RunState, save_manifest
@@ -70,7 +70,9 @@ def test_status_shows_what_the_last_attempt_ran_with(tmp_path: Path) -> None:
                                     state=RunState.COMPLETED, job_id="7"))
     attempt = {"software": {"torch": "2.5.1+cu124", "cuda": "12.4", "nccl": "2.21.5"}, "nodes": ["n1", "n2"],
                "ranks": [{"rank": 0, "driver": "550.54.15"}]}
-    run_dir.runtime.write_text(json.dumps({**attempt, "software": {"torch": "2.4.0"}}) + "\n" + json.dumps(attempt) + "\n")
+    run_dir.runtime.write_text(
+        json.dumps({**attempt, "software": {"torch": "2.4.0"}}) + "\n" + json.dumps(attempt) + "\n"
+    )
     result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "torch 2.5.1+cu124 cuda 12.4 nccl 2.21.5 driver 550.54.15, 2 nodes" in result.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -18,8 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
-from hpcllm.config.loader import validate
 from hpcllm.config.experiment import Experiment
+from hpcllm.config.loader import validate
 from hpcllm.config.search import HalvingConfig, SearchConfig
 from hpcllm.errors import ConfigError
 from hpcllm.launch.search import SearchState, Trial, TrialState, best_trial, decide, draw_trials
@@ -64,7 +65,7 @@ def test_parameter_domains_are_parsed_and_checked() -> None:
 def test_a_key_cannot_be_both_a_grid_axis_and_searched() -> None:
     doc = {"name": "x", "training": {}, "grid": {"optim.lr": [1, 2]},
            "search": {"method": "grid", "parameters": {"optim.lr": [1, 2]}}}
-    with pytest.raises(ConfigError, match="search.parameters: optim.lr also in grid/zip"):
+    with pytest.raises(ConfigError, match=re.escape("search.parameters: optim.lr also in grid/zip")):
         validate(Experiment, doc, "x.yaml")
 
 
@@ -199,7 +200,9 @@ def test_commands_refuse_what_does_not_fit(tmp_path: Path, store: Path, in_proje
     halving = _experiment(tmp_path, store, {"method": "halving", "trials": 2, "parameters": {"optim.lr": [1e-3, 1e-2]},
                                             "halving": {"min_steps": 6}})
     result = runner.invoke(app, ["search", "run", str(halving), "-c", "local", "--results", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "search.halving.min_steps: 6 must be below training.train.steps (6)" in result.output
+    assert (
+        result.exit_code == 2 and "search.halving.min_steps: 6 must be below training.train.steps (6)" in result.output
+    )
 
 
 # --- a real search on the local backend ----------------------------------------------------------
@@ -302,8 +305,17 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
         rd = RunDir(tmp_path / run_id)
         rd.path.mkdir()
         rd.config.write_text("{}\n")
-        save_manifest(rd, Manifest(run_id=run_id, experiment="e", cluster="local", backend="local",
-                                   state=manifest_state, reason="exit code 1" if manifest_state.value == "failed" else None))
+        save_manifest(
+            rd,
+            Manifest(
+                run_id=run_id,
+                experiment="e",
+                cluster="local",
+                backend="local",
+                state=manifest_state,
+                reason="exit code 1" if manifest_state.value == "failed" else None,
+            ),
+        )
         atomic_write_json(rd.summary, {"status": "completed", "steps_completed": done, "eval_loss": 3.25})
         rd.metrics.write_text(json.dumps({"step": done, "eval_loss": 3.25}) + "\n")
         rung = 1 if run_id == "t3" else 0

@@ -128,7 +128,12 @@ def test_check_holds_runs_to_their_seed_row(in_project, tmp_path):
 
     exp = _experiment(tmp_path, "{leonardo: {seed: {samples_per_s: [-0.05, null]}}}")
     results = tmp_path / "r"
-    assert runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(results)]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(results)]
+        ).exit_code
+        == 0
+    )
     runs = {p.name: p for p in (results / "e" / "leonardo").iterdir()}
     fs = next(p for name, p in runs.items() if "-n2x4-" in name and "-fs-" in name)
     hs = next(p for name, p in runs.items() if "-n2x4-" in name and "-hs-" in name)

@@ -17,25 +17,25 @@ from hpcllm.config.qos import qos_refusal
 # (MareNostrum 5 lists the 28B run on 512 GPUs twice: two measurements of one configuration.)
 SEED_ROWS = {
     "leonardo": """
-        2.7 8 2 16 4096 FULL_SHARD False | 2.7 8 2 16 4096 HYBRID_SHARD False | 2.7 16 2 32 4096 HYBRID_SHARD False
-        2.7 16 2 32 4096 FULL_SHARD False | 2.7 32 2 64 4096 HYBRID_SHARD False | 2.7 32 2 64 4096 FULL_SHARD False
-        2.7 64 2 128 4096 FULL_SHARD False | 2.7 64 2 128 4096 HYBRID_SHARD False | 2.7 128 2 256 4096 HYBRID_SHARD False
-        2.7 128 2 256 4096 FULL_SHARD False | 2.7 256 2 512 4096 HYBRID_SHARD False | 2.7 256 2 512 4096 FULL_SHARD False
-        2.7 8 4 32 4096 FULL_SHARD False | 2.7 16 4 64 4096 FULL_SHARD False | 2.7 32 4 128 4096 FULL_SHARD False
-        2.7 64 4 256 4096 FULL_SHARD False | 2.7 128 4 512 4096 FULL_SHARD False | 2.7 256 4 1024 4096 FULL_SHARD False
-        6.7 8 2 16 4096 FULL_SHARD False | 6.7 16 2 32 4096 FULL_SHARD False | 6.7 32 2 64 4096 FULL_SHARD False
-        6.7 64 2 128 4096 FULL_SHARD False | 6.7 128 2 256 4096 FULL_SHARD False | 6.7 256 2 512 4096 FULL_SHARD False
+    2.7 8 2 16 4096 FULL_SHARD False | 2.7 8 2 16 4096 HYBRID_SHARD False | 2.7 16 2 32 4096 HYBRID_SHARD False
+    2.7 16 2 32 4096 FULL_SHARD False | 2.7 32 2 64 4096 HYBRID_SHARD False | 2.7 32 2 64 4096 FULL_SHARD False
+    2.7 64 2 128 4096 FULL_SHARD False | 2.7 64 2 128 4096 HYBRID_SHARD False | 2.7 128 2 256 4096 HYBRID_SHARD False
+    2.7 128 2 256 4096 FULL_SHARD False | 2.7 256 2 512 4096 HYBRID_SHARD False | 2.7 256 2 512 4096 FULL_SHARD False
+    2.7 8 4 32 4096 FULL_SHARD False | 2.7 16 4 64 4096 FULL_SHARD False | 2.7 32 4 128 4096 FULL_SHARD False
+    2.7 64 4 256 4096 FULL_SHARD False | 2.7 128 4 512 4096 FULL_SHARD False | 2.7 256 4 1024 4096 FULL_SHARD False
+    6.7 8 2 16 4096 FULL_SHARD False | 6.7 16 2 32 4096 FULL_SHARD False | 6.7 32 2 64 4096 FULL_SHARD False
+    6.7 64 2 128 4096 FULL_SHARD False | 6.7 128 2 256 4096 FULL_SHARD False | 6.7 256 2 512 4096 FULL_SHARD False
     """,
     "marenostrum5": """
-        2.7 4 2 8 4096 FULL_SHARD False | 2.7 4 2 8 4096 HYBRID_SHARD False | 2.7 8 2 16 4096 HYBRID_SHARD False
-        2.7 8 2 16 4096 FULL_SHARD False | 2.7 16 2 32 4096 HYBRID_SHARD False | 2.7 16 2 32 4096 FULL_SHARD False
-        2.7 32 2 64 4096 HYBRID_SHARD False | 2.7 32 2 64 4096 FULL_SHARD False | 2.7 64 2 128 4096 FULL_SHARD False
-        2.7 64 2 128 4096 HYBRID_SHARD False | 2.7 128 2 256 4096 FULL_SHARD False | 2.7 256 2 512 4096 FULL_SHARD False
-        2.7 512 2 1024 4096 HYBRID_SHARD False | 2.7 512 2 1024 4096 FULL_SHARD False
-        2.7 1024 2 2048 8192 FULL_SHARD False | 2.7 1024 2 2048 4096 HYBRID_SHARD False
-        28 16 1 16 8192 FULL_SHARD True | 28 32 1 32 8192 FULL_SHARD True | 28 64 1 64 8192 FULL_SHARD True
-        28 128 1 128 8192 FULL_SHARD True | 28 256 1 256 8192 FULL_SHARD True | 28 512 1 512 8192 FULL_SHARD True
-        28 512 1 512 8192 FULL_SHARD True | 28 1024 1 1024 8192 FULL_SHARD True | 28 2048 1 2048 8192 FULL_SHARD True
+    2.7 4 2 8 4096 FULL_SHARD False | 2.7 4 2 8 4096 HYBRID_SHARD False | 2.7 8 2 16 4096 HYBRID_SHARD False
+    2.7 8 2 16 4096 FULL_SHARD False | 2.7 16 2 32 4096 HYBRID_SHARD False | 2.7 16 2 32 4096 FULL_SHARD False
+    2.7 32 2 64 4096 HYBRID_SHARD False | 2.7 32 2 64 4096 FULL_SHARD False | 2.7 64 2 128 4096 FULL_SHARD False
+    2.7 64 2 128 4096 HYBRID_SHARD False | 2.7 128 2 256 4096 FULL_SHARD False | 2.7 256 2 512 4096 FULL_SHARD False
+    2.7 512 2 1024 4096 HYBRID_SHARD False | 2.7 512 2 1024 4096 FULL_SHARD False
+    2.7 1024 2 2048 8192 FULL_SHARD False | 2.7 1024 2 2048 4096 HYBRID_SHARD False
+    28 16 1 16 8192 FULL_SHARD True | 28 32 1 32 8192 FULL_SHARD True | 28 64 1 64 8192 FULL_SHARD True
+    28 128 1 128 8192 FULL_SHARD True | 28 256 1 256 8192 FULL_SHARD True | 28 512 1 512 8192 FULL_SHARD True
+    28 512 1 512 8192 FULL_SHARD True | 28 1024 1 1024 8192 FULL_SHARD True | 28 2048 1 2048 8192 FULL_SHARD True
     """,
 }
 EXPERIMENT_OF = {"2.7": "scaling_2.7b.yaml", "6.7": "scaling_6.7b.yaml", "28": "scaling_28b.yaml"}
@@ -85,7 +85,10 @@ def test_leonardo_grids_are_exactly_the_seed_rows_each_in_an_admitting_qos(in_pr
         refused: list[RefusedPoint] = []
         for spec in expand(experiment, leo, refused):
             assert spec.resources.qos in leo.auto_qos
-            assert qos_refusal(spec.resources.qos, leo.qos[spec.resources.qos], spec.resources.nodes, spec.resources.time) is None
+            assert (
+                qos_refusal(spec.resources.qos, leo.qos[spec.resources.qos], spec.resources.nodes, spec.resources.time)
+                is None
+            )
             rows.append(row_of(params, spec))
         assert refused == []
     assert Counter(rows) == Counter(seed_rows("leonardo"))  # no row twice, none the seed lacks

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from engine_support import make_store, write_run
+
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.train import run
 from hpcllm.errors import ConfigError
@@ -60,11 +60,15 @@ def test_roots_are_substituted_and_an_unknown_root_lists_the_known_ones() -> Non
     roots = {"scratch": "$CINECA_SCRATCH", "work": "/leonardo_work/ACCT"}
     assert substitute_roots("{scratch}/hpcllm/data", roots, "k", "cluster 'leonardo'") == "$CINECA_SCRATCH/hpcllm/data"
     assert substitute_roots("${HOME}/{work}", roots, "k", "x") == "${HOME}//leonardo_work/ACCT"
-    with pytest.raises(ConfigError, match=r"k: \{fast\} is not a storage root of cluster 'leonardo' \(its paths: scratch, work\)"):
+    with pytest.raises(
+        ConfigError, match=r"k: \{fast\} is not a storage root of cluster 'leonardo' \(its paths: scratch, work\)"
+    ):
         substitute_roots("{fast}/x", roots, "k", "cluster 'leonardo'")
 
 
-def test_relative_paths_become_absolute_on_the_login_node_but_site_paths_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_become_absolute_on_the_login_node_but_site_paths_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert absolute_on_login("data/demo") == str(tmp_path / "data" / "demo")
     assert absolute_on_login("$SCRATCH/x") == "$SCRATCH/x"
@@ -89,7 +93,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_store(tmp_path_factory.mktemp("data") / "store")
 
 
-def test_the_engine_expands_site_variables_in_data_paths(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_expands_site_variables_in_data_paths(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HPCLLM_TEST_SCRATCH", str(store.parent))
     cfg = write_run(tmp_path / "r", store, data={"path": f"${{HPCLLM_TEST_SCRATCH}}/{store.name}", "num_workers": 0},
                     train={"steps": 2})

@@ -12,9 +12,7 @@ cluster these tests skip by hand and fail under ``make test`` (tests/slurm_gate.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,40 +20,22 @@ from typing import Any
 
 import pytest
 import yaml
-
 from engine_support import losses_checking_reruns, uninterrupted_losses
+from slurm_gate import PARTITION_NODES
+
 from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
 from hpcllm.rundir import RunDir
-from slurm_gate import LOCAL_SLURM_CONF, PARTITION_NODES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hpcllm.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("slurm-data") / "demo"
-    write_demo(out, overwrite=True, with_debian_docs=False)
-    return out
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, demo_data: Path, tmp_path: Path) -> Path:
-    """Jobs inherit this environment (sbatch --export=ALL): this interpreter, this checkout."""
-    if "SLURM_CONF" not in os.environ and LOCAL_SLURM_CONF.exists():
-        monkeypatch.setenv("SLURM_CONF", str(LOCAL_SLURM_CONF))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "results"
+# The fixtures `demo_data` (module scope) and `env` come from tests/slurm_fixtures.py.
 
 
 def experiment(tmp_path: Path, data: Path, name: str, *, steps: int, nodes: int = 1, time_limit: str = "00:05:00",
@@ -315,7 +295,9 @@ def test_sbatch_rejection_shows_command_and_stderr_and_marks_the_manifest(
     (clusters / "badpartition.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
     exp = experiment(tmp_path, demo_data, "rejected", steps=5)
-    with pytest.raises(BackendError, match=r"`sbatch --parsable .*job\.sbatch` failed \(exit 1\): .*[Ii]nvalid partition"):
+    with pytest.raises(
+        BackendError, match=r"`sbatch --parsable .*job\.sbatch` failed \(exit 1\): .*[Ii]nvalid partition"
+    ):
         submit_experiment(exp, "badpartition", env)
     run_dir = next(RunDir(p.parent) for p in env.rglob("run.yaml"))
     manifest = manifest_of(run_dir)
@@ -344,7 +326,9 @@ def test_a_reused_job_id_is_not_mistaken_for_the_run(env: Path, demo_data: Path,
 
 def test_more_nodes_than_the_partition_is_rejected_before_sbatch(env: Path, demo_data: Path, tmp_path: Path) -> None:
     exp = experiment(tmp_path, demo_data, "toobig", steps=5, nodes=PARTITION_NODES + 1)
-    with pytest.raises(ConfigError, match=r"resources.nodes: 5 nodes requested, but cluster 'localslurm' has at most 4"):
+    with pytest.raises(
+        ConfigError, match=r"resources.nodes: 5 nodes requested, but cluster 'localslurm' has at most 4"
+    ):
         submit_experiment(exp, "localslurm", env)
     assert not env.exists()
 
@@ -404,7 +388,7 @@ def test_search_trials_run_as_a_job_array(env: Path, demo_data: Path, tmp_path: 
     done = advance(path, "arrayslurm", env)
     assert done.state.complete and not done.submitted
     scores = {t.params["optim.lr"]: t.scores["10"] for t in done.state.trials}
-    for t, rd in zip(done.state.trials, run_dirs):
+    for t, rd in zip(done.state.trials, run_dirs, strict=True):
         assert scores[t.params["optim.lr"]] == json.loads(rd.summary.read_text())["eval_loss"]
     (best,) = best_table(env).to_dict(orient="records")
     assert best["optim.lr"] == min(scores, key=lambda lr: scores[lr])

@@ -1,7 +1,8 @@
 """explore-batch through the SLURM backend: the probe is an sbatch job like any run (2 logical nodes).
 
-Helpers and fixtures (the local cluster's environment, the demo data, polling) come from
-test_slurm_cluster.py. Run: ``pytest -m slurm tests/test_slurm_explore.py``.
+Helpers (the experiment, polling) come from test_slurm_cluster.py, the fixtures (the local
+cluster's environment, the demo data) from tests/slurm_fixtures.py.
+Run: ``pytest -m slurm tests/test_slurm_explore.py``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_slurm_cluster import experiment, finished, wait_for
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
 from hpcllm.launch.explore import ProbeSettings, explore_batch
 from hpcllm.rundir import RunDir
-from test_slurm_cluster import demo_data, env, experiment, finished, wait_for  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 

@@ -16,21 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
-from hpcllm.cli import app
-from hpcllm.config.cluster import load_cluster
-from hpcllm.engine.checkpoint import read_latest_pointer
-from hpcllm.launch.backends.slurm import parse_duration
-from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
-from hpcllm.launch.orchestrate import cancel_run, submit_experiment
-from hpcllm.rundir import RunDir
-from test_slurm_cluster import (  # the local cluster's fixtures and helpers
+from test_slurm_cluster import (  # the local cluster's helpers (its fixtures: tests/slurm_fixtures.py)
     REPO,
     assert_no_leftover_processes,
-    demo_data,  # noqa: F401 - fixture
     engine_pids,
-    env,  # noqa: F401 - fixture
     experiment,
     finished,
     last_step,
@@ -40,6 +29,15 @@ from test_slurm_cluster import (  # the local cluster's fixtures and helpers
     scontrol_job,
     wait_for,
 )
+from typer.testing import CliRunner
+
+from hpcllm.cli import app
+from hpcllm.config.cluster import load_cluster
+from hpcllm.engine.checkpoint import read_latest_pointer
+from hpcllm.launch.backends.slurm import parse_duration
+from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
+from hpcllm.launch.orchestrate import cancel_run, submit_experiment
+from hpcllm.rundir import RunDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 runner = CliRunner()
@@ -92,7 +90,9 @@ def test_a_module_that_does_not_load_fails_the_job_and_status_says_why(
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "module").write_text('#!/bin/sh\n[ "$1" = load ] && { echo "Lmod: unknown module $2" >&2; exit 1; }\nexit 0\n')
+    (bin_dir / "module").write_text(
+        '#!/bin/sh\n[ "$1" = load ] && { echo "Lmod: unknown module $2" >&2; exit 1; }\nexit 0\n'
+    )
     (bin_dir / "module").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # jobs inherit it (--export=ALL)
     name = profile(tmp_path, monkeypatch, "modsite", modules=["nosuch/1.0"])
@@ -107,8 +107,13 @@ def test_a_module_that_does_not_load_fails_the_job_and_status_says_why(
 
 
 def test_hpcllm_cancel_checkpoints_first_then_ends_the_job(env: Path, demo_data: Path, tmp_path: Path) -> None:
-    run = only_run(submit_experiment(
-        experiment(tmp_path, demo_data, "cancel1", steps=100_000, every=100_000, time_limit="00:10:00"), "localslurm", env))
+    run = only_run(
+        submit_experiment(
+            experiment(tmp_path, demo_data, "cancel1", steps=100_000, every=100_000, time_limit="00:10:00"),
+            "localslurm",
+            env,
+        )
+    )
     wait_for(lambda: last_step(run) >= 3, 120, "run to train")
     job = manifest_of(run).job_id or ""
     cancel_run(env, run.run_id)
@@ -171,7 +176,7 @@ def test_a_stop_with_no_time_to_save_falls_back_to_the_last_periodic_checkpoint(
     while stopped_at % every == 0:  # at a save step: go on to one that saves nothing
         for pid in ranks:
             os.kill(pid, signal.SIGCONT)
-        wait_for(lambda: last_step(run) > stopped_at, 60, "the run to go on")
+        wait_for(lambda stopped_at=stopped_at: last_step(run) > stopped_at, 60, "the run to go on")
         stopped_at, periodic = pause()
     for pid in ranks:
         os.kill(pid, signal.SIGKILL)

@@ -59,10 +59,17 @@ def test_a_quota_tighter_than_df_is_the_room_and_refuses(tmp_path: Path, monkeyp
     assert rooms[0].source == f"`df {tmp_path}`" and 0 < rooms[0].free <= shutil.disk_usage(tmp_path).total
     assert [r.free for r in rooms[1:]] == [10_000_000 * 1024] * 2  # user and group
     spec_path = Path(__file__).resolve().parents[1] / "experiments" / "scaling_2.7b.yaml"
-    specs = expand_experiment(load_experiment(spec_path), load_cluster(str(spec_path.parents[1] / "clusters" / "leonardo.yaml")),
-                              "x", account="acct")[:1]
-    with pytest.raises(StorageError, match=r"need 32\.\d GB of checkpoints \(1 run x 1 kept x 32\.\d GB.*only 10\.2 GB "
-                                           r"is free there \(`lfs quota -q -u .*`: 4\d\.\d GB used of 51\.2 GB\); put results"):
+    specs = expand_experiment(
+        load_experiment(spec_path),
+        load_cluster(str(spec_path.parents[1] / "clusters" / "leonardo.yaml")),
+        "x",
+        account="acct",
+    )[:1]
+    with pytest.raises(
+        StorageError,
+        match=r"need 32\.\d GB of checkpoints \(1 run x 1 kept x 32\.\d GB.*only 10\.2 GB "
+        r"is free there \(`lfs quota -q -u .*`: 4\d\.\d GB used of 51\.2 GB\); put results",
+    ):
         check_storage(storage_need(specs), tmp_path / "results", profile_file="clusters/leonardo.yaml")
 
 
@@ -86,7 +93,9 @@ def _experiment(tmp_path: Path, nodes: list[int], preset: str = "28b") -> Path:
     return path
 
 
-def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_slurm_profile(
         tmp_path, paths={"scratch": str(tmp_path / "scratch"), "results": str(tmp_path / "site-results")})))
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch: nothing could be queued even by mistake
@@ -95,13 +104,18 @@ def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(tmp_
     free = shutil.disk_usage(tmp_path).free
     nodes = [1, 2, 3, 4]
     assert len(nodes) * 2 * 336 * GB > free  # four 28B runs keeping two checkpoints each: ~2.7 TB
-    with pytest.raises(StorageError, match=rf"{tmp_path / 'site-results'}: the runs to submit need 2\.\d TB of "
-                                           r"checkpoints \(4 runs x 2 kept x up to 33\d\.\d GB.* is free there \(`df .*paths\.results in "):
+    with pytest.raises(
+        StorageError,
+        match=rf"{tmp_path / 'site-results'}: the runs to submit need 2\.\d TB of "
+        r"checkpoints \(4 runs x 2 kept x up to 33\d\.\d GB.* is free there \(`df .*paths\.results in ",
+    ):
         submit_experiment(_experiment(tmp_path, nodes), "site", account=None, memory_check=False)
     assert not (tmp_path / "site-results").exists() and not (tmp_path / "results").exists()
 
 
-def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_slurm_profile(
         tmp_path, paths={"scratch": "$HPCLLM_TEST_SCRATCH", "results": "$HPCLLM_TEST_WORK/{account}/results"})))
     monkeypatch.setenv("HPCLLM_TEST_WORK", str(tmp_path / "work"))
@@ -114,7 +128,9 @@ def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(tmp_p
     runs = sorted(p for p in (tmp_path / "work" / "proj" / "results" / "big" / "site").iterdir() if p.is_dir())
     assert len(runs) == 2
     # The data path keeps the site variable for the compute node; the login node warns it is unset here.
-    assert yaml.safe_load((runs[0] / "run.yaml").read_text())["data"]["sources"][0]["path"] == "$HPCLLM_TEST_SCRATCH/data"
+    assert (
+        yaml.safe_load((runs[0] / "run.yaml").read_text())["data"]["sources"][0]["path"] == "$HPCLLM_TEST_SCRATCH/data"
+    )
     assert "$HPCLLM_TEST_SCRATCH is not set on this login node (used in data.sources[0].path" in result.output
     assert "storage: 7.8 GB of checkpoints (2 runs x 2 kept x up to 1.9 GB" in result.output
     assert json.loads((runs[0] / "manifest.json").read_text())["state"] == "rendered"
@@ -124,6 +140,7 @@ def test_a_throughput_runs_checkpoints_still_carry_a_requeue(tmp_path: Path) -> 
     """keep_last 1 and no final checkpoint (the scaling grids): a stop still saves, the resume still
     finishes, and what stays on disk is the one stop checkpoint."""
     from engine_support import make_store, write_run
+
     from hpcllm.engine.train import run
     from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 

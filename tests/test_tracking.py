@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from engine_support import make_store, write_run
+
 from hpcllm.engine.train import run
 from hpcllm.rundir import RunDir
 

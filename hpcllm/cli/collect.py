@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -13,6 +13,9 @@ from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from hpcllm.collect.table import Table
     from hpcllm.rundir import RunDir
 
 
@@ -29,24 +32,29 @@ class CompareWith(str, Enum):
 
 def collect(
     root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
-    fmt: TableFormat = typer.Option(TableFormat.markdown, "--format", "-f",
-                                    help="markdown (the seed's layout), csv, json, or latex (booktabs)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to this file."),
-    columns: Optional[str] = typer.Option(
-        None, "--columns", "-c",
+    fmt: TableFormat = typer.Option(
+        TableFormat.markdown, "--format", "-f", help="markdown (the seed's layout), csv, json, or latex (booktabs)."
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the table to this file."),
+    columns: str | None = typer.Option(
+        None,
+        "--columns",
+        "-c",
         help="Comma-separated column ids or groups: seed, default, all, swept; a grid key (optim.lr); "
         "summary.<key>. Ids: params, gpus, samples_per_s, mfu, mfu_with_head, hfu, loss, eval_loss, "
         "restarts, wall_time, run, ... (docs/reports.md).",
     ),
-    where: Optional[str] = typer.Option(
+    where: str | None = typer.Option(
         None, "--where", "-w", help="Keep rows where this is true, e.g. \"gpus >= 16 and sharding == 'FULL_SHARD'\"."
     ),
-    sort: Optional[str] = typer.Option(None, "--sort", "-s", help="Column ids to sort by; -id for descending, e.g. gpus,-mfu."),
-    compare: Optional[CompareWith] = typer.Option(
+    sort: str | None = typer.Option(
+        None, "--sort", "-s", help="Column ids to sort by; -id for descending, e.g. gpus,-mfu."
+    ),
+    compare: CompareWith | None = typer.Option(
         None, "--compare", help="seed: our runs beside the seed's published rows, with ours/seed per row."
     ),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save the scaling plots (PNG)."),
-    loss_plot: Optional[Path] = typer.Option(None, "--loss-plot", help="Also save the loss curves (PNG)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also save the scaling plots (PNG)."),
+    loss_plot: Path | None = typer.Option(None, "--loss-plot", help="Also save the loss curves (PNG)."),
     check: bool = typer.Option(
         False, "--check", help="Check runs against the experiments' `expected:` references; exit 1 on a miss."
     ),
@@ -63,6 +71,7 @@ def collect(
     problems: list[str] = []
     scanned = scan(root)
     records = completed_of(scanned, problems)
+    table: Table | pd.DataFrame
     try:
         if best:
             from hpcllm.collect.best import best_table
@@ -100,7 +109,7 @@ def collect(
         _check_references(root)
 
 
-def _plots(records: list, plot: Optional[Path], loss_plot: Optional[Path]) -> None:
+def _plots(records: list, plot: Path | None, loss_plot: Path | None) -> None:
     from hpcllm.collect.plot import plot_losses, plot_scaling
 
     if plot:
@@ -109,7 +118,7 @@ def _plots(records: list, plot: Optional[Path], loss_plot: Optional[Path]) -> No
         err_console.print(f"loss curves: {plot_losses(records, loss_plot)}", highlight=False, soft_wrap=True)
 
 
-def _show_probes(run_dirs: list["RunDir"]) -> None:
+def _show_probes(run_dirs: list[RunDir]) -> None:
     """Batch-size probes among ``run_dirs`` (hpcllm explore-batch), as their own table on stderr."""
     from hpcllm.cli.listing import print_listing
     from hpcllm.collect.probes import COLUMNS, collect_probes

@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from hpcllm.cli.common import console, err_console, fail
@@ -69,7 +67,7 @@ def prepare_cmd(
     inputs: list[str] = typer.Option(..., "--input", "-i", help=_INPUT_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Store directory to create, e.g. data/<name>."),
     tokenizer: str = typer.Option("byte", help="'byte' or a tokenizer.json (see train-tokenizer)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Tokenizer processes; default: available cores."),
+    workers: int | None = typer.Option(None, min=1, help="Tokenizer processes; default: available cores."),
     text_key: str = typer.Option("text", help=".jsonl key of a plain document's text."),
     prompt_key: str = typer.Option("prompt", help=".jsonl key of an instruction's prompt (loss-masked)."),
     response_key: str = typer.Option("response", help=".jsonl key of an instruction's response."),
@@ -139,7 +137,7 @@ def demo_cmd(
 @data_app.command("info")
 def info_cmd(
     path: Path = typer.Argument(..., help="A store directory."),
-    seq_len: Optional[int] = typer.Option(None, min=1, help="Also count samples of this length."),
+    seq_len: int | None = typer.Option(None, min=1, help="Also count samples of this length."),
     show: int = typer.Option(200, min=0, help="Decode this many tokens of the first document (byte stores)."),
     verify: bool = typer.Option(False, help="Also scan every token (O(size)): ids, EOS, mask values."),
 ) -> None:

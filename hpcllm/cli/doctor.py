@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -17,13 +16,15 @@ STATUS_STYLE = {"ok": "green", "fail": "bold red", "warn": "yellow", "skip": "di
 
 def doctor(
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name (or a path to its YAML)."),
-    experiment: Optional[Path] = typer.Option(
+    experiment: Path | None = typer.Option(
         None, "--experiment", "-e", help="Also try every point of this experiment with sbatch --test-only."
     ),
-    account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results root to check (default: the profile's)."),
+    account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
+    results: Path | None = typer.Option(None, "--results", help="Results root to check (default: the profile's)."),
     gpu: bool = typer.Option(
-        False, "--gpu", help="Also run a short 2-node job: nvidia-smi, torch's CUDA, network interfaces, one all-reduce."
+        False,
+        "--gpu",
+        help="Also run a short 2-node job: nvidia-smi, torch's CUDA, network interfaces, one all-reduce.",
     ),
 ) -> None:
     """Check a profile against the cluster: partition, nodes, CPUs, GPUs, QoS, account, points, storage,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -11,22 +11,37 @@ from rich.table import Table
 from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 
+if TYPE_CHECKING:
+    from hpcllm.launch.explore import ApplyResult
+
 
 def explore_batch(
     experiment: Path = typer.Argument(..., help="Experiment YAML whose grid to probe."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name."),
-    apply: bool = typer.Option(False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="--apply: file to write (default EXP.CLUSTER.tuned.yaml)."),
+    apply: bool = typer.Option(
+        False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="--apply: file to write (default EXP.CLUSTER.tuned.yaml)."
+    ),
     margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
     max_mbs: int = typer.Option(512, "--max-mbs", min=1, help="Largest micro-batch size a probe tries."),
     steps: int = typer.Option(3, "--steps", min=1, help="Timed steps per size."),
-    warmup_steps: int = typer.Option(1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."),
-    min_gain: float = typer.Option(0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."),
-    memory_only: bool = typer.Option(False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."),
+    warmup_steps: int = typer.Option(
+        1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."
+    ),
+    min_gain: float = typer.Option(
+        0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."
+    ),
+    memory_only: bool = typer.Option(
+        False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the probe runs, submit nothing."),
-    account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Optional[Path] = typer.Option(
-        None, "--results", help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
+    account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
+    results: Path | None = typer.Option(
+        None,
+        "--results",
+        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled probes."),
 ) -> None:
@@ -60,7 +75,9 @@ def explore_batch(
         table.add_column(col)
     for plan in explored.plans:
         run = actions[plan.spec.run_id]
-        start = f"{plan.spec.training.probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
+        probe = plan.spec.training.probe
+        assert probe is not None, "an explore plan's runs are probes"
+        start = f"{probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
         table.add_row(plan.spec.run_id, plan.label, str(len(plan.points)), start,
                       f"{run.action} {run.detail}".strip(), run.job_id or "-")
     console.print(table)
@@ -69,7 +86,7 @@ def explore_batch(
                   f"hpcllm explore-batch {experiment} --cluster {cluster} --apply")
 
 
-def _print_applied(applied: "ApplyResult") -> None:  # noqa: F821 - imported lazily above
+def _print_applied(applied: ApplyResult) -> None:
     for warning in applied.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
     table = Table(title=f"micro-batch sizes written to {applied.output}")

@@ -58,7 +58,7 @@ def _rich(console: Console, title: str, headers: Sequence[str], rows: Sequence[S
             table.add_column(header, overflow="fold")
     for row in rows:
         cells = []
-        for header, cell in zip(headers, row):
+        for header, cell in zip(headers, row, strict=True):
             style = styles.get(header, {}).get(cell)
             cells.append(f"[{style}]{cell}[/]" if style else cell.replace("[", r"\["))
         table.add_row(*cells)

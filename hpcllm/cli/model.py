@@ -8,7 +8,7 @@ memory breakdown comes from ``hpcllm.memory``, the estimate ``submit`` checks po
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.table import Table
@@ -71,21 +71,28 @@ def list_cmd() -> None:
 @model_app.command("info")
 def info_cmd(
     name: str = typer.Argument(..., help="A named config (`hpcllm model list` names them all)."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length (default: the config's)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Sequence length (default: the config's)."),
     mbs: int = typer.Option(1, "--mbs", min=1, help="Micro-batch size (sequences per GPU per micro-step)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs (ranks) in all; default: one node of --cluster, else 1."),
-    gpus_per_node: Optional[int] = typer.Option(
-        None, "--gpus-per-node", min=1, help="Ranks per node (HYBRID_SHARD's default group); default: the cluster's, else --gpus."
+    gpus: int | None = typer.Option(
+        None, "--gpus", min=1, help="GPUs (ranks) in all; default: one node of --cluster, else 1."
+    ),
+    gpus_per_node: int | None = typer.Option(
+        None,
+        "--gpus-per-node",
+        min=1,
+        help="Ranks per node (HYBRID_SHARD's default group); default: the cluster's, else --gpus.",
     ),
     sharding: Sharding = typer.Option(Sharding.FULL_SHARD, "--sharding", help="FSDP2 sharding."),
-    hsdp_shard_size: Optional[int] = typer.Option(None, "--hsdp-shard-size", min=1, help="HYBRID_SHARD group size."),
+    hsdp_shard_size: int | None = typer.Option(None, "--hsdp-shard-size", min=1, help="HYBRID_SHARD group size."),
     precision: Precision = typer.Option(Precision.BF_16, "--precision", help="Parameter/compute precision."),
     ac: Checkpointing = typer.Option(Checkpointing.none, "--ac", help="Activation checkpointing policy."),
     ac_every: int = typer.Option(2, "--ac-every", min=1, help="selective: checkpoint every k-th block."),
     offload: bool = typer.Option(False, "--offload", help="FSDP2 CPU offload of the sharded state."),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-steps per optimizer step."),
-    attention: Optional[Attention] = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="Check the fit against this profile's GPU memory."),
+    attention: Attention | None = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
+    cluster: str | None = typer.Option(
+        None, "--cluster", "-c", help="Check the fit against this profile's GPU memory."
+    ),
 ) -> None:
     """Architecture, parameters, FLOPs per token and the per-GPU memory breakdown of NAME.
 
@@ -112,7 +119,7 @@ def info_cmd(
         fail(exc)
     n_gpus = gpus or (profile.gpus_per_node if profile else 1)
     per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
-    device = "cpu" if profile is not None and profile.is_cpu else "cuda"
+    device: Literal["cuda", "cpu"] = "cpu" if profile is not None and profile.is_cpu else "cuda"
     spec = MemorySpec(cfg, parallel, mbs, world_size=n_gpus, ranks_per_node=min(per_node, n_gpus), device=device,
                       grad_accum=grad_accum)
     console.print(_architecture_table(name, cfg))
@@ -129,7 +136,8 @@ def info_cmd(
         return
     capacity = profile.gpu_memory_gib
     verdict = "[green]fits[/]" if estimate.fits(capacity) else "[red]does not fit[/]"
-    console.print(f"{profile.name}: {estimate.peak_gib:.1f} of {capacity:g} GiB per {'rank' if device == 'cpu' else 'GPU'}: {verdict}")
+    unit = "rank" if device == "cpu" else "GPU"
+    console.print(f"{profile.name}: {estimate.peak_gib:.1f} of {capacity:g} GiB per {unit}: {verdict}")
     best = largest_fitting_mbs(spec, capacity)
     if best:
         console.print(f"largest MBS that fits: {best} ({estimate_memory(spec.with_mbs(best)).peak_gib:.1f} GiB)")
@@ -150,7 +158,10 @@ def _architecture_table(name: str, cfg: ModelConfig) -> Table:
         ("layers / d_model", f"{cfg.n_layers} / {cfg.d_model}"),
         ("heads / kv heads / head dim", f"{cfg.n_heads} / {cfg.kv_heads} / {cfg.head_dim}"),
         ("ffn hidden / activation", f"{cfg.ffn_dim} / {cfg.activation}"),
-        ("norm / positions", f"{cfg.norm} / {cfg.pos_emb}" + (f" (theta {cfg.rope_theta:g})" if cfg.pos_emb == "rope" else "")),
+        (
+            "norm / positions",
+            f"{cfg.norm} / {cfg.pos_emb}" + (f" (theta {cfg.rope_theta:g})" if cfg.pos_emb == "rope" else ""),
+        ),
         ("vocab / seq len", f"{cfg.vocab_size} / {cfg.seq_len}"),
         ("tied embeddings / bias", f"{cfg.tie_embeddings} / {cfg.bias}"),
         ("params (total)", f"{cfg.n_params():,} ({_human(cfg.n_params())})"),
@@ -163,7 +174,7 @@ def _architecture_table(name: str, cfg: ModelConfig) -> Table:
     return table
 
 
-def estimate_table(estimate: "MemoryEstimate", title: str) -> Table:
+def estimate_table(estimate: MemoryEstimate, title: str) -> Table:
     """Every term of ``estimate`` with its size, where it lives and how it was computed, then the peak."""
     table = Table(title=title)
     table.add_column("term", style="bold")

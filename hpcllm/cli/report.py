@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,7 +13,7 @@ from hpcllm.errors import HpcllmError
 def report(
     root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
     output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write."),
-    columns: Optional[str] = typer.Option(None, "--columns", "-c", help="Columns of the scaling table, as for `collect`."),
+    columns: str | None = typer.Option(None, "--columns", "-c", help="Columns of the scaling table, as for `collect`."),
 ) -> None:
     """Write one HTML page (no network needed to view it): runs per state, the scaling table, scaling
     plots and loss curves, the seed comparison, failures with their reasons, every run's details."""

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,22 +16,24 @@ from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
+    from hpcllm.launch.memcheck import Unfit
     from hpcllm.launch.orchestrate import RunStatus, SubmitResult
     from hpcllm.rundir import RunDir
-    from hpcllm.launch.memcheck import Unfit
 
 
 def submit(
     experiment: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/smoke.yaml."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name (see `hpcllm clusters`)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render scripts and run dirs, submit nothing."),
-    account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Optional[Path] = typer.Option(
-        None, "--results", help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
+    account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
+    results: Path | None = typer.Option(
+        None,
+        "--results",
+        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled runs."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every run has finished."),
-    after: Optional[list[str]] = typer.Option(
+    after: list[str] | None = typer.Option(
         None, "--after", metavar="JOBID", help="SLURM job id every run waits for (afterok); repeat for several."
     ),
     no_memory_check: bool = typer.Option(
@@ -83,32 +85,37 @@ def _print_plan_notes(result: SubmitResult) -> None:
                       highlight=False, soft_wrap=True)
 
 
-def _print_unfit(unfit: list["Unfit"]) -> None:
+def _print_unfit(unfit: list[Unfit]) -> None:
     """The points left out for memory, each with its estimate's largest terms and what would fit."""
     rows = []
     for u in unfit:
         t, p = u.spec.training, u.spec.training.parallel
         rows.append([u.spec.run_id, str(u.spec.world_size), str(t.train.micro_batch_size), p.sharding,
                      p.activation_checkpointing, u.reason])
-    print_listing(err_console, f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)",
-                  ("run", "ranks", "MBS", "sharding", "AC", "why"), rows, keep_whole=("run",))
-    err_console.print("the breakdown of one point: hpcllm model info NAME --mbs … --gpus … --cluster … (docs/memory.md)",
-                      soft_wrap=True)
+    print_listing(
+        err_console,
+        f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)",
+        ("run", "ranks", "MBS", "sharding", "AC", "why"),
+        rows,
+        keep_whole=("run",),
+    )
+    err_console.print(
+        "the breakdown of one point: hpcllm model info NAME --mbs … --gpus … --cluster … (docs/memory.md)",
+        soft_wrap=True,
+    )
 
 
 def _wait_for(results: Path, run_paths: list[Path]) -> None:
     """Show progress until none of ``run_paths`` is pending or running: a live display on a
     terminal, a line per state change in a log."""
-    from hpcllm.config.training import TrainingConfig
     from hpcllm.config.loader import load_model
+    from hpcllm.config.training import TrainingConfig
     from hpcllm.rundir import RunDir
 
     wanted = {p.absolute() for p in run_paths}
     totals = {p: load_model(TrainingConfig, RunDir(p).config).train.steps for p in wanted}
-    if not console.is_terminal:  # a log or a pipe: one whole line per change, no live display to cut
-        statuses = _wait_plain(results, wanted, totals)
-    else:
-        statuses = _wait_live(results, wanted, totals)
+    # A log or a pipe gets one whole line per change: no live display to cut.
+    statuses = _wait_live(results, wanted, totals) if console.is_terminal else _wait_plain(results, wanted, totals)
     failed = [s for s in statuses if s.state != "completed"]
     if failed:
         for s in failed:
@@ -117,7 +124,7 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
         raise typer.Exit(1)
 
 
-def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list["RunStatus"]:
+def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hpcllm.launch.orchestrate import collect_status
@@ -137,7 +144,7 @@ def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> lis
             time.sleep(1.0)
 
 
-def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list["RunStatus"]:
+def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
     from hpcllm.launch.orchestrate import collect_status
 
@@ -197,7 +204,7 @@ def status(
     _print_artifacts(root, [s.run_dir for s in statuses])
 
 
-def _print_artifacts(root: Path, run_dirs: list["RunDir"]) -> None:
+def _print_artifacts(root: Path, run_dirs: list[RunDir]) -> None:
     """Where the profiler traces are, and how to open the TensorBoard event files."""
     for rd in run_dirs:
         traces = rd.profile_files()
@@ -208,7 +215,7 @@ def _print_artifacts(root: Path, run_dirs: list["RunDir"]) -> None:
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
 
-def _status_records(statuses: list["RunStatus"]) -> list[dict[str, Any]]:
+def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
     """``collect_status`` as plain data (``hpcllm status --format json``; the table prints the same)."""
     out = []
     for s in statuses:

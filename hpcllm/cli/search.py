@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -27,7 +27,7 @@ def run(
     experiment: Path = typer.Argument(..., help="Experiment YAML with a search: section."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name."),
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
-    account: Optional[str] = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
+    account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the first rung's trials, submit nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed trials again (they resume)."),
     wait: bool = typer.Option(False, "--wait", help="Keep advancing until the search has finished."),
@@ -78,7 +78,7 @@ def status(
                       f"hpcllm search run {experiment} --cluster {cluster}", soft_wrap=True, highlight=False)
 
 
-def _print_step(step: "Step", quiet: bool = False) -> None:
+def _print_step(step: Step, quiet: bool = False) -> None:
     if step.rendered_only:
         console.print(f"rendered {len(step.state.trials)} trial(s) under {step.folder} (dry run, nothing submitted)",
                       soft_wrap=True, highlight=False)
@@ -97,7 +97,7 @@ def _params(params: dict[str, object]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _print_table(state: "SearchState") -> None:
+def _print_table(state: SearchState) -> None:
     from hpcllm.launch.search import best_trial
 
     title = (f"search {state.experiment} on {state.cluster}: {state.method}, minimise {state.metric}"

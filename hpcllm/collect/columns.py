@@ -37,7 +37,7 @@ def _summary(key: str, digits: int | None = None, *, required: bool = False) -> 
         summary = record.summary or {}
         value = summary[key] if required else summary.get(key)
         if digits is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return round(float(value), digits) if digits > 0 else int(round(value))
+            return round(float(value), digits) if digits > 0 else round(value)
         return value
 
     return get
@@ -77,7 +77,7 @@ def _model(record: RunRecord) -> str | None:
 
 def _clock(seconds: float) -> str:
     """h:mm:ss (a run's wall time)."""
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
@@ -87,10 +87,13 @@ def number_text(value: Any) -> str:
 
 _COLUMNS = [
     # The seed's table, in its order.
-    Column("params", "# Params (B)", _params, number_text, "total parameters, billions, 2 significant digits", numeric=True),
+    Column(
+        "params", "# Params (B)", _params, number_text, "total parameters, billions, 2 significant digits", numeric=True
+    ),
     Column("gpus", "#GPUs", _summary("world_size", required=True), help="ranks (GPUs) of the run", numeric=True),
-    Column("samples_per_s", "Samples/s", _summary("samples_per_s", 2), help="median over the measured steps",
-           numeric=True),
+    Column(
+        "samples_per_s", "Samples/s", _summary("samples_per_s", 2), help="median over the measured steps", numeric=True
+    ),
     Column("grad_accum", "GradAccm", _summary("grad_accum", required=True), numeric=True),
     Column("mbs", "MBS", _summary("micro_batch_size", required=True), help="micro-batch size per rank", numeric=True),
     Column("gbs", "GBS", _summary("global_batch_size", required=True), help="global batch size", numeric=True),
@@ -99,25 +102,38 @@ _COLUMNS = [
     Column("sharding", "Sharding", _summary("sharding", required=True)),
     Column("ac", "AC", _ac, help="activation checkpointing: False, True (full), selective/<k>"),
     Column("gpu_type", "GPU Type", lambda r: (r.summary or {}).get("gpu_type") or "cpu"),
-    Column("mfu", "MFU", _summary("mfu", 4), help="the seed's MFU: 72·L·d² + 12·L·T·d FLOPs per token",
-           numeric=True),
+    Column("mfu", "MFU", _summary("mfu", 4), help="the seed's MFU: 72·L·d² + 12·L·T·d FLOPs per token", numeric=True),
     # Ours.
-    Column("mfu_with_head", "MFU+head", _summary("mfu_with_head", 4),
-           help="MFU counting every matmul parameter, the output projection included", numeric=True),
-    Column("hfu", "HFU", _summary("hfu", 4), help="MFU+head plus activation-checkpointing recomputation",
-           numeric=True),
+    Column(
+        "mfu_with_head",
+        "MFU+head",
+        _summary("mfu_with_head", 4),
+        help="MFU counting every matmul parameter, the output projection included",
+        numeric=True,
+    ),
+    Column("hfu", "HFU", _summary("hfu", 4), help="MFU+head plus activation-checkpointing recomputation", numeric=True),
     Column("tokens_per_s_per_gpu", "Tokens/s/GPU", _summary("tokens_per_s_per_gpu", 0), numeric=True),
     Column("step_time_s", "Step (s)", _summary("step_time_s", 3), numeric=True),
-    Column("mem_peak_gib", "Mem (GiB)", _summary("mem_peak_gib", 2), help="peak memory, max over ranks",
-           numeric=True),
+    Column("mem_peak_gib", "Mem (GiB)", _summary("mem_peak_gib", 2), help="peak memory, max over ranks", numeric=True),
     Column("loss", "Loss", _summary("final_loss", 4), help="training loss of the last step", numeric=True),
-    Column("eval_loss", "Eval Loss", _summary("eval_loss", 4), help="evaluation loss, when the run evaluated",
-           optional=True, numeric=True),
-    Column("eval_ppl", "Eval PPL", _summary("eval_ppl", 2), help="evaluation perplexity", optional=True,
-           numeric=True),
+    Column(
+        "eval_loss",
+        "Eval Loss",
+        _summary("eval_loss", 4),
+        help="evaluation loss, when the run evaluated",
+        optional=True,
+        numeric=True,
+    ),
+    Column("eval_ppl", "Eval PPL", _summary("eval_ppl", 2), help="evaluation perplexity", optional=True, numeric=True),
     Column("restarts", "Restarts", _restarts, help="requeues and restarts (manifest)", numeric=True),
-    Column("wall_time", "Wall time", _summary("wall_time_s", 1), _clock,
-           help="training wall time over all attempts (seconds in csv/json, h:mm:ss in text)", numeric=True),
+    Column(
+        "wall_time",
+        "Wall time",
+        _summary("wall_time_s", 1),
+        _clock,
+        help="training wall time over all attempts (seconds in csv/json, h:mm:ss in text)",
+        numeric=True,
+    ),
     Column("steps", "Steps", _summary("steps_completed"), numeric=True),
     Column("model", "Model", _model, help="model preset"),
     Column("n_params", "Params", _summary("n_params"), help="exact parameter count", numeric=True),

@@ -9,6 +9,7 @@ sides (``hpcllm.perf``), so for the same GPU type the MFU ratio equals the sampl
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from hpcllm.config import grid as gridlib
 STATUS_OK, STATUS_NOT_RUN, STATUS_OURS_ONLY = "ok", "not run", "not in seed"
 
 
-def _col(id_: str, header: str, numeric: bool = False, text=str) -> cols.Column:
+def _col(id_: str, header: str, numeric: bool = False, text: Callable[[Any], str] = str) -> cols.Column:
     return cols.Column(id_, header, lambda r: None, text, numeric=numeric)
 
 

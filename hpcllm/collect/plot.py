@@ -9,6 +9,7 @@ resumed, evaluation losses as points when the engine logged them.
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,13 @@ if TYPE_CHECKING:
 MAX_LEGEND = 12  # more lines than this get no legend (it would cover the plot)
 
 
-def _pyplot():
+def _use_agg() -> None:
+    """Matplotlib's file-only backend, chosen before pyplot is imported (a login node has no display).
+
+    Each caller then imports pyplot itself, so that its figures keep matplotlib's types."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def scaling_groups(records: Iterable[RunRecord]) -> dict[str, list[dict[str, Any]]]:
@@ -38,9 +39,11 @@ def scaling_groups(records: Iterable[RunRecord]) -> dict[str, list[dict[str, Any
         s = r.summary or {}
         if not r.completed or s.get("samples_per_s") is None or not s.get("world_size"):
             continue
-        label = (f"{r.cluster} {cols.params_billions(float(s.get('n_params', 0))):g}B {s.get('sharding')} "
-                 f"mbs={s.get('micro_batch_size')} AC={cols.ac_label(s.get('activation_checkpointing'), s.get('ac_every'))} "
-                 f"seq={s.get('seq_len')}")
+        label = (
+            f"{r.cluster} {cols.params_billions(float(s.get('n_params', 0))):g}B {s.get('sharding')} "
+            f"mbs={s.get('micro_batch_size')} AC={cols.ac_label(s.get('activation_checkpointing'), s.get('ac_every'))} "
+            f"seq={s.get('seq_len')}"
+        )
         groups.setdefault(label, []).append(
             {"gpus": int(s["world_size"]), "samples_per_s": float(s["samples_per_s"]), "mfu": s.get("mfu")}
         )
@@ -55,8 +58,10 @@ def efficiency(points: list[dict[str, Any]]) -> list[float]:
     return [p["samples_per_s"] / p["gpus"] / base for p in points]
 
 
-def scaling_figure(records: Iterable[RunRecord]) -> "Figure":
-    plt = _pyplot()
+def scaling_figure(records: Iterable[RunRecord]) -> Figure:
+    _use_agg()
+    import matplotlib.pyplot as plt
+
     groups = scaling_groups(records)
     fig, (ax_tp, ax_mfu, ax_eff) = plt.subplots(1, 3, figsize=(15, 4.4))
     for label, points in groups.items():
@@ -64,9 +69,9 @@ def scaling_figure(records: Iterable[RunRecord]) -> "Figure":
         (line,) = ax_tp.plot(gpus, [p["samples_per_s"] for p in points], marker="o", label=label)
         ideal = [points[0]["samples_per_s"] * g / points[0]["gpus"] for g in gpus]
         ax_tp.plot(gpus, ideal, linestyle=":", color=line.get_color(), linewidth=1)
-        mfu = [(g, p["mfu"]) for g, p in zip(gpus, points) if p["mfu"] is not None]
+        mfu = [(g, p["mfu"]) for g, p in zip(gpus, points, strict=True) if p["mfu"] is not None]
         if mfu:
-            ax_mfu.plot(*zip(*mfu), marker="o", color=line.get_color(), label=label)
+            ax_mfu.plot(*zip(*mfu, strict=True), marker="o", color=line.get_color(), label=label)
         ax_eff.plot(gpus, efficiency(points), marker="o", color=line.get_color(), label=label)
     for ax, ylabel, title in (
         (ax_tp, "samples/s", "Throughput (dotted: linear scaling)"),
@@ -95,14 +100,16 @@ def _restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
     """Steps at which a new attempt started logging (the ``restart`` count changed, or the step
     counter went back: a resumed run re-runs the steps after its last checkpoint)."""
     out = []
-    for prev, cur in zip(metrics, metrics[1:]):
+    for prev, cur in itertools.pairwise(metrics):
         if cur.get("restart") != prev.get("restart") or cur["step"] <= prev["step"]:
             out.append(cur["step"])
     return out
 
 
-def loss_figure(records: Iterable[RunRecord]) -> "Figure":
-    plt = _pyplot()
+def loss_figure(records: Iterable[RunRecord]) -> Figure:
+    _use_agg()
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(11, 4.4))
     shown = 0
     for r in records:
@@ -117,7 +124,7 @@ def loss_figure(records: Iterable[RunRecord]) -> "Figure":
                         va="top", ha="right", color=line.get_color())
         evals = [(m["step"], m["eval_loss"]) for m in r.metrics if m.get("eval_loss") is not None]
         if evals:
-            ax.plot(*zip(*evals), linestyle="none", marker="s", markersize=4, color=line.get_color())
+            ax.plot(*zip(*evals, strict=True), linestyle="none", marker="s", markersize=4, color=line.get_color())
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training loss (dashed: a restart resumed here; squares: evaluation loss)", fontsize=10)
@@ -130,14 +137,17 @@ def loss_figure(records: Iterable[RunRecord]) -> "Figure":
     return fig
 
 
-def png_bytes(fig: "Figure", dpi: int = 110) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _pyplot().close(fig)
+    _use_agg()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return buf.getvalue()
 
 
-def _save(fig: "Figure", output: Path) -> Path:
+def _save(fig: Figure, output: Path) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(png_bytes(fig))

@@ -57,7 +57,7 @@ class RunRecord:
 
     @property
     def completed(self) -> bool:
-        return bool(self.summary) and self.summary.get("status") == SUMMARY_STATUS_COMPLETED
+        return self.summary is not None and self.summary.get("status") == SUMMARY_STATUS_COMPLETED
 
     @cached_property
     def manifest(self) -> dict[str, Any]:

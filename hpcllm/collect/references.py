@@ -61,7 +61,7 @@ class Reference(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Reference":
+    def _bounds(self) -> Reference:
         _bounds_ok(self.lower, self.upper)
         return self
 
@@ -97,7 +97,7 @@ class Tolerance(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Tolerance":
+    def _bounds(self) -> Tolerance:
         _bounds_ok(self.lower, self.upper)
         return self
 
@@ -128,14 +128,14 @@ class ClusterReferences(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
-def seed_key_of_spec(spec: "RunSpec") -> SeedKey:
+def seed_key_of_spec(spec: RunSpec) -> SeedKey:
     t, p, m = spec.training.train, spec.training.parallel, spec.training.model
     assert t.global_batch_size is not None  # filled in when the point was resolved
     return SeedKey(spec.cluster, m.n_params(), spec.world_size, t.grad_accum, t.micro_batch_size,
                    t.global_batch_size, m.seq_len, p.precision, p.sharding, p.activation_checkpointing)
 
 
-def references_for_point(refs: ClusterReferences | None, spec: "RunSpec") -> tuple[dict[str, Reference], bool]:
+def references_for_point(refs: ClusterReferences | None, spec: RunSpec) -> tuple[dict[str, Reference], bool]:
     """The references of one grid point, and whether a ``seed:`` request found no seed row for it."""
     if refs is None:
         return {}, False

@@ -99,9 +99,13 @@ def _facts(record: RunRecord) -> list[tuple[str, str]]:
         ("grid point", ", ".join(f"{k}={v}" for k, v in point.items()) or "(base)"),
     ]
     for label, key, fmt in (
-        ("steps", "steps_completed", "{}"), ("final loss", "final_loss", "{:.4f}"), ("eval loss", "eval_loss", "{:.4f}"),
-        ("samples/s", "samples_per_s", "{:.2f}"), ("MFU / MFU+head / HFU", "mfu", "{:.4f}"),
-        ("peak memory (GiB)", "mem_peak_gib", "{:.2f}"), ("wall time (s)", "wall_time_s", "{:.0f}"),
+        ("steps", "steps_completed", "{}"),
+        ("final loss", "final_loss", "{:.4f}"),
+        ("eval loss", "eval_loss", "{:.4f}"),
+        ("samples/s", "samples_per_s", "{:.2f}"),
+        ("MFU / MFU+head / HFU", "mfu", "{:.4f}"),
+        ("peak memory (GiB)", "mem_peak_gib", "{:.2f}"),
+        ("wall time (s)", "wall_time_s", "{:.0f}"),
     ):
         value = s.get(key)
         if value is None:

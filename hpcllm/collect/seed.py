@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -91,7 +91,7 @@ def seed_rows() -> tuple[SeedRow, ...]:
     return tuple(rows)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _preset_params(name: str) -> int:
     return ModelConfig.from_name(name).n_params()
 

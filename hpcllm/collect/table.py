@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord, scan
-from hpcllm.rundir import SUMMARY_KIND_PROBE
 from hpcllm.config import grid as gridlib
+from hpcllm.rundir import SUMMARY_KIND_PROBE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
 COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
@@ -45,7 +47,7 @@ class Table:
     def headers(self) -> list[str]:
         return [c.header for c in self.columns]
 
-    def to_frame(self) -> "pd.DataFrame":
+    def to_frame(self) -> pd.DataFrame:
         import pandas as pd
 
         return pd.DataFrame([[row[c.id] for c in self.columns] for row in self.rows], columns=self.headers)
@@ -62,7 +64,7 @@ def completed_of(scanned: list[RunRecord], problems: list[str] | None = None) ->
     for record in scanned:
         if problems is not None:
             problems.extend(record.problems)
-        if record.completed and record.summary.get("kind") != SUMMARY_KIND_PROBE:
+        if record.completed and (record.summary or {}).get("kind") != SUMMARY_KIND_PROBE:
             records.append(record)
     return records
 
@@ -96,7 +98,7 @@ def build_table(
     return table
 
 
-def collect_table(root: Path, problems: list[str] | None = None) -> "pd.DataFrame":
+def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """The seed's table of the completed runs under ``root``, as a DataFrame (headers as columns)."""
     return build_table(completed_records(root, problems), "seed", problems=problems).to_frame()
 
@@ -123,7 +125,7 @@ def _column_for(name: str) -> cols.Column:
     return cols.swept_column(name)
 
 
-def _where(expression: str, records: list[RunRecord], chosen: list[cols.Column]):
+def _where(expression: str, records: list[RunRecord], chosen: list[cols.Column]) -> Callable[[RunRecord], bool]:
     """A predicate on records; names are column ids, grid keys and ``summary.<key>``."""
     names = gridlib.where_names(expression)
     for name in names:
@@ -161,7 +163,7 @@ def _sortable(value: Any) -> tuple[int, Any]:
 # --- formats ---------------------------------------------------------------------------------------
 
 
-def format_table(table: "Table | pd.DataFrame", fmt: Format) -> str:
+def format_table(table: Table | pd.DataFrame, fmt: Format) -> str:
     if not isinstance(table, Table):
         table = _from_frame(table)
     if fmt == "markdown":
@@ -181,13 +183,13 @@ def format_table(table: "Table | pd.DataFrame", fmt: Format) -> str:
     raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
 
 
-def _from_frame(frame: "pd.DataFrame") -> Table:
+def _from_frame(frame: pd.DataFrame) -> Table:
     """A DataFrame (``collect_table``, or another table with known headers) as a Table."""
     by_header = {c.header: c for c in cols.COLUMNS.values()}
     chosen = [by_header.get(h) or cols.Column(str(h), str(h), lambda r: None) for h in frame.columns]
     rows = []
     for values in frame.itertuples(index=False):
-        rows.append({c.id: (None if _isnan(v) else v) for c, v in zip(chosen, values)})
+        rows.append({c.id: (None if _isnan(v) else v) for c, v in zip(chosen, values, strict=True)})
     return Table(chosen, rows)
 
 

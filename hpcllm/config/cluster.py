@@ -53,7 +53,7 @@ class QosSpec(BaseModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _range(self) -> "QosSpec":
+    def _range(self) -> QosSpec:
         if self.min_nodes is not None and self.max_nodes is not None and self.min_nodes > self.max_nodes:
             raise ValueError(f"min_nodes ({self.min_nodes}) > max_nodes ({self.max_nodes})")
         return self
@@ -127,7 +127,7 @@ class ClusterProfile(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "ClusterProfile":
+    def _check(self) -> ClusterProfile:
         for key in self.env:
             try:
                 shell_variable_name(key)

@@ -15,18 +15,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hpcllm.config import grid as gridlib
-from hpcllm.config import NAME_PATTERN
-from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
-from hpcllm.config.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
 from hpcllm.collect.references import ClusterReferences, validate_metric_names
+from hpcllm.config import NAME_PATTERN
+from hpcllm.config import grid as gridlib
+from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.config.loader import format_validation_error, load_model
-from hpcllm.config.text import OneLine
+from hpcllm.config.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
 from hpcllm.config.search import SearchConfig
+from hpcllm.config.text import OneLine
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
-from hpcllm.sitepaths import resolve_on_login
 from hpcllm.memory.runs import where_names as memory_where_names
+from hpcllm.sitepaths import resolve_on_login
 
 
 class Resources(BaseModel):
@@ -65,7 +65,7 @@ class Experiment(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _search_apart_from_grid(self) -> "Experiment":
+    def _search_apart_from_grid(self) -> Experiment:
         if self.search is not None:
             gridded = set(self.grid).union(*self.zip) & set(self.search.parameters)
             if gridded:

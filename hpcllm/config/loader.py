@@ -105,8 +105,10 @@ def _check_depth(text: str, path: Path) -> None:
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
+                # The parser marks every event it emits; the stubs allow None for hand-built ones.
+                where = f"{path}:{event.start_mark.line + 1}" if event.start_mark is not None else str(path)
                 raise ConfigError(
-                    f"{path}:{event.start_mark.line + 1}: lists and mappings nested more than "
+                    f"{where}: lists and mappings nested more than "
                     f"{MAX_DEPTH} levels deep; a config needs a handful"
                 )
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):

@@ -80,7 +80,7 @@ class ModelConfig(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> "ModelConfig":
+    def _check_shapes(self) -> ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_heads % self.kv_heads:
@@ -90,8 +90,9 @@ class ModelConfig(BaseModel):
         return self
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "ModelConfig":
-        return cls(preset=name, **overrides)
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        # The same validation as cls(preset=..., ...): `preset` is no field, the before-validator takes it.
+        return cls.model_validate({"preset": name, **overrides})
 
     # --- derived sizes -------------------------------------------------------------------------
     @property

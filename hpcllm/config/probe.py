@@ -22,7 +22,9 @@ class ProbeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start_mbs: int = Field(1, gt=0, description="First micro-batch size tried (explore-batch: the estimate's largest fit).")
+    start_mbs: int = Field(
+        1, gt=0, description="First micro-batch size tried (explore-batch: the estimate's largest fit)."
+    )
     max_mbs: int = Field(512, gt=0, description="Never try a larger micro-batch.")
     warmup_steps: int = Field(1, ge=0, description="Unmeasured steps per size (allocator, optimizer state).")
     steps: int = Field(3, gt=0, description="Timed steps per size; their median step time gives samples/s.")
@@ -36,7 +38,7 @@ class ProbeConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ProbeConfig":
+    def _bounds(self) -> ProbeConfig:
         if self.start_mbs > self.max_mbs:
             raise ValueError(f"start_mbs ({self.start_mbs}) must not exceed max_mbs ({self.max_mbs})")
         return self

@@ -21,8 +21,15 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hpcllm.config.training import TrainingConfig
 
@@ -107,7 +114,7 @@ class HalvingConfig(_Strict):
         while steps < max_steps:
             out.append(steps)
             steps *= self.eta
-        return out + [max_steps]
+        return [*out, max_steps]
 
     def survivors(self, entered: int) -> int:
         """How many of the ``entered`` trials of a rung go on to the next one."""

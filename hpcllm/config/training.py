@@ -51,7 +51,7 @@ class LossScaleConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _start_above_floor(self) -> "LossScaleConfig":
+    def _start_above_floor(self) -> LossScaleConfig:
         if self.init_scale < self.min_scale:
             raise ValueError(f"init_scale {self.init_scale:g} is below min_scale {self.min_scale:g}")
         return self
@@ -78,7 +78,7 @@ class ParallelConfig(_Strict):
     compile: bool = Field(False, description="torch.compile each transformer block.")
 
     @model_validator(mode="after")
-    def _hsdp_only(self) -> "ParallelConfig":
+    def _hsdp_only(self) -> ParallelConfig:
         if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
             raise ValueError(
                 f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})"
@@ -139,7 +139,7 @@ class ScheduleConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _decay_factors(self) -> "ScheduleConfig":
+    def _decay_factors(self) -> ScheduleConfig:
         """gamma/step_size belong to step and exponential only: elsewhere they would be ignored."""
         needs = {"step": ("gamma", "step_size"), "exponential": ("gamma",)}.get(self.name, ())
         for key in ("gamma", "step_size"):
@@ -224,11 +224,12 @@ class TrainingConfig(_Strict):
     profile: ProfileConfig | None = Field(None, description="PyTorch profiler traces of a few steps.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     probe: ProbeConfig | None = Field(
-        None, description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md)."
+        None,
+        description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md).",
     )
 
     @model_validator(mode="after")
-    def _eval_has_data(self) -> "TrainingConfig":
+    def _eval_has_data(self) -> TrainingConfig:
         problem = eval_data_error(self.eval, self.data.holdout is not None)
         if problem:
             raise ValueError(problem)
@@ -238,7 +239,7 @@ class TrainingConfig(_Strict):
     def _omit_absent_probe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """A training run's dump has no ``probe`` key: run ids (a hash of the dump) and run.yaml
         files written before probes existed stay the same."""
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if self.probe is None:
             data.pop("probe", None)
         return data

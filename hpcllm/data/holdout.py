@@ -45,7 +45,7 @@ class Holdout:
         # Compare the top 53 bits as a float in [0, 1): exact for every fraction a user can write.
         return (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53 < self.fraction
 
-    def view(self, store: TokenStore, side: Side) -> "StoreView":
+    def view(self, store: TokenStore, side: Side) -> StoreView:
         """The documents of ``store`` on ``side`` of this split, as one token stream."""
         held = np.empty(store.n_docs, dtype=bool)
         for start in range(0, store.n_docs, _CHUNK):

@@ -12,9 +12,9 @@ import multiprocessing as mp
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,7 @@ def encode_task(task: Task, tok: Tokenizer, fields: Fields) -> Encoded:
     doc_ends: list[int] = []
     n = 0
     eos = np.asarray([tok.eos_id], dtype=np.int64)
-    for seq, w, end in zip(ids, weights, ends):
+    for seq, w, end in zip(ids, weights, ends, strict=True):
         seq = np.append(seq.astype(np.int64), eos) if end else seq.astype(np.int64)
         parts.append(seq)
         if weighted:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hpcllm.data.blending import BlendSchedule
-from hpcllm.data.holdout import Holdout, Side
+from hpcllm.data.holdout import Holdout, Side, StoreView
 from hpcllm.data.permutation import Permutation
 from hpcllm.data.store import TokenStore
 from hpcllm.data.tokenizer import fingerprint_of
@@ -49,11 +49,12 @@ class Sampler:
 
     def _open(self) -> None:
         fp = fingerprint_of(self.tokenizer)
-        self.stores = [TokenStore.open(p, tokenizer_fingerprint=fp) for p in self.paths]
+        opened = [TokenStore.open(p, tokenizer_fingerprint=fp) for p in self.paths]
+        self.stores: list[TokenStore | StoreView] = list(opened)
         if self.holdout is not None:
-            self.stores = [self.holdout.view(s, self.side) for s in self.stores]
+            self.stores = [self.holdout.view(s, self.side) for s in opened]
         self.n_windows = [s.n_windows(self.seq_len) for s in self.stores]
-        for path, store, n in zip(self.paths, self.stores, self.n_windows):
+        for path, store, n in zip(self.paths, self.stores, self.n_windows, strict=True):
             if n == 0:
                 part = "" if self.holdout is None else f" (its {self.side} documents)"
                 raise ConfigError(
@@ -91,7 +92,7 @@ class Sampler:
         epoch, pos = np.divmod(k, n)
         window = pos.copy()
         if self.shuffle:
-            for s, e in {(int(a), int(b)) for a, b in zip(src, epoch)}:
+            for s, e in {(int(a), int(b)) for a, b in zip(src, epoch, strict=True)}:
                 sel = (src == s) & (epoch == e)
                 window[sel] = self._perm(s, e)(pos[sel])
         return src, epoch, window
@@ -101,7 +102,7 @@ class Sampler:
         if self.blend is None:
             return [consumed // self.n_windows[0]]
         taken = self.blend.taken_before(consumed)
-        return [int(t) // n for t, n in zip(taken, self.n_windows)]
+        return [int(t) // n for t, n in zip(taken, self.n_windows, strict=True)]
 
     def batch(self, g: np.ndarray) -> Batch:
         src, _, window = self.locate(g)
@@ -125,7 +126,7 @@ class Sampler:
             "sources": [
                 {"path": str(Path(p)), "weight": w, "n_tokens": s.n_tokens,
                  "tokenizer_fingerprint": s.header.tokenizer_fingerprint}
-                for p, w, s in zip(self.paths, self.weights, self.stores)
+                for p, w, s in zip(self.paths, self.weights, self.stores, strict=True)
             ],
         }
         if self.holdout is not None:  # absent otherwise: checkpoints from before splits still resume

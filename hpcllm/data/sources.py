@@ -91,7 +91,7 @@ def _suffix_ok(p: Path) -> bool:
 
 def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
     """(stream to read, raw file whose position measures progress in on-disk bytes)."""
-    raw = open(path, "rb")
+    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
     return raw, raw
@@ -187,7 +187,7 @@ def parse_record(piece: Piece, fields: Fields) -> list[Segment]:
     if SEGMENTS in obj:
         parts = obj[SEGMENTS]
         if not isinstance(parts, list) or not all(isinstance(x, dict) for x in parts):
-            raise ConfigError(f"{piece.where}: {SEGMENTS!r} must be a list of {{\"text\": ..., \"weight\": ...}} objects")
+            raise ConfigError(f'{piece.where}: {SEGMENTS!r} must be a list of {{"text": ..., "weight": ...}} objects')
         return [Segment(_string(x, "text", piece), _weight(x, "weight", 1.0, piece)) for x in parts]
     if fields.prompt in obj and fields.response in obj:
         return [Segment(_string(obj, fields.prompt, piece), _weight(obj, "prompt_weight", fields.prompt_weight, piece)),

@@ -19,9 +19,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -68,7 +68,7 @@ class StoreHeader:
                 **self.__dict__}
 
     @classmethod
-    def read(cls, path: Path) -> "StoreHeader":
+    def read(cls, path: Path) -> StoreHeader:
         file = path / HEADER
         if not file.is_file():
             hint = " (an interrupted `hpcllm data prepare`?)" if path.is_dir() else ""
@@ -108,7 +108,7 @@ class TokenStore:
         self.loss_mask = loss_mask
 
     @classmethod
-    def open(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> "TokenStore":
+    def open(cls, path: str | Path, tokenizer_fingerprint: str | None = None) -> TokenStore:
         """Map the store at ``path``; if given, its tokenizer must have ``tokenizer_fingerprint``."""
         path = Path(path)
         h = StoreHeader.read(path)
@@ -253,10 +253,11 @@ class StoreWriter:
         self.n_tokens = 0
         self.n_docs = 0
         self._last_end = 0  # where the last finished document ends
-        self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")
-        self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")
+        # The writer's files stay open across write() calls; commit() or abort() closes them.
+        self._tokens: BinaryIO = open(self.tmp / TOKENS, "wb")  # noqa: SIM115
+        self._ends: BinaryIO = open(self.tmp / "doc_ends.tmp", "wb")  # noqa: SIM115
         self._mask: BinaryIO | None = None
-        self._mask_dtype = np.dtype(np.uint8)
+        self._mask_dtype: np.dtype[Any] = np.dtype(np.uint8)
 
     def add(self, docs: list[np.ndarray], masks: list[np.ndarray] | None = None) -> None:
         """Append whole documents (token ids incl. their EOS); ``masks``: per-token loss weights in
@@ -298,7 +299,7 @@ class StoreWriter:
             self._last_end = int(ends[-1])
 
     def _start_mask(self) -> None:
-        self._mask = open(self.tmp / LOSS_MASK, "wb")
+        self._mask = open(self.tmp / LOSS_MASK, "wb")  # noqa: SIM115 - the writer's, like _tokens
         ones = np.ones(1 << 20, dtype=np.uint8).tobytes()
         left = self.n_tokens
         while left:
@@ -315,7 +316,7 @@ class StoreWriter:
             while buf := src.read(1 << 22):
                 dst.write(np.frombuffer(buf, dtype=np.uint8).astype(np.float16).tobytes())
         os.replace(wide, narrow)
-        self._mask = open(narrow, "ab")
+        self._mask = open(narrow, "ab")  # noqa: SIM115 - the writer's, like _tokens
         self._mask_dtype = np.dtype(np.float16)
 
     def commit(self) -> StoreHeader:
@@ -369,7 +370,7 @@ class StoreWriter:
                 fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:

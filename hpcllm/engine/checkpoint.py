@@ -138,7 +138,7 @@ def verify_checkpoint(path: Path) -> None:
     check_files(path)
     try:
         metadata = FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:  # noqa: BLE001 - any failure to read the index means "not loadable"
+    except Exception as exc:
         raise CheckpointCorrupt(f"{path}: cannot read DCP metadata (.metadata): {exc}") from None
     needed: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
@@ -294,10 +294,11 @@ class Checkpointer:
 
     def _load(self, path: Path, state: TrainState) -> None:
         trainer = read_json(path / TRAINER_STATE)
+        assert trainer is not None, f"{path}: verified, so it holds {TRAINER_STATE}"
         fresh_loader = state.loader.state_dict()
         state.loader.load_state_dict(trainer["loader"])  # first: it refuses another data setup
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
+        sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         try:
             with single_process_dcp():
                 dcp.load(sd, checkpoint_id=str(path))
@@ -312,7 +313,7 @@ class Checkpointer:
         # Hyperparameters come from run.yaml, not from the checkpoint (the scheduler sets lr).
         hyper = [{k: g[k] for k in _CONFIG_HYPERPARAMS if k in g} for g in state.optimizer.param_groups]
         set_state_dict(state.model, state.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-        for group, values in zip(state.optimizer.param_groups, hyper):
+        for group, values in zip(state.optimizer.param_groups, hyper, strict=True):
             group.update(values)
         state.scheduler.load_state_dict(trainer["scheduler"])
         if state.loss_scaler is not None and trainer.get("loss_scaler") is not None:
@@ -330,7 +331,7 @@ class Checkpointer:
             return
         try:
             rng = torch.load(f, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a damaged RNG file must not stop every restart
+        except Exception as exc:
             _warn("%s: unreadable (%s): per-rank RNG states are not restored", f, exc)
             return
         random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
@@ -383,6 +384,8 @@ class Checkpointer:
             with single_process_dcp():
                 future = dcp.async_save(_snapshot_if_needed(sd), checkpoint_id=str(tmp),
                                         process_group=self._save_group)
+            # An AsyncSaveResponse comes back only for an async_stager, which is not passed here.
+            assert isinstance(future, Future), type(future)
             self._pending = (future, tmp, step)
         else:
             with single_process_dcp():
@@ -408,7 +411,8 @@ class Checkpointer:
 
     def _write_rng(self, folder: Path) -> None:
         py = random.getstate()
-        np_state = np.random.get_state()
+        np_state = np.random.get_state(legacy=True)
+        assert isinstance(np_state, tuple)  # the legacy form of the default MT19937 state
         rng = {
             "python": [py[0], list(py[1]), py[2]],
             "numpy": [np_state[0], *np_state[2:]],

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler as TorchSampler
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Sampler as TorchSampler
 
 from hpcllm.config.evaluation import EvalConfig
 from hpcllm.config.training import DataConfig
@@ -97,7 +98,7 @@ class TrainLoader:
         )
         return iter(loader)
 
-    def __iter__(self) -> "TrainLoader":
+    def __iter__(self) -> TrainLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor | None]:
@@ -197,8 +198,8 @@ def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: i
         real = ids < samples
         batch = sampler.batch(np.where(real, ids, 0))
         tokens = torch.from_numpy(batch.tokens)
-        mask = np.ones((len(ids), seq_len), np.float32) if batch.loss_mask is None else batch.loss_mask
-        mask = torch.from_numpy(np.asarray(mask, dtype=np.float32) * real[:, None])
+        weights = np.ones((len(ids), seq_len), np.float32) if batch.loss_mask is None else batch.loss_mask
+        mask = torch.from_numpy(np.asarray(weights, dtype=np.float32) * real[:, None])
         batches.append({"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
                         "loss_mask": mask})
     return batches
@@ -207,7 +208,7 @@ def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: i
 def _check_eval_capacity(sampler: Sampler, samples: int) -> None:
     """Each eval sequence at most once: ``samples`` must fit in one epoch of every eval source."""
     taken = [samples] if sampler.blend is None else sampler.blend.taken_before(samples).tolist()
-    for path, need, have in zip(sampler.paths, taken, sampler.n_windows):
+    for path, need, have in zip(sampler.paths, taken, sampler.n_windows, strict=True):
         if need > have:
             where = "the held-out documents of " if sampler.holdout is not None else ""
             raise ConfigError(

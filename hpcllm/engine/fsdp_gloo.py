@@ -25,6 +25,7 @@ bitwise what gloo gives; tests/engine_layout_probe.py compares both collectives 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ def overlap_collectives(model: torch.nn.Module, forward_order: list[FSDPModule])
         if hasattr(module, "set_custom_all_gather") and hasattr(module, "set_custom_reduce_scatter"):
             module.set_custom_all_gather(all_gather)  # type: ignore[arg-type]
             module.set_custom_reduce_scatter(reduce_scatter)  # type: ignore[arg-type]
-    for current, upcoming in zip(forward_order, forward_order[1:]):
+    for current, upcoming in itertools.pairwise(forward_order):
         current.set_modules_to_forward_prefetch([upcoming])
 
 

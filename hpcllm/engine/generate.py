@@ -105,7 +105,11 @@ def load_generator(spec: str, *, tokenizer: str | None = None, device: str = "au
             raise ConfigError(f"{ckpt}: no run.yaml beside this checkpoint to take the tokenizer from; "
                               "give --tokenizer (byte or a tokenizer.json)")
         tokenizer = load_model(TrainingConfig, run.config).data.tokenizer
-    tok = load_tokenizer(tokenizer if tokenizer == "byte" else expand_path(tokenizer, "data.tokenizer" if tokenizer_from_run else "--tokenizer"))
+    tok = load_tokenizer(
+        tokenizer
+        if tokenizer == "byte"
+        else expand_path(tokenizer, "data.tokenizer" if tokenizer_from_run else "--tokenizer")
+    )
     cfg = checkpoint_model_config(ckpt, run)
     if tok.vocab_size > cfg.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer!r} has {tok.vocab_size} ids, more than the model's "

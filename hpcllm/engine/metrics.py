@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from hpcllm import perf
-from hpcllm.engine.tracking import MetricSink, scalars
 from hpcllm.config.training import TrainingConfig
+from hpcllm.engine.tracking import MetricSink, scalars
 
 
 def peak_memory_gib(device: torch.device) -> float:

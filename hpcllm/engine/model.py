@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -345,7 +345,9 @@ def _local_shard(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """This rank's piece of ``full`` for a DTensor ``param`` (FSDP2 shards dim 0 like torch.chunk)."""
     if not hasattr(param, "device_mesh"):
         return full
-    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor import DTensor, Shard
+
+    assert isinstance(param, DTensor)
 
     mesh, piece = param.device_mesh, full
     coords = mesh.get_coordinate()

@@ -26,7 +26,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     embedding, so it follows ``decay_embeddings``.
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():  # deduplicated: a tied weight appears once
         if not param.requires_grad:
             continue
@@ -141,12 +142,12 @@ def grad_replicas(params: list[torch.nn.Parameter], world_size: int) -> int:
     NO_SHARD with offload all ranks); a plain gradient under more than one rank is DDP's, the
     same on every rank. Dividing a rank's squared norm by it makes the sum over all ranks the
     global squared norm (``grad_norm_sq_share``)."""
-    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import DTensor, Replicate
 
     for p in params:
         if p.grad is None:
             continue
-        if not hasattr(p.grad, "placements"):
+        if not isinstance(p.grad, DTensor):
             return world_size
         mesh = p.grad.device_mesh
         return math.prod(mesh.size(d) for d, pl in enumerate(p.grad.placements) if isinstance(pl, Replicate))

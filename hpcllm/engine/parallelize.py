@@ -6,6 +6,8 @@ only calls ``set_gradient_sync`` and never imports FSDP or DDP.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.distributed._composable.replicate import DDP, replicate
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -15,7 +17,7 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import DataParallelism, ParallelConfig
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.fsdp_gloo import overlap_collectives
-from hpcllm.engine.model import GPT, init_weights
+from hpcllm.engine.model import GPT, Block, init_weights
 from hpcllm.errors import ConfigError
 
 
@@ -55,6 +57,7 @@ def mixed_precision(cfg: ParallelConfig) -> MixedPrecisionPolicy:
 def apply_activation_checkpointing(model: GPT, cfg: ParallelConfig) -> None:
     """full: every block; selective: blocks 0, k, 2k, … (k = ``ac_every``); none: no block."""
     for i, block in enumerate(model.blocks):
+        assert isinstance(block, Block)  # nn.ModuleList yields plain Modules to the type checker
         if cfg.activation_checkpointing == "full":
             block.checkpointed = True
         elif cfg.activation_checkpointing == "selective":
@@ -95,6 +98,7 @@ def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: Devi
     apply_activation_checkpointing(model, cfg)
     if cfg.compile:
         for block in model.blocks:
+            assert isinstance(block, Block)
             block.compile_compute()
     kind = data_parallelism(cfg, mesh)
     if kind == "fsdp":
@@ -123,14 +127,14 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
     offload: OffloadPolicy = (
         CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
     )
-    common = {"mesh": mesh, "mp_policy": mixed_precision(cfg), "offload_policy": offload}
+    common: dict[str, Any] = {"mesh": mesh, "mp_policy": mixed_precision(cfg), "offload_policy": offload}
     groups: list[FSDPModule] = []  # in forward order
     untied = not model.cfg.tie_embeddings
     if untied:
-        fully_shard(model.tok_emb, **common)
-        if hasattr(model.tok_emb, "set_unshard_in_backward"):
-            model.tok_emb.set_unshard_in_backward(False)
-        groups.append(model.tok_emb)
+        tok_emb = fully_shard(model.tok_emb, **common)  # the module itself, now an FSDPModule
+        if hasattr(tok_emb, "set_unshard_in_backward"):
+            tok_emb.set_unshard_in_backward(False)
+        groups.append(tok_emb)
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
         groups.append(fully_shard(block, reshard_after_forward=i < last, **common))

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial
+from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial, TrialStatus
 from hpcllm.config.training import ScheduleConfig, TrainingConfig
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import DistEnv, barrier
@@ -97,7 +97,7 @@ class Prober:
         state = TrainState(self.model, self.optimizer, self.scheduler, loader)
         self.meter.release()
         self.meter.reset_peak()
-        failure: tuple[str, str] | None = None
+        failure: tuple[TrialStatus, str] | None = None
         times: list[float] = []
         try:
             for i in range(probe.warmup_steps + probe.steps):

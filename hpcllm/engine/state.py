@@ -23,6 +23,18 @@ class Stateful(Protocol):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
+class StatefulScheduler(Stateful, Protocol):
+    """The LR scheduler: stepped once per optimizer step."""
+
+    def step(self) -> None: ...
+
+
+class StatefulLoader(Stateful, Protocol):
+    """The data loader: an endless iterator of micro-batches (``input_ids``, ``labels``, ``loss_mask``)."""
+
+    def __next__(self) -> dict[str, torch.Tensor | None]: ...
+
+
 @dataclass
 class TrainState:
     """Model, optimizer, LR scheduler, data loader and the two counters that locate the run in time.
@@ -35,9 +47,9 @@ class TrainState:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: Stateful
-    loader: Stateful
+    scheduler: StatefulScheduler
+    loader: StatefulLoader
     step: int = 0
     consumed_samples: int = 0
-    loss_scaler: "DynamicLossScaler | None" = None
+    loss_scaler: DynamicLossScaler | None = None
     init_from: str | None = None

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException
 from rich.console import Console
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from hpcllm.config.loader import load_model
@@ -29,9 +29,9 @@ from hpcllm.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.engine.loss_scale import build_loss_scaler
-from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.losses import cross_entropy_sum, distillation_sum
 from hpcllm.engine.metrics import MetricsLog, Throughput, detect_gpu_type, peak_memory_gib, token_flops
 from hpcllm.engine.model import GPT
@@ -42,11 +42,10 @@ from hpcllm.engine.profiling import StepProfiler
 from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.step_reductions import step_report, token_weight_sum
-from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.engine.tracking import open_sinks
+from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
-from hpcllm.sitepaths import expand_site_paths
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_STATUS_COMPLETED,
@@ -54,6 +53,7 @@ from hpcllm.rundir import (
     SUMMARY_STATUS_PREEMPTED,
     RunDir,
 )
+from hpcllm.sitepaths import expand_site_paths
 
 EXIT_CONFIG_ERROR = 2
 console = Console(highlight=False, soft_wrap=True)  # soft_wrap: one line per message in logs
@@ -138,7 +138,7 @@ def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: Dis
     state = {"model": get_model_state_dict(teacher)}
     try:
         dcp.load(state, checkpoint_id=str(ckpt))
-    except Exception as exc:  # noqa: BLE001 - DCP wraps per-rank failures in CheckpointException
+    except Exception as exc:
         raise HpcllmError(
             f"distill.teacher_checkpoint: cannot load {ckpt} into the teacher architecture "
             f"({dcfg.teacher.name}, {dcfg.teacher.n_layers} layers, d_model {dcfg.teacher.d_model}): "
@@ -189,13 +189,15 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
     for i, batch in enumerate(micro_batches):
         set_gradient_sync(model, i == grad_accum - 1)
         logits = model(batch["input_ids"])
+        labels = batch["labels"]
+        assert labels is not None  # of a micro-batch's entries only the loss mask may be None
         if teacher is not None and distill is not None:
             with torch.no_grad():
                 teacher_logits = teacher(batch["input_ids"])
-            micro = distillation_sum(logits, teacher_logits, batch["labels"], batch["loss_mask"],
+            micro = distillation_sum(logits, teacher_logits, labels, batch["loss_mask"],
                                      alpha=distill.alpha, temperature=distill.temperature)
         else:
-            micro = cross_entropy_sum(logits, batch["labels"], batch["loss_mask"])
+            micro = cross_entropy_sum(logits, labels, batch["loss_mask"])
         (micro * scale).backward()
         loss_sum += micro.detach()
     params = list(model.parameters())

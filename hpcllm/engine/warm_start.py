@@ -42,7 +42,11 @@ def load_initial_weights(model: torch.nn.Module, spec: str, cfg: ModelConfig) ->
     """
     ckpt = resolve_checkpoint(spec, KEY)
     state = {"model": get_model_state_dict(model)}
-    check_architecture(ckpt, cfg, {k: tuple(v.shape) for k, v in state["model"].items()})
+    shapes = {}
+    for k, v in state["model"].items():
+        assert isinstance(v, torch.Tensor), k  # a model's state dict holds tensors (DTensors when sharded)
+        shapes[k] = tuple(v.shape)
+    check_architecture(ckpt, cfg, shapes)
     try:
         with single_process_dcp():
             dcp.load(state, checkpoint_id=str(ckpt))

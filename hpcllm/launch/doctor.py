@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
-from hpcllm.config.experiment import RefusedPoint, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import qos_refusal
+from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
+from hpcllm.config.qos import RefusedPoint, qos_refusal
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
 from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
@@ -71,7 +71,7 @@ def run_doctor(
     """Every check of ``cluster`` against the cluster this machine submits to, in order."""
     if cluster.scheduler != "slurm":
         return [Check("scheduler", "scheduler", SKIP, f"{cluster.name!r} is a {cluster.scheduler!r} profile: "
-                      "there is no scheduler to check")] + [python_environment(cluster)]
+                      "there is no scheduler to check"), python_environment(cluster)]
     try:
         config = slurm_config()
     except BackendError as exc:
@@ -122,9 +122,16 @@ def scheduler_checks(cluster: ClusterProfile, config: dict[str, str], profile_fi
         f"cancel and time limits send USR1 first ({cluster.signal_before_end_s} s ahead)"))
     site_max = config.get("MaxArraySize", "")
     if cluster.max_array_size and site_max.isdigit() and cluster.max_array_size > int(site_max) - 1:
-        checks.append(Check("scheduler", "MaxArraySize", FAIL,
-                            f"max_array_size {cluster.max_array_size}, but the site's MaxArraySize is {site_max} "
-                            f"(task ids must stay below it)", f"set max_array_size: {int(site_max) - 1} in {profile_file}"))
+        checks.append(
+            Check(
+                "scheduler",
+                "MaxArraySize",
+                FAIL,
+                f"max_array_size {cluster.max_array_size}, but the site's MaxArraySize is {site_max} "
+                f"(task ids must stay below it)",
+                f"set max_array_size: {int(site_max) - 1} in {profile_file}",
+            )
+        )
     return checks
 
 
@@ -134,7 +141,9 @@ def partition_checks(cluster: ClusterProfile, part: PartitionInfo | None, profil
         known = ", ".join(partition_names()) or "(none)"
         return [Check("partition", name, FAIL, f"SLURM has no partition {name!r} (partitions: {known})",
                       f"set partition: to one of them in {profile_file}")]
-    checks = [Check("partition", name, OK if part.state == "UP" else WARN, f"state {part.state}, {part.total_nodes} nodes")]
+    checks = [
+        Check("partition", name, OK if part.state == "UP" else WARN, f"state {part.state}, {part.total_nodes} nodes")
+    ]
     limit = min(part.total_nodes, part.max_nodes_per_job or part.total_nodes)
     if cluster.max_nodes > limit:
         why = (f"the partition has {part.total_nodes} nodes" if limit == part.total_nodes
@@ -144,7 +153,7 @@ def partition_checks(cluster: ClusterProfile, part: PartitionInfo | None, profil
     else:
         checks.append(Check("partition", "nodes", OK, f"max_nodes {cluster.max_nodes} <= {limit} a job may have"))
     if not part.nodes:
-        return checks + [Check("partition", "cpus per node", SKIP, "sinfo lists no nodes in the partition")]
+        return [*checks, Check("partition", "cpus per node", SKIP, "sinfo lists no nodes in the partition")]
     cpus = sorted({n.cpus for n in part.nodes})
     if cluster.cpus_per_node > cpus[0]:
         checks.append(Check("partition", "cpus per node", FAIL,
@@ -164,15 +173,25 @@ def partition_checks(cluster: ClusterProfile, part: PartitionInfo | None, profil
 def _gpu_check(cluster: ClusterProfile, part: PartitionInfo, profile_file: str) -> Check:
     gpus = sorted({n.gpus for n in part.nodes})
     if cluster.is_cpu:
-        return Check("partition", "gres", OK if not cluster.gres else WARN,
-                     "CPU profile: ranks are CPU processes" + (f", but it asks for --gres={cluster.gres}" if cluster.gres else ""))
+        return Check(
+            "partition",
+            "gres",
+            OK if not cluster.gres else WARN,
+            "CPU profile: ranks are CPU processes"
+            + (f", but it asks for --gres={cluster.gres}" if cluster.gres else ""),
+        )
     if gpus[0] < cluster.gpus_per_node:
         return Check("partition", "gres", FAIL,
                      f"gpus_per_node is {cluster.gpus_per_node}, but nodes have {gpus[0]} GPUs in their GRES "
                      f"({part.nodes[0].gres or 'none'})", f"check gres: and gpus_per_node in {profile_file}")
     if not cluster.gres:
-        return Check("partition", "gres", WARN, f"nodes have {gpus[0]} GPUs, but the profile requests none (gres: null): "
-                     "jobs may see no GPU", f"set gres: \"gpu:{cluster.gpus_per_node}\" in {profile_file}")
+        return Check(
+            "partition",
+            "gres",
+            WARN,
+            f"nodes have {gpus[0]} GPUs, but the profile requests none (gres: null): jobs may see no GPU",
+            f'set gres: "gpu:{cluster.gpus_per_node}" in {profile_file}',
+        )
     return Check("partition", "gres", OK, f"{gpus[0]} GPUs a node ({part.nodes[0].gres}), --gres={cluster.gres}")
 
 
@@ -251,7 +270,7 @@ def point_checks(cluster: ClusterProfile, account: str | None, specs: list[RunSp
     if not specs:
         return checks
     if part is None:
-        return checks + [Check("point", f"{len(specs)} points", SKIP, "not tried: the partition does not exist")]
+        return [*checks, Check("point", f"{len(specs)} points", SKIP, "not tried: the partition does not exist")]
     with tempfile.TemporaryDirectory(prefix="hpcllm-doctor-") as tmp:
         for spec in specs:
             run_dir = RunDir.of(Path(tmp), spec.experiment, cluster.name, spec.run_id)
@@ -261,7 +280,9 @@ def point_checks(cluster: ClusterProfile, account: str | None, specs: list[RunSp
             said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
             message = said[-1] if said else f"exit {proc.returncode}"
             if proc.returncode == 0:
-                checks.append(Check("point", spec.run_id, OK, f"sbatch --test-only: {message.removeprefix('sbatch: ')}"))
+                checks.append(
+                    Check("point", spec.run_id, OK, f"sbatch --test-only: {message.removeprefix('sbatch: ')}")
+                )
             else:
                 checks.append(Check("point", spec.run_id, FAIL, f"sbatch --test-only refuses it: {message}",
                                     "see the message; `hpcllm submit --dry-run` writes the script to read"))
@@ -393,7 +414,10 @@ def gpu_job_checks(cluster: ClusterProfile, account: str | None, part: Partition
     log = RunDir(folder).log_file(job_id)
     reports = _reports(log.read_text(errors="replace")) if log.exists() else []
     if proc.returncode != 0 or not any(r.get("check") == "allreduce" for r in reports):
-        why = script_error(RunDir(folder), job_id) or (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        why = (
+            script_error(RunDir(folder), job_id)
+            or (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        )
         return [Check("job", f"site check (job {job_id or '?'})", FAIL, f"{why}; log: {log}",
                       "read the log; the job used the profile's modules, env and setup: lines")]
     checks = [Check("job", f"site check (job {job_id})", OK, f"{nodes} node(s), log: {log}")]

@@ -279,7 +279,9 @@ def _experiment_text(source: Path, cluster: str, rows: list[dict[str, Any]], res
     for row in rows:
         keys += [k for k in row if k not in keys]
     doc["zip"] = [{k: [row.get(k) for row in rows] for k in keys}]
-    doc["description"] = (f"{doc.get('description', '')} [micro-batch sizes from explore-batch probes on {cluster}]").strip()
+    doc["description"] = (
+        f"{doc.get('description', '')} [micro-batch sizes from explore-batch probes on {cluster}]"
+    ).strip()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"{GENERATED_MARK} from {source} on {cluster}, {when}.",

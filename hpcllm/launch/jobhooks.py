@@ -1,4 +1,6 @@
-"""Hooks the SLURM batch script calls around the engine: ``python -m hpcllm.launch.jobhooks start|end|requeue-failed RUN_DIR``.
+"""Hooks the SLURM batch script calls around the engine.
+
+``python -m hpcllm.launch.jobhooks start|end|requeue-failed RUN_DIR``.
 
 Why the batch script, and not ``hpcllm status``, records restarts: only the job itself knows when
 it starts again, on which nodes, and why it stopped. SLURM forgets finished jobs after MinJobAge
@@ -55,7 +57,7 @@ class JobContext:
     restart_count: int
 
     @classmethod
-    def from_env(cls, run_dir: Path) -> "JobContext":
+    def from_env(cls, run_dir: Path) -> JobContext:
         array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
         return cls(
             run_dir=RunDir(run_dir),

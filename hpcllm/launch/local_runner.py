@@ -8,6 +8,7 @@ while the restart budget lasts, and records every transition in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -180,10 +181,8 @@ class Runner:
 
 
 def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
-from hpcllm.memory import MemoryEstimate, estimate_memory, largest_fitting_mbs
 from hpcllm.launch.probeindex import probe_key
+from hpcllm.memory import MemoryEstimate, estimate_memory, largest_fitting_mbs
 from hpcllm.memory.runs import run_spec
 
 # The terms named in a reason: the largest ones explain a miss.

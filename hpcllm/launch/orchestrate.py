@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 from hpcllm.collect.references import references_for_point
-from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.cluster import clusters_dir
-from hpcllm.config.experiment import Experiment, RefusedPoint, RunSpec, expand_experiment, load_experiment
+from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
+from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
+from hpcllm.config.qos import RefusedPoint
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
@@ -232,7 +232,7 @@ def _submit_specs(
                     with manifest_lock(planned.run_dir):
                         save_manifest(planned.run_dir, manifest)
             raise
-        for (planned, _), job_id in zip(queued, job_ids):
+        for (planned, _), job_id in zip(queued, job_ids, strict=True):
             planned.job_id = job_id
     return result
 
@@ -244,7 +244,9 @@ def prepare_run(spec: RunSpec, run_dir: RunDir, manifest: Manifest | None, *, ex
     return its manifest, ready to submit."""
     script = render_job(spec, cluster, run_dir, account=account, python=python)
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.config, config_text or run_config_text(spec), durable=False)  # both rendered again on resubmit
+    atomic_write_text(
+        run_dir.config, config_text or run_config_text(spec), durable=False
+    )  # both rendered again on resubmit
     atomic_write_text(run_dir.job_script, script, durable=False)
     run_dir.job_script.chmod(0o755)
     if manifest is None or manifest.state == RunState.RENDERED:
@@ -363,7 +365,7 @@ def collect_status(root: Path) -> list[RunStatus]:
             states[i] = fresh.get(m.run_id, m.state).value
             manifests[i] = load_manifest(run_dirs[i])
     out = []
-    for rd, manifest, state in zip(run_dirs, manifests, states):
+    for rd, manifest, state in zip(run_dirs, manifests, states, strict=True):
         last = last_metrics(rd) or {}
         out.append(RunStatus(rd, manifest, state, last.get("step"), last.get("loss"),
                              waiting.get(rd.run_id) if state == "pending" else None,

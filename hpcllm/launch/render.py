@@ -14,12 +14,12 @@ from typing import Any
 import jinja2
 
 from hpcllm import __version__
+from hpcllm import rundir as rd
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import ConfigError
 from hpcllm.launch.cpus import CPU_BIND, rank_share, threads_per_rank
 from hpcllm.paths import project_folder
-from hpcllm import rundir as rd
 
 
 def templates_dir() -> Path:

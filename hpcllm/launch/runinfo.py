@@ -16,9 +16,10 @@ def last_runtime(run_dir: RunDir) -> dict[str, Any] | None:
         return None
     for line in reversed(lines):
         try:
-            return json.loads(line)
+            record: dict[str, Any] = json.loads(line)
         except ValueError:
             continue  # a line cut by a crash while it was written
+        return record
     return None
 
 

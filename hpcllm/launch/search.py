@@ -137,7 +137,7 @@ def draw_trials(search: SearchConfig) -> list[dict[str, Any]]:
     keys = list(search.parameters)
     if search.method == "grid":
         values = [search.parameters[k].finite_values or [] for k in keys]
-        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
     assert search.trials is not None
     rng = np.random.default_rng(search.seed)
     out: list[dict[str, Any]] = []
@@ -216,10 +216,9 @@ def _check_trial(spec: RunSpec, search: SearchConfig, source: str) -> None:
     if search.metric == "eval_loss" and (t.eval is None or not t.eval.at_end):
         raise ConfigError(f"{source}: search.metric: eval_loss needs an eval section with at_end: true in "
                           "training (and data.holdout or eval.sources); or search final_loss")
-    if search.method == "halving":
-        if not (t.checkpoint.at_end and t.checkpoint.resume):
-            raise ConfigError(f"{source}: search.method halving resumes trials from the checkpoint at the end "
-                              "of each rung: training.checkpoint.at_end and resume must be true")
+    if search.method == "halving" and not (t.checkpoint.at_end and t.checkpoint.resume):
+        raise ConfigError(f"{source}: search.method halving resumes trials from the checkpoint at the end "
+                          "of each rung: training.checkpoint.at_end and resume must be true")
 
 
 def plan_search(experiment_path: Path, cluster_name: str) -> Plan:
@@ -351,7 +350,7 @@ def reconcile(state: SearchState, folder: Path) -> None:
         target = state.rungs[trial.rung]
         status = statuses.get(trial.run_id)
         manifest = status.manifest if status else None
-        if manifest is None or manifest.state in (RunState.RENDERED, RunState.SUBMIT_FAILED):
+        if status is None or manifest is None or manifest.state in (RunState.RENDERED, RunState.SUBMIT_FAILED):
             trial.state = TrialState.QUEUED
         elif manifest.state.active:
             trial.state = TrialState.RUNNING
@@ -405,8 +404,11 @@ def decide(state: SearchState, eta: int, asynchronous: bool) -> list[tuple[Trial
                 for t in entered:
                     if t.rung == k and t.state == TrialState.FINISHED:
                         t.state = TrialState.STOPPED
-                        t.reason = (f"diverged at step {steps}" if not math.isfinite(t.score_at(steps))
-                                    else f"not in the best {max(1, len(entered) // eta)} of {len(entered)} at step {steps}")
+                        t.reason = (
+                            f"diverged at step {steps}"
+                            if not math.isfinite(t.score_at(steps))
+                            else f"not in the best {max(1, len(entered) // eta)} of {len(entered)} at step {steps}"
+                        )
                         decisions.append((t, "stopped"))
             below_complete = complete
     return decisions

@@ -153,7 +153,7 @@ def partition(name: str) -> PartitionInfo | None:
         return None
     nodes = []
     for line in run_slurm(["sinfo", "-h", "-N", "-p", name, "-o", "%N|%c|%G|%T"]).stdout.splitlines():
-        node, cpus, gres, state = (line.split("|") + ["", "", "", ""])[:4]
+        node, cpus, gres, state = ([*line.split("|"), "", "", "", ""])[:4]
         if node and cpus.isdigit():
             nodes.append(NodeInfo(node, int(cpus), "" if gres == "(null)" else gres, state))
     return parse_partition(parse_scontrol_record(proc.stdout.splitlines()[0]), nodes)
@@ -165,5 +165,7 @@ def qos_table() -> dict[str, QosInfo]:
 
 
 def associations(user: str) -> list[Association]:
-    out = run_slurm(["sacctmgr", "-nP", "show", "assoc", "where", f"user={user}", "format=Account,Partition,QOS"]).stdout
+    out = run_slurm(
+        ["sacctmgr", "-nP", "show", "assoc", "where", f"user={user}", "format=Account,Partition,QOS"]
+    ).stdout
     return parse_associations(out)

@@ -44,8 +44,10 @@ class StorageNeed:
         if not self.runs:
             return "no checkpoints (nothing to submit)"
         each = "" if self.uniform else "up to "
-        return (f"{human_bytes(self.total)} of checkpoints ({self.runs} run{'s' * (self.runs != 1)} x "
-                f"{self.kept} kept x {each}{human_bytes(self.largest)}; {human_bytes(self.peak)} while all save at once)")
+        return (
+            f"{human_bytes(self.total)} of checkpoints ({self.runs} run{'s' * (self.runs != 1)} x "
+            f"{self.kept} kept x {each}{human_bytes(self.largest)}; {human_bytes(self.peak)} while all save at once)"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,11 @@ def _lfs_quota(kind: str, name: str, path: Path) -> Room | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     parsed = parse_lfs_quota(proc.stdout) if proc.returncode == 0 else None
-    if parsed is None or parsed[1] is None:
+    if parsed is None:
         return None
     used, limit = parsed
+    if limit is None:
+        return None
     return Room(max(limit - used, 0), f"`{' '.join(cmd)}`: {human_bytes(used)} used of {human_bytes(limit)}")
 
 

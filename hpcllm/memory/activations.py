@@ -49,7 +49,7 @@ class Numerics:
         return self.device == "cuda"
 
     @classmethod
-    def of(cls, precision: Precision, fsdp: bool, device: Device) -> "Numerics":
+    def of(cls, precision: Precision, fsdp: bool, device: Device) -> Numerics:
         if precision == "FP_32":
             return cls(FP32, FP32, autocast=False, rope_copies=False, device=device)
         if fsdp:

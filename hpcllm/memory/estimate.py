@@ -96,7 +96,7 @@ class MemorySpec:
     teacher: ModelConfig | None = None
 
     @classmethod
-    def of_training(cls, training: TrainingConfig, *, nodes: int, ranks_per_node: int, device: Device) -> "MemorySpec":
+    def of_training(cls, training: TrainingConfig, *, nodes: int, ranks_per_node: int, device: Device) -> MemorySpec:
         return cls(
             model=training.model, parallel=training.parallel, micro_batch_size=training.train.micro_batch_size,
             world_size=nodes * ranks_per_node, ranks_per_node=ranks_per_node, device=device,
@@ -104,7 +104,7 @@ class MemorySpec:
             teacher=training.distill.teacher if training.distill is not None else None,
         )
 
-    def with_mbs(self, micro_batch_size: int) -> "MemorySpec":
+    def with_mbs(self, micro_batch_size: int) -> MemorySpec:
         return MemorySpec(self.model, self.parallel, micro_batch_size, self.world_size, self.ranks_per_node,
                           self.device, self.grad_accum, self.teacher)
 
@@ -281,7 +281,7 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         parts += ["gradients"] if keep_grads_across_micro_batches else []
     else:
         parts += (["gradients"] if kept_grads else []) + ["one block's activations + backward"]
-    formula = " + ".join(parts + ["overhead"])
+    formula = " + ".join([*parts, "overhead"])
     return MemoryEstimate(spec, tuple(terms), tensors + overhead, tensors, phase, act,
                           checkpoint_bytes(model, spec.world_size), formula)
 

@@ -25,7 +25,9 @@ def run_spec(training: TrainingConfig, *, nodes: int, gpus_per_node: int, cluste
                                   device=run_device(training, cluster))
 
 
-def estimate_run(training: TrainingConfig, *, nodes: int, gpus_per_node: int, cluster: ClusterProfile) -> MemoryEstimate:
+def estimate_run(
+    training: TrainingConfig, *, nodes: int, gpus_per_node: int, cluster: ClusterProfile
+) -> MemoryEstimate:
     return estimate_memory(run_spec(training, nodes=nodes, gpus_per_node=gpus_per_node, cluster=cluster))
 
 

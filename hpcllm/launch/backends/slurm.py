@@ -144,9 +144,9 @@ def parse_duration(value: str) -> int | None:
         return None
     numbers = [int(p) for p in parts]
     if dash:  # after "D-" the clock starts with hours
-        hours, minutes, seconds = (numbers + [0, 0])[:3]
+        hours, minutes, seconds = ([*numbers, 0, 0])[:3]
     else:
-        hours, minutes, seconds = ([0, 0] + numbers)[-3:] if len(numbers) > 1 else (0, numbers[0], 0)
+        hours, minutes, seconds = ([0, 0, *numbers])[-3:] if len(numbers) > 1 else (0, numbers[0], 0)
     return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
@@ -203,7 +203,7 @@ class SlurmBackend(Backend):
                 if len(chunk) == 1:
                     job_ids[chunk[0]] = self.submit(*items[chunk[0]])
                     continue
-                for i, job_id in zip(chunk, self._submit_array([items[i] for i in chunk])):
+                for i, job_id in zip(chunk, self._submit_array([items[i] for i in chunk]), strict=True):
                     job_ids[i] = job_id
         return job_ids
 
@@ -224,7 +224,9 @@ class SlurmBackend(Backend):
         return job_ids
 
     def _excludes(self, run_dir: RunDir, manifest: Manifest) -> list[str]:
-        return usable_excludes(manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes)
+        return usable_excludes(
+            manifest.exclude_nodes, int(sbatch_option(run_dir, "nodes") or 1), self.cluster.max_nodes
+        )
 
     @staticmethod
     def _sbatch(script: Path, exclude: list[str], depends_on: list[str], run_dir: RunDir, array: int = 0) -> str:
@@ -316,7 +318,9 @@ class SlurmBackend(Backend):
         if proc.returncode != 0:
             if "Invalid job id" in proc.stderr:
                 return {}  # every one of them has left the scheduler
-            raise BackendError(f"`squeue --jobs={','.join(ids)}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
+            raise BackendError(
+                f"`squeue --jobs={','.join(ids)}` failed (exit {proc.returncode}): {proc.stderr.strip()}"
+            )
         queue = {}
         for line in proc.stdout.splitlines():
             parts = line.strip().split("|")
@@ -339,8 +343,8 @@ class SlurmBackend(Backend):
                 detail = "" if reason in ("None", "") else f" ({reason})"
                 self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
             return state
-        state, reason = self._forgotten_job(run_dir, manifest)
-        self._record_end(run_dir, state, reason)
+        state, end_reason = self._forgotten_job(run_dir, manifest)
+        self._record_end(run_dir, state, end_reason)
         return state
 
     def _forgotten_job(self, run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | None]:
@@ -356,9 +360,9 @@ class SlurmBackend(Backend):
                 if job_name == name and not job_state(slurm_state).active:
                     return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} (sacct)"
         log = self._jobcomp_log()
-        slurm_state = jobcomp_state(log, job_id, name) if log else None
-        if slurm_state and not job_state(slurm_state).active:
-            return job_state(slurm_state), f"SLURM job {job_id} ended {slurm_state} ({log})"
+        comp_state = jobcomp_state(log, job_id, name) if log else None
+        if comp_state and not job_state(comp_state).active:
+            return job_state(comp_state), f"SLURM job {job_id} ended {comp_state} ({log})"
         summary = read_json(run_dir.summary) or {}
         if summary.get("status") == SUMMARY_STATUS_COMPLETED:
             return RunState.COMPLETED, None
