@@ -50,11 +50,16 @@ def build_state(model_cfg: ModelConfig, store: Path, steps: int) -> TrainState:
     model = build_parallel_model(model_cfg, PARALLEL, build_mesh(PARALLEL, ENV), ENV.device, seed=0)
     sched_cfg = ScheduleConfig(name="constant")
     optimizer = build_optimizer(model, OptimConfig(), lr=3e-4)
-    loader = build_train_loader(DataConfig(sources=[{"path": str(store)}], num_workers=0),
-                                seq_len=model_cfg.seq_len, micro_batch_size=1, dp_rank=0, dp_size=1,
-                                seed=0, device=ENV.device)
-    return TrainState(model, optimizer, Scheduler(optimizer, base_lr=3e-4, total_steps=steps, cfg=sched_cfg),
-                      loader)
+    loader = build_train_loader(
+        DataConfig(sources=[{"path": str(store)}], num_workers=0),
+        seq_len=model_cfg.seq_len,
+        micro_batch_size=1,
+        dp_rank=0,
+        dp_size=1,
+        seed=0,
+        device=ENV.device,
+    )
+    return TrainState(model, optimizer, Scheduler(optimizer, base_lr=3e-4, total_steps=steps, cfg=sched_cfg), loader)
 
 
 def step(state: TrainState) -> None:
@@ -73,8 +78,13 @@ def save_load(model_cfg: ModelConfig, store: Path, work: Path, repeats: int) -> 
     """Part 1: one save (sync, async) and one load of a state with populated AdamW moments."""
     state = build_state(model_cfg, store, steps=10)
     step(state)
-    names = ("sync: train loop blocked", "sync: until published", "async: train loop blocked",
-             "async: until published", "load (latest, verified)")
+    names = (
+        "sync: train loop blocked",
+        "sync: until published",
+        "async: train loop blocked",
+        "async: until published",
+        "load (latest, verified)",
+    )
     rows = dict.fromkeys(names, float("inf"))
     size = 0
     for r in track(range(repeats), description="save / load"):
@@ -91,8 +101,10 @@ def save_load(model_cfg: ModelConfig, store: Path, work: Path, repeats: int) -> 
             load = timed(lambda run=run, fresh=fresh: Checkpointer(run, CheckpointConfig()).load_latest(fresh))
             rows["load (latest, verified)"] = min(rows["load (latest, verified)"], load)
             shutil.rmtree(run.path)
-    table = Table(title=f"{model_cfg.name}: {model_cfg.n_params() / 1e6:.0f}M params, checkpoint "
-                        f"{size / 2**20:.0f} MiB (weights + AdamW moments, fp32)")
+    table = Table(
+        title=f"{model_cfg.name}: {model_cfg.n_params() / 1e6:.0f}M params, checkpoint "
+        f"{size / 2**20:.0f} MiB (weights + AdamW moments, fp32)"
+    )
     table.add_column("operation")
     table.add_column("seconds (best)", justify="right")
     table.add_column("MiB/s", justify="right")
@@ -111,12 +123,14 @@ def throughput(model_cfg: ModelConfig, store: Path, work: Path, cycles: int, eve
     """
     state = build_state(model_cfg, store, steps=cycles * 3 * every + 2)
     step(state)  # warm-up step (allocator, first-touch of AdamW moments), not timed
-    ckpts = {mode: Checkpointer(RunDir(work / f"tp_{mode}"),
-                                CheckpointConfig(async_save=mode == "async", keep_last=1))
-             for mode in ("sync", "async")}
+    ckpts = {
+        mode: Checkpointer(RunDir(work / f"tp_{mode}"), CheckpointConfig(async_save=mode == "async", keep_last=1))
+        for mode in ("sync", "async")
+    }
     times: dict[str, list[float]] = {"none": [], "sync": [], "async": []}
     for _ in track(range(cycles), description="train + checkpoint"):
         for mode, secs in times.items():
+
             def cycle(mode: str = mode) -> None:
                 if mode != "none":
                     ckpts[mode].save(state)
@@ -129,8 +143,7 @@ def throughput(model_cfg: ModelConfig, store: Path, work: Path, cycles: int, eve
     for c in ckpts.values():
         c.close()
     base = statistics.median(times["none"]) / every
-    table = Table(title=f"one save per {every} steps of 1 x {model_cfg.seq_len} tokens "
-                        f"(median of {cycles} cycles)")
+    table = Table(title=f"one save per {every} steps of 1 x {model_cfg.seq_len} tokens (median of {cycles} cycles)")
     table.add_column("mode")
     table.add_column("s/step", justify="right")
     table.add_column("throughput cost", justify="right")

@@ -62,20 +62,59 @@ def write_runs(root: Path, n: int, template: Path) -> None:
     script = (template / "job.sbatch").read_text()
     base = json.loads((template / "manifest.json").read_text())
     summary = {
-        "status": "completed", "run_id": "", "model": "2.7b", "n_params": 2666498560,
-        "n_params_flops": 2666493440, "n_layers": 32, "d_model": 2560, "seq_len": 4096,
-        "world_size": 8, "dp_size": 8, "micro_batch_size": 2, "grad_accum": 1, "global_batch_size": 16,
-        "precision": "BF_16", "sharding": "FULL_SHARD", "activation_checkpointing": "none", "ac_every": 2,
-        "compile": False, "gpu_type": "A100", "device": "cuda", "samples_per_s": 18.7,
-        "tokens_per_s": 76595.2, "tokens_per_s_per_gpu": 9574.4, "mfu": 0.587, "mfu_with_head": 0.614,
-        "hfu": 0.614, "step_time_s": 0.856, "mem_peak_gib": 41.2, "steps_measured": 50,
-        "summary_warmup_steps": 10, "steps_completed": 60, "final_loss": 6.1, "elapsed_s": 80.0,
+        "status": "completed",
+        "run_id": "",
+        "model": "2.7b",
+        "n_params": 2666498560,
+        "n_params_flops": 2666493440,
+        "n_layers": 32,
+        "d_model": 2560,
+        "seq_len": 4096,
+        "world_size": 8,
+        "dp_size": 8,
+        "micro_batch_size": 2,
+        "grad_accum": 1,
+        "global_batch_size": 16,
+        "precision": "BF_16",
+        "sharding": "FULL_SHARD",
+        "activation_checkpointing": "none",
+        "ac_every": 2,
+        "compile": False,
+        "gpu_type": "A100",
+        "device": "cuda",
+        "samples_per_s": 18.7,
+        "tokens_per_s": 76595.2,
+        "tokens_per_s_per_gpu": 9574.4,
+        "mfu": 0.587,
+        "mfu_with_head": 0.614,
+        "hfu": 0.614,
+        "step_time_s": 0.856,
+        "mem_peak_gib": 41.2,
+        "steps_measured": 50,
+        "summary_warmup_steps": 10,
+        "steps_completed": 60,
+        "final_loss": 6.1,
+        "elapsed_s": 80.0,
         "wall_time_s": 80.0,
     }
     metrics = "".join(
-        json.dumps({"step": s, "loss": 10 - s / 10, "lr": 3e-4, "grad_norm": 1.0, "tokens_per_s": 76595.2,
-                    "samples_per_s": 18.7, "mfu": 0.587, "step_time_s": 0.856, "mem_peak_gib": 41.2,
-                    "restart": 0, "rerun": False, "elapsed_s": 20 + s * 0.856}) + "\n"
+        json.dumps(
+            {
+                "step": s,
+                "loss": 10 - s / 10,
+                "lr": 3e-4,
+                "grad_norm": 1.0,
+                "tokens_per_s": 76595.2,
+                "samples_per_s": 18.7,
+                "mfu": 0.587,
+                "step_time_s": 0.856,
+                "mem_peak_gib": 41.2,
+                "restart": 0,
+                "rerun": False,
+                "elapsed_s": 20 + s * 0.856,
+            }
+        )
+        + "\n"
         for s in range(1, 61)
     )
     for i in range(n):
@@ -85,8 +124,7 @@ def write_runs(root: Path, n: int, template: Path) -> None:
         (run / "run.yaml").write_text(run_yaml)
         (run / "job.sbatch").write_text(script)
         state = RunState.COMPLETED if i % 50 < 45 else RunState.FAILED if i % 50 < 49 else RunState.CANCELLED
-        manifest = Manifest.model_validate({**base, "run_id": run_id, "state": state.value,
-                                            "job_id": str(100000 + i)})
+        manifest = Manifest.model_validate({**base, "run_id": run_id, "state": state.value, "job_id": str(100000 + i)})
         if i % 10 == 0:
             manifest.restarts.append(Restart(time=manifest.created_at, reason="node failure", last_step=30))
         if state == RunState.FAILED:
@@ -95,8 +133,9 @@ def write_runs(root: Path, n: int, template: Path) -> None:
         (run / "metrics.jsonl").write_text(metrics)
         if state != RunState.CANCELLED:
             status = "completed" if state == RunState.COMPLETED else "failed"
-            (run / "summary.json").write_text(json.dumps({**summary, "run_id": run_id, "status": status,
-                                                          "world_size": 4 << (i % 5)}, indent=2))
+            (run / "summary.json").write_text(
+                json.dumps({**summary, "run_id": run_id, "status": status, "world_size": 4 << (i % 5)}, indent=2)
+            )
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
@@ -125,8 +164,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10000, help="run directories for status and collect")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the generated files here")
-    parser.add_argument("--hpcllm", default=str(Path(sys.executable).with_name("hpcllm")),
-                        help="the hpcllm to time (e.g. another checkout's .venv/bin/hpcllm)")
+    parser.add_argument(
+        "--hpcllm",
+        default=str(Path(sys.executable).with_name("hpcllm")),
+        help="the hpcllm to time (e.g. another checkout's .venv/bin/hpcllm)",
+    )
     parser.add_argument("--cwd", type=Path, default=ROOT, help="the project folder it runs in (clusters/ there)")
     args = parser.parse_args()
     console = Console()
@@ -136,8 +178,18 @@ def main() -> None:
     try:
         exp = grid_experiment(work / "grid.yaml", args.points)
         rendered = work / "rendered"
-        submit = [*hpcllm, "submit", str(exp), "--cluster", "leonardo", "--account", "bench", "--dry-run",
-                  "--results", str(rendered)]
+        submit = [
+            *hpcllm,
+            "submit",
+            str(exp),
+            "--cluster",
+            "leonardo",
+            "--account",
+            "bench",
+            "--dry-run",
+            "--results",
+            str(rendered),
+        ]
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in TARGETS_S}
         template = None
         runs = work / "runs"
@@ -154,18 +206,25 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    sizes = {"submit --dry-run": f"{args.points} points", "status": f"{args.runs} runs",
-             "collect": f"{args.runs} runs"}
+    sizes = {"submit --dry-run": f"{args.points} points", "status": f"{args.runs} runs", "collect": f"{args.runs} runs"}
     load = os.getloadavg()[0]
-    table = Table(title=f"{args.hpcllm} on the login node (median of {args.repeats}, fresh process each; "
-                        f"load average {load:.1f} on {os.cpu_count()} cores)")
+    table = Table(
+        title=f"{args.hpcllm} on the login node (median of {args.repeats}, fresh process each; "
+        f"load average {load:.1f} on {os.cpu_count()} cores)"
+    )
     for col in ("command", "size", "wall s", "CPU s", "target s", "wall < target"):
         table.add_column(col)
     for name, runs_of in samples.items():
         wall, cpu = median_of(runs_of)
         ok = wall < TARGETS_S[name]
-        table.add_row(name, sizes[name], f"{wall:.2f}", f"{cpu:.2f}", f"< {TARGETS_S[name]:g}",
-                      "[green]yes[/]" if ok else "[red]no[/]")
+        table.add_row(
+            name,
+            sizes[name],
+            f"{wall:.2f}",
+            f"{cpu:.2f}",
+            f"< {TARGETS_S[name]:g}",
+            "[green]yes[/]" if ok else "[red]no[/]",
+        )
     console.print(table)
 
 

@@ -54,8 +54,9 @@ def main() -> None:
     for path in files:
         checked = best_of(args.repeats, lambda path=path: read_yaml(path))
         bare = best_of(args.repeats, lambda path=path: yaml.safe_load(path.read_text()))
-        table.add_row(str(path.relative_to(ROOT)), str(path.stat().st_size), f"{checked * 1e3:.2f}",
-                      f"{bare * 1e3:.2f}")
+        table.add_row(
+            str(path.relative_to(ROOT)), str(path.stat().st_size), f"{checked * 1e3:.2f}", f"{bare * 1e3:.2f}"
+        )
     console.print(table)
 
     cluster = load_cluster(str(ROOT / "clusters" / "local.yaml"))
@@ -63,10 +64,14 @@ def main() -> None:
     for col in ("points", "what", "seconds"):
         table.add_column(col, justify="right")
     for n in args.points:
-        exp = Experiment.model_validate({
-            "name": "bench", "training": {"model": {"preset": "tiny"}, "data": {"path": "data/demo"}},
-            "grid": {"seed": list(range(n // 10)), "train.steps": list(range(1, 11))}, "where": ["seed >= 0"],
-        })
+        exp = Experiment.model_validate(
+            {
+                "name": "bench",
+                "training": {"model": {"preset": "tiny"}, "data": {"path": "data/demo"}},
+                "grid": {"seed": list(range(n // 10)), "train.steps": list(range(1, 11))},
+                "where": ["seed >= 0"],
+            }
+        )
         t0 = time.process_time()
         specs = expand_experiment(exp, cluster, "bench")
         table.add_row(f"{len(specs):,}", "expand + where + validate", f"{time.process_time() - t0:.2f}")

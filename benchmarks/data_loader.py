@@ -42,8 +42,14 @@ def build_store(path: Path, n_tokens: int) -> None:
     tok = ByteTokenizer()
     docs = [np.append(a, tok.eos_id).astype(np.uint16) for a in tok.encode_batch(list(topics().values()))]
     per_copy = sum(d.size for d in docs)
-    with StoreWriter(path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer="byte",
-                     tokenizer_fingerprint=tok.fingerprint, overwrite=True) as w:
+    with StoreWriter(
+        path,
+        vocab_size=tok.vocab_size,
+        eos_id=tok.eos_id,
+        tokenizer="byte",
+        tokenizer_fingerprint=tok.fingerprint,
+        overwrite=True,
+    ) as w:
         for _ in range(-(-n_tokens // per_copy)):
             w.add(docs)
         w.commit()
@@ -59,8 +65,7 @@ def median_s(fn, n: int) -> float:
 
 
 def loader_rate(cfg: DataConfig, seq_len: int, mbs: int, seconds: float) -> float:
-    loader = build_train_loader(cfg, seq_len=seq_len, micro_batch_size=mbs, dp_rank=0, dp_size=1,
-                                seed=0, device=CPU)
+    loader = build_train_loader(cfg, seq_len=seq_len, micro_batch_size=mbs, dp_rank=0, dp_size=1, seed=0, device=CPU)
     next(loader)  # start workers outside the timing
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -92,11 +97,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=120_000_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hpcllm-bench-loader"))
-    ap.add_argument("--store", type=Path, default=None,
-                    help="Use this byte-tokenized store (e.g. from data_tokenize.py --keep) instead.")
+    ap.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="Use this byte-tokenized store (e.g. from data_tokenize.py --keep) instead.",
+    )
     ap.add_argument("--seconds", type=float, default=3.0, help="Per throughput measurement.")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 = one rank per core, as the smoke run uses on CPU.")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads; 1 = one rank per core, as the smoke run uses on CPU."
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(width=150)
@@ -114,12 +124,20 @@ def main() -> None:
     t.add_column("value", justify="right")
     t.add_row("TokenStore.open (median of 20)", f"{median_s(lambda: TokenStore.open(store_path), 20) * 1e3:.2f} ms")
     sampler_s = median_s(
-        lambda: Sampler([str(store_path)], [1.0], tokenizer="byte", seq_len=2048, seed=0, shuffle=True), 20)
+        lambda: Sampler([str(store_path)], [1.0], tokenizer="byte", seq_len=2048, seed=0, shuffle=True), 20
+    )
     t.add_row("Sampler(...) incl. open, seq 2048", f"{sampler_s * 1e3:.2f} ms")
 
     def first_batch(workers: int, resume_at: int | None = None) -> None:
-        loader = build_train_loader(cfg.model_copy(update={"num_workers": workers}), seq_len=2048,
-                                    micro_batch_size=8, dp_rank=0, dp_size=1, seed=0, device=CPU)
+        loader = build_train_loader(
+            cfg.model_copy(update={"num_workers": workers}),
+            seq_len=2048,
+            micro_batch_size=8,
+            dp_rank=0,
+            dp_size=1,
+            seed=0,
+            device=CPU,
+        )
         if resume_at is not None:
             sd = loader.state_dict()
             sd["consumed_samples"] = resume_at

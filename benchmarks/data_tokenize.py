@@ -42,13 +42,18 @@ def write_corpus(path: Path, size_mb: int) -> int:
 def _run(inputs: list[str], tokenizer: str, output: str, workers: int, q: mp.Queue) -> None:
     res = prepare(inputs, tokenizer, output, workers=workers, overwrite=True)
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    q.put({
-        "seconds": res.seconds, "input_bytes": res.input_bytes, "tokens": res.header.n_tokens,
-        "rss_main_mib": me.ru_maxrss / 1024, "rss_worker_mib": kids.ru_maxrss / 1024,
-        # CPU time, so that a figure taken on a shared, busy machine can still be read
-        "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-        "load": os.getloadavg()[0],
-    })
+    q.put(
+        {
+            "seconds": res.seconds,
+            "input_bytes": res.input_bytes,
+            "tokens": res.header.n_tokens,
+            "rss_main_mib": me.ru_maxrss / 1024,
+            "rss_worker_mib": kids.ru_maxrss / 1024,
+            # CPU time, so that a figure taken on a shared, busy machine can still be read
+            "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+            "load": os.getloadavg()[0],
+        }
+    )
 
 
 def measure(inputs: list[str], tokenizer: str, output: Path, workers: int) -> dict[str, float]:
@@ -75,8 +80,10 @@ def main() -> None:
     write_corpus(one, 0)
     t0 = time.perf_counter()
     tok = train_bpe([str(one)], args.vocab_size, args.workdir)
-    console.print(f"trained BPE (vocab {args.vocab_size}) on {one.stat().st_size / 1e6:.2f} MB in "
-                  f"{time.perf_counter() - t0:.1f} s")
+    console.print(
+        f"trained BPE (vocab {args.vocab_size}) on {one.stat().st_size / 1e6:.2f} MB in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     corpus = args.workdir / "corpus.jsonl"
     if corpus.exists() and corpus.stat().st_size >= args.size_mb * 1_000_000:
         size = corpus.stat().st_size  # reuse the corpus of an earlier --keep run
@@ -85,15 +92,36 @@ def main() -> None:
     console.print(f"corpus: {size / 1e6:.0f} MB; {args.workers} workers on {available_cores()} cores")
 
     table = Table(title="hpcllm data prepare")
-    for col in ("tokenizer", "workers", "input MB", "tokens", "wall s", "MB/s (wall)", "CPU s",
-                "MB per CPU-s", "load avg", "peak RSS main MiB", "peak RSS worker MiB"):
+    for col in (
+        "tokenizer",
+        "workers",
+        "input MB",
+        "tokens",
+        "wall s",
+        "MB/s (wall)",
+        "CPU s",
+        "MB per CPU-s",
+        "load avg",
+        "peak RSS main MiB",
+        "peak RSS worker MiB",
+    ):
         table.add_column(col, justify="right")
     for name, spec in (("BPE", str(tok)), ("byte", "byte")):
         r = measure([str(corpus)], spec, args.workdir / f"store-{name}", args.workers)
         mb = r["input_bytes"] / 1e6
-        table.add_row(name, str(args.workers), f"{mb:.0f}", f"{r['tokens']:,}", f"{r['seconds']:.1f}",
-                      f"{mb / r['seconds']:.2f}", f"{r['cpu_s']:.1f}", f"{mb / r['cpu_s']:.2f}",
-                      f"{r['load']:.1f}", f"{r['rss_main_mib']:.0f}", f"{r['rss_worker_mib']:.0f}")
+        table.add_row(
+            name,
+            str(args.workers),
+            f"{mb:.0f}",
+            f"{r['tokens']:,}",
+            f"{r['seconds']:.1f}",
+            f"{mb / r['seconds']:.2f}",
+            f"{r['cpu_s']:.1f}",
+            f"{mb / r['cpu_s']:.2f}",
+            f"{r['load']:.1f}",
+            f"{r['rss_main_mib']:.0f}",
+            f"{r['rss_worker_mib']:.0f}",
+        )
     console.print(table)
     if not args.keep:
         shutil.rmtree(args.workdir)

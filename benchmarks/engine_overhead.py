@@ -64,21 +64,37 @@ def modalities_gpt(cfg: ModelConfig) -> torch.nn.Module | None:
     except ImportError:
         return None
     qkv = AttentionConfig.QueryKeyValueTransformConfig
-    rotary = qkv.RotaryTransformConfig(n_embd=cfg.d_model, n_head=cfg.n_heads, seq_length_dim=-2,
-                                       base_freq=int(cfg.rope_theta))
+    rotary = qkv.RotaryTransformConfig(
+        n_embd=cfg.d_model, n_head=cfg.n_heads, seq_length_dim=-2, base_freq=int(cfg.rope_theta)
+    )
 
     def norm() -> LayerNormWrapperConfig:
-        return LayerNormWrapperConfig(norm_type="pytorch_rms_norm", config=PytorchRMSLayerNormConfig(
-            normalized_shape=cfg.d_model, eps=cfg.norm_eps))
+        return LayerNormWrapperConfig(
+            norm_type="pytorch_rms_norm",
+            config=PytorchRMSLayerNormConfig(normalized_shape=cfg.d_model, eps=cfg.norm_eps),
+        )
 
     model = GPT2LLM(
-        sample_key="input_ids", prediction_key="logits", poe_type=PositionTypes.NOPE, sequence_length=cfg.seq_len,
-        vocab_size=cfg.vocab_size, n_layer=cfg.n_layers, n_head_q=cfg.n_heads, n_head_kv=cfg.kv_heads,
-        n_embd=cfg.d_model, ffn_hidden=4 * cfg.d_model, dropout=0.0, bias=False,
-        activation_type=ActivationType.SWIGLU, attention_implementation=AttentionImplementation.PYTORCH_FLASH,
+        sample_key="input_ids",
+        prediction_key="logits",
+        poe_type=PositionTypes.NOPE,
+        sequence_length=cfg.seq_len,
+        vocab_size=cfg.vocab_size,
+        n_layer=cfg.n_layers,
+        n_head_q=cfg.n_heads,
+        n_head_kv=cfg.kv_heads,
+        n_embd=cfg.d_model,
+        ffn_hidden=4 * cfg.d_model,
+        dropout=0.0,
+        bias=False,
+        activation_type=ActivationType.SWIGLU,
+        attention_implementation=AttentionImplementation.PYTORCH_FLASH,
         attention_config=AttentionConfig(qkv_transforms=[qkv(type_hint="RotaryTransform", config=rotary)]),
-        attention_norm_config=norm(), ffn_norm_config=norm(), lm_head_norm_config=norm(),
-        use_weight_tying=cfg.tie_embeddings, seed=0,
+        attention_norm_config=norm(),
+        ffn_norm_config=norm(),
+        lm_head_norm_config=norm(),
+        use_weight_tying=cfg.tie_embeddings,
+        seed=0,
     )
     n_params = sum(p.numel() for p in model.parameters())
     if n_params != cfg.n_params():  # SwiGLU hidden sizes are rounded the same way only for some d
@@ -105,12 +121,19 @@ def whole_steps(cfg: ModelConfig, args: argparse.Namespace) -> None:
     steps["engine"] = engine_loop(cfg, batch, args.precision)
     reference = "plain loop (Modalities GPT2LLM)" if modalities is not None else "plain loop (our GPT)"
     load_before = load_average()
-    timings = time_interleaved(steps, rounds=args.rounds, steps_per_window=args.steps, warmup=args.warmup,
-                               progress=lambda it: track(it, description="timing", console=console))
+    timings = time_interleaved(
+        steps,
+        rounds=args.rounds,
+        steps_per_window=args.steps,
+        warmup=args.warmup,
+        progress=lambda it: track(it, description="timing", console=console),
+    )
     tokens = args.batch * cfg.seq_len
-    table = Table(title=f"one process, {torch.get_num_threads()} thread(s), CPU: {cfg.n_params() / 1e6:.1f}M params, "
-                        f"batch {args.batch} x {cfg.seq_len}, {args.precision}; median of {args.rounds} "
-                        f"interleaved rounds, load average {load_before} -> {load_average()}")
+    table = Table(
+        title=f"one process, {torch.get_num_threads()} thread(s), CPU: {cfg.n_params() / 1e6:.1f}M params, "
+        f"batch {args.batch} x {cfg.seq_len}, {args.precision}; median of {args.rounds} "
+        f"interleaved rounds, load average {load_before} -> {load_average()}"
+    )
     for col in ("loop", "ms/step", "tokens/s", f"vs {reference.split('(')[1][:-1]}"):
         table.add_column(col, justify="left" if col == "loop" else "right")
     for name in steps:
@@ -140,8 +163,9 @@ def fwd_bwd(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[
     return lambda: fn(*leaves).float().sum().backward()
 
 
-def attention_ours(x: torch.Tensor, w_qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   h: int, k: int) -> torch.Tensor:
+def attention_ours(
+    x: torch.Tensor, w_qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h: int, k: int
+) -> torch.Tensor:
     """Our layout: one QKV matmul, heads as strided views, RoPE, SDPA with grouped K/V heads."""
     b, t, _ = x.shape
     qkv = F.linear(x, w_qkv).view(b, t, h + 2 * k, -1).transpose(1, 2)
@@ -149,8 +173,9 @@ def attention_ours(x: torch.Tensor, w_qkv: torch.Tensor, cos: torch.Tensor, sin:
     return attention_sdpa(apply_rope(q, cos, sin), apply_rope(kk, cos, sin), v)
 
 
-def attention_modalities_layout(x: torch.Tensor, w_qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                                h: int, k: int) -> torch.Tensor:
+def attention_modalities_layout(
+    x: torch.Tensor, w_qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h: int, k: int
+) -> torch.Tensor:
     """Modalities' layout: three projections, contiguous (B, heads, T, D) copies, K/V repeated to H heads."""
     b, t, _ = x.shape
     hd = w_qkv.shape[0] // (h + 2 * k)
@@ -249,34 +274,64 @@ def differences(cfg: ModelConfig, args: argparse.Namespace) -> None:
     for dtype in (torch.float32, torch.bfloat16):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             tag = "bf16 autocast" if dtype == torch.bfloat16 else "fp32"
-            for name, fn in (("ours: fused QKV, strided heads, enable_gqa", attention_ours),
-                             ("Modalities: 3 matmuls, contiguous, K/V repeated", attention_modalities_layout)):
-                rows.append((f"attention ({tag})", name, median_ms(fwd_bwd(
-                    lambda a, w, fn=fn: fn(a, w, cos, sin, h, k), x, w_qkv), n), ""))
+            for name, fn in (
+                ("ours: fused QKV, strided heads, enable_gqa", attention_ours),
+                ("Modalities: 3 matmuls, contiguous, K/V repeated", attention_modalities_layout),
+            ):
+                rows.append(
+                    (
+                        f"attention ({tag})",
+                        name,
+                        median_ms(fwd_bwd(lambda a, w, fn=fn: fn(a, w, cos, sin, h, k), x, w_qkv), n),
+                        "",
+                    )
+                )
     rows += layout_choices(cfg, b, n)
     q = torch.randn(b, h, t, cfg.head_dim).bfloat16()
-    rows.append(("RoPE on bf16 q", "fp32 cos/sin, result cast back (ours)",
-                 median_ms(fwd_bwd(lambda a: apply_rope(a, cos, sin), q), n), ""))
-    rows.append(("RoPE on bf16 q", "cos/sin in bf16 (Modalities, HF)",
-                 median_ms(fwd_bwd(lambda a: apply_rope(a, cos.bfloat16(), sin.bfloat16()), q), n), ""))
+    rows.append(
+        (
+            "RoPE on bf16 q",
+            "fp32 cos/sin, result cast back (ours)",
+            median_ms(fwd_bwd(lambda a: apply_rope(a, cos, sin), q), n),
+            "",
+        )
+    )
+    rows.append(
+        (
+            "RoPE on bf16 q",
+            "cos/sin in bf16 (Modalities, HF)",
+            median_ms(fwd_bwd(lambda a: apply_rope(a, cos.bfloat16(), sin.bfloat16()), q), n),
+            "",
+        )
+    )
     logits = (torch.randn(b * t, cfg.vocab_size) * 2).bfloat16()
     labels = torch.randint(0, cfg.vocab_size, (b * t,))
     for name, fn in (
         ("fp32, summed in the kernel (ours)", lambda lg: F.cross_entropy(lg.float(), labels, reduction="sum")),
-        ("fp32, per-token then summed (ours before)",
-         lambda lg: F.cross_entropy(lg.float(), labels, reduction="none").sum()),
+        (
+            "fp32, per-token then summed (ours before)",
+            lambda lg: F.cross_entropy(lg.float(), labels, reduction="none").sum(),
+        ),
         ("bf16 logits as they are (Modalities)", lambda lg: F.cross_entropy(lg, labels, reduction="sum")),
     ):
-        rows.append((f"loss on bf16 logits, V={cfg.vocab_size}", name, median_ms(fwd_bwd(fn, logits), n),
-                     f"error {loss_error(fn, logits, labels):.1e} nats/token"))
+        rows.append(
+            (
+                f"loss on bf16 logits, V={cfg.vocab_size}",
+                name,
+                median_ms(fwd_bwd(fn, logits), n),
+                f"error {loss_error(fn, logits, labels):.1e} nats/token",
+            )
+        )
     model = GPT(cfg)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     for name, fused in (("AdamW foreach (PyTorch's default on CPU)", None), ("AdamW fused (ours)", True)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
         rows.append((f"optimizer step, {cfg.n_params() / 1e6:.1f}M params", name, median_ms(opt.step, n), ""))
-    table = Table(title=f"each difference alone: batch {b} x {t}, d {d}, heads {h}/{k}, "
-                        f"{torch.get_num_threads()} thread(s), CPU, median of {n}")
+    table = Table(
+        title=f"each difference alone: batch {b} x {t}, d {d}, heads {h}/{k}, "
+        f"{torch.get_num_threads()} thread(s), CPU, median of {n}"
+    )
     for col in ("part", "variant", "ms", "note"):
         table.add_column(col, justify="right" if col == "ms" else "left")
     for part, variant, ms, note in rows:
@@ -302,8 +357,14 @@ def main() -> None:
     p.add_argument("--skip", choices=["whole", "differences"], default=None, help="leave one part out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(vocab_size=args.vocab, seq_len=args.seq_len, n_layers=args.layers, n_heads=args.heads,
-                      n_kv_heads=args.kv_heads, d_model=args.d_model)
+    cfg = ModelConfig(
+        vocab_size=args.vocab,
+        seq_len=args.seq_len,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        n_kv_heads=args.kv_heads,
+        d_model=args.d_model,
+    )
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # the engine's world of one
     if args.skip != "whole":
         whole_steps(cfg, args)

@@ -92,14 +92,20 @@ def collectives_table(cfg: ModelConfig, env: DistEnv, rounds: int) -> None:
     for numel in (block // world, cfg.n_params() // world):
         shard, full = torch.randn(numel), torch.randn(numel * world)
         out_full, out_shard = torch.empty(numel * world), torch.empty(numel)
-        timings = time_interleaved({
-            "ag gloo": lambda out_full=out_full, shard=shard: all_gather(out_full, shard),
-            "ag pairwise": lambda out_full=out_full, shard=shard: PairwiseAllGather()(out_full, shard, group),
-            "rs gloo": lambda out_shard=out_shard, full=full: reduce_scatter(out_shard, full.clone()),
-            "all-reduce": lambda full=full: dist.all_reduce(full.clone()),
-            "rs pairwise": lambda out_shard=out_shard, full=full: PairwiseReduceScatter()(
-                out_shard, full.clone(), group, dist.ReduceOp.SUM),
-        }, rounds=rounds, steps_per_window=1, warmup=1)
+        timings = time_interleaved(
+            {
+                "ag gloo": lambda out_full=out_full, shard=shard: all_gather(out_full, shard),
+                "ag pairwise": lambda out_full=out_full, shard=shard: PairwiseAllGather()(out_full, shard, group),
+                "rs gloo": lambda out_shard=out_shard, full=full: reduce_scatter(out_shard, full.clone()),
+                "all-reduce": lambda full=full: dist.all_reduce(full.clone()),
+                "rs pairwise": lambda out_shard=out_shard, full=full: PairwiseReduceScatter()(
+                    out_shard, full.clone(), group, dist.ReduceOp.SUM
+                ),
+            },
+            rounds=rounds,
+            steps_per_window=1,
+            warmup=1,
+        )
         if env.is_main:
             table.add_row(f"{numel:,}", *(f"{timings.median_wall(k) * 1e3:.1f}" for k in timings.wall))
     if env.is_main:
@@ -128,8 +134,14 @@ def main() -> None:
     env = init_distributed("auto")
     if env.world_size < 2:
         raise SystemExit("start it under torchrun with 2 or more ranks: torchrun --standalone --nproc-per-node=2 ...")
-    cfg = ModelConfig(vocab_size=args.vocab, seq_len=args.seq_len, n_layers=args.layers, n_heads=args.heads,
-                      n_kv_heads=args.kv_heads, d_model=args.d_model)
+    cfg = ModelConfig(
+        vocab_size=args.vocab,
+        seq_len=args.seq_len,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        n_kv_heads=args.kv_heads,
+        d_model=args.d_model,
+    )
     batch = random_batch(cfg, args.batch, seed=env.rank, device=env.device)
     shardings = args.only.split(",")
     steps: dict[str, Step] = {REFERENCE: ddp_loop(cfg, batch, args.precision, env)}
@@ -137,26 +149,37 @@ def main() -> None:
         steps[sharding] = engine_loop(cfg, batch, args.precision, sharding, env)
     load_before = load_average()
     timings = time_interleaved(
-        steps, rounds=args.rounds, steps_per_window=args.steps, warmup=args.warmup,
+        steps,
+        rounds=args.rounds,
+        steps_per_window=args.steps,
+        warmup=args.warmup,
         progress=lambda it: track(it, description="timing", console=console, disable=not env.is_main),
     )
     if args.profile:
         profile_table(steps, args.profile, env)
     if env.is_main:
         tokens = args.batch * cfg.seq_len
-        table = Table(title=(
-            f"{env.world_size} ranks x {args.threads} thread(s), {env.device.type}: "
-            f"{cfg.n_params() / 1e6:.1f}M params "
-            f"({cfg.n_layers} layers, d {cfg.d_model}), seq {cfg.seq_len}, MBS {args.batch}, {args.precision}; "
-            f"median of {args.rounds} interleaved rounds, load average {load_before} -> {load_average()}"))
+        table = Table(
+            title=(
+                f"{env.world_size} ranks x {args.threads} thread(s), {env.device.type}: "
+                f"{cfg.n_params() / 1e6:.1f}M params "
+                f"({cfg.n_layers} layers, d {cfg.d_model}), seq {cfg.seq_len}, MBS {args.batch}, {args.precision}; "
+                f"median of {args.rounds} interleaved rounds, load average {load_before} -> {load_average()}"
+            )
+        )
         for col in ("loop", "ms/step", "tok/s/rank", "wall ratio", "CPU ms", "CPU ratio", "target"):
             table.add_column(col, justify="left" if col == "loop" else "right")
         for name in steps:
             wall = timings.median_wall(name)
-            table.add_row(name, f"{wall * 1e3:.1f}", f"{tokens / wall:,.0f}",
-                          f"{timings.ratio(name, REFERENCE):.3f}", f"{timings.median_cpu(name) * 1e3:.1f}",
-                          f"{timings.ratio(name, REFERENCE, 'cpu'):.3f}",
-                          f">= {TARGETS[name]:.2f}" if name in TARGETS else "")
+            table.add_row(
+                name,
+                f"{wall * 1e3:.1f}",
+                f"{tokens / wall:,.0f}",
+                f"{timings.ratio(name, REFERENCE):.3f}",
+                f"{timings.median_cpu(name) * 1e3:.1f}",
+                f"{timings.ratio(name, REFERENCE, 'cpu'):.3f}",
+                f">= {TARGETS[name]:.2f}" if name in TARGETS else "",
+            )
         console.print(table)
     if args.collectives:
         collectives_table(cfg, env, args.rounds)

@@ -58,12 +58,17 @@ def engine_state(cfg: ModelConfig, pcfg: ParallelConfig, env: DistEnv, batch: Ba
     """Model, optimizer and schedule built exactly as ``hpcllm.engine.train.train`` builds them."""
     model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=0)
     opt = build_optimizer(model, OptimConfig(), lr=1e-4)
-    return TrainState(model=model, optimizer=opt, loader=FixedBatch(batch),
-                      scheduler=Scheduler(opt, base_lr=1e-4, total_steps=10**9, cfg=ScheduleConfig()))
+    return TrainState(
+        model=model,
+        optimizer=opt,
+        loader=FixedBatch(batch),
+        scheduler=Scheduler(opt, base_lr=1e-4, total_steps=10**9, cfg=ScheduleConfig()),
+    )
 
 
-def plain_step(model: torch.nn.Module, batch: Batch, *, autocast: torch.dtype | None = None,
-               float_logits: bool = True) -> Step:
+def plain_step(
+    model: torch.nn.Module, batch: Batch, *, autocast: torch.dtype | None = None, float_logits: bool = True
+) -> Step:
     """The minimal loop a PyTorch user writes: AdamW with PyTorch's defaults, mean cross-entropy,
     backward, clip to norm 1, step, and the loss to the host (as any loop that logs it).
 
@@ -109,8 +114,14 @@ class Timings:
         return statistics.median(r / t for r, t in zip(times[reference], times[name], strict=True))
 
 
-def time_interleaved(steps: dict[str, Step], *, rounds: int, steps_per_window: int, warmup: int,
-                     progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> Timings:
+def time_interleaved(
+    steps: dict[str, Step],
+    *,
+    rounds: int,
+    steps_per_window: int,
+    warmup: int,
+    progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+) -> Timings:
     """Time each contender in ``rounds`` windows of ``steps_per_window`` steps, interleaved.
 
     Under a process group every window starts and ends with a barrier and its times are averaged
@@ -124,7 +135,7 @@ def time_interleaved(steps: dict[str, Step], *, rounds: int, steps_per_window: i
     names = list(steps)
     out = Timings({n: [] for n in names}, {n: [] for n in names})
     for r in progress(range(rounds)):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if distributed:
                 dist.barrier()
             t0, c0 = time.perf_counter(), time.process_time()

@@ -27,7 +27,7 @@ def without_cache(model: GPT, prompt: list[int], n: int) -> list[int]:
     for _ in range(n):
         token = model(seq)[0, -1].argmax()
         seq = torch.cat([seq, token.view(1, 1)], dim=1)
-    return seq[0, len(prompt):].tolist()
+    return seq[0, len(prompt) :].tolist()
 
 
 def main() -> None:
@@ -36,8 +36,15 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
-    table = Table("preset", "params", "prompt + new", "KV cache (tok/s)", "no cache (tok/s)", "speed-up",
-                  title=f"greedy decoding on CPU, {torch.get_num_threads()} thread(s)")
+    table = Table(
+        "preset",
+        "params",
+        "prompt + new",
+        "KV cache (tok/s)",
+        "no cache (tok/s)",
+        "speed-up",
+        title=f"greedy decoding on CPU, {torch.get_num_threads()} thread(s)",
+    )
     for name in args.preset or ["tiny", "60m"]:
         cfg = ModelConfig.from_name(name)
         model = GPT(cfg).eval()
@@ -51,8 +58,14 @@ def main() -> None:
         plain = without_cache(model, prompt, n)
         t_plain = time.perf_counter() - t0
         assert cached == plain, "cached and uncached decoding disagree"
-        table.add_row(name, f"{cfg.n_params() / 1e6:.1f}M", f"{len(prompt)} + {n}", f"{n / t_cache:.1f}",
-                      f"{n / t_plain:.1f}", f"{t_plain / t_cache:.1f}x")
+        table.add_row(
+            name,
+            f"{cfg.n_params() / 1e6:.1f}M",
+            f"{len(prompt)} + {n}",
+            f"{n / t_cache:.1f}",
+            f"{n / t_plain:.1f}",
+            f"{t_plain / t_cache:.1f}x",
+        )
     Console().print(table)
 
 

@@ -45,8 +45,9 @@ class Result:
 
 
 def measure(cfg: ModelConfig, ac: str, compile_: bool, args: argparse.Namespace, env: DistEnv) -> Result:
-    pcfg = ParallelConfig(precision=args.precision, activation_checkpointing=ac, ac_every=args.ac_every,
-                          compile=compile_)
+    pcfg = ParallelConfig(
+        precision=args.precision, activation_checkpointing=ac, ac_every=args.ac_every, compile=compile_
+    )
     res = Result(cfg.name, ac, compile_)
     model = None
     try:
@@ -82,8 +83,11 @@ def measure(cfg: ModelConfig, ac: str, compile_: bool, args: argparse.Namespace,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     on_gpu = torch.cuda.is_available()
-    p.add_argument("--presets", default="2.7b,1b,125m" if on_gpu else "tiny",
-                   help="comma-separated, largest first; the next one is tried where one OOMs")
+    p.add_argument(
+        "--presets",
+        default="2.7b,1b,125m" if on_gpu else "tiny",
+        help="comma-separated, largest first; the next one is tried where one OOMs",
+    )
     p.add_argument("--seq-len", type=int, default=None, help="override the presets' sequence length")
     p.add_argument("--mbs", type=int, default=1 if on_gpu else 4, help="micro-batch size")
     p.add_argument("--precision", default="BF_16", choices=["BF_16", "FP_32"])
@@ -121,10 +125,16 @@ def main() -> None:
         table.add_column(col, justify="right" if col in ("tokens/s", "MFU", "peak mem GiB", "seq") else "left")
     for r in results:
         seq = ModelConfig.from_name(r.preset, **overrides).seq_len
-        table.add_row(r.preset, str(seq), r.ac, "on" if r.compile else "off",
-                      f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-",
-                      f"{r.mfu:.3f}" if r.mfu is not None else "n/a",
-                      f"{r.mem_gib:.1f}" if r.mem_gib is not None else "-", r.note)
+        table.add_row(
+            r.preset,
+            str(seq),
+            r.ac,
+            "on" if r.compile else "off",
+            f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-",
+            f"{r.mfu:.3f}" if r.mfu is not None else "n/a",
+            f"{r.mem_gib:.1f}" if r.mem_gib is not None else "-",
+            r.note,
+        )
     console.print(table)
 
 

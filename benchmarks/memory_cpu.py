@@ -51,8 +51,15 @@ def activations(args: argparse.Namespace) -> None:
         for mode in args.numerics.split(","):
             for ac in ("none", "full", "selective"):
                 got, est = measure(cfg, mode, ac, args.mbs)
-                table.add_row(name, str(seq), mode, ac if ac != "selective" else "every 2nd", f"{got / MIB:,.2f}",
-                              f"{est / MIB:,.2f}", f"{est / got:.4f}")
+                table.add_row(
+                    name,
+                    str(seq),
+                    mode,
+                    ac if ac != "selective" else "every 2nd",
+                    f"{got / MIB:,.2f}",
+                    f"{est / MIB:,.2f}",
+                    f"{est / got:.4f}",
+                )
                 console.print(f"[dim]{name} {mode} {ac}: {got} / {est}[/]")
     console.print(table)
     dist.destroy_process_group()

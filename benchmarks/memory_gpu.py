@@ -47,9 +47,12 @@ def measure(cfg: ModelConfig, pcfg: ParallelConfig, mbs: int, env, steps: int) -
         model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=0)
         opt = build_optimizer(model, OptimConfig(), lr=1e-4)
         ids = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len + 1), device=env.device)
-        state = TrainState(model=model, optimizer=opt, loader=FixedBatch(
-            {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": None}),
-            scheduler=Scheduler(opt, base_lr=1e-4, total_steps=10**9, cfg=ScheduleConfig(name="constant")))
+        state = TrainState(
+            model=model,
+            optimizer=opt,
+            loader=FixedBatch({"input_ids": ids[:, :-1], "labels": ids[:, 1:], "loss_mask": None}),
+            scheduler=Scheduler(opt, base_lr=1e-4, total_steps=10**9, cfg=ScheduleConfig(name="constant")),
+        )
         for _ in range(steps):  # the second step has the optimizer state the first one created
             train_step(state, grad_accum=1, dp_size=env.world_size, grad_clip=1.0, device=env.device)
         failed = False
@@ -94,20 +97,48 @@ def main() -> None:
                     console.print(f"[dim]{cfg.name} AC {ac} MBS {mbs}: {got}, estimate {est.tensor_bytes / GIB:.2f}[/]")
     if env.is_main:
         where = torch.cuda.get_device_name(env.device) if device == "cuda" else "CPU"
-        table = Table(title=f"memory per rank, {env.world_size} x {where}, {args.sharding}, {args.precision}, "
-                            f"torch {torch.__version__}")
-        for col in ("preset", "seq", "AC", "MBS", "allocated GiB", "estimate tensors GiB", "est/alloc",
-                    "reserved GiB", "estimate peak GiB"):
+        table = Table(
+            title=f"memory per rank, {env.world_size} x {where}, {args.sharding}, {args.precision}, "
+            f"torch {torch.__version__}"
+        )
+        for col in (
+            "preset",
+            "seq",
+            "AC",
+            "MBS",
+            "allocated GiB",
+            "estimate tensors GiB",
+            "est/alloc",
+            "reserved GiB",
+            "estimate peak GiB",
+        ):
             table.add_column(col, justify="left" if col in ("preset", "AC") else "right")
         for name, seq, ac, mbs, got, est in rows:
             if got is None:
-                table.add_row(name, str(seq), ac, str(mbs), "OOM", f"{est.tensor_bytes / GIB:.2f}", "-", "-",
-                              f"{est.peak_gib:.2f}")
+                table.add_row(
+                    name,
+                    str(seq),
+                    ac,
+                    str(mbs),
+                    "OOM",
+                    f"{est.tensor_bytes / GIB:.2f}",
+                    "-",
+                    "-",
+                    f"{est.peak_gib:.2f}",
+                )
                 continue
             alloc, reserved = got
-            table.add_row(name, str(seq), ac, str(mbs), f"{alloc:.2f}", f"{est.tensor_bytes / GIB:.2f}",
-                          f"{est.tensor_bytes / GIB / alloc:.3f}", "-" if reserved is None else f"{reserved:.2f}",
-                          f"{est.peak_gib:.2f}")
+            table.add_row(
+                name,
+                str(seq),
+                ac,
+                str(mbs),
+                f"{alloc:.2f}",
+                f"{est.tensor_bytes / GIB:.2f}",
+                f"{est.tensor_bytes / GIB / alloc:.3f}",
+                "-" if reserved is None else f"{reserved:.2f}",
+                f"{est.peak_gib:.2f}",
+            )
         console.print(table)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -60,8 +60,14 @@ def synthetic_store(path: Path, n_docs: int, seed: int = 0) -> TokenStore:
     if not (path / "header.json").exists():
         tok = ByteTokenizer()
         rng = np.random.default_rng(seed)
-        with StoreWriter(path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer="byte",
-                         tokenizer_fingerprint=tok.fingerprint, overwrite=True) as w:
+        with StoreWriter(
+            path,
+            vocab_size=tok.vocab_size,
+            eos_id=tok.eos_id,
+            tokenizer="byte",
+            tokenizer_fingerprint=tok.fingerprint,
+            overwrite=True,
+        ) as w:
             for start in range(0, n_docs, 10_000):
                 lengths = rng.integers(50, 1500, size=min(10_000, n_docs - start))
                 tokens = rng.integers(0, 256, size=int(lengths.sum()) + lengths.size).astype(np.int64)
@@ -83,8 +89,9 @@ def split_table(workdir: Path) -> Table:
         idx = np.random.default_rng(1).integers(0, view.n_windows(2048), size=64)
         plain = median_s(lambda store=store, idx=idx: store.windows(idx, 2048), 20)
         through = median_s(lambda view=view, idx=idx: view.windows(idx, 2048), 20)
-        table.add_row(f"{n_docs:,}", f"{store.n_tokens:,}", f"{build:.2f}", f"{plain * 1e3:.1f}",
-                      f"{through * 1e3:.1f}")
+        table.add_row(
+            f"{n_docs:,}", f"{store.n_tokens:,}", f"{build:.2f}", f"{plain * 1e3:.1f}", f"{through * 1e3:.1f}"
+        )
     return table
 
 
@@ -94,9 +101,15 @@ def eval_table(workdir: Path, samples: int) -> Table:
     table = Table(title=f"One eval pass of {samples} sequences vs one training step (1 CPU rank)")
     for col in ("model", "seq", "MBS", "train step (s)", "eval pass (s)", "eval / step"):
         table.add_column(col, justify="right")
-    for cfg, mbs in ((ModelConfig.from_name("tiny", seq_len=128), 8),
-                     (ModelConfig.from_name("tiny", seq_len=512, n_layers=4, d_model=256, n_heads=8,
-                                            n_kv_heads=8, vocab_size=512), 4)):
+    for cfg, mbs in (
+        (ModelConfig.from_name("tiny", seq_len=128), 8),
+        (
+            ModelConfig.from_name(
+                "tiny", seq_len=512, n_layers=4, d_model=256, n_heads=8, n_kv_heads=8, vocab_size=512
+            ),
+            4,
+        ),
+    ):
         torch.manual_seed(0)
         model = GPT(cfg)
         init_weights(model, 0)
@@ -109,14 +122,21 @@ def eval_table(workdir: Path, samples: int) -> Table:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        batches = build_eval_batches(data, EvalConfig(samples=samples), seq_len=cfg.seq_len, micro_batch_size=mbs,
-                                     dp_rank=0, dp_size=1)
+        batches = build_eval_batches(
+            data, EvalConfig(samples=samples), seq_len=cfg.seq_len, micro_batch_size=mbs, dp_rank=0, dp_size=1
+        )
         evaluator = Evaluator(EvalConfig(samples=samples), batches, CPU)
         step()
         train_s = median_s(step, 9)
         eval_s = median_s(lambda evaluator=evaluator, model=model: evaluator.evaluate(model, 1), 5)
-        table.add_row(f"{cfg.n_params() / 1e6:.2f}M", str(cfg.seq_len), str(mbs), f"{train_s:.3f}",
-                      f"{eval_s:.3f}", f"{eval_s / train_s:.1f}x")
+        table.add_row(
+            f"{cfg.n_params() / 1e6:.2f}M",
+            str(cfg.seq_len),
+            str(mbs),
+            f"{train_s:.3f}",
+            f"{eval_s:.3f}",
+            f"{eval_s / train_s:.1f}x",
+        )
     return table
 
 
@@ -128,8 +148,14 @@ def tracking_table(workdir: Path) -> Table:
     for name, with_tb in (("metrics.jsonl only", False), ("+ TensorBoard", True)):
         folder = Path(tempfile.mkdtemp(dir=workdir))
         sinks = [TensorBoardSink(folder / "tb", resume_step=0, config_text="")] if with_tb else []
-        log = MetricsLog(path=folder / "metrics.jsonl", throughput=Throughput(8, 128, 1e6, 1, None), restart=0,
-                         log_every=1, enabled=True, sinks=sinks)
+        log = MetricsLog(
+            path=folder / "metrics.jsonl",
+            throughput=Throughput(8, 128, 1e6, 1, None),
+            restart=0,
+            log_every=1,
+            enabled=True,
+            sinks=sinks,
+        )
         steps = iter(range(1, 10**9))
         per_line = median_s(lambda log=log, steps=steps: log.log(**{**record, "step": next(steps)}), 500)
         log.close()

@@ -105,9 +105,11 @@ class TokenFlops:
     with_head: float  # exact matmul parameters, output projection included: MFU+head
     hardware: float  # with_head + activation-checkpointing recomputation: HFU
 
-    def utilisation(self, samples_per_s: float, seq_len: int, n_devices: int,
-                    peak_flops_per_device: float) -> dict[str, float]:
+    def utilisation(
+        self, samples_per_s: float, seq_len: int, n_devices: int, peak_flops_per_device: float
+    ) -> dict[str, float]:
         """``mfu``, ``mfu_with_head`` and ``hfu`` of a throughput against ``n_devices`` peaks."""
+
         def at(flops: float) -> float:
             return mfu_at_peak(samples_per_s, seq_len, flops, n_devices, peak_flops_per_device)
 

@@ -23,9 +23,16 @@ from pathlib import Path
 from typing import Any
 
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--remote-debugging-pipe",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
 ]
 # A hang guard, not a performance assertion: a page that never answers fails instead of blocking CI.
 REPLY_TIMEOUT_S = 120.0
@@ -56,8 +63,11 @@ class Browser:
         # close-on-exec, so the browser inherits only these two (dup2 makes them inheritable).
         self._proc = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={self._profile}"],
-            close_fds=False, preexec_fn=wire_pipes,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            close_fds=False,
+            preexec_fn=wire_pipes,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -110,15 +120,19 @@ class Browser:
 
     # --- what the tests use ----------------------------------------------------------------------
     def open(self, path: Path, width: int = 1400, height: int = 900) -> None:
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, page=True)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            page=True,
+        )
         self.call("Page.enable", page=True)
         self.call("Page.navigate", {"url": Path(path).resolve().as_uri()}, page=True)
         self.wait_for_event("Page.loadEventFired")
 
     def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True}, page=True)
+        result = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, page=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -127,8 +141,10 @@ class Browser:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             size = self.call("Page.getLayoutMetrics", page=True)["cssContentSize"]
-            params.update(captureBeyondViewport=True,
-                          clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            )
         data = self.call("Page.captureScreenshot", params, page=True)["data"]
         output = Path(output)
         output.write_bytes(base64.b64decode(data))

@@ -19,31 +19,76 @@ def engine_summary(preset: str = "2.7b", **overrides: Any) -> dict[str, Any]:
     """A completed run's summary.json for ``preset`` (numbers of a Leonardo 8-GPU run)."""
     m = ModelConfig.from_name(preset)
     summary = {
-        "status": "completed", "run_id": "x", "model": preset, "n_params": m.n_params(),
-        "n_params_flops": m.n_params_flops(), "n_layers": m.n_layers, "d_model": m.d_model, "seq_len": m.seq_len,
-        "world_size": 8, "dp_size": 8, "micro_batch_size": 2, "grad_accum": 1, "global_batch_size": 16,
-        "precision": "BF_16", "sharding": "FULL_SHARD", "activation_checkpointing": "none", "ac_every": 2,
-        "compile": False, "gpu_type": "A100", "device": "cuda", "samples_per_s": 18.634,
-        "tokens_per_s": 76324.9, "tokens_per_s_per_gpu": 9540.6, "mfu": 0.58483, "mfu_with_head": 0.6123,
-        "hfu": 0.6123, "step_time_s": 0.8586, "mem_peak_gib": 41.27, "steps_measured": 50,
-        "summary_warmup_steps": 10, "steps_completed": 60, "final_loss": 6.04321, "elapsed_s": 93.2,
+        "status": "completed",
+        "run_id": "x",
+        "model": preset,
+        "n_params": m.n_params(),
+        "n_params_flops": m.n_params_flops(),
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "seq_len": m.seq_len,
+        "world_size": 8,
+        "dp_size": 8,
+        "micro_batch_size": 2,
+        "grad_accum": 1,
+        "global_batch_size": 16,
+        "precision": "BF_16",
+        "sharding": "FULL_SHARD",
+        "activation_checkpointing": "none",
+        "ac_every": 2,
+        "compile": False,
+        "gpu_type": "A100",
+        "device": "cuda",
+        "samples_per_s": 18.634,
+        "tokens_per_s": 76324.9,
+        "tokens_per_s_per_gpu": 9540.6,
+        "mfu": 0.58483,
+        "mfu_with_head": 0.6123,
+        "hfu": 0.6123,
+        "step_time_s": 0.8586,
+        "mem_peak_gib": 41.27,
+        "steps_measured": 50,
+        "summary_warmup_steps": 10,
+        "steps_completed": 60,
+        "final_loss": 6.04321,
+        "elapsed_s": 93.2,
         "wall_time_s": 3725.4,
     }
     summary.update(overrides)
     return summary
 
 
-def write_run(root: Path, run_id: str, *, experiment: str = "exp", cluster: str = "leonardo",
-              summary: dict[str, Any] | None = None, state: RunState = RunState.COMPLETED,
-              point: dict[str, Any] | None = None, restarts: int = 0, reason: str | None = None,
-              metrics: list[dict[str, Any]] | None = None, log: str | None = None) -> RunDir:
+def write_run(
+    root: Path,
+    run_id: str,
+    *,
+    experiment: str = "exp",
+    cluster: str = "leonardo",
+    summary: dict[str, Any] | None = None,
+    state: RunState = RunState.COMPLETED,
+    point: dict[str, Any] | None = None,
+    restarts: int = 0,
+    reason: str | None = None,
+    metrics: list[dict[str, Any]] | None = None,
+    log: str | None = None,
+) -> RunDir:
     run = RunDir.of(root, experiment, cluster, run_id)
     run.path.mkdir(parents=True)
     run.config.write_text(f"run_id: {run_id}\n")
-    manifest = Manifest(run_id=run_id, experiment=experiment, cluster=cluster, backend="slurm", state=state,
-                        job_id="4242", point=point or {}, reason=reason)
-    manifest.restarts = [Restart(time="2025-01-01T00:00:00+00:00", reason="node failure", last_step=10 * (i + 1))
-                         for i in range(restarts)]
+    manifest = Manifest(
+        run_id=run_id,
+        experiment=experiment,
+        cluster=cluster,
+        backend="slurm",
+        state=state,
+        job_id="4242",
+        point=point or {},
+        reason=reason,
+    )
+    manifest.restarts = [
+        Restart(time="2025-01-01T00:00:00+00:00", reason="node failure", last_step=10 * (i + 1))
+        for i in range(restarts)
+    ]
     run.manifest.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
     if summary is not None:
         run.summary.write_text(json.dumps({**summary, "run_id": run_id}, indent=2))
@@ -59,6 +104,8 @@ def loss_curve(steps: int, restart_at: int | None = None) -> list[dict[str, Any]
     lines = [{"step": s, "loss": 8.0 / (1 + s / 10), "restart": 0, "rerun": False} for s in range(1, steps + 1)]
     if restart_at is not None:
         lines = lines[: restart_at + 2]
-        lines += [{"step": s, "loss": 8.0 / (1 + s / 10), "restart": 1, "rerun": s <= restart_at + 2}
-                  for s in range(restart_at + 1, steps + 1)]
+        lines += [
+            {"step": s, "loss": 8.0 / (1 + s / 10), "restart": 1, "rerun": s <= restart_at + 2}
+            for s in range(restart_at + 1, steps + 1)
+        ]
     return lines

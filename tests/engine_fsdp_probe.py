@@ -50,11 +50,17 @@ def check_overflow_on_one_rank_skips_everywhere() -> None:
     model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=3)
     opt = build_optimizer(model, OptimConfig(), lr=1e-2)
     torch.manual_seed(env.rank)
-    batches = [{"input_ids": idx[:, :-1], "labels": idx[:, 1:], "loss_mask": None}
-               for idx in torch.randint(0, 512, (2, 2, 33))]
+    batches = [
+        {"input_ids": idx[:, :-1], "labels": idx[:, 1:], "loss_mask": None} for idx in torch.randint(0, 512, (2, 2, 33))
+    ]
     scaler = build_loss_scaler(pcfg)
-    state = TrainState(model, opt, Scheduler(opt, base_lr=1e-2, total_steps=2, cfg=ScheduleConfig(name="constant")),
-                       iter(batches), loss_scaler=scaler)  # type: ignore[arg-type]
+    state = TrainState(
+        model,
+        opt,
+        Scheduler(opt, base_lr=1e-2, total_steps=2, cfg=ScheduleConfig(name="constant")),
+        iter(batches),
+        loss_scaler=scaler,
+    )  # type: ignore[arg-type]
     unscale = scaler.unscale_
 
     def poison_rank_1(params: list[torch.nn.Parameter]) -> None:

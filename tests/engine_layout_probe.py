@@ -42,12 +42,14 @@ def micro_batches(seed: int, n: int) -> list[dict[str, torch.Tensor | None]]:
     return [{"input_ids": x[:, :-1], "labels": x[:, 1:], "loss_mask": None} for x in ids]
 
 
-def one_step(env: DistEnv, pcfg: ParallelConfig, batches: list[dict[str, torch.Tensor | None]],
-             dp_size: int) -> tuple[torch.nn.Module, StepResult]:
+def one_step(
+    env: DistEnv, pcfg: ParallelConfig, batches: list[dict[str, torch.Tensor | None]], dp_size: int
+) -> tuple[torch.nn.Module, StepResult]:
     model = build_parallel_model(CFG, pcfg, build_mesh(pcfg, env), env.device, seed=5)
     opt = build_optimizer(model, OptimConfig(), lr=1e-2)
-    state = TrainState(model, opt, Scheduler(opt, base_lr=1e-2, total_steps=2, cfg=ScheduleConfig(name="constant")),
-                       iter(batches))  # type: ignore[arg-type]
+    state = TrainState(
+        model, opt, Scheduler(opt, base_lr=1e-2, total_steps=2, cfg=ScheduleConfig(name="constant")), iter(batches)
+    )  # type: ignore[arg-type]
     result = train_step(state, grad_accum=len(batches), dp_size=dp_size, grad_clip=0.5, device=env.device)
     assert result.grad_norm > 0.5, f"clipping must be active for this check: {result}"
     return model, result
@@ -64,8 +66,13 @@ def check_no_shard_is_ddp_and_matches_one_process(env: DistEnv) -> None:
     cfg = OptimConfig()
     opt = torch.optim.AdamW(param_groups(reference, cfg), lr=1e-2, betas=cfg.betas, eps=cfg.eps)
     tokens = sum(b["labels"].numel() for b in everything)  # type: ignore[union-attr]
-    loss = sum(F.cross_entropy(reference(b["input_ids"]).flatten(0, 1), b["labels"].flatten(), reduction="sum")
-               for b in everything) / tokens  # type: ignore[union-attr]
+    loss = (
+        sum(
+            F.cross_entropy(reference(b["input_ids"]).flatten(0, 1), b["labels"].flatten(), reduction="sum")
+            for b in everything
+        )
+        / tokens
+    )  # type: ignore[union-attr]
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
     opt.step()
@@ -83,13 +90,15 @@ def check_full_shard_recipe(env: DistEnv) -> None:
     model = build_parallel_model(UNTIED, pcfg, build_mesh(pcfg, env), env.device, seed=5)
     opt = build_optimizer(model, OptimConfig(), lr=1e-2)
     batches = micro_batches(seed=env.rank, n=2)
-    state = TrainState(model, opt, Scheduler(opt, base_lr=1e-2, total_steps=4, cfg=ScheduleConfig(name="constant")),
-                       iter(batches))  # type: ignore[arg-type]
+    state = TrainState(
+        model, opt, Scheduler(opt, base_lr=1e-2, total_steps=4, cfg=ScheduleConfig(name="constant")), iter(batches)
+    )  # type: ignore[arg-type]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_step(state, grad_accum=1, dp_size=env.world_size, grad_clip=1.0, device=env.device)
     names = collections.Counter(e.name for e in prof.events())
-    gathers = {label[len("FSDP::all_gather ("):-1]: n for label, n in names.items()
-               if label.startswith("FSDP::all_gather (")}
+    gathers = {
+        label[len("FSDP::all_gather (") : -1]: n for label, n in names.items() if label.startswith("FSDP::all_gather (")
+    }
     last = f"blocks.{UNTIED.n_layers - 1}"
     expected = {"tok_emb": 1, "head": 1, last: 1, **{f"blocks.{i}": 2 for i in range(UNTIED.n_layers - 1)}}
     assert gathers == expected, gathers

@@ -39,8 +39,9 @@ def make_store(path: Path, *, with_mask: bool = False) -> Path:
     masks = None
     if with_mask:
         masks = [(np.arange(d.size) >= d.size // 2).astype(np.uint8) for d in docs]
-    writer = StoreWriter(path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer="byte",
-                         tokenizer_fingerprint=tok.fingerprint)
+    writer = StoreWriter(
+        path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer="byte", tokenizer_fingerprint=tok.fingerprint
+    )
     writer.add(docs, masks)
     writer.commit()
     return path
@@ -71,14 +72,25 @@ def write_run(run_dir: Path, store: Path, **overrides: Any) -> Path:
     return path
 
 
-def run_engine(config: Path, nproc: int = 1, *extra: str, timeout: int = 240,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_engine(
+    config: Path, nproc: int = 1, *extra: str, timeout: int = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the engine as a process (``torchrun`` when ``nproc`` > 1) and return the result."""
     if nproc == 1:
         cmd = [PYTHON, "-m", "hpcllm.engine", "--config", str(config), *extra]
     else:
-        cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "hpcllm.engine", "--config", str(config), *extra]
+        cmd = [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "hpcllm.engine",
+            "--config",
+            str(config),
+            *extra,
+        ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -99,7 +111,8 @@ def losses_checking_reruns(records: list[dict[str, Any]]) -> dict[int, float]:
             assert rec["step"] in first, f"re-run step {rec['step']} was never run before"
             assert rec["loss"] == first[rec["step"]], (
                 f"step {rec['step']} re-run (restart {rec['restart']}) gave loss {rec['loss']!r}, "
-                f"first run {first[rec['step']]!r}")
+                f"first run {first[rec['step']]!r}"
+            )
     return first
 
 
@@ -109,8 +122,13 @@ def uninterrupted_losses(run_yaml: Path, steps: int, workdir: Path, nproc: int =
     not make the learning rate depend on ``train.steps`` (a constant schedule after warmup)."""
     cfg = yaml.safe_load(run_yaml.read_text())
     cfg["train"]["steps"] = steps
-    cfg["checkpoint"] = {**cfg.get("checkpoint", {}), "every_steps": None, "every_minutes": None,
-                         "at_end": False, "resume": False}
+    cfg["checkpoint"] = {
+        **cfg.get("checkpoint", {}),
+        "every_steps": None,
+        "every_minutes": None,
+        "at_end": False,
+        "resume": False,
+    }
     run_dir = workdir / "uninterrupted"
     run_dir.mkdir(parents=True)
     (run_dir / "run.yaml").write_text(yaml.safe_dump(cfg))

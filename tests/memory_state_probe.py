@@ -2,9 +2,10 @@
 
 For each sharding, on every rank, after a real forward, backward and AdamW step of the engine's
 FSDP2 model: the bytes of this rank's parameter shards, gradient shards and optimizer state equal
-the estimate's per-rank figures exactly, and the bf16 parameters unsharded when backward starts (the
-head's) are the last block's, the final norm's and the head's (the untied embedding is resharded). The model has an odd vocabulary (509 rows) so
-that FSDP2's uneven split and padding are exercised.
+the estimate's per-rank figures exactly, and the bf16 parameters unsharded when backward starts
+(the head's) are the last block's, the final norm's and the head's (the untied embedding is
+resharded). The model has an odd vocabulary (509 rows) so that FSDP2's uneven split and padding
+are exercised.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def check(sharding: str, hsdp: int | None, rank: int, world: int) -> None:
     if rank % group == 0:  # the first shard is the largest: the estimate is this rank's figure exactly
         assert held["gradients"] == est.term("gradients").bytes, label
         assert held["optimizer"] == est.term("optimizer").bytes, label
+
     # Unsharded parameters are views of the all-gather buffer: every rank's padded shard.
     def gathered_numel(s: tuple[int, ...]) -> int:
         return math.ceil(s[0] / group) * group * math.prod(s[1:])

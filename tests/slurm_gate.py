@@ -62,8 +62,7 @@ def require_cluster() -> None:
     if problem is None:
         return
     if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"the local SLURM cluster is required ({REQUIRE_ENV}=1) but unusable: {problem}",
-                    pytrace=False)
+        pytest.fail(f"the local SLURM cluster is required ({REQUIRE_ENV}=1) but unusable: {problem}", pytrace=False)
     pytest.skip(f"{_SKIP_PREFIX}{problem}; {_START}")
 
 
@@ -99,4 +98,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         reason = _gate_skip(reports[0]) or ""
         terminalreporter.write_line(
             f"{len(reports)} scheduler (slurm) tests did not run: {reason.removeprefix(_SKIP_PREFIX)} "
-            f"(under `make test` they fail instead)", yellow=True, bold=True)
+            f"(under `make test` they fail instead)",
+            yellow=True,
+            bold=True,
+        )

@@ -428,8 +428,11 @@ def test_malformed_file_gives_one_clear_line_and_leaves_nothing(workspace: Path,
         bad_file.write_text(case.content)
     results = workspace / "results"
 
-    result = runner.invoke(app, ["submit", str(exp_file), "--cluster", "advslurm", "--results", str(results)],
-                           env={"PATH": "/nonexistent", "COLUMNS": "80"})
+    result = runner.invoke(
+        app,
+        ["submit", str(exp_file), "--cluster", "advslurm", "--results", str(results)],
+        env={"PATH": "/nonexistent", "COLUMNS": "80"},
+    )
 
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output

@@ -285,8 +285,14 @@ _KILL_SCRIPT = textwrap.dedent(
 def test_kill_during_save_keeps_pointer_on_a_complete_checkpoint(tmp_path: Path, where: str) -> None:
     run = RunDir(tmp_path / "run")
     script = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), run=str(run.path), where=where)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert read_latest_pointer(run.checkpoints) == run.checkpoints / "step_2"
     verify_checkpoint(run.checkpoints / "step_2")
@@ -317,8 +323,9 @@ def test_optimizer_settings_come_from_the_config_not_the_checkpoint(tmp_path: Pa
         group.update(weight_decay=0.0, betas=(0.8, 0.99), eps=1e-6)
     assert Checkpointer(run, CheckpointConfig()).load_latest(state)
     assert state.step == 4
-    assert all((g["weight_decay"], g["betas"], g["eps"]) == (0.0, (0.8, 0.99), 1e-6)
-               for g in state.optimizer.param_groups)
+    assert all(
+        (g["weight_decay"], g["betas"], g["eps"]) == (0.0, (0.8, 0.99), 1e-6) for g in state.optimizer.param_groups
+    )
     assert state.optimizer.state  # the moments themselves were restored
 
 

@@ -92,8 +92,11 @@ def test_torch_export_is_the_model_state_dict(tmp_path: Path) -> None:
 
 def _ls_rows(output: str) -> dict[str, str]:
     """Table rows of `ckpt ls` by step."""
-    return {line.split()[1]: line for line in output.splitlines() if line.strip().startswith("│ ")
-            and line.split()[1].isdigit()}
+    return {
+        line.split()[1]: line
+        for line in output.splitlines()
+        if line.strip().startswith("│ ") and line.split()[1].isdigit()
+    }
 
 
 def test_ls_shows_steps_latest_and_corruption(tmp_path: Path) -> None:
@@ -119,11 +122,18 @@ def test_ls_shows_steps_latest_and_corruption(tmp_path: Path) -> None:
 def test_ls_runs_without_torch(tmp_path: Path) -> None:
     """A login node may have no torch: `ckpt ls` lists from the checkpoint files alone."""
     run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16), steps=2)
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom hpcllm.cli import app\n"
-            "res = CliRunner().invoke(app, ['ckpt', 'ls', sys.argv[1]], env={'COLUMNS': '200'})\n"
-            "print(res.output)\nprint('exit', res.exit_code, 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom hpcllm.cli import app\n"
+        "res = CliRunner().invoke(app, ['ckpt', 'ls', sys.argv[1]], env={'COLUMNS': '200'})\n"
+        "print(res.output)\nprint('exit', res.exit_code, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(run.path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout.strip().splitlines()[-1] == "exit 0 False", proc.stdout + proc.stderr
     rows = _ls_rows(proc.stdout)
     assert set(rows) == {"1", "2"} and "complete" in rows["1"] and "(latest)" in rows["2"]

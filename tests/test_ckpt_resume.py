@@ -31,18 +31,33 @@ CKPT = {"every_steps": 2, "keep_last": 10}
 def engine_cmd(config: Path, nproc: int) -> list[str]:
     if nproc == 1:
         return [PYTHON, "-m", "hpcllm.engine", "--config", str(config)]
-    return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "hpcllm.engine", "--config", str(config)]
+    return [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "hpcllm.engine",
+        "--config",
+        str(config),
+    ]
 
 
 def engine_env(restart: int = 0) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
-            "HPCLLM_RESTART_COUNT": str(restart)}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(REPO),
+        "HPCLLM_RESTART_COUNT": str(restart),
+    }
 
 
 def run(config: Path, nproc: int = 2, restart: int = 0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(engine_cmd(config, nproc), cwd=REPO, env=engine_env(restart), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        engine_cmd(config, nproc), cwd=REPO, env=engine_env(restart), capture_output=True, text=True, timeout=300
+    )
 
 
 def run_until(config: Path, pattern: str, act, nproc: int = 2) -> tuple[int, str]:
@@ -50,8 +65,14 @@ def run_until(config: Path, pattern: str, act, nproc: int = 2) -> tuple[int, str
 
     Returns the exit code and the whole output. Reading blocks on the pipe (no polling, no sleeps).
     """
-    proc = subprocess.Popen(engine_cmd(config, nproc), cwd=REPO, env=engine_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        engine_cmd(config, nproc),
+        cwd=REPO,
+        env=engine_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out = []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -101,10 +101,20 @@ def _fake_run(root: Path, name: str, **overrides) -> Path:
     run.mkdir(parents=True)
     (run / "run.yaml").write_text("run_id: x\n")
     summary = {
-        "status": "completed", "n_params": 2.7952768e9, "world_size": 8, "samples_per_s": 18.634,
-        "grad_accum": 1, "micro_batch_size": 2, "global_batch_size": 16, "seq_len": 4096,
-        "precision": "BF_16", "sharding": "FULL_SHARD", "activation_checkpointing": "none",
-        "ac_every": 2, "gpu_type": "A100", "mfu": 0.58471,
+        "status": "completed",
+        "n_params": 2.7952768e9,
+        "world_size": 8,
+        "samples_per_s": 18.634,
+        "grad_accum": 1,
+        "micro_batch_size": 2,
+        "global_batch_size": 16,
+        "seq_len": 4096,
+        "precision": "BF_16",
+        "sharding": "FULL_SHARD",
+        "activation_checkpointing": "none",
+        "ac_every": 2,
+        "gpu_type": "A100",
+        "mfu": 0.58471,
     }
     summary.update(overrides)
     (run / "summary.json").write_text(json.dumps(summary))
@@ -120,8 +130,10 @@ def test_collect_formats(tmp_path):
     assert md.exit_code == 0
     lines = md.output.strip().splitlines()
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
-    assert lines[0] == ("| # Params (B) | #GPUs | Samples/s | GradAccm | MBS | GBS | Sequence Length | Precision "
-                        "| Sharding | AC | GPU Type | MFU |")
+    assert lines[0] == (
+        "| # Params (B) | #GPUs | Samples/s | GradAccm | MBS | GBS | Sequence Length | Precision "
+        "| Sharding | AC | GPU Type | MFU |"
+    )
     assert len(lines) == 2 + 3  # header, rule, three completed runs
     assert "| 2.8 | 8 | 18.63 | 1 | 2 | 16 | 4096 | BF_16 | FULL_SHARD | False | A100 | 0.5847 |" in lines
     assert "| 2.8 | 16 | 36.9 | 1 | 2 | 32 | 4096 | BF_16 | FULL_SHARD | True | A100 | 0.5847 |" in lines
@@ -132,8 +144,13 @@ def test_collect_formats(tmp_path):
     rows = json.loads(js.output)
     assert len(rows) == 3 and set(rows[0]) == set(COLUMNS)
     out = tmp_path / "t.md"
-    assert runner.invoke(app, ["collect", str(tmp_path), "--columns", "seed", "--output", str(out),
-                               "--plot", str(tmp_path / "p.png")]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            ["collect", str(tmp_path), "--columns", "seed", "--output", str(out), "--plot", str(tmp_path / "p.png")],
+        ).exit_code
+        == 0
+    )
     assert out.read_text().splitlines()[0] == lines[0]
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -151,7 +168,7 @@ def _verdicts(output: str) -> dict[str, list[str]]:
     names = lines[top].split()
     starts = [lines[top].index(name) for name in names]
     rows = {}
-    for line in lines[top + 1:]:
+    for line in lines[top + 1 :]:
         if not line.strip():
             break
         cells = [line[start:end].strip() for start, end in zip(starts, [*starts[1:], None], strict=True)]

@@ -23,16 +23,25 @@ LONG_ID = "2.7b-n64x4-mbs2-ga1-hs-acselective-compile-seq8192-0123abcd"
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     write_run(tmp_path, LONG_ID, summary=engine_summary(), metrics=loss_curve(60))
-    write_run(tmp_path, "tiny-n1x2-mbs8-ga1-ns-acnone-seq128-7f6b8a00", state=RunState.FAILED,
-              reason="engine exited with code 1", restarts=1)
+    write_run(
+        tmp_path,
+        "tiny-n1x2-mbs8-ga1-ns-acnone-seq128-7f6b8a00",
+        state=RunState.FAILED,
+        reason="engine exited with code 1",
+        restarts=1,
+    )
     write_run(tmp_path, "tiny-n1x1-mbs8-ga1-fs-acnone-seq128-332ada07", state=RunState.CANCELLED)
     return tmp_path
 
 
 def test_status_in_a_pipe_keeps_ids_and_states_whole(results):
     """A subprocess writing to a pipe at the default 80 columns, as in a log or `| grep`."""
-    proc = subprocess.run([sys.executable, "-c", "from hpcllm.cli import main; main()", "status", str(results)],
-                          capture_output=True, text=True, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-c", "from hpcllm.cli import main; main()", "status", str(results)],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     row = next(line for line in lines if LONG_ID in line)
@@ -53,8 +62,20 @@ def test_status_json_for_scripts(results):
 
 
 def test_submit_dry_run_in_a_pipe_keeps_run_ids_whole(in_project, tmp_path):
-    result = runner.invoke(app, ["submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run",
-                                 "--no-memory-check", "--results", str(tmp_path)], env={"COLUMNS": "80"})
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            "experiments/scaling_2.7b.yaml",
+            "--cluster",
+            "leonardo",
+            "--dry-run",
+            "--no-memory-check",
+            "--results",
+            str(tmp_path),
+        ],
+        env={"COLUMNS": "80"},
+    )
     assert result.exit_code == 0, result.output
     run_ids = sorted(p.name for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())
     listed = [line.split()[0] for line in result.output.splitlines() if line.startswith("2.7b-")]
@@ -63,8 +84,9 @@ def test_submit_dry_run_in_a_pipe_keeps_run_ids_whole(in_project, tmp_path):
 
 def test_a_terminal_gets_a_table_that_does_not_cut_ids():
     console = Console(width=80, force_terminal=True, record=True)
-    print_listing(console, "t", ("run", "state", "reason"), [[LONG_ID, "completed", "x " * 60]],
-                  keep_whole=("run", "state"))
+    print_listing(
+        console, "t", ("run", "state", "reason"), [[LONG_ID, "completed", "x " * 60]], keep_whole=("run", "state")
+    )
     text = console.export_text()
     assert LONG_ID in text and "completed" in text and "│" in text
 
@@ -77,14 +99,23 @@ def test_long_listings_on_a_terminal_are_plain_text():
     assert "│" not in text and text.splitlines()[-1] == f"run-{RICH_MAX_ROWS:05d}  completed"
 
 
-@pytest.mark.parametrize("command", [["status"], ["collect", "--compare", "seed"], ["report", "-o", "r.html"]],
-                         ids=["status", "collect", "report"])
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["collect", "--compare", "seed"], ["report", "-o", "r.html"]],
+    ids=["status", "collect", "report"],
+)
 def test_login_node_commands_do_not_import_torch(results, tmp_path, command):
-    code = ("import sys\nfrom hpcllm.cli import app\n"
-            "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code, command[0], str(results), *command[1:]], cwd=tmp_path,
-                          capture_output=True, text=True)
+    code = (
+        "import sys\nfrom hpcllm.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, command[0], str(results), *command[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 

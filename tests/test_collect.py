@@ -34,14 +34,26 @@ def markdown_rows(output: str) -> list[list[str]]:
 def results(tmp_path):
     """Three completed 2.7b runs on Leonardo (8, 16, 32 GPUs; two learning rates), one failed."""
     write_run(tmp_path, "a", summary=engine_summary(), point={"resources.nodes": 2, "optim.lr": 0.001})
-    write_run(tmp_path, "b", summary=engine_summary(world_size=16, global_batch_size=32, samples_per_s=36.0,
-                                                    mfu=0.5651, wall_time_s=7322.0),
-              point={"resources.nodes": 4, "optim.lr": 0.001}, restarts=2)
-    write_run(tmp_path, "c", summary=engine_summary(world_size=32, global_batch_size=64, samples_per_s=80.5,
-                                                    mfu=0.6317, final_loss=5.5),
-              point={"resources.nodes": 8, "optim.lr": 0.002})
-    write_run(tmp_path, "d", summary=engine_summary(status="failed"), state=RunState.FAILED,
-              point={"resources.nodes": 2, "optim.lr": 0.002})
+    write_run(
+        tmp_path,
+        "b",
+        summary=engine_summary(world_size=16, global_batch_size=32, samples_per_s=36.0, mfu=0.5651, wall_time_s=7322.0),
+        point={"resources.nodes": 4, "optim.lr": 0.001},
+        restarts=2,
+    )
+    write_run(
+        tmp_path,
+        "c",
+        summary=engine_summary(world_size=32, global_batch_size=64, samples_per_s=80.5, mfu=0.6317, final_loss=5.5),
+        point={"resources.nodes": 8, "optim.lr": 0.002},
+    )
+    write_run(
+        tmp_path,
+        "d",
+        summary=engine_summary(status="failed"),
+        state=RunState.FAILED,
+        point={"resources.nodes": 2, "optim.lr": 0.002},
+    )
     return tmp_path
 
 
@@ -49,16 +61,80 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
     result = collect(results)
     assert result.exit_code == 0, result.output
     header, *rows = markdown_rows(result.output)
-    assert header == ["# Params (B)", "#GPUs", "Samples/s", "GradAccm", "MBS", "GBS", "Sequence Length", "Precision",
-                      "Sharding", "AC", "GPU Type", "MFU", "optim.lr", "Loss", "Restarts", "Wall time"]
+    assert header == [
+        "# Params (B)",
+        "#GPUs",
+        "Samples/s",
+        "GradAccm",
+        "MBS",
+        "GBS",
+        "Sequence Length",
+        "Precision",
+        "Sharding",
+        "AC",
+        "GPU Type",
+        "MFU",
+        "optim.lr",
+        "Loss",
+        "Restarts",
+        "Wall time",
+    ]
     # resources.nodes is swept too, but the seed's #GPUs shows it; optim.lr is not shown otherwise
     assert rows == [
-        ["2.7", "8", "18.63", "1", "2", "16", "4096", "BF_16", "FULL_SHARD", "False", "A100", "0.5848", "0.001",
-         "6.0432", "0", "1:02:05"],
-        ["2.7", "16", "36.0", "1", "2", "32", "4096", "BF_16", "FULL_SHARD", "False", "A100", "0.5651", "0.001",
-         "6.0432", "2", "2:02:02"],
-        ["2.7", "32", "80.5", "1", "2", "64", "4096", "BF_16", "FULL_SHARD", "False", "A100", "0.6317", "0.002",
-         "5.5", "0", "1:02:05"],
+        [
+            "2.7",
+            "8",
+            "18.63",
+            "1",
+            "2",
+            "16",
+            "4096",
+            "BF_16",
+            "FULL_SHARD",
+            "False",
+            "A100",
+            "0.5848",
+            "0.001",
+            "6.0432",
+            "0",
+            "1:02:05",
+        ],
+        [
+            "2.7",
+            "16",
+            "36.0",
+            "1",
+            "2",
+            "32",
+            "4096",
+            "BF_16",
+            "FULL_SHARD",
+            "False",
+            "A100",
+            "0.5651",
+            "0.001",
+            "6.0432",
+            "2",
+            "2:02:02",
+        ],
+        [
+            "2.7",
+            "32",
+            "80.5",
+            "1",
+            "2",
+            "64",
+            "4096",
+            "BF_16",
+            "FULL_SHARD",
+            "False",
+            "A100",
+            "0.6317",
+            "0.002",
+            "5.5",
+            "0",
+            "1:02:05",
+        ],
     ]
 
 
@@ -73,8 +149,15 @@ def test_evaluation_loss_shows_when_a_run_has_it(results):
 
 
 def test_columns_where_and_sort(results):
-    result = collect(results, "--columns", "gpus,samples_per_s,mfu_with_head,hfu,restarts,run",
-                     "--where", "gpus >= 16 or optim.lr == 0.002", "--sort", "-samples_per_s")
+    result = collect(
+        results,
+        "--columns",
+        "gpus,samples_per_s,mfu_with_head,hfu,restarts,run",
+        "--where",
+        "gpus >= 16 or optim.lr == 0.002",
+        "--sort",
+        "-samples_per_s",
+    )
     assert result.exit_code == 0, result.output
     header, *rows = markdown_rows(result.output)
     assert header == ["#GPUs", "Samples/s", "MFU+head", "HFU", "Restarts", "Run"]
@@ -84,12 +167,15 @@ def test_columns_where_and_sort(results):
     assert markdown_rows(by_summary.output)[0] == ["Run", "tokens_per_s"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--columns", "gpus,mfuu"], "--columns: unknown column 'mfuu'; use params, gpus"),
-    (["--where", "gpuz > 1"], "--where: 'gpuz' is not a column"),
-    (["--where", "gpus >"], "where: not an expression"),
-    (["--sort", "loss"], "--sort: 'loss' is not a column of this table"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--columns", "gpus,mfuu"], "--columns: unknown column 'mfuu'; use params, gpus"),
+        (["--where", "gpuz > 1"], "--where: 'gpuz' is not a column"),
+        (["--where", "gpus >"], "where: not an expression"),
+        (["--sort", "loss"], "--sort: 'loss' is not a column of this table"),
+    ],
+)
 def test_bad_options_are_one_line_errors(results, args, message):
     result = collect(results, "--columns", "seed", *args) if args[0] == "--sort" else collect(results, *args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
@@ -139,8 +225,12 @@ def test_a_different_model_does_not_match_the_seed(results, tmp_path):
 
 
 def test_plots_are_written(results, tmp_path):
-    write_run(results, "g", summary=engine_summary(world_size=64, global_batch_size=128, samples_per_s=140.0),
-              metrics=loss_curve(40, restart_at=20))
+    write_run(
+        results,
+        "g",
+        summary=engine_summary(world_size=64, global_batch_size=128, samples_per_s=140.0),
+        metrics=loss_curve(40, restart_at=20),
+    )
     result = collect(results, "--plot", tmp_path / "s.png", "--loss-plot", tmp_path / "l.png")
     assert result.exit_code == 0, result.output
     for name in ("s.png", "l.png"):
@@ -161,8 +251,10 @@ def test_find_run_dirs_does_not_descend_into_runs(tmp_path):
     (a.checkpoints / "step_10" / "run.yaml").write_text("not a run\n")  # inside a run: never listed
     write_run(tmp_path, "b", experiment="z", summary=engine_summary())
     os.symlink(tmp_path, tmp_path / "exp" / "loop")  # a link back up must not loop forever
-    assert [rd.path for rd in find_run_dirs(tmp_path)] == [tmp_path / "exp" / "leonardo" / "a",
-                                                           tmp_path / "z" / "leonardo" / "b"]
+    assert [rd.path for rd in find_run_dirs(tmp_path)] == [
+        tmp_path / "exp" / "leonardo" / "a",
+        tmp_path / "z" / "leonardo" / "b",
+    ]
     assert [rd.run_id for rd in find_run_dirs(a.path)] == ["a"]
 
 

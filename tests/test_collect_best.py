@@ -17,9 +17,21 @@ runner = CliRunner()
 
 
 def summary(**fields: Any) -> dict[str, Any]:
-    base = {"status": "completed", "n_params": 131392, "world_size": 1, "samples_per_s": 100.0, "grad_accum": 1,
-            "micro_batch_size": 4, "global_batch_size": 4, "seq_len": 64, "precision": "FP_32",
-            "sharding": "FULL_SHARD", "activation_checkpointing": "none", "gpu_type": "cpu", "mfu": None}
+    base = {
+        "status": "completed",
+        "n_params": 131392,
+        "world_size": 1,
+        "samples_per_s": 100.0,
+        "grad_accum": 1,
+        "micro_batch_size": 4,
+        "global_batch_size": 4,
+        "seq_len": 64,
+        "precision": "FP_32",
+        "sharding": "FULL_SHARD",
+        "activation_checkpointing": "none",
+        "gpu_type": "cpu",
+        "mfu": None,
+    }
     return {**base, **fields}
 
 
@@ -48,24 +60,58 @@ def test_eval_loss_column_only_when_a_run_has_one(tmp_path: Path) -> None:
 def test_best_run_per_group_at_the_longest_rung(tmp_path: Path) -> None:
     folder = tmp_path / "exp" / "local"
     trials = [  # (run id, lr, scores by steps): t2 leads after 4 steps, t1 wins the longer rung
-        ("t0", 0.1, {"4": None}), ("t1", 0.01, {"4": 3.0, "12": 2.0}), ("t2", 0.003, {"4": 2.9, "12": 2.5}),
+        ("t0", 0.1, {"4": None}),
+        ("t1", 0.01, {"4": 3.0, "12": 2.0}),
+        ("t2", 0.003, {"4": 2.9, "12": 2.5}),
     ]
     for run_id, _, scores in trials:
         write_run(folder, run_id, eval_loss=scores.get("12", scores["4"]))
     other = [("u0", 0.1, {"4": 5.0})]
     write_run(folder, "u0", eval_loss=5.0, world_size=2)
-    atomic_write_json(folder / "search.json", {
-        "experiment": "exp", "cluster": "local", "method": "halving", "metric": "eval_loss", "seed": 0,
-        "rungs": [4, 12], "definition": "d",
-        "groups": [
-            {"label": "model.n_layers=1", "point": {"model.n_layers": 1},
-             "trials": [{"index": i, "run_id": r, "params": {"optim.lr": lr}, "rung": 1 if "12" in s else 0,
-                         "state": "finished" if "12" in s else "stopped", "scores": s}
-                        for i, (r, lr, s) in enumerate(trials)]},
-            {"label": "model.n_layers=2", "point": {"model.n_layers": 2},
-             "trials": [{"index": 0, "run_id": r, "params": {"optim.lr": lr}, "rung": 0, "state": "finished",
-                         "scores": s} for r, lr, s in other]},
-        ]})
+    atomic_write_json(
+        folder / "search.json",
+        {
+            "experiment": "exp",
+            "cluster": "local",
+            "method": "halving",
+            "metric": "eval_loss",
+            "seed": 0,
+            "rungs": [4, 12],
+            "definition": "d",
+            "groups": [
+                {
+                    "label": "model.n_layers=1",
+                    "point": {"model.n_layers": 1},
+                    "trials": [
+                        {
+                            "index": i,
+                            "run_id": r,
+                            "params": {"optim.lr": lr},
+                            "rung": 1 if "12" in s else 0,
+                            "state": "finished" if "12" in s else "stopped",
+                            "scores": s,
+                        }
+                        for i, (r, lr, s) in enumerate(trials)
+                    ],
+                },
+                {
+                    "label": "model.n_layers=2",
+                    "point": {"model.n_layers": 2},
+                    "trials": [
+                        {
+                            "index": 0,
+                            "run_id": r,
+                            "params": {"optim.lr": lr},
+                            "rung": 0,
+                            "state": "finished",
+                            "scores": s,
+                        }
+                        for r, lr, s in other
+                    ],
+                },
+            ],
+        },
+    )
     table = best_table(tmp_path)
     assert list(table["Run"]) == ["t1", "u0"]
     assert list(table["Steps"]) == [12, 4] and list(table["optim.lr"]) == [0.01, 0.1]

@@ -37,8 +37,11 @@ with open(sys.argv[1]) as gate:
 """
 
 
-def start_together(gate: Path, scripts: list[tuple[str, str, list[str]]], env: dict[str, str] | None = None,
-                   ) -> list[subprocess.CompletedProcess[str]]:
+def start_together(
+    gate: Path,
+    scripts: list[tuple[str, str, list[str]]],
+    env: dict[str, str] | None = None,
+) -> list[subprocess.CompletedProcess[str]]:
     """Run one process per (imports, body, args) so that their bodies start at the same moment."""
     gate.touch()
     with open(gate) as held:
@@ -46,9 +49,16 @@ def start_together(gate: Path, scripts: list[tuple[str, str, list[str]]], env: d
         procs = []
         for imports, body, args in scripts:
             code = _GATED.format(imports=imports, body=body)
-            procs.append(subprocess.Popen([sys.executable, "-c", code, str(gate), *args], cwd=REPO, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code, str(gate), *args],
+                    cwd=REPO,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                )
+            )
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.communicate()
     # The gate is open: every body starts now.
@@ -70,11 +80,15 @@ def test_concurrent_read_modify_writes_lose_no_update(tmp_path: Path) -> None:
     """4 processes x 25 appends to one manifest: every append survives (without the lock, writers
     that read the same version overwrite each other's append)."""
     rd = run_dir_with_manifest(tmp_path)
-    imports = ("from hpcllm.launch.manifest import Restart, now, update_manifest\n"
-               "from pathlib import Path\nfrom hpcllm.rundir import RunDir")
-    body = ("for i in range(25):\n"
-            "    with update_manifest(RunDir(Path(sys.argv[2]))) as m:\n"
-            "        m.restarts.append(Restart(time=now(), reason=f'{sys.argv[3]}-{i}'))")
+    imports = (
+        "from hpcllm.launch.manifest import Restart, now, update_manifest\n"
+        "from pathlib import Path\nfrom hpcllm.rundir import RunDir"
+    )
+    body = (
+        "for i in range(25):\n"
+        "    with update_manifest(RunDir(Path(sys.argv[2]))) as m:\n"
+        "        m.restarts.append(Restart(time=now(), reason=f'{sys.argv[3]}-{i}'))"
+    )
     results = start_together(tmp_path / "gate", [(imports, body, [str(rd.path), f"w{w}"]) for w in range(4)])
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     reasons = [r.reason for r in load_manifest(rd).restarts]
@@ -83,8 +97,10 @@ def test_concurrent_read_modify_writes_lose_no_update(tmp_path: Path) -> None:
 
 def _lock_is_free(lock_file: Path) -> bool:
     """Asked from another process: could it take the lock right now?"""
-    code = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
-            "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(1)\n")
+    code = (
+        "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(1)\n"
+    )
     return subprocess.run([sys.executable, "-c", code, str(lock_file)]).returncode == 0
 
 
@@ -139,11 +155,13 @@ def grid_experiment(tmp_path: Path, store: Path, name: str) -> Path:
     return path
 
 
-def submit_together(tmp_path: Path, exp: Path, cluster: str, results: Path,
-                    env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
+def submit_together(
+    tmp_path: Path, exp: Path, cluster: str, results: Path, env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
     args = ["submit", str(exp), "--cluster", cluster, "--results", str(results)]
-    results_ = start_together(tmp_path / "gate", [(SUBMIT_IMPORTS, SUBMIT_BODY, args)] * SUBMITTERS,
-                              env={"COLUMNS": "300", **(env or {})})
+    results_ = start_together(
+        tmp_path / "gate", [(SUBMIT_IMPORTS, SUBMIT_BODY, args)] * SUBMITTERS, env={"COLUMNS": "300", **(env or {})}
+    )
     assert all(r.returncode == 0 for r in results_), [r.stdout + r.stderr for r in results_]
     return results_
 
@@ -184,8 +202,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.integration
 def test_concurrent_submits_on_the_local_backend_submit_each_run_once(tmp_path: Path, store: Path) -> None:
     results = tmp_path / "results"
-    outputs = submit_together(tmp_path, grid_experiment(tmp_path, store, "conc"), "local", results,
-                              env={"HPCLLM_CLUSTERS_DIR": str(REPO / "clusters")})
+    outputs = submit_together(
+        tmp_path,
+        grid_experiment(tmp_path, store, "conc"),
+        "local",
+        results,
+        env={"HPCLLM_CLUSTERS_DIR": str(REPO / "clusters")},
+    )
     runs = find_run_dirs(results)
     assert len(runs) == 2
     assert_each_run_submitted_once(outputs, runs)
@@ -199,25 +222,34 @@ def test_concurrent_submits_on_the_local_backend_submit_each_run_once(tmp_path: 
 
 @pytest.mark.slurm
 @pytest.mark.integration
-def test_concurrent_submits_on_slurm_submit_each_run_once(tmp_path: Path, store: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_submits_on_slurm_submit_each_run_once(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from slurm_gate import slurm_env
 
     from hpcllm.launch.backends.slurm import submitted_job_name
 
     results = tmp_path / "results"
     env = slurm_env()
-    env = {"SLURM_CONF": env.get("SLURM_CONF", ""), "HPCLLM_CLUSTERS_DIR": str(REPO / "clusters"),
-           # Jobs inherit the submitting environment: this interpreter and this checkout.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        "SLURM_CONF": env.get("SLURM_CONF", ""),
+        "HPCLLM_CLUSTERS_DIR": str(REPO / "clusters"),
+        # Jobs inherit the submitting environment: this interpreter and this checkout.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     outputs = submit_together(tmp_path, grid_experiment(tmp_path, store, "concslurm"), "localslurm", results, env)
     runs = find_run_dirs(results)
     assert len(runs) == 2
     assert_each_run_submitted_once(outputs, runs)
     for rd in runs:  # the scheduler's own view: one job of this run's name, ever
         name = submitted_job_name(rd)
-        jobs = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
-                              capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout.split()
+        jobs = subprocess.run(
+            ["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=True,
+        ).stdout.split()
         assert len(jobs) == 1, jobs
     monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])  # for the status queries below
     assert set(wait_until_finished(results, 600).values()) == {"completed"}

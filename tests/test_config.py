@@ -78,16 +78,20 @@ training:
 @pytest.mark.parametrize(
     "extra,pattern",
     [
-        ("grid: {parallel.sharding: [FULL, HYBRID_SHARD]}\n",
-         r"point \{parallel\.sharding=FULL\}: parallel\.sharding: "
-         r"Input should be 'FULL_SHARD', 'HYBRID_SHARD' or 'NO_SHARD'"),
-        ("grid: {train.micro_batchsize: [1]}\n",
-         r"train\.micro_batchsize: unknown key; allowed keys here: steps, micro_batch_size"),
+        (
+            "grid: {parallel.sharding: [FULL, HYBRID_SHARD]}\n",
+            r"point \{parallel\.sharding=FULL\}: parallel\.sharding: "
+            r"Input should be 'FULL_SHARD', 'HYBRID_SHARD' or 'NO_SHARD'",
+        ),
+        (
+            "grid: {train.micro_batchsize: [1]}\n",
+            r"train\.micro_batchsize: unknown key; allowed keys here: steps, micro_batch_size",
+        ),
         ("grid: {trian.steps: [1]}\n", r"grid: .*'trian\.steps' must start with one of: resources, run_id"),
         ("grid: {model.preset: [tiny, huge]}\n", r"'huge' is not a model preset; known presets: tiny, 60m, 125m"),
         ("zip: [{train.steps: [1, 2], train.grad_accum: [1]}]\n", r"zip: group lists must have equal lengths"),
         ("where: \"__import__('os')\"\n", r"where: Call is not allowed"),
-        ("where: \"train.nope > 1\"\n", r"where: 'train\.nope' is not a key"),
+        ('where: "train.nope > 1"\n', r"where: 'train\.nope' is not a key"),
         ("training2: {}\n", r"e\.yaml: training2: unknown key; allowed keys here: name, description, resources"),
     ],
 )
@@ -221,9 +225,13 @@ def test_bad_where_and_grid_values_are_one_line_errors(in_project, tmp_path, ext
 
 def test_where_sees_resolved_defaults(in_project, tmp_path):
     """`train.steps` (a default), `model.n_layers` (from the preset), gpus_per_node (the profile)."""
-    path = _write(tmp_path, "e.yaml", EXPERIMENT + "grid: {train.micro_batch_size: [1, 2]}\n"
-                  "where: 'train.steps == 20 and model.n_layers == 2 and resources.gpus_per_node == 2 "
-                  "and train.micro_batch_size == 2'\n")
+    path = _write(
+        tmp_path,
+        "e.yaml",
+        EXPERIMENT + "grid: {train.micro_batch_size: [1, 2]}\n"
+        "where: 'train.steps == 20 and model.n_layers == 2 and resources.gpus_per_node == 2 "
+        "and train.micro_batch_size == 2'\n",
+    )
     specs = expand_experiment(load_experiment(path), load_cluster("local"), str(path))
     assert [s.training.train.micro_batch_size for s in specs] == [2]
 

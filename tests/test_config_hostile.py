@@ -53,8 +53,11 @@ def test_non_finite_numbers_are_refused(tmp_path: Path, text: str) -> None:
 def test_grid_points_are_counted_without_expanding() -> None:
     # 10**20 points: expanding would never finish; counting is immediate and names every axis.
     grid = {f"train.a{i}": list(range(10)) for i in range(20)}
-    with pytest.raises(ValueError, match=r"grid: 10 \(train\.a0\) x .* x 10 \(train\.a19\) = "
-                                         r"100,000,000,000,000,000,000 points; at most 10,000"):
+    with pytest.raises(
+        ValueError,
+        match=r"grid: 10 \(train\.a0\) x .* x 10 \(train\.a19\) = "
+        r"100,000,000,000,000,000,000 points; at most 10,000",
+    ):
         gridlib.expand(grid, [])
     assert gridlib.check_size({"a": [1, 2, 3]}, [{"b": [1, 2], "c": [3, 4]}]) == 6
 

@@ -32,13 +32,26 @@ def test_demo_writes_real_text_store(tmp_path: Path) -> None:
 def test_prepare_info_and_train_tokenizer(tmp_path: Path) -> None:
     runner.invoke(data_app, ["demo", "--output", str(tmp_path / "demo"), "--no-debian-docs"])
     corpus = tmp_path / "demo.jsonl"
-    res = runner.invoke(data_app, ["train-tokenizer", "--input", str(corpus), "--vocab-size", "400",
-                                   "--output", str(tmp_path / "tok")])
+    res = runner.invoke(
+        data_app, ["train-tokenizer", "--input", str(corpus), "--vocab-size", "400", "--output", str(tmp_path / "tok")]
+    )
     assert res.exit_code == 0, res.output
     tok = tmp_path / "tok" / "tokenizer.json"
     assert tok.is_file()
-    res = runner.invoke(data_app, ["prepare", "--input", str(corpus), "--tokenizer", str(tok),
-                                   "--output", str(tmp_path / "bpe"), "--workers", "1"])
+    res = runner.invoke(
+        data_app,
+        [
+            "prepare",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tok),
+            "--output",
+            str(tmp_path / "bpe"),
+            "--workers",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "MB/s" in res.output
     res = runner.invoke(data_app, ["info", str(tmp_path / "bpe"), "--seq-len", "128", "--verify"])
@@ -47,8 +60,7 @@ def test_prepare_info_and_train_tokenizer(tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
-    res = runner.invoke(data_app, ["prepare", "--input", str(tmp_path / "none.txt"), "--output",
-                                   str(tmp_path / "s")])
+    res = runner.invoke(data_app, ["prepare", "--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "s")])
     assert res.exit_code == 2
     assert "error:" in res.output and "matches no" in res.output and "Traceback" not in res.output
     res = runner.invoke(data_app, ["info", str(tmp_path)])

@@ -19,9 +19,15 @@ SEQ, MBS, STEPS = 32, 2, 3
 def _rank(rank: int, world: int, store: str, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        loader = build_train_loader(DataConfig(path=store, num_workers=1), seq_len=SEQ,
-                                    micro_batch_size=MBS, dp_rank=dist.get_rank(),
-                                    dp_size=dist.get_world_size(), seed=11, device=torch.device("cpu"))
+        loader = build_train_loader(
+            DataConfig(path=store, num_workers=1),
+            seq_len=SEQ,
+            micro_batch_size=MBS,
+            dp_rank=dist.get_rank(),
+            dp_size=dist.get_world_size(),
+            seed=11,
+            device=torch.device("cpu"),
+        )
         mine = torch.stack([next(loader)["input_ids"] for _ in range(STEPS)])  # (STEPS, MBS, SEQ)
         gathered = [torch.empty_like(mine) for _ in range(world)]
         dist.all_gather(gathered, mine)
@@ -40,18 +46,30 @@ def test_two_gloo_ranks_split_the_stream_and_resume_on_one(tmp_path: Path) -> No
     tmp.spawn(_rank, args=(2, str(store), str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     result = torch.load(out)
     batches = result["batches"]  # (rank, step, MBS, SEQ)
-    single = build_train_loader(DataConfig(path=str(store), num_workers=0), seq_len=SEQ,
-                                micro_batch_size=2 * MBS, dp_rank=0, dp_size=1, seed=11,
-                                device=torch.device("cpu"))
+    single = build_train_loader(
+        DataConfig(path=str(store), num_workers=0),
+        seq_len=SEQ,
+        micro_batch_size=2 * MBS,
+        dp_rank=0,
+        dp_size=1,
+        seed=11,
+        device=torch.device("cpu"),
+    )
     for step in range(STEPS):
         expected = next(single)["input_ids"]
         assert torch.equal(torch.cat([batches[0, step], batches[1, step]]), expected)
     rows = {tuple(r.tolist()) for r in batches.reshape(-1, SEQ)}
     assert len(rows) == 2 * STEPS * MBS  # disjoint: no window twice
     # the 2-rank checkpoint state resumes a 1-rank run right after the last sample it consumed
-    resumed = build_train_loader(DataConfig(path=str(store), num_workers=0), seq_len=SEQ,
-                                 micro_batch_size=2 * MBS, dp_rank=0, dp_size=1, seed=11,
-                                 device=torch.device("cpu"))
+    resumed = build_train_loader(
+        DataConfig(path=str(store), num_workers=0),
+        seq_len=SEQ,
+        micro_batch_size=2 * MBS,
+        dp_rank=0,
+        dp_size=1,
+        seed=11,
+        device=torch.device("cpu"),
+    )
     resumed.load_state_dict(result["state"])
     assert result["state"]["consumed_samples"] == 2 * STEPS * MBS
     assert torch.equal(next(resumed)["input_ids"], next(single)["input_ids"])

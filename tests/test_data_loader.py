@@ -20,8 +20,7 @@ def _cfg(*paths: Path, workers: int = 0, **kw: object) -> DataConfig:
 
 
 def _loader(cfg: DataConfig, mbs: int = 2, rank: int = 0, dp: int = 1, seed: int = 5) -> TrainLoader:
-    return build_train_loader(cfg, seq_len=SEQ, micro_batch_size=mbs, dp_rank=rank, dp_size=dp,
-                              seed=seed, device=CPU)
+    return build_train_loader(cfg, seq_len=SEQ, micro_batch_size=mbs, dp_rank=rank, dp_size=dp, seed=seed, device=CPU)
 
 
 def _take(loader: TrainLoader, n: int) -> list[torch.Tensor]:
@@ -106,8 +105,9 @@ def test_state_is_rejected_for_other_data(stores: dict[str, Path]) -> None:
     with pytest.raises(HpcllmError, match="another data setup"):
         other.load_state_dict(state)
     with pytest.raises(HpcllmError, match="another data setup"):
-        build_train_loader(_cfg(stores["plain"]), seq_len=SEQ * 2, micro_batch_size=2, dp_rank=0,
-                           dp_size=1, seed=5, device=CPU).load_state_dict(state)
+        build_train_loader(
+            _cfg(stores["plain"]), seq_len=SEQ * 2, micro_batch_size=2, dp_rank=0, dp_size=1, seed=5, device=CPU
+        ).load_state_dict(state)
 
 
 def test_shuffle_option_is_honoured(stores: dict[str, Path]) -> None:
@@ -119,8 +119,9 @@ def test_shuffle_option_is_honoured(stores: dict[str, Path]) -> None:
 
 
 def test_blend_weights_are_honoured(stores: dict[str, Path]) -> None:
-    cfg = DataConfig(sources=[{"path": str(stores["plain"]), "weight": 3},
-                              {"path": str(stores["inst"]), "weight": 1}], num_workers=0)
+    cfg = DataConfig(
+        sources=[{"path": str(stores["plain"]), "weight": 3}, {"path": str(stores["inst"]), "weight": 1}], num_workers=0
+    )
     b = next(_loader(cfg, mbs=64))
     assert b["loss_mask"] is not None
     fully_trained = (b["loss_mask"] == 1).all(dim=1).float().mean()
@@ -136,17 +137,32 @@ def test_tokenizer_mismatch_is_a_clear_error(stores: dict[str, Path], tmp_path: 
 
 def test_store_too_small_for_seq_len(tmp_path: Path, stores: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="cannot fill one sample"):
-        build_train_loader(_cfg(stores["plain"]), seq_len=10**7, micro_batch_size=1, dp_rank=0,
-                           dp_size=1, seed=0, device=CPU)
+        build_train_loader(
+            _cfg(stores["plain"]), seq_len=10**7, micro_batch_size=1, dp_rank=0, dp_size=1, seed=0, device=CPU
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_match_the_cpu_stream(stores: dict[str, Path]) -> None:
-    loader = build_train_loader(_cfg(stores["inst"], workers=1), seq_len=SEQ, micro_batch_size=4,
-                                dp_rank=0, dp_size=1, seed=5, device=torch.device("cuda"))
+    loader = build_train_loader(
+        _cfg(stores["inst"], workers=1),
+        seq_len=SEQ,
+        micro_batch_size=4,
+        dp_rank=0,
+        dp_size=1,
+        seed=5,
+        device=torch.device("cuda"),
+    )
     b = next(loader)
     assert all(t.is_cuda for t in b.values() if t is not None)
     cpu = next(_loader(_cfg(stores["inst"], workers=1), mbs=4))
-    loader2 = build_train_loader(_cfg(stores["inst"], workers=1), seq_len=SEQ, micro_batch_size=4,
-                                 dp_rank=0, dp_size=1, seed=5, device=torch.device("cuda"))
+    loader2 = build_train_loader(
+        _cfg(stores["inst"], workers=1),
+        seq_len=SEQ,
+        micro_batch_size=4,
+        dp_rank=0,
+        dp_size=1,
+        seed=5,
+        device=torch.device("cuda"),
+    )
     assert torch.equal(next(loader2)["input_ids"].cpu(), cpu["input_ids"])

@@ -45,8 +45,9 @@ def test_jsonl_txt_and_gz_in_input_order(tmp_path: Path) -> None:
             (tmp_path / "txt" / f"{i}.txt.gz").write_bytes(gzip.compress(t.encode()))
         else:
             (tmp_path / "txt" / f"{i}.txt").write_text(t)
-    res = prepare([str(tmp_path / "a.jsonl"), str(tmp_path / "*.gz"), str(tmp_path / "txt")], "byte",
-                  tmp_path / "out", workers=1)
+    res = prepare(
+        [str(tmp_path / "a.jsonl"), str(tmp_path / "*.gz"), str(tmp_path / "txt")], "byte", tmp_path / "out", workers=1
+    )
     store = TokenStore.open(res.output, tokenizer_fingerprint="byte-v1")
     assert store.n_docs == len(DOCS) and res.header.n_docs == len(DOCS)
     assert [_decode(store, i) for i in range(store.n_docs)] == DOCS
@@ -78,33 +79,44 @@ def test_large_txt_streams_in_pieces_without_changing_the_document(
 
 
 def test_instruction_pairs_mask_the_prompt(tmp_path: Path) -> None:
-    recs = [{"text": "plain doc"}, {"prompt": "Q: 2+2?\nA: ", "response": "4"},
-            {"prompt": "Say hi. ", "response": "hi"}]
+    recs = [
+        {"text": "plain doc"},
+        {"prompt": "Q: 2+2?\nA: ", "response": "4"},
+        {"prompt": "Say hi. ", "response": "hi"},
+    ]
     _jsonl(tmp_path / "i.jsonl", recs)
     store = TokenStore.open(prepare([str(tmp_path / "i.jsonl")], "byte", tmp_path / "s", workers=1).output)
     assert store.header.has_loss_mask and store.loss_mask is not None
     mask = np.asarray(store.loss_mask)
-    expected = ([1] * len("plain doc") + [1]
-                + [0] * len("Q: 2+2?\nA: ") + [1] + [1]
-                + [0] * len("Say hi. ") + [1, 1] + [1])
+    expected = (
+        [1] * len("plain doc") + [1] + [0] * len("Q: 2+2?\nA: ") + [1] + [1] + [0] * len("Say hi. ") + [1, 1] + [1]
+    )
     assert mask.tolist() == expected
     assert _decode(store, 1) == "Q: 2+2?\nA: 4"
 
 
 def test_loss_weights_from_records_and_the_prompt_weight_option(tmp_path: Path) -> None:
-    recs = [{"text": "ab"},                                            # weight 1
-            {"text": "cd", "weight": 0.25},                            # a down-weighted document
-            {"prompt": "Q", "response": "A"},                          # prompt: --prompt-weight
-            {"prompt": "Q", "response": "A", "prompt_weight": 0.5, "response_weight": 0.75},
-            {"segments": [{"text": "u1", "weight": 0}, {"text": "a1"}, {"text": "u2", "weight": 0.1},
-                          {"text": "a2", "weight": 0.9}]}]           # multi-turn; EOS: last weight
+    recs = [
+        {"text": "ab"},  # weight 1
+        {"text": "cd", "weight": 0.25},  # a down-weighted document
+        {"prompt": "Q", "response": "A"},  # prompt: --prompt-weight
+        {"prompt": "Q", "response": "A", "prompt_weight": 0.5, "response_weight": 0.75},
+        {
+            "segments": [
+                {"text": "u1", "weight": 0},
+                {"text": "a1"},
+                {"text": "u2", "weight": 0.1},
+                {"text": "a2", "weight": 0.9},
+            ]
+        },
+    ]  # multi-turn; EOS: last weight
     _jsonl(tmp_path / "w.jsonl", recs)
-    res = prepare([str(tmp_path / "w.jsonl")], "byte", tmp_path / "s", workers=1,
-                  fields=sources.Fields(prompt_weight=0.1))
+    res = prepare(
+        [str(tmp_path / "w.jsonl")], "byte", tmp_path / "s", workers=1, fields=sources.Fields(prompt_weight=0.1)
+    )
     store = TokenStore.open(res.output)
     assert store.header.loss_mask_dtype == "float16"
-    expected = ([1, 1, 1] + [0.25] * 3 + [0.1, 1, 1] + [0.5, 0.75, 0.75]
-                + [0, 0, 1, 1, 0.1, 0.1, 0.9, 0.9, 0.9])
+    expected = [1, 1, 1] + [0.25] * 3 + [0.1, 1, 1] + [0.5, 0.75, 0.75] + [0, 0, 1, 1, 0.1, 0.1, 0.9, 0.9, 0.9]
     assert np.asarray(store.loss_mask).tolist() == np.asarray(expected, np.float16).tolist()
     assert _decode(store, 4) == "u1a1u2a2"
     # Without fractional weights the same pairs give the plain 0/1 mask (prompt weight 0).
@@ -113,13 +125,17 @@ def test_loss_weights_from_records_and_the_prompt_weight_option(tmp_path: Path) 
     assert plain.header.loss_mask_dtype == "uint8" and list(plain.loss_mask) == [0, 1, 1]
 
 
-@pytest.mark.parametrize("record,match", [
-    ({"text": "x", "weight": 1.5}, r"w.jsonl:1: 'weight' must be a loss weight in \[0, 1\], got 1.5"),
-    ({"prompt": "q", "response": "a", "prompt_weight": "high"}, r"'prompt_weight' must be a loss weight"),
-    ({"segments": [{"text": "x", "weight": -0.1}]}, r"'weight' must be a loss weight in \[0, 1\], got -0.1"),
-    ({"segments": "x"}, r"'segments' must be a list of"),
-    ({"segments": [{"weight": 1}]}, r"'text' must be a string, got None"),
-], ids=["weight>1", "prompt_weight-string", "negative-segment", "segments-not-list", "segment-without-text"])
+@pytest.mark.parametrize(
+    "record,match",
+    [
+        ({"text": "x", "weight": 1.5}, r"w.jsonl:1: 'weight' must be a loss weight in \[0, 1\], got 1.5"),
+        ({"prompt": "q", "response": "a", "prompt_weight": "high"}, r"'prompt_weight' must be a loss weight"),
+        ({"segments": [{"text": "x", "weight": -0.1}]}, r"'weight' must be a loss weight in \[0, 1\], got -0.1"),
+        ({"segments": "x"}, r"'segments' must be a list of"),
+        ({"segments": [{"weight": 1}]}, r"'text' must be a string, got None"),
+    ],
+    ids=["weight>1", "prompt_weight-string", "negative-segment", "segments-not-list", "segment-without-text"],
+)
 def test_bad_weights_name_file_line_and_range(tmp_path: Path, record: dict, match: str) -> None:
     _jsonl(tmp_path / "w.jsonl", [record])
     with pytest.raises(ConfigError, match=match):
@@ -128,19 +144,22 @@ def test_bad_weights_name_file_line_and_range(tmp_path: Path, record: dict, matc
 
 def test_custom_field_names(tmp_path: Path) -> None:
     _jsonl(tmp_path / "c.jsonl", [{"body": DOCS[0]}])
-    res = prepare([str(tmp_path / "c.jsonl")], "byte", tmp_path / "s", workers=1,
-                  fields=sources.Fields(text="body"))
+    res = prepare([str(tmp_path / "c.jsonl")], "byte", tmp_path / "s", workers=1, fields=sources.Fields(text="body"))
     assert _decode(TokenStore.open(res.output), 0) == DOCS[0]
 
 
-@pytest.mark.parametrize("content,match", [
-    ('{"text": "ok"}\n{"text": broken}\n', r"c.jsonl:2: invalid JSON"),
-    ('{"body": "x"}\n', r"c.jsonl:1: no 'text' key .*keys: body.*--text-key"),
-    ('[1, 2]\n', "expected a JSON object, got list"),
-    ('{"text": 5}\n', "'text' must be a string"),
-])
-def test_bad_records_name_file_and_line(tmp_path: Path, content: str, match: str,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ('{"text": "ok"}\n{"text": broken}\n', r"c.jsonl:2: invalid JSON"),
+        ('{"body": "x"}\n', r"c.jsonl:1: no 'text' key .*keys: body.*--text-key"),
+        ("[1, 2]\n", "expected a JSON object, got list"),
+        ('{"text": 5}\n', "'text' must be a string"),
+    ],
+)
+def test_bad_records_name_file_and_line(
+    tmp_path: Path, content: str, match: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sources, "CHUNK_BYTES", 8)  # several tasks: workers=2 really uses the pool
     (tmp_path / "c.jsonl").write_text(content)
     for workers in (1, 2):
@@ -213,8 +232,14 @@ def test_progress_reports_every_input_byte_once(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "b.txt").write_text("".join(DOCS))
     seen: list[int] = []
     totals: list[int] = []
-    prepare([str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.txt")], "byte", tmp_path / "s",
-            workers=1, progress=seen.append, on_start=totals.append)
+    prepare(
+        [str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.txt")],
+        "byte",
+        tmp_path / "s",
+        workers=1,
+        progress=seen.append,
+        on_start=totals.append,
+    )
     size = (tmp_path / "a.jsonl.gz").stat().st_size + (tmp_path / "b.txt").stat().st_size
     assert totals == [size] and sum(seen) == size and len(seen) > 3
 

@@ -15,10 +15,15 @@ from hpcllm.data.sampler import Sampler, micro_batch_ids
 SEQ = 64
 
 
-def _sampler(paths: list[Path], weights: list[float] | None = None, seed: int = 7,
-             shuffle: bool = True) -> Sampler:
-    return Sampler([str(p) for p in paths], weights or [1.0] * len(paths), tokenizer="byte",
-                   seq_len=SEQ, seed=seed, shuffle=shuffle)
+def _sampler(paths: list[Path], weights: list[float] | None = None, seed: int = 7, shuffle: bool = True) -> Sampler:
+    return Sampler(
+        [str(p) for p in paths],
+        weights or [1.0] * len(paths),
+        tokenizer="byte",
+        seq_len=SEQ,
+        seed=seed,
+        shuffle=shuffle,
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 1000, 4097])
@@ -154,8 +159,16 @@ def test_open_and_first_batch_are_constant_time_on_a_huge_store(tmp_path: Path) 
     with open(root / "tokens.bin", "wb") as fh:
         fh.truncate(2 * n)  # sparse: no disk blocks, reads as token 0
     np.save(root / "doc_offsets.npy", np.array([0, n], dtype=np.int64))
-    header = StoreHeader(dtype="uint16", vocab_size=257, eos_id=256, tokenizer="byte",
-                         tokenizer_fingerprint="byte-v1", n_tokens=n, n_docs=1, has_loss_mask=False)
+    header = StoreHeader(
+        dtype="uint16",
+        vocab_size=257,
+        eos_id=256,
+        tokenizer="byte",
+        tokenizer_fingerprint="byte-v1",
+        n_tokens=n,
+        n_docs=1,
+        has_loss_mask=False,
+    )
     (root / "header.json").write_text(json.dumps(header.to_json()))
     t0 = time.perf_counter()
     s = Sampler([str(root)], [1.0], tokenizer="byte", seq_len=2048, seed=0, shuffle=True)

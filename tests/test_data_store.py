@@ -19,8 +19,14 @@ TEXTS = ["The quick brown fox.", "Jumps over the lazy dog!", "Ünïcödé too."]
 def _write(path: Path, texts: list[str] = TEXTS, masks: bool = False, **kw) -> None:
     tok = ByteTokenizer()
     docs = [np.append(a, tok.eos_id) for a in tok.encode_batch(texts)]
-    with StoreWriter(path, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer="byte",
-                     tokenizer_fingerprint=tok.fingerprint, **kw) as w:
+    with StoreWriter(
+        path,
+        vocab_size=tok.vocab_size,
+        eos_id=tok.eos_id,
+        tokenizer="byte",
+        tokenizer_fingerprint=tok.fingerprint,
+        **kw,
+    ) as w:
         w.add(docs, [np.arange(d.size, dtype=np.uint8) % 2 for d in docs] if masks else None)
         w.commit()
 
@@ -60,8 +66,9 @@ def test_loss_mask_round_trip(tmp_path: Path) -> None:
 
 def test_mask_materialised_late_gives_ones_before(tmp_path: Path) -> None:
     tok = ByteTokenizer()
-    with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                     tokenizer_fingerprint=tok.fingerprint) as w:
+    with StoreWriter(
+        tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte", tokenizer_fingerprint=tok.fingerprint
+    ) as w:
         w.add([np.array([1, 2, 256])])
         w.add([np.array([3, 4, 256])], [np.array([0, 1, 1], np.uint8)])
         w.commit()
@@ -76,8 +83,7 @@ def test_dtype_by_vocab(vocab: int, dtype: type) -> None:
 
 
 def test_uint32_store(tmp_path: Path) -> None:
-    with StoreWriter(tmp_path / "s", vocab_size=100_000, eos_id=99_999, tokenizer="x",
-                     tokenizer_fingerprint="fp") as w:
+    with StoreWriter(tmp_path / "s", vocab_size=100_000, eos_id=99_999, tokenizer="x", tokenizer_fingerprint="fp") as w:
         w.add([np.array([70_000, 5, 99_999])])
         w.commit()
     store = TokenStore.open(tmp_path / "s", tokenizer_fingerprint="fp")
@@ -85,8 +91,10 @@ def test_uint32_store(tmp_path: Path) -> None:
 
 
 def test_crash_leaves_no_store(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                     tokenizer_fingerprint="byte-v1") as w:
+    with (
+        pytest.raises(RuntimeError),
+        StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte", tokenizer_fingerprint="byte-v1") as w,
+    ):
         w.add([np.array([1, 2, 256])])
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
@@ -137,12 +145,15 @@ def test_open_rejects_missing_mask(tmp_path: Path) -> None:
         TokenStore.open(tmp_path / "s")
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("format_version", 99, "version 99; this hpcllm reads"),
-    ("n_docs", 7, r"doc_offsets.npy: shape \(4,\)"),
-    ("dtype", "float32", "dtype: 'float32'; allowed: uint16, uint32"),
-    ("vocab_size", 70_000, "dtype uint16 does not fit vocab_size 70000"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("format_version", 99, "version 99; this hpcllm reads"),
+        ("n_docs", 7, r"doc_offsets.npy: shape \(4,\)"),
+        ("dtype", "float32", "dtype: 'float32'; allowed: uint16, uint32"),
+        ("vocab_size", 70_000, "dtype uint16 does not fit vocab_size 70000"),
+    ],
+)
 def test_open_checks_header_against_files(tmp_path: Path, key: str, value: object, match: str) -> None:
     _write(tmp_path / "s")
     file = tmp_path / "s" / HEADER
@@ -160,8 +171,9 @@ def test_empty_input_is_an_error(tmp_path: Path) -> None:
 
 
 def test_documents_may_span_writes_but_ends_are_checked(tmp_path: Path) -> None:
-    with StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                     tokenizer_fingerprint="byte-v1") as w:
+    with StoreWriter(
+        tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte", tokenizer_fingerprint="byte-v1"
+    ) as w:
         w.write(np.array([1, 2]), None, np.array([], np.int64))  # a document's first piece
         w.write(np.array([3, 256, 4, 256]), None, np.array([2, 4]))  # its end, and a second one
         with pytest.raises(ValueError, match="document ends must increase"):
@@ -177,8 +189,7 @@ def test_documents_may_span_writes_but_ends_are_checked(tmp_path: Path) -> None:
 def test_commit_refuses_an_unfinished_document(tmp_path: Path) -> None:
     with (
         pytest.raises(ValueError, match="2 tokens after the last document end"),
-        StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte",
-                    tokenizer_fingerprint="byte-v1") as w,
+        StoreWriter(tmp_path / "s", vocab_size=257, eos_id=256, tokenizer="byte", tokenizer_fingerprint="byte-v1") as w,
     ):
         w.add([np.array([1, 256])])
         w.write(np.array([7, 8]), None, np.array([], np.int64))

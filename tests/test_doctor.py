@@ -34,8 +34,17 @@ boost_qos_lprod|4-00:00:00|node=3|
 """
 
 
-@pytest.mark.parametrize("gres,gpus", [("gpu:4", 4), ("gpu:a100:4(S:0-1)", 4), ("gpu:h100:2,gpu:a100:2", 4),
-                                       ("", 0), ("(null)", 0), ("gpu:a100:4(S:0-1),nvme:1", 4)])
+@pytest.mark.parametrize(
+    "gres,gpus",
+    [
+        ("gpu:4", 4),
+        ("gpu:a100:4(S:0-1)", 4),
+        ("gpu:h100:2,gpu:a100:2", 4),
+        ("", 0),
+        ("(null)", 0),
+        ("gpu:a100:4(S:0-1),nvme:1", 4),
+    ],
+)
 def test_gpus_are_counted_from_gres(gres: str, gpus: int) -> None:
     assert gpu_count(gres) == gpus
 
@@ -49,12 +58,16 @@ def test_qos_table_and_associations_are_read() -> None:
     assert mn5.max_nodes(80) == 100 and mn5.min_nodes(80) is None
     assert parse_tres("cpu=8000,gres/gpu=400") == {"cpu": "8000", "gres/gpu": "400"}
     assert parse_associations("aifac_l01_028||boost_qos_dbg,normal\nother|boost_usr_prod|\n") == [
-        Association("aifac_l01_028", "", ["boost_qos_dbg", "normal"]), Association("other", "boost_usr_prod", [])]
+        Association("aifac_l01_028", "", ["boost_qos_dbg", "normal"]),
+        Association("other", "boost_usr_prod", []),
+    ]
 
 
 def test_a_partition_record_is_read() -> None:
-    line = ("PartitionName=boost_usr_prod AllowGroups=ALL AllowAccounts=ALL AllowQos=normal,boost_qos_dbg "
-            "DenyQos=(null) MaxNodes=UNLIMITED MaxTime=1-00:00:00 State=UP TotalCPUs=110592 TotalNodes=3456")
+    line = (
+        "PartitionName=boost_usr_prod AllowGroups=ALL AllowAccounts=ALL AllowQos=normal,boost_qos_dbg "
+        "DenyQos=(null) MaxNodes=UNLIMITED MaxTime=1-00:00:00 State=UP TotalCPUs=110592 TotalNodes=3456"
+    )
     part = parse_partition(parse_scontrol_record(line), [])
     assert (part.total_nodes, part.max_nodes_per_job, part.max_time_s) == (3456, None, 86400)
     assert part.allow_qos == ["normal", "boost_qos_dbg"] and part.deny_qos == []
@@ -64,9 +77,16 @@ def test_qos_limits_that_match_the_site_pass_and_a_wrong_one_fails(in_project, m
     leo = load_cluster("leonardo")
     monkeypatch.setattr(doctor, "qos_table", lambda: parse_qos_table(LEONARDO_QOS))
     assert {c.name: c.status for c in qos_checks(leo, None, ACCOUNTING, "leonardo.yaml")} == {
-        "normal": OK, "boost_qos_dbg": OK, "boost_qos_lprod": OK, "boost_qos_bprod": OK}
-    site = parse_qos_table(LEONARDO_QOS.replace("normal|1-00:00:00|node=64|", "normal|1-00:00:00|node=32|")
-                           .replace("boost_qos_lprod", "boost_qos_lprod_new"))
+        "normal": OK,
+        "boost_qos_dbg": OK,
+        "boost_qos_lprod": OK,
+        "boost_qos_bprod": OK,
+    }
+    site = parse_qos_table(
+        LEONARDO_QOS.replace("normal|1-00:00:00|node=64|", "normal|1-00:00:00|node=32|").replace(
+            "boost_qos_lprod", "boost_qos_lprod_new"
+        )
+    )
     monkeypatch.setattr(doctor, "qos_table", lambda: site)
     checks = {c.name: c for c in qos_checks(leo, None, ACCOUNTING, "leonardo.yaml")}
     assert (
@@ -77,8 +97,11 @@ def test_qos_limits_that_match_the_site_pass_and_a_wrong_one_fails(in_project, m
         checks["boost_qos_lprod"].status == FAIL
         and "no QoS 'boost_qos_lprod' on this cluster" in checks["boost_qos_lprod"].detail
     )
-    too_small = leo.model_copy(update={"qos": {**leo.qos, "boost_qos_bprod": leo.qos["boost_qos_bprod"].model_copy(
-        update={"min_nodes": None})}})
+    too_small = leo.model_copy(
+        update={
+            "qos": {**leo.qos, "boost_qos_bprod": leo.qos["boost_qos_bprod"].model_copy(update={"min_nodes": None})}
+        }
+    )
     monkeypatch.setattr(doctor, "qos_table", lambda: parse_qos_table(LEONARDO_QOS))
     bprod = next(c for c in qos_checks(too_small, None, ACCOUNTING, "x") if c.name == "boost_qos_bprod")
     assert bprod.status == FAIL and "min_nodes unset < the site's 65 (MinTRESPerJob)" in bprod.detail
@@ -98,10 +121,18 @@ def test_an_account_without_the_big_job_qos_is_told_so(in_project, monkeypatch: 
 
 
 def test_doctor_runs_without_torch_in_its_own_process(tmp_path: Path) -> None:
-    code = ("import sys; from typer.testing import CliRunner; from hpcllm.cli import app; "
-            "r = CliRunner().invoke(app, ['doctor', '--cluster', 'local']); "
-            "print(r.exit_code, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
-                         env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    code = (
+        "import sys; from typer.testing import CliRunner; from hpcllm.cli import app; "
+        "r = CliRunner().invoke(app, ['doctor', '--cluster', 'local']); "
+        "print(r.exit_code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert out.stdout.split()[-1] == "False"  # the environment check imported torch in a subprocess only
     assert out.stdout.split()[-2] == "0"

@@ -95,8 +95,13 @@ def test_scaler_exists_for_fp16_only_and_settings_need_fp16() -> None:
 
 
 def fp16_run(run_dir: Path, store: Path, steps: int, log_every: int = 1, **loss_scale: float) -> Path:
-    return write_run(run_dir, store, train={"steps": steps, "log_every": log_every},
-                     parallel={"precision": "FP_16", "loss_scale": loss_scale}, checkpoint={"at_end": True})
+    return write_run(
+        run_dir,
+        store,
+        train={"steps": steps, "log_every": log_every},
+        parallel={"precision": "FP_16", "loss_scale": loss_scale},
+        checkpoint={"at_end": True},
+    )
 
 
 def test_overflowing_steps_are_skipped_logged_and_leave_the_weights_alone(tmp_path: Path, store: Path) -> None:

@@ -40,8 +40,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sharded(pcfg: ParallelConfig, **model: object) -> GPT:
-    return build_parallel_model(ModelConfig.from_name("tiny", seq_len=32, **model), pcfg,
-                                build_mesh(pcfg, CPU), CPU.device, seed=3)
+    return build_parallel_model(
+        ModelConfig.from_name("tiny", seq_len=32, **model), pcfg, build_mesh(pcfg, CPU), CPU.device, seed=3
+    )
 
 
 def test_one_rank_without_offload_is_a_plain_module(world_of_one: None) -> None:
@@ -67,10 +68,15 @@ def test_one_rank_without_offload_is_a_plain_module(world_of_one: None) -> None:
 
 @pytest.mark.integration
 def test_fsdp_sharded_init_half_precision_policies_and_fp16_skips_on_two_ranks() -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(Path(__file__).with_name("engine_fsdp_probe.py"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(Path(__file__).with_name("engine_fsdp_probe.py")),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "probe ok" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -108,8 +114,9 @@ def test_compiled_blocks_give_the_same_loss(world_of_one: None) -> None:
     torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-4)
     out_c.sum().backward()
     out_e.sum().backward()
-    torch.testing.assert_close(compiled.blocks[0].attn.qkv.weight.grad, eager.blocks[0].attn.qkv.weight.grad,
-                               rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        compiled.blocks[0].attn.qkv.weight.grad, eager.blocks[0].attn.qkv.weight.grad, rtol=1e-3, atol=1e-4
+    )
 
 
 # --- multi-rank: the same global batch gives the same losses on 1, 2 and 4 ranks -----------------
@@ -124,8 +131,9 @@ def grad_norms(run_dir: Path) -> list[float]:
 
 
 def run_ranks(tmp_path: Path, store: Path, name: str, nproc: int, mbs: int, **parallel: object) -> list[float]:
-    cfg = write_run(tmp_path / name, store, train={"steps": 4, "micro_batch_size": mbs},
-                    parallel={"precision": "FP_32", **parallel})
+    cfg = write_run(
+        tmp_path / name, store, train={"steps": 4, "micro_batch_size": mbs}, parallel={"precision": "FP_32", **parallel}
+    )
     proc = run_engine(cfg, nproc)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / name / "summary.json").read_text())
@@ -151,8 +159,12 @@ def test_fsdp_ranks_match_one_rank_on_the_same_global_batch(tmp_path: Path, stor
 
 @pytest.mark.integration
 def test_two_ranks_bf16_with_activation_checkpointing_and_accumulation(tmp_path: Path, store: Path) -> None:
-    cfg = write_run(tmp_path / "r", store, train={"steps": 4, "micro_batch_size": 1, "grad_accum": 2},
-                    parallel={"precision": "BF_16", "activation_checkpointing": "selective", "cpu_offload": True})
+    cfg = write_run(
+        tmp_path / "r",
+        store,
+        train={"steps": 4, "micro_batch_size": 1, "grad_accum": 2},
+        parallel={"precision": "BF_16", "activation_checkpointing": "selective", "cpu_offload": True},
+    )
     proc = run_engine(cfg, 2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -172,6 +184,7 @@ def test_two_ranks_bf16_with_activation_checkpointing_and_accumulation(tmp_path:
 @pytest.mark.integration
 def test_two_ranks_compiled_with_ac_and_bf16_match_eager_fp32(tmp_path: Path, store: Path) -> None:
     eager = run_ranks(tmp_path, store, "eager", 2, 2)
-    compiled = run_ranks(tmp_path, store, "compiled", 2, 2, compile=True, activation_checkpointing="selective",
-                         precision="BF_16")
+    compiled = run_ranks(
+        tmp_path, store, "compiled", 2, 2, compile=True, activation_checkpointing="selective", precision="BF_16"
+    )
     assert compiled == pytest.approx(eager, rel=5e-3)  # bf16 compute vs fp32

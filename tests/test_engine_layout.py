@@ -25,14 +25,17 @@ class Mesh:
         return self.ranks
 
 
-@pytest.mark.parametrize(("sharding", "offload", "ranks", "expected"), [
-    ("FULL_SHARD", False, 2, "fsdp"),
-    ("HYBRID_SHARD", False, 4, "fsdp"),
-    ("NO_SHARD", False, 2, "ddp"),
-    ("NO_SHARD", True, 2, "fsdp"),  # CPU offload is FSDP2's
-    ("FULL_SHARD", False, 1, "none"),
-    ("FULL_SHARD", True, 1, "fsdp"),
-])
+@pytest.mark.parametrize(
+    ("sharding", "offload", "ranks", "expected"),
+    [
+        ("FULL_SHARD", False, 2, "fsdp"),
+        ("HYBRID_SHARD", False, 4, "fsdp"),
+        ("NO_SHARD", False, 2, "ddp"),
+        ("NO_SHARD", True, 2, "fsdp"),  # CPU offload is FSDP2's
+        ("FULL_SHARD", False, 1, "none"),
+        ("FULL_SHARD", True, 1, "fsdp"),
+    ],
+)
 def test_data_parallelism(sharding: str, offload: bool, ranks: int, expected: str) -> None:
     cfg = ParallelConfig(sharding=sharding, cpu_offload=offload)
     assert data_parallelism(cfg, Mesh(ranks)) == expected  # type: ignore[arg-type]
@@ -58,8 +61,13 @@ def test_token_weights_are_summed() -> None:
 
 @pytest.mark.integration
 def test_no_shard_is_ddp_and_full_shard_follows_the_recipe_on_two_ranks() -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(Path(__file__).with_name("engine_layout_probe.py"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(Path(__file__).with_name("engine_layout_probe.py")),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "probe ok" in proc.stdout, proc.stdout + proc.stderr

@@ -9,10 +9,19 @@ from hpcllm.engine.metrics import MetricsLog, Throughput
 
 
 def _log(tmp_path: Path, step_times: list[float]) -> MetricsLog:
-    log = MetricsLog(tmp_path / "metrics.jsonl",
-                     Throughput(samples_per_step=8, seq_len=16, flops=perf.TokenFlops(1.0, 1.0, 1.0),
-                                n_devices=2, peak_flops_per_device=None),
-                     restart=0, log_every=1, enabled=True)
+    log = MetricsLog(
+        tmp_path / "metrics.jsonl",
+        Throughput(
+            samples_per_step=8,
+            seq_len=16,
+            flops=perf.TokenFlops(1.0, 1.0, 1.0),
+            n_devices=2,
+            peak_flops_per_device=None,
+        ),
+        restart=0,
+        log_every=1,
+        enabled=True,
+    )
     for i, t in enumerate(step_times, start=1):
         log.log(step=i, loss=1.0, lr=0.1, grad_norm=1.0, step_time_s=t, mem_peak_gib=0.5)
     return log
@@ -40,10 +49,19 @@ def test_no_step_gives_empty_medians(tmp_path):
 
 def test_three_utilisations_against_a_known_peak(tmp_path):
     """8 samples x 16 tokens / 2 s = 64 tokens/s on 2 devices of 100 FLOP/s: FLOPs per token / 200 x 64."""
-    log = MetricsLog(tmp_path / "m.jsonl",
-                     Throughput(samples_per_step=8, seq_len=16, flops=perf.TokenFlops(1.0, 2.0, 3.0),
-                                n_devices=2, peak_flops_per_device=100.0),
-                     restart=0, log_every=1, enabled=True)
+    log = MetricsLog(
+        tmp_path / "m.jsonl",
+        Throughput(
+            samples_per_step=8,
+            seq_len=16,
+            flops=perf.TokenFlops(1.0, 2.0, 3.0),
+            n_devices=2,
+            peak_flops_per_device=100.0,
+        ),
+        restart=0,
+        log_every=1,
+        enabled=True,
+    )
     log.log(step=1, loss=1.0, lr=0.1, grad_norm=1.0, step_time_s=2.0, mem_peak_gib=0.5)
     out = log.medians(0)
     assert (out["mfu"], out["mfu_with_head"], out["hfu"]) == (0.32, 0.64, 0.96)

@@ -42,8 +42,7 @@ def lr(name: str, step: int, **kw: float) -> float:
 
 
 def test_warmup_is_linear_and_never_zero() -> None:
-    assert [lr("constant", s, warmup_steps=10) for s in (0, 4, 9, 10, 50)] == pytest.approx(
-        [0.1, 0.5, 1.0, 1.0, 1.0])
+    assert [lr("constant", s, warmup_steps=10) for s in (0, 4, 9, 10, 50)] == pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0])
 
 
 def test_linear_schedule_values() -> None:
@@ -73,13 +72,15 @@ def test_step_decay_multiplies_by_gamma_every_step_size_steps_after_warmup() -> 
     kw = dict(warmup_steps=10, gamma=0.5, step_size=30)
     # Warmup as for every schedule, then k = step - 10: factor 0.5 ** (k // 30).
     assert [lr("step", s, **kw) for s in (4, 10, 39, 40, 69, 70, 109)] == pytest.approx(
-        [0.5, 1.0, 1.0, 0.5, 0.5, 0.25, 0.125])
+        [0.5, 1.0, 1.0, 0.5, 0.5, 0.25, 0.125]
+    )
 
 
 def test_exponential_decay_multiplies_by_gamma_every_step_after_warmup() -> None:
     kw = dict(warmup_steps=10, gamma=0.99)
     assert [lr("exponential", s, **kw) for s in (9, 10, 11, 60, 109)] == pytest.approx(
-        [1.0, 1.0, 0.99, 0.99 ** 50, 0.99 ** 99])
+        [1.0, 1.0, 0.99, 0.99**50, 0.99**99]
+    )
 
 
 def test_step_and_exponential_match_pytorchs_schedulers() -> None:
@@ -227,9 +228,12 @@ def _batch(idx: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, tor
 
 def _step(model: GPT, batches: list[dict], grad_accum: int) -> tuple[float, float, GPT]:
     opt = build_optimizer(model, OptimConfig(), lr=1e-3)
-    state = TrainState(model=model, optimizer=opt,
-                       scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
-                       loader=ListLoader(batches))
+    state = TrainState(
+        model=model,
+        optimizer=opt,
+        scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
+        loader=ListLoader(batches),
+    )
     loss, norm, _ = train_step(state, grad_accum=grad_accum, dp_size=1, grad_clip=1.0, device=torch.device("cpu"))
     return loss, norm, model
 
@@ -240,7 +244,7 @@ def test_gradient_accumulation_equals_one_big_batch(masked: str) -> None:
     idx = torch.randint(0, 512, (4, 33))
     mask = {"none": None, "mask": (torch.rand(4, 32) > 0.3).float(), "weights": torch.rand(4, 32)}[masked]
     big = _step(tiny_model(), [_batch(idx, mask)], grad_accum=1)
-    halves = [_batch(idx[i:i + 2], None if mask is None else mask[i:i + 2]) for i in (0, 2)]
+    halves = [_batch(idx[i : i + 2], None if mask is None else mask[i : i + 2]) for i in (0, 2)]
     acc = _step(tiny_model(), halves, grad_accum=2)
     assert acc[0] == pytest.approx(big[0], rel=1e-5)
     assert acc[1] == pytest.approx(big[1], rel=1e-4)
@@ -286,8 +290,9 @@ def test_loss_weights_give_the_weighted_mean_and_scale_each_tokens_gradient() ->
     weights[0, :8] = 0.0
     loss, _, _ = _step(tiny_model(), [_batch(idx, weights)], 1)
     with torch.no_grad():
-        ce = torch.nn.functional.cross_entropy(tiny_model()(idx[:, :-1]).flatten(0, 1), idx[:, 1:].reshape(-1),
-                                               reduction="none")
+        ce = torch.nn.functional.cross_entropy(
+            tiny_model()(idx[:, :-1]).flatten(0, 1), idx[:, 1:].reshape(-1), reduction="none"
+        )
     assert loss == pytest.approx(((ce * weights.reshape(-1)).sum() / weights.sum()).item(), rel=1e-5)
     # Per-token gradients: scaling one weight scales exactly that token's logit gradient.
     logits = torch.randn(1, 4, 16, requires_grad=True)
@@ -336,11 +341,15 @@ def test_train_step_with_teacher_copy_has_the_ce_gradient_scaled() -> None:
 
     dcfg = DistillConfig(teacher=student.cfg, teacher_checkpoint="unused", alpha=0.5, temperature=1.0)
     opt = build_optimizer(student, OptimConfig(), lr=1e-3)
-    state = TrainState(model=student, optimizer=opt,
-                       scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
-                       loader=ListLoader([_batch(idx)]))
-    loss, _, _ = train_step(state, grad_accum=1, dp_size=1, grad_clip=None, device=torch.device("cpu"),
-                         teacher=teacher, distill=dcfg)
+    state = TrainState(
+        model=student,
+        optimizer=opt,
+        scheduler=Scheduler(opt, base_lr=1e-3, total_steps=10, cfg=ScheduleConfig()),
+        loader=ListLoader([_batch(idx)]),
+    )
+    loss, _, _ = train_step(
+        state, grad_accum=1, dp_size=1, grad_clip=None, device=torch.device("cpu"), teacher=teacher, distill=dcfg
+    )
     with torch.no_grad():
         ce = cross_entropy_sum(teacher(idx[:, :-1]), idx[:, 1:], None) / idx[:, 1:].numel()
     assert loss == pytest.approx(0.5 * ce.item(), rel=1e-5)

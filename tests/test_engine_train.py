@@ -14,14 +14,60 @@ from hpcllm.data.demo import write_demo
 from hpcllm.engine.train import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
-METRIC_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "step_time_s",
-               "mem_peak_gib", "restart", "rerun", "skipped", "loss_scale", "time", "elapsed_s"}
-SUMMARY_KEYS = {"status", "run_id", "steps_completed", "final_loss", "n_params", "n_params_flops", "n_layers",
-                "d_model", "seq_len", "world_size", "dp_size", "micro_batch_size", "grad_accum",
-                "global_batch_size", "precision", "sharding", "activation_checkpointing", "ac_every", "compile",
-                "gpu_type", "device", "samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu",
-                "step_time_s", "mem_peak_gib", "steps_measured", "summary_warmup_steps", "skipped_steps",
-                "model", "mfu_with_head", "hfu", "elapsed_s", "wall_time_s"}
+METRIC_KEYS = {
+    "step",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "samples_per_s",
+    "mfu",
+    "step_time_s",
+    "mem_peak_gib",
+    "restart",
+    "rerun",
+    "skipped",
+    "loss_scale",
+    "time",
+    "elapsed_s",
+}
+SUMMARY_KEYS = {
+    "status",
+    "run_id",
+    "steps_completed",
+    "final_loss",
+    "n_params",
+    "n_params_flops",
+    "n_layers",
+    "d_model",
+    "seq_len",
+    "world_size",
+    "dp_size",
+    "micro_batch_size",
+    "grad_accum",
+    "global_batch_size",
+    "precision",
+    "sharding",
+    "activation_checkpointing",
+    "ac_every",
+    "compile",
+    "gpu_type",
+    "device",
+    "samples_per_s",
+    "tokens_per_s",
+    "tokens_per_s_per_gpu",
+    "mfu",
+    "step_time_s",
+    "mem_peak_gib",
+    "steps_measured",
+    "summary_warmup_steps",
+    "skipped_steps",
+    "model",
+    "mfu_with_head",
+    "hfu",
+    "elapsed_s",
+    "wall_time_s",
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +119,9 @@ def test_mfu_uses_the_configured_cpu_peak(tmp_path: Path, store: Path) -> None:
 def test_summary_has_three_flop_conventions(tmp_path: Path, store: Path) -> None:
     """MFU (seed: 72·L·d² + 12·L·T·d), MFU+head (exact matmul params) and HFU (+ AC recomputation),
     each checked by hand for the tiny model: L=2, d=64, T=64, 98,624 body + 32,768 head parameters."""
-    cfg = write_run(tmp_path / "r", store, metrics={"cpu_peak_flops": 1e11},
-                    parallel={"activation_checkpointing": "full"})
+    cfg = write_run(
+        tmp_path / "r", store, metrics={"cpu_peak_flops": 1e11}, parallel={"activation_checkpointing": "full"}
+    )
     assert run(cfg) == 0
     s = summary(tmp_path / "r")
     seed = 72 * 2 * 64**2 + 12 * 2 * 64 * 64
@@ -110,8 +157,13 @@ def test_log_every_thins_the_metrics_file(tmp_path: Path, store: Path) -> None:
 
 
 def test_lr_schedule_reaches_the_metrics(tmp_path: Path, store: Path) -> None:
-    cfg = write_run(tmp_path / "r", store, train={"steps": 4},
-                    schedule={"name": "linear", "warmup_steps": 2, "min_lr_ratio": 0.0}, optim={"lr": 1e-3})
+    cfg = write_run(
+        tmp_path / "r",
+        store,
+        train={"steps": 4},
+        schedule={"name": "linear", "warmup_steps": 2, "min_lr_ratio": 0.0},
+        optim={"lr": 1e-3},
+    )
     assert run(cfg) == 0
     assert [r["lr"] for r in metrics(tmp_path / "r")] == pytest.approx([5e-4, 1e-3, 1e-3, 0.0])
 
@@ -190,8 +242,13 @@ def test_distillation_from_a_teacher_checkpoint(tmp_path: Path, store: Path) -> 
     teacher_dir = tmp_path / "teacher"
     assert run(write_run(teacher_dir, store, train={"steps": 2}, checkpoint={"at_end": True})) == 0
     teacher = {"preset": "tiny", "seq_len": 64}
-    cfg = write_run(tmp_path / "student", store, train={"steps": 2}, optim={"lr": 1e-9},
-                    distill={"teacher": teacher, "teacher_checkpoint": str(teacher_dir), "alpha": 1.0})
+    cfg = write_run(
+        tmp_path / "student",
+        store,
+        train={"steps": 2},
+        optim={"lr": 1e-9},
+        distill={"teacher": teacher, "teacher_checkpoint": str(teacher_dir), "alpha": 1.0},
+    )
     assert run(cfg) == 0
     # The student starts from the same seed, hence the teacher's *initial* weights; the teacher
     # trained 2 steps, so the KL is small but positive, and far below the CE of either.
@@ -200,8 +257,11 @@ def test_distillation_from_a_teacher_checkpoint(tmp_path: Path, store: Path) -> 
     bad = write_run(tmp_path / "bad", store, distill={"teacher": teacher, "teacher_checkpoint": str(tmp_path)})
     assert run(bad) == 2
     assert "is not a run directory" in summary(tmp_path / "bad")["error"]
-    short = write_run(tmp_path / "short", store,
-                      distill={"teacher": {"preset": "tiny", "seq_len": 32}, "teacher_checkpoint": str(teacher_dir)})
+    short = write_run(
+        tmp_path / "short",
+        store,
+        distill={"teacher": {"preset": "tiny", "seq_len": 32}, "teacher_checkpoint": str(teacher_dir)},
+    )
     assert run(short) == 2
     assert "distill.teacher.seq_len: 32 is shorter than model.seq_len 64" in summary(tmp_path / "short")["error"]
 

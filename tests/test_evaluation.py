@@ -46,8 +46,9 @@ def many_docs(tmp_path_factory: pytest.TempPathFactory) -> TokenStore:
     path = tmp_path_factory.mktemp("data") / "many"
     rng = np.random.default_rng(0)
     docs = [np.append(np.full(int(rng.integers(1, 9)), i), EOS).astype(np.int64) for i in range(4000)]
-    with StoreWriter(path, vocab_size=4096, eos_id=EOS, tokenizer="byte",
-                     tokenizer_fingerprint=ByteTokenizer().fingerprint) as w:
+    with StoreWriter(
+        path, vocab_size=4096, eos_id=EOS, tokenizer="byte", tokenizer_fingerprint=ByteTokenizer().fingerprint
+    ) as w:
         w.add(docs)
         w.commit()
     return TokenStore.open(path)
@@ -115,14 +116,15 @@ def test_view_windows_are_cut_from_the_side_stream(many_docs: TokenStore, side: 
         idx = np.arange(view.n_windows(seq_len))
         tokens, mask = view.windows(idx, seq_len)
         assert mask is None
-        expected = np.stack([side_stream[w * seq_len: w * seq_len + seq_len + 1] for w in idx])
+        expected = np.stack([side_stream[w * seq_len : w * seq_len + seq_len + 1] for w in idx])
         assert np.array_equal(tokens, expected)
 
 
 def test_training_never_reads_a_held_out_document(many_docs: TokenStore) -> None:
     data = DataConfig(sources=[{"path": str(many_docs.path)}], num_workers=0, holdout={"fraction": 0.1})
-    loader = build_train_loader(data, seq_len=16, micro_batch_size=8, dp_rank=0, dp_size=1, seed=1,
-                                device=torch.device("cpu"))
+    loader = build_train_loader(
+        data, seq_len=16, micro_batch_size=8, dp_rank=0, dp_size=1, seed=1, device=torch.device("cpu")
+    )
     epoch = loader.sampler.n_windows[0] // 8
     batches = [next(loader) for _ in range(epoch)]
     seen = doc_ids(np.concatenate([b[k].numpy().ravel() for b in batches for k in ("input_ids", "labels")]))
@@ -134,8 +136,9 @@ def test_training_never_reads_a_held_out_document(many_docs: TokenStore) -> None
 def test_a_checkpointed_position_refuses_another_split(store: Path) -> None:
     def loader(holdout: dict[str, Any] | None) -> Any:
         data = DataConfig(sources=[{"path": str(store)}], num_workers=0, holdout=holdout)
-        return build_train_loader(data, seq_len=64, micro_batch_size=2, dp_rank=0, dp_size=1, seed=1,
-                                  device=torch.device("cpu"))
+        return build_train_loader(
+            data, seq_len=64, micro_batch_size=2, dp_rank=0, dp_size=1, seed=1, device=torch.device("cpu")
+        )
 
     saved = loader(HOLDOUT).state_dict()
     with pytest.raises(HpcllmError, match="belongs to another data setup"):
@@ -152,8 +155,20 @@ def test_a_checkpointed_position_refuses_another_split(store: Path) -> None:
 def test_eval_set_is_the_same_sequences_for_any_ranks_and_batch(store: Path, dp_size: int, mbs: int) -> None:
     data = DataConfig(sources=[{"path": str(store)}], holdout=HOLDOUT)
     cfg = EvalConfig(samples=7)
-    expected = Sampler([str(store)], [1.0], tokenizer="byte", seq_len=64, seed=0, shuffle=True,
-                       holdout=Holdout(**HOLDOUT), side="heldout").batch(np.arange(7)).tokens
+    expected = (
+        Sampler(
+            [str(store)],
+            [1.0],
+            tokenizer="byte",
+            seq_len=64,
+            seed=0,
+            shuffle=True,
+            holdout=Holdout(**HOLDOUT),
+            side="heldout",
+        )
+        .batch(np.arange(7))
+        .tokens
+    )
     got, rounds = [], set()
     for rank in range(dp_size):
         batches = build_eval_batches(data, cfg, seq_len=64, micro_batch_size=mbs, dp_rank=rank, dp_size=dp_size)
@@ -169,8 +184,11 @@ def test_eval_set_is_the_same_sequences_for_any_ranks_and_batch(store: Path, dp_
 
 def test_eval_set_larger_than_the_held_out_data_is_a_config_error(store: Path) -> None:
     data = DataConfig(sources=[{"path": str(store)}], holdout={"fraction": 0.05})
-    with pytest.raises(ConfigError, match=r"eval.samples: 5000 sequences take 5000 from the held-out documents of .*"
-                                          r"lower eval.samples or raise data.holdout.fraction"):
+    with pytest.raises(
+        ConfigError,
+        match=r"eval.samples: 5000 sequences take 5000 from the held-out documents of .*"
+        r"lower eval.samples or raise data.holdout.fraction",
+    ):
         build_eval_batches(data, EvalConfig(samples=5000), seq_len=64, micro_batch_size=2, dp_rank=0, dp_size=1)
 
 
@@ -194,8 +212,20 @@ def test_evaluator_loss_is_the_mean_token_cross_entropy(store: Path) -> None:
     cfg = EvalConfig(samples=5)
     batches = build_eval_batches(data, cfg, seq_len=64, micro_batch_size=2, dp_rank=0, dp_size=1)
     result = Evaluator(cfg, batches, torch.device("cpu")).evaluate(model, step=3)
-    tokens = torch.from_numpy(Sampler([str(store)], [1.0], tokenizer="byte", seq_len=64, seed=0, shuffle=True,
-                                      holdout=Holdout(**HOLDOUT), side="heldout").batch(np.arange(5)).tokens)
+    tokens = torch.from_numpy(
+        Sampler(
+            [str(store)],
+            [1.0],
+            tokenizer="byte",
+            seq_len=64,
+            seed=0,
+            shuffle=True,
+            holdout=Holdout(**HOLDOUT),
+            side="heldout",
+        )
+        .batch(np.arange(5))
+        .tokens
+    )
     with torch.no_grad():
         logits = model(tokens[:, :-1])
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
@@ -213,7 +243,8 @@ def _run(root: Path, name: str, store: Path, **overrides: Any) -> Path:
     sections: dict[str, Any] = {
         "train": {"steps": 5, "micro_batch_size": 2},
         "data": {"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-        "checkpoint": {"at_end": False}, "tracking": {"tensorboard": False},
+        "checkpoint": {"at_end": False},
+        "tracking": {"tensorboard": False},
     }
     for key, value in overrides.items():
         sections[key] = {**sections.get(key, {}), **value}
@@ -228,8 +259,16 @@ def test_eval_lines_and_summary_follow_the_contract(tmp_path: Path, store: Path)
     # every 2 steps whatever train.log_every says, plus the end of training
     assert [e["step"] for e in evals] == [2, 4, 5]
     for e in evals:
-        assert {"step", "eval_loss", "eval_ppl", "eval_samples", "eval_tokens", "eval_time_s", "restart",
-                "rerun"} == set(e)
+        assert {
+            "step",
+            "eval_loss",
+            "eval_ppl",
+            "eval_samples",
+            "eval_tokens",
+            "eval_time_s",
+            "restart",
+            "rerun",
+        } == set(e)
         assert e["eval_ppl"] == pytest.approx(math.exp(e["eval_loss"]))
         assert e["eval_samples"] == 6 and e["eval_tokens"] == 6 * 64
     s = summary(d)
@@ -244,23 +283,36 @@ def test_eval_does_not_change_training(tmp_path: Path, store: Path) -> None:
     assert train_losses(with_eval) == train_losses(plain)
 
     d = tmp_path / "resumed"
-    cfg = write_run(d, store, train={"steps": 5, "micro_batch_size": 2},
-                    data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-                    checkpoint={"at_end": False, "every_steps": 1}, tracking={"tensorboard": False},
-                    eval={"every_steps": 1, "samples": 6})
+    cfg = write_run(
+        d,
+        store,
+        train={"steps": 5, "micro_batch_size": 2},
+        data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
+        checkpoint={"at_end": False, "every_steps": 1},
+        tracking={"tensorboard": False},
+        eval={"every_steps": 1, "samples": 6},
+    )
     RunDir(d).stop_file.touch()
     assert run(cfg) == EXIT_PREEMPTED  # stops after step 1 with a checkpoint
     RunDir(d).stop_file.unlink()
     assert run(cfg) == 0
     assert train_losses(d) == train_losses(plain)
     assert [(e["step"], e["eval_loss"]) for e in eval_lines(d)] == [
-        (e["step"], e["eval_loss"]) for e in eval_lines(with_eval)]
+        (e["step"], e["eval_loss"]) for e in eval_lines(with_eval)
+    ]
 
 
 def test_a_run_resumed_at_its_end_still_reports_its_eval(tmp_path: Path, store: Path) -> None:
     d = tmp_path / "r"
-    cfg = write_run(d, store, train={"steps": 2}, data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-                    checkpoint={"at_end": True}, tracking={"tensorboard": False}, eval={"samples": 4})
+    cfg = write_run(
+        d,
+        store,
+        train={"steps": 2},
+        data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
+        checkpoint={"at_end": True},
+        tracking={"tensorboard": False},
+        eval={"samples": 4},
+    )
     assert run(cfg) == 0
     first = summary(d)["eval_loss"]
     assert run(cfg) == 0  # nothing left to train: resumes at step 2
@@ -279,11 +331,17 @@ def test_eval_on_two_fsdp_ranks_matches_the_saved_weights(tmp_path: Path, store:
     from hpcllm.engine.model import GPT
 
     d = tmp_path / "r"
-    cfg = write_run(d, store, train={"steps": 2, "micro_batch_size": 1},
-                    data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-                    checkpoint={"at_end": True}, tracking={"tensorboard": False}, eval={"samples": 5},
-                    parallel={"precision": "FP_32", "sharding": "FULL_SHARD"},
-                    profile={"start_step": 2, "steps": 1})
+    cfg = write_run(
+        d,
+        store,
+        train={"steps": 2, "micro_batch_size": 1},
+        data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
+        checkpoint={"at_end": True},
+        tracking={"tensorboard": False},
+        eval={"samples": 5},
+        parallel={"precision": "FP_32", "sharding": "FULL_SHARD"},
+        profile={"start_step": 2, "steps": 1},
+    )
     proc = run_engine(cfg, 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
@@ -291,8 +349,20 @@ def test_eval_on_two_fsdp_ranks_matches_the_saved_weights(tmp_path: Path, store:
         assert [e["name"] for e in events if e["name"].startswith("hpcllm.step")] == ["hpcllm.step 2"]
     model = GPT(ModelConfig.from_name("tiny", seq_len=64))
     model.load_state_dict(load_model_state(RunDir(d).checkpoints / "step_2"), strict=True)  # RoPE: buffers
-    tokens = torch.from_numpy(Sampler([str(store)], [1.0], tokenizer="byte", seq_len=64, seed=0, shuffle=True,
-                                      holdout=Holdout(**HOLDOUT), side="heldout").batch(np.arange(5)).tokens)
+    tokens = torch.from_numpy(
+        Sampler(
+            [str(store)],
+            [1.0],
+            tokenizer="byte",
+            seq_len=64,
+            seed=0,
+            shuffle=True,
+            holdout=Holdout(**HOLDOUT),
+            side="heldout",
+        )
+        .batch(np.arange(5))
+        .tokens
+    )
     with torch.no_grad():
         logits = model(tokens[:, :-1])
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()

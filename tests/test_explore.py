@@ -32,10 +32,26 @@ SETTINGS = ProbeSettings(max_mbs=64, steps=2, warmup_steps=1, min_gain=0.05)
 
 
 def write_report(results: Path, run_id: str, trials: list[ProbeTrial], status: str = "completed") -> None:
-    report = ProbeReport(run_id=run_id, status=status, model="2.7b", n_params=1, seq_len=4096, world_size=8,
-                         sharding="FULL_SHARD", precision="BF_16", activation_checkpointing="none", ac_every=2,
-                         cpu_offload=False, compile=False, grad_accum=1, device="cuda", gpu_type="A100",
-                         memory_budget_gib=64.0, min_gain=0.05, trials=trials)
+    report = ProbeReport(
+        run_id=run_id,
+        status=status,
+        model="2.7b",
+        n_params=1,
+        seq_len=4096,
+        world_size=8,
+        sharding="FULL_SHARD",
+        precision="BF_16",
+        activation_checkpointing="none",
+        ac_every=2,
+        cpu_offload=False,
+        compile=False,
+        grad_accum=1,
+        device="cuda",
+        gpu_type="A100",
+        memory_budget_gib=64.0,
+        min_gain=0.05,
+        trials=trials,
+    )
     report.conclude("memory")
     atomic_write_json(RunDir.of(results, "scaling_2.7b", "leonardo", run_id).probe, report.model_dump(mode="json"))
 
@@ -103,7 +119,8 @@ def test_apply_writes_the_best_size_within_the_margin(explored: Path, tmp_path: 
     # MBS 2 and 4 points of a FULL_SHARD setup are now one point at MBS 4: 12 points in all.
     assert len(specs) == 12 and {s.training.train.micro_batch_size for s in specs} == {4}
     assert {(s.resources.nodes, s.training.parallel.sharding) for s in specs} == {
-        (n, sh) for n in (2, 4, 8, 16, 32, 64) for sh in ("FULL_SHARD", "HYBRID_SHARD")}
+        (n, sh) for n in (2, 4, 8, 16, 32, 64) for sh in ("FULL_SHARD", "HYBRID_SHARD")
+    }
     assert apply_probes(SCALING, "leonardo", explored, output=out, margin=0.0).choices[0].trial.mbs == 5
 
 
@@ -115,8 +132,11 @@ def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_est
     # The estimate puts 2.7b at MBS 4 over 64 GiB; the probes ran MBS 5, so nothing is skipped.
     result = submit_experiment(out, "leonardo", explored, dry_run=True)
     assert len(result.runs) == 12 and not result.unfit
-    cli = CliRunner().invoke(app, ["submit", str(out), "--cluster", "leonardo", "--dry-run", "--results",
-                                   str(tmp_path / "elsewhere")], env={"COLUMNS": "250"})
+    cli = CliRunner().invoke(
+        app,
+        ["submit", str(out), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "elsewhere")],
+        env={"COLUMNS": "250"},
+    )
     assert cli.exit_code == 0 and "12 points skipped" in cli.output  # no probes there: the estimate decides
 
 
@@ -134,8 +154,11 @@ def test_a_fixed_global_batch_keeps_it_through_grad_accum(in_project: Path, tmp_
     (choice,) = result.choices
     assert (choice.trial.mbs, choice.grad_accum) == (4, 2)  # 5 is faster but does not divide 8
     (spec,) = expand_experiment(load_experiment(tmp_path / "out.yaml"), load_cluster("leonardo"), "out")
-    assert (spec.training.train.micro_batch_size, spec.training.train.grad_accum,
-            spec.training.train.global_batch_size) == (4, 2, 64)
+    assert (
+        spec.training.train.micro_batch_size,
+        spec.training.train.grad_accum,
+        spec.training.train.global_batch_size,
+    ) == (4, 2, 64)
 
 
 def test_apply_waits_for_every_probe(in_project: Path, tmp_path: Path) -> None:
@@ -145,8 +168,11 @@ def test_apply_waits_for_every_probe(in_project: Path, tmp_path: Path) -> None:
     for plan in result.plans[1:]:
         write_report(tmp_path, plan.spec.run_id, MEASURED)
     write_report(tmp_path, result.plans[0].spec.run_id, MEASURED[:1], status="running")
-    with pytest.raises(HpcllmError, match=rf"1 probe\(s\) of 'scaling_2.7b' have no answer yet: "
-                                          rf"{result.plans[0].spec.run_id}: rendered"):
+    with pytest.raises(
+        HpcllmError,
+        match=rf"1 probe\(s\) of 'scaling_2.7b' have no answer yet: "
+        rf"{result.plans[0].spec.run_id}: rendered",
+    ):
         apply_probes(SCALING, "leonardo", tmp_path)
 
 
@@ -176,18 +202,59 @@ def test_apply_never_overwrites_a_hand_written_file(explored: Path, tmp_path: Pa
 
 def test_cli_lists_the_probes_and_applies(explored: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    listed = runner.invoke(app, ["explore-batch", str(SCALING), "--cluster", "leonardo", "--dry-run",
-                                 "--results", str(explored), "--max-mbs", "64", "--steps", "2", "--min-gain", "0.05"],
-                          env={"COLUMNS": "250"})
+    listed = runner.invoke(
+        app,
+        [
+            "explore-batch",
+            str(SCALING),
+            "--cluster",
+            "leonardo",
+            "--dry-run",
+            "--results",
+            str(explored),
+            "--max-mbs",
+            "64",
+            "--steps",
+            "2",
+            "--min-gain",
+            "0.05",
+        ],
+        env={"COLUMNS": "250"},
+    )
     assert listed.exit_code == 0, listed.output
     assert "12 probes" in listed.output and "probe-2.7b-n2x4-mbs3" in listed.output
     out = tmp_path / "cli.yaml"
-    applied = runner.invoke(app, ["explore-batch", str(SCALING), "--cluster", "leonardo", "--apply", "--results",
-                                  str(explored), "--output", str(out)], env={"COLUMNS": "250"})
+    applied = runner.invoke(
+        app,
+        [
+            "explore-batch",
+            str(SCALING),
+            "--cluster",
+            "leonardo",
+            "--apply",
+            "--results",
+            str(explored),
+            "--output",
+            str(out),
+        ],
+        env={"COLUMNS": "250"},
+    )
     assert applied.exit_code == 0, applied.output  # the same settings: the same probe runs, already answered
     assert f"micro-batch sizes written to {out}" in applied.output and out.exists()
-    bad = runner.invoke(app, ["explore-batch", str(SCALING), "--cluster", "leonardo", "--apply", "--results",
-                              str(explored), "--margin", "1.5"])
+    bad = runner.invoke(
+        app,
+        [
+            "explore-batch",
+            str(SCALING),
+            "--cluster",
+            "leonardo",
+            "--apply",
+            "--results",
+            str(explored),
+            "--margin",
+            "1.5",
+        ],
+    )
     assert bad.exit_code == 2 and "--margin: 1.5 is not a fraction in [0, 1)" in bad.output
 
 
@@ -198,8 +265,10 @@ def test_collect_shows_probes_in_their_own_table_not_in_the_scaling_table(explor
 
     index = load_index(explored, "scaling_2.7b", "leonardo")
     for entry in index.probes.values():  # what the engine writes at the end of a probe
-        atomic_write_json(RunDir.of(explored, "scaling_2.7b", "leonardo", entry.run_id).summary,
-                          {"kind": "probe", "status": "completed", "run_id": entry.run_id, "world_size": 8})
+        atomic_write_json(
+            RunDir.of(explored, "scaling_2.7b", "leonardo", entry.run_id).summary,
+            {"kind": "probe", "status": "completed", "run_id": entry.run_id, "world_size": 8},
+        )
     assert collect_table(explored).empty
     probes = collect_probes(find_run_dirs(explored))
     assert len(probes) == 12 * len(MEASURED)

@@ -44,10 +44,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference_peaks(tmp_path_factory: pytest.TempPathFactory, store: Path) -> dict[int, float]:
     """Peak resident GiB of one rank at MBS 4 and 5, measured without any budget or search."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    path = write_run(run, store, model=MODEL, probe={"start_mbs": 4, "max_mbs": 5, "steps": 1, "warmup_steps": 0,
-                                                      "min_gain": None})
-    proc = subprocess.run([sys.executable, "-m", "hpcllm.engine", "--config", str(path)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    path = write_run(
+        run, store, model=MODEL, probe={"start_mbs": 4, "max_mbs": 5, "steps": 1, "warmup_steps": 0, "min_gain": None}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcllm.engine", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = ProbeReport.model_validate_json((run / "probe.json").read_text())
     peaks = {t.mbs: t.mem_peak_gib for t in report.trials}
@@ -63,9 +69,14 @@ def _setup(tmp_path: Path, store: Path, budget_gib: float) -> tuple[Path, Path]:
     cluster = tmp_path / "budgeted.yaml"
     cluster.write_text(yaml.safe_dump(profile))
     experiment = {
-        "name": "mbs", "resources": {"nodes": 1, "time": "00:15:00"},
-        "training": {"model": MODEL, "train": {"steps": 4, "micro_batch_size": 1},
-                     "parallel": {"precision": "FP_32"}, "data": {"path": str(store), "num_workers": 0}},
+        "name": "mbs",
+        "resources": {"nodes": 1, "time": "00:15:00"},
+        "training": {
+            "model": MODEL,
+            "train": {"steps": 4, "micro_batch_size": 1},
+            "parallel": {"precision": "FP_32"},
+            "data": {"path": str(store), "num_workers": 0},
+        },
         "grid": {"train.micro_batch_size": [1, 2]},  # two points, one setup: one probe
     }
     exp = tmp_path / "mbs.yaml"
@@ -84,12 +95,15 @@ def _probe(results: Path, exp: Path, cluster: Path) -> ProbeReport:
         time.sleep(1.0)
     manifest = load_manifest(run_dir)
     assert manifest is not None and manifest.state == RunState.COMPLETED, (
-        manifest, (run_dir.path / "local-runner.log").read_text() if run_dir.path.exists() else "")
+        manifest,
+        (run_dir.path / "local-runner.log").read_text() if run_dir.path.exists() else "",
+    )
     return ProbeReport.model_validate_json(run_dir.probe.read_text())
 
 
 def test_probe_finds_the_known_largest_mbs_twice_and_apply_feeds_submit(
-        tmp_path: Path, store: Path, reference_peaks: dict[int, float]) -> None:
+    tmp_path: Path, store: Path, reference_peaks: dict[int, float]
+) -> None:
     budget = (reference_peaks[4] + reference_peaks[5]) / 2
     exp, cluster = _setup(tmp_path, store, budget)
 
@@ -109,18 +123,49 @@ def test_probe_finds_the_known_largest_mbs_twice_and_apply_feeds_submit(
     # free, so it clears the margin; a margin wider than every trial's headroom leaves nothing to write.
     margin = (budget - reference_peaks[4]) / budget / 2
     too_wide = 1 - min(t.mem_peak_gib for t in first.trials) / budget + 0.01
-    refused = runner.invoke(app, ["explore-batch", str(exp), "--cluster", str(cluster), "--apply", "--results",
-                                  str(tmp_path / "a"), "--output", str(out), "--margin", f"{too_wide:.4f}"])
+    refused = runner.invoke(
+        app,
+        [
+            "explore-batch",
+            str(exp),
+            "--cluster",
+            str(cluster),
+            "--apply",
+            "--results",
+            str(tmp_path / "a"),
+            "--output",
+            str(out),
+            "--margin",
+            f"{too_wide:.4f}",
+        ],
+    )
     assert refused.exit_code == 2 and "fits" in refused.output and not out.exists(), refused.output
-    applied = runner.invoke(app, ["explore-batch", str(exp), "--cluster", str(cluster), "--apply", "--results",
-                                  str(tmp_path / "a"), "--output", str(out), "--margin", f"{margin:.6f}"])
+    applied = runner.invoke(
+        app,
+        [
+            "explore-batch",
+            str(exp),
+            "--cluster",
+            str(cluster),
+            "--apply",
+            "--results",
+            str(tmp_path / "a"),
+            "--output",
+            str(out),
+            "--margin",
+            f"{margin:.6f}",
+        ],
+    )
     assert applied.exit_code == 0, applied.output
     tuned = yaml.safe_load(out.read_text())
     (mbs,) = tuned["zip"][0]["train.micro_batch_size"]  # the two points collapse into one
     fitted_with_margin = {t.mbs for t in first.trials if t.fits and t.mem_peak_gib <= (1 - margin) * budget}
     assert mbs in fitted_with_margin and 4 in fitted_with_margin
-    submitted = runner.invoke(app, ["submit", str(out), "--cluster", str(cluster), "--dry-run", "--results",
-                                    str(tmp_path / "a")], env={"COLUMNS": "250"})
+    submitted = runner.invoke(
+        app,
+        ["submit", str(out), "--cluster", str(cluster), "--dry-run", "--results", str(tmp_path / "a")],
+        env={"COLUMNS": "250"},
+    )
     assert submitted.exit_code == 0, submitted.output
     assert "1 runs" in submitted.output and "skipped" not in submitted.output
 

@@ -48,7 +48,7 @@ def test_cached_decoding_gives_the_logits_of_the_full_forward(overrides: dict) -
         full = model(idx)
         cache = KVCache(cfg, 2, 20, dtype=torch.float32, device="cpu")
         parts = [model(idx[:, :5], cache), model(idx[:, 5:8], cache)]
-        parts += [model(idx[:, i:i + 1], cache) for i in range(8, 20)]
+        parts += [model(idx[:, i : i + 1], cache) for i in range(8, 20)]
     assert cache.length == 20
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
 
@@ -111,8 +111,13 @@ def trained_run(root: Path, store: Path, nproc: int = 1, **model: object) -> Pat
     """One step on real text from a wide init (std 0.2), so that greedy decoding does not collapse
     onto one token and a wrong position or cache entry changes the text."""
     d = root / f"run{nproc}"
-    cfg = write_run(d, store, train={"steps": 1, "micro_batch_size": 1}, checkpoint={"at_end": True},
-                    model={"preset": "tiny", "seq_len": 64, "init": {"std": 0.2}, **model})
+    cfg = write_run(
+        d,
+        store,
+        train={"steps": 1, "micro_batch_size": 1},
+        checkpoint={"at_end": True},
+        model={"preset": "tiny", "seq_len": 64, "init": {"std": 0.2}, **model},
+    )
     if nproc == 1:
         assert run(cfg) == 0
     else:
@@ -136,9 +141,15 @@ def hf_greedy(run_dir: Path, out: Path, prompt_ids: list[int], n: int) -> list[i
     assert res.exit_code == 0, res.output
     hf = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     with torch.no_grad():
-        seq = hf.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=256,
-                          pad_token_id=256, suppress_tokens=list(range(257, hf.config.vocab_size)))
-    return seq[0, len(prompt_ids):].tolist()
+        seq = hf.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=256,
+            pad_token_id=256,
+            suppress_tokens=list(range(257, hf.config.vocab_size)),
+        )
+    return seq[0, len(prompt_ids) :].tolist()
 
 
 @pytest.mark.parametrize("model", [{}, {"n_kv_heads": None, "tie_embeddings": False}], ids=["gqa-tied", "mha-untied"])

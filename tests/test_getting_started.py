@@ -44,13 +44,15 @@ def test_the_guide_has_the_tutorials_steps() -> None:
 @pytest.mark.integration
 def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
     (tmp_path / "experiments").symlink_to(REPO / "experiments")  # the guide runs from a clone's root
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("HPCLLM_ACCOUNT", None)
     outputs: dict[str, str] = {}
     for cmd in guide_commands(GUIDE.read_text()):
-        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"$ {cmd}\n{proc.stdout}\n{proc.stderr}"
         outputs[cmd] = proc.stdout + proc.stderr
 

@@ -28,8 +28,9 @@ def _script(cluster: ClusterProfile, experiment: str, run_dir: Path, index: int 
 
 
 @pytest.mark.parametrize("name,cpus,threads", [("leonardo", 32, 6), ("marenostrum5", 80, 18)])
-def test_the_step_restates_its_cpus_and_each_rank_gets_its_share(in_project, tmp_path: Path, name: str,
-                                                                  cpus: int, threads: int) -> None:
+def test_the_step_restates_its_cpus_and_each_rank_gets_its_share(
+    in_project, tmp_path: Path, name: str, cpus: int, threads: int
+) -> None:
     text = _script(load_cluster(name), "scaling_2.7b.yaml", tmp_path / "r")
     srun = next(line for line in text.splitlines() if line.startswith("srun "))
     assert f"--cpus-per-task={cpus}" in srun and "--cpu-bind=cores" in srun
@@ -46,8 +47,10 @@ def test_the_profiles_env_overrides_the_derived_thread_count(in_project, tmp_pat
 
 
 def test_a_site_nccl_module_needs_the_profile_to_say_so(tmp_path: Path) -> None:
-    base = ("name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpus_per_node: 32\n"
-            "modules: [cuda/12.1, nccl/2.19]\n")
+    base = (
+        "name: x\nscheduler: slurm\ngpu_type: A100\ngpus_per_node: 4\ncpus_per_node: 32\n"
+        "modules: [cuda/12.1, nccl/2.19]\n"
+    )
     (tmp_path / "x.yaml").write_text(base)
     with pytest.raises(
         ConfigError,

@@ -33,8 +33,16 @@ def demo_store(tmp_path_factory) -> Path:
     return out
 
 
-def _experiment(tmp_path: Path, store: Path, *, steps: int, grid: dict, time_limit: str = "00:10:00",
-                every_steps: int | None = None, max_restarts: int | None = None) -> Path:
+def _experiment(
+    tmp_path: Path,
+    store: Path,
+    *,
+    steps: int,
+    grid: dict,
+    time_limit: str = "00:10:00",
+    every_steps: int | None = None,
+    max_restarts: int | None = None,
+) -> Path:
     doc = {
         "name": "t",
         "resources": {
@@ -135,8 +143,14 @@ def test_time_limit_requeues_resumes_and_respects_the_budget(in_project, tmp_pat
     engine and reach the step boundary where it stops (with 9 s, an attempt was once killed first).
     """
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_profile_dir(tmp_path, signal_before_end_s=50)))
-    exp = _experiment(tmp_path, demo_store, steps=1_000_000, grid={"resources.gpus_per_node": [1]},
-                      time_limit="00:01:00", max_restarts=2)
+    exp = _experiment(
+        tmp_path,
+        demo_store,
+        steps=1_000_000,
+        grid={"resources.gpus_per_node": [1]},
+        time_limit="00:01:00",
+        max_restarts=2,
+    )
     results = tmp_path / "results"
     out = runner.invoke(app, ["submit", str(exp), "--cluster", "local", "--results", str(results), "--wait"])
     assert out.exit_code == 1
@@ -170,8 +184,9 @@ def test_cancel_before_the_runner_starts_is_kept(in_project, tmp_path, monkeypat
     rd = RunDir(tmp_path / "results" / "e" / "local" / "r1")
     rd.path.mkdir(parents=True)
     rd.job_script.write_text("#!/bin/bash\ntouch ran\n")
-    save_manifest(rd, Manifest(run_id="r1", experiment="e", cluster="local", backend="local",
-                               state="pending", job_id="1"))
+    save_manifest(
+        rd, Manifest(run_id="r1", experiment="e", cluster="local", backend="local", state="pending", job_id="1")
+    )
     LocalBackend(load_cluster("local")).cancel(rd, load_manifest(rd))
     assert load_manifest(rd).state.value == "cancelled"
     old = signal.getsignal(signal.SIGTERM)

@@ -21,8 +21,9 @@ SCALING = Path("experiments/scaling_2.7b.yaml")
 
 
 def estimate_gib(spec, cluster) -> float:
-    return estimate_memory(run_spec(spec.training, nodes=spec.resources.nodes,
-                                    gpus_per_node=spec.resources.gpus_per_node, cluster=cluster)).peak_gib
+    return estimate_memory(
+        run_spec(spec.training, nodes=spec.resources.nodes, gpus_per_node=spec.resources.gpus_per_node, cluster=cluster)
+    ).peak_gib
 
 
 def test_2_7b_without_checkpointing_fits_64_gib_at_mbs_2_not_4(in_project: Path) -> None:
@@ -63,8 +64,11 @@ def test_submit_skips_unfit_points_and_no_memory_check_keeps_them(in_project: Pa
 
 
 def test_submit_prints_the_reasons(in_project: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["submit", str(SCALING), "--cluster", "leonardo", "--dry-run",
-                                      "--results", str(tmp_path)], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(
+        app,
+        ["submit", str(SCALING), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path)],
+        env={"COLUMNS": "250"},
+    )
     assert result.exit_code == 0, result.output
     assert "6 points skipped: estimated over the GPU memory (--no-memory-check submits them)" in result.output
     assert "MBS <= 3 fits" in result.output

@@ -18,8 +18,9 @@ from hpcllm.memory import GIB, MemorySpec, checkpoint_bytes, estimate_memory, la
 from hpcllm.memory.estimate import local_shard_numel, padded_shard_numel, shard_rows
 
 VARIANTS = {
-    "gelu-layernorm-bias-learned": dict(activation="gelu", norm="layernorm", bias=True, pos_emb="learned",
-                                        tie_embeddings=False),
+    "gelu-layernorm-bias-learned": dict(
+        activation="gelu", norm="layernorm", bias=True, pos_emb="learned", tie_embeddings=False
+    ),
     "mqa": dict(n_kv_heads=1),
     "mha-untied": dict(n_kv_heads=None, tie_embeddings=False),
 }

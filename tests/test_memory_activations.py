@@ -63,8 +63,9 @@ def measure(cfg: ModelConfig, mode: str, ac: str, mbs: int) -> tuple[int, int]:
     del model
     gc.collect()  # FSDP2's modules hold reference cycles: free this model before the next is built
     num = Numerics.of(pcfg.precision, fsdp, "cpu")
-    estimated = activation_bytes(cfg, micro_batch_size=mbs, seq_len=cfg.seq_len, num=num,
-                                 checkpointing=ac, ac_every=pcfg.ac_every).total
+    estimated = activation_bytes(
+        cfg, micro_batch_size=mbs, seq_len=cfg.seq_len, num=num, checkpointing=ac, ac_every=pcfg.ac_every
+    ).total
     return measured, estimated
 
 
@@ -76,10 +77,14 @@ def test_tiny(world_of_one: None, mode: str, ac: str, attention: str) -> None:
     assert estimated == pytest.approx(measured, rel=0.02)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(activation="gelu", norm="layernorm", bias=True, pos_emb="learned", tie_embeddings=False),
-    dict(n_kv_heads=None, tie_embeddings=False),
-], ids=["gelu-layernorm-bias-learned", "mha-untied"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(activation="gelu", norm="layernorm", bias=True, pos_emb="learned", tie_embeddings=False),
+        dict(n_kv_heads=None, tie_embeddings=False),
+    ],
+    ids=["gelu-layernorm-bias-learned", "mha-untied"],
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_tiny_variants(world_of_one: None, mode: str, overrides: dict) -> None:
     measured, estimated = measure(ModelConfig.from_name("tiny", seq_len=64, **overrides), mode, "none", mbs=2)

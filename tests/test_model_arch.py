@@ -45,8 +45,11 @@ def test_60m_preset_is_the_seeds_60m_parameter_gpt() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(activation="gelu", norm="layernorm", bias=True, pos_emb="learned", tie_embeddings=False),
-     dict(n_kv_heads=1), dict(n_kv_heads=None, tie_embeddings=False)],
+    [
+        dict(activation="gelu", norm="layernorm", bias=True, pos_emb="learned", tie_embeddings=False),
+        dict(n_kv_heads=1),
+        dict(n_kv_heads=None, tie_embeddings=False),
+    ],
     ids=["gelu-layernorm-bias-learned", "mqa", "mha-untied"],
 )
 def test_parameter_count_matches_config_for_variants(overrides: dict) -> None:
@@ -64,7 +67,7 @@ def test_gqa_has_fewer_kv_parameters_and_equals_mha_with_repeated_kv() -> None:
     for i in range(gqa_cfg.n_layers):
         key = f"blocks.{i}.attn.qkv.weight"
         w = sd[key].view(h + 2 * k, hd, -1)
-        q, kk, v = w[:h], w[h:h + k], w[h + k:]
+        q, kk, v = w[:h], w[h : h + k], w[h + k :]
         rep = h // k
         sd[key] = torch.cat([q, kk.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)]).flatten(0, 1)
     mha.load_state_dict(sd)
@@ -78,8 +81,8 @@ def test_rope_scores_depend_only_on_relative_position() -> None:
     q, k = torch.randn(head_dim), torch.randn(head_dim)
 
     def score(m: int, n: int) -> torch.Tensor:
-        qm = apply_rope(q.view(1, 1, 1, -1), cos[m:m + 1], sin[m:m + 1])
-        kn = apply_rope(k.view(1, 1, 1, -1), cos[n:n + 1], sin[n:n + 1])
+        qm = apply_rope(q.view(1, 1, 1, -1), cos[m : m + 1], sin[m : m + 1])
+        kn = apply_rope(k.view(1, 1, 1, -1), cos[n : n + 1], sin[n : n + 1])
         return (qm * kn).sum()
 
     torch.testing.assert_close(score(5, 2), score(40, 37))
@@ -160,12 +163,22 @@ def test_flash_attention_without_cuda_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("scheme", ["normal", "scaled_residual", "small_init"])
 def test_init_schemes_give_the_documented_std(scheme: str) -> None:
-    cfg = ModelConfig(vocab_size=256, seq_len=16, n_layers=4, n_heads=4, d_model=256, ffn_hidden=512,
-                      init={"scheme": scheme, "std": 0.02})
+    cfg = ModelConfig(
+        vocab_size=256,
+        seq_len=16,
+        n_layers=4,
+        n_heads=4,
+        d_model=256,
+        ffn_hidden=512,
+        init={"scheme": scheme, "std": 0.02},
+    )
     model = built(cfg)
     d, layers = 256, 4
-    expected_out = {"normal": 0.02, "scaled_residual": 0.02 / math.sqrt(2 * layers),
-                    "small_init": 2 / (layers * math.sqrt(d))}[scheme]
+    expected_out = {
+        "normal": 0.02,
+        "scaled_residual": 0.02 / math.sqrt(2 * layers),
+        "small_init": 2 / (layers * math.sqrt(d)),
+    }[scheme]
     expected_in = {"normal": 0.02, "scaled_residual": 0.02, "small_init": math.sqrt(2 / (5 * d))}[scheme]
     proj, qkv = model.blocks[1].attn.proj.weight, model.blocks[1].attn.qkv.weight
     assert proj.std().item() == pytest.approx(expected_out, rel=0.03)

@@ -53,8 +53,11 @@ def _spec(name: str, mbs: int, gpus: int, per_node: int, device: str = "cuda", *
 def test_info_prints_every_memory_term_and_the_peak() -> None:
     from hpcllm.memory import estimate_memory
 
-    out = CliRunner().invoke(model_app, ["info", "2.7b", "--mbs", "2", "--gpus", "8", "--gpus-per-node", "4"],
-                             terminal_width=200).output
+    out = (
+        CliRunner()
+        .invoke(model_app, ["info", "2.7b", "--mbs", "2", "--gpus", "8", "--gpus-per-node", "4"], terminal_width=200)
+        .output
+    )
     est = estimate_memory(_spec("2.7b", 2, 8, 4))
     for term in est.terms:
         assert f"{term.name}" in out and f"{term.gib:.2f}" in out
@@ -64,8 +67,9 @@ def test_info_prints_every_memory_term_and_the_peak() -> None:
 def test_info_with_a_cluster_gives_the_verdict_and_the_largest_mbs() -> None:
     from hpcllm.memory import estimate_memory
 
-    result = CliRunner().invoke(model_app, ["info", "2.7b", "--mbs", "4", "--gpus", "8", "--cluster", "leonardo"],
-                                terminal_width=200)
+    result = CliRunner().invoke(
+        model_app, ["info", "2.7b", "--mbs", "4", "--gpus", "8", "--cluster", "leonardo"], terminal_width=200
+    )
     assert result.exit_code == 0, result.output
     assert "of 64 GiB per GPU: does not fit" in result.output
     best = int(result.output.split("largest MBS that fits: ")[1].split()[0])

@@ -33,10 +33,14 @@ DIVERGING = {"optim": {"lr": 1e30}}
 SAVE_EVERY_STEP = {"every_steps": 1, "keep_last": 10, "at_end": True}
 
 
-@pytest.mark.parametrize(("loss", "grad_norm", "what"), [
-    (math.nan, 1.0, "loss is nan"), (1.0, math.inf, "gradient norm is inf"),
-    (-math.inf, math.nan, "loss is -inf and gradient norm is nan"),
-])
+@pytest.mark.parametrize(
+    ("loss", "grad_norm", "what"),
+    [
+        (math.nan, 1.0, "loss is nan"),
+        (1.0, math.inf, "gradient norm is inf"),
+        (-math.inf, math.nan, "loss is -inf and gradient norm is nan"),
+    ],
+)
 def test_check_step_names_the_step_and_the_value(loss: float, grad_norm: float, what: str) -> None:
     with pytest.raises(NonFiniteError, match=f"^step 7: {what}: training diverged") as info:
         check_step(7, loss, grad_norm)
@@ -102,8 +106,18 @@ def test_hooks_do_not_requeue_a_failed_attempt_and_say_why(tmp_path: Path) -> No
     """Even with a USR1 (time limit near) arriving in the same step: failed beats preempted."""
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir()
-    save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="localslurm", backend="slurm",
-                               state=RunState.RUNNING, job_id="42", max_restarts=3))
+    save_manifest(
+        rd,
+        Manifest(
+            run_id="r",
+            experiment="e",
+            cluster="localslurm",
+            backend="slurm",
+            state=RunState.RUNNING,
+            job_id="42",
+            max_restarts=3,
+        ),
+    )
     error = "step 9: loss is nan: training diverged, stopped without saving a checkpoint"
     rd.summary.write_text(json.dumps({"status": "failed", "error": error, "failed_step": 9}))
     ctx = JobContext(run_dir=rd, job_id="42", nodelist="n1", restart_count=0)
@@ -117,10 +131,15 @@ def diverging_experiment(tmp_path: Path, store: Path, name: str) -> Path:
     doc = {
         "name": name,
         "resources": {"nodes": 1, "time": "00:10:00", "max_restarts": 2, "gpus_per_node": 1},
-        "training": {"device": "cpu", "model": {"preset": "tiny", "n_layers": 1, "seq_len": 64},
-                     "train": {"steps": 50}, "parallel": {"precision": "FP_32"},
-                     "data": {"path": str(store), "num_workers": 0}, "checkpoint": SAVE_EVERY_STEP,
-                     **DIVERGING},
+        "training": {
+            "device": "cpu",
+            "model": {"preset": "tiny", "n_layers": 1, "seq_len": 64},
+            "train": {"steps": 50},
+            "parallel": {"precision": "FP_32"},
+            "data": {"path": str(store), "num_workers": 0},
+            "checkpoint": SAVE_EVERY_STEP,
+            **DIVERGING,
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -148,8 +167,9 @@ def assert_failed_once_and_not_requeued(results: Path) -> None:
 
 
 @pytest.mark.integration
-def test_local_backend_does_not_requeue_a_diverged_run(tmp_path: Path, store: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_backend_does_not_requeue_a_diverged_run(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
     results = tmp_path / "results"
     submit_experiment(diverging_experiment(tmp_path, store, "diverge"), "local", results)

@@ -69,8 +69,9 @@ class OutOfMemoryOnce:
 
 
 @pytest.mark.parametrize("in_backward", [False, True], ids=["forward", "backward"])
-def test_out_of_memory_is_recorded_and_the_next_size_runs(world_of_one: None, tmp_path: Path, store: Path,
-                                                          in_backward: bool) -> None:
+def test_out_of_memory_is_recorded_and_the_next_size_runs(
+    world_of_one: None, tmp_path: Path, store: Path, in_backward: bool
+) -> None:
     prober = Prober(config(tmp_path, store), ENV)
     first_model = prober.model
     prober.model.blocks[1].register_forward_hook(OutOfMemoryOnce(in_backward))
@@ -84,8 +85,9 @@ def test_out_of_memory_is_recorded_and_the_next_size_runs(world_of_one: None, tm
 
 
 @pytest.mark.parametrize("trip_at,where", [(1, "forward"), (3, "backward")])
-def test_budget_guard_stops_the_step_on_every_block_boundary(world_of_one: None, tmp_path: Path, store: Path,
-                                                             trip_at: int, where: str) -> None:
+def test_budget_guard_stops_the_step_on_every_block_boundary(
+    world_of_one: None, tmp_path: Path, store: Path, trip_at: int, where: str
+) -> None:
     """The tiny model has 2 blocks: readings 1-2 are taken in forward, 3-4 in backward."""
     prober = Prober(config(tmp_path, store, memory_budget_gib=1000.0), ENV)
     readings = {"n": 0}
@@ -142,11 +144,30 @@ def test_two_ranks_leave_an_over_budget_step_together_and_go_on(tmp_path: Path, 
     """Real memory on 2 FSDP2 ranks: 16 blocks of the tiny model at seq 256 keep ~25 MB per sequence,
     so MBS 16 crosses a 0.6 GiB budget in the middle of forward or backward; every rank stops
     there, the model is rebuilt, and smaller sizes are measured."""
-    path = write_run(tmp_path / "run", store, model={"preset": "tiny", "seq_len": 256, "n_layers": 16},
-                     probe={"start_mbs": 16, "max_mbs": 16, "steps": 1, "warmup_steps": 0, "min_gain": None,
-                            "memory_budget_gib": 0.6})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "hpcllm.engine", "--config", str(path)]
+    path = write_run(
+        tmp_path / "run",
+        store,
+        model={"preset": "tiny", "seq_len": 256, "n_layers": 16},
+        probe={
+            "start_mbs": 16,
+            "max_mbs": 16,
+            "steps": 1,
+            "warmup_steps": 0,
+            "min_gain": None,
+            "memory_budget_gib": 0.6,
+        },
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "hpcllm.engine",
+        "--config",
+        str(path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = ProbeReport.model_validate_json((tmp_path / "run" / "probe.json").read_text())
@@ -158,7 +179,7 @@ def test_two_ranks_leave_an_over_budget_step_together_and_go_on(tmp_path: Path, 
     ]
     assert guarded, report.trials  # at least one step was stopped by the guard, not only judged by its peak
     first_stop = report.trials.index(guarded[0])
-    assert any(t.fits for t in report.trials[first_stop + 1:])  # ... and the probe went on
+    assert any(t.fits for t in report.trials[first_stop + 1 :])  # ... and the probe went on
     fitted = [t.mbs for t in report.trials if t.fits]
     assert report.largest_fit == max(fitted)
     assert all(t.mbs > report.largest_fit for t in report.trials if not t.fits)

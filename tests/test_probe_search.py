@@ -8,8 +8,14 @@ from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial, best_trial
 from hpcllm.engine.probe_search import next_size
 
 
-def run_search(largest_fit: int, *, start: int = 1, max_mbs: int = 512, min_gain: float | None = None,
-               throughput=lambda m: float(m)) -> tuple[list[int], list[ProbeTrial], str]:
+def run_search(
+    largest_fit: int,
+    *,
+    start: int = 1,
+    max_mbs: int = 512,
+    min_gain: float | None = None,
+    throughput=lambda m: float(m),
+) -> tuple[list[int], list[ProbeTrial], str]:
     """Drive the search against a device on which exactly the sizes <= ``largest_fit`` fit."""
     trials: list[ProbeTrial] = []
     while True:
@@ -19,8 +25,9 @@ def run_search(largest_fit: int, *, start: int = 1, max_mbs: int = 512, min_gain
         m = decision.next_mbs
         assert m not in [t.mbs for t in trials], f"tried {m} twice"
         fits = m <= largest_fit
-        trials.append(ProbeTrial(mbs=m, status="ok" if fits else "oom",
-                                 samples_per_s_per_gpu=throughput(m) if fits else None))
+        trials.append(
+            ProbeTrial(mbs=m, status="ok" if fits else "oom", samples_per_s_per_gpu=throughput(m) if fits else None)
+        )
 
 
 @pytest.mark.parametrize("largest", [1, 2, 3, 5, 7, 8, 13, 100, 511])
@@ -86,13 +93,29 @@ def test_reserved_memory_is_what_the_margin_checks_on_cuda() -> None:
 
 
 def test_report_conclusion() -> None:
-    report = ProbeReport(run_id="x", model="tiny", n_params=1, seq_len=8, world_size=1, sharding="FULL_SHARD",
-                         precision="FP_32", activation_checkpointing="none", ac_every=2, cpu_offload=False,
-                         compile=False, grad_accum=1, device="cpu", gpu_type="cpu", memory_budget_gib=1.0,
-                         min_gain=None)
-    report.trials = [ProbeTrial(mbs=1, status="ok", samples_per_s_per_gpu=5.0),
-                     ProbeTrial(mbs=2, status="ok", samples_per_s_per_gpu=4.0),
-                     ProbeTrial(mbs=4, status="over_budget")]
+    report = ProbeReport(
+        run_id="x",
+        model="tiny",
+        n_params=1,
+        seq_len=8,
+        world_size=1,
+        sharding="FULL_SHARD",
+        precision="FP_32",
+        activation_checkpointing="none",
+        ac_every=2,
+        cpu_offload=False,
+        compile=False,
+        grad_accum=1,
+        device="cpu",
+        gpu_type="cpu",
+        memory_budget_gib=1.0,
+        min_gain=None,
+    )
+    report.trials = [
+        ProbeTrial(mbs=1, status="ok", samples_per_s_per_gpu=5.0),
+        ProbeTrial(mbs=2, status="ok", samples_per_s_per_gpu=4.0),
+        ProbeTrial(mbs=4, status="over_budget"),
+    ]
     report.conclude("memory")
     assert (report.largest_fit, report.best_mbs, report.stop_reason) == (2, 1, "memory")
 

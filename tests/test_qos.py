@@ -54,7 +54,11 @@ def test_each_point_gets_the_qos_that_admits_it(in_project, tmp_path: Path) -> N
     path = _experiment(tmp_path, "grid: {resources.nodes: [2, 64, 65, 256]}\n")
     specs = expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
     assert [(s.resources.nodes, s.resources.qos) for s in specs] == [
-        (2, "normal"), (64, "normal"), (65, "boost_qos_bprod"), (256, "boost_qos_bprod")]
+        (2, "normal"),
+        (64, "normal"),
+        (65, "boost_qos_bprod"),
+        (256, "boost_qos_bprod"),
+    ]
 
 
 def test_where_sees_the_chosen_qos(in_project, tmp_path: Path) -> None:
@@ -72,8 +76,11 @@ def test_a_point_no_qos_admits_is_refused_with_each_limit(in_project, tmp_path: 
     ):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
     path = _experiment(tmp_path, "resources: {nodes: 2, time: '2-00:00:00'}\n")
-    with pytest.raises(ConfigError, match=r"no QoS of 'leonardo' admits 2 nodes for 2-00:00:00: normal allows at most "
-                                          r"1-00:00:00; boost_qos_bprod needs at least 65 nodes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no QoS of 'leonardo' admits 2 nodes for 2-00:00:00: normal allows at most "
+        r"1-00:00:00; boost_qos_bprod needs at least 65 nodes",
+    ):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
 
 

@@ -22,13 +22,15 @@ GOLDEN = ROOT / "tests" / "golden" / "scaling_2.7b-leonardo-first.sbatch"
 def _specs(experiment: str, cluster: str):
     profile = load_cluster(cluster)
     try:
-        return profile, expand_experiment(load_experiment(Path("experiments") / experiment), profile, experiment,
-                                          account="acct", refused=[])
+        return profile, expand_experiment(
+            load_experiment(Path("experiments") / experiment), profile, experiment, account="acct", refused=[]
+        )
     except ConfigError as exc:
         # Multi-node experiments cannot target small profiles, whose storage has no scratch root:
         # refusing them is the expected outcome.
-        assert (("nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc))
-                or "{scratch} is not a storage root" in str(exc)), exc
+        assert (
+            "nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc)
+        ) or "{scratch} is not a storage root" in str(exc), exc
         return profile, []
 
 
@@ -52,8 +54,8 @@ def test_slurm_launch_line(in_project, tmp_path):
     profile, specs = _specs("scaling_2.7b.yaml", "leonardo")
     text = render_job(specs[0], profile, RunDir(tmp_path / "r"), account="acct")
     assert "srun --ntasks-per-node=1" in text
-    assert "--nnodes=\"$SLURM_NNODES\"" in text and "--rdzv-backend=c10d" in text
-    assert "--rdzv-id=\"$SLURM_JOB_ID\"" in text and "-m hpcllm.engine --config" in text
+    assert '--nnodes="$SLURM_NNODES"' in text and "--rdzv-backend=c10d" in text
+    assert '--rdzv-id="$SLURM_JOB_ID"' in text and "-m hpcllm.engine --config" in text
     assert "#SBATCH --account=acct" in text and "#SBATCH --partition=boost_usr_prod" in text
     assert "module load python/3.11.6--gcc--8.5.0" in text
 

@@ -25,11 +25,19 @@ def results(tmp_path: Path) -> Path:
     its log, a cancelled one."""
     root = tmp_path / "results"
     for gpus, sps, restart in ((8, 18.2, None), (16, 36.1, 30), (32, 71.0, None)):
-        write_run(root, f"2.7b-n{gpus // 4}x4-mbs2-ga1-fs-acnone-seq4096-0000000{gpus % 7}",
-                  summary=engine_summary(world_size=gpus, global_batch_size=2 * gpus, samples_per_s=sps,
-                                         mfu=round(0.5847 * sps / 18.63 * 8 / gpus, 4)),
-                  point={"resources.nodes": gpus // 4}, restarts=int(restart is not None),
-                  metrics=loss_curve(60, restart_at=restart))
+        write_run(
+            root,
+            f"2.7b-n{gpus // 4}x4-mbs2-ga1-fs-acnone-seq4096-0000000{gpus % 7}",
+            summary=engine_summary(
+                world_size=gpus,
+                global_batch_size=2 * gpus,
+                samples_per_s=sps,
+                mfu=round(0.5847 * sps / 18.63 * 8 / gpus, 4),
+            ),
+            point={"resources.nodes": gpus // 4},
+            restarts=int(restart is not None),
+            metrics=loss_curve(60, restart_at=restart),
+        )
     write_run(
         root,
         "2.7b-n16x4-mbs4-ga1-fs-acnone-seq4096-deadbeef",
@@ -38,8 +46,9 @@ def results(tmp_path: Path) -> Path:
         summary=engine_summary(status="failed", error="Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory"),
         log="[hpcllm] attempt 1 on nodes lrdn[0001-0016]\ntorch.OutOfMemoryError: CUDA out of memory\n",
     )
-    write_run(root, "2.7b-n64x4-mbs2-ga1-hs-acnone-seq4096-cafef00d", state=RunState.CANCELLED,
-              reason="cancelled by the user")
+    write_run(
+        root, "2.7b-n64x4-mbs2-ga1-hs-acnone-seq4096-cafef00d", state=RunState.CANCELLED, reason="cancelled by the user"
+    )
     return root
 
 
@@ -95,7 +104,7 @@ def test_report_is_one_self_contained_page(results, tmp_path):
     assert len(page.images) == 2
     for img in page.images:
         prefix = "data:image/png;base64,"
-        assert img["src"].startswith(prefix) and base64.b64decode(img["src"][len(prefix):])[:8] == PNG
+        assert img["src"].startswith(prefix) and base64.b64decode(img["src"][len(prefix) :])[:8] == PNG
     assert all(url.startswith("data:") for url in page.urls)
     text = " ".join(page.text)
     assert FAILED_REASON in text and "cancelled by the user" in text

@@ -52,9 +52,25 @@ def test_every_rank_reports_the_cpus_it_was_bound_to(tmp_path: Path, store: Path
     cpu = sorted(os.sched_getaffinity(0))[-1]
     cfg = write_run(tmp_path / "r", store, train={"steps": 1})
     proc = subprocess.run(
-        ["taskset", "-c", str(cpu), PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "hpcllm.engine", "--config", str(cfg)],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240,
+        [
+            "taskset",
+            "-c",
+            str(cpu),
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "hpcllm.engine",
+            "--config",
+            str(cfg),
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (record,) = records(tmp_path / "r")
@@ -66,10 +82,15 @@ def test_status_shows_what_the_last_attempt_ran_with(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "exp" / "cl" / "run-1")
     run_dir.path.mkdir(parents=True)
     run_dir.config.write_text("run_id: run-1\n")
-    save_manifest(run_dir, Manifest(run_id="run-1", experiment="exp", cluster="cl", backend="slurm",
-                                    state=RunState.COMPLETED, job_id="7"))
-    attempt = {"software": {"torch": "2.5.1+cu124", "cuda": "12.4", "nccl": "2.21.5"}, "nodes": ["n1", "n2"],
-               "ranks": [{"rank": 0, "driver": "550.54.15"}]}
+    save_manifest(
+        run_dir,
+        Manifest(run_id="run-1", experiment="exp", cluster="cl", backend="slurm", state=RunState.COMPLETED, job_id="7"),
+    )
+    attempt = {
+        "software": {"torch": "2.5.1+cu124", "cuda": "12.4", "nccl": "2.21.5"},
+        "nodes": ["n1", "n2"],
+        "ranks": [{"rank": 0, "driver": "550.54.15"}],
+    }
     run_dir.runtime.write_text(
         json.dumps({**attempt, "software": {"torch": "2.4.0"}}) + "\n" + json.dumps(attempt) + "\n"
     )

@@ -38,22 +38,39 @@ def search(**fields: Any) -> SearchConfig:
 
 
 def test_parameter_domains_are_parsed_and_checked() -> None:
-    s = search(method="random", trials=2, parameters={
-        "optim.lr": {"log_uniform": [1e-4, 1e-2]}, "optim.weight_decay": {"uniform": [0, 0.2]},
-        "schedule.warmup_steps": {"int": [0, 10]}, "model.n_layers": [1, 2]})
+    s = search(
+        method="random",
+        trials=2,
+        parameters={
+            "optim.lr": {"log_uniform": [1e-4, 1e-2]},
+            "optim.weight_decay": {"uniform": [0, 0.2]},
+            "schedule.warmup_steps": {"int": [0, 10]},
+            "model.n_layers": [1, 2],
+        },
+    )
     assert [d.kind for d in s.parameters.values()] == ["log_uniform", "uniform", "int", "choice"]
     bad = [
-        ({"method": "grid", "parameters": {"optim.lr": {"uniform": [0, 1]}}},
-         r"exp.yaml: search: parameters: Value error, method grid needs lists \(or int ranges\); optim.lr"),
+        (
+            {"method": "grid", "parameters": {"optim.lr": {"uniform": [0, 1]}}},
+            r"exp.yaml: search: parameters: Value error, method grid needs lists \(or int ranges\); optim.lr",
+        ),
         ({"method": "random", "parameters": {"optim.lr": [1, 2]}}, "search: trials: Value error, method random needs"),
-        ({"method": "halving", "trials": 2, "parameters": {"optim.lr": [1, 2]}},
-         "search: halving: Value error, method halving needs"),
-        ({"method": "random", "trials": 3, "parameters": {"optim.lr": [1, 2]}},
-         "search: trials: Value error, 3 distinct configurations asked, but the parameters allow only 2"),
-        ({"method": "random", "trials": 1, "parameters": {"optim.lr": {"log_uniform": [0, 1]}}},
-         "log_uniform: low 0 must be positive"),
-        ({"method": "random", "trials": 1, "parameters": {"optim.lr": {"normal": [0, 1]}}},
-         r"expected a list of values, or one of \{uniform: \[low, high\]\}"),
+        (
+            {"method": "halving", "trials": 2, "parameters": {"optim.lr": [1, 2]}},
+            "search: halving: Value error, method halving needs",
+        ),
+        (
+            {"method": "random", "trials": 3, "parameters": {"optim.lr": [1, 2]}},
+            "search: trials: Value error, 3 distinct configurations asked, but the parameters allow only 2",
+        ),
+        (
+            {"method": "random", "trials": 1, "parameters": {"optim.lr": {"log_uniform": [0, 1]}}},
+            "log_uniform: low 0 must be positive",
+        ),
+        (
+            {"method": "random", "trials": 1, "parameters": {"optim.lr": {"normal": [0, 1]}}},
+            r"expected a list of values, or one of \{uniform: \[low, high\]\}",
+        ),
         ({"method": "random", "trials": 1, "parameters": {"lr": [1]}}, "'lr' must start with one of: run_id, seed"),
         ({"method": "random", "trials": 1, "parameters": {"train.steps": [1, 2]}}, "set by the search itself"),
     ]
@@ -63,8 +80,12 @@ def test_parameter_domains_are_parsed_and_checked() -> None:
 
 
 def test_a_key_cannot_be_both_a_grid_axis_and_searched() -> None:
-    doc = {"name": "x", "training": {}, "grid": {"optim.lr": [1, 2]},
-           "search": {"method": "grid", "parameters": {"optim.lr": [1, 2]}}}
+    doc = {
+        "name": "x",
+        "training": {},
+        "grid": {"optim.lr": [1, 2]},
+        "search": {"method": "grid", "parameters": {"optim.lr": [1, 2]}},
+    }
     with pytest.raises(ConfigError, match=re.escape("search.parameters: optim.lr also in grid/zip")):
         validate(Experiment, doc, "x.yaml")
 
@@ -79,9 +100,17 @@ def test_halving_rungs_grow_by_eta_up_to_the_full_length() -> None:
 
 
 def test_random_trials_are_reproducible_from_their_seed_and_within_their_domains() -> None:
-    fields = {"method": "random", "trials": 200, "seed": 7, "parameters": {
-        "optim.lr": {"log_uniform": [1e-4, 1e-2]}, "optim.weight_decay": {"uniform": [0.0, 0.2]},
-        "schedule.warmup_steps": {"int": [0, 3]}, "model.n_layers": [1, 2]}}
+    fields = {
+        "method": "random",
+        "trials": 200,
+        "seed": 7,
+        "parameters": {
+            "optim.lr": {"log_uniform": [1e-4, 1e-2]},
+            "optim.weight_decay": {"uniform": [0.0, 0.2]},
+            "schedule.warmup_steps": {"int": [0, 3]},
+            "model.n_layers": [1, 2],
+        },
+    }
     a, b = draw_trials(search(**fields)), draw_trials(search(**fields))
     assert a == b
     assert a != draw_trials(search(**{**fields, "seed": 8}))
@@ -105,12 +134,26 @@ def test_grid_trials_are_every_combination() -> None:
 
 
 def _state(scores: list[float | None], rungs: list[int], states: list[TrialState] | None = None) -> SearchState:
-    trials = [Trial(index=i, run_id=f"t{i}", params={"i": i},
-                    state=(states[i] if states else TrialState.FINISHED),
-                    scores={} if (states and states[i] != TrialState.FINISHED) else {str(rungs[0]): s})
-              for i, s in enumerate(scores)]
-    return SearchState(experiment="e", cluster="c", method="halving", metric="eval_loss", seed=0, rungs=rungs,
-                       definition="d", groups=[{"label": "(base)", "point": {}, "trials": trials}])
+    trials = [
+        Trial(
+            index=i,
+            run_id=f"t{i}",
+            params={"i": i},
+            state=(states[i] if states else TrialState.FINISHED),
+            scores={} if (states and states[i] != TrialState.FINISHED) else {str(rungs[0]): s},
+        )
+        for i, s in enumerate(scores)
+    ]
+    return SearchState(
+        experiment="e",
+        cluster="c",
+        method="halving",
+        metric="eval_loss",
+        seed=0,
+        rungs=rungs,
+        definition="d",
+        groups=[{"label": "(base)", "point": {}, "trials": trials}],
+    )
 
 
 def test_successive_halving_keeps_the_best_third_and_never_a_diverged_trial() -> None:
@@ -170,8 +213,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dry_runs_render_the_same_trials_from_the_same_seed(tmp_path: Path, store: Path, in_project: Path) -> None:
     def rendered(seed: int, results: Path) -> list[str]:
-        exp = _experiment(tmp_path, store, {"method": "random", "trials": 3, "seed": seed,
-                                            "parameters": {"optim.lr": {"log_uniform": [1e-4, 1e-1]}}})
+        exp = _experiment(
+            tmp_path,
+            store,
+            {"method": "random", "trials": 3, "seed": seed, "parameters": {"optim.lr": {"log_uniform": [1e-4, 1e-1]}}},
+        )
         result = runner.invoke(app, ["search", "run", str(exp), "-c", "local", "--results", str(results), "--dry-run"])
         assert result.exit_code == 0, result.output
         return [p.read_text() for p in sorted(results.glob("lrsearch/local/t*/run.yaml"))]
@@ -181,8 +227,12 @@ def test_dry_runs_render_the_same_trials_from_the_same_seed(tmp_path: Path, stor
     assert rendered(0, tmp_path / "b") == first
     assert rendered(1, tmp_path / "c") != first
     lrs = [yaml.safe_load(text)["optim"]["lr"] for text in first]
-    assert lrs == [t["optim.lr"] for t in draw_trials(search(method="random", trials=3, seed=0, parameters={
-        "optim.lr": {"log_uniform": [1e-4, 1e-1]}}))]
+    assert lrs == [
+        t["optim.lr"]
+        for t in draw_trials(
+            search(method="random", trials=3, seed=0, parameters={"optim.lr": {"log_uniform": [1e-4, 1e-1]}})
+        )
+    ]
 
 
 def test_commands_refuse_what_does_not_fit(tmp_path: Path, store: Path, in_project: Path) -> None:
@@ -197,8 +247,11 @@ def test_commands_refuse_what_does_not_fit(tmp_path: Path, store: Path, in_proje
     exp.write_text(yaml.safe_dump(no_eval))
     result = runner.invoke(app, ["search", "run", str(exp), "-c", "local", "--results", str(tmp_path / "r")])
     assert result.exit_code == 2 and "search.metric: eval_loss needs an eval section" in result.output
-    halving = _experiment(tmp_path, store, {"method": "halving", "trials": 2, "parameters": {"optim.lr": [1e-3, 1e-2]},
-                                            "halving": {"min_steps": 6}})
+    halving = _experiment(
+        tmp_path,
+        store,
+        {"method": "halving", "trials": 2, "parameters": {"optim.lr": [1e-3, 1e-2]}, "halving": {"min_steps": 6}},
+    )
     result = runner.invoke(app, ["search", "run", str(halving), "-c", "local", "--results", str(tmp_path / "r")])
     assert (
         result.exit_code == 2 and "search.halving.min_steps: 6 must be below training.train.steps (6)" in result.output
@@ -210,8 +263,9 @@ def test_commands_refuse_what_does_not_fit(tmp_path: Path, store: Path, in_proje
 
 def _hpcllm(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in its own process, as a user's shell would start it (and lose it)."""
-    return subprocess.run([str(Path(sys.executable).parent / "hpcllm"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "hpcllm"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def _wait_until_no_run_is_active(folder: Path) -> None:
@@ -228,9 +282,18 @@ def _wait_until_no_run_is_active(folder: Path) -> None:
 def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path, store: Path, in_project: Path) -> None:
     from hpcllm.engine.train import run
 
-    exp = _experiment(tmp_path, store, {"method": "halving", "trials": 3, "seed": 0,
-                                        "parameters": {"optim.lr": [3e-3, 1e-2, 30.0]},
-                                        "halving": {"min_steps": 2, "eta": 3}}, steps=6)
+    exp = _experiment(
+        tmp_path,
+        store,
+        {
+            "method": "halving",
+            "trials": 3,
+            "seed": 0,
+            "parameters": {"optim.lr": [3e-3, 1e-2, 30.0]},
+            "halving": {"min_steps": 2, "eta": 3},
+        },
+        steps=6,
+    )
     results = tmp_path / "results"
     folder = results / "lrsearch" / "local"
     # First call: plans and submits rung 0, then returns, as if the login shell went away.
@@ -242,18 +305,23 @@ def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path,
     second = _hpcllm("search", "run", str(exp), "-c", "local", "--results", str(results), "--wait", "--poll", "1")
     assert second.returncode == 0, second.stderr
 
-    trials = {json.loads(p.read_text())["point"]["optim.lr"]: p.parent
-              for p in folder.glob("t*/manifest.json")}
+    trials = {json.loads(p.read_text())["point"]["optim.lr"]: p.parent for p in folder.glob("t*/manifest.json")}
+
     def evals(run_dir: Path) -> dict[int, float]:
-        return {r["step"]: r["eval_loss"] for r in map(json.loads, RunDir(run_dir).metrics.read_text().splitlines())
-                if "eval_loss" in r}
+        return {
+            r["step"]: r["eval_loss"]
+            for r in map(json.loads, RunDir(run_dir).metrics.read_text().splitlines())
+            if "eval_loss" in r
+        }
+
     at_rung0 = {lr: evals(d)[2] for lr, d in trials.items()}
     winner = min(at_rung0, key=lambda lr: at_rung0[lr])  # read independently from the runs' own logs
     assert winner != 30.0 and at_rung0[30.0] > max(v for lr, v in at_rung0.items() if lr != 30.0)
     state = json.loads((folder / "search.json").read_text())
     by_lr = {t["params"]["optim.lr"]: t for t in state["groups"][0]["trials"]}
     assert {lr: t["state"] for lr, t in by_lr.items()} == {
-        lr: ("finished" if lr == winner else "stopped") for lr in trials}
+        lr: ("finished" if lr == winner else "stopped") for lr in trials
+    }
     assert by_lr[winner]["rung"] == 1 and max(evals(trials[winner])) == 6
     for lr in trials:
         if lr != winner:
@@ -273,7 +341,8 @@ def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path,
     assert run(ref / "run.yaml") == 0
     reference = [json.loads(line) for line in RunDir(ref).metrics.read_text().splitlines()]
     assert [(r["step"], r["loss"], r["lr"]) for r in promoted if "loss" in r] == [
-        (r["step"], r["loss"], r["lr"]) for r in reference if "loss" in r]
+        (r["step"], r["loss"], r["lr"]) for r in reference if "loss" in r
+    ]
 
     status = _hpcllm("search", "status", str(exp), "-c", "local", "--results", str(results))
     assert status.returncode == 0, status.stderr
@@ -294,11 +363,11 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
     from hpcllm.launch.search import reconcile
 
     cases = {  # run id: (trial state before, manifest state, steps the run completed)
-        "t0": (TrialState.RUNNING, RunState.FAILED, 2),       # its job failed -> failed
-        "t1": (TrialState.QUEUED, RunState.FAILED, 2),        # --retry-failed: still to submit
-        "t2": (TrialState.RUNNING, RunState.COMPLETED, 4),    # finished its rung -> score
-        "t3": (TrialState.QUEUED, RunState.COMPLETED, 4),     # promoted to 12, not submitted yet
-        "t4": (TrialState.QUEUED, RunState.PENDING, 4),       # submitted, state not saved -> running
+        "t0": (TrialState.RUNNING, RunState.FAILED, 2),  # its job failed -> failed
+        "t1": (TrialState.QUEUED, RunState.FAILED, 2),  # --retry-failed: still to submit
+        "t2": (TrialState.RUNNING, RunState.COMPLETED, 4),  # finished its rung -> score
+        "t3": (TrialState.QUEUED, RunState.COMPLETED, 4),  # promoted to 12, not submitted yet
+        "t4": (TrialState.QUEUED, RunState.PENDING, 4),  # submitted, state not saved -> running
     }
     trials = []
     for i, (run_id, (before, manifest_state, done)) in enumerate(cases.items()):
@@ -320,10 +389,23 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
         rd.metrics.write_text(json.dumps({"step": done, "eval_loss": 3.25}) + "\n")
         rung = 1 if run_id == "t3" else 0
         trials.append(Trial(index=i, run_id=run_id, params={}, rung=rung, state=before))
-    state = SearchState(experiment="e", cluster="local", method="halving", metric="eval_loss", seed=0,
-                        rungs=[4, 12], definition="d", groups=[{"label": "(base)", "point": {}, "trials": trials}])
+    state = SearchState(
+        experiment="e",
+        cluster="local",
+        method="halving",
+        metric="eval_loss",
+        seed=0,
+        rungs=[4, 12],
+        definition="d",
+        groups=[{"label": "(base)", "point": {}, "trials": trials}],
+    )
     reconcile(state, tmp_path)
     got = {t.run_id: (t.state.value, t.scores) for t in state.trials}
-    assert got == {"t0": ("failed", {}), "t1": ("queued", {}), "t2": ("finished", {"4": 3.25}),
-                   "t3": ("queued", {}), "t4": ("running", {})}
+    assert got == {
+        "t0": ("failed", {}),
+        "t1": ("queued", {}),
+        "t2": ("finished", {"4": 3.25}),
+        "t3": ("queued", {}),
+        "t4": ("running", {}),
+    }
     assert state.trials[0].reason == "exit code 1"

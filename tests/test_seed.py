@@ -25,10 +25,23 @@ def test_the_file_holds_the_seeds_two_tables():
     assert [r.cluster for r in ROWS].count("leonardo") == 24
     assert [r.cluster for r in ROWS].count("marenostrum5") == 25
     first, last = ROWS[0], ROWS[-1]
-    assert (first.gpus, first.samples_per_s, first.mbs, first.gbs, first.sharding, first.mfu) == \
-        (8, 18.63, 2, 16, "FULL_SHARD", 0.5847)
-    assert (last.cluster, last.label, last.gpus, last.samples_per_s, last.seq_len, last.ac, last.mfu) == \
-        ("marenostrum5", "28", 2048, 297.0, 8192, "full", 0.2401)
+    assert (first.gpus, first.samples_per_s, first.mbs, first.gbs, first.sharding, first.mfu) == (
+        8,
+        18.63,
+        2,
+        16,
+        "FULL_SHARD",
+        0.5847,
+    )
+    assert (last.cluster, last.label, last.gpus, last.samples_per_s, last.seq_len, last.ac, last.mfu) == (
+        "marenostrum5",
+        "28",
+        2048,
+        297.0,
+        8192,
+        "full",
+        0.2401,
+    )
     long_seq = [r for r in ROWS if r.model == "2.7b" and r.seq_len == 8192]
     assert [(r.gpus, r.samples_per_s) for r in long_seq] == [(1024, 1105.99)]
 
@@ -76,10 +89,14 @@ def _experiment(tmp_path: Path, expected: str) -> Path:
 def test_seed_references_are_per_point(in_project, tmp_path):
     """2 nodes x 4 A100 = 8 GPUs: the seed's Leonardo rows 1 (FULL_SHARD) and 2 (HYBRID_SHARD);
     3 nodes = 12 GPUs: no seed row, so no reference (and submit says so)."""
-    exp = _experiment(tmp_path, "{leonardo: {seed: {samples_per_s: [-0.05, null], mfu: [-0.1, 0.5]}, "
-                                "mem_peak_gib: [60, null, 0.05]}}")
-    result = runner.invoke(app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results",
-                                 str(tmp_path / "r")], env={"COLUMNS": "300"})
+    exp = _experiment(
+        tmp_path, "{leonardo: {seed: {samples_per_s: [-0.05, null], mfu: [-0.1, 0.5]}, mem_peak_gib: [60, null, 0.05]}}"
+    )
+    result = runner.invoke(
+        app,
+        ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "r")],
+        env={"COLUMNS": "300"},
+    )
     assert result.exit_code == 0, result.output
     assert "2 of 4 points have no row in the seed's tables" in result.output
     expected = {p.parent.name: json.loads(p.read_text())["expected"] for p in (tmp_path / "r").rglob("manifest.json")}
@@ -102,15 +119,29 @@ def test_the_seeds_repeated_configuration_gives_its_best_row():
     assert best_row(row.key).samples_per_s == 87.56
 
 
-@pytest.mark.parametrize("expected,message", [
-    ("{leonardo: {seed: {mfu: [-0.05, null, 0.1]}}}", "a tolerance is [lower, upper]"),
-    ("{leonardo: {seed: {loss: [-0.05, null]}}}", "seed.loss"),
-    ("{leonardo: {seed: {mfu: [0.05, null]}}}", "lower bound 0.05 must be <= 0"),
-    ("{leonardo: {mfuu: [0.5, -0.1, null]}}", "expected.leonardo.mfuu: not a checkable metric"),
-])
+@pytest.mark.parametrize(
+    "expected,message",
+    [
+        ("{leonardo: {seed: {mfu: [-0.05, null, 0.1]}}}", "a tolerance is [lower, upper]"),
+        ("{leonardo: {seed: {loss: [-0.05, null]}}}", "seed.loss"),
+        ("{leonardo: {seed: {mfu: [0.05, null]}}}", "lower bound 0.05 must be <= 0"),
+        ("{leonardo: {mfuu: [0.5, -0.1, null]}}", "expected.leonardo.mfuu: not a checkable metric"),
+    ],
+)
 def test_bad_references_are_one_line_errors(in_project, tmp_path, expected, message):
-    result = runner.invoke(app, ["submit", str(_experiment(tmp_path, expected)), "--cluster", "leonardo",
-                                 "--dry-run", "--results", str(tmp_path / "r")], env={"COLUMNS": "300"})
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(_experiment(tmp_path, expected)),
+            "--cluster",
+            "leonardo",
+            "--dry-run",
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        env={"COLUMNS": "300"},
+    )
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 

@@ -53,8 +53,15 @@ def seed_rows(cluster: str) -> set[tuple[str, int, int, int, int, str, bool]]:
 
 def row_of(params: str, spec: RunSpec) -> tuple[str, int, int, int, int, str, bool]:
     t = spec.training
-    return (params, spec.world_size, t.train.micro_batch_size, t.train.global_batch_size or 0, t.model.seq_len,
-            t.parallel.sharding, t.parallel.activation_checkpointing != "none")
+    return (
+        params,
+        spec.world_size,
+        t.train.micro_batch_size,
+        t.train.global_batch_size or 0,
+        t.model.seq_len,
+        t.parallel.sharding,
+        t.parallel.activation_checkpointing != "none",
+    )
 
 
 def expand(experiment: str, cluster, refused: list[RefusedPoint] | None = None) -> list[RunSpec]:
@@ -66,9 +73,14 @@ def expand(experiment: str, cluster, refused: list[RefusedPoint] | None = None) 
 def test_every_seed_row_is_a_point_of_its_experiment(in_project, cluster_name: str) -> None:
     cluster = load_cluster(cluster_name)
     # A larger allocation (as the seed had on MareNostrum 5): every row then runs.
-    big = cluster.model_copy(update={"qos": {
-        name: spec.model_copy(update={"max_nodes": None}) if name in cluster.auto_qos else spec
-        for name, spec in cluster.qos.items()}})
+    big = cluster.model_copy(
+        update={
+            "qos": {
+                name: spec.model_copy(update={"max_nodes": None}) if name in cluster.auto_qos else spec
+                for name, spec in cluster.qos.items()
+            }
+        }
+    )
     wanted = seed_rows(cluster_name)
     covered = set()
     for params in sorted({row[0] for row in wanted}):
@@ -107,8 +119,15 @@ def test_marenostrum5_rows_beyond_acc_ehpc_are_refused_with_the_limit(in_project
             refused_nodes.append((params, r.point["resources.nodes"]))
     small = {row for row in seed_rows("marenostrum5") if row[1] <= 100 * GPUS_PER_NODE}
     assert runnable == small
-    assert sorted(refused_nodes) == [("2.7", 128), ("2.7", 128), ("2.7", 256), ("2.7", 256),
-                                     ("28", 128), ("28", 256), ("28", 512)]
+    assert sorted(refused_nodes) == [
+        ("2.7", 128),
+        ("2.7", 128),
+        ("2.7", 256),
+        ("2.7", 256),
+        ("28", 128),
+        ("28", 256),
+        ("28", 512),
+    ]
 
 
 def test_scaling_grids_keep_one_checkpoint_and_skip_the_final_one(in_project) -> None:

@@ -26,13 +26,16 @@ from hpcllm.sitepaths import (
 ENV = {"CINECA_SCRATCH": "/leonardo_scratch/large/userexternal/ab12", "USER": "ab12", "EMPTY": ""}
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("$CINECA_SCRATCH/hpcllm/data", "/leonardo_scratch/large/userexternal/ab12/hpcllm/data"),
-    ("${CINECA_SCRATCH}/x", "/leonardo_scratch/large/userexternal/ab12/x"),
-    ("/gpfs/scratch/ehpc01/${USER}/data", "/gpfs/scratch/ehpc01/ab12/data"),
-    ("/plain/path", "/plain/path"),
-    ("byte", "byte"),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("$CINECA_SCRATCH/hpcllm/data", "/leonardo_scratch/large/userexternal/ab12/hpcllm/data"),
+        ("${CINECA_SCRATCH}/x", "/leonardo_scratch/large/userexternal/ab12/x"),
+        ("/gpfs/scratch/ehpc01/${USER}/data", "/gpfs/scratch/ehpc01/ab12/data"),
+        ("/plain/path", "/plain/path"),
+        ("byte", "byte"),
+    ],
+)
 def test_expand_path_replaces_braced_and_plain_variables(value: str, expected: str) -> None:
     assert expand_path(value, "data.sources[0].path", ENV) == expected
 
@@ -76,13 +79,17 @@ def test_relative_paths_become_absolute_on_the_login_node_but_site_paths_do_not(
 
 
 def test_every_path_field_of_the_training_config_is_found() -> None:
-    cfg = TrainingConfig.model_validate({
-        "data": {"sources": [{"path": "$A/one"}, {"path": "two"}], "tokenizer": "$T/tokenizer.json"},
-        "distill": {"teacher": {"preset": "tiny"}, "teacher_checkpoint": "~/teacher"},
-    })
+    cfg = TrainingConfig.model_validate(
+        {
+            "data": {"sources": [{"path": "$A/one"}, {"path": "two"}], "tokenizer": "$T/tokenizer.json"},
+            "distill": {"teacher": {"preset": "tiny"}, "teacher_checkpoint": "~/teacher"},
+        }
+    )
     assert dict(iter_site_paths(cfg)) == {
-        "data.sources[0].path": "$A/one", "data.sources[1].path": "two",
-        "data.tokenizer": "$T/tokenizer.json", "distill.teacher_checkpoint": "~/teacher",
+        "data.sources[0].path": "$A/one",
+        "data.sources[1].path": "two",
+        "data.tokenizer": "$T/tokenizer.json",
+        "distill.teacher_checkpoint": "~/teacher",
     }
     byte = TrainingConfig.model_validate({"data": {"path": "x", "tokenizer": "byte"}})
     assert dict(iter_site_paths(byte)) == {"data.sources[0].path": "x"}  # 'byte' is a keyword, not a path
@@ -97,8 +104,12 @@ def test_the_engine_expands_site_variables_in_data_paths(
     tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HPCLLM_TEST_SCRATCH", str(store.parent))
-    cfg = write_run(tmp_path / "r", store, data={"path": f"${{HPCLLM_TEST_SCRATCH}}/{store.name}", "num_workers": 0},
-                    train={"steps": 2})
+    cfg = write_run(
+        tmp_path / "r",
+        store,
+        data={"path": f"${{HPCLLM_TEST_SCRATCH}}/{store.name}", "num_workers": 0},
+        train={"steps": 2},
+    )
     assert yaml.safe_load(cfg.read_text())["data"]["path"].startswith("${HPCLLM_TEST_SCRATCH}")
     assert run(cfg) == 0
 

@@ -38,8 +38,18 @@ REPO = Path(__file__).resolve().parents[1]
 # The fixtures `demo_data` (module scope) and `env` come from tests/slurm_fixtures.py.
 
 
-def experiment(tmp_path: Path, data: Path, name: str, *, steps: int, nodes: int = 1, time_limit: str = "00:05:00",
-               every: int = 10, max_restarts: int | None = None, grid: dict[str, list[Any]] | None = None) -> Path:
+def experiment(
+    tmp_path: Path,
+    data: Path,
+    name: str,
+    *,
+    steps: int,
+    nodes: int = 1,
+    time_limit: str = "00:05:00",
+    every: int = 10,
+    max_restarts: int | None = None,
+    grid: dict[str, list[Any]] | None = None,
+) -> Path:
     """The smoke experiment's training config (tiny model, CPU) with this test's resources."""
     smoke = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
     training = smoke["training"]
@@ -201,8 +211,7 @@ def test_time_limit_signal_checkpoints_requeues_until_the_budget_is_spent(
     env: Path, demo_data: Path, tmp_path: Path
 ) -> None:
     # 1 minute with signal_before_end_s 30: SLURM sends B:USR1 at its first time-limit check.
-    exp = experiment(tmp_path, demo_data, "timelimit", steps=100_000, time_limit="00:01:00", every=1000,
-                     max_restarts=1)
+    exp = experiment(tmp_path, demo_data, "timelimit", steps=100_000, time_limit="00:01:00", every=1000, max_restarts=1)
     doc = yaml.safe_load(exp.read_text())
     doc["training"]["schedule"] = {"name": "constant"}  # lr independent of train.steps: see the reference
     exp.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -268,7 +277,8 @@ def test_dependency_waits_for_its_job_and_a_failed_one_cancels_it(env: Path, dem
     # `hpcllm status` says why the second run has not started yet.
     wait_for(
         lambda: any(s.run_dir.path == second.path and s.waiting_for == "Dependency" for s in collect_status(env)),
-        30, "status to show the pending reason 'Dependency'",
+        30,
+        "status to show the pending reason 'Dependency'",
     )
     states = wait_for(lambda: finished(env, [first, second]), 240, "both runs to finish")
     assert set(states.values()) == {"completed"}
@@ -277,8 +287,9 @@ def test_dependency_waits_for_its_job_and_a_failed_one_cancels_it(env: Path, dem
 
     # A dependency that can never be met cancels the job (no job pending forever).
     doomed = submit_experiment(experiment(tmp_path, demo_data, "doomed", steps=100_000), "localslurm", env)
-    waiting = submit_experiment(experiment(tmp_path, demo_data, "waiting", steps=5), "localslurm", env,
-                                after=[doomed.runs[0].job_id or ""])
+    waiting = submit_experiment(
+        experiment(tmp_path, demo_data, "waiting", steps=5), "localslurm", env, after=[doomed.runs[0].job_id or ""]
+    )
     cancel_run(env, doomed.runs[0].run_dir.run_id)
     states = wait_for(lambda: finished(env, [waiting.runs[0].run_dir]), 120, "the dependent job to be dropped")
     assert list(states.values()) == ["cancelled"]
@@ -308,8 +319,12 @@ def test_a_reused_job_id_is_not_mistaken_for_the_run(env: Path, demo_data: Path,
     # After a cluster restart job ids start again: the id in a manifest may now be someone else's job.
     exp = experiment(tmp_path, demo_data, "reused", steps=5)
     run = only_run(submit_experiment(exp, "localslurm", env, dry_run=True))
-    other = subprocess.run(["sbatch", "--parsable", "--job-name=someone-else", "--output=/dev/null",
-                            "--wrap=sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.run(
+        ["sbatch", "--parsable", "--job-name=someone-else", "--output=/dev/null", "--wrap=sleep 120"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         manifest = manifest_of(run)
         manifest.state, manifest.job_id = RunState.RUNNING, other
@@ -343,8 +358,9 @@ def test_grid_as_job_array_with_per_task_requeue(
     (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
     steps = 60
-    exp = experiment(tmp_path, demo_data, "array", steps=steps, every=1000, max_restarts=1,
-                     grid={"train.micro_batch_size": [4, 8]})
+    exp = experiment(
+        tmp_path, demo_data, "array", steps=steps, every=1000, max_restarts=1, grid={"train.micro_batch_size": [4, 8]}
+    )
     result = submit_experiment(exp, "arrayslurm", env)
     array_id = (result.runs[0].job_id or "").split("_")[0]
     assert [r.job_id for r in result.runs] == [f"{array_id}_0", f"{array_id}_1"]
@@ -362,8 +378,9 @@ def test_grid_as_job_array_with_per_task_requeue(
     assert len(collect_table(env)) == 2
 
 
-def test_search_trials_run_as_a_job_array(env: Path, demo_data: Path, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_trials_run_as_a_job_array(
+    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A search's trials are ordinary runs: one sbatch --array for the rung, then scored from their logs."""
     from hpcllm.collect.best import best_table
     from hpcllm.launch.search import advance

@@ -24,13 +24,14 @@ pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 def test_probe_runs_as_a_slurm_job_and_apply_feeds_submit(env: Path, demo_data: Path, tmp_path: Path) -> None:
     exp = experiment(tmp_path, demo_data, "probe_slurm", steps=4, nodes=2, grid={"train.micro_batch_size": [2, 8]})
-    result = explore_batch(exp, "localslurm", env, settings=ProbeSettings(max_mbs=4, steps=1, warmup_steps=0,
-                                                                         min_gain=None))
+    result = explore_batch(
+        exp, "localslurm", env, settings=ProbeSettings(max_mbs=4, steps=1, warmup_steps=0, min_gain=None)
+    )
     (plan,) = result.plans
     assert plan.spec.world_size == 2 and result.submitted.runs[0].action == "submitted"
     run_dir = RunDir.of(env, "probe_slurm", "localslurm", plan.spec.run_id)
     states = wait_for(lambda: finished(env, [run_dir]), 600, "the probe job")
-    assert states == {plan.spec.run_id: "completed"}, (run_dir.path / f"slurm-{result.submitted.runs[0].job_id}.out")
+    assert states == {plan.spec.run_id: "completed"}, run_dir.path / f"slurm-{result.submitted.runs[0].job_id}.out"
     report = ProbeReport.model_validate_json(run_dir.probe.read_text())
     # The localslurm budget (2 GiB per rank) holds the tiny model at the cap: one size, measured.
     assert report.world_size == 2 and report.largest_fit == 4 and report.stop_reason == "max_mbs"
@@ -38,8 +39,10 @@ def test_probe_runs_as_a_slurm_job_and_apply_feeds_submit(env: Path, demo_data: 
 
     out = tmp_path / "tuned.yaml"
     runner = CliRunner()
-    applied = runner.invoke(app, ["explore-batch", str(exp), "--cluster", "localslurm", "--apply", "--results",
-                                  str(env), "--output", str(out)])
+    applied = runner.invoke(
+        app,
+        ["explore-batch", str(exp), "--cluster", "localslurm", "--apply", "--results", str(env), "--output", str(out)],
+    )
     assert applied.exit_code == 0, applied.output
     assert yaml.safe_load(out.read_text())["zip"] == [{"train.micro_batch_size": [4]}]
     dry = runner.invoke(app, ["submit", str(out), "--cluster", "localslurm", "--dry-run", "--results", str(env)])

@@ -33,8 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 def run_dir(tmp_path: Path) -> RunDir:
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir()
-    save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="localslurm", backend="slurm",
-                               state=RunState.RUNNING, job_id="42", nodes="n[1-2]", max_restarts=1))
+    save_manifest(
+        rd,
+        Manifest(
+            run_id="r",
+            experiment="e",
+            cluster="localslurm",
+            backend="slurm",
+            state=RunState.RUNNING,
+            job_id="42",
+            nodes="n[1-2]",
+            max_restarts=1,
+        ),
+    )
     return rd
 
 
@@ -114,9 +125,16 @@ def test_first_start_records_job_and_nodes(run_dir: RunDir) -> None:
 
 @pytest.mark.parametrize(
     ("slurm", "ours"),
-    [("PENDING", RunState.PENDING), ("REQUEUED", RunState.PENDING), ("RUNNING", RunState.RUNNING),
-     ("COMPLETING", RunState.RUNNING), ("COMPLETED", RunState.COMPLETED), ("CANCELLED by 0", RunState.CANCELLED),
-     ("NODE_FAIL", RunState.FAILED), ("TIMEOUT", RunState.FAILED)],
+    [
+        ("PENDING", RunState.PENDING),
+        ("REQUEUED", RunState.PENDING),
+        ("RUNNING", RunState.RUNNING),
+        ("COMPLETING", RunState.RUNNING),
+        ("COMPLETED", RunState.COMPLETED),
+        ("CANCELLED by 0", RunState.CANCELLED),
+        ("NODE_FAIL", RunState.FAILED),
+        ("TIMEOUT", RunState.FAILED),
+    ],
 )
 def test_slurm_states_map_to_run_states(slurm: str, ours: RunState) -> None:
     assert job_state(slurm) == ours
@@ -130,8 +148,12 @@ def test_rendered_slurm_script_traps_first_and_is_valid_bash(tmp_path: Path, mon
     text = render_job(spec, cluster, rd, account=None)
     (tmp_path / "job.sh").write_text(text)
     subprocess.run(["bash", "-n", str(tmp_path / "job.sh")], check=True)
-    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@30", "#SBATCH --kill-on-invalid-dep=yes",
-                 "#SBATCH --partition=debug"):
+    for line in (
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@30",
+        "#SBATCH --kill-on-invalid-dep=yes",
+        "#SBATCH --partition=debug",
+    ):
         assert line in text
     body = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert body[:2] == ["set -uo pipefail", 'STOP_SIGNAL=""']  # the trap is set before any other work
@@ -153,8 +175,10 @@ def test_local_render_has_no_slurm_hooks(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "jobhooks" not in text and "scontrol" not in text
 
 
-@pytest.mark.parametrize(("out", "job_id"), [("1234\n", "1234"), ("1234;cluster_a\n", "1234"), ("", None),
-                                             ("Submitted batch job 12\n", None)])
+@pytest.mark.parametrize(
+    ("out", "job_id"),
+    [("1234\n", "1234"), ("1234;cluster_a\n", "1234"), ("", None), ("Submitted batch job 12\n", None)],
+)
 def test_sbatch_parsable_output(out: str, job_id: str | None) -> None:
     assert parse_job_id(out) == job_id
 

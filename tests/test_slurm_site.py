@@ -65,8 +65,9 @@ def latest_checkpoint_step(run: RunDir) -> int | None:
 # --- 1. CPU binding -----------------------------------------------------------------------------
 
 
-def test_every_rank_holds_the_cpus_its_profile_asked_for(env: Path, demo_data: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_rank_holds_the_cpus_its_profile_asked_for(
+    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NCCL_DEBUG", raising=False)
     run = only_run(submit_experiment(experiment(tmp_path, demo_data, "cpus", steps=3, nodes=2), "localslurm", env))
     states = wait_for(lambda: finished(env, [run]), 240, "the 2-node run")
@@ -133,8 +134,9 @@ def test_hpcllm_cancel_checkpoints_first_then_ends_the_job(env: Path, demo_data:
 
 
 def test_plain_scancel_terms_every_rank_and_they_save_when_they_can(env: Path, demo_data: Path, tmp_path: Path) -> None:
-    run = only_run(submit_experiment(experiment(tmp_path, demo_data, "scancel", steps=100_000, every=100_000),
-                                     "localslurm", env))
+    run = only_run(
+        submit_experiment(experiment(tmp_path, demo_data, "scancel", steps=100_000, every=100_000), "localslurm", env)
+    )
     wait_for(lambda: last_step(run) >= 3, 120, "run to train")
     job = manifest_of(run).job_id or ""
     subprocess.run(["scancel", job], check=True)  # TERM to every process, KILL after KillWait (30 s)
@@ -147,9 +149,12 @@ def test_plain_scancel_terms_every_rank_and_they_save_when_they_can(env: Path, d
 
 def rank_pids(run: RunDir) -> list[int]:
     """The engine's ranks (torchrun's workers), not the agent or srun."""
-    return [pid for pid in engine_pids(run)
-            if b"torch.distributed.run" not in (cmd := Path(f"/proc/{pid}/cmdline").read_bytes())
-            and not cmd.startswith(b"srun")]
+    return [
+        pid
+        for pid in engine_pids(run)
+        if b"torch.distributed.run" not in (cmd := Path(f"/proc/{pid}/cmdline").read_bytes())
+        and not cmd.startswith(b"srun")
+    ]
 
 
 def test_a_stop_with_no_time_to_save_falls_back_to_the_last_periodic_checkpoint(
@@ -161,8 +166,9 @@ def test_a_stop_with_no_time_to_save_falls_back_to_the_last_periodic_checkpoint(
     The KILL comes from here, to the ranks, as the kernel's would: SLURM cannot send one alone
     (``scancel --signal=KILL`` is a cancel: SIGCONT, TERM, KILL after KillWait)."""
     every = 5
-    run = only_run(submit_experiment(experiment(tmp_path, demo_data, "nosave", steps=100_000, every=every),
-                                     "localslurm", env))
+    run = only_run(
+        submit_experiment(experiment(tmp_path, demo_data, "nosave", steps=100_000, every=every), "localslurm", env)
+    )
     wait_for(lambda: (latest_checkpoint_step(run) or 0) >= every and rank_pids(run), 120, "a periodic checkpoint")
     ranks = rank_pids(run)
 
@@ -197,8 +203,14 @@ def by_name(checks: list[Check]) -> dict[str, Check]:
 def test_doctor_passes_the_local_profile_and_names_what_it_could_not_check(
     env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    name = profile(tmp_path, monkeypatch, "site", qos={"normal": {"max_time": "01:00:00", "max_nodes": 4}},
-                   default_qos="normal", paths={"data": str(demo_data.parent), "results": str(tmp_path / "res")})
+    name = profile(
+        tmp_path,
+        monkeypatch,
+        "site",
+        qos={"normal": {"max_time": "01:00:00", "max_nodes": 4}},
+        default_qos="normal",
+        paths={"data": str(demo_data.parent), "results": str(tmp_path / "res")},
+    )
     exp = experiment(tmp_path, demo_data, "probe", steps=5, grid={"resources.nodes": [1, 2]})
     result = runner.invoke(app, ["doctor", "--cluster", name, "--experiment", str(exp)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
@@ -221,8 +233,9 @@ def test_doctor_fails_a_wrong_partition_node_count_and_cores_and_cannot_vouch_fo
     assert part.status == FAIL and "SLURM has no partition 'gpu_prod' (partitions: debug)" in part.detail
     assert part.fix == "set partition: to one of them in wrongpart.yaml"
 
-    big = profile(tmp_path, monkeypatch, "bignodes", max_nodes=8, cpus_per_node=4,
-                  qos={"no_such_qos": {"max_time": "01:00:00"}})
+    big = profile(
+        tmp_path, monkeypatch, "bignodes", max_nodes=8, cpus_per_node=4, qos={"no_such_qos": {"max_time": "01:00:00"}}
+    )
     checks = by_name(run_doctor(load_cluster(big), profile_file="bignodes.yaml"))
     nodes, cpus, qos = checks["partition:nodes"], checks["partition:cpus per node"], checks["qos:no_such_qos"]
     assert nodes.status == FAIL and "max_nodes is 8, but the partition has 4 nodes" in nodes.detail
@@ -235,8 +248,13 @@ def test_doctor_fails_a_wrong_partition_node_count_and_cores_and_cannot_vouch_fo
 
 
 def test_doctor_gpu_job_launches_like_a_run_and_all_reduces_over_two_nodes(env: Path, tmp_path: Path) -> None:
-    checks = run_doctor(load_cluster("localslurm"), profile_file="localslurm.yaml", results_root=tmp_path / "res",
-                        gpu=True, gpu_timeout_s=300)
+    checks = run_doctor(
+        load_cluster("localslurm"),
+        profile_file="localslurm.yaml",
+        results_root=tmp_path / "res",
+        gpu=True,
+        gpu_timeout_s=300,
+    )
     job = [c for c in checks if c.area == "job"]
     assert job[0].status == OK and job[0].name.startswith("site check (job "), job[0]
     nodes = [c for c in job if c.name.endswith(" GPUs")]

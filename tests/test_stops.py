@@ -19,8 +19,19 @@ from hpcllm.rundir import RunDir
 def run_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> RunDir:
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir()
-    save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="localslurm", backend="slurm",
-                               state=RunState.RUNNING, job_id="42", nodes="n1", max_restarts=2))
+    save_manifest(
+        rd,
+        Manifest(
+            run_id="r",
+            experiment="e",
+            cluster="localslurm",
+            backend="slurm",
+            state=RunState.RUNNING,
+            job_id="42",
+            nodes="n1",
+            max_restarts=2,
+        ),
+    )
     rd.summary.write_text(json.dumps({"status": "preempted", "steps_completed": 7}))
     # While a cancelled job's processes end, squeue says COMPLETING, not CANCELLED (SLURM 22.05).
     monkeypatch.setattr(jobhooks, "_slurm_state", lambda job_id: "COMPLETING")
@@ -51,9 +62,18 @@ def test_another_jobs_cancel_line_does_not_count(run_dir: RunDir) -> None:
     assert on_end(JobContext(run_dir, "42", "n1", 0), 1, "TERM") == "requeue"
 
 
-@pytest.mark.parametrize("text,seconds", [
-    ("00:01:05", 65), ("05:30", 330), ("45", 45 * 60), ("1-02:00:00", 26 * 3600), ("1-02:30", 26 * 3600 + 1800),
-    ("3-12", 84 * 3600), ("UNLIMITED", None), ("Partition_Limit", None),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("00:01:05", 65),
+        ("05:30", 330),
+        ("45", 45 * 60),
+        ("1-02:00:00", 26 * 3600),
+        ("1-02:30", 26 * 3600 + 1800),
+        ("3-12", 84 * 3600),
+        ("UNLIMITED", None),
+        ("Partition_Limit", None),
+    ],
+)
 def test_slurm_durations(text: str, seconds: int | None) -> None:
     assert parse_duration(text) == seconds

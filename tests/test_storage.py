@@ -34,12 +34,15 @@ def test_a_2_7b_grid_keeps_one_32_gb_checkpoint_per_run(in_project) -> None:
     assert "18 runs x 1 kept x up to 32." in need.describe()
 
 
-@pytest.mark.parametrize("output,expected", [
-    ("  /leonardo_work  12000000  0  50000000  -  100  0  0  -\n", (12000000 * 1024, 50000000 * 1024)),
-    ("/lus/home 60000000* 50000000 52000000 6d 10 0 0 -\n", (60000000 * 1024, 52000000 * 1024)),
-    ("/a/very/long/lustre/mount/name\n      100       0   0    -   1  0 0 -\n", (100 * 1024, None)),
-    ("lfs: quota: not supported\n", None),
-])
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        ("  /leonardo_work  12000000  0  50000000  -  100  0  0  -\n", (12000000 * 1024, 50000000 * 1024)),
+        ("/lus/home 60000000* 50000000 52000000 6d 10 0 0 -\n", (60000000 * 1024, 52000000 * 1024)),
+        ("/a/very/long/lustre/mount/name\n      100       0   0    -   1  0 0 -\n", (100 * 1024, None)),
+        ("lfs: quota: not supported\n", None),
+    ],
+)
 def test_lfs_quota_output_is_read(output: str, expected: tuple[int, int | None] | None) -> None:
     assert parse_lfs_quota(output) == expected
 
@@ -85,19 +88,34 @@ def _slurm_profile(tmp_path: Path, **overrides: object) -> Path:
 
 def _experiment(tmp_path: Path, nodes: list[int], preset: str = "28b") -> Path:
     path = tmp_path / "big.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "big", "resources": {"time": "01:00:00"},
-        "training": {"model": {"preset": preset}, "data": {"path": "{scratch}/data"}, "checkpoint": {"keep_last": 2}},
-        "grid": {"resources.nodes": nodes},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "big",
+                "resources": {"time": "01:00:00"},
+                "training": {
+                    "model": {"preset": preset},
+                    "data": {"path": "{scratch}/data"},
+                    "checkpoint": {"keep_last": 2},
+                },
+                "grid": {"resources.nodes": nodes},
+            }
+        )
+    )
     return path
 
 
 def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_slurm_profile(
-        tmp_path, paths={"scratch": str(tmp_path / "scratch"), "results": str(tmp_path / "site-results")})))
+    monkeypatch.setenv(
+        "HPCLLM_CLUSTERS_DIR",
+        str(
+            _slurm_profile(
+                tmp_path, paths={"scratch": str(tmp_path / "scratch"), "results": str(tmp_path / "site-results")}
+            )
+        ),
+    )
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch: nothing could be queued even by mistake
     monkeypatch.delenv("HPCLLM_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -116,14 +134,32 @@ def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(
 def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(_slurm_profile(
-        tmp_path, paths={"scratch": "$HPCLLM_TEST_SCRATCH", "results": "$HPCLLM_TEST_WORK/{account}/results"})))
+    monkeypatch.setenv(
+        "HPCLLM_CLUSTERS_DIR",
+        str(
+            _slurm_profile(
+                tmp_path, paths={"scratch": "$HPCLLM_TEST_SCRATCH", "results": "$HPCLLM_TEST_WORK/{account}/results"}
+            )
+        ),
+    )
     monkeypatch.setenv("HPCLLM_TEST_WORK", str(tmp_path / "work"))
     monkeypatch.delenv("HPCLLM_TEST_SCRATCH", raising=False)
     monkeypatch.delenv("HPCLLM_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["submit", str(_experiment(tmp_path, [1, 2], preset="125m")), "--cluster", "site",
-                                 "--account", "proj", "--dry-run", "--no-memory-check"], env={"COLUMNS": "250"})
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(_experiment(tmp_path, [1, 2], preset="125m")),
+            "--cluster",
+            "site",
+            "--account",
+            "proj",
+            "--dry-run",
+            "--no-memory-check",
+        ],
+        env={"COLUMNS": "250"},
+    )
     assert result.exit_code == 0, result.output
     runs = sorted(p for p in (tmp_path / "work" / "proj" / "results" / "big" / "site").iterdir() if p.is_dir())
     assert len(runs) == 2
@@ -145,8 +181,12 @@ def test_a_throughput_runs_checkpoints_still_carry_a_requeue(tmp_path: Path) -> 
     from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
     run_dir = RunDir(tmp_path / "r")
-    cfg = write_run(run_dir.path, make_store(tmp_path / "store"), train={"steps": 4},
-                    checkpoint={"keep_last": 1, "at_end": False, "every_steps": 3})
+    cfg = write_run(
+        run_dir.path,
+        make_store(tmp_path / "store"),
+        train={"steps": 4},
+        checkpoint={"keep_last": 1, "at_end": False, "every_steps": 3},
+    )
     run_dir.stop_file.touch()
     assert run(cfg) == EXIT_PREEMPTED
     assert sorted(p.name for p in run_dir.checkpoints.glob("step_*")) == ["step_1"]

@@ -37,15 +37,28 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_mirrors_the_metrics(tmp_path: Path, store: Path) -> None:
     d = tmp_path / "r"
-    cfg = write_run(d, store, train={"steps": 4}, data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-                    eval={"every_steps": 2, "samples": 4}, metrics={"cpu_peak_flops": 1e11}, tracking=TB)
+    cfg = write_run(
+        d,
+        store,
+        train={"steps": 4},
+        data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
+        eval={"every_steps": 2, "samples": 4},
+        metrics={"cpu_peak_flops": 1e11},
+        tracking=TB,
+    )
     assert run(cfg) == 0
     tb = tensorboard_scalars(d)
     train = [r for r in lines(d) if "loss" in r]
     evals = [r for r in lines(d) if "eval_loss" in r]
-    for key, tag in [("loss", "train/loss"), ("lr", "train/lr"), ("grad_norm", "train/grad_norm"),
-                     ("tokens_per_s", "perf/tokens_per_s"), ("mfu", "perf/mfu"),
-                     ("mem_peak_gib", "perf/mem_peak_gib"), ("step_time_s", "perf/step_time_s")]:
+    for key, tag in [
+        ("loss", "train/loss"),
+        ("lr", "train/lr"),
+        ("grad_norm", "train/grad_norm"),
+        ("tokens_per_s", "perf/tokens_per_s"),
+        ("mfu", "perf/mfu"),
+        ("mem_peak_gib", "perf/mem_peak_gib"),
+        ("step_time_s", "perf/step_time_s"),
+    ]:
         assert [s for s, _ in tb[tag]] == [1, 2, 3, 4], tag
         assert [v for _, v in tb[tag]] == pytest.approx([r[key] for r in train], rel=1e-6), tag  # float32
     assert tb["eval/loss"] == [(e["step"], pytest.approx(e["eval_loss"], rel=1e-6)) for e in evals]
@@ -92,19 +105,20 @@ def wandb_history(run_file: Path) -> list[dict[str, Any]]:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
         if kind == 0:  # zero padding at the end of a block
             pos += block - pos % block
             continue
-        payload += data[pos + 7: pos + 7 + length]
+        payload += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(payload)
             payload = b""
             if record.WhichOneof("record_type") == "history":
-                out.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.history.item})
+                out.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                )
     return out
 
 
@@ -113,8 +127,14 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path: Path, store: Path, monkey
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     d = tmp_path / "r"
-    cfg = write_run(d, store, train={"steps": 3}, data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
-                    eval={"samples": 4}, tracking={"tensorboard": False, "wandb": {"project": "hpcllm-test"}})
+    cfg = write_run(
+        d,
+        store,
+        train={"steps": 3},
+        data={"path": str(store), "num_workers": 0, "holdout": HOLDOUT},
+        eval={"samples": 4},
+        tracking={"tensorboard": False, "wandb": {"project": "hpcllm-test"}},
+    )
     assert run(cfg) == 0
     files = sorted((RunDir(d).path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1  # offline: nothing left the machine, everything is in the run directory

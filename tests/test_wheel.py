@@ -41,15 +41,33 @@ def test_wheel_installs_into_a_fresh_venv_and_finds_its_files(tmp_path):
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(ROOT / name, src / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", str(tmp_path / "dist"), str(src)], tmp_path, env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        tmp_path,
+        env,
+    )
     (wheel,) = (tmp_path / "dist").glob("hpcllm-*.whl")
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, env)
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-          str(wheel)], tmp_path, env)
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        tmp_path,
+        env,
+    )
     site = Path(
         _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).strip()
     )
@@ -57,20 +75,30 @@ def test_wheel_installs_into_a_fresh_venv_and_finds_its_files(tmp_path):
 
     work = tmp_path / "elsewhere"  # no clusters/ or templates/ here
     work.mkdir()
-    where = _run([str(python), "-c", "import hpcllm, hpcllm.paths as p; print(hpcllm.__file__); "
-                  "print(p.project_folder('clusters', 'X')); print(p.project_folder('templates', 'X'))"], work, env)
+    where = _run(
+        [
+            str(python),
+            "-c",
+            "import hpcllm, hpcllm.paths as p; print(hpcllm.__file__); "
+            "print(p.project_folder('clusters', 'X')); print(p.project_folder('templates', 'X'))",
+        ],
+        work,
+        env,
+    )
     module, clusters, templates = where.split()
     assert module.startswith(str(venv)) and clusters == str(venv / "share" / "hpcllm" / "clusters")
     assert templates == str(venv / "share" / "hpcllm" / "templates")
 
     hpcllm = str(venv / "bin" / "hpcllm")
     assert {"leonardo", "marenostrum5", "local"} <= set(_run([hpcllm, "clusters"], work, env).split())
-    (work / "e.yaml").write_text(textwrap.dedent("""\
+    (work / "e.yaml").write_text(
+        textwrap.dedent("""\
         name: e
         resources: {nodes: 2}
         training: {model: {preset: 2.7b}, data: {path: /data/x}, parallel: {precision: BF_16}}
         expected: {leonardo: {seed: {samples_per_s: [-0.05, null]}}}
-        """))
+        """)
+    )
     _run([hpcllm, "submit", "e.yaml", "--cluster", "leonardo", "--account", "acct", "--dry-run"], work, env)
     (script,) = (work / "results" / "e" / "leonardo").rglob("job.sbatch")
     assert "#SBATCH --partition=boost_usr_prod" in script.read_text()  # the shipped profile and template

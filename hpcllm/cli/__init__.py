@@ -24,8 +24,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for command in (runs.submit, runs.status, runs.cancel, runs.logs, collect.collect, report.report, schema.schema,
-                doctor.doctor):
+for command in (
+    runs.submit,
+    runs.status,
+    runs.cancel,
+    runs.logs,
+    collect.collect,
+    report.report,
+    schema.schema,
+    doctor.doctor,
+):
     app.command()(command)
 app.command()(generate.generate)
 app.command("explore-batch")(explore.explore_batch)

@@ -36,8 +36,11 @@ def _run_dir(path: Path) -> RunDir:
 @ckpt_app.command("ls")
 def ls(
     run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/)."),
-    verify: bool = typer.Option(False, "--verify", help="Also check every shard against DCP's index "
-                                "(reads the index with torch; catches truncated shards)."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Also check every shard against DCP's index (reads the index with torch; catches truncated shards).",
+    ),
 ) -> None:
     """List complete checkpoints, newest last, marking the one `latest` names and any that fail checks.
 
@@ -87,8 +90,10 @@ def ls(
     else:
         console.print(f"no complete checkpoints in {run.checkpoints}")
     for tmp in incomplete_saves(run.checkpoints):
-        console.print(f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; "
-                      "the next start removes it)", soft_wrap=True)
+        console.print(
+            f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; the next start removes it)",
+            soft_wrap=True,
+        )
     if infos and not verify:
         console.print("shards not checked against DCP's index: `--verify` does (needs torch)", style="dim")
 
@@ -97,11 +102,15 @@ def ls(
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory (holds run.yaml and checkpoints/)."),
     output: Path = typer.Option(..., "--output", "-o", help="File (torch) or folder (hf) to write."),
-    fmt: ExportFormat = typer.Option(ExportFormat.torch, "--format", help="torch: one .pt state dict; "
-                                     "hf: a Llama folder for transformers' LlamaForCausalLM."),
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.torch,
+        "--format",
+        help="torch: one .pt state dict; hf: a Llama folder for transformers' LlamaForCausalLM.",
+    ),
     step: int | None = typer.Option(None, help="Checkpoint step to export; default: the latest."),
-    with_optimizer: bool = typer.Option(False, "--with-optimizer",
-                                        help="torch only: include optimizer state (whole DCP state)."),
+    with_optimizer: bool = typer.Option(
+        False, "--with-optimizer", help="torch only: include optimizer state (whole DCP state)."
+    ),
 ) -> None:
     """Export a checkpoint (default: the latest) as a torch file or a Hugging Face Llama folder."""
     from hpcllm.engine.checkpoint import (

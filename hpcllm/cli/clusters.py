@@ -27,8 +27,14 @@ def clusters_list(ctx: typer.Context) -> None:
         for name in available_clusters():
             c = load_cluster(name)
             table.add_row(
-                c.name, c.scheduler, c.partition or "-", c.gpu_type, str(c.gpus_per_node),
-                f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-", str(c.cpus_per_node), str(c.max_nodes),
+                c.name,
+                c.scheduler,
+                c.partition or "-",
+                c.gpu_type,
+                str(c.gpus_per_node),
+                f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-",
+                str(c.cpus_per_node),
+                str(c.max_nodes),
                 ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
             )
     except HpcllmError as exc:

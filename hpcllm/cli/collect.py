@@ -132,7 +132,6 @@ def _show_probes(run_dirs: list[RunDir]) -> None:
         print_listing(err_console, "Batch-size probes (* = fastest that fitted)", COLUMNS, rows, keep_whole=("Probe",))
 
 
-
 def _check_references(root: Path) -> None:
     from hpcllm.cli.listing import print_listing
     from hpcllm.collect.references import check_references
@@ -146,10 +145,24 @@ def _check_references(root: Path) -> None:
         lo, hi = v.reference.bounds()
         bounds = f"[{'-inf' if lo is None else f'{lo:.4g}'}, {'inf' if hi is None else f'{hi:.4g}'}]"
         measured = "n/a" if v.measured is None else f"{v.measured:.4g}"
-        rows.append([v.run_id, v.metric, measured, f"{v.reference.value:.4g}", bounds, v.reference.source or "",
-                     "ok" if v.ok else "FAIL"])
-    print_listing(err_console, "Performance references",
-                  ("run", "metric", "measured", "reference", "bounds", "source", "verdict"), rows,
-                  keep_whole=("run", "verdict"), styles={"verdict": {"ok": "green", "FAIL": "red"}})
+        rows.append(
+            [
+                v.run_id,
+                v.metric,
+                measured,
+                f"{v.reference.value:.4g}",
+                bounds,
+                v.reference.source or "",
+                "ok" if v.ok else "FAIL",
+            ]
+        )
+    print_listing(
+        err_console,
+        "Performance references",
+        ("run", "metric", "measured", "reference", "bounds", "source", "verdict"),
+        rows,
+        keep_whole=("run", "verdict"),
+        styles={"verdict": {"ok": "green", "FAIL": "red"}},
+    )
     if any(not v.ok for v in verdicts):
         raise typer.Exit(1)

@@ -29,8 +29,14 @@ def _byte_progress(label: str) -> Iterator[tuple[Callable[[int], None], Callable
     The bar appears at ``on_start``, once the inputs are known to exist, so an input error is
     not preceded by an empty bar.
     """
-    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn(), console=err_console)
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
     task = bar.add_task(label, total=None)
 
     def on_start(total: int) -> None:
@@ -58,8 +64,10 @@ def _fields(text_key: str, prompt_key: str, response_key: str, prompt_weight: fl
     return Fields(text=text_key, prompt=prompt_key, response=response_key, prompt_weight=prompt_weight)
 
 
-_PROMPT_WEIGHT_HELP = ("Loss weight in [0, 1] of prompt tokens (records may set their own prompt_weight): "
-                       "0 masks them out, 0.1 gives them a tenth of a response token's weight.")
+_PROMPT_WEIGHT_HELP = (
+    "Loss weight in [0, 1] of prompt tokens (records may set their own prompt_weight): "
+    "0 masks them out, 0.1 gives them a tenth of a response token's weight."
+)
 
 
 @data_app.command("prepare")
@@ -80,13 +88,24 @@ def prepare_cmd(
     try:
         with _byte_progress("tokenizing") as (on_start, advance):
             fields = _fields(text_key, prompt_key, response_key, prompt_weight)
-            result = prepare(inputs, tokenizer, output, fields=fields,
-                             workers=workers, overwrite=overwrite, progress=advance, on_start=on_start)
+            result = prepare(
+                inputs,
+                tokenizer,
+                output,
+                fields=fields,
+                workers=workers,
+                overwrite=overwrite,
+                progress=advance,
+                on_start=on_start,
+            )
     except (HpcllmError, ValueError) as exc:
         fail(exc)
     mb = result.input_bytes / 1e6
-    _print_header(result.output, result.header, {
-        "input": f"{mb:,.1f} MB in {result.seconds:.1f} s ({mb / max(result.seconds, 1e-9):,.1f} MB/s)"})
+    _print_header(
+        result.output,
+        result.header,
+        {"input": f"{mb:,.1f} MB in {result.seconds:.1f} s ({mb / max(result.seconds, 1e-9):,.1f} MB/s)"},
+    )
 
 
 @data_app.command("train-tokenizer")
@@ -107,12 +126,20 @@ def train_tokenizer_cmd(
         total = total_bytes(expand_inputs(inputs))
         with _byte_progress("training BPE") as (on_start, advance):
             on_start(total)
-            path = train_bpe(inputs, vocab_size, output, min_frequency=min_frequency, progress=advance,
-                             fields=_fields(text_key, prompt_key, response_key))
+            path = train_bpe(
+                inputs,
+                vocab_size,
+                output,
+                min_frequency=min_frequency,
+                progress=advance,
+                fields=_fields(text_key, prompt_key, response_key),
+            )
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"wrote [bold]{path}[/] (vocab {vocab_size:,}); use it with "
-                  f"`hpcllm data prepare --tokenizer {path}` and `data.tokenizer: {path}` in run.yaml")
+    console.print(
+        f"wrote [bold]{path}[/] (vocab {vocab_size:,}); use it with "
+        f"`hpcllm data prepare --tokenizer {path}` and `data.tokenizer: {path}` in run.yaml"
+    )
 
 
 @data_app.command("demo")
@@ -121,14 +148,16 @@ def demo_cmd(
     instruct: bool = typer.Option(False, help="Question/answer pairs with a loss mask on the questions."),
     prompt_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="--instruct: " + _PROMPT_WEIGHT_HELP),
     debian_docs: bool = typer.Option(
-        True, help="Add Python's docs from Debian's python3.11-doc package when it is installed."),
+        True, help="Add Python's docs from Debian's python3.11-doc package when it is installed."
+    ),
 ) -> None:
     """Write real English text (Python's reference docs, offline) and tokenize it with the byte tokenizer."""
     from hpcllm.data.demo import write_demo
 
     try:
-        corpus, result = write_demo(output, instruct=instruct, overwrite=True, with_debian_docs=debian_docs,
-                                    prompt_weight=prompt_weight)
+        corpus, result = write_demo(
+            output, instruct=instruct, overwrite=True, with_debian_docs=debian_docs, prompt_weight=prompt_weight
+        )
     except HpcllmError as exc:
         fail(exc)
     _print_header(result.output, result.header, {"text": str(corpus)})
@@ -147,8 +176,7 @@ def info_cmd(
     try:
         store = TokenStore.open(path)
         if verify:
-            bar = Progress(TextColumn("[bold]verifying"), BarColumn(), TimeRemainingColumn(),
-                           console=err_console)
+            bar = Progress(TextColumn("[bold]verifying"), BarColumn(), TimeRemainingColumn(), console=err_console)
             with bar:
                 task = bar.add_task("verify", total=store.n_tokens)
                 store.verify(progress=lambda n: bar.advance(task, n))
@@ -161,5 +189,6 @@ def info_cmd(
     _print_header(path, store.header, extra)
     if show and store.header.tokenizer == "byte" and store.n_docs:
         doc = store.document(0)[:show]
-        console.print(bytes(int(t) for t in doc if t < 256).decode("utf-8", errors="replace"),
-                      markup=False, highlight=False)
+        console.print(
+            bytes(int(t) for t in doc if t < 256).decode("utf-8", errors="replace"), markup=False, highlight=False
+        )

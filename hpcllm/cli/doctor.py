@@ -35,8 +35,9 @@ def doctor(
     try:
         profile = load_cluster(cluster)
         profile_file = cluster if cluster.endswith((".yaml", ".yml")) else str(clusters_dir() / f"{cluster}.yaml")
-        checks = run_doctor(profile, profile_file=profile_file, account=account, experiment=experiment,
-                            results_root=results, gpu=gpu)
+        checks = run_doctor(
+            profile, profile_file=profile_file, account=account, experiment=experiment, results_root=results, gpu=gpu
+        )
     except HpcllmError as exc:
         fail(exc)
     table = Table(title=f"hpcllm doctor: {profile.name} ({profile_file})")
@@ -44,8 +45,13 @@ def doctor(
         table.add_column(col, overflow="fold")
     for check in checks:
         style = STATUS_STYLE.get(check.status, "white")
-        table.add_row(escape(check.area), escape(check.name), f"[{style}]{check.status}[/]", escape(check.detail),
-                      escape(check.fix))
+        table.add_row(
+            escape(check.area),
+            escape(check.name),
+            f"[{style}]{check.status}[/]",
+            escape(check.detail),
+            escape(check.fix),
+        )
     console.print(table)
     counts = {s: sum(c.status == s for c in checks) for s in STATUS_STYLE}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))

@@ -58,10 +58,18 @@ def explore_batch(
         if apply:
             applied = apply_probes(experiment, cluster, results, output=output, margin=margin)
         else:
-            settings = ProbeSettings(max_mbs=max_mbs, steps=steps, warmup_steps=warmup_steps,
-                                     min_gain=None if memory_only else min_gain)
-            explored = submit_probes(experiment, cluster, results, settings=settings, account=account,
-                                     dry_run=dry_run, retry_failed=retry_failed)
+            settings = ProbeSettings(
+                max_mbs=max_mbs, steps=steps, warmup_steps=warmup_steps, min_gain=None if memory_only else min_gain
+            )
+            explored = submit_probes(
+                experiment,
+                cluster,
+                results,
+                settings=settings,
+                account=account,
+                dry_run=dry_run,
+                retry_failed=retry_failed,
+            )
     except HpcllmError as exc:
         fail(exc)
     if apply:
@@ -78,12 +86,20 @@ def explore_batch(
         probe = plan.spec.training.probe
         assert probe is not None, "an explore plan's runs are probes"
         start = f"{probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
-        table.add_row(plan.spec.run_id, plan.label, str(len(plan.points)), start,
-                      f"{run.action} {run.detail}".strip(), run.job_id or "-")
+        table.add_row(
+            plan.spec.run_id,
+            plan.label,
+            str(len(plan.points)),
+            start,
+            f"{run.action} {run.detail}".strip(),
+            run.job_id or "-",
+        )
     console.print(table)
     root = explored.submitted.results_root
-    console.print(f"then: hpcllm status {root}  ·  hpcllm collect {root}  ·  "
-                  f"hpcllm explore-batch {experiment} --cluster {cluster} --apply")
+    console.print(
+        f"then: hpcllm status {root}  ·  hpcllm collect {root}  ·  "
+        f"hpcllm explore-batch {experiment} --cluster {cluster} --apply"
+    )
 
 
 def _print_applied(applied: ApplyResult) -> None:
@@ -95,7 +111,13 @@ def _print_applied(applied: ApplyResult) -> None:
     for c in applied.choices:
         t = c.trial
         mbs = "-" if t is None else str(t.mbs) + (f" (GA {c.grad_accum})" if c.grad_accum is not None else "")
-        table.add_row(c.label, str(c.points), mbs, "-" if t is None else f"{t.samples_per_s_per_gpu:.4g}",
-                      "-" if t is None or t.memory_gib is None else f"{t.memory_gib:.2f}", c.probe_run)
+        table.add_row(
+            c.label,
+            str(c.points),
+            mbs,
+            "-" if t is None else f"{t.samples_per_s_per_gpu:.4g}",
+            "-" if t is None or t.memory_gib is None else f"{t.memory_gib:.2f}",
+            c.probe_run,
+        )
     console.print(table)
     console.print(f"submit it: hpcllm submit {applied.output} --cluster …")

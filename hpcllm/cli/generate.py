@@ -30,8 +30,9 @@ def generate(
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", min=1, help="Tokens to add at most."),
     temperature: float = typer.Option(0.8, min=0.0, help="Softmax temperature; 0 = greedy (always the most likely)."),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="Sample among the k most likely tokens only."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0,
-                                help="Sample among the most likely tokens whose probabilities add up to p."),
+    top_p: float = typer.Option(
+        1.0, "--top-p", min=0.0, max=1.0, help="Sample among the most likely tokens whose probabilities add up to p."
+    ),
     seed: int = typer.Option(0, help="Seed of the sampling: the same seed gives the same text (same device)."),
     tokenizer: str | None = typer.Option(None, help="'byte' or a tokenizer.json; default: the run's data.tokenizer."),
     device: Device = typer.Option(Device.auto, help="auto: a GPU if there is one."),
@@ -50,8 +51,15 @@ def generate(
     except HpcllmError as exc:
         fail(exc)
     if as_json:
-        record = {"checkpoint": str(gen.checkpoint), "step": gen.step, "prompt": prompt, "text": out.text,
-                  "prompt_ids": out.prompt_ids, "ids": out.ids, "stopped_at_eos": out.stopped_at_eos}
+        record = {
+            "checkpoint": str(gen.checkpoint),
+            "step": gen.step,
+            "prompt": prompt,
+            "text": out.text,
+            "prompt_ids": out.prompt_ids,
+            "ids": out.ids,
+            "stopped_at_eos": out.stopped_at_eos,
+        }
         typer.echo(json.dumps(record))  # one line, unwrapped: for scripts
         return
     console.print(prompt + out.text, markup=False, highlight=False, soft_wrap=True)
@@ -59,5 +67,6 @@ def generate(
     err_console.print(
         f"[dim]{gen.checkpoint} (step {gen.step}) on {gen.device.type}: {len(out.ids)} tokens in "
         f"{out.seconds:.2f} s ({rate:.0f} tokens/s){', stopped at EOS' if out.stopped_at_eos else ''}[/]",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )

@@ -45,8 +45,14 @@ def plain_listing(title: str, headers: Sequence[str], rows: Sequence[Sequence[st
     return "\n".join([title, line(headers), *(line(row) for row in rows)])
 
 
-def _rich(console: Console, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]],
-          keep_whole: Sequence[str], styles: dict[str, dict[str, str]]) -> None:
+def _rich(
+    console: Console,
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    keep_whole: Sequence[str],
+    styles: dict[str, dict[str, str]],
+) -> None:
     from rich.table import Table
 
     table = Table(title=title)

@@ -63,8 +63,15 @@ def list_cmd() -> None:
     table = Table("name", "layers", "d_model", "heads (kv)", "ffn", "seq", "params")
     for name in preset_names():
         c = ModelConfig.from_name(name)
-        table.add_row(name, str(c.n_layers), str(c.d_model), f"{c.n_heads} ({c.kv_heads})", str(c.ffn_dim),
-                      str(c.seq_len), _human(c.n_params()))
+        table.add_row(
+            name,
+            str(c.n_layers),
+            str(c.d_model),
+            f"{c.n_heads} ({c.kv_heads})",
+            str(c.ffn_dim),
+            str(c.seq_len),
+            _human(c.n_params()),
+        )
     console.print(table)
 
 
@@ -111,8 +118,14 @@ def info_cmd(
         overrides = {k: v for k, v in (("seq_len", seq_len), ("attention", attention and attention.value)) if v}
         cfg = ModelConfig.from_name(name, **overrides)
         profile = load_cluster(cluster) if cluster else None
-        parallel = ParallelConfig(sharding=sharding.value, hsdp_shard_size=hsdp_shard_size, precision=precision.value,
-                                  activation_checkpointing=ac.value, ac_every=ac_every, cpu_offload=offload)
+        parallel = ParallelConfig(
+            sharding=sharding.value,
+            hsdp_shard_size=hsdp_shard_size,
+            precision=precision.value,
+            activation_checkpointing=ac.value,
+            ac_every=ac_every,
+            cpu_offload=offload,
+        )
     except ValidationError as exc:  # a combination of options the configs reject
         fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
     except (HpcllmError, ValueError) as exc:
@@ -120,14 +133,26 @@ def info_cmd(
     n_gpus = gpus or (profile.gpus_per_node if profile else 1)
     per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
     device: Literal["cuda", "cpu"] = "cpu" if profile is not None and profile.is_cpu else "cuda"
-    spec = MemorySpec(cfg, parallel, mbs, world_size=n_gpus, ranks_per_node=min(per_node, n_gpus), device=device,
-                      grad_accum=grad_accum)
+    spec = MemorySpec(
+        cfg,
+        parallel,
+        mbs,
+        world_size=n_gpus,
+        ranks_per_node=min(per_node, n_gpus),
+        device=device,
+        grad_accum=grad_accum,
+    )
     console.print(_architecture_table(name, cfg))
     estimate = estimate_memory(spec)
-    console.print(estimate_table(estimate, title=(
-        f"memory per {'rank' if device == 'cpu' else 'GPU'}: MBS {mbs} x seq {cfg.seq_len}, {n_gpus} rank(s), "
-        f"{parallel.sharding}, {parallel.precision}, AC {parallel.activation_checkpointing}"
-    )))
+    console.print(
+        estimate_table(
+            estimate,
+            title=(
+                f"memory per {'rank' if device == 'cpu' else 'GPU'}: MBS {mbs} x seq {cfg.seq_len}, {n_gpus} rank(s), "
+                f"{parallel.sharding}, {parallel.precision}, AC {parallel.activation_checkpointing}"
+            ),
+        )
+    )
     console.print(f"checkpoint on disk: {_gib(estimate.checkpoint_bytes)} (weights + AdamW state, all ranks)")
     if profile is None:
         return
@@ -183,8 +208,13 @@ def estimate_table(estimate: MemoryEstimate, title: str) -> Table:
     table.add_column("how")
     for term in estimate.terms:
         table.add_row(term.name, f"{term.gib:.2f}", term.location, term.detail)
-    table.add_row("[bold]peak[/]", f"[bold]{estimate.peak_gib:.2f}[/]", "device",
-                  f"at {estimate.phase}: {estimate.formula}", end_section=True)
+    table.add_row(
+        "[bold]peak[/]",
+        f"[bold]{estimate.peak_gib:.2f}[/]",
+        "device",
+        f"at {estimate.phase}: {estimate.formula}",
+        end_section=True,
+    )
     if estimate.host_bytes:
         table.add_row("host", f"{estimate.host_bytes / 2**30:.2f}", "host", "CPU-offloaded state per rank")
     return table

@@ -45,8 +45,14 @@ def submit(
 
     try:
         result = submit_experiment(
-            experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed,
-            after=after, memory_check=not no_memory_check,
+            experiment,
+            cluster,
+            results,
+            account=account,
+            dry_run=dry_run,
+            retry_failed=retry_failed,
+            after=after,
+            memory_check=not no_memory_check,
         )
     except HpcllmError as exc:
         fail(exc)
@@ -57,14 +63,27 @@ def submit(
     rows = []
     for run in result.runs:
         t, p = run.spec.training, run.spec.training.parallel
-        rows.append([
-            run.spec.run_id, str(run.spec.resources.nodes), str(run.spec.world_size),
-            str(t.train.micro_batch_size), str(t.train.grad_accum), str(t.train.global_batch_size),
-            p.sharding, p.activation_checkpointing, f"{run.action} {run.detail}".strip(), run.job_id or "-",
-        ])
-    print_listing(console, f"{experiment} on {cluster}: {len(result.runs)} runs",
-                  ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"), rows,
-                  keep_whole=("run", "job"))
+        rows.append(
+            [
+                run.spec.run_id,
+                str(run.spec.resources.nodes),
+                str(run.spec.world_size),
+                str(t.train.micro_batch_size),
+                str(t.train.grad_accum),
+                str(t.train.global_batch_size),
+                p.sharding,
+                p.activation_checkpointing,
+                f"{run.action} {run.detail}".strip(),
+                run.job_id or "-",
+            ]
+        )
+    print_listing(
+        console,
+        f"{experiment} on {cluster}: {len(result.runs)} runs",
+        ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"),
+        rows,
+        keep_whole=("run", "job"),
+    )
     _print_plan_notes(result)
     if result.runs:
         console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
@@ -81,8 +100,9 @@ def _print_plan_notes(result: SubmitResult) -> None:
         err_console.print(f"[yellow]refused[/] {{{point}}}: {refused.reason}", highlight=False, soft_wrap=True)
     if result.storage is not None and result.storage.runs:
         room = f"; {human_bytes(result.room.free)} free ({result.room.source})" if result.room else ""
-        console.print(f"storage: {result.storage.describe()} under {result.results_root}{room}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"storage: {result.storage.describe()} under {result.results_root}{room}", highlight=False, soft_wrap=True
+        )
 
 
 def _print_unfit(unfit: list[Unfit]) -> None:
@@ -90,8 +110,16 @@ def _print_unfit(unfit: list[Unfit]) -> None:
     rows = []
     for u in unfit:
         t, p = u.spec.training, u.spec.training.parallel
-        rows.append([u.spec.run_id, str(u.spec.world_size), str(t.train.micro_batch_size), p.sharding,
-                     p.activation_checkpointing, u.reason])
+        rows.append(
+            [
+                u.spec.run_id,
+                str(u.spec.world_size),
+                str(t.train.micro_batch_size),
+                p.sharding,
+                p.activation_checkpointing,
+                u.reason,
+            ]
+        )
     print_listing(
         err_console,
         f"{len(unfit)} points skipped: estimated over the GPU memory (--no-memory-check submits them)",
@@ -130,8 +158,12 @@ def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> lis
     from hpcllm.launch.orchestrate import collect_status
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=console,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         tasks = {p: progress.add_task(p.name[:60], total=totals[p], info="") for p in sorted(wanted)}
         while True:
@@ -168,14 +200,21 @@ class StatusFormat(str, Enum):
     json = "json"
 
 
-STATE_STYLES = {"completed": "green", "running": "cyan", "pending": "yellow", "failed": "red",
-                "submit_failed": "red", "cancelled": "magenta"}
+STATE_STYLES = {
+    "completed": "green",
+    "running": "cyan",
+    "pending": "yellow",
+    "failed": "red",
+    "submit_failed": "red",
+    "cancelled": "magenta",
+}
 
 
 def status(
     root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
-    fmt: StatusFormat = typer.Option(StatusFormat.table, "--format", "-f",
-                                     help="table (ends with the count per state), or json for scripts."),
+    fmt: StatusFormat = typer.Option(
+        StatusFormat.table, "--format", "-f", help="table (ends with the count per state), or json for scripts."
+    ),
 ) -> None:
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.orchestrate import collect_status
@@ -190,17 +229,28 @@ def status(
         return
     headers = ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with")
     rows = [
-        [r["experiment"] or "?", r["cluster"] or "?", r["run_id"], r["state"], r["job_id"] or "-",
-         "-" if r["step"] is None else str(r["step"]), "-" if r["loss"] is None else f"{r['loss']:.4f}",
-         str(r["restarts"]), f"waiting: {r['waiting_for']}" if r["waiting_for"] else r["reason"] or "",
-         r["ran_with"]]
+        [
+            r["experiment"] or "?",
+            r["cluster"] or "?",
+            r["run_id"],
+            r["state"],
+            r["job_id"] or "-",
+            "-" if r["step"] is None else str(r["step"]),
+            "-" if r["loss"] is None else f"{r['loss']:.4f}",
+            str(r["restarts"]),
+            f"waiting: {r['waiting_for']}" if r["waiting_for"] else r["reason"] or "",
+            r["ran_with"],
+        ]
         for r in records
     ]
-    print_listing(console, f"Runs under {root}", headers, rows, keep_whole=("run", "state", "job"),
-                  styles={"state": STATE_STYLES})
+    print_listing(
+        console, f"Runs under {root}", headers, rows, keep_whole=("run", "state", "job"), styles={"state": STATE_STYLES}
+    )
     counts = Counter(r["state"] for r in records)
-    console.out(f"{len(records)} runs: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"),
-                highlight=False)
+    console.out(
+        f"{len(records)} runs: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"),
+        highlight=False,
+    )
     _print_artifacts(root, [s.run_dir for s in statuses])
 
 
@@ -209,8 +259,11 @@ def _print_artifacts(root: Path, run_dirs: list[RunDir]) -> None:
     for rd in run_dirs:
         traces = rd.profile_files()
         if traces:
-            console.print(f"{rd.run_id}: profiler traces in {rd.profile}/: {', '.join(p.name for p in traces)}",
-                          soft_wrap=True, highlight=False)
+            console.print(
+                f"{rd.run_id}: profiler traces in {rd.profile}/: {', '.join(p.name for p in traces)}",
+                soft_wrap=True,
+                highlight=False,
+            )
     if any(rd.tensorboard.is_dir() for rd in run_dirs):
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
@@ -221,13 +274,22 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
     for s in statuses:
         m = s.manifest
         last_restart = m.restarts[-1].reason if m and m.restarts else None
-        out.append({
-            "experiment": m.experiment if m else None, "cluster": m.cluster if m else None,
-            "run_id": s.run_dir.run_id, "path": str(s.run_dir.path), "state": s.state,
-            "job_id": m.job_id if m else None, "step": s.step, "loss": s.loss,
-            "restarts": len(m.restarts) if m else 0, "reason": (m.reason or last_restart) if m else None,
-            "waiting_for": s.waiting_for, "ran_with": s.software,
-        })
+        out.append(
+            {
+                "experiment": m.experiment if m else None,
+                "cluster": m.cluster if m else None,
+                "run_id": s.run_dir.run_id,
+                "path": str(s.run_dir.path),
+                "state": s.state,
+                "job_id": m.job_id if m else None,
+                "step": s.step,
+                "loss": s.loss,
+                "restarts": len(m.restarts) if m else 0,
+                "reason": (m.reason or last_restart) if m else None,
+                "waiting_for": s.waiting_for,
+                "ran_with": s.software,
+            }
+        )
     return out
 
 

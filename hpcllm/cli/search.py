@@ -16,8 +16,9 @@ from hpcllm.errors import HpcllmError
 if TYPE_CHECKING:
     from hpcllm.launch.search import SearchState, Step
 
-search_app = typer.Typer(help="Hyper-parameter searches: grid, random, successive halving (ASHA).",
-                         no_args_is_help=True)
+search_app = typer.Typer(
+    help="Hyper-parameter searches: grid, random, successive halving (ASHA).", no_args_is_help=True
+)
 
 _COLORS = {"finished": "green", "running": "cyan", "queued": "yellow", "failed": "red", "stopped": "magenta"}
 
@@ -74,19 +75,29 @@ def status(
     waiting = [t for t in state.trials if t.state.value == "finished" and not state.done(t)]
     queued = [t for t in state.trials if t.state.value == "queued"]
     if waiting or queued:
-        console.print(f"{len(waiting) + len(queued)} trial(s) wait for a decision or a submission: "
-                      f"hpcllm search run {experiment} --cluster {cluster}", soft_wrap=True, highlight=False)
+        console.print(
+            f"{len(waiting) + len(queued)} trial(s) wait for a decision or a submission: "
+            f"hpcllm search run {experiment} --cluster {cluster}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _print_step(step: Step, quiet: bool = False) -> None:
     if step.rendered_only:
-        console.print(f"rendered {len(step.state.trials)} trial(s) under {step.folder} (dry run, nothing submitted)",
-                      soft_wrap=True, highlight=False)
+        console.print(
+            f"rendered {len(step.state.trials)} trial(s) under {step.folder} (dry run, nothing submitted)",
+            soft_wrap=True,
+            highlight=False,
+        )
         return
     for trial, decision in step.decisions:
-        console.print(f"{decision}: {trial.run_id} ({_params(trial.params)})"
-                      + (f": {trial.reason}" if decision == "stopped" else f" -> rung {trial.rung}"),
-                      soft_wrap=True, highlight=False)
+        console.print(
+            f"{decision}: {trial.run_id} ({_params(trial.params)})"
+            + (f": {trial.reason}" if decision == "stopped" else f" -> rung {trial.rung}"),
+            soft_wrap=True,
+            highlight=False,
+        )
     if step.submitted:
         console.print(f"submitted {len(step.submitted)} trial(s) to {step.state.cluster}", highlight=False)
     elif not quiet and not step.state.complete:
@@ -100,8 +111,9 @@ def _params(params: dict[str, object]) -> str:
 def _print_table(state: SearchState) -> None:
     from hpcllm.launch.search import best_trial
 
-    title = (f"search {state.experiment} on {state.cluster}: {state.method}, minimise {state.metric}"
-             + (f", rungs {'/'.join(map(str, state.rungs))} steps" if len(state.rungs) > 1 else ""))
+    title = f"search {state.experiment} on {state.cluster}: {state.method}, minimise {state.metric}" + (
+        f", rungs {'/'.join(map(str, state.rungs))} steps" if len(state.rungs) > 1 else ""
+    )
     table = Table(title=title)
     keys = list(state.groups[0].trials[0].params) if state.groups and state.groups[0].trials else []
     multi = len(state.groups) > 1
@@ -119,8 +131,12 @@ def _print_table(state: SearchState) -> None:
                     value = t.scores[str(steps)]
                     scores.append("diverged" if value is None or not math.isfinite(value) else f"{value:.4f}")
             table.add_row(
-                *([group.label] if multi else []), f"t{t.index:03d}", *[str(t.params[k]) for k in keys],
-                f"[{_COLORS.get(t.state.value, 'white')}]{state_text}[/]", *scores, "*" if t is best else "",
+                *([group.label] if multi else []),
+                f"t{t.index:03d}",
+                *[str(t.params[k]) for k in keys],
+                f"[{_COLORS.get(t.state.value, 'white')}]{state_text}[/]",
+                *scores,
+                "*" if t is best else "",
             )
     console.print(table)
     for group in state.groups:
@@ -130,5 +146,9 @@ def _print_table(state: SearchState) -> None:
             console.print(f"best so far{where}: none yet", highlight=False)
             continue
         steps = max(int(s) for s, v in best.scores.items() if v is not None)
-        console.print(f"best so far{where}: {best.run_id} ({_params(best.params)}): {state.metric} "
-                      f"{best.scores[str(steps)]:.4f} at step {steps}", soft_wrap=True, highlight=False)
+        console.print(
+            f"best so far{where}: {best.run_id} ({_params(best.params)}): {state.metric} "
+            f"{best.scores[str(steps)]:.4f} at step {steps}",
+            soft_wrap=True,
+            highlight=False,
+        )

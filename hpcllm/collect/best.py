@@ -37,9 +37,14 @@ def best_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
                 _note(problems, f"{run_dir.summary}: not valid JSON ({exc})")
                 continue
             steps = max(int(s) for s, v in best.scores.items() if v is not None)
-            row: dict[str, Any] = {"Search": f"{state.experiment}/{state.cluster}", "Group": group.label,
-                                   "Run": best.run_id, "Steps": steps, **best.params,
-                                   state.metric: round(best.score_at(steps), 4)}
+            row: dict[str, Any] = {
+                "Search": f"{state.experiment}/{state.cluster}",
+                "Group": group.label,
+                "Run": best.run_id,
+                "Steps": steps,
+                **best.params,
+                state.metric: round(best.score_at(steps), 4),
+            }
             try:
                 row.update(_scaling_columns(RunRecord(run_dir, summary or {})))
             except (KeyError, TypeError, ValueError) as exc:

@@ -33,6 +33,7 @@ class Column:
 
 def _summary(key: str, digits: int | None = None, *, required: bool = False) -> Callable[[RunRecord], Any]:
     """A summary.json value, rounded; ``required``: a completed run without it is broken (KeyError)."""
+
     def get(record: RunRecord) -> Any:
         summary = record.summary or {}
         value = summary[key] if required else summary.get(key)
@@ -143,17 +144,36 @@ _COLUMNS = [
 ]
 COLUMNS: dict[str, Column] = {c.id: c for c in _COLUMNS}
 
-SEED = ["params", "gpus", "samples_per_s", "grad_accum", "mbs", "gbs", "seq_len", "precision", "sharding",
-        "ac", "gpu_type", "mfu"]
+SEED = [
+    "params",
+    "gpus",
+    "samples_per_s",
+    "grad_accum",
+    "mbs",
+    "gbs",
+    "seq_len",
+    "precision",
+    "sharding",
+    "ac",
+    "gpu_type",
+    "mfu",
+]
 # After the seed's columns and the swept values, by default:
 DEFAULT_TAIL = ["loss", "eval_loss", "eval_ppl", "restarts", "wall_time"]
 GROUPS = {"seed": SEED, "default": [*SEED, "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
 
 # Grid keys the seed's columns already show (directly, or as #GPUs).
 COVERED_BY_SEED = {
-    "resources.nodes", "resources.gpus_per_node", "train.micro_batch_size", "train.grad_accum",
-    "train.global_batch_size", "model.seq_len", "parallel.precision", "parallel.sharding",
-    "parallel.activation_checkpointing", "model.preset",
+    "resources.nodes",
+    "resources.gpus_per_node",
+    "train.micro_batch_size",
+    "train.grad_accum",
+    "train.global_batch_size",
+    "model.seq_len",
+    "parallel.precision",
+    "parallel.sharding",
+    "parallel.activation_checkpointing",
+    "model.preset",
 }
 
 
@@ -191,7 +211,7 @@ def resolve(spec: str | None, records: list[RunRecord]) -> list[Column]:
                     continue  # an optional column the user did not name, and no run has a value
                 out.append(column)
             elif item.startswith("summary.") and len(item) > len("summary."):
-                out.append(summary_column(item[len("summary."):]))
+                out.append(summary_column(item[len("summary.") :]))
             elif "." in item:
                 out.append(swept_column(item))
             else:

@@ -63,24 +63,36 @@ class Comparison:
 
     def summary_line(self) -> str:
         c, ratio = self.counts(), self.median_ratio()
-        text = (f"seed rows matched by our runs: {c[STATUS_OK]}, seed rows not run: {c[STATUS_NOT_RUN]}, "
-                f"our runs not in the seed: {c[STATUS_OURS_ONLY]}")
+        text = (
+            f"seed rows matched by our runs: {c[STATUS_OK]}, seed rows not run: {c[STATUS_NOT_RUN]}, "
+            f"our runs not in the seed: {c[STATUS_OURS_ONLY]}"
+        )
         return text + (f"; median ours/seed samples/s: {ratio:.3f}" if ratio is not None else "")
 
 
 def _config_cells(row: SeedRow) -> dict[str, Any]:
     return {
-        "cluster": row.cluster, "params": float(row.label), "gpus": row.gpus, "grad_accum": row.grad_accum,
-        "mbs": row.mbs, "gbs": row.gbs, "seq_len": row.seq_len, "precision": row.precision,
-        "sharding": row.sharding, "ac": cols.ac_label(row.ac),
+        "cluster": row.cluster,
+        "params": float(row.label),
+        "gpus": row.gpus,
+        "grad_accum": row.grad_accum,
+        "mbs": row.mbs,
+        "gbs": row.gbs,
+        "seq_len": row.seq_len,
+        "precision": row.precision,
+        "sharding": row.sharding,
+        "ac": cols.ac_label(row.ac),
     }
 
 
 def _ours(record: RunRecord) -> dict[str, Any]:
     s = record.summary or {}
     sps, mfu = s.get("samples_per_s"), s.get("mfu")
-    return {"samples_per_s": None if sps is None else round(float(sps), 2),
-            "mfu": None if mfu is None else round(float(mfu), 4), "run": record.run_id}
+    return {
+        "samples_per_s": None if sps is None else round(float(sps), 2),
+        "mfu": None if mfu is None else round(float(mfu), 4),
+        "run": record.run_id,
+    }
 
 
 def compare_with_seed(records: list[RunRecord], where: str | None = None) -> Comparison:
@@ -99,23 +111,42 @@ def compare_with_seed(records: list[RunRecord], where: str | None = None) -> Com
         base = {**_config_cells(seed), "seed_samples_per_s": seed.samples_per_s, "seed_mfu": seed.mfu}
         matches = ours_by_key.get(seed.key, [])
         if not matches:
-            rows.append({**base, "samples_per_s": None, "mfu": None, "ratio": None, "status": STATUS_NOT_RUN,
-                         "run": None})
+            rows.append(
+                {**base, "samples_per_s": None, "mfu": None, "ratio": None, "status": STATUS_NOT_RUN, "run": None}
+            )
         for record in matches:
             ours = _ours(record)
             ratio = (ours["samples_per_s"] / seed.samples_per_s) if ours["samples_per_s"] is not None else None
             rows.append({**base, **ours, "ratio": None if ratio is None else round(ratio, 3), "status": STATUS_OK})
-    for record in sorted(unmatched, key=lambda r: (r.cluster, (r.summary or {}).get("n_params", 0),
-                                                   (r.summary or {}).get("world_size", 0), r.run_id)):
+    for record in sorted(
+        unmatched,
+        key=lambda r: (
+            r.cluster,
+            (r.summary or {}).get("n_params", 0),
+            (r.summary or {}).get("world_size", 0),
+            r.run_id,
+        ),
+    ):
         s = record.summary or {}
-        rows.append({
-            "cluster": record.cluster, "params": cols.params_billions(float(s.get("n_params", 0))),
-            "gpus": s.get("world_size"), "grad_accum": s.get("grad_accum"), "mbs": s.get("micro_batch_size"),
-            "gbs": s.get("global_batch_size"), "seq_len": s.get("seq_len"), "precision": s.get("precision"),
-            "sharding": s.get("sharding"), "ac": cols.ac_label(s.get("activation_checkpointing"), s.get("ac_every")),
-            "seed_samples_per_s": None, "seed_mfu": None, "ratio": None, "status": STATUS_OURS_ONLY,
-            **_ours(record),
-        })
+        rows.append(
+            {
+                "cluster": record.cluster,
+                "params": cols.params_billions(float(s.get("n_params", 0))),
+                "gpus": s.get("world_size"),
+                "grad_accum": s.get("grad_accum"),
+                "mbs": s.get("micro_batch_size"),
+                "gbs": s.get("global_batch_size"),
+                "seq_len": s.get("seq_len"),
+                "precision": s.get("precision"),
+                "sharding": s.get("sharding"),
+                "ac": cols.ac_label(s.get("activation_checkpointing"), s.get("ac_every")),
+                "seed_samples_per_s": None,
+                "seed_mfu": None,
+                "ratio": None,
+                "status": STATUS_OURS_ONLY,
+                **_ours(record),
+            }
+        )
     if where:
         names = gridlib.where_names(where)
         known = {c.id for c in COMPARE_COLUMNS}

@@ -86,8 +86,15 @@ def scaling_figure(records: Iterable[RunRecord]) -> Figure:
     ax_tp.set_yscale("log")
     ax_eff.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     if not any(p["mfu"] is not None for points in groups.values() for p in points):
-        ax_mfu.text(0.5, 0.5, "no MFU: no known peak FLOPs\n(CPU runs)", ha="center", va="center",
-                    transform=ax_mfu.transAxes, color="grey")
+        ax_mfu.text(
+            0.5,
+            0.5,
+            "no MFU: no known peak FLOPs\n(CPU runs)",
+            ha="center",
+            va="center",
+            transform=ax_mfu.transAxes,
+            color="grey",
+        )
     if not groups:
         ax_tp.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax_tp.transAxes, color="grey")
     elif len(groups) <= MAX_LEGEND:
@@ -120,8 +127,16 @@ def loss_figure(records: Iterable[RunRecord]) -> Figure:
         (line,) = ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], linewidth=1, label=r.run_id)
         for step in _restart_steps(metrics):
             ax.axvline(step, color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.8)
-            ax.annotate("restart", (step, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
-                        va="top", ha="right", color=line.get_color())
+            ax.annotate(
+                "restart",
+                (step, 1.0),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                fontsize=7,
+                va="top",
+                ha="right",
+                color=line.get_color(),
+            )
         evals = [(m["step"], m["eval_loss"]) for m in r.metrics if m.get("eval_loss") is not None]
         if evals:
             ax.plot(*zip(*evals, strict=True), linestyle="none", marker="s", markersize=4, color=line.get_color())

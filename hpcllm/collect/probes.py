@@ -13,8 +13,18 @@ from hpcllm.fsutil import read_json
 from hpcllm.rundir import RunDir
 
 COLUMNS = [
-    "Probe", "Model", "#GPUs", "Sharding", "AC", "Seq", "MBS", "Status", "Samples/s/GPU", "Peak GiB",
-    "Estimate GiB", "Best",
+    "Probe",
+    "Model",
+    "#GPUs",
+    "Sharding",
+    "AC",
+    "Seq",
+    "MBS",
+    "Status",
+    "Samples/s/GPU",
+    "Peak GiB",
+    "Estimate GiB",
+    "Best",
 ]
 
 
@@ -39,17 +49,36 @@ def collect_probes(run_dirs: Iterable[RunDir], problems: list[str] | None = None
             continue
         ac = report.activation_checkpointing
         for trial in report.trials:
-            rows.append({
-                "Probe": report.run_id, "Model": report.model, "#GPUs": report.world_size,
-                "Sharding": report.sharding, "AC": ac if ac != "selective" else f"selective/{report.ac_every}",
-                "Seq": report.seq_len, "MBS": trial.mbs, "Status": trial.status,
-                "Samples/s/GPU": None if trial.samples_per_s_per_gpu is None else round(trial.samples_per_s_per_gpu, 3),
-                "Peak GiB": None if trial.memory_gib is None else round(trial.memory_gib, 2),
-                "Estimate GiB": None if trial.estimate_gib is None else round(trial.estimate_gib, 2),
-                "Best": "*" if trial.mbs == report.best_mbs else "",
-            })
+            rows.append(
+                {
+                    "Probe": report.run_id,
+                    "Model": report.model,
+                    "#GPUs": report.world_size,
+                    "Sharding": report.sharding,
+                    "AC": ac if ac != "selective" else f"selective/{report.ac_every}",
+                    "Seq": report.seq_len,
+                    "MBS": trial.mbs,
+                    "Status": trial.status,
+                    "Samples/s/GPU": None
+                    if trial.samples_per_s_per_gpu is None
+                    else round(trial.samples_per_s_per_gpu, 3),
+                    "Peak GiB": None if trial.memory_gib is None else round(trial.memory_gib, 2),
+                    "Estimate GiB": None if trial.estimate_gib is None else round(trial.estimate_gib, 2),
+                    "Best": "*" if trial.mbs == report.best_mbs else "",
+                }
+            )
         if report.trying is not None:
-            rows.append({"Probe": report.run_id, "Model": report.model, "#GPUs": report.world_size,
-                         "Sharding": report.sharding, "AC": ac, "Seq": report.seq_len, "MBS": report.trying,
-                         "Status": "running" if report.status == "running" else "crashed", "Best": ""})
+            rows.append(
+                {
+                    "Probe": report.run_id,
+                    "Model": report.model,
+                    "#GPUs": report.world_size,
+                    "Sharding": report.sharding,
+                    "AC": ac,
+                    "Seq": report.seq_len,
+                    "MBS": report.trying,
+                    "Status": "running" if report.status == "running" else "crashed",
+                    "Best": "",
+                }
+            )
     return [{column: row.get(column) for column in COLUMNS} for row in rows]

@@ -131,8 +131,18 @@ class ClusterReferences(BaseModel):
 def seed_key_of_spec(spec: RunSpec) -> SeedKey:
     t, p, m = spec.training.train, spec.training.parallel, spec.training.model
     assert t.global_batch_size is not None  # filled in when the point was resolved
-    return SeedKey(spec.cluster, m.n_params(), spec.world_size, t.grad_accum, t.micro_batch_size,
-                   t.global_batch_size, m.seq_len, p.precision, p.sharding, p.activation_checkpointing)
+    return SeedKey(
+        spec.cluster,
+        m.n_params(),
+        spec.world_size,
+        t.grad_accum,
+        t.micro_batch_size,
+        t.global_batch_size,
+        m.seq_len,
+        p.precision,
+        p.sharding,
+        p.activation_checkpointing,
+    )
 
 
 def references_for_point(refs: ClusterReferences | None, spec: RunSpec) -> tuple[dict[str, Reference], bool]:
@@ -157,8 +167,9 @@ def validate_metric_names(references: dict[str, ClusterReferences]) -> None:
     for cluster, refs in references.items():
         for name in refs.fixed():
             if name not in CHECKABLE:
-                raise ValueError(f"expected.{cluster}.{name}: not a checkable metric; use one of "
-                                 f"{', '.join(CHECKABLE)}, or seed")
+                raise ValueError(
+                    f"expected.{cluster}.{name}: not a checkable metric; use one of {', '.join(CHECKABLE)}, or seed"
+                )
 
 
 @dataclass
@@ -183,6 +194,7 @@ def check_references(root: Path) -> list[Verdict]:
             continue
         for metric, ref in (manifest.get("expected") or {}).items():
             value = summary.get(metric)
-            verdicts.append(Verdict(run_dir.run_id, metric, None if value is None else float(value),
-                                    Reference.model_validate(ref)))
+            verdicts.append(
+                Verdict(run_dir.run_id, metric, None if value is None else float(value), Reference.model_validate(ref))
+            )
     return verdicts

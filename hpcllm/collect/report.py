@@ -115,16 +115,28 @@ def _facts(record: RunRecord) -> list[tuple[str, str]]:
             text = " / ".join("-" if s.get(k) is None else f"{s[k]:.4f}" for k in ("mfu", "mfu_with_head", "hfu"))
         facts.append((label, text))
     if s:
-        facts.append(("model / ranks", f"{s.get('model', '?')}, {s.get('n_params', 0):,} params, "
-                                       f"{s.get('world_size', '?')} x {s.get('gpu_type', '?')}, "
-                                       f"{s.get('sharding', '?')}, {s.get('precision', '?')}"))
+        facts.append(
+            (
+                "model / ranks",
+                f"{s.get('model', '?')}, {s.get('n_params', 0):,} params, "
+                f"{s.get('world_size', '?')} x {s.get('gpu_type', '?')}, "
+                f"{s.get('sharding', '?')}, {s.get('precision', '?')}",
+            )
+        )
     return [(key, value) for key, value in facts if value]
 
 
 def _details(record: RunRecord, with_log: bool) -> RunDetails:
     log_name, log_tail = _log_tail(record) if with_log else ("", "")
-    return RunDetails(record, record.state, _reason(record), _facts(record),
-                      list(record.manifest.get("restarts") or []), log_name, log_tail)
+    return RunDetails(
+        record,
+        record.state,
+        _reason(record),
+        _facts(record),
+        list(record.manifest.get("restarts") or []),
+        log_name,
+        log_tail,
+    )
 
 
 def _figure(id_: str, title: str, fig: Any, note: str = "") -> Figure:
@@ -140,20 +152,29 @@ def build_report(root: Path, columns: str | None = None) -> Report:
     ran_on = {r.cluster for r in completed}
     # The seed's rows of clusters these results never ran on are noise here (`collect --compare
     # seed` lists them all); our runs that the seed has no row for stay.
-    comparison.table.rows = [row for row in comparison.table.rows
-                             if row["cluster"] in ran_on or row["status"] == STATUS_OURS_ONLY]
+    comparison.table.rows = [
+        row for row in comparison.table.rows if row["cluster"] in ran_on or row["status"] == STATUS_OURS_ONLY
+    ]
     figures = [_figure("scaling", "Scaling", plot.scaling_figure(completed))]
     with_metrics = [r for r in records if r.has_metrics()]  # parsed only for the runs drawn
-    note = (f"the first {MAX_LOSS_CURVES} of {len(with_metrics)} runs with metrics"
-            if len(with_metrics) > MAX_LOSS_CURVES else "")
+    note = (
+        f"the first {MAX_LOSS_CURVES} of {len(with_metrics)} runs with metrics"
+        if len(with_metrics) > MAX_LOSS_CURVES
+        else ""
+    )
     figures.append(_figure("losses", "Loss curves", plot.loss_figure(with_metrics[:MAX_LOSS_CURVES]), note))
     failures = [_details(r, with_log=True) for r in records if r.state in FAILED_STATES]
     runs = [_details(r, with_log=False) for r in records]
     return Report(
-        root=root, generated=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        counts=dict(sorted(Counter(r.state for r in records).items())), table=table,
-        comparison=comparison.table, comparison_note=comparison.summary_line(), figures=figures,
-        failures=failures, runs=runs,
+        root=root,
+        generated=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        counts=dict(sorted(Counter(r.state for r in records).items())),
+        table=table,
+        comparison=comparison.table,
+        comparison_note=comparison.summary_line(),
+        figures=figures,
+        failures=failures,
+        runs=runs,
         problems=list(dict.fromkeys(table_problems + [p for r in records for p in r.problems])),
     )
 

@@ -37,8 +37,10 @@ class SeedKey(NamedTuple):
     ac: str  # none | full | selective
 
     def label(self) -> str:
-        return (f"{self.cluster} {self.gpus} GPUs MBS {self.mbs} GBS {self.gbs} seq {self.seq_len} "
-                f"{self.sharding} AC {self.ac}")
+        return (
+            f"{self.cluster} {self.gpus} GPUs MBS {self.mbs} GBS {self.gbs} seq {self.seq_len} "
+            f"{self.sharding} AC {self.ac}"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,18 @@ class SeedRow:
 
     @property
     def key(self) -> SeedKey:
-        return SeedKey(self.cluster, _preset_params(self.model), self.gpus, self.grad_accum, self.mbs,
-                       self.gbs, self.seq_len, self.precision, self.sharding, self.ac)
+        return SeedKey(
+            self.cluster,
+            _preset_params(self.model),
+            self.gpus,
+            self.grad_accum,
+            self.mbs,
+            self.gbs,
+            self.seq_len,
+            self.precision,
+            self.sharding,
+            self.ac,
+        )
 
     @property
     def source(self) -> str:
@@ -115,9 +127,17 @@ def best_row(key: SeedKey) -> SeedRow | None:
 def key_of_summary(cluster: str, summary: dict[str, Any]) -> SeedKey | None:
     """The key of a finished run from its ``summary.json`` (None when a field is missing)."""
     try:
-        return SeedKey(cluster, int(summary["n_params"]), int(summary["world_size"]), int(summary["grad_accum"]),
-                       int(summary["micro_batch_size"]), int(summary["global_batch_size"]),
-                       int(summary["seq_len"]), str(summary["precision"]), str(summary["sharding"]),
-                       str(summary.get("activation_checkpointing", "none")))
+        return SeedKey(
+            cluster,
+            int(summary["n_params"]),
+            int(summary["world_size"]),
+            int(summary["grad_accum"]),
+            int(summary["micro_batch_size"]),
+            int(summary["global_batch_size"]),
+            int(summary["seq_len"]),
+            str(summary["precision"]),
+            str(summary["sharding"]),
+            str(summary.get("activation_checkpointing", "none")),
+        )
     except (KeyError, TypeError, ValueError):
         return None

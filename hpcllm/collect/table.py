@@ -121,7 +121,7 @@ def _column_for(name: str) -> cols.Column:
     if name in cols.COLUMNS:
         return cols.COLUMNS[name]
     if name.startswith("summary."):
-        return cols.summary_column(name[len("summary."):])
+        return cols.summary_column(name[len("summary.") :])
     return cols.swept_column(name)
 
 

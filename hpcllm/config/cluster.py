@@ -64,9 +64,7 @@ class ClusterProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
-        description="Short name used on the command line (--cluster NAME).", pattern=NAME_PATTERN
-    )
+    name: str = Field(description="Short name used on the command line (--cluster NAME).", pattern=NAME_PATTERN)
     description: str = ""
     scheduler: Literal["slurm", "local"] = Field(
         description="slurm: submit with sbatch. local: run on this machine, one job at a time."
@@ -87,7 +85,9 @@ class ClusterProfile(BaseModel):
     gpu_type: str = Field(description="Accelerator model for MFU (see hpcllm.perf), or 'cpu'.")
     gpus_per_node: int = Field(gt=0, description="Ranks per node (one per GPU; CPU ranks on 'cpu').")
     gpu_memory_gib: float | None = Field(
-        None, gt=0, description="Memory of one GPU in GiB (`nvidia-smi --query-gpu=memory.total --format=csv` on a "
+        None,
+        gt=0,
+        description="Memory of one GPU in GiB (`nvidia-smi --query-gpu=memory.total --format=csv` on a "
         "compute node); on a CPU profile, the host memory one rank may use. `hpcllm submit` skips points whose "
         "estimate exceeds it; null = no memory check.",
     )
@@ -98,8 +98,9 @@ class ClusterProfile(BaseModel):
     exclusive: bool = Field(True, description="Add --exclusive (whole nodes for scaling runs).")
     modules: list[OneLine] = Field(default_factory=list, description="`module load` these, in order.")
     system_nccl: bool = Field(
-        False, description="Allow a site NCCL module: it shadows the NCCL torch was built and tested with "
-        "(LD_LIBRARY_PATH beats the wheel's RUNPATH); only for sites whose network needs it."
+        False,
+        description="Allow a site NCCL module: it shadows the NCCL torch was built and tested with "
+        "(LD_LIBRARY_PATH beats the wheel's RUNPATH); only for sites whose network needs it.",
     )
     setup: list[str] = Field(
         default_factory=list, description="Shell lines run before launch (activate the venv etc.)."
@@ -113,8 +114,11 @@ class ClusterProfile(BaseModel):
         300, gt=0, description="--signal=B:USR1@N: seconds before the time limit to checkpoint."
     )
     max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
-    template: str = Field("sbatch.sh.j2", description="Template in templates/ used to render jobs.",
-                          pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\.j2$")
+    template: str = Field(
+        "sbatch.sh.j2",
+        description="Template in templates/ used to render jobs.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\.j2$",
+    )
     paths: dict[str, OneLine] = Field(
         default_factory=dict,
         description="Storage roots by name. Experiments write `{scratch}/data` and get this site's path; "
@@ -122,8 +126,10 @@ class ClusterProfile(BaseModel):
         "$VAR, ${VAR} and ~ (expanded where the path is used) and {account}.",
     )
     max_array_size: int = Field(
-        0, ge=0, description="SLURM: submit grid points with equal resources as one job array of at most "
-        "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run."
+        0,
+        ge=0,
+        description="SLURM: submit grid points with equal resources as one job array of at most "
+        "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run.",
     )
 
     @model_validator(mode="after")

@@ -20,12 +20,14 @@ class _Strict(BaseModel):
 
 class HoldoutConfig(_Strict):
     fraction: float = Field(
-        gt=0, lt=1,
+        gt=0,
+        lt=1,
         description="Fraction of each store's documents held out of training (a seeded hash of "
         "the document index picks them); the eval set when eval has no stores of its own.",
     )
     seed: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="Seed of the split. Not the run's seed, so runs with different seeds (search "
         "trials) hold out, and are evaluated on, the same documents.",
     )
@@ -42,7 +44,8 @@ class EvalConfig(_Strict):
     )
     at_end: bool = Field(True, description="Evaluate when training completes (the summary's eval_loss).")
     samples: int = Field(
-        128, gt=0,
+        128,
+        gt=0,
         description="Sequences in the eval set: the same ones at every evaluation, whatever the "
         "number of ranks or the micro-batch size, so eval losses compare across runs.",
     )
@@ -50,7 +53,8 @@ class EvalConfig(_Strict):
         None, gt=0, description="Sequences per rank per forward pass; default: train.micro_batch_size."
     )
     sources: list[EvalSource] | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="Separate eval store(s); default: the held-out documents of data (data.holdout).",
     )
 
@@ -75,6 +79,8 @@ class EvalConfig(_Strict):
 def eval_data_error(eval_cfg: EvalConfig | None, has_holdout: bool) -> str | None:
     """Why an eval section has nothing to evaluate on (None when it has)."""
     if eval_cfg is not None and eval_cfg.sources is None and not has_holdout:
-        return ("eval: needs data to evaluate on: set data.holdout (e.g. {fraction: 0.01}) to hold "
-                "documents out of training, or eval.sources to a separate token store")
+        return (
+            "eval: needs data to evaluate on: set data.holdout (e.g. {fraction: 0.01}) to hold "
+            "documents out of training, or eval.sources to a separate token store"
+        )
     return None

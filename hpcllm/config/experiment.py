@@ -44,9 +44,7 @@ class Resources(BaseModel):
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
-        description="Names the results folder: results/<name>/<cluster>/<run>/.", pattern=NAME_PATTERN
-    )
+    name: str = Field(description="Names the results folder: results/<name>/<cluster>/<run>/.", pattern=NAME_PATTERN)
     description: str = ""
     resources: Resources = Field(default_factory=Resources)
     training: dict[str, Any] = Field(description="Base TrainingConfig (see `hpcllm schema training`).")
@@ -69,8 +67,10 @@ class Experiment(BaseModel):
         if self.search is not None:
             gridded = set(self.grid).union(*self.zip) & set(self.search.parameters)
             if gridded:
-                raise ValueError(f"search.parameters: {', '.join(sorted(gridded))} also in grid/zip; "
-                                 "a key is either a grid axis (groups) or searched, not both")
+                raise ValueError(
+                    f"search.parameters: {', '.join(sorted(gridded))} also in grid/zip; "
+                    "a key is either a grid axis (groups) or searched, not both"
+                )
         return self
 
     @field_validator("expected")
@@ -126,7 +126,11 @@ MEMORY_WHERE_NAMES = ("mem_gib", "fits")
 
 
 def expand_experiment(
-    exp: Experiment, cluster: ClusterProfile, source: str, *, account: str | None = None,
+    exp: Experiment,
+    cluster: ClusterProfile,
+    source: str,
+    *,
+    account: str | None = None,
     refused: list[RefusedPoint] | None = None,
 ) -> list[RunSpec]:
     """Every point of ``exp`` as a RunSpec for ``cluster``; errors name ``source`` and the point.
@@ -185,8 +189,10 @@ def _split_with_defaults(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(resources, training) documents of a point, with the profile's defaults filled in."""
     if not isinstance(doc.get("resources", {}), dict):
-        raise ConfigError(f"{where}: resources: must be a mapping (nodes, gpus_per_node, time, qos, "
-                          f"max_restarts), got {doc['resources']!r}")
+        raise ConfigError(
+            f"{where}: resources: must be a mapping (nodes, gpus_per_node, time, qos, "
+            f"max_restarts), got {doc['resources']!r}"
+        )
     resources_doc = dict(doc.get("resources", {}))
     resources_doc.setdefault("gpus_per_node", cluster.gpus_per_node)
     resources_doc.setdefault("max_restarts", cluster.max_restarts)
@@ -223,13 +229,18 @@ def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str, with_m
     view = {"resources": resources.model_dump(mode="json"), **training.model_dump(mode="json"), "cluster": cluster.name}
     if with_memory:
         assert resources.gpus_per_node is not None
-        view.update(memory_where_names(training, nodes=resources.nodes, gpus_per_node=resources.gpus_per_node,
-                                       cluster=cluster))
+        view.update(
+            memory_where_names(training, nodes=resources.nodes, gpus_per_node=resources.gpus_per_node, cluster=cluster)
+        )
     return view
 
 
 def _resolve_point(
-    experiment: str, point: dict[str, Any], doc: dict[str, Any], cluster: ClusterProfile, where: str,
+    experiment: str,
+    point: dict[str, Any],
+    doc: dict[str, Any],
+    cluster: ClusterProfile,
+    where: str,
     account: str | None,
 ) -> RunSpec:
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
@@ -246,9 +257,7 @@ def _resolve_point(
     return RunSpec(experiment, cluster.name, run_id, point, resources, training)
 
 
-def _check_against_cluster(
-    resources: Resources, training: TrainingConfig, cluster: ClusterProfile, where: str
-) -> None:
+def _check_against_cluster(resources: Resources, training: TrainingConfig, cluster: ClusterProfile, where: str) -> None:
     if resources.nodes > cluster.max_nodes:
         raise ConfigError(
             f"{where}: resources.nodes: {resources.nodes} nodes requested, but cluster {cluster.name!r} "

@@ -52,16 +52,14 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(
-            f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, the most a config file may have "
-            "(is this the right file?)"
+            f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, the most a config file may have (is this the right file?)"
         )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ConfigError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-            "save the file as UTF-8"
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
         ) from None
     loader: yaml.SafeLoader | None = None
     try:
@@ -108,8 +106,7 @@ def _check_depth(text: str, path: Path) -> None:
                 # The parser marks every event it emits; the stubs allow None for hand-built ones.
                 where = f"{path}:{event.start_mark.line + 1}" if event.start_mark is not None else str(path)
                 raise ConfigError(
-                    f"{where}: lists and mappings nested more than "
-                    f"{MAX_DEPTH} levels deep; a config needs a handful"
+                    f"{where}: lists and mappings nested more than {MAX_DEPTH} levels deep; a config needs a handful"
                 )
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
@@ -136,8 +133,11 @@ class _Checker:
         if id(node) in self.open:
             self.fail(node, key, "an alias refers to a node that contains it (a recursive structure)")
         if depth > MAX_DEPTH:
-            self.fail(node, key, f"nested more than {MAX_DEPTH} levels deep once aliases (*name) are "
-                                 "expanded; a config needs a handful")
+            self.fail(
+                node,
+                key,
+                f"nested more than {MAX_DEPTH} levels deep once aliases (*name) are expanded; a config needs a handful",
+            )
         self.open.add(id(node))
         if isinstance(node, yaml.SequenceNode):
             size = 1 + sum(self.walk(item, [*key, str(i)], depth + 1) for i, item in enumerate(node.value))
@@ -152,8 +152,12 @@ class _Checker:
             size = 1
         self.open.discard(id(node))
         if size > MAX_VALUES:
-            self.fail(node, key, f"expands to more than {MAX_VALUES:,} values (YAML aliases, *name, "
-                                 "repeat whole blocks); write the values out, or use a grid")
+            self.fail(
+                node,
+                key,
+                f"expands to more than {MAX_VALUES:,} values (YAML aliases, *name, "
+                "repeat whole blocks); write the values out, or use a grid",
+            )
         self.sizes[id(node)] = size
         return size
 
@@ -161,15 +165,19 @@ class _Checker:
         if node.tag == _MERGE_TAG:
             return  # "<<": not a value, the constructor merges the mapping it names
         if node.tag == _INT_TAG and len(node.value) > MAX_INT_DIGITS:
-            self.fail(node, key, f"an integer of {len(node.value)} characters; no setting needs more "
-                                 f"than {MAX_INT_DIGITS}")
+            self.fail(
+                node, key, f"an integer of {len(node.value)} characters; no setting needs more than {MAX_INT_DIGITS}"
+            )
         try:  # built now (and kept by the loader), so that a bad date or number names its key
             value = self.loader.construct_object(node)
         except (ValueError, OverflowError) as exc:
             self.fail(node, key, f"{node.value!r} is not a valid {node.tag.rpartition(':')[2]}: {exc}")
         if node.tag == _FLOAT_TAG and not math.isfinite(value):
-            self.fail(node, key, f"{node.value} is not a finite number; give a finite value "
-                                 "(or null where the setting allows none)")
+            self.fail(
+                node,
+                key,
+                f"{node.value} is not a finite number; give a finite value (or null where the setting allows none)",
+            )
 
     def _repeated_keys(self, node: yaml.MappingNode, key: list[str]) -> None:
         first_line: dict[tuple[str, str], int] = {}
@@ -179,9 +187,12 @@ class _Checker:
             ident = (key_node.tag, key_node.value)
             line = key_node.start_mark.line + 1
             if ident in first_line:
-                self.fail(key_node, [*key, key_node.value],
-                          f"given twice, at lines {first_line[ident]} and {line}; YAML would silently "
-                          "keep only the last one: merge them into one")
+                self.fail(
+                    key_node,
+                    [*key, key_node.value],
+                    f"given twice, at lines {first_line[ident]} and {line}; YAML would silently "
+                    "keep only the last one: merge them into one",
+                )
             first_line[ident] = line
 
 

@@ -207,8 +207,16 @@ class ModelConfig(BaseModel):
 #   28b:  the rows imply 199.9 GFLOP/token at seq 8192; 52 layers of d 6656 (52 heads of 128) give
 #         199.9 (+0.01 %), with tied embeddings 28.2 B ("28"). The seed used full AC and MBS 1.
 _PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=512, seq_len=128, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64,
-                 ffn_hidden=192, tie_embeddings=True),
+    "tiny": dict(
+        vocab_size=512,
+        seq_len=128,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_model=64,
+        ffn_hidden=192,
+        tie_embeddings=True,
+    ),
     # The seed's getting-started size (60M): 10 x 512 with a tied GPT-2-sized vocabulary = 59.8M.
     "60m": dict(seq_len=1024, n_layers=10, n_heads=8, d_model=512, tie_embeddings=True),
     "125m": dict(seq_len=2048, n_layers=12, n_heads=12, d_model=768),
@@ -227,6 +235,4 @@ def preset_fields(name: str) -> dict[str, Any]:
     try:
         return dict(_PRESETS[name])
     except KeyError:
-        raise ValueError(
-            f"{name!r} is not a model preset; known presets: {', '.join(_PRESETS)}"
-        ) from None
+        raise ValueError(f"{name!r} is not a model preset; known presets: {', '.join(_PRESETS)}") from None

@@ -29,11 +29,15 @@ class ProbeConfig(BaseModel):
     warmup_steps: int = Field(1, ge=0, description="Unmeasured steps per size (allocator, optimizer state).")
     steps: int = Field(3, gt=0, description="Timed steps per size; their median step time gives samples/s.")
     memory_budget_gib: float | None = Field(
-        None, gt=0, description="Per-rank limit a size must stay under: peak resident memory of a CPU rank, "
+        None,
+        gt=0,
+        description="Per-rank limit a size must stay under: peak resident memory of a CPU rank, "
         "peak reserved GPU memory on CUDA (a real CUDA out-of-memory counts too). null: only real OOMs.",
     )
     min_gain: float | None = Field(
-        0.03, ge=0, description="Stop growing once samples/s per GPU improves by less than this fraction "
+        0.03,
+        ge=0,
+        description="Stop growing once samples/s per GPU improves by less than this fraction "
         "from one size to the next; null: grow until memory or max_mbs stops it.",
     )
 
@@ -116,8 +120,10 @@ def best_trial(trials: list[ProbeTrial], *, capacity_gib: float | None, margin: 
     """
     limit = None if capacity_gib is None else capacity_gib * (1.0 - margin)
     candidates = [
-        t for t in trials
-        if t.fits and t.samples_per_s_per_gpu is not None
+        t
+        for t in trials
+        if t.fits
+        and t.samples_per_s_per_gpu is not None
         and (limit is None or (t.memory_gib is not None and t.memory_gib <= limit))
     ]
     if not candidates:

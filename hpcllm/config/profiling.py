@@ -9,7 +9,8 @@ class ProfileConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     start_step: int = Field(
-        5, gt=0,
+        5,
+        gt=0,
         description="First profiled optimizer step (1-based, as in metrics.jsonl). Leave the first "
         "steps out: they pay for allocator growth, compilation and cold caches.",
     )

@@ -35,8 +35,7 @@ from hpcllm.config.training import TrainingConfig
 
 DomainKind = Literal["choice", "uniform", "log_uniform", "int"]
 _RANGE_KINDS = ("uniform", "log_uniform", "int")
-_DOMAIN_HELP = ("a list of values, or one of {uniform: [low, high]}, {log_uniform: [low, high]}, "
-                "{int: [low, high]}")
+_DOMAIN_HELP = "a list of values, or one of {uniform: [low, high]}, {log_uniform: [low, high]}, {int: [low, high]}"
 # Keys the search itself sets on every trial.
 RESERVED_KEYS = ("run_id", "train.steps", "schedule.total_steps")
 
@@ -64,8 +63,11 @@ class Domain(_Strict):
             return raw  # already in this model's own form
         if isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in _RANGE_KINDS:
             kind, bounds = next(iter(raw.items()))
-            if not (isinstance(bounds, list) and len(bounds) == 2
-                    and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+            if not (
+                isinstance(bounds, list)
+                and len(bounds) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            ):
                 raise ValueError(f"{kind}: give [low, high] as two numbers (got {bounds!r})")
             low, high = bounds
             if not low < high:
@@ -81,10 +83,14 @@ class Domain(_Strict):
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
         """The YAML forms users write (for editor completion), not this model's internal fields."""
         pair = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
-        ranges = [{"type": "object", "properties": {kind: pair}, "required": [kind], "additionalProperties": False}
-                  for kind in _RANGE_KINDS]
-        return {"description": f"Where the parameter is drawn from: {_DOMAIN_HELP}.",
-                "anyOf": [{"type": "array", "minItems": 1}, *ranges]}
+        ranges = [
+            {"type": "object", "properties": {kind: pair}, "required": [kind], "additionalProperties": False}
+            for kind in _RANGE_KINDS
+        ]
+        return {
+            "description": f"Where the parameter is drawn from: {_DOMAIN_HELP}.",
+            "anyOf": [{"type": "array", "minItems": 1}, *ranges],
+        }
 
     @property
     def finite_values(self) -> list[Any] | None:
@@ -126,17 +132,17 @@ class SearchConfig(_Strict):
         description="grid: every combination of the listed values; random: `trials` draws; halving: "
         "`trials` draws trained in rungs of growing length, the worse ones dropped after each rung.",
     )
-    parameters: dict[str, Domain] = Field(
-        min_length=1, description=f"Dotted training-config key -> {_DOMAIN_HELP}."
-    )
+    parameters: dict[str, Domain] = Field(min_length=1, description=f"Dotted training-config key -> {_DOMAIN_HELP}.")
     metric: Literal["eval_loss", "final_loss"] = Field(
         "eval_loss", description="Minimised: eval_loss at the end of each trial (or rung), or the training loss."
     )
-    trials: int | None = Field(None, gt=0, validate_default=True,
-                               description="random, halving: configurations to draw.")
+    trials: int | None = Field(
+        None, gt=0, validate_default=True, description="random, halving: configurations to draw."
+    )
     seed: int = Field(0, ge=0, description="Seed of the draws: the same seed gives the same trials.")
-    halving: HalvingConfig | None = Field(None, validate_default=True,
-                                          description="halving: rung lengths and the keep ratio.")
+    halving: HalvingConfig | None = Field(
+        None, validate_default=True, description="halving: rung lengths and the keep ratio."
+    )
 
     @field_validator("parameters")
     @classmethod
@@ -149,8 +155,10 @@ class SearchConfig(_Strict):
                 raise ValueError(f"{key!r} is set by the search itself (trial lengths); search other keys")
         ranged = [k for k, d in value.items() if d.finite_values is None]
         if info.data.get("method") == "grid" and ranged:
-            raise ValueError(f"method grid needs lists (or int ranges); {', '.join(ranged)} "
-                             "are continuous: give lists or use method random")
+            raise ValueError(
+                f"method grid needs lists (or int ranges); {', '.join(ranged)} "
+                "are continuous: give lists or use method random"
+            )
         return value
 
     @field_validator("trials", mode="after")
@@ -162,8 +170,9 @@ class SearchConfig(_Strict):
         if method in ("random", "halving") and value is None:
             raise ValueError(f"method {method} needs the number of configurations to draw")
         if value is not None and parameters:
-            distinct = math.prod(len(v) if (v := d.finite_values) is not None else math.inf
-                                 for d in parameters.values())
+            distinct = math.prod(
+                len(v) if (v := d.finite_values) is not None else math.inf for d in parameters.values()
+            )
             if value > distinct:
                 raise ValueError(f"{value} distinct configurations asked, but the parameters allow only {distinct}")
         return value

@@ -21,9 +21,7 @@ def one_line(value: str) -> str:
     """``value`` if it has no newline, tab or other control character, else ValueError naming it."""
     bad = _CONTROL.search(value)
     if bad:
-        raise ValueError(
-            f"must be one line of printable text; found {bad.group()!r} at position {bad.start()}"
-        )
+        raise ValueError(f"must be one line of printable text; found {bad.group()!r} at position {bad.start()}")
     return value
 
 

@@ -27,7 +27,5 @@ class WandbConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    tensorboard: bool = Field(
-        True, description="Write TensorBoard event files to <run>/tensorboard/ (rank 0)."
-    )
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to <run>/tensorboard/ (rank 0).")
     wandb: WandbConfig | None = Field(None, description="Also log to Weights & Biases (needs hpcllm[wandb]).")

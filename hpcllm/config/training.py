@@ -66,8 +66,9 @@ class ParallelConfig(_Strict):
         None, gt=0, description="HYBRID_SHARD shard-group size; default: ranks per node."
     )
     precision: Literal["BF_16", "FP_16", "FP_32"] = Field(
-        "BF_16", description="BF_16 / FP_16: half-precision params and compute, fp32 reductions and master "
-        "weights; FP_16 adds dynamic loss scaling."
+        "BF_16",
+        description="BF_16 / FP_16: half-precision params and compute, fp32 reductions and master "
+        "weights; FP_16 adds dynamic loss scaling.",
     )
     loss_scale: LossScaleConfig | None = Field(
         None, description="FP_16 only: dynamic loss scaling settings; null = the defaults."
@@ -80,9 +81,7 @@ class ParallelConfig(_Strict):
     @model_validator(mode="after")
     def _hsdp_only(self) -> ParallelConfig:
         if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
-            raise ValueError(
-                f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})"
-            )
+            raise ValueError(f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})")
         if self.loss_scale is not None and self.precision != "FP_16":
             raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
@@ -120,19 +119,18 @@ class OptimConfig(_Strict):
 class ScheduleConfig(_Strict):
     name: Literal["constant", "linear", "cosine", "wsd", "step", "exponential"] = "cosine"
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr.")
-    min_lr_ratio: float = Field(
-        0.1, ge=0, le=1, description="linear, cosine, wsd: final lr as a fraction of lr."
-    )
-    decay_fraction: float = Field(
-        0.2, gt=0, le=1, description="wsd: fraction of the steps spent decaying at the end."
-    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="linear, cosine, wsd: final lr as a fraction of lr.")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: fraction of the steps spent decaying at the end.")
     gamma: float | None = Field(
-        None, gt=0, le=1,
+        None,
+        gt=0,
+        le=1,
         description="step: lr factor every step_size steps; exponential: lr factor per step (after warmup).",
     )
     step_size: int | None = Field(None, gt=0, description="step: steps between two decays by gamma.")
     total_steps: int | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="Steps the schedule spans; default: train.steps. Longer than train.steps, a run "
         "stops early on the longer schedule and resumes later with more steps on the same curve "
         "(search rungs).",

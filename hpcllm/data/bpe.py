@@ -17,8 +17,15 @@ from hpcllm.fsutil import atomic_write_text
 MIN_VOCAB = 256 + 1  # the byte alphabet plus EOS
 
 
-def train_bpe(inputs: list[str], vocab_size: int, output: str | Path, *, fields: Fields = Fields(),
-              min_frequency: int = 2, progress: ProgressFn | None = None) -> Path:
+def train_bpe(
+    inputs: list[str],
+    vocab_size: int,
+    output: str | Path,
+    *,
+    fields: Fields = Fields(),
+    min_frequency: int = 2,
+    progress: ProgressFn | None = None,
+) -> Path:
     """Train on the texts of ``inputs`` (streamed) and write ``tokenizer.json`` atomically.
 
     ``output`` is a file path or a directory (then ``<dir>/tokenizer.json``). Returns the file.

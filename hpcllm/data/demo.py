@@ -36,8 +36,10 @@ def records(instruct: bool, with_debian_docs: bool = True) -> Iterator[dict[str,
     """One JSON record per document; ``instruct`` frames each topic as a question and its answer."""
     for name, text in topics().items():
         if instruct:
-            yield {"prompt": f"Question: what does the Python reference say about {name!r}?\nAnswer: ",
-                   "response": text}
+            yield {
+                "prompt": f"Question: what does the Python reference say about {name!r}?\nAnswer: ",
+                "response": text,
+            }
         else:
             yield {"text": text}
     if with_debian_docs and not instruct:
@@ -45,13 +47,20 @@ def records(instruct: bool, with_debian_docs: bool = True) -> Iterator[dict[str,
             yield {"text": path.read_text(encoding="utf-8", errors="replace")}
 
 
-def write_demo(output: str | Path, *, instruct: bool = False, overwrite: bool = False,
-               with_debian_docs: bool = True, prompt_weight: float = 0.0) -> tuple[Path, PrepareResult]:
+def write_demo(
+    output: str | Path,
+    *,
+    instruct: bool = False,
+    overwrite: bool = False,
+    with_debian_docs: bool = True,
+    prompt_weight: float = 0.0,
+) -> tuple[Path, PrepareResult]:
     """Write the corpus as ``<output>.jsonl`` next to the store, then prepare it with the byte
     tokenizer; ``prompt_weight`` is the loss weight of the questions of ``instruct`` data."""
     output = Path(output)
     corpus = output.with_name(output.name + ".jsonl")
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records(instruct, with_debian_docs))
     atomic_write_text(corpus, text)
-    return corpus, prepare([str(corpus)], BYTE, output, workers=1, overwrite=overwrite,
-                           fields=Fields(prompt_weight=prompt_weight))
+    return corpus, prepare(
+        [str(corpus)], BYTE, output, workers=1, overwrite=overwrite, fields=Fields(prompt_weight=prompt_weight)
+    )

@@ -72,8 +72,7 @@ class Holdout:
 class StoreView:
     """One side of a split: the listed token ranges of a store, concatenated, read like a store."""
 
-    def __init__(self, store: TokenStore, side: Side, starts: np.ndarray, lengths: np.ndarray,
-                 n_docs: int) -> None:
+    def __init__(self, store: TokenStore, side: Side, starts: np.ndarray, lengths: np.ndarray, n_docs: int) -> None:
         self.store, self.side, self.n_docs = store, side, n_docs
         self.path = store.path
         self._starts = starts  # where each segment begins in the store's token array

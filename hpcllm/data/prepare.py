@@ -110,8 +110,7 @@ def _worker_encode(task: Task) -> Encoded:
     return encode_task(task, _worker_tok, _worker_fields)
 
 
-def _encoded(tasks: Iterator[Task], spec: str, tok: Tokenizer, fields: Fields,
-             workers: int) -> Iterator[Encoded]:
+def _encoded(tasks: Iterator[Task], spec: str, tok: Tokenizer, fields: Fields, workers: int) -> Iterator[Encoded]:
     """Encoded tasks in input order, with at most ``2 * workers`` tasks in flight."""
     if workers <= 1:
         for task in tasks:
@@ -121,8 +120,9 @@ def _encoded(tasks: Iterator[Task], spec: str, tok: Tokenizer, fields: Fields,
     # deadlock on a lock that thread held. ProcessPoolExecutor, not multiprocessing.Pool: a worker
     # that dies (OOM kill, failing initializer) raises BrokenProcessPool instead of being
     # respawned forever.
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(spec, fields)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(spec, fields)
+    ) as pool:
         pending: deque[Future[Encoded]] = deque()
         try:
             for task in tasks:
@@ -140,9 +140,17 @@ def _encoded(tasks: Iterator[Task], spec: str, tok: Tokenizer, fields: Fields,
                 fut.cancel()
 
 
-def prepare(inputs: list[str], tokenizer: str, output: str | Path, *, fields: Fields = Fields(),
-            workers: int | None = None, overwrite: bool = False,
-            progress: ProgressFn | None = None, on_start: StartFn | None = None) -> PrepareResult:
+def prepare(
+    inputs: list[str],
+    tokenizer: str,
+    output: str | Path,
+    *,
+    fields: Fields = Fields(),
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    on_start: StartFn | None = None,
+) -> PrepareResult:
     """Tokenize ``inputs`` with ``tokenizer`` ('byte' or a tokenizer.json) into a store at ``output``.
 
     ``on_start(total_bytes)`` is called once the inputs are known, then ``progress(n)`` as bytes
@@ -157,8 +165,14 @@ def prepare(inputs: list[str], tokenizer: str, output: str | Path, *, fields: Fi
     workers = available_cores() if workers is None else workers
     # Starting a worker costs ~0.5 s (spawn + imports): no more workers than there are tasks.
     workers = min(workers, max(1, -(-total // sources.CHUNK_BYTES)))
-    writer = StoreWriter(output, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tokenizer,
-                         tokenizer_fingerprint=tok.fingerprint, overwrite=overwrite)
+    writer = StoreWriter(
+        output,
+        vocab_size=tok.vocab_size,
+        eos_id=tok.eos_id,
+        tokenizer=tokenizer,
+        tokenizer_fingerprint=tok.fingerprint,
+        overwrite=overwrite,
+    )
     with writer:
         for enc in _encoded(iter_tasks(files, progress), tokenizer, tok, fields, workers):
             writer.write(enc.tokens, enc.mask, enc.doc_ends)

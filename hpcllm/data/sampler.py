@@ -37,8 +37,18 @@ class Batch:
 class Sampler:
     """Maps global sample ids to token windows of one store or a weighted blend of stores."""
 
-    def __init__(self, paths: list[str], weights: list[float], *, tokenizer: str, seq_len: int,
-                 seed: int, shuffle: bool, holdout: Holdout | None = None, side: Side = "train") -> None:
+    def __init__(
+        self,
+        paths: list[str],
+        weights: list[float],
+        *,
+        tokenizer: str,
+        seq_len: int,
+        seed: int,
+        shuffle: bool,
+        holdout: Holdout | None = None,
+        side: Side = "train",
+    ) -> None:
         """``holdout``: read only ``side`` of each store's document split (``hpcllm.data.holdout``)."""
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -67,8 +77,10 @@ class Sampler:
 
     # Memmaps must not be pickled into DataLoader workers (that would copy the data): reopen there.
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("paths", "weights", "tokenizer", "seq_len", "seed",
-                                              "shuffle", "holdout", "side")}
+        return {
+            k: self.__dict__[k]
+            for k in ("paths", "weights", "tokenizer", "seq_len", "seed", "shuffle", "holdout", "side")
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -124,14 +136,17 @@ class Sampler:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "sources": [
-                {"path": str(Path(p)), "weight": w, "n_tokens": s.n_tokens,
-                 "tokenizer_fingerprint": s.header.tokenizer_fingerprint}
+                {
+                    "path": str(Path(p)),
+                    "weight": w,
+                    "n_tokens": s.n_tokens,
+                    "tokenizer_fingerprint": s.header.tokenizer_fingerprint,
+                }
                 for p, w, s in zip(self.paths, self.weights, self.stores, strict=True)
             ],
         }
         if self.holdout is not None:  # absent otherwise: checkpoints from before splits still resume
-            identity["holdout"] = {"fraction": self.holdout.fraction, "seed": self.holdout.seed,
-                                   "side": self.side}
+            identity["holdout"] = {"fraction": self.holdout.fraction, "seed": self.holdout.seed, "side": self.side}
         return identity
 
 

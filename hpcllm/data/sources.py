@@ -190,8 +190,10 @@ def parse_record(piece: Piece, fields: Fields) -> list[Segment]:
             raise ConfigError(f'{piece.where}: {SEGMENTS!r} must be a list of {{"text": ..., "weight": ...}} objects')
         return [Segment(_string(x, "text", piece), _weight(x, "weight", 1.0, piece)) for x in parts]
     if fields.prompt in obj and fields.response in obj:
-        return [Segment(_string(obj, fields.prompt, piece), _weight(obj, "prompt_weight", fields.prompt_weight, piece)),
-                Segment(_string(obj, fields.response, piece), _weight(obj, "response_weight", 1.0, piece))]
+        return [
+            Segment(_string(obj, fields.prompt, piece), _weight(obj, "prompt_weight", fields.prompt_weight, piece)),
+            Segment(_string(obj, fields.response, piece), _weight(obj, "response_weight", 1.0, piece)),
+        ]
     if fields.text in obj:
         return [Segment(_string(obj, fields.text, piece), _weight(obj, "weight", 1.0, piece))]
     raise ConfigError(

@@ -64,8 +64,7 @@ class StoreHeader:
         return 2 if self.has_loss_mask and self.loss_mask_dtype == "float16" else 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": self.format_version, "hpcllm_version": __version__,
-                **self.__dict__}
+        return {"format": FORMAT, "format_version": self.format_version, "hpcllm_version": __version__, **self.__dict__}
 
     @classmethod
     def read(cls, path: Path) -> StoreHeader:
@@ -91,16 +90,18 @@ class StoreHeader:
         if fields["dtype"] not in ("uint16", "uint32"):
             raise ConfigError(f"{file}: dtype: {fields['dtype']!r}; allowed: uint16, uint32")
         if fields["loss_mask_dtype"] not in MASK_DTYPES:
-            raise ConfigError(f"{file}: loss_mask_dtype: {fields['loss_mask_dtype']!r}; allowed: "
-                              f"{', '.join(MASK_DTYPES)}")
+            raise ConfigError(
+                f"{file}: loss_mask_dtype: {fields['loss_mask_dtype']!r}; allowed: {', '.join(MASK_DTYPES)}"
+            )
         return cls(**fields)
 
 
 class TokenStore:
     """A read-only, memory-mapped store. Opening checks the header against the files."""
 
-    def __init__(self, path: Path, header: StoreHeader, tokens: np.ndarray,
-                 doc_offsets: np.ndarray, loss_mask: np.ndarray | None) -> None:
+    def __init__(
+        self, path: Path, header: StoreHeader, tokens: np.ndarray, doc_offsets: np.ndarray, loss_mask: np.ndarray | None
+    ) -> None:
         self.path = path
         self.header = header
         self.tokens = tokens
@@ -129,19 +130,18 @@ class TokenStore:
             raise ConfigError(f"{path / DOC_OFFSETS}: unreadable document index: {exc}") from None
         if offsets.shape != (h.n_docs + 1,) or offsets.dtype != np.int64:
             raise ConfigError(
-                f"{path / DOC_OFFSETS}: shape {offsets.shape} {offsets.dtype}, header says "
-                f"({h.n_docs + 1},) int64"
+                f"{path / DOC_OFFSETS}: shape {offsets.shape} {offsets.dtype}, header says ({h.n_docs + 1},) int64"
             )
         if h.n_docs and (int(offsets[0]) != 0 or int(offsets[-1]) != h.n_tokens):
             raise ConfigError(
-                f"{path / DOC_OFFSETS}: spans [{int(offsets[0])}, {int(offsets[-1])}), header says "
-                f"[0, {h.n_tokens})"
+                f"{path / DOC_OFFSETS}: spans [{int(offsets[0])}, {int(offsets[-1])}), header says [0, {h.n_tokens})"
             )
         mask = None
         if h.has_loss_mask:
             mask_dtype = np.dtype(h.loss_mask_dtype)
-            _check_size(path / LOSS_MASK, h.n_tokens * mask_dtype.itemsize,
-                        f"{h.n_tokens} {h.loss_mask_dtype} loss weights")
+            _check_size(
+                path / LOSS_MASK, h.n_tokens * mask_dtype.itemsize, f"{h.n_tokens} {h.loss_mask_dtype} loss weights"
+            )
             mask = _memmap(path / LOSS_MASK, mask_dtype, h.n_tokens)
         return cls(path, h, tokens, offsets, mask)
 
@@ -172,7 +172,7 @@ class TokenStore:
         h = self.header
         off = self.doc_offsets
         for start in range(0, h.n_docs, chunk):
-            part = np.asarray(off[start: start + chunk + 1])
+            part = np.asarray(off[start : start + chunk + 1])
             if (np.diff(part) <= 0).any():
                 bad = start + int(np.argmax(np.diff(part) <= 0))
                 raise ConfigError(f"{self.path / DOC_OFFSETS}: document {bad} is empty or out of order")
@@ -181,19 +181,20 @@ class TokenStore:
                 bad = start + int(np.argmax(self.tokens[ends] != h.eos_id))
                 raise ConfigError(f"{self.path / TOKENS}: document {bad} does not end with EOS ({h.eos_id})")
         for start in range(0, h.n_tokens, chunk):
-            block = np.asarray(self.tokens[start: start + chunk])
+            block = np.asarray(self.tokens[start : start + chunk])
             if int(block.max()) >= h.vocab_size:
                 at = start + int(np.argmax(block >= h.vocab_size))
-                raise ConfigError(f"{self.path / TOKENS}: token {at} is {int(self.tokens[at])}, "
-                                  f"not below vocab_size {h.vocab_size}")
-            if self.loss_mask is not None and not _valid_weights(np.asarray(self.loss_mask[start: start + chunk])):
+                raise ConfigError(
+                    f"{self.path / TOKENS}: token {at} is {int(self.tokens[at])}, not below vocab_size {h.vocab_size}"
+                )
+            if self.loss_mask is not None and not _valid_weights(np.asarray(self.loss_mask[start : start + chunk])):
                 allowed = "0 and 1" if self.loss_mask.dtype == np.uint8 else "weights in [0, 1]"
                 raise ConfigError(f"{self.path / LOSS_MASK}: values other than {allowed} near token {start}")
             if progress is not None:
                 progress(block.size)
 
     def document(self, i: int) -> np.ndarray:
-        return np.asarray(self.tokens[int(self.doc_offsets[i]): int(self.doc_offsets[i + 1])])
+        return np.asarray(self.tokens[int(self.doc_offsets[i]) : int(self.doc_offsets[i + 1])])
 
 
 def _valid_weights(w: np.ndarray) -> bool:
@@ -232,18 +233,27 @@ class StoreWriter:
     none. It is a uint8 0/1 mask until the first fractional weight, which widens it to float16.
     """
 
-    def __init__(self, output: str | Path, *, vocab_size: int, eos_id: int, tokenizer: str,
-                 tokenizer_fingerprint: str, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output: str | Path,
+        *,
+        vocab_size: int,
+        eos_id: int,
+        tokenizer: str,
+        tokenizer_fingerprint: str,
+        overwrite: bool = False,
+    ) -> None:
         self.output = Path(output)
         if self.output.exists() and not overwrite:
             raise ConfigError(f"{self.output}: already exists; pass --overwrite to replace it")
-        if self.output.exists() and not (self.output / HEADER).is_file() and (
-            not self.output.is_dir() or any(self.output.iterdir())
+        if (
+            self.output.exists()
+            and not (self.output / HEADER).is_file()
+            and (not self.output.is_dir() or any(self.output.iterdir()))
         ):
             raise ConfigError(f"{self.output}: exists and is not a token store; refusing to replace it")
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp",
-                                         dir=self.output.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
         umask = os.umask(0)
         os.umask(umask)
         self.tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the store from collaborators
@@ -333,9 +343,14 @@ class StoreWriter:
                 fh.close()
         self._write_offsets()
         header = StoreHeader(
-            dtype=self.dtype.name, vocab_size=self.vocab_size, eos_id=self.eos_id,
-            tokenizer=self.tokenizer, tokenizer_fingerprint=self.fingerprint,
-            n_tokens=self.n_tokens, n_docs=self.n_docs, has_loss_mask=self._mask is not None,
+            dtype=self.dtype.name,
+            vocab_size=self.vocab_size,
+            eos_id=self.eos_id,
+            tokenizer=self.tokenizer,
+            tokenizer_fingerprint=self.fingerprint,
+            n_tokens=self.n_tokens,
+            n_docs=self.n_docs,
+            has_loss_mask=self._mask is not None,
             loss_mask_dtype=self._mask_dtype.name,
         )
         atomic_write_json(self.tmp / HEADER, header.to_json())
@@ -351,14 +366,13 @@ class StoreWriter:
 
     def _write_offsets(self) -> None:
         ends_file = self.tmp / "doc_ends.tmp"
-        out = np.lib.format.open_memmap(self.tmp / DOC_OFFSETS, mode="w+", dtype=np.int64,
-                                        shape=(self.n_docs + 1,))
+        out = np.lib.format.open_memmap(self.tmp / DOC_OFFSETS, mode="w+", dtype=np.int64, shape=(self.n_docs + 1,))
         out[0] = 0
         i = 1
         with open(ends_file, "rb") as fh:
             while buf := fh.read(8 << 22):
                 ends = np.frombuffer(buf, dtype=np.int64)
-                out[i: i + ends.size] = ends
+                out[i : i + ends.size] = ends
                 i += ends.size
         out.flush()
         del out

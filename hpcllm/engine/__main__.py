@@ -14,12 +14,13 @@ from hpcllm.engine.train import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpcllm.engine", allow_abbrev=False,
-                                     description="Train one run from its run.yaml.")
-    parser.add_argument("--config", required=True, type=Path,
-                        help="the run's run.yaml; its folder is the run directory")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="start from step 0 even if the run has checkpoints")
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcllm.engine", allow_abbrev=False, description="Train one run from its run.yaml."
+    )
+    parser.add_argument(
+        "--config", required=True, type=Path, help="the run's run.yaml; its folder is the run directory"
+    )
+    parser.add_argument("--no-resume", action="store_true", help="start from step 0 even if the run has checkpoints")
     args = parser.parse_args(argv)
     return run(args.config, resume=not args.no_resume)
 

@@ -75,6 +75,7 @@ from hpcllm.sitepaths import expand_path
 
 log = logging.getLogger(__name__)
 
+
 def resolve_checkpoint(spec: str, key: str) -> Path:
     """The complete checkpoint folder that ``spec`` names; errors start with ``key`` (config key or option).
 
@@ -113,15 +114,18 @@ def _checkpoint_root(path: Path, spec: str, key: str) -> Path:
     if (path / LATEST).is_file() or list_checkpoints(path):
         return path
     if RunDir(path).config.is_file():
-        raise ConfigError(f"{key}: {spec!r} is a run directory without checkpoints yet "
-                          "(checkpoint.every_steps / at_end decide when a run saves one)")
+        raise ConfigError(
+            f"{key}: {spec!r} is a run directory without checkpoints yet "
+            "(checkpoint.every_steps / at_end decide when a run saves one)"
+        )
     runs = find_run_dirs(path) if path.is_dir() else []
     if len(runs) == 1 and runs[0].checkpoints.is_dir():
         return runs[0].checkpoints
     if len(runs) > 1:
         names = ", ".join(r.path.name for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
-        raise ConfigError(f"{key}: {spec!r} is not a run directory but holds {len(runs)} runs ({names}); "
-                          "name one of them")
+        raise ConfigError(
+            f"{key}: {spec!r} is not a run directory but holds {len(runs)} runs ({names}); name one of them"
+        )
     raise ConfigError(
         f"{key}: {spec!r} is not a run directory, checkpoints directory or checkpoint folder with a "
         "complete checkpoint (no 'latest' pointer or .metadata found)"
@@ -326,8 +330,12 @@ class Checkpointer:
     def _load_rng(self, path: Path, saved_world: int) -> None:
         f = path / f"rng_rank{rank()}.pt"
         if saved_world != world_size() or not f.is_file():
-            _warn("%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
-                  path, saved_world, world_size())
+            _warn(
+                "%s was saved by %d ranks, this run has %d: per-rank RNG states are not restored",
+                path,
+                saved_world,
+                world_size(),
+            )
             return
         try:
             rng = torch.load(f, weights_only=True)
@@ -382,8 +390,7 @@ class Checkpointer:
         self._last_save_time = time.monotonic()
         if self.cfg.async_save:
             with single_process_dcp():
-                future = dcp.async_save(_snapshot_if_needed(sd), checkpoint_id=str(tmp),
-                                        process_group=self._save_group)
+                future = dcp.async_save(_snapshot_if_needed(sd), checkpoint_id=str(tmp), process_group=self._save_group)
             # An AsyncSaveResponse comes back only for an async_stager, which is not passed here.
             assert isinstance(future, Future), type(future)
             self._pending = (future, tmp, step)

@@ -29,8 +29,7 @@ STATE_VERSION = 1
 class _MicroBatches(Dataset):
     """Item ``i`` is this rank's micro-batch of the ``i``-th micro-step after sample ``start``."""
 
-    def __init__(self, sampler: Sampler, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 start: int) -> None:
+    def __init__(self, sampler: Sampler, micro_batch_size: int, dp_rank: int, dp_size: int, start: int) -> None:
         self.sampler = sampler
         self.mbs, self.dp_rank, self.dp_size, self.start = micro_batch_size, dp_rank, dp_size, start
 
@@ -64,8 +63,16 @@ class TrainLoader:
     float32 or None}`` on ``device``.
     """
 
-    def __init__(self, sampler: Sampler, *, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 num_workers: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        sampler: Sampler,
+        *,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        num_workers: int,
+        device: torch.device,
+    ) -> None:
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank {dp_rank} not in [0, {dp_size})")
         self.sampler = sampler
@@ -85,8 +92,7 @@ class TrainLoader:
         return self.micro_batch_size * self.dp_size
 
     def _iterator(self) -> Iterator[dict[str, torch.Tensor]]:
-        dataset = _MicroBatches(self.sampler, self.micro_batch_size, self.dp_rank, self.dp_size,
-                                self.consumed_samples)
+        dataset = _MicroBatches(self.sampler, self.micro_batch_size, self.dp_rank, self.dp_size, self.consumed_samples)
         loader = DataLoader(
             dataset,
             batch_size=None,  # items are whole micro-batches already
@@ -107,9 +113,7 @@ class TrainLoader:
         batch = next(self._it)
         self.consumed_samples += self.samples_per_step
         on_gpu = self.device.type == "cuda"
-        out: dict[str, torch.Tensor | None] = {
-            k: v.to(self.device, non_blocking=on_gpu) for k, v in batch.items()
-        }
+        out: dict[str, torch.Tensor | None] = {k: v.to(self.device, non_blocking=on_gpu) for k, v in batch.items()}
         out.setdefault("loss_mask", None)
         return out
 
@@ -146,16 +150,34 @@ def _without_paths(identity: Any) -> Any:
     return {**identity, "sources": sources}
 
 
-def build_train_loader(data_cfg: DataConfig, *, seq_len: int, micro_batch_size: int, dp_rank: int,
-                       dp_size: int, seed: int, device: torch.device) -> TrainLoader:
+def build_train_loader(
+    data_cfg: DataConfig,
+    *,
+    seq_len: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    seed: int,
+    device: torch.device,
+) -> TrainLoader:
     """The loader the train loop calls ``next()`` on; raises ConfigError on unusable stores."""
     sampler = Sampler(
-        [s.path for s in data_cfg.sources], [s.weight for s in data_cfg.sources],
-        tokenizer=data_cfg.tokenizer, seq_len=seq_len, seed=seed, shuffle=data_cfg.shuffle,
+        [s.path for s in data_cfg.sources],
+        [s.weight for s in data_cfg.sources],
+        tokenizer=data_cfg.tokenizer,
+        seq_len=seq_len,
+        seed=seed,
+        shuffle=data_cfg.shuffle,
         holdout=_holdout(data_cfg),
     )
-    return TrainLoader(sampler, micro_batch_size=micro_batch_size, dp_rank=dp_rank,
-                       dp_size=dp_size, num_workers=data_cfg.num_workers, device=device)
+    return TrainLoader(
+        sampler,
+        micro_batch_size=micro_batch_size,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        num_workers=data_cfg.num_workers,
+        device=device,
+    )
 
 
 def _holdout(data_cfg: DataConfig) -> Holdout | None:
@@ -170,17 +192,31 @@ def eval_sampler(data_cfg: DataConfig, eval_cfg: EvalConfig, seq_len: int) -> Sa
     eval sequences, spread over the whole held-out set rather than its first documents.
     """
     if eval_cfg.sources is not None:
-        return Sampler([s.path for s in eval_cfg.sources], [s.weight for s in eval_cfg.sources],
-                       tokenizer=data_cfg.tokenizer, seq_len=seq_len, seed=0, shuffle=True)
+        return Sampler(
+            [s.path for s in eval_cfg.sources],
+            [s.weight for s in eval_cfg.sources],
+            tokenizer=data_cfg.tokenizer,
+            seq_len=seq_len,
+            seed=0,
+            shuffle=True,
+        )
     holdout = _holdout(data_cfg)
     assert holdout is not None, "TrainingConfig validation guarantees eval data"
-    return Sampler([s.path for s in data_cfg.sources], [s.weight for s in data_cfg.sources],
-                   tokenizer=data_cfg.tokenizer, seq_len=seq_len, seed=holdout.seed, shuffle=True,
-                   holdout=holdout, side="heldout")
+    return Sampler(
+        [s.path for s in data_cfg.sources],
+        [s.weight for s in data_cfg.sources],
+        tokenizer=data_cfg.tokenizer,
+        seq_len=seq_len,
+        seed=holdout.seed,
+        shuffle=True,
+        holdout=holdout,
+        side="heldout",
+    )
 
 
-def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: int, micro_batch_size: int,
-                       dp_rank: int, dp_size: int) -> list[dict[str, torch.Tensor]]:
+def build_eval_batches(
+    data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: int, micro_batch_size: int, dp_rank: int, dp_size: int
+) -> list[dict[str, torch.Tensor]]:
     """This rank's share of the eval set: the first ``eval.samples`` sequences of the eval stream.
 
     Every rank gets the same number of micro-batches (each forward is a collective under FSDP):
@@ -200,8 +236,9 @@ def build_eval_batches(data_cfg: DataConfig, eval_cfg: EvalConfig, *, seq_len: i
         tokens = torch.from_numpy(batch.tokens)
         weights = np.ones((len(ids), seq_len), np.float32) if batch.loss_mask is None else batch.loss_mask
         mask = torch.from_numpy(np.asarray(weights, dtype=np.float32) * real[:, None])
-        batches.append({"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
-                        "loss_mask": mask})
+        batches.append(
+            {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(), "loss_mask": mask}
+        )
     return batches
 
 

@@ -36,8 +36,14 @@ class EvalResult:
 
     def record(self) -> dict[str, Any]:
         """The ``metrics.jsonl`` fields of this evaluation (docs/run-contract.md)."""
-        return {"step": self.step, "eval_loss": self.loss, "eval_ppl": self.perplexity,
-                "eval_samples": self.samples, "eval_tokens": self.tokens, "eval_time_s": self.time_s}
+        return {
+            "step": self.step,
+            "eval_loss": self.loss,
+            "eval_ppl": self.perplexity,
+            "eval_samples": self.samples,
+            "eval_tokens": self.tokens,
+            "eval_time_s": self.time_s,
+        }
 
 
 class Evaluator:
@@ -73,8 +79,13 @@ class Evaluator:
         finally:
             model.train(was_training)
         loss_sum, tokens = all_reduce_sum(totals).tolist()
-        self.last = EvalResult(step=step, loss=loss_sum / max(tokens, 1.0), samples=self.cfg.samples,
-                               tokens=int(tokens), time_s=time.perf_counter() - t0)
+        self.last = EvalResult(
+            step=step,
+            loss=loss_sum / max(tokens, 1.0),
+            samples=self.cfg.samples,
+            tokens=int(tokens),
+            time_s=time.perf_counter() - t0,
+        )
         return self.last
 
     def summary_fields(self) -> dict[str, Any]:
@@ -89,8 +100,11 @@ def build_evaluator(cfg: TrainingConfig, env: DistEnv) -> Evaluator | None:
     if cfg.eval is None:
         return None
     batches = build_eval_batches(
-        cfg.data, cfg.eval, seq_len=cfg.model.seq_len,
+        cfg.data,
+        cfg.eval,
+        seq_len=cfg.model.seq_len,
         micro_batch_size=cfg.eval.micro_batch_size or cfg.train.micro_batch_size,
-        dp_rank=env.rank, dp_size=env.world_size,
+        dp_rank=env.rank,
+        dp_size=env.world_size,
     )
     return Evaluator(cfg.eval, batches, env.device)

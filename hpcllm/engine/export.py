@@ -46,7 +46,7 @@ def load_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     target: dict[str, torch.Tensor] = {}
     for fqn, meta in metadata.state_dict_metadata.items():
         if fqn.startswith(MODEL_PREFIX) and isinstance(meta, TensorStorageMetadata):
-            target[fqn[len(MODEL_PREFIX):]] = torch.empty(meta.size, dtype=meta.properties.dtype)
+            target[fqn[len(MODEL_PREFIX) :]] = torch.empty(meta.size, dtype=meta.properties.dtype)
     if not target:
         raise HpcllmError(f"{ckpt_dir}: checkpoint holds no model tensors")
     with single_process_dcp():  # a CLI process: no process group, DCP reads all shards itself
@@ -78,12 +78,9 @@ def export_torch(ckpt_dir: Path, output: Path, *, with_optimizer: bool = False) 
 def check_llama_compatible(cfg: ModelConfig) -> None:
     """Raise HpcllmError naming every field that Llama cannot express, with the value Llama needs."""
     needed = {"norm": "rmsnorm", "activation": "swiglu", "pos_emb": "rope", "bias": False}
-    wrong = [f"model.{k} = {getattr(cfg, k)!r} (Llama needs {v!r})" for k, v in needed.items()
-             if getattr(cfg, k) != v]
+    wrong = [f"model.{k} = {getattr(cfg, k)!r} (Llama needs {v!r})" for k, v in needed.items() if getattr(cfg, k) != v]
     if wrong:
-        raise HpcllmError(
-            "cannot export as Hugging Face Llama: " + "; ".join(wrong) + ". Use --format torch instead."
-        )
+        raise HpcllmError("cannot export as Hugging Face Llama: " + "; ".join(wrong) + ". Use --format torch instead.")
 
 
 def llama_config(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -118,17 +115,19 @@ def to_llama_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     for i in range(cfg.n_layers):
         src, dst = f"blocks.{i}.", f"model.layers.{i}."
         q, k, v = sd[src + "attn.qkv.weight"].split([q_rows, kv_rows, kv_rows], dim=0)
-        out.update({
-            dst + "input_layernorm.weight": sd[src + "attn_norm.weight"],
-            dst + "self_attn.q_proj.weight": q,
-            dst + "self_attn.k_proj.weight": k,
-            dst + "self_attn.v_proj.weight": v,
-            dst + "self_attn.o_proj.weight": sd[src + "attn.proj.weight"],
-            dst + "post_attention_layernorm.weight": sd[src + "mlp_norm.weight"],
-            dst + "mlp.gate_proj.weight": sd[src + "mlp.gate.weight"],
-            dst + "mlp.up_proj.weight": sd[src + "mlp.up.weight"],
-            dst + "mlp.down_proj.weight": sd[src + "mlp.down.weight"],
-        })
+        out.update(
+            {
+                dst + "input_layernorm.weight": sd[src + "attn_norm.weight"],
+                dst + "self_attn.q_proj.weight": q,
+                dst + "self_attn.k_proj.weight": k,
+                dst + "self_attn.v_proj.weight": v,
+                dst + "self_attn.o_proj.weight": sd[src + "attn.proj.weight"],
+                dst + "post_attention_layernorm.weight": sd[src + "mlp_norm.weight"],
+                dst + "mlp.gate_proj.weight": sd[src + "mlp.gate.weight"],
+                dst + "mlp.up_proj.weight": sd[src + "mlp.up.weight"],
+                dst + "mlp.down_proj.weight": sd[src + "mlp.down.weight"],
+            }
+        )
     # safetensors stores each tensor whole: split views must become their own contiguous tensors.
     return {k: v.contiguous().clone() for k, v in out.items()}
 

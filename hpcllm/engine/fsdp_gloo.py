@@ -49,8 +49,9 @@ def overlap_collectives(model: torch.nn.Module, forward_order: list[FSDPModule])
         current.set_modules_to_forward_prefetch([upcoming])
 
 
-def exchange(group: dist.ProcessGroup, sends: dict[int, torch.Tensor],
-             receives: dict[int, torch.Tensor]) -> list[dist.Work]:
+def exchange(
+    group: dist.ProcessGroup, sends: dict[int, torch.Tensor], receives: dict[int, torch.Tensor]
+) -> list[dist.Work]:
     """Post all sends and receives at once (keys: ranks within ``group``); returns their handles."""
     ops = [dist.P2POp(dist.isend, t, dist.get_global_rank(group, r), group) for r, t in sends.items()]
     ops += [dist.P2POp(dist.irecv, t, dist.get_global_rank(group, r), group) for r, t in receives.items()]
@@ -77,8 +78,9 @@ class PairwiseAllGather:
     def allocate(self, size: Any, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return torch.empty(*size, dtype=dtype, device=device)
 
-    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
-                 async_op: bool = False) -> dist.Work | None:
+    def __call__(
+        self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup, async_op: bool = False
+    ) -> dist.Work | None:
         me, slots = group.rank(), output_tensor.view(group.size(), -1)
         slots[me].copy_(input_tensor)
         peers = [r for r in range(group.size()) if r != me]
@@ -97,8 +99,14 @@ class PairwiseReduceScatter:
     def allocate(self, size: Any, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return torch.empty(*size, dtype=dtype, device=device)
 
-    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
-                 op: Any, async_op: bool = False) -> dist.Work | None:
+    def __call__(
+        self,
+        output_tensor: torch.Tensor,
+        input_tensor: torch.Tensor,
+        group: dist.ProcessGroup,
+        op: Any,
+        async_op: bool = False,
+    ) -> dist.Work | None:
         average = op == dist.ReduceOp.AVG
         if not (average or op == dist.ReduceOp.SUM):  # FSDP2 asks gloo for AVG, or SUM with its own division
             raise ValueError(f"PairwiseReduceScatter: reduce op {op} is neither SUM nor AVG")

@@ -79,8 +79,9 @@ class Generator:
     def generate(self, prompt: str, max_new_tokens: int, sampling: Sampling) -> Generation:
         prompt_ids = self.encode(prompt)
         t0 = time.perf_counter()
-        ids, stopped = decode(self.model, prompt_ids, max_new_tokens, sampling,
-                              eos_id=self.tokenizer.eos_id, vocab_limit=self.vocab_limit)
+        ids, stopped = decode(
+            self.model, prompt_ids, max_new_tokens, sampling, eos_id=self.tokenizer.eos_id, vocab_limit=self.vocab_limit
+        )
         out = Generation(prompt_ids, ids, stopped, time.perf_counter() - t0)
         out.text = self.tokenizer.decode(ids)
         return out
@@ -102,8 +103,10 @@ def load_generator(spec: str, *, tokenizer: str | None = None, device: str = "au
     tokenizer_from_run = tokenizer is None
     if tokenizer is None:
         if not run.config.is_file():
-            raise ConfigError(f"{ckpt}: no run.yaml beside this checkpoint to take the tokenizer from; "
-                              "give --tokenizer (byte or a tokenizer.json)")
+            raise ConfigError(
+                f"{ckpt}: no run.yaml beside this checkpoint to take the tokenizer from; "
+                "give --tokenizer (byte or a tokenizer.json)"
+            )
         tokenizer = load_model(TrainingConfig, run.config).data.tokenizer
     tok = load_tokenizer(
         tokenizer
@@ -112,8 +115,10 @@ def load_generator(spec: str, *, tokenizer: str | None = None, device: str = "au
     )
     cfg = checkpoint_model_config(ckpt, run)
     if tok.vocab_size > cfg.vocab_size:
-        raise ConfigError(f"tokenizer {tokenizer!r} has {tok.vocab_size} ids, more than the model's "
-                          f"vocab_size {cfg.vocab_size}: it is not the tokenizer this model was trained with")
+        raise ConfigError(
+            f"tokenizer {tokenizer!r} has {tok.vocab_size} ids, more than the model's "
+            f"vocab_size {cfg.vocab_size}: it is not the tokenizer this model was trained with"
+        )
     dev = pick_device(device)
     with torch.device("meta"):
         model = GPT(cfg)
@@ -126,8 +131,15 @@ def load_generator(spec: str, *, tokenizer: str | None = None, device: str = "au
 
 
 @torch.no_grad()
-def decode(model: GPT, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, *,
-           eos_id: int | None, vocab_limit: int | None = None) -> tuple[list[int], bool]:
+def decode(
+    model: GPT,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    sampling: Sampling,
+    *,
+    eos_id: int | None,
+    vocab_limit: int | None = None,
+) -> tuple[list[int], bool]:
     """Up to ``max_new_tokens`` ids after ``prompt_ids``; stops after ``eos_id``. Returns (ids, stopped at EOS).
 
     The prompt runs through the model once, filling the KV cache; each new token then costs one
@@ -143,8 +155,7 @@ def decode(model: GPT, prompt_ids: list[int], max_new_tokens: int, sampling: Sam
             f"context of {context} tokens" + (f"; ask for at most {room}" if room > 0 else "; shorten the prompt")
         )
     device = model.tok_emb.weight.device
-    cache = KVCache(model.cfg, 1, len(prompt_ids) + max_new_tokens, dtype=model.tok_emb.weight.dtype,
-                    device=device)
+    cache = KVCache(model.cfg, 1, len(prompt_ids) + max_new_tokens, dtype=model.tok_emb.weight.dtype, device=device)
     rng = torch.Generator(device=device).manual_seed(sampling.seed)
     logits = model(torch.tensor([prompt_ids], device=device), cache)[0, -1]
     out: list[int] = []
@@ -158,8 +169,7 @@ def decode(model: GPT, prompt_ids: list[int], max_new_tokens: int, sampling: Sam
     return out, False
 
 
-def next_token(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator,
-               vocab_limit: int | None = None) -> int:
+def next_token(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator, vocab_limit: int | None = None) -> int:
     """Choose one id from ``logits`` (vocab,): argmax at temperature 0, else sample after the
     temperature, top-k and top-p (nucleus) filters, drawing from ``rng``."""
     logits = logits.float()

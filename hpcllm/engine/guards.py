@@ -45,8 +45,11 @@ class NonFiniteError(HpcllmError):
 
 def check_step(step: int, loss: float, grad_norm: float) -> None:
     """Raise NonFiniteError if the step's loss or gradient norm (global values) is inf or NaN."""
-    bad = [f"{name} is {value}" for name, value in (("loss", loss), ("gradient norm", grad_norm))
-           if not math.isfinite(value)]
+    bad = [
+        f"{name} is {value}"
+        for name, value in (("loss", loss), ("gradient norm", grad_norm))
+        if not math.isfinite(value)
+    ]
     if bad:
         raise NonFiniteError(step, " and ".join(bad))
 

@@ -32,8 +32,15 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
     return _masked_sum(F.cross_entropy(flat, labels.reshape(-1), reduction="none"), mask)
 
 
-def distillation_sum(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                     mask: torch.Tensor | None, *, alpha: float, temperature: float) -> torch.Tensor:
+def distillation_sum(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
     """Σ over tokens of weight·(α·T²·KL(p_teacher,T ‖ p_student,T) + (1−α)·CE(student, label)).
 
     T² keeps the soft-target gradient's scale independent of T (Hinton et al. 2015).

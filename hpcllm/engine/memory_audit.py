@@ -21,10 +21,18 @@ from torch import nn
 
 # Autograd nodes that only view or cast their single input: a saved tensor reached from a
 # parameter through these alone is a copy or view of that parameter.
-_VIEW_OR_CAST_NODES = frozenset({
-    "TBackward0", "ToCopyBackward0", "ViewBackward0", "TransposeBackward0", "UnsafeViewBackward0",
-    "AliasBackward0", "PermuteBackward0", "ExpandBackward0",
-})
+_VIEW_OR_CAST_NODES = frozenset(
+    {
+        "TBackward0",
+        "ToCopyBackward0",
+        "ViewBackward0",
+        "TransposeBackward0",
+        "UnsafeViewBackward0",
+        "AliasBackward0",
+        "PermuteBackward0",
+        "ExpandBackward0",
+    }
+)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -95,6 +103,10 @@ def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None =
         "optimizer": 0,
     }
     if optimizer is not None:
-        out["optimizer"] = sum(_local(v).nbytes for state in optimizer.state.values() for v in state.values()
-                               if isinstance(v, torch.Tensor))
+        out["optimizer"] = sum(
+            _local(v).nbytes
+            for state in optimizer.state.values()
+            for v in state.values()
+            if isinstance(v, torch.Tensor)
+        )
     return out

@@ -98,8 +98,9 @@ class Throughput:
         samples_per_s = self.samples_per_step / step_time_s
         utilisation: dict[str, float | None] = dict.fromkeys(UTILISATION_KEYS)
         if self.peak_flops_per_device is not None:
-            utilisation.update(self.flops.utilisation(samples_per_s, self.seq_len, self.n_devices,
-                                                      self.peak_flops_per_device))
+            utilisation.update(
+                self.flops.utilisation(samples_per_s, self.seq_len, self.n_devices, self.peak_flops_per_device)
+            )
         return {
             "samples_per_s": samples_per_s,
             "tokens_per_s": samples_per_s * self.seq_len,
@@ -127,20 +128,45 @@ class MetricsLog:
     def __post_init__(self) -> None:
         self._rerun_until, self._earlier_s = _earlier_attempts(self.path) if self.enabled else (0, 0.0)
 
-    def log(self, *, step: int, loss: float, lr: float, grad_norm: float, step_time_s: float,
-            mem_peak_gib: float, skipped: bool = False, loss_scale: float | None = None) -> dict[str, Any]:
+    def log(
+        self,
+        *,
+        step: int,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        step_time_s: float,
+        mem_peak_gib: float,
+        skipped: bool = False,
+        loss_scale: float | None = None,
+    ) -> dict[str, Any]:
         """Record a step; written when ``log_every`` divides it, and always when it was skipped."""
         rates = self.throughput.rates(step_time_s)
         record = {
-            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
-            "mfu": rates["mfu"], "step_time_s": step_time_s, "mem_peak_gib": mem_peak_gib,
-            "restart": self.restart, "rerun": step <= self._rerun_until,
-            "skipped": skipped, "loss_scale": loss_scale,
-            "time": round(time.time(), 3), "elapsed_s": round(time.monotonic() - self.started, 3),
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": rates["tokens_per_s"],
+            "samples_per_s": rates["samples_per_s"],
+            "mfu": rates["mfu"],
+            "step_time_s": step_time_s,
+            "mem_peak_gib": mem_peak_gib,
+            "restart": self.restart,
+            "rerun": step <= self._rerun_until,
+            "skipped": skipped,
+            "loss_scale": loss_scale,
+            "time": round(time.time(), 3),
+            "elapsed_s": round(time.monotonic() - self.started, 3),
         }
-        self.records.append({**record, "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"],
-                             "mfu_with_head": rates["mfu_with_head"], "hfu": rates["hfu"]})
+        self.records.append(
+            {
+                **record,
+                "tokens_per_s_per_gpu": rates["tokens_per_s_per_gpu"],
+                "mfu_with_head": rates["mfu_with_head"],
+                "hfu": rates["hfu"],
+            }
+        )
         if step % self.log_every == 0 or skipped:
             self._write(record)
         return record
@@ -175,8 +201,14 @@ class MetricsLog:
             warmup_steps = 0
         measured = self.records[warmup_steps:]
         out: dict[str, Any] = {"steps_measured": len(measured), "summary_warmup_steps": warmup_steps}
-        for key in ("samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", *UTILISATION_KEYS, "step_time_s",
-                    "mem_peak_gib"):
+        for key in (
+            "samples_per_s",
+            "tokens_per_s",
+            "tokens_per_s_per_gpu",
+            *UTILISATION_KEYS,
+            "step_time_s",
+            "mem_peak_gib",
+        ):
             values = [r[key] for r in measured if r[key] is not None]
             out[key] = statistics.median(values) if values else None
         return out

@@ -86,8 +86,9 @@ def _attention_kernel(name: str) -> Callable[..., torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float, device: torch.device | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    seq_len: int, head_dim: int, theta: float, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, each (T, D/2): angle t·θ^(-2i/D) of pair i at position t."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
@@ -133,13 +134,16 @@ class KVCache:
     costs one position's work instead of re-running the whole prefix.
     """
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, *, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
+    def __init__(
+        self, cfg: ModelConfig, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
         if max_len > cfg.seq_len:
             raise ValueError(f"a cache of {max_len} positions exceeds the model's seq_len {cfg.seq_len}")
         shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
-        self.layers = [LayerKV(torch.zeros(shape, dtype=dtype, device=device),
-                               torch.zeros(shape, dtype=dtype, device=device)) for _ in range(cfg.n_layers)]
+        self.layers = [
+            LayerKV(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(cfg.n_layers)
+        ]
         self.max_len = max_len
         self.length = 0
 
@@ -166,8 +170,9 @@ class Attention(nn.Module):
         self.use_rope = cfg.pos_emb == "rope"
         self.kernel = _attention_kernel(cfg.attention)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None, start: int = 0
+    ) -> torch.Tensor:
         """``kv``: decoding; x holds positions ``start .. start + T``, whose K/V join the cache."""
         b, t, c = x.shape
         qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
@@ -178,8 +183,8 @@ class Attention(nn.Module):
         if kv is None:
             y = self.kernel(q, k, v)  # (B, H, T, D)
         else:
-            kv.k[:, :, start:start + t], kv.v[:, :, start:start + t] = k, v
-            y = attention_after(q, kv.k[:, :, :start + t], kv.v[:, :, :start + t])
+            kv.k[:, :, start : start + t], kv.v[:, :, start : start + t] = k, v
+            y = attention_after(q, kv.k[:, :, : start + t], kv.v[:, :, : start + t])
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -217,16 +222,18 @@ class Block(nn.Module):
         self.checkpointed = False
         self.compute: Callable[..., torch.Tensor] = self._compute
 
-    def _compute(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+    def _compute(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None, start: int = 0
+    ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, kv, start)
         return x + self.mlp(self.mlp_norm(x))
 
     def compile_compute(self) -> None:
         self.compute = torch.compile(self._compute)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None, start: int = 0
+    ) -> torch.Tensor:
         if kv is not None:  # decoding: no gradients to checkpoint, nothing compiled for it
             return self._compute(x, cos, sin, kv, start)
         if self.checkpointed and torch.is_grad_enabled():
@@ -280,14 +287,18 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.length
         limit = self.cfg.seq_len if cache is None else cache.max_len
         if start + t > limit:
-            raise ValueError(f"sequence length {start + t} exceeds the model's seq_len {self.cfg.seq_len}"
-                             if cache is None else f"sequence length {start + t} exceeds the cache's {limit}")
-        with torch.autocast(idx.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+            raise ValueError(
+                f"sequence length {start + t} exceeds the model's seq_len {self.cfg.seq_len}"
+                if cache is None
+                else f"sequence length {start + t} exceeds the cache's {limit}"
+            )
+        with torch.autocast(
+            idx.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
+        ):
             x = self.tok_emb(idx)  # (B, T, C)
             if self.pos_emb is not None:
                 x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
-            cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+            cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
             for i, block in enumerate(self.blocks):
                 x = block(x, cos, sin) if cache is None else block(x, cos, sin, cache.layers[i], start)
             if cache is not None:

@@ -38,8 +38,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         else:
             wants_decay = True
         (decay if wants_decay else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
@@ -52,8 +51,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     also what CPU-offloaded parameters get. Elsewhere PyTorch's default (foreach).
     """
     device = next(model.parameters()).device.type
-    return torch.optim.AdamW(param_groups(model, cfg), lr=lr, betas=cfg.betas, eps=cfg.eps,
-                             fused=True if device in FUSED_ADAMW_DEVICES else None)
+    return torch.optim.AdamW(
+        param_groups(model, cfg),
+        lr=lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        fused=True if device in FUSED_ADAMW_DEVICES else None,
+    )
 
 
 def lr_at(step: int, *, base_lr: float, total_steps: int, cfg: ScheduleConfig) -> float:
@@ -100,8 +104,9 @@ class Scheduler:
     ``lr`` is the rate of the coming optimizer step; call ``step()`` after each optimizer step.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, base_lr: float, total_steps: int,
-                 cfg: ScheduleConfig) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, base_lr: float, total_steps: int, cfg: ScheduleConfig
+    ) -> None:
         self.optimizer, self.base_lr, self.total_steps, self.cfg = optimizer, base_lr, total_steps, cfg
         self.last_step = 0
         self._apply()

@@ -85,8 +85,15 @@ def describe_layout(cfg: ParallelConfig, mesh: DeviceMesh) -> str:
     return {"fsdp": f"FSDP2 {cfg.sharding}", "ddp": "DDP (NO_SHARD)", "none": "unsharded"}[kind]
 
 
-def build_parallel_model(model_cfg: ModelConfig, cfg: ParallelConfig, mesh: DeviceMesh,
-                         device: torch.device, seed: int, *, trainable: bool = True) -> GPT:
+def build_parallel_model(
+    model_cfg: ModelConfig,
+    cfg: ParallelConfig,
+    mesh: DeviceMesh,
+    device: torch.device,
+    seed: int,
+    *,
+    trainable: bool = True,
+) -> GPT:
     """Build on ``meta``, apply AC and compile, shard, then materialise and initialise.
 
     Under FSDP2 no rank ever holds the whole model: after ``fully_shard`` each parameter is a
@@ -124,9 +131,7 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
     it). A tied embedding is the head's weight: both then stay in the root group.
     On CPU ranks FSDP2's collectives block without CUDA streams; ``fsdp_gloo`` overlaps them.
     """
-    offload: OffloadPolicy = (
-        CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
-    )
+    offload: OffloadPolicy = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
     common: dict[str, Any] = {"mesh": mesh, "mp_policy": mixed_precision(cfg), "offload_policy": offload}
     groups: list[FSDPModule] = []  # in forward order
     untied = not model.cfg.tie_embeddings

@@ -61,11 +61,15 @@ class Prober:
         self.meter = MemoryMeter(env.device)
         budget = self.probe.memory_budget_gib
         self.budget = int(budget * GIB) if budget is not None else None
-        self.teacher = (build_teacher(cfg.distill, cfg.parallel, self.mesh, env, cfg.seed, cfg.model.vocab_size,
-                                      cfg.model.seq_len) if cfg.distill is not None else None)
+        self.teacher = (
+            build_teacher(cfg.distill, cfg.parallel, self.mesh, env, cfg.seed, cfg.model.vocab_size, cfg.model.seq_len)
+            if cfg.distill is not None
+            else None
+        )
         nodes = max(1, env.world_size // env.local_world_size)
-        self.memory_spec = MemorySpec.of_training(cfg, nodes=nodes, ranks_per_node=env.local_world_size,
-                                                  device="cuda" if env.device.type == "cuda" else "cpu")
+        self.memory_spec = MemorySpec.of_training(
+            cfg, nodes=nodes, ranks_per_node=env.local_world_size, device="cuda" if env.device.type == "cuda" else "cpu"
+        )
         self._build()
 
     def _build(self) -> None:
@@ -73,8 +77,9 @@ class Prober:
         self.model = build_parallel_model(cfg.model, cfg.parallel, self.mesh, self.env.device, cfg.seed)
         self.optimizer = build_optimizer(self.model, cfg.optim, cfg.optim.lr)
         # The learning rate does not change what a step costs: a constant one, whatever the run's schedule.
-        self.scheduler = Scheduler(self.optimizer, base_lr=cfg.optim.lr, total_steps=1,
-                                   cfg=ScheduleConfig(name="constant"))
+        self.scheduler = Scheduler(
+            self.optimizer, base_lr=cfg.optim.lr, total_steps=1, cfg=ScheduleConfig(name="constant")
+        )
         self.guard = BudgetGuard(list(self.model.blocks), self.meter, self.budget) if self.budget else None
 
     def _rebuild(self) -> None:
@@ -91,8 +96,15 @@ class Prober:
 
     def trial(self, mbs: int) -> ProbeTrial:
         cfg, probe, env = self.cfg, self.probe, self.env
-        loader = build_train_loader(cfg.data, seq_len=cfg.model.seq_len, micro_batch_size=mbs, dp_rank=env.rank,
-                                    dp_size=env.world_size, seed=cfg.seed, device=env.device)
+        loader = build_train_loader(
+            cfg.data,
+            seq_len=cfg.model.seq_len,
+            micro_batch_size=mbs,
+            dp_rank=env.rank,
+            dp_size=env.world_size,
+            seed=cfg.seed,
+            device=env.device,
+        )
         check_data_vocab(cfg, loader.vocab_size, self.source)
         state = TrainState(self.model, self.optimizer, self.scheduler, loader)
         self.meter.release()
@@ -104,9 +116,15 @@ class Prober:
                 guarded = i == 0 and self.guard is not None
                 t0 = time.perf_counter()
                 with self.guard.guarding() if guarded else nullcontext():  # type: ignore[union-attr]
-                    train_step(state, grad_accum=cfg.train.grad_accum, dp_size=env.world_size,
-                               grad_clip=cfg.train.grad_clip, device=env.device, teacher=self.teacher,
-                               distill=cfg.distill)
+                    train_step(
+                        state,
+                        grad_accum=cfg.train.grad_accum,
+                        dp_size=env.world_size,
+                        grad_clip=cfg.train.grad_clip,
+                        device=env.device,
+                        teacher=self.teacher,
+                        distill=cfg.distill,
+                    )
                 if i >= probe.warmup_steps:
                     times.append(time.perf_counter() - t0)
         except torch.OutOfMemoryError as exc:
@@ -121,10 +139,14 @@ class Prober:
         peak = max_over_ranks(self.meter.peak_bytes() / GIB, env.device)
         reserved_bytes = self.meter.peak_reserved_bytes()
         reserved = None if reserved_bytes is None else max_over_ranks(reserved_bytes / GIB, env.device)
-        trial = ProbeTrial(mbs=mbs, status="ok", mem_peak_gib=round(peak, 4),
-                           mem_reserved_gib=None if reserved is None else round(reserved, 4),
-                           estimate_gib=round(estimate_memory(self.memory_spec.with_mbs(mbs)).peak_gib, 4),
-                           steps=len(times))
+        trial = ProbeTrial(
+            mbs=mbs,
+            status="ok",
+            mem_peak_gib=round(peak, 4),
+            mem_reserved_gib=None if reserved is None else round(reserved, 4),
+            estimate_gib=round(estimate_memory(self.memory_spec.with_mbs(mbs)).peak_gib, 4),
+            steps=len(times),
+        )
         if failed:
             trial.status, trial.error = failure or ("oom", "another rank ran out of memory")
             self._rebuild()
@@ -146,12 +168,22 @@ def new_report(cfg: TrainingConfig, env: DistEnv) -> ProbeReport:
     assert cfg.probe is not None
     p = cfg.parallel
     return ProbeReport(
-        run_id=cfg.run_id, model=cfg.model.name, n_params=cfg.model.n_params(), seq_len=cfg.model.seq_len,
-        world_size=env.world_size, sharding=p.sharding, precision=p.precision,
-        activation_checkpointing=p.activation_checkpointing, ac_every=p.ac_every, cpu_offload=p.cpu_offload,
-        compile=p.compile, grad_accum=cfg.train.grad_accum, device=env.device.type,
+        run_id=cfg.run_id,
+        model=cfg.model.name,
+        n_params=cfg.model.n_params(),
+        seq_len=cfg.model.seq_len,
+        world_size=env.world_size,
+        sharding=p.sharding,
+        precision=p.precision,
+        activation_checkpointing=p.activation_checkpointing,
+        ac_every=p.ac_every,
+        cpu_offload=p.cpu_offload,
+        compile=p.compile,
+        grad_accum=cfg.train.grad_accum,
+        device=env.device.type,
         gpu_type=detect_gpu_type(env.device, cfg.metrics.gpu_type) or env.device.type,
-        memory_budget_gib=cfg.probe.memory_budget_gib, min_gain=cfg.probe.min_gain,
+        memory_budget_gib=cfg.probe.memory_budget_gib,
+        min_gain=cfg.probe.min_gain,
     )
 
 
@@ -178,8 +210,10 @@ def _describe(trial: ProbeTrial) -> str:
     est = f"estimate {trial.estimate_gib:.2f} GiB" if trial.estimate_gib is not None else ""
     if not trial.fits:
         return f"MBS {trial.mbs:>5}: {trial.status} ({trial.error}); peak {mem}, {est}"
-    return (f"MBS {trial.mbs:>5}: {trial.samples_per_s_per_gpu:.3f} samples/s per GPU, "
-            f"step {trial.step_time_s:.3f} s, peak {mem}, {est}")
+    return (
+        f"MBS {trial.mbs:>5}: {trial.samples_per_s_per_gpu:.3f} samples/s per GPU, "
+        f"step {trial.step_time_s:.3f} s, peak {mem}, {est}"
+    )
 
 
 def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, summary: dict[str, Any]) -> int:
@@ -196,8 +230,13 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
             atomic_write_json(run_dir.probe, report.model_dump(mode="json"))
 
     def finish(status: str) -> None:
-        summary.update(status=status, best_mbs=report.best_mbs, largest_fit=report.largest_fit,
-                       stop_reason=report.stop_reason, trials=len(report.trials))
+        summary.update(
+            status=status,
+            best_mbs=report.best_mbs,
+            largest_fit=report.largest_fit,
+            stop_reason=report.stop_reason,
+            trials=len(report.trials),
+        )
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
 
@@ -206,10 +245,12 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
         report.baseline_gib = round(prober.in_use_gib(), 4)
     save()
     if env.is_main:
-        console.print(f"[bold]{cfg.run_id}[/]: probing micro-batch sizes from {probe.start_mbs} (max {probe.max_mbs}), "
-                      f"{env.world_size} rank(s) on {env.device.type}, budget "
-                      f"{'none' if probe.memory_budget_gib is None else f'{probe.memory_budget_gib:g} GiB'}, "
-                      f"{len(report.trials)} size(s) from an earlier attempt")
+        console.print(
+            f"[bold]{cfg.run_id}[/]: probing micro-batch sizes from {probe.start_mbs} (max {probe.max_mbs}), "
+            f"{env.world_size} rank(s) on {env.device.type}, budget "
+            f"{'none' if probe.memory_budget_gib is None else f'{probe.memory_budget_gib:g} GiB'}, "
+            f"{len(report.trials)} size(s) from an earlier attempt"
+        )
     stop = StopRequest(run_dir)
     stop.install()
     try:
@@ -236,8 +277,10 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
         save()
         finish(SUMMARY_STATUS_COMPLETED)
         if env.is_main:
-            console.print(f"largest MBS that fits: {report.largest_fit}; fastest: {report.best_mbs} "
-                          f"(stopped: {report.stop_reason})")
+            console.print(
+                f"largest MBS that fits: {report.largest_fit}; fastest: {report.best_mbs} "
+                f"(stopped: {report.stop_reason})"
+            )
         return 0
     finally:
         stop.uninstall()

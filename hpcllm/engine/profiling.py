@@ -80,8 +80,10 @@ class StepProfiler:
             if self.cfg.memory:
                 torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES)
         self._prof = torch.profiler.profile(
-            activities=activities, record_shapes=self.cfg.record_shapes,
-            profile_memory=self.cfg.memory, with_stack=self.cfg.with_stack,
+            activities=activities,
+            record_shapes=self.cfg.record_shapes,
+            profile_memory=self.cfg.memory,
+            with_stack=self.cfg.with_stack,
         )
         self._prof.start()
         self._first, self._last = step, step - 1
@@ -102,8 +104,10 @@ class StepProfiler:
             written.append(snapshot)
         self._prof = None
         if self.env.is_main:
-            console.print(f"profiler: steps {self._first}-{self._last} written to {written[0].parent}/ "
-                          f"(one {' + '.join(p.suffix for p in written)} per rank)")
+            console.print(
+                f"profiler: steps {self._first}-{self._last} written to {written[0].parent}/ "
+                f"(one {' + '.join(p.suffix for p in written)} per rank)"
+            )
 
 
 def _write_atomically(path: Path, write: Any) -> None:

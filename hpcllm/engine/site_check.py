@@ -75,8 +75,14 @@ def all_reduce_check(env: DistEnv) -> dict[str, Any]:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / TIMED_ROUNDS
     busbw = MESSAGE_BYTES * 2 * (n - 1) / n / seconds if n > 1 else 0.0
-    return {"check": "allreduce", "ok": ok, "world_size": n, "backend": str(dist.get_backend()),
-            "device": env.device.type, "busbw_gb_s": round(busbw / 1e9, 3)}
+    return {
+        "check": "allreduce",
+        "ok": ok,
+        "world_size": n,
+        "backend": str(dist.get_backend()),
+        "device": env.device.type,
+        "busbw_gb_s": round(busbw / 1e9, 3),
+    }
 
 
 def main() -> int:

@@ -22,8 +22,7 @@ from hpcllm.engine.distributed import all_reduce_sum
 from hpcllm.engine.optim import grad_norm_sq_share
 
 
-def token_weight_sum(micro_batches: list[dict[str, Any]], dp_size: int,
-                     device: torch.device) -> float | torch.Tensor:
+def token_weight_sum(micro_batches: list[dict[str, Any]], dp_size: int, device: torch.device) -> float | torch.Tensor:
     """The sum of the loss weights of the step's tokens on all ranks.
 
     Without loss weights: ``dp_size`` × the local token count, a Python float. With weights: an
@@ -37,8 +36,7 @@ def token_weight_sum(micro_batches: list[dict[str, Any]], dp_size: int,
     return all_reduce_sum(n_tokens).clamp_min(1.0).squeeze()
 
 
-def step_report(grads: list[torch.Tensor], loss_sum: torch.Tensor,
-                replicas: int) -> tuple[torch.Tensor, torch.Tensor]:
+def step_report(grads: list[torch.Tensor], loss_sum: torch.Tensor, replicas: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The global gradient norm and loss sum, fp64 tensors equal on every rank, from one all-reduce.
 
     ``grads``: this rank's local gradients (shards); ``replicas``: on how many ranks each element

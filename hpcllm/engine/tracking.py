@@ -36,8 +36,7 @@ TAGS = {
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """The tracked scalars of a metrics line, under their tags; nulls (e.g. MFU on CPU) left out."""
-    return {TAGS[k]: float(v) for k, v in record.items()
-            if k in TAGS and v is not None and not isinstance(v, bool)}
+    return {TAGS[k]: float(v) for k, v in record.items() if k in TAGS and v is not None and not isinstance(v, bool)}
 
 
 class MetricSink(Protocol):
@@ -61,8 +60,7 @@ class TensorBoardSink:
                 "tracking.tensorboard: the tensorboard package is not installed; install "
                 "'hpcllm[train]' (or pip install tensorboard), or set tracking.tensorboard: false"
             ) from None
-        self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None,
-                                    flush_secs=30)
+        self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None, flush_secs=30)
         if not resume_step:
             self.writer.add_text("run.yaml", "```yaml\n" + config_text + "```", global_step=0)
 
@@ -87,9 +85,16 @@ class WandbSink:
             ) from None
         self._wandb = wandb
         self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags or None,
-            mode=cfg.mode, dir=str(run_dir.path), name=run_id, id=wandb_run_id(run_dir),
-            resume="allow", config=config,
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=cfg.tags or None,
+            mode=cfg.mode,
+            dir=str(run_dir.path),
+            name=run_id,
+            id=wandb_run_id(run_dir),
+            resume="allow",
+            config=config,
         )
 
     def write(self, step: int, values: dict[str, float]) -> None:
@@ -110,8 +115,11 @@ def open_sinks(cfg: TrainingConfig, run_dir: RunDir, *, resume_step: int) -> lis
     sinks: list[MetricSink] = []
     config = cfg.model_dump(mode="json")
     if cfg.tracking.tensorboard:
-        sinks.append(TensorBoardSink(run_dir.tensorboard, resume_step=resume_step,
-                                     config_text=yaml.safe_dump(config, sort_keys=False)))
+        sinks.append(
+            TensorBoardSink(
+                run_dir.tensorboard, resume_step=resume_step, config_text=yaml.safe_dump(config, sort_keys=False)
+            )
+        )
     if cfg.tracking.wandb is not None:
         sinks.append(WandbSink(cfg.tracking.wandb, run_dir, cfg.run_id, config))
     return sinks

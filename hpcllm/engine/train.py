@@ -88,12 +88,25 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
     if env.device.type == "cuda" and gpu is None:
         gpu = torch.cuda.get_device_name(env.device)
     return {
-        "run_id": cfg.run_id, "model": m.name, "n_params": m.n_params(), "n_params_flops": m.n_params_flops(),
-        "n_layers": m.n_layers, "d_model": m.d_model, "seq_len": m.seq_len,
-        "world_size": env.world_size, "dp_size": env.world_size, "micro_batch_size": t.micro_batch_size,
-        "grad_accum": t.grad_accum, "global_batch_size": gbs, "precision": p.precision,
-        "sharding": p.sharding, "activation_checkpointing": p.activation_checkpointing,
-        "ac_every": p.ac_every, "compile": p.compile, "gpu_type": gpu or "cpu", "device": env.device.type,
+        "run_id": cfg.run_id,
+        "model": m.name,
+        "n_params": m.n_params(),
+        "n_params_flops": m.n_params_flops(),
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "seq_len": m.seq_len,
+        "world_size": env.world_size,
+        "dp_size": env.world_size,
+        "micro_batch_size": t.micro_batch_size,
+        "grad_accum": t.grad_accum,
+        "global_batch_size": gbs,
+        "precision": p.precision,
+        "sharding": p.sharding,
+        "activation_checkpointing": p.activation_checkpointing,
+        "ac_every": p.ac_every,
+        "compile": p.compile,
+        "gpu_type": gpu or "cpu",
+        "device": env.device.type,
     }
 
 
@@ -119,8 +132,15 @@ def peak_flops_per_device(cfg: TrainingConfig, env: DistEnv) -> float | None:
 # --- distillation ---------------------------------------------------------------------------------
 
 
-def build_teacher(dcfg: DistillConfig, pcfg: ParallelConfig, mesh: Any, env: DistEnv, seed: int,
-                  student_vocab: int, student_seq_len: int) -> GPT:
+def build_teacher(
+    dcfg: DistillConfig,
+    pcfg: ParallelConfig,
+    mesh: Any,
+    env: DistEnv,
+    seed: int,
+    student_vocab: int,
+    student_seq_len: int,
+) -> GPT:
     """The frozen teacher: sharded like the student, weights from its checkpoint, eval mode."""
     if dcfg.teacher.vocab_size != student_vocab:
         raise ConfigError(
@@ -161,9 +181,16 @@ class StepResult(NamedTuple):
     skipped: bool = False
 
 
-def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: float | None,
-               device: torch.device, teacher: GPT | None = None,
-               distill: DistillConfig | None = None) -> StepResult:
+def train_step(
+    state: TrainState,
+    *,
+    grad_accum: int,
+    dp_size: int,
+    grad_clip: float | None,
+    device: torch.device,
+    teacher: GPT | None = None,
+    distill: DistillConfig | None = None,
+) -> StepResult:
     """One optimizer step over ``grad_accum`` micro-batches.
 
     The loss is the weighted mean over the tokens of the step (all micro-batches, all ranks), with
@@ -194,8 +221,9 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
         if teacher is not None and distill is not None:
             with torch.no_grad():
                 teacher_logits = teacher(batch["input_ids"])
-            micro = distillation_sum(logits, teacher_logits, labels, batch["loss_mask"],
-                                     alpha=distill.alpha, temperature=distill.temperature)
+            micro = distillation_sum(
+                logits, teacher_logits, labels, batch["loss_mask"], alpha=distill.alpha, temperature=distill.temperature
+            )
         else:
             micro = cross_entropy_sum(logits, labels, batch["loss_mask"])
         (micro * scale).backward()
@@ -218,8 +246,7 @@ def train_step(state: TrainState, *, grad_accum: int, dp_size: int, grad_clip: f
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
-          summary: dict[str, Any]) -> int:
+def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, summary: dict[str, Any]) -> int:
     """Run (or continue) training to ``train.steps``; returns the process exit code."""
     started = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -231,21 +258,33 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
     mesh = build_mesh(cfg.parallel, env)
     model = build_parallel_model(cfg.model, cfg.parallel, mesh, env.device, cfg.seed)
     loader = build_train_loader(
-        cfg.data, seq_len=cfg.model.seq_len, micro_batch_size=cfg.train.micro_batch_size,
-        dp_rank=env.rank, dp_size=dp_size, seed=cfg.seed, device=env.device,
+        cfg.data,
+        seq_len=cfg.model.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        dp_rank=env.rank,
+        dp_size=dp_size,
+        seed=cfg.seed,
+        device=env.device,
     )
     check_data_vocab(cfg, loader.vocab_size, source)
-    teacher = (build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size,
-                             cfg.model.seq_len)
-               if cfg.distill is not None else None)
+    teacher = (
+        build_teacher(cfg.distill, cfg.parallel, mesh, env, cfg.seed, cfg.model.vocab_size, cfg.model.seq_len)
+        if cfg.distill is not None
+        else None
+    )
     evaluator = build_evaluator(cfg, env)
     profiler = StepProfiler(cfg.profile, run_dir, env)
     total = cfg.train.steps
     horizon = cfg.schedule.total_steps or total  # a longer schedule: stop early, resume later on it
     optimizer = build_optimizer(model, cfg.optim, lr_at(0, base_lr=cfg.optim.lr, total_steps=horizon, cfg=cfg.schedule))
     scheduler = Scheduler(optimizer, base_lr=cfg.optim.lr, total_steps=horizon, cfg=cfg.schedule)
-    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-                       loss_scaler=build_loss_scaler(cfg.parallel))
+    state = TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=loader,
+        loss_scaler=build_loss_scaler(cfg.parallel),
+    )
 
     checkpointer = Checkpointer(run_dir, cfg.checkpoint)
     stop = StopRequest(run_dir)
@@ -257,9 +296,13 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
 
     metrics = MetricsLog(
         path=run_dir.metrics,
-        throughput=Throughput(gbs, cfg.model.seq_len, token_flops(cfg), env.world_size,
-                              peak_flops_per_device(cfg, env)),
-        restart=restart_count(), log_every=cfg.train.log_every, enabled=env.is_main, started=started,
+        throughput=Throughput(
+            gbs, cfg.model.seq_len, token_flops(cfg), env.world_size, peak_flops_per_device(cfg, env)
+        ),
+        restart=restart_count(),
+        log_every=cfg.train.log_every,
+        enabled=env.is_main,
+        started=started,
         sinks=open_sinks(cfg, run_dir, resume_step=state.step) if env.is_main else [],
     )
     if env.is_main:
@@ -272,11 +315,15 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         )
 
     def finish(status: str) -> None:
-        summary.update(status=status, steps_completed=state.step,
-                       final_loss=metrics.records[-1]["loss"] if metrics.records else None,
-                       skipped_steps=sum(r["skipped"] for r in metrics.records),
-                       **metrics.medians(cfg.train.summary_warmup_steps), **metrics.timing(),
-                       **(evaluator.summary_fields() if evaluator is not None else {}))
+        summary.update(
+            status=status,
+            steps_completed=state.step,
+            final_loss=metrics.records[-1]["loss"] if metrics.records else None,
+            skipped_steps=sum(r["skipped"] for r in metrics.records),
+            **metrics.medians(cfg.train.summary_warmup_steps),
+            **metrics.timing(),
+            **(evaluator.summary_fields() if evaluator is not None else {}),
+        )
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
 
@@ -287,18 +334,29 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
             lr = scheduler.lr
             loss_scale = state.loss_scaler.scale if state.loss_scaler is not None else None
             loss, grad_norm, skipped = train_step(
-                state, grad_accum=cfg.train.grad_accum, dp_size=dp_size, grad_clip=cfg.train.grad_clip,
-                device=env.device, teacher=teacher, distill=cfg.distill,
+                state,
+                grad_accum=cfg.train.grad_accum,
+                dp_size=dp_size,
+                grad_clip=cfg.train.grad_clip,
+                device=env.device,
+                teacher=teacher,
+                distill=cfg.distill,
             )
             step_time = time.perf_counter() - t0
             state.step += 1
             state.consumed_samples += gbs
             profiler.after_step(state.step)
             summary["steps_completed"] = state.step  # what a failed summary reports
-            record = metrics.log(step=state.step, loss=loss, lr=lr, grad_norm=grad_norm,
-                                 step_time_s=step_time,
-                                 mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device),
-                                 skipped=skipped, loss_scale=loss_scale)
+            record = metrics.log(
+                step=state.step,
+                loss=loss,
+                lr=lr,
+                grad_norm=grad_norm,
+                step_time_s=step_time,
+                mem_peak_gib=all_reduce_max(peak_memory_gib(env.device), env.device),
+                skipped=skipped,
+                loss_scale=loss_scale,
+            )
             if env.is_main and (state.step % cfg.train.log_every == 0 or skipped):
                 console.print(
                     f"step {state.step:>6}/{total}  loss {loss:.4f}  lr {lr:.2e}  gnorm {grad_norm:.3f}  "
@@ -335,14 +393,15 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool,
         loader.close()
 
 
-def _evaluate(evaluator: Evaluator, model: torch.nn.Module, step: int, metrics: MetricsLog,
-              env: DistEnv) -> None:
+def _evaluate(evaluator: Evaluator, model: torch.nn.Module, step: int, metrics: MetricsLog, env: DistEnv) -> None:
     """Evaluate on every rank, log the line (rank 0) and print it."""
     result = evaluator.evaluate(model, step)
     metrics.log_eval(result.record())
     if env.is_main:
-        console.print(f"eval at step {step}: loss {result.loss:.4f}  ppl {result.perplexity:.2f}  "
-                      f"({result.samples} sequences, {result.time_s:.1f} s)")
+        console.print(
+            f"eval at step {step}: loss {result.loss:.4f}  ppl {result.perplexity:.2f}  "
+            f"({result.samples} sequences, {result.time_s:.1f} s)"
+        )
 
 
 def run(config_path: Path, *, resume: bool = True) -> int:

@@ -67,19 +67,25 @@ def check_architecture(ckpt: Path, cfg: ModelConfig, shapes: dict[str, tuple[int
     if recorded is not None:
         saved = ModelConfig.model_validate(recorded).model_dump()
         ours = cfg.model_dump()
-        differ = [f"{k} {ours[k]!r} (checkpoint: {saved[k]!r})" for k in ours
-                  if k not in MAY_DIFFER and ours[k] != saved[k]]
+        differ = [
+            f"{k} {ours[k]!r} (checkpoint: {saved[k]!r})" for k in ours if k not in MAY_DIFFER and ours[k] != saved[k]
+        ]
         if differ:
             raise ConfigError(
                 f"{KEY}: {ckpt} holds another architecture: {', '.join(differ)}; a warm start needs the "
                 f"checkpoint's model (only {', '.join(sorted(MAY_DIFFER - {'name', 'init'}))} may change)"
             )
     metadata = FileSystemReader(str(ckpt)).read_metadata()
-    saved_shapes = {fqn[len(MODEL_PREFIX):]: tuple(meta.size)
-                    for fqn, meta in metadata.state_dict_metadata.items()
-                    if fqn.startswith(MODEL_PREFIX) and isinstance(meta, TensorStorageMetadata)}
-    problems = [f"{k} {list(v)} (checkpoint: {list(saved_shapes[k])})" for k, v in shapes.items()
-                if k in saved_shapes and saved_shapes[k] != v]
+    saved_shapes = {
+        fqn[len(MODEL_PREFIX) :]: tuple(meta.size)
+        for fqn, meta in metadata.state_dict_metadata.items()
+        if fqn.startswith(MODEL_PREFIX) and isinstance(meta, TensorStorageMetadata)
+    }
+    problems = [
+        f"{k} {list(v)} (checkpoint: {list(saved_shapes[k])})"
+        for k, v in shapes.items()
+        if k in saved_shapes and saved_shapes[k] != v
+    ]
     problems += [f"{k} is not in the checkpoint" for k in shapes if k not in saved_shapes]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")

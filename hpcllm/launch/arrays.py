@@ -41,17 +41,19 @@ def array_script(run_dirs: list[RunDir], name: str) -> str:
     """The array's batch script: the runs' shared resources, then task i execs run i's job.sbatch."""
     log = run_dirs[0].path.absolute().parent / ".slurm-array-%A_%a.out"  # SLURM's own messages only
     runs = "\n".join(f"  {shlex.quote(str(rd.path.absolute()))}" for rd in run_dirs)
-    return "\n".join([
-        "#!/bin/bash",
-        f"# Job array written by hpcllm: task i runs the job.sbatch of run i below ({len(run_dirs)} runs).",
-        f"#SBATCH --job-name={shlex.quote(name)}",
-        *resource_lines(run_dirs[0]),
-        f"#SBATCH --output={shlex.quote(str(log))}",
-        "RUNS=(",
-        runs,
-        ")",
-        'RUN=${RUNS[$SLURM_ARRAY_TASK_ID]}',
-        "# exec: the same process, so --signal=B:USR1 reaches the trap in job.sbatch.",
-        'exec bash "$RUN/job.sbatch" >>"$RUN/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" 2>&1',
-        "",
-    ])
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"# Job array written by hpcllm: task i runs the job.sbatch of run i below ({len(run_dirs)} runs).",
+            f"#SBATCH --job-name={shlex.quote(name)}",
+            *resource_lines(run_dirs[0]),
+            f"#SBATCH --output={shlex.quote(str(log))}",
+            "RUNS=(",
+            runs,
+            ")",
+            "RUN=${RUNS[$SLURM_ARRAY_TASK_ID]}",
+            "# exec: the same process, so --signal=B:USR1 reaches the trap in job.sbatch.",
+            'exec bash "$RUN/job.sbatch" >>"$RUN/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" 2>&1',
+            "",
+        ]
+    )

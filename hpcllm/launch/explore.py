@@ -65,8 +65,9 @@ def setup_label(spec: RunSpec) -> str:
     return f"{t.model.name} x{spec.world_size} {p.sharding} AC {p.activation_checkpointing} seq {t.model.seq_len}"
 
 
-def plan_probes(experiment: Experiment, cluster: ClusterProfile, source: str,
-                settings: ProbeSettings, account: str | None = None) -> list[ProbePlan]:
+def plan_probes(
+    experiment: Experiment, cluster: ClusterProfile, source: str, settings: ProbeSettings, account: str | None = None
+) -> list[ProbePlan]:
     """Group the grid's points by probe key; one probe run per group, starting at the estimate.
 
     Points no QoS of the profile admits are left out, as ``submit`` leaves them out."""
@@ -79,21 +80,34 @@ def plan_probes(experiment: Experiment, cluster: ClusterProfile, source: str,
 def _plan(key: str, points: list[RunSpec], cluster: ClusterProfile, settings: ProbeSettings) -> ProbePlan:
     first = points[0]
     assert first.resources.gpus_per_node is not None
-    mspec = run_spec(first.training, nodes=first.resources.nodes, gpus_per_node=first.resources.gpus_per_node,
-                     cluster=cluster)
+    mspec = run_spec(
+        first.training, nodes=first.resources.nodes, gpus_per_node=first.resources.gpus_per_node, cluster=cluster
+    )
     capacity = cluster.gpu_memory_gib
     estimated = largest_fitting_mbs(mspec, capacity, limit=settings.max_mbs) if capacity is not None else 0
     start = min(max(estimated, 1), settings.max_mbs)
     t = first.training
-    training = t.model_copy(update={
-        # Two micro-batches when the points accumulate: gradients are then kept between them.
-        "train": t.train.model_copy(update={"micro_batch_size": start, "grad_accum": 2 if t.train.grad_accum > 1 else 1,
-                                            "global_batch_size": None}),
-        "checkpoint": t.checkpoint.model_copy(update={"every_steps": None, "every_minutes": None, "at_end": False}),
-        "probe": ProbeConfig(start_mbs=start, max_mbs=settings.max_mbs, steps=settings.steps,
-                             warmup_steps=settings.warmup_steps, memory_budget_gib=capacity,
-                             min_gain=settings.min_gain),
-    })
+    training = t.model_copy(
+        update={
+            # Two micro-batches when the points accumulate: gradients are then kept between them.
+            "train": t.train.model_copy(
+                update={
+                    "micro_batch_size": start,
+                    "grad_accum": 2 if t.train.grad_accum > 1 else 1,
+                    "global_batch_size": None,
+                }
+            ),
+            "checkpoint": t.checkpoint.model_copy(update={"every_steps": None, "every_minutes": None, "at_end": False}),
+            "probe": ProbeConfig(
+                start_mbs=start,
+                max_mbs=settings.max_mbs,
+                steps=settings.steps,
+                warmup_steps=settings.warmup_steps,
+                memory_budget_gib=capacity,
+                min_gain=settings.min_gain,
+            ),
+        }
+    )
     run_id = PROBE_PREFIX + _run_id(training, first.resources)  # the one definition of a run's identity
     training = training.model_copy(update={"run_id": run_id})
     point = {k: v for k, v in first.point.items() if k not in BATCH_KEYS}
@@ -107,9 +121,16 @@ class ExploreResult:
     submitted: SubmitResult
 
 
-def explore_batch(experiment_path: Path, cluster_name: str, results_root: Path | None, *,
-                  settings: ProbeSettings, account: str | None = None, dry_run: bool = False,
-                  retry_failed: bool = False) -> ExploreResult:
+def explore_batch(
+    experiment_path: Path,
+    cluster_name: str,
+    results_root: Path | None,
+    *,
+    settings: ProbeSettings,
+    account: str | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+) -> ExploreResult:
     """Submit one probe per distinct setup of the experiment's grid and record them in the index.
 
     ``results_root`` and ``account`` default as for ``hpcllm submit`` (``orchestrate.results_root_for``)."""
@@ -120,14 +141,24 @@ def explore_batch(experiment_path: Path, cluster_name: str, results_root: Path |
     results_root = results_root_for(cluster, account, results_root)
     plans = plan_probes(experiment, cluster, str(experiment_path), settings, account)
     # Probes are no scaling runs: the experiment's performance references do not apply to them.
-    submitted = submit_runs(experiment.model_copy(update={"expected": {}}), cluster, [p.spec for p in plans],
-                            results_root, account=account, dry_run=dry_run, retry_failed=retry_failed)
+    submitted = submit_runs(
+        experiment.model_copy(update={"expected": {}}),
+        cluster,
+        [p.spec for p in plans],
+        results_root,
+        account=account,
+        dry_run=dry_run,
+        retry_failed=retry_failed,
+    )
     submitted.warnings[:0] = warnings
     if cluster.gpu_memory_gib is None:
-        submitted.warnings.append(f"cluster {cluster.name!r} states no gpu_memory_gib: probes start at MBS 1 "
-                                  "and only a real out-of-memory error stops them")
+        submitted.warnings.append(
+            f"cluster {cluster.name!r} states no gpu_memory_gib: probes start at MBS 1 "
+            "and only a real out-of-memory error stops them"
+        )
     index = load_index(results_root, experiment.name, cluster.name) or ProbeIndex(
-        experiment=experiment.name, cluster=cluster.name)
+        experiment=experiment.name, cluster=cluster.name
+    )
     for plan in plans:
         index.probes[plan.key] = IndexEntry(run_id=plan.spec.run_id, label=plan.label)
     save_index(results_root, index)
@@ -160,8 +191,14 @@ def default_output(experiment_path: Path, cluster: str) -> Path:
     return experiment_path.with_name(f"{experiment_path.stem}.{cluster}.tuned.yaml")
 
 
-def apply_probes(experiment_path: Path, cluster_name: str, results_root: Path | None, *,
-                 output: Path | None = None, margin: float = 0.10) -> ApplyResult:
+def apply_probes(
+    experiment_path: Path,
+    cluster_name: str,
+    results_root: Path | None,
+    *,
+    output: Path | None = None,
+    margin: float = 0.10,
+) -> ApplyResult:
     """Write an experiment whose every point runs at its setup's best measured micro-batch size.
 
     Best: the highest samples/s per GPU among the sizes that ran with their memory ``margin`` below
@@ -178,8 +215,10 @@ def apply_probes(experiment_path: Path, cluster_name: str, results_root: Path | 
     _check_output(out, Path(experiment_path))
     index = load_index(results_root, experiment.name, cluster.name)
     if index is None:
-        raise HpcllmError(f"no probes of {experiment.name!r} on {cluster.name!r} under {results_root}: run "
-                          f"`hpcllm explore-batch {experiment_path} --cluster {cluster.name}` first")
+        raise HpcllmError(
+            f"no probes of {experiment.name!r} on {cluster.name!r} under {results_root}: run "
+            f"`hpcllm explore-batch {experiment_path} --cluster {cluster.name}` first"
+        )
     groups: dict[str, list[RunSpec]] = {}
     for spec in expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=[]):
         groups.setdefault(probe_key(spec), []).append(spec)
@@ -197,8 +236,10 @@ def apply_probes(experiment_path: Path, cluster_name: str, results_root: Path | 
             if row is not None and row not in rows:
                 rows.append(row)
         if choice.trial is None:
-            result.warnings.append(f"{choice.label}: no measured size fits with a {margin:.0%} margin "
-                                   f"({choice.note or 'see ' + choice.probe_run}); its {len(points)} point(s) left out")
+            result.warnings.append(
+                f"{choice.label}: no measured size fits with a {margin:.0%} margin "
+                f"({choice.note or 'see ' + choice.probe_run}); its {len(points)} point(s) left out"
+            )
     if not rows:
         raise HpcllmError(f"no point of {experiment_path} has a micro-batch size that fits: nothing to write")
     atomic_write_text(out, _experiment_text(experiment_path, cluster.name, rows, result, margin))
@@ -209,12 +250,20 @@ def _check_output(out: Path, source: Path) -> None:
     if out.resolve() == source.resolve():
         raise ConfigError(f"--output: {out} is the experiment itself; write the tuned grid to another file")
     if out.exists() and not out.read_text().startswith(GENERATED_MARK):
-        raise ConfigError(f"--output: {out} exists and was not written by `explore-batch --apply`: "
-                          "refusing to overwrite it (choose another --output or move it away)")
+        raise ConfigError(
+            f"--output: {out} exists and was not written by `explore-batch --apply`: "
+            "refusing to overwrite it (choose another --output or move it away)"
+        )
 
 
-def _finished_reports(groups: dict[str, list[RunSpec]], index: ProbeIndex, results_root: Path,
-                      experiment: Experiment, cluster: ClusterProfile, experiment_path: Path) -> dict[str, ProbeReport]:
+def _finished_reports(
+    groups: dict[str, list[RunSpec]],
+    index: ProbeIndex,
+    results_root: Path,
+    experiment: Experiment,
+    cluster: ClusterProfile,
+    experiment_path: Path,
+) -> dict[str, ProbeReport]:
     reports: dict[str, ProbeReport] = {}
     problems: list[str] = []
     for key, points in groups.items():
@@ -246,8 +295,9 @@ def _fixes_global_batch(experiment: Experiment) -> bool:
     return in_base or any("train.global_batch_size" in group for group in [experiment.grid, *experiment.zip])
 
 
-def _tuned_point(spec: RunSpec, report: ProbeReport, capacity: float | None, margin: float, gbs_fixed: bool,
-                 choice: Choice) -> dict[str, Any] | None:
+def _tuned_point(
+    spec: RunSpec, report: ProbeReport, capacity: float | None, margin: float, gbs_fixed: bool, choice: Choice
+) -> dict[str, Any] | None:
     """The point's grid values with the chosen micro-batch size (and grad_accum), or None."""
     trials = list(report.trials)
     point = {k: v for k, v in spec.point.items() if k not in ("train.micro_batch_size", "train.grad_accum")}
@@ -258,8 +308,11 @@ def _tuned_point(spec: RunSpec, report: ProbeReport, capacity: float | None, mar
         trials = [t for t in trials if per_rank and per_rank % t.mbs == 0]
     best = best_trial(trials, capacity_gib=capacity, margin=margin)
     if best is None:
-        choice.note = "no fitting size divides the global batch size" if gbs_fixed and report.largest_fit else \
-            f"largest fit {report.largest_fit}, stopped: {report.stop_reason}"
+        choice.note = (
+            "no fitting size divides the global batch size"
+            if gbs_fixed and report.largest_fit
+            else f"largest fit {report.largest_fit}, stopped: {report.stop_reason}"
+        )
         return None
     choice.trial = best
     point["train.micro_batch_size"] = best.mbs
@@ -296,6 +349,8 @@ def _experiment_text(source: Path, cluster: str, rows: list[dict[str, Any]], res
             continue
         ga = f", grad_accum {c.grad_accum}" if c.grad_accum is not None else ""
         mem = f"{c.trial.memory_gib:.2f}" if c.trial.memory_gib is not None else "-"
-        lines.append(f"#   {c.label} | {c.points} | {c.trial.mbs}{ga} | {c.trial.samples_per_s_per_gpu:.4g} | "
-                     f"{mem} ({c.probe_run})")
+        lines.append(
+            f"#   {c.label} | {c.points} | {c.trial.mbs}{ga} | {c.trial.samples_per_s_per_gpu:.4g} | "
+            f"{mem} ({c.probe_run})"
+        )
     return "\n".join(lines) + "\n" + yaml.safe_dump(doc, sort_keys=False)

@@ -91,7 +91,6 @@ def _manifest(ctx: JobContext) -> Manifest:
     return manifest
 
 
-
 @_under_run_lock
 def on_start(ctx: JobContext) -> bool:
     """Record this attempt (and any restart SLURM did on its own); False = do not launch."""
@@ -106,8 +105,14 @@ def on_start(ctx: JobContext) -> bool:
         cause = f"node failure ({','.join(bad)})" if bad else "node failure or a requeue outside hpcllm"
         for _ in range(ctx.restart_count - len(recorded)):
             manifest.restarts.append(
-                Restart(time=now(), reason=f"requeued by SLURM after {cause}", nodes=previous,
-                        last_step=last_step(ctx.run_dir), job_id=ctx.job_id, failed_nodes=bad)
+                Restart(
+                    time=now(),
+                    reason=f"requeued by SLURM after {cause}",
+                    nodes=previous,
+                    last_step=last_step(ctx.run_dir),
+                    job_id=ctx.job_id,
+                    failed_nodes=bad,
+                )
             )
     elif bad and recorded and not recorded[-1].failed_nodes:
         # A node went down and SLURM's TERM let the engine stop cleanly, so the end hook already
@@ -158,8 +163,7 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
         why = STOP_REASONS.get(stop_signal, "the engine stopped on request")
         if ctx.restart_count < manifest.max_restarts:
             manifest.restarts.append(
-                Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=last_step(ctx.run_dir),
-                        job_id=ctx.job_id)
+                Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=last_step(ctx.run_dir), job_id=ctx.job_id)
             )
             manifest.state = RunState.PENDING
             save_manifest(ctx.run_dir, manifest)

@@ -105,8 +105,13 @@ class Runner:
                 if restart < manifest.max_restarts:
                     with update_manifest(self.run_dir) as fresh:  # not the copy read before the attempt
                         fresh.restarts.append(
-                            Restart(time=now(), reason=reason, nodes=socket.gethostname(),
-                                    last_step=last_step(self.run_dir), job_id=fresh.job_id)
+                            Restart(
+                                time=now(),
+                                reason=reason,
+                                nodes=socket.gethostname(),
+                                last_step=last_step(self.run_dir),
+                                job_id=fresh.job_id,
+                            )
                         )
                     restart += 1
                     continue
@@ -114,8 +119,11 @@ class Runner:
                     RunState.FAILED, rc, f"restart budget exhausted ({manifest.max_restarts}) after {reason}"
                 )
             error = summary_error(self.run_dir)  # e.g. a diverged run: not requeued, says why
-            return self._finish(RunState.FAILED, rc, f"{reason}{f': {error}' if error else ''}; "
-                                f"see {self.run_dir.log_file(manifest.job_id or '')}")
+            return self._finish(
+                RunState.FAILED,
+                rc,
+                f"{reason}{f': {error}' if error else ''}; see {self.run_dir.log_file(manifest.job_id or '')}",
+            )
 
     def _attempt(self, manifest: Manifest, restart: int) -> tuple[int, bool]:
         env = dict(os.environ)
@@ -135,8 +143,12 @@ class Runner:
         log_path = self.run_dir.log_file(manifest.job_id or "local")
         with open(log_path, "ab") as log:
             self.child = subprocess.Popen(
-                ["bash", str(self.run_dir.job_script)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.run_dir.path,
+                ["bash", str(self.run_dir.job_script)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.run_dir.path,
                 env=env,
             )
             timed_out = self._wait_with_limit(manifest.time_limit)
@@ -183,7 +195,6 @@ class Runner:
 def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, sig)
-
 
 
 def main(argv: list[str]) -> int:

@@ -76,12 +76,16 @@ def _open(path: Path) -> int:
         # like every other file of the run, so collaborators in the project group can lock it too.
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise HpcllmError(f"{path}: cannot open the lock file ({exc.strerror}); hpcllm needs write access "
-                          "to the results folder to record runs") from None
+        raise HpcllmError(
+            f"{path}: cannot open the lock file ({exc.strerror}); hpcllm needs write access "
+            "to the results folder to record runs"
+        ) from None
 
 
 def _lock_failure(path: str, exc: OSError) -> str:
     if exc.errno in _UNSUPPORTED:
-        return (f"{path}: the file system refuses POSIX locks ({exc.strerror}); on Lustre mount with "
-                "-o flock, or put the results folder on a file system with locking (NFS, GPFS, local)")
+        return (
+            f"{path}: the file system refuses POSIX locks ({exc.strerror}); on Lustre mount with "
+            "-o flock, or put the results folder on a file system with locking (NFS, GPFS, local)"
+        )
     return f"{path}: cannot lock ({exc.strerror})"

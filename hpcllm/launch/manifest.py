@@ -23,7 +23,7 @@ from hpcllm.rundir import RunDir
 
 
 class RunState(str, Enum):
-    RENDERED = "rendered"          # written by --dry-run, never submitted
+    RENDERED = "rendered"  # written by --dry-run, never submitted
     SUBMIT_FAILED = "submit_failed"  # the scheduler refused the script
     PENDING = "pending"
     RUNNING = "running"
@@ -85,7 +85,6 @@ class Manifest(BaseModel):
     expected: dict[str, Any] = Field(default_factory=dict)  # the cluster's performance references
     created_at: str = Field(default_factory=now)
     updated_at: str = Field(default_factory=now)
-
 
     def mark_submitted(self, job_id: str, *, job_name: str | None = None, exclude: list[str] | None = None) -> None:
         """A new job now carries this run: record it and forget the previous attempt's outcome."""

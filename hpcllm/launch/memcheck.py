@@ -41,8 +41,9 @@ class Unfit:
         return f"needs {self.estimate.peak_gib:.1f} of {self.capacity_gib:g} GiB ({why} GiB); {hint}"
 
 
-def split_by_fit(specs: list[RunSpec], cluster: ClusterProfile,
-                 measured: dict[str, int] | None = None) -> tuple[list[RunSpec], list[Unfit]]:
+def split_by_fit(
+    specs: list[RunSpec], cluster: ClusterProfile, measured: dict[str, int] | None = None
+) -> tuple[list[RunSpec], list[Unfit]]:
     """(points that fit, points that do not). Every point fits a profile that states no memory.
 
     ``measured``: probe key -> the largest micro-batch size a probe of that setup ran.
@@ -54,8 +55,9 @@ def split_by_fit(specs: list[RunSpec], cluster: ClusterProfile,
     unfit: list[Unfit] = []
     for spec in specs:
         assert spec.resources.gpus_per_node is not None
-        mspec = run_spec(spec.training, nodes=spec.resources.nodes, gpus_per_node=spec.resources.gpus_per_node,
-                         cluster=cluster)
+        mspec = run_spec(
+            spec.training, nodes=spec.resources.nodes, gpus_per_node=spec.resources.gpus_per_node, cluster=cluster
+        )
         estimate = estimate_memory(mspec)
         if estimate.fits(capacity) or (measured or {}).get(probe_key(spec), 0) >= spec.training.train.micro_batch_size:
             fitting.append(spec)

@@ -100,8 +100,10 @@ def submit_experiment(
     """
     experiment = load_experiment(experiment_path)
     if experiment.search is not None:
-        raise ConfigError(f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
-                          f"with `hpcllm search run {experiment_path} --cluster {cluster_name}`")
+        raise ConfigError(
+            f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
+            f"with `hpcllm search run {experiment_path} --cluster {cluster_name}`"
+        )
     cluster = load_cluster(cluster_name)
     result = SubmitResult(cluster)
     account = resolve_account(cluster, account, dry_run, result.warnings)
@@ -113,8 +115,17 @@ def submit_experiment(
         specs, result.unfit = split_by_fit(specs, cluster, measured)
         if cluster.gpu_memory_gib is None:
             result.warnings.append(f"cluster {cluster.name!r} states no gpu_memory_gib: memory not checked")
-    return submit_runs(experiment, cluster, specs, results_root, account=account, dry_run=dry_run,
-                       retry_failed=retry_failed, after=after, result=result)
+    return submit_runs(
+        experiment,
+        cluster,
+        specs,
+        results_root,
+        account=account,
+        dry_run=dry_run,
+        retry_failed=retry_failed,
+        after=after,
+        result=result,
+    )
 
 
 def resolve_account(cluster: ClusterProfile, account: str | None, dry_run: bool, warnings: list[str]) -> str | None:
@@ -159,17 +170,39 @@ def submit_runs(
     # interleave with another `hpcllm submit` of the same experiment (a colleague's, or a
     # second terminal's), or both would submit every run.
     with exclusive(submit_lock(results_root, experiment.name, cluster.name)):
-        return _submit_specs(specs, experiment, cluster, results_root, backend, python, account=account,
-                             retry_failed=retry_failed, after=after, result=result)
+        return _submit_specs(
+            specs,
+            experiment,
+            cluster,
+            results_root,
+            backend,
+            python,
+            account=account,
+            retry_failed=retry_failed,
+            after=after,
+            result=result,
+        )
 
 
-def _check_storage(specs: list[RunSpec], experiment: Experiment, cluster: ClusterProfile, results_root: Path,
-                   retry_failed: bool, dry_run: bool, result: SubmitResult) -> None:
+def _check_storage(
+    specs: list[RunSpec],
+    experiment: Experiment,
+    cluster: ClusterProfile,
+    results_root: Path,
+    retry_failed: bool,
+    dry_run: bool,
+    result: SubmitResult,
+) -> None:
     """Refuse (StorageError) before anything is written when the checkpoints of the runs to submit
     cannot fit where they go; a dry run only warns. Runs are judged by their manifests as they are
     (no scheduler query): a run that is queued or done needs no new room."""
-    to_run = [spec for spec in specs if not _skip_reason(
-        load_manifest(RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)), retry_failed)]
+    to_run = [
+        spec
+        for spec in specs
+        if not _skip_reason(
+            load_manifest(RunDir.of(results_root, experiment.name, cluster.name, spec.run_id)), retry_failed
+        )
+    ]
     result.storage = storage_need(to_run)
     try:
         result.room = check_storage(result.storage, results_root, profile_file=_profile_file(cluster))
@@ -180,9 +213,17 @@ def _check_storage(specs: list[RunSpec], experiment: Experiment, cluster: Cluste
 
 
 def _submit_specs(
-    specs: list[RunSpec], experiment: Experiment, cluster: ClusterProfile, results_root: Path,
-    backend: Backend | None, python: str | None, *, account: str | None, retry_failed: bool,
-    after: list[str] | None, result: SubmitResult,
+    specs: list[RunSpec],
+    experiment: Experiment,
+    cluster: ClusterProfile,
+    results_root: Path,
+    backend: Backend | None,
+    python: str | None,
+    *,
+    account: str | None,
+    retry_failed: bool,
+    after: list[str] | None,
+    result: SubmitResult,
 ) -> SubmitResult:
     """Render every run that needs it and submit them (``backend`` None: a dry run)."""
     existing: list[tuple[RunSpec, RunDir, str, Manifest | None]] = []
@@ -205,8 +246,17 @@ def _submit_specs(
         if skip:
             result.runs.append(PlannedRun(spec, run_dir, "skipped", skip, manifest.job_id if manifest else None))
             continue
-        manifest = prepare_run(spec, run_dir, manifest, experiment=experiment, cluster=cluster,
-                               account=account, python=python, after=after, config_text=config_text)
+        manifest = prepare_run(
+            spec,
+            run_dir,
+            manifest,
+            experiment=experiment,
+            cluster=cluster,
+            account=account,
+            python=python,
+            after=after,
+            config_text=config_text,
+        )
         if backend is None:
             if manifest.state == RunState.RENDERED:
                 with manifest_lock(run_dir):
@@ -218,8 +268,10 @@ def _submit_specs(
         queued.append((planned, manifest))
     unreferenced = sum(references_for_point(experiment.expected.get(cluster.name), spec)[1] for spec in specs)
     if unreferenced:
-        result.warnings.append(f"{unreferenced} of {len(specs)} points have no row in the seed's tables: "
-                               "no seed reference for them (`hpcllm collect --compare seed` lists the seed's rows)")
+        result.warnings.append(
+            f"{unreferenced} of {len(specs)} points have no row in the seed's tables: "
+            "no seed reference for them (`hpcllm collect --compare seed` lists the seed's rows)"
+        )
     if backend is not None and queued:
         # All at once, so that a backend can batch them (SLURM job arrays).
         try:
@@ -237,9 +289,18 @@ def _submit_specs(
     return result
 
 
-def prepare_run(spec: RunSpec, run_dir: RunDir, manifest: Manifest | None, *, experiment: Experiment,
-                cluster: ClusterProfile, account: str | None, python: str | None,
-                after: list[str] | None = None, config_text: str | None = None) -> Manifest:
+def prepare_run(
+    spec: RunSpec,
+    run_dir: RunDir,
+    manifest: Manifest | None,
+    *,
+    experiment: Experiment,
+    cluster: ClusterProfile,
+    account: str | None,
+    python: str | None,
+    after: list[str] | None = None,
+    config_text: str | None = None,
+) -> Manifest:
     """Write the run's ``run.yaml`` (``config_text`` when the caller has it already) and ``job.sbatch``;
     return its manifest, ready to submit."""
     script = render_job(spec, cluster, run_dir, account=account, python=python)
@@ -251,8 +312,11 @@ def prepare_run(spec: RunSpec, run_dir: RunDir, manifest: Manifest | None, *, ex
     run_dir.job_script.chmod(0o755)
     if manifest is None or manifest.state == RunState.RENDERED:
         manifest = Manifest(
-            run_id=spec.run_id, experiment=experiment.name, cluster=cluster.name,
-            backend=cluster.scheduler, point=spec.point,
+            run_id=spec.run_id,
+            experiment=experiment.name,
+            cluster=cluster.name,
+            backend=cluster.scheduler,
+            point=spec.point,
         )
     manifest.max_restarts = spec.resources.max_restarts or 0
     references, _ = references_for_point(experiment.expected.get(cluster.name), spec)
@@ -284,8 +348,9 @@ def results_root_for(cluster: ClusterProfile, account: str | None, given: Path |
     return Path(expand_path(configured, key))
 
 
-def _results_root(given: Path | None, cluster: ClusterProfile, account: str | None, dry_run: bool,
-                  warnings: list[str]) -> Path:
+def _results_root(
+    given: Path | None, cluster: ClusterProfile, account: str | None, dry_run: bool, warnings: list[str]
+) -> Path:
     """``results_root_for``; a dry run that cannot resolve the profile's root renders under ./results."""
     try:
         return results_root_for(cluster, account, given)
@@ -304,8 +369,11 @@ def _unset_on_login(specs: list[RunSpec]) -> list[str]:
         for key, value in iter_site_paths(spec.training):
             for name in unset_variables(value):
                 seen.setdefault(name, f"{key}: {value}")
-    return [f"${name} is not set on this login node (used in {where}); the job's node must set it, "
-            "or the run fails at start" for name, where in seen.items()]
+    return [
+        f"${name} is not set on this login node (used in {where}); the job's node must set it, "
+        "or the run fails at start"
+        for name, where in seen.items()
+    ]
 
 
 def _skip_reason(manifest: Manifest | None, retry_failed: bool) -> str | None:
@@ -367,9 +435,17 @@ def collect_status(root: Path) -> list[RunStatus]:
     out = []
     for rd, manifest, state in zip(run_dirs, manifests, states, strict=True):
         last = last_metrics(rd) or {}
-        out.append(RunStatus(rd, manifest, state, last.get("step"), last.get("loss"),
-                             waiting.get(rd.run_id) if state == "pending" else None,
-                             software_label(last_runtime(rd))))
+        out.append(
+            RunStatus(
+                rd,
+                manifest,
+                state,
+                last.get("step"),
+                last.get("loss"),
+                waiting.get(rd.run_id) if state == "pending" else None,
+                software_label(last_runtime(rd)),
+            )
+        )
     return out
 
 

@@ -66,8 +66,9 @@ def load_index(results_root: Path, experiment: str, cluster: str) -> ProbeIndex 
         data = read_json(path)
         return None if data is None else ProbeIndex.model_validate(data)
     except (ValueError, ValidationError) as exc:
-        raise HpcllmError(f"{path}: not a probe index ({str(exc).splitlines()[0]}); move it away and rerun "
-                          "`hpcllm explore-batch`") from None
+        raise HpcllmError(
+            f"{path}: not a probe index ({str(exc).splitlines()[0]}); move it away and rerun `hpcllm explore-batch`"
+        ) from None
 
 
 def save_index(results_root: Path, index: ProbeIndex) -> None:
@@ -88,7 +89,7 @@ def measured_largest_fits(results_root: Path, experiment: str, cluster: str) -> 
     """Probe key -> the largest micro-batch size a probe ran without running out of memory."""
     index = load_index(results_root, experiment, cluster)
     found: dict[str, int] = {}
-    for key, entry in (index.probes.items() if index else []):
+    for key, entry in index.probes.items() if index else []:
         report = probe_report(results_root, experiment, cluster, entry.run_id)
         fitted = [t.mbs for t in report.trials if t.fits] if report else []
         if fitted:

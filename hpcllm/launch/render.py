@@ -65,9 +65,7 @@ def render_template(name: str, context: dict[str, Any], cluster_name: str, direc
     except jinja2.TemplateNotFound:
         # Templates named _*.j2 are parts (the job environment) and the doctor's job, not run templates.
         known = ", ".join(sorted(p.name for p in folder.glob("*.j2") if not p.name.startswith("_"))) or "(none)"
-        raise ConfigError(
-            f"cluster {cluster_name!r}: template: {name!r} is not in {folder}; known: {known}"
-        ) from None
+        raise ConfigError(f"cluster {cluster_name!r}: template: {name!r} is not in {folder}; known: {known}") from None
     return template.render(version=__version__, **context)
 
 

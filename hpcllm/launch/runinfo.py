@@ -30,7 +30,10 @@ def software_label(record: dict[str, Any] | None) -> str:
     sw = record.get("software", {})
     ranks = record.get("ranks") or [{}]
     parts = [f"torch {sw.get('torch')}"]
-    parts += [f"{name} {value}" for name, value in (("cuda", sw.get("cuda")), ("nccl", sw.get("nccl")),
-                                                    ("driver", ranks[0].get("driver"))) if value]
+    parts += [
+        f"{name} {value}"
+        for name, value in (("cuda", sw.get("cuda")), ("nccl", sw.get("nccl")), ("driver", ranks[0].get("driver")))
+        if value
+    ]
     nodes = len(record.get("nodes") or record.get("hosts") or [])
     return f"{' '.join(parts)}, {nodes} node{'s' * (nodes != 1)}"

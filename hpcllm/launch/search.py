@@ -48,11 +48,11 @@ STATE_VERSION = 1
 
 
 class TrialState(str, Enum):
-    QUEUED = "queued"      # to be submitted for its rung (first time, or promoted)
-    RUNNING = "running"    # submitted for its rung: pending or running in the scheduler
+    QUEUED = "queued"  # to be submitted for its rung (first time, or promoted)
+    RUNNING = "running"  # submitted for its rung: pending or running in the scheduler
     FINISHED = "finished"  # completed its rung, score recorded (at the last rung: done)
-    STOPPED = "stopped"    # halving dropped it after its rung
-    FAILED = "failed"      # its run failed or was cancelled
+    STOPPED = "stopped"  # halving dropped it after its rung
+    FAILED = "failed"  # its run failed or was cancelled
 
 
 class Trial(BaseModel):
@@ -150,8 +150,10 @@ def draw_trials(search: SearchConfig) -> list[dict[str, Any]]:
             out.append(params)
             if len(out) == search.trials:
                 return out
-    raise ConfigError(f"search.trials: could not draw {search.trials} distinct configurations from these "
-                      "parameters (rounded to 4 significant digits); widen the ranges or ask for fewer")
+    raise ConfigError(
+        f"search.trials: could not draw {search.trials} distinct configurations from these "
+        "parameters (rounded to 4 significant digits); widen the ranges or ask for fewer"
+    )
 
 
 # --- from the experiment to trial runs ---------------------------------------------------------
@@ -179,7 +181,9 @@ class Plan:
         full = spec if steps in (None, self.rungs[-1]) else self._resolve(group, index, params, None)
         run_id = trial_run_id(index, full)
         return dataclasses.replace(
-            spec, run_id=run_id, point={**group.point, **params},
+            spec,
+            run_id=run_id,
+            point={**group.point, **params},
             training=spec.training.model_copy(update={"run_id": run_id}),
         )
 
@@ -197,9 +201,16 @@ class Plan:
         except ValueError as exc:
             raise ConfigError(f"{self.source}: search trial {index}: {exc}") from None
         # The group's resources are already resolved against the profile (a search varies no resources).
-        derived = self.experiment.model_copy(update={
-            "resources": group.resources, "training": doc, "grid": {}, "zip": [], "where": [], "search": None,
-        })
+        derived = self.experiment.model_copy(
+            update={
+                "resources": group.resources,
+                "training": doc,
+                "grid": {},
+                "zip": [],
+                "where": [],
+                "search": None,
+            }
+        )
         label = ", ".join(f"{k}={v}" for k, v in {**group.point, **params}.items())
         (spec,) = expand_experiment(derived, self.cluster, f"{self.source}: search trial {index} {{{label}}}")
         _check_trial(spec, self.search, self.source)
@@ -214,11 +225,15 @@ def trial_run_id(index: int, full_spec: RunSpec) -> str:
 def _check_trial(spec: RunSpec, search: SearchConfig, source: str) -> None:
     t = spec.training
     if search.metric == "eval_loss" and (t.eval is None or not t.eval.at_end):
-        raise ConfigError(f"{source}: search.metric: eval_loss needs an eval section with at_end: true in "
-                          "training (and data.holdout or eval.sources); or search final_loss")
+        raise ConfigError(
+            f"{source}: search.metric: eval_loss needs an eval section with at_end: true in "
+            "training (and data.holdout or eval.sources); or search final_loss"
+        )
     if search.method == "halving" and not (t.checkpoint.at_end and t.checkpoint.resume):
-        raise ConfigError(f"{source}: search.method halving resumes trials from the checkpoint at the end "
-                          "of each rung: training.checkpoint.at_end and resume must be true")
+        raise ConfigError(
+            f"{source}: search.method halving resumes trials from the checkpoint at the end "
+            "of each rung: training.checkpoint.at_end and resume must be true"
+        )
 
 
 def plan_search(experiment_path: Path, cluster_name: str) -> Plan:
@@ -226,8 +241,10 @@ def plan_search(experiment_path: Path, cluster_name: str) -> Plan:
     source = str(experiment_path)
     experiment = load_experiment(experiment_path)
     if experiment.search is None:
-        raise ConfigError(f"{source}: search: this experiment has no search section; submit it with "
-                          "`hpcllm submit`, or add search: (see docs/search.md)")
+        raise ConfigError(
+            f"{source}: search: this experiment has no search section; submit it with "
+            "`hpcllm submit`, or add search: (see docs/search.md)"
+        )
     search = experiment.search
     cluster = load_cluster(cluster_name)
     groups = expand_experiment(experiment.model_copy(update={"search": None}), cluster, source)
@@ -240,14 +257,16 @@ def plan_search(experiment_path: Path, cluster_name: str) -> Plan:
     if search.method == "halving":
         assert search.halving is not None
         if search.halving.min_steps >= full:
-            raise ConfigError(f"{source}: search.halving.min_steps: {search.halving.min_steps} must be below "
-                              f"training.train.steps ({full}), the length of the last rung")
+            raise ConfigError(
+                f"{source}: search.halving.min_steps: {search.halving.min_steps} must be below "
+                f"training.train.steps ({full}), the length of the last rung"
+            )
         rungs = search.halving.rungs(full)
         if any(g.training.schedule.total_steps not in (None, full) for g in groups):
-            raise ConfigError(f"{source}: schedule.total_steps: set by the search (to train.steps) in a halving "
-                              "search; leave it out")
-    plan = Plan(experiment, cluster, source, search, groups, draw_trials(search), rungs,
-                _definition_digest(experiment))
+            raise ConfigError(
+                f"{source}: schedule.total_steps: set by the search (to train.steps) in a halving search; leave it out"
+            )
+    plan = Plan(experiment, cluster, source, search, groups, draw_trials(search), rungs, _definition_digest(experiment))
     for group in groups:  # validate every trial now: a bad value fails before anything is submitted
         for index, params in enumerate(plan.params):
             plan.trial_spec(group, index, params, rungs[0])
@@ -269,8 +288,16 @@ def new_state(plan: Plan) -> SearchState:
         trials = [Trial(index=i, run_id=plan.trial_spec(g, i, p).run_id, params=p) for i, p in enumerate(plan.params)]
         groups.append(Group(label=_group_label(g), point=g.point, trials=trials))
     s = plan.search
-    return SearchState(experiment=plan.experiment.name, cluster=plan.cluster.name, method=s.method, metric=s.metric,
-                       seed=s.seed, rungs=plan.rungs, definition=plan.definition, groups=groups)
+    return SearchState(
+        experiment=plan.experiment.name,
+        cluster=plan.cluster.name,
+        method=s.method,
+        metric=s.metric,
+        seed=s.seed,
+        rungs=plan.rungs,
+        definition=plan.definition,
+        groups=groups,
+    )
 
 
 # --- the state file ----------------------------------------------------------------------------
@@ -286,8 +313,10 @@ def load_state(folder: Path) -> SearchState | None:
         data = read_json(folder / STATE_NAME)
         return None if data is None else SearchState.model_validate(data)
     except (ValueError, ValidationError) as exc:
-        raise HpcllmError(f"{folder / STATE_NAME}: not a valid search state ({str(exc).splitlines()[0]}); "
-                          "move it away to start the search over") from None
+        raise HpcllmError(
+            f"{folder / STATE_NAME}: not a valid search state ({str(exc).splitlines()[0]}); "
+            "move it away to start the search over"
+        ) from None
 
 
 def save_state(folder: Path, state: SearchState) -> None:
@@ -303,8 +332,10 @@ def exclusive(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise HpcllmError(f"{folder}: another `hpcllm search run` is advancing this search right now; "
-                              "wait for it (or stop it) and run again") from None
+            raise HpcllmError(
+                f"{folder}: another `hpcllm search run` is advancing this search right now; "
+                "wait for it (or stop it) and run again"
+            ) from None
         try:
             yield
         finally:
@@ -385,15 +416,19 @@ def decide(state: SearchState, eta: int, asynchronous: bool) -> list[tuple[Trial
         for k in range(last):
             steps = state.rungs[k]
             entered = [t for t in group.trials if t.rung >= k]
-            finished = [t for t in entered if t.rung > k or t.state in
-                        (TrialState.FINISHED, TrialState.STOPPED, TrialState.FAILED)]
+            finished = [
+                t
+                for t in entered
+                if t.rung > k or t.state in (TrialState.FINISHED, TrialState.STOPPED, TrialState.FAILED)
+            ]
             complete = below_complete and len(finished) == len(entered)
-            ranked = sorted((t for t in finished if t.state != TrialState.FAILED),
-                            key=lambda t: (t.score_at(steps), t.index))
+            ranked = sorted(
+                (t for t in finished if t.state != TrialState.FAILED), key=lambda t: (t.score_at(steps), t.index)
+            )
             if complete:
-                winners = ranked[:max(1, len(entered) // eta)]
+                winners = ranked[: max(1, len(entered) // eta)]
             elif asynchronous:
-                winners = ranked[:len(finished) // eta]
+                winners = ranked[: len(finished) // eta]
             else:
                 winners = []
             for t in winners:
@@ -437,8 +472,15 @@ class Step:
     rendered_only: bool = False
 
 
-def advance(experiment_path: Path, cluster_name: str, results_root: Path, *, account: str | None = None,
-            dry_run: bool = False, retry_failed: bool = False) -> Step:
+def advance(
+    experiment_path: Path,
+    cluster_name: str,
+    results_root: Path,
+    *,
+    account: str | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+) -> Step:
     """Reconcile the trials with their runs, promote/stop, submit what is due; safe to repeat.
 
     ``retry_failed``: submit failed trials again for their rung (they resume from their last
@@ -494,8 +536,15 @@ def _submit_queued(plan: Plan, state: SearchState, folder: Path, account: str | 
     items = []
     for spec in _trial_specs(plan, state, queued):
         run_dir = RunDir(folder / spec.run_id)
-        manifest = prepare_run(spec, run_dir, load_manifest(run_dir), experiment=plan.experiment,
-                               cluster=plan.cluster, account=account, python=python)
+        manifest = prepare_run(
+            spec,
+            run_dir,
+            load_manifest(run_dir),
+            experiment=plan.experiment,
+            cluster=plan.cluster,
+            account=account,
+            python=python,
+        )
         items.append((run_dir, manifest))
     backend.submit_all(items)  # SLURM: one job array per group of equal resources
     for trial in queued:
@@ -516,8 +565,18 @@ def _render_first_rung(plan: Plan, folder: Path, account: str | None) -> Step:
         manifest = load_manifest(run_dir)
         if manifest is not None and manifest.state != RunState.RENDERED:
             continue  # a real trial of this search: leave it alone
-        save_manifest(run_dir, prepare_run(spec, run_dir, manifest, experiment=plan.experiment,
-                                           cluster=plan.cluster, account=account, python=python))
+        save_manifest(
+            run_dir,
+            prepare_run(
+                spec,
+                run_dir,
+                manifest,
+                experiment=plan.experiment,
+                cluster=plan.cluster,
+                account=account,
+                python=python,
+            ),
+        )
     return Step(state, folder, rendered_only=True)
 
 
@@ -531,8 +590,10 @@ def search_status(experiment_path: Path, cluster_name: str, results_root: Path) 
     folder = search_folder(results_root, experiment.name, cluster.name)
     state = load_state(folder)
     if state is None:
-        raise HpcllmError(f"{folder / STATE_NAME}: no search started yet; start it with "
-                          f"`hpcllm search run {experiment_path} --cluster {cluster_name}`")
+        raise HpcllmError(
+            f"{folder / STATE_NAME}: no search started yet; start it with "
+            f"`hpcllm search run {experiment_path} --cluster {cluster_name}`"
+        )
     reconcile(state, folder)
     return state
 

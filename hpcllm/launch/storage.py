@@ -98,7 +98,7 @@ def parse_lfs_quota(output: str) -> tuple[int, int | None] | None:
     for i, token in enumerate(tokens):
         if token.startswith("/") and len(tokens) >= i + 4:
             try:
-                used, soft, hard = (int(t.rstrip("*")) for t in tokens[i + 1:i + 4])
+                used, soft, hard = (int(t.rstrip("*")) for t in tokens[i + 1 : i + 4])
             except ValueError:
                 return None
             limit = hard or soft

@@ -16,5 +16,11 @@ from hpcllm.memory.estimate import (
 )
 
 __all__ = [
-    "GIB", "MemoryEstimate", "MemorySpec", "Term", "checkpoint_bytes", "estimate_memory", "largest_fitting_mbs",
+    "GIB",
+    "MemoryEstimate",
+    "MemorySpec",
+    "Term",
+    "checkpoint_bytes",
+    "estimate_memory",
+    "largest_fitting_mbs",
 ]

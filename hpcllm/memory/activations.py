@@ -156,8 +156,9 @@ def outside_blocks_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int
     return ids + head + log_softmax + shared_tables
 
 
-def activation_bytes(cfg: ModelConfig, *, micro_batch_size: int, seq_len: int, num: Numerics,
-                     checkpointing: str, ac_every: int) -> ActivationBytes:
+def activation_bytes(
+    cfg: ModelConfig, *, micro_batch_size: int, seq_len: int, num: Numerics, checkpointing: str, ac_every: int
+) -> ActivationBytes:
     """Saved-for-backward bytes of one micro-batch of ``micro_batch_size`` sequences of ``seq_len``."""
     b, t = micro_batch_size, seq_len
     n_ckpt = checkpointed_blocks(cfg.n_layers, checkpointing, ac_every)

@@ -98,15 +98,27 @@ class MemorySpec:
     @classmethod
     def of_training(cls, training: TrainingConfig, *, nodes: int, ranks_per_node: int, device: Device) -> MemorySpec:
         return cls(
-            model=training.model, parallel=training.parallel, micro_batch_size=training.train.micro_batch_size,
-            world_size=nodes * ranks_per_node, ranks_per_node=ranks_per_node, device=device,
+            model=training.model,
+            parallel=training.parallel,
+            micro_batch_size=training.train.micro_batch_size,
+            world_size=nodes * ranks_per_node,
+            ranks_per_node=ranks_per_node,
+            device=device,
             grad_accum=training.train.grad_accum,
             teacher=training.distill.teacher if training.distill is not None else None,
         )
 
     def with_mbs(self, micro_batch_size: int) -> MemorySpec:
-        return MemorySpec(self.model, self.parallel, micro_batch_size, self.world_size, self.ranks_per_node,
-                          self.device, self.grad_accum, self.teacher)
+        return MemorySpec(
+            self.model,
+            self.parallel,
+            micro_batch_size,
+            self.world_size,
+            self.ranks_per_node,
+            self.device,
+            self.grad_accum,
+            self.teacher,
+        )
 
     @property
     def shard_group(self) -> int:
@@ -185,6 +197,7 @@ def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
     The unsharded parameters are views into the all-gather buffer, whose rows are the padded shards
     of every rank: a 509-row embedding over 2 ranks is gathered as 510 rows.
     """
+
     def counted(name: str) -> bool:
         if blocks:
             return name.startswith("blocks.0.")
@@ -227,19 +240,40 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         Term("optimizer", optim, state_at, "AdamW exp_avg + exp_avg_sq (fp32) + a step counter per tensor"),
     ]
     if spec.teacher is not None:
-        terms.append(Term("teacher", sharded_param_bytes(spec.teacher, group), state_at,
-                          f"distillation teacher's fp32 weights ({spec.teacher.n_params():,} params), {shard_note}"))
+        terms.append(
+            Term(
+                "teacher",
+                sharded_param_bytes(spec.teacher, group),
+                state_at,
+                f"distillation teacher's fp32 weights ({spec.teacher.n_params():,} params), {shard_note}",
+            )
+        )
     terms.append(_gathered_term(spec))
 
     t = model.seq_len
-    act = activation_bytes(model, micro_batch_size=spec.micro_batch_size, seq_len=t, num=num,
-                           checkpointing=par.activation_checkpointing, ac_every=par.ac_every)
+    act = activation_bytes(
+        model,
+        micro_batch_size=spec.micro_batch_size,
+        seq_len=t,
+        num=num,
+        checkpointing=par.activation_checkpointing,
+        ac_every=par.ac_every,
+    )
     ac = par.activation_checkpointing
-    ac_note = {"none": "no checkpointing", "full": "every block checkpointed",
-               "selective": f"every {par.ac_every}th block checkpointed"}[ac]
-    terms.append(Term("activations", act.total, "device",
-                      f"saved for backward: MBS {spec.micro_batch_size} x seq {t}, {ac_note} "
-                      f"({act.n_full} full blocks of {act.block_full / GIB:.3g} GiB)"))
+    ac_note = {
+        "none": "no checkpointing",
+        "full": "every block checkpointed",
+        "selective": f"every {par.ac_every}th block checkpointed",
+    }[ac]
+    terms.append(
+        Term(
+            "activations",
+            act.total,
+            "device",
+            f"saved for backward: MBS {spec.micro_batch_size} x seq {t}, {ac_note} "
+            f"({act.n_full} full blocks of {act.block_full / GIB:.3g} GiB)",
+        )
+    )
     loss = loss_buffer_bytes(model, spec.micro_batch_size, t, num)
     loss_note = "logits held by the step + fp32 cross-entropy gradients (N x V)"
     if spec.teacher is not None:
@@ -282,8 +316,9 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     else:
         parts += (["gradients"] if kept_grads else []) + ["one block's activations + backward"]
     formula = " + ".join([*parts, "overhead"])
-    return MemoryEstimate(spec, tuple(terms), tensors + overhead, tensors, phase, act,
-                          checkpoint_bytes(model, spec.world_size), formula)
+    return MemoryEstimate(
+        spec, tuple(terms), tensors + overhead, tensors, phase, act, checkpoint_bytes(model, spec.world_size), formula
+    )
 
 
 def _gathered_term(spec: MemorySpec) -> Term:
@@ -296,12 +331,20 @@ def _gathered_term(spec: MemorySpec) -> Term:
         root = unsharded_numel(model, spec.shard_group, blocks=False)
         total = (root + blocks * block) * p + root * p + block * (p + reduce_copy)
         dtype = {"BF_16": "bf16", "FP_16": "fp16"}.get(par.precision, "fp32")
-        return Term("gathered", total, "device",
-                    f"unsharded {dtype}: norm and head kept through backward, {blocks} "
-                    f"blocks in flight of {block:,} params, and their unsharded gradients")
+        return Term(
+            "gathered",
+            total,
+            "device",
+            f"unsharded {dtype}: norm and head kept through backward, {blocks} "
+            f"blocks in flight of {block:,} params, and their unsharded gradients",
+        )
     if par.precision != "FP_32":
-        return Term("gathered", _autocast_copy_numel(model) * BF16, "device",
-                    "half-precision copies autocast keeps of every matmul weight (one device, no FSDP)")
+        return Term(
+            "gathered",
+            _autocast_copy_numel(model) * BF16,
+            "device",
+            "half-precision copies autocast keeps of every matmul weight (one device, no FSDP)",
+        )
     return Term("gathered", 0, "device", "nothing: one device in fp32 uses its weights as they are")
 
 
@@ -310,6 +353,7 @@ def largest_fitting_mbs(spec: MemorySpec, capacity_gib: float, limit: int = 1 <<
 
     The estimate grows with MBS, so a doubling search then bisection finds it in O(log MBS) estimates.
     """
+
     def fits(mbs: int) -> bool:
         return estimate_memory(spec.with_mbs(mbs)).fits(capacity_gib)
 

@@ -21,8 +21,9 @@ def run_device(training: TrainingConfig, cluster: ClusterProfile) -> Device:
 
 
 def run_spec(training: TrainingConfig, *, nodes: int, gpus_per_node: int, cluster: ClusterProfile) -> MemorySpec:
-    return MemorySpec.of_training(training, nodes=nodes, ranks_per_node=gpus_per_node,
-                                  device=run_device(training, cluster))
+    return MemorySpec.of_training(
+        training, nodes=nodes, ranks_per_node=gpus_per_node, device=run_device(training, cluster)
+    )
 
 
 def estimate_run(

@@ -55,8 +55,13 @@ class LocalBackend(Backend):
         runner_log = run_dir.path / "local-runner.log"
         with open(runner_log, "ab") as log:
             subprocess.Popen(
-                [sys.executable, "-m", "hpcllm.launch.local_runner", str(run_dir.path.absolute()),
-                 str(queue_lock_path(run_dir))],
+                [
+                    sys.executable,
+                    "-m",
+                    "hpcllm.launch.local_runner",
+                    str(run_dir.path.absolute()),
+                    str(queue_lock_path(run_dir)),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -88,7 +88,7 @@ def usable_excludes(exclude: list[str], nodes: int, partition_nodes: int) -> lis
     been repaired since.
     """
     keep = max(partition_nodes - nodes, 0)
-    return exclude[len(exclude) - keep:] if keep else []
+    return exclude[len(exclude) - keep :] if keep else []
 
 
 def jobcomp_state(log: Path, job_id: str, job_name: str) -> str | None:
@@ -131,7 +131,7 @@ def script_error(run_dir: RunDir, job_id: str, tail_bytes: int = 65536) -> str |
             lines = fh.read().decode(errors="replace").splitlines()
     except OSError:
         return None
-    errors = [line[len(SCRIPT_ERROR_PREFIX):] for line in lines if line.startswith(SCRIPT_ERROR_PREFIX)]
+    errors = [line[len(SCRIPT_ERROR_PREFIX) :] for line in lines if line.startswith(SCRIPT_ERROR_PREFIX)]
     return errors[-1] if errors else None
 
 
@@ -199,7 +199,7 @@ class SlurmBackend(Backend):
         job_ids: list[str] = [""] * len(items)
         for indices in groups.values():
             for start in range(0, len(indices), self.cluster.max_array_size):
-                chunk = indices[start:start + self.cluster.max_array_size]
+                chunk = indices[start : start + self.cluster.max_array_size]
                 if len(chunk) == 1:
                     job_ids[chunk[0]] = self.submit(*items[chunk[0]])
                     continue
@@ -351,9 +351,13 @@ class SlurmBackend(Backend):
         """The end of a job squeue no longer shows: sacct, the jobcomp log, then the run dir."""
         job_id = manifest.job_id or ""
         name = expected_job_name(run_dir, manifest) or ""
-        proc = run_slurm(
-            ["sacct", "--noheader", "--parsable2", "-X", f"--jobs={job_id}", "--format=JobName,State"], check=False
-        ) if shutil.which("sacct") else None
+        proc = (
+            run_slurm(
+                ["sacct", "--noheader", "--parsable2", "-X", f"--jobs={job_id}", "--format=JobName,State"], check=False
+            )
+            if shutil.which("sacct")
+            else None
+        )
         if proc is not None and proc.returncode == 0:  # exit 1 where accounting storage is disabled
             for line in proc.stdout.splitlines():
                 job_name, _, slurm_state = line.partition("|")
@@ -396,9 +400,11 @@ class SlurmBackend(Backend):
             manifest = load_manifest(run_dir)
             if manifest is None or not manifest.state.active:
                 return
-            setup_error = (script_error(run_dir, manifest.job_id)
-                           if state == RunState.FAILED and manifest.job_id else None)
+            setup_error = (
+                script_error(run_dir, manifest.job_id) if state == RunState.FAILED and manifest.job_id else None
+            )
             manifest.state = state
-            manifest.reason = None if state == RunState.COMPLETED else (
-                f"{setup_error} ({reason})" if setup_error else reason)
+            manifest.reason = (
+                None if state == RunState.COMPLETED else (f"{setup_error} ({reason})" if setup_error else reason)
+            )
             save_manifest(run_dir, manifest)
