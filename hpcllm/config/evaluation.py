@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hpcllm.sitepaths import SitePath
 
 
+def one_source_shorthand(data: object) -> object:
+    """``{path: X, ...}`` as ``{sources: [{path: X}], ...}``: the shorthand of ``data`` and ``eval``
+    for a single store of weight 1, applied before validation."""
+    if isinstance(data, dict) and "path" in data:
+        data = dict(data)
+        data["sources"] = [{"path": data.pop("path")}]
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,10 +71,7 @@ class EvalConfig(_Strict):
     @classmethod
     def _path_shorthand(cls, data: object) -> object:
         """``eval: {path: X}`` is shorthand for one eval store of weight 1 (as in ``data``)."""
-        if isinstance(data, dict) and "path" in data:
-            data = dict(data)
-            data["sources"] = [{"path": data.pop("path")}]
-        return data
+        return one_source_shorthand(data)
 
     @property
     def periodic(self) -> bool:

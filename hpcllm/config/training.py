@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error
+from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error, one_source_shorthand
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.probe import ProbeConfig
 from hpcllm.config.profiling import ProfileConfig
@@ -168,10 +168,7 @@ class DataConfig(_Strict):
     @classmethod
     def _path_shorthand(cls, data: object) -> object:
         """``data: {path: X}`` is shorthand for one source of weight 1."""
-        if isinstance(data, dict) and "path" in data:
-            data = dict(data)
-            data["sources"] = [{"path": data.pop("path")}]
-        return data
+        return one_source_shorthand(data)
 
 
 class CheckpointConfig(_Strict):
