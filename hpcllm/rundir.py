@@ -24,6 +24,7 @@ Both the orchestrator and the engine import this module, so the names cannot dri
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +37,9 @@ RUN_CONFIG = "run.yaml"  # its presence makes a folder a run directory
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+RUNTIME = "runtime.jsonl"
+PROFILE_DIR = "profile"
+TENSORBOARD_DIR = "tensorboard"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -45,6 +49,10 @@ SUMMARY_STATUS_FAILED = "failed"
 SUMMARY_KIND_PROBE = "probe"
 
 SUBMIT_LOCK_NAME = ".submit.lock"
+
+
+# profile_trace / memory_snapshot names (dot files are writes in progress)
+_PROFILE_FILE = re.compile(r"[^.].*-rank\d+-steps.*")
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,11 @@ class RunDir:
     @property
     def lock_file(self) -> Path:
         return self.path / ".manifest.lock"
+
+    def file(self, name: str) -> str:
+        """``name`` in this run directory, as a string: for commands that read a file of each of
+        10,000 runs (``status``, ``collect``), where building a Path costs more than reading it."""
+        return os.path.join(self.path, name)
 
     @cached_property
     def experiment(self) -> str:
@@ -94,7 +107,7 @@ class RunDir:
 
     @cached_property
     def runtime(self) -> Path:
-        return self.path / "runtime.jsonl"
+        return self.path / RUNTIME
 
     @cached_property
     def probe(self) -> Path:
@@ -106,11 +119,11 @@ class RunDir:
 
     @cached_property
     def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
+        return self.path / TENSORBOARD_DIR
 
     @cached_property
     def profile(self) -> Path:
-        return self.path / "profile"
+        return self.path / PROFILE_DIR
 
     def profile_trace(self, rank: int, first_step: int, last_step: int) -> Path:
         return self.profile / f"trace-rank{rank}-steps{first_step}-{last_step}.json"
@@ -119,8 +132,17 @@ class RunDir:
         return self.profile / f"memory-rank{rank}-steps{first_step}-{last_step}.pickle"
 
     def profile_files(self) -> list[Path]:
-        """Traces and memory snapshots written so far, sorted by name."""
-        return sorted(p for p in self.profile.glob("*-rank*-steps*") if not p.name.startswith("."))
+        """Traces and memory snapshots written so far, sorted by name.
+
+        One ``scandir`` (most runs have no profile folder): ``status`` asks this of every run, and
+        a glob per run cost a tenth of ``status`` over 10,000 runs.
+        """
+        try:
+            with os.scandir(self.file(PROFILE_DIR)) as entries:
+                names = [e.name for e in entries if _PROFILE_FILE.fullmatch(e.name)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [self.profile / name for name in sorted(names)]
 
     @cached_property
     def stop_file(self) -> Path:

@@ -18,6 +18,7 @@ Torch-free: the login node and the engine share it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import types
@@ -134,12 +135,35 @@ def _marker(annotation: Any, metadata: list[Any]) -> SitePathMarker | None:
     return None
 
 
+@functools.cache
+def _field_markers(cls: type[BaseModel]) -> tuple[tuple[str, SitePathMarker | None], ...]:
+    """Each field of ``cls`` with its path marker, found once per class: submit walks every
+    point's config, and reading the annotations again for each was a third of a large dry run."""
+    return tuple((name, _marker(field.annotation, field.metadata)) for name, field in cls.model_fields.items())
+
+
+def _model_types(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models an annotation can hold (``X``, ``list[X]``, ``X | None``, ``dict[str, X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _model_types(arg)
+
+
+@functools.cache
+def _may_hold_paths(cls: type[BaseModel]) -> bool:
+    """Whether a ``cls`` value can contain a path field at any depth: the walks skip the many
+    sub-models that cannot (model shape, optimizer, schedule, ...)."""
+    if any(marker is not None for _, marker in _field_markers(cls)):
+        return True
+    return any(_may_hold_paths(sub) for field in cls.model_fields.values() for sub in _model_types(field.annotation))
+
+
 def iter_site_paths(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
     """``(dotted key, value)`` of every path field set in ``model`` (``data.sources[0].path``, ...)."""
-    for name, field in type(model).model_fields.items():
+    for name, marker in _field_markers(type(model)):
         value = getattr(model, name)
         key = f"{prefix}{name}"
-        marker = _marker(field.annotation, field.metadata)
         if marker is not None:
             if isinstance(value, str) and value not in marker.keywords:
                 yield key, value
@@ -149,7 +173,8 @@ def iter_site_paths(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, s
 
 def _walk_value(value: Any, key: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, BaseModel):
-        yield from iter_site_paths(value, f"{key}.")
+        if _may_hold_paths(type(value)):
+            yield from iter_site_paths(value, f"{key}.")
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             yield from _walk_value(item, f"{key}[{i}]")
@@ -161,10 +186,9 @@ def _walk_value(value: Any, key: str) -> Iterator[tuple[str, str]]:
 def map_site_paths(model: M, change: Callable[[str, str], str], prefix: str = "") -> M:
     """A copy of ``model`` with every path field ``v`` (at dotted key ``k``) replaced by ``change(k, v)``."""
     update: dict[str, Any] = {}
-    for name, field in type(model).model_fields.items():
+    for name, marker in _field_markers(type(model)):
         value = getattr(model, name)
         key = f"{prefix}{name}"
-        marker = _marker(field.annotation, field.metadata)
         if marker is not None:
             if isinstance(value, str) and value not in marker.keywords:
                 new = change(key, value)
@@ -179,7 +203,7 @@ def map_site_paths(model: M, change: Callable[[str, str], str], prefix: str = ""
 
 def _map_value(value: Any, change: Callable[[str, str], str], key: str) -> Any:
     if isinstance(value, BaseModel):
-        return map_site_paths(value, change, f"{key}.")
+        return map_site_paths(value, change, f"{key}.") if _may_hold_paths(type(value)) else value
     if isinstance(value, list):
         items = [_map_value(item, change, f"{key}[{i}]") for i, item in enumerate(value)]
         return items if any(a is not b for a, b in zip(items, value, strict=True)) else value

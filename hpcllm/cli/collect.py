@@ -3,14 +3,16 @@ reference check."""
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from hpcllm.cli.common import RESULTS, console, err_console, fail
+from hpcllm.cli.common import RESULTS, err_console, fail
 from hpcllm.errors import HpcllmError
+from hpcllm.rundir import SUMMARY_KIND_PROBE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,7 +97,7 @@ def collect(
         atomic_write_text(output, text)
         err_console.print(f"wrote {len(table)} rows to {output}", highlight=False, soft_wrap=True)
     else:
-        console.print(text, markup=False, highlight=False, end="", soft_wrap=True)
+        sys.stdout.write(text)  # the table is data: as it is (rich would wrap 10,000 rows for ~0.1 s)
     if compare is not None and not best:
         err_console.print(comparison.summary_line(), highlight=False, soft_wrap=True)
     if plot or loss_plot:
@@ -104,7 +106,9 @@ def collect(
         err_console.print(f"[yellow]no search with a finished trial under {root}[/]", soft_wrap=True)
     elif not records:
         err_console.print(f"[yellow]no completed runs under {root}[/]", soft_wrap=True)
-    _show_probes([r.run_dir for r in scanned])
+    # A finished training run is no probe (a probe's summary says kind: probe): only runs without a
+    # summary yet, and probes, may have a probe.json.
+    _show_probes([r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE])
     if check:
         _check_references(root)
 

@@ -28,7 +28,8 @@ def print_listing(
     if console.is_terminal and len(rows) <= RICH_MAX_ROWS:
         _rich(console, title, headers, rows, keep_whole, styles or {})
     else:
-        console.out(plain_listing(title, headers, rows), highlight=False)
+        # Straight to the console's file: even console.out lays the text out again (~0.2 s for 10,000 rows).
+        console.file.write(plain_listing(title, headers, rows) + "\n")
 
 
 def plain_listing(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

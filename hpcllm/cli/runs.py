@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from enum import Enum
@@ -14,6 +15,7 @@ import typer
 from hpcllm.cli.common import RESULTS, console, err_console, fail
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
+from hpcllm.rundir import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
     from hpcllm.launch.memcheck import Unfit
@@ -264,7 +266,7 @@ def _print_artifacts(root: Path, run_dirs: list[RunDir]) -> None:
                 soft_wrap=True,
                 highlight=False,
             )
-    if any(rd.tensorboard.is_dir() for rd in run_dirs):
+    if any(os.path.isdir(rd.file(TENSORBOARD_DIR)) for rd in run_dirs):
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
 

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from hpcllm.fsutil import read_json
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import METRICS, RunDir
 
 
 def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
@@ -18,7 +18,7 @@ def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
     reads this for every run, so 10,000 runs cost 40 MB of reads, not 640).
     """
     try:
-        with open(run_dir.metrics, "rb") as fh:
+        with open(run_dir.file(METRICS), "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
             window = 4096
             while True:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RUNTIME, RunDir
 
 
 def last_runtime(run_dir: RunDir) -> dict[str, Any] | None:
     """The latest attempt's record, or None before the engine has written one."""
     try:
-        lines = run_dir.runtime.read_text().splitlines()
+        with open(run_dir.file(RUNTIME), encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
     except FileNotFoundError:
         return None
     for line in reversed(lines):

@@ -24,6 +24,7 @@ block's activations).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -197,26 +198,62 @@ def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
     The unsharded parameters are views into the all-gather buffer, whose rows are the padded shards
     of every rank: a 509-row embedding over 2 ranks is gathered as 510 rows.
     """
-
-    def counted(name: str) -> bool:
-        if blocks:
-            return name.startswith("blocks.0.")
-        return not _is_block(name) and (model.tie_embeddings or not name.startswith("tok_emb."))
-
-    return sum(padded_shard_numel(s, group) * group for n, s in model.parameter_shapes().items() if counted(n))
+    layout = _layout(model, group)
+    return layout.block_gathered if blocks else layout.root_gathered
 
 
 def _autocast_copy_numel(model: ModelConfig) -> int:
     """Parameters autocast casts to bf16 and keeps for backward: every linear layer's weight and
     bias and the head (the token embedding when tied); norms and embedding lookups stay fp32."""
-    shapes = model.parameter_shapes()
-    linear = sum(math.prod(s) for n, s in shapes.items() if ".attn." in n or ".mlp." in n or n == "head.weight")
-    return linear + (math.prod(shapes["tok_emb.weight"]) if model.tie_embeddings else 0)
+    return _layout(model, 1).autocast_copies
 
 
 def sharded_param_bytes(model: ModelConfig, group: int, bytes_per_element: int = FP32) -> int:
     """One rank's allocated bytes of ``model``'s parameters sharded over ``group`` ranks."""
-    return sum(padded_shard_numel(s, group) for s in model.parameter_shapes().values()) * bytes_per_element
+    return _layout(model, group).sharded * bytes_per_element
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Element counts of one model's parameters sharded over one group size."""
+
+    n_tensors: int
+    sharded: int  # one rank's padded shards
+    block_gathered: int  # one block, all-gathered
+    root_gathered: int  # norm and head (and a tied embedding), all-gathered
+    autocast_copies: int  # the weights autocast keeps a half-precision copy of
+
+
+_LAYOUTS: dict[tuple[str, int], _Layout] = {}
+
+
+def _layout(model: ModelConfig, group: int) -> _Layout:
+    """The counts of ``model`` over ``group``, computed once per process for each distinct pair.
+
+    ``submit`` estimates every point of a grid, ``largest_fitting_mbs`` a dozen sizes per point, and
+    walking hundreds of parameter shapes each time was half of a 1,000-point dry run. A grid has a
+    handful of distinct models, so the cache stays small.
+    """
+    key = (model.model_dump_json(), group)
+    found = _LAYOUTS.get(key)
+    if found is None:
+        shapes = model.parameter_shapes()
+
+        def gathered(name: str) -> bool:
+            return not _is_block(name) and (model.tie_embeddings or not name.startswith("tok_emb."))
+
+        def all_gathered(which: Callable[[str], bool]) -> int:
+            return sum(padded_shard_numel(s, group) * group for n, s in shapes.items() if which(n))
+
+        linear = sum(math.prod(s) for n, s in shapes.items() if ".attn." in n or ".mlp." in n or n == "head.weight")
+        found = _LAYOUTS[key] = _Layout(
+            n_tensors=len(shapes),
+            sharded=sum(padded_shard_numel(s, group) for s in shapes.values()),
+            block_gathered=all_gathered(lambda n: n.startswith("blocks.0.")),
+            root_gathered=all_gathered(gathered),
+            autocast_copies=linear + (math.prod(shapes["tok_emb.weight"]) if model.tie_embeddings else 0),
+        )
+    return found
 
 
 # --- the estimate ------------------------------------------------------------------------------------
@@ -228,7 +265,7 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     group = spec.shard_group
     offloaded = par.cpu_offload and spec.device == "cuda"
     state_at: Literal["device", "host"] = "host" if offloaded else "device"
-    n_tensors = len(model.parameter_shapes())
+    n_tensors = _layout(model, group).n_tensors
     shard_note = f"sharded over {group} rank{'s' if group > 1 else ''}" + (" (padded)" if group > 1 else "")
 
     weights = sharded_param_bytes(model, group)
