@@ -123,39 +123,10 @@ def test_probe_finds_the_known_largest_mbs_twice_and_apply_feeds_submit(
     # free, so it clears the margin; a margin wider than every trial's headroom leaves nothing to write.
     margin = (budget - reference_peaks[4]) / budget / 2
     too_wide = 1 - min(t.mem_peak_gib for t in first.trials) / budget + 0.01
-    refused = runner.invoke(
-        app,
-        [
-            "explore-batch",
-            str(exp),
-            "--cluster",
-            str(cluster),
-            "--apply",
-            "--results",
-            str(tmp_path / "a"),
-            "--output",
-            str(out),
-            "--margin",
-            f"{too_wide:.4f}",
-        ],
-    )
+    apply = ["explore-batch", str(exp), "--cluster", str(cluster), "--apply", "--results", str(tmp_path / "a")]
+    refused = runner.invoke(app, [*apply, "--output", str(out), "--margin", f"{too_wide:.4f}"])
     assert refused.exit_code == 2 and "fits" in refused.output and not out.exists(), refused.output
-    applied = runner.invoke(
-        app,
-        [
-            "explore-batch",
-            str(exp),
-            "--cluster",
-            str(cluster),
-            "--apply",
-            "--results",
-            str(tmp_path / "a"),
-            "--output",
-            str(out),
-            "--margin",
-            f"{margin:.6f}",
-        ],
-    )
+    applied = runner.invoke(app, [*apply, "--output", str(out), "--margin", f"{margin:.6f}"])
     assert applied.exit_code == 0, applied.output
     tuned = yaml.safe_load(out.read_text())
     (mbs,) = tuned["zip"][0]["train.micro_batch_size"]  # the two points collapse into one
