@@ -18,6 +18,8 @@ import yaml
 
 from hpcllm.data.store import StoreWriter
 from hpcllm.data.tokenizer import ByteTokenizer
+from hpcllm.launch.manifest import Manifest, RunState, save_manifest
+from hpcllm.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_TEXT = Path("/work/shared/seed/modalities-README.md")
@@ -136,3 +138,16 @@ def uninterrupted_losses(run_yaml: Path, steps: int, workdir: Path, nproc: int =
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return losses_checking_reruns(records)
+
+
+def running_slurm_run(path: Path, *, max_restarts: int, nodes: str | None = None) -> RunDir:
+    """A run directory whose manifest says job 42 of the local SLURM runs it on ``nodes``: what the
+    batch script's hooks (hpcllm.launch.jobhooks) find when an attempt ends."""
+    rd = RunDir(path)
+    rd.path.mkdir()
+    manifest = Manifest(
+        run_id="r", experiment="e", cluster="localslurm", backend="slurm", state=RunState.RUNNING, job_id="42",
+        nodes=nodes, max_restarts=max_restarts,
+    )  # fmt: skip
+    save_manifest(rd, manifest)
+    return rd

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from engine_support import make_store, run_engine, write_run
+from engine_support import make_store, run_engine, running_slurm_run, write_run
 from test_ckpt_checkpointer import make_state, run_steps
 
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.checkpoint import Checkpointer, list_checkpoints, read_latest_pointer
 from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.launch.jobhooks import JobContext, on_end
-from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.manifest import RunState, load_manifest
 from hpcllm.launch.orchestrate import collect_status, submit_experiment
 from hpcllm.rundir import RunDir, find_run_dirs
 
@@ -104,20 +104,7 @@ def test_diverged_engine_fails_with_the_step_and_keeps_only_finite_checkpoints(
 
 def test_hooks_do_not_requeue_a_failed_attempt_and_say_why(tmp_path: Path) -> None:
     """Even with a USR1 (time limit near) arriving in the same step: failed beats preempted."""
-    rd = RunDir(tmp_path / "run")
-    rd.path.mkdir()
-    save_manifest(
-        rd,
-        Manifest(
-            run_id="r",
-            experiment="e",
-            cluster="localslurm",
-            backend="slurm",
-            state=RunState.RUNNING,
-            job_id="42",
-            max_restarts=3,
-        ),
-    )
+    rd = running_slurm_run(tmp_path / "run", max_restarts=3)
     error = "step 9: loss is nan: training diverged, stopped without saving a checkpoint"
     rd.summary.write_text(json.dumps({"status": "failed", "error": error, "failed_step": 9}))
     ctx = JobContext(run_dir=rd, job_id="42", nodelist="n1", restart_count=0)

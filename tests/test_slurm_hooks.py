@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from engine_support import running_slurm_run
 
 from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import expand_experiment, load_experiment
@@ -31,22 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> RunDir:
-    rd = RunDir(tmp_path / "run")
-    rd.path.mkdir()
-    save_manifest(
-        rd,
-        Manifest(
-            run_id="r",
-            experiment="e",
-            cluster="localslurm",
-            backend="slurm",
-            state=RunState.RUNNING,
-            job_id="42",
-            nodes="n[1-2]",
-            max_restarts=1,
-        ),
-    )
-    return rd
+    return running_slurm_run(tmp_path / "run", nodes="n[1-2]", max_restarts=1)
 
 
 def ctx(run_dir: RunDir, restart_count: int = 0) -> JobContext:

@@ -7,31 +7,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from engine_support import running_slurm_run
 
 from hpcllm.launch import jobhooks
 from hpcllm.launch.backends.slurm import parse_duration
 from hpcllm.launch.jobhooks import JobContext, on_end
-from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
+from hpcllm.launch.manifest import RunState, load_manifest
 from hpcllm.rundir import RunDir
 
 
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> RunDir:
-    rd = RunDir(tmp_path / "run")
-    rd.path.mkdir()
-    save_manifest(
-        rd,
-        Manifest(
-            run_id="r",
-            experiment="e",
-            cluster="localslurm",
-            backend="slurm",
-            state=RunState.RUNNING,
-            job_id="42",
-            nodes="n1",
-            max_restarts=2,
-        ),
-    )
+    rd = running_slurm_run(tmp_path / "run", nodes="n1", max_restarts=2)
     rd.summary.write_text(json.dumps({"status": "preempted", "steps_completed": 7}))
     # While a cancelled job's processes end, squeue says COMPLETING, not CANCELLED (SLURM 22.05).
     monkeypatch.setattr(jobhooks, "_slurm_state", lambda job_id: "COMPLETING")
