@@ -85,6 +85,19 @@ def summary(run_dir: Path) -> dict[str, Any]:
 # --- the split --------------------------------------------------------------------------------
 
 
+def heldout_loss_of_first_five(model: torch.nn.Module, store: Path) -> float:
+    """The reference eval loss: the mean cross-entropy of ``model`` on the first five held-out
+    sequences of 64 tokens, drawn by the sampler directly (not through the evaluator)."""
+    sampler = Sampler(
+        [str(store)], [1.0], tokenizer="byte", seq_len=64, seed=0, shuffle=True, holdout=Holdout(**HOLDOUT),
+        side="heldout",
+    )  # fmt: skip
+    tokens = torch.from_numpy(sampler.batch(np.arange(5)).tokens)
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
+
+
 def test_split_partitions_documents_and_keeps_each_side_in_order(many_docs: TokenStore) -> None:
     split = Holdout(0.1, seed=3)
     train, held = split.view(many_docs, "train"), split.view(many_docs, "heldout")
@@ -212,23 +225,7 @@ def test_evaluator_loss_is_the_mean_token_cross_entropy(store: Path) -> None:
     cfg = EvalConfig(samples=5)
     batches = build_eval_batches(data, cfg, seq_len=64, micro_batch_size=2, dp_rank=0, dp_size=1)
     result = Evaluator(cfg, batches, torch.device("cpu")).evaluate(model, step=3)
-    tokens = torch.from_numpy(
-        Sampler(
-            [str(store)],
-            [1.0],
-            tokenizer="byte",
-            seq_len=64,
-            seed=0,
-            shuffle=True,
-            holdout=Holdout(**HOLDOUT),
-            side="heldout",
-        )
-        .batch(np.arange(5))
-        .tokens
-    )
-    with torch.no_grad():
-        logits = model(tokens[:, :-1])
-    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
+    expected = heldout_loss_of_first_five(model, store)
     assert result.loss == pytest.approx(expected, rel=1e-5)
     assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-5)
     assert (result.step, result.samples, result.tokens) == (3, 5, 5 * 64)
@@ -349,23 +346,7 @@ def test_eval_on_two_fsdp_ranks_matches_the_saved_weights(tmp_path: Path, store:
         assert [e["name"] for e in events if e["name"].startswith("hpcllm.step")] == ["hpcllm.step 2"]
     model = GPT(ModelConfig.from_name("tiny", seq_len=64))
     model.load_state_dict(load_model_state(RunDir(d).checkpoints / "step_2"), strict=True)  # RoPE: buffers
-    tokens = torch.from_numpy(
-        Sampler(
-            [str(store)],
-            [1.0],
-            tokenizer="byte",
-            seq_len=64,
-            seed=0,
-            shuffle=True,
-            holdout=Holdout(**HOLDOUT),
-            side="heldout",
-        )
-        .batch(np.arange(5))
-        .tokens
-    )
-    with torch.no_grad():
-        logits = model(tokens[:, :-1])
-    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).item()
+    expected = heldout_loss_of_first_five(model, store)
     assert summary(d)["eval_loss"] == pytest.approx(expected, rel=1e-5)
 
 
