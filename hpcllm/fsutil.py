@@ -15,7 +15,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+def atomic_write_text(path: Path, text: str, *, durable: bool = True, executable: bool = False) -> None:
     """Write ``text`` to a temp file in the same directory, fsync it, then rename over ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600), so
@@ -24,12 +24,13 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
     ``durable=False`` skips the fsync: the rename still means no reader (and no crashed process)
     leaves half a file, but a power cut may lose it. For files that can be rendered again (batch
     scripts, run.yaml): an fsync costs milliseconds, i.e. seconds for a 1,000-point grid.
+    ``executable``: with the execute bits the umask allows (a batch script), set before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, (0o777 if executable else 0o666) & ~_umask())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             if durable:

@@ -256,6 +256,57 @@ def test_find_run_dirs_does_not_descend_into_runs(tmp_path):
         tmp_path / "z" / "leonardo" / "b",
     ]
     assert [rd.run_id for rd in find_run_dirs(a.path)] == ["a"]
+    # A listed run (its path kept as the string scandir gave) is the same RunDir as one made from a Path.
+    listed = find_run_dirs(tmp_path)[0]
+    assert listed == a and hash(listed) == hash(a) and {listed, a} == {a}
+    assert (listed.experiment, listed.cluster, listed.run_id) == ("exp", "leonardo", "a")
+    assert listed.file("summary.json") == str(a.summary) and os.fspath(listed) == str(a.path)
+
+
+def test_non_finite_numbers_that_python_writes_are_read(tmp_path):
+    """Python's json writes NaN and Infinity, which are not JSON: the fast parser refuses them, and
+    the collector still reads a diverged run's summary and metrics (a torn last line is skipped)."""
+    from hpcllm.collect.records import scan
+
+    run = write_run(
+        tmp_path,
+        "a",
+        summary=engine_summary(status="failed", final_loss=float("nan"), mfu=float("inf")),
+        state=RunState.FAILED,
+        metrics=[{"step": 1, "loss": 7.5}, {"step": 2, "loss": float("nan")}],
+    )
+    with open(run.metrics, "a") as fh:
+        fh.write('{"step": 3, "lo')
+    (record,) = scan(tmp_path)
+    assert record.problems == [] and record.summary is not None
+    assert record.summary["status"] == "failed" and record.summary["mfu"] == float("inf")
+    assert record.summary["final_loss"] != record.summary["final_loss"]  # NaN
+    assert [m["step"] for m in record.metrics] == [1, 2]
+
+
+def test_collect_and_status_read_runs_with_the_cyclic_gc_paused(results, monkeypatch):
+    """The ~10^5 objects of 10,000 runs live to the end of the command: collecting them again and
+    again was a fifth of collect's time (benchmarks/cli_scale.py). Paused inside, restored after."""
+    import gc
+
+    import hpcllm.collect.records as records
+    import hpcllm.launch.orchestrate as orchestrate
+
+    seen = []
+
+    def spying(real):
+        def spy(*args, **kwargs):
+            seen.append(gc.isenabled())
+            return real(*args, **kwargs)
+
+        return spy
+
+    monkeypatch.setattr(records, "scan", spying(records.scan))
+    monkeypatch.setattr(orchestrate, "collect_status", spying(orchestrate.collect_status))
+    assert gc.isenabled()
+    assert collect(results).exit_code == 0
+    assert runner.invoke(app, ["status", str(results)], env=WIDE).exit_code == 0
+    assert seen == [False, False] and gc.isenabled()
 
 
 def test_the_dataframe_api_gives_the_same_seed_table(results):

@@ -28,9 +28,11 @@ def test_permissions_follow_umask(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "f", "x")
+        atomic_write_text(tmp_path / "job.sbatch", "#!/bin/bash\n", executable=True)
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "job.sbatch").stat().st_mode & 0o777 == 0o755
 
 
 def test_read_json_missing_is_none(tmp_path):

@@ -41,6 +41,33 @@ def test_2_7b_without_checkpointing_fits_64_gib_at_mbs_2_not_4(in_project: Path)
         assert u.reason.endswith("MBS <= 3 fits")
 
 
+def test_points_differing_only_in_what_memory_ignores_share_one_estimate(
+    in_project: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """4 setups (nodes x MBS) x 3 learning rates: 4 estimates, and each point's verdict is the one
+    its own estimate gives."""
+    import hpcllm.launch.memcheck as memcheck
+
+    exp = yaml.safe_load(SCALING.read_text())
+    exp["grid"] = {"resources.nodes": [2, 4], "train.micro_batch_size": [2, 4], "optim.lr": [1e-4, 2e-4, 3e-4]}
+    exp.pop("where")
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    calls: list[int] = []
+
+    def counting(spec):
+        calls.append(spec.micro_batch_size)
+        return estimate_memory(spec)
+
+    monkeypatch.setattr(memcheck, "estimate_memory", counting)
+    cluster = load_cluster("leonardo")
+    specs = expand_experiment(load_experiment(path), cluster, "x")
+    fitting, unfit = split_by_fit(specs, cluster)
+    assert len(specs) == 12 and sorted(calls) == [2, 2, 4, 4]
+    assert len(unfit) == 6 and all(u.estimate.peak_gib == estimate_gib(u.spec, cluster) > 64 for u in unfit)
+    assert len(fitting) == 6 and all(estimate_gib(s, cluster) <= 64 for s in fitting)
+
+
 def test_nothing_fits_names_the_remedies(in_project: Path, tmp_path: Path) -> None:
     exp = yaml.safe_load(SCALING.read_text())
     exp["training"]["model"] = {"preset": "28b"}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hpcllm.cli.common import RESULTS, err_console, fail
+from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
 
@@ -32,6 +32,7 @@ class CompareWith(str, Enum):
     seed = "seed"
 
 
+@paused_gc()
 def collect(
     root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
     fmt: TableFormat = typer.Option(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hpcllm.cli.common import RESULTS, console, err_console, fail
+from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import TENSORBOARD_DIR
@@ -212,6 +212,7 @@ STATE_STYLES = {
 }
 
 
+@paused_gc()
 def status(
     root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
     fmt: StatusFormat = typer.Option(

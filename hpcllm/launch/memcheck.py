@@ -9,12 +9,15 @@ largest micro-batch that would fit. A measurement beats the estimate: a point wh
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+from pydantic import BaseModel
 
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.launch.probeindex import probe_key
-from hpcllm.memory import MemoryEstimate, estimate_memory, largest_fitting_mbs
+from hpcllm.memory import MemoryEstimate, MemorySpec, estimate_memory, largest_fitting_mbs
 from hpcllm.memory.runs import run_spec
 
 # The terms named in a reason: the largest ones explain a miss.
@@ -53,14 +56,27 @@ def split_by_fit(
         return list(specs), []
     fitting: list[RunSpec] = []
     unfit: list[Unfit] = []
+    # Points that differ only in what memory does not depend on (a learning rate, a seed) share one
+    # estimate: a 1,000-point grid over 10 learning rates has 100 distinct ones.
+    estimates: dict[tuple[object, ...], tuple[MemoryEstimate, int | None]] = {}
     for spec in specs:
         assert spec.resources.gpus_per_node is not None
         mspec = run_spec(
             spec.training, nodes=spec.resources.nodes, gpus_per_node=spec.resources.gpus_per_node, cluster=cluster
         )
-        estimate = estimate_memory(mspec)
-        if estimate.fits(capacity) or (measured or {}).get(probe_key(spec), 0) >= spec.training.train.micro_batch_size:
+        key = _memory_key(mspec)
+        if key not in estimates:
+            estimate = estimate_memory(mspec)
+            estimates[key] = (estimate, None if estimate.fits(capacity) else largest_fitting_mbs(mspec, capacity))
+        estimate, largest_mbs = estimates[key]
+        if largest_mbs is None or (measured or {}).get(probe_key(spec), 0) >= spec.training.train.micro_batch_size:
             fitting.append(spec)
         else:
-            unfit.append(Unfit(spec, estimate, capacity, largest_fitting_mbs(mspec, capacity)))
+            unfit.append(Unfit(spec, estimate, capacity, largest_mbs))
     return fitting, unfit
+
+
+def _memory_key(spec: MemorySpec) -> tuple[object, ...]:
+    """Every field of ``spec`` (all the estimate depends on), hashable: configs as their JSON."""
+    values = (getattr(spec, f.name) for f in dataclasses.fields(spec))
+    return tuple(v.model_dump_json() if isinstance(v, BaseModel) else v for v in values)

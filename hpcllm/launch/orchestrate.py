@@ -308,8 +308,7 @@ def prepare_run(
     atomic_write_text(
         run_dir.config, config_text or run_config_text(spec), durable=False
     )  # both rendered again on resubmit
-    atomic_write_text(run_dir.job_script, script, durable=False)
-    run_dir.job_script.chmod(0o755)
+    atomic_write_text(run_dir.job_script, script, durable=False, executable=True)
     if manifest is None or manifest.state == RunState.RENDERED:
         manifest = Manifest(
             run_id=spec.run_id,
