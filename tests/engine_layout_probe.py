@@ -9,7 +9,9 @@ Asserts, on every rank:
   all-gathers are prefetched; parameters and gradients move by pairwise exchanges, not gloo's
   all-gather and reduce-scatter;
 - those exchanges give gloo's own results (all-gather sync and async; reduce-scatter summed and
-  averaged).
+  averaged);
+- FULL_SHARD's gradient sums wait for the end of backward (every group's, none before), and give
+  bitwise the gradients of sums each call waits for; a backward into existing gradients waits.
 """
 
 from __future__ import annotations
@@ -127,10 +129,51 @@ def check_pairwise_collectives(env: DistEnv) -> None:
         assert torch.equal(ours, expected), (op, ours, expected)
 
 
+def sharded_grads_of_one_backward(env: DistEnv, batch: dict[str, torch.Tensor | None], twice: bool = False):
+    """The local gradient shards of FULL_SHARD after one backward of ``batch`` (two if ``twice``)."""
+    pcfg = ParallelConfig(precision="FP_32", sharding="FULL_SHARD")
+    model = build_parallel_model(UNTIED, pcfg, build_mesh(pcfg, env), env.device, seed=5)
+    for _ in range(2 if twice else 1):
+        logits = model(batch["input_ids"])
+        F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten()).backward()  # type: ignore[union-attr]
+    return [p.grad.to_local().clone() for p in model.parameters()]  # type: ignore[union-attr]
+
+
+def check_reduce_scatter_waits_for_the_end_of_backward(env: DistEnv) -> None:
+    batch = micro_batches(seed=env.rank, n=1)[0]
+    waiting: list[tuple[int, bool]] = []  # per end of a deferral: (sums waiting, inside backward)
+    real_finish, real_may_defer = PairwiseReduceScatter.finish_pending, PairwiseReduceScatter._may_defer
+
+    def spy(self: PairwiseReduceScatter) -> None:
+        waiting.append((len(self._pending), torch._C._current_graph_task_id() >= 0))
+        real_finish(self)
+
+    PairwiseReduceScatter.finish_pending = spy  # type: ignore[method-assign]
+    try:
+        deferred = sharded_grads_of_one_backward(env, batch)
+        groups = UNTIED.n_layers + 2  # embedding, blocks, head (the root group holds the norm)
+        ends = [w for w in waiting if w[0]]
+        assert len(ends) == 1 and ends[0][0] >= groups and ends[0][1], waiting  # one end, all sums, in backward
+        waiting.clear()
+        sharded_grads_of_one_backward(env, batch, twice=True)
+        assert [w for w in waiting if w[0]] == [ends[0]], waiting  # the second backward adds into grads: no wait
+    finally:
+        PairwiseReduceScatter.finish_pending = real_finish  # type: ignore[method-assign]
+    PairwiseReduceScatter._may_defer = lambda self: False  # type: ignore[method-assign]
+    try:
+        waited = sharded_grads_of_one_backward(env, batch)
+    finally:
+        PairwiseReduceScatter._may_defer = real_may_defer  # type: ignore[method-assign]
+    assert len(deferred) == len(waited)
+    for a, b in zip(deferred, waited, strict=True):
+        assert torch.equal(a, b), (a - b).abs().max()
+
+
 if __name__ == "__main__":
     env = init_distributed("cpu")
     torch.manual_seed(0)
     check_pairwise_collectives(env)
+    check_reduce_scatter_waits_for_the_end_of_backward(env)
     check_full_shard_recipe(env)
     check_no_shard_is_ddp_and_matches_one_process(env)
     if dist.get_rank() == 0:

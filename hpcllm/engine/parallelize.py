@@ -147,7 +147,7 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
         groups.append(fully_shard(model.head, reshard_after_forward=False, **common))
     fully_shard(model, **common)
     if device.type == "cpu":
-        overlap_collectives(model, groups)
+        overlap_collectives(model, groups, hybrid=mesh.ndim > 1)
 
 
 def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:
