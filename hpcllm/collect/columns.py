@@ -32,16 +32,23 @@ class Column:
 
 
 def _summary(key: str, digits: int | None = None, *, required: bool = False) -> Callable[[RunRecord], Any]:
-    """A summary.json value, rounded; ``required``: a completed run without it is broken (KeyError)."""
+    """A summary.json value, rounded; ``required``: a completed run without it is broken (KeyError).
 
-    def get(record: RunRecord) -> Any:
+    One closure per case, without the others' checks: a table of 10,000 runs calls these ~10^5 times.
+    """
+    if digits is None:
+        if required:
+            return lambda record: (record.summary or {})[key]
+        return lambda record: (record.summary or {}).get(key)
+
+    def rounded(record: RunRecord) -> Any:
         summary = record.summary or {}
         value = summary[key] if required else summary.get(key)
-        if digits is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return round(float(value), digits) if digits > 0 else round(value)
         return value
 
-    return get
+    return rounded
 
 
 def params_billions(n_params: float) -> float:

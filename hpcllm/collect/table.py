@@ -85,9 +85,10 @@ def build_table(
     chosen = cols.resolve(columns, records)
     selector = _where(where, records, chosen) if where else None
     table = Table(chosen)
+    getters = [(c.id, c.get) for c in chosen]
     for record in records:
         try:
-            row = {c.id: c.get(record) for c in chosen}
+            row = {column_id: get(record) for column_id, get in getters}
         except (KeyError, TypeError, ValueError) as exc:
             _note(problems, f"{record.run_dir.summary}: missing or bad field {exc}")
             continue
