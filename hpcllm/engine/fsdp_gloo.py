@@ -20,7 +20,7 @@ own thread while backward goes on (benchmarks/engine_ranks.py, docs/performance.
   ``set_custom_reduce_scatter``); an older torch keeps gloo's.
 - Reduce-scatters that do not block: under FULL_SHARD each exchange is posted when its group's
   backward ends and summed at the end of backward (``PairwiseReduceScatter``), as DDP's
-  all-reduce overlaps backward; this took FULL_SHARD from 0.90-0.93x to 0.96-0.98x the DDP loop.
+  all-reduce overlaps backward; this took FULL_SHARD from 0.90-0.93x to a median 0.97x the DDP loop.
 
 Results are unchanged: a reduced chunk is the sum of the ranks' slices in rank order (on 2 ranks
 bitwise what gloo gives; tests/engine_layout_probe.py compares both collectives with gloo's).
