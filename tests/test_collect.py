@@ -284,12 +284,13 @@ def test_non_finite_numbers_that_python_writes_are_read(tmp_path):
     assert [m["step"] for m in record.metrics] == [1, 2]
 
 
-def test_collect_and_status_read_runs_with_the_cyclic_gc_paused(results, monkeypatch):
+def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, monkeypatch, tmp_path):
     """The ~10^5 objects of 10,000 runs live to the end of the command: collecting them again and
     again was a fifth of collect's time (benchmarks/cli_scale.py). Paused inside, restored after."""
     import gc
 
     import hpcllm.collect.records as records
+    import hpcllm.collect.report as report
     import hpcllm.launch.orchestrate as orchestrate
 
     seen = []
@@ -303,10 +304,13 @@ def test_collect_and_status_read_runs_with_the_cyclic_gc_paused(results, monkeyp
 
     monkeypatch.setattr(records, "scan", spying(records.scan))
     monkeypatch.setattr(orchestrate, "collect_status", spying(orchestrate.collect_status))
+    monkeypatch.setattr(report, "scan", spying(report.scan))
     assert gc.isenabled()
     assert collect(results).exit_code == 0
     assert runner.invoke(app, ["status", str(results)], env=WIDE).exit_code == 0
-    assert seen == [False, False] and gc.isenabled()
+    page = tmp_path / "page.html"
+    assert runner.invoke(app, ["report", str(results), "--output", str(page)], env=WIDE).exit_code == 0
+    assert seen == [False, False, False] and gc.isenabled()
 
 
 def test_the_dataframe_api_gives_the_same_seed_table(results):

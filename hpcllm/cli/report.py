@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
-from hpcllm.cli.common import RESULTS, err_console, fail
+from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
 from hpcllm.errors import HpcllmError
 
 
+@paused_gc()
 def report(
     root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
     output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write."),
