@@ -74,25 +74,19 @@ def write_run(run_dir: Path, store: Path, **overrides: Any) -> Path:
     return path
 
 
+def engine_cmd(config: Path, nproc: int = 1, *extra: str) -> list[str]:
+    """The command that runs the engine on ``config``: ``torchrun`` when ``nproc`` > 1."""
+    launcher = (
+        [PYTHON] if nproc == 1 else [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    )
+    return [*launcher, "-m", "hpcllm.engine", "--config", str(config), *extra]
+
+
 def run_engine(
     config: Path, nproc: int = 1, *extra: str, timeout: int = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the engine as a process (``torchrun`` when ``nproc`` > 1) and return the result."""
-    if nproc == 1:
-        cmd = [PYTHON, "-m", "hpcllm.engine", "--config", str(config), *extra]
-    else:
-        cmd = [
-            PYTHON,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "hpcllm.engine",
-            "--config",
-            str(config),
-            *extra,
-        ]
+    cmd = engine_cmd(config, nproc, *extra)
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import PYTHON, REPO, losses_checking_reruns, make_store, write_run
+from engine_support import REPO, engine_cmd, losses_checking_reruns, make_store, write_run
 
 from hpcllm.engine.checkpoint import list_checkpoints, read_latest_pointer
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
@@ -26,22 +26,6 @@ pytestmark = pytest.mark.integration
 
 STEPS = 8
 CKPT = {"every_steps": 2, "keep_last": 10}
-
-
-def engine_cmd(config: Path, nproc: int) -> list[str]:
-    if nproc == 1:
-        return [PYTHON, "-m", "hpcllm.engine", "--config", str(config)]
-    return [
-        PYTHON,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "hpcllm.engine",
-        "--config",
-        str(config),
-    ]
 
 
 def engine_env(restart: int = 0) -> dict[str, str]:

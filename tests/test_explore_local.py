@@ -11,15 +11,12 @@ a file that submit accepts.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from engine_support import make_store, write_run
+from engine_support import make_store, run_engine, write_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
@@ -47,13 +44,7 @@ def reference_peaks(tmp_path_factory: pytest.TempPathFactory, store: Path) -> di
     path = write_run(
         run, store, model=MODEL, probe={"start_mbs": 4, "max_mbs": 5, "steps": 1, "warmup_steps": 0, "min_gain": None}
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcllm.engine", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_engine(path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = ProbeReport.model_validate_json((run / "probe.json").read_text())
     peaks = {t.mbs: t.mem_peak_gib for t in report.trials}

@@ -9,16 +9,13 @@ one and on two ranks, are in tests/test_explore_local.py and test_probe_engine's
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from engine_support import make_store, write_run
+from engine_support import make_store, run_engine, write_run
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.probe import ProbeReport, ProbeTrial
@@ -157,18 +154,7 @@ def test_two_ranks_leave_an_over_budget_step_together_and_go_on(tmp_path: Path, 
             "memory_budget_gib": 0.6,
         },
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "hpcllm.engine",
-        "--config",
-        str(path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_engine(path, 2, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = ProbeReport.model_validate_json((tmp_path / "run" / "probe.json").read_text())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

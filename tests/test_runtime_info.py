@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_support import PYTHON, REPO, make_store, write_run
+from engine_support import REPO, engine_cmd, make_store, write_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
@@ -56,15 +56,7 @@ def test_every_rank_reports_the_cpus_it_was_bound_to(tmp_path: Path, store: Path
             "taskset",
             "-c",
             str(cpu),
-            PYTHON,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            "-m",
-            "hpcllm.engine",
-            "--config",
-            str(cfg),
+            *engine_cmd(cfg, 2),
         ],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
