@@ -34,7 +34,17 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
+from fixed_batch import (
+    Batch,
+    Step,
+    add_model_options,
+    engine_state,
+    load_average,
+    model_config,
+    plain_step,
+    random_batch,
+    time_interleaved,
+)
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -341,12 +351,7 @@ def differences(cfg: ModelConfig, args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--seq-len", type=int, default=256)
+    add_model_options(p)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--precision", default="FP_32", choices=sorted(HALF))
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -357,14 +362,7 @@ def main() -> None:
     p.add_argument("--skip", choices=["whole", "differences"], default=None, help="leave one part out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(
-        vocab_size=args.vocab,
-        seq_len=args.seq_len,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        n_kv_heads=args.kv_heads,
-        d_model=args.d_model,
-    )
+    cfg = model_config(args)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # the engine's world of one
     if args.skip != "whole":
         whole_steps(cfg, args)

@@ -26,7 +26,17 @@ import argparse
 
 import torch
 import torch.distributed as dist
-from fixed_batch import Batch, Step, engine_state, load_average, plain_step, random_batch, time_interleaved
+from fixed_batch import (
+    Batch,
+    Step,
+    add_model_options,
+    engine_state,
+    load_average,
+    model_config,
+    plain_step,
+    random_batch,
+    time_interleaved,
+)
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -114,12 +124,7 @@ def collectives_table(cfg: ModelConfig, env: DistEnv, rounds: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--seq-len", type=int, default=256)
+    add_model_options(p)
     p.add_argument("--batch", type=int, default=8, help="micro-batch size per rank")
     p.add_argument("--precision", default="FP_32", choices=["FP_32", "BF_16"])
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
@@ -134,14 +139,7 @@ def main() -> None:
     env = init_distributed("auto")
     if env.world_size < 2:
         raise SystemExit("start it under torchrun with 2 or more ranks: torchrun --standalone --nproc-per-node=2 ...")
-    cfg = ModelConfig(
-        vocab_size=args.vocab,
-        seq_len=args.seq_len,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        n_kv_heads=args.kv_heads,
-        d_model=args.d_model,
-    )
+    cfg = model_config(args)
     batch = random_batch(cfg, args.batch, seed=env.rank, device=env.device)
     shardings = args.only.split(",")
     steps: dict[str, Step] = {REFERENCE: ddp_loop(cfg, batch, args.precision, env)}

@@ -10,6 +10,7 @@ to a reference pairs windows that ran seconds apart.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -45,6 +46,28 @@ class FixedBatch:
 
     def load_state_dict(self, sd: dict[str, int]) -> None:
         pass
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The model shape options every engine benchmark takes (defaults: docs/performance.md's model)."""
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--seq-len", type=int, default=256)
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    """The model of ``add_model_options``' values."""
+    return ModelConfig(
+        vocab_size=args.vocab,
+        seq_len=args.seq_len,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        n_kv_heads=args.kv_heads,
+        d_model=args.d_model,
+    )
 
 
 def random_batch(cfg: ModelConfig, micro_batch: int, seed: int, device: torch.device | str = "cpu") -> Batch:
