@@ -74,12 +74,23 @@ def write_run(run_dir: Path, store: Path, **overrides: Any) -> Path:
     return path
 
 
+def torchrun(nproc: int) -> list[str]:
+    """``torchrun`` on this machine with ``nproc`` ranks, as the start of a command line."""
+    return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+
+
 def engine_cmd(config: Path, nproc: int = 1, *extra: str) -> list[str]:
     """The command that runs the engine on ``config``: ``torchrun`` when ``nproc`` > 1."""
-    launcher = (
-        [PYTHON] if nproc == 1 else [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    )
+    launcher = [PYTHON] if nproc == 1 else torchrun(nproc)
     return [*launcher, "-m", "hpcllm.engine", "--config", str(config), *extra]
+
+
+def run_probe(script: str, *, timeout: int) -> subprocess.CompletedProcess[str]:
+    """Run the probe ``script`` (a file beside this one) on 2 ranks, one thread each."""
+    cmd = [*torchrun(2), str(Path(__file__).with_name(script))]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def run_engine(

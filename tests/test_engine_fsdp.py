@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from engine_support import make_store, run_engine, write_run
+from engine_support import make_store, run_engine, run_probe, write_run
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
@@ -68,15 +65,7 @@ def test_one_rank_without_offload_is_a_plain_module(world_of_one: None) -> None:
 
 @pytest.mark.integration
 def test_fsdp_sharded_init_half_precision_policies_and_fp16_skips_on_two_ranks() -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(Path(__file__).with_name("engine_fsdp_probe.py")),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_probe("engine_fsdp_probe.py", timeout=240)
     assert proc.returncode == 0 and "probe ok" in proc.stdout, proc.stdout + proc.stderr
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from engine_support import run_probe
 
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.parallelize import data_parallelism, describe_layout
@@ -61,13 +57,5 @@ def test_token_weights_are_summed() -> None:
 
 @pytest.mark.integration
 def test_no_shard_is_ddp_and_full_shard_follows_the_recipe_on_two_ranks() -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(Path(__file__).with_name("engine_layout_probe.py")),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_probe("engine_layout_probe.py", timeout=300)
     assert proc.returncode == 0 and "probe ok" in proc.stdout, proc.stdout + proc.stderr
