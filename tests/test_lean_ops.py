@@ -1,0 +1,62 @@
+"""The memory-lean ops compute what the plain ops compute: chunked cross-entropy, the SwiGLU product.
+
+The references are today's plain formulations (one ``F.cross_entropy`` over all tokens in fp32;
+``F.silu(gate) * up``). The gradients must be bitwise equal (each row or element is computed by the
+same kernels); the chunked loss differs only in the order its fp32 partial sums are added.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hpcllm.engine import losses
+from hpcllm.engine.losses import cross_entropy_sum
+
+
+def reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    flat = logits.flatten(0, 1).float()
+    if mask is None:
+        return F.cross_entropy(flat, labels.reshape(-1), reduction="sum")
+    return (F.cross_entropy(flat, labels.reshape(-1), reduction="none") * mask.reshape(-1)).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("rows", [7, 1 << 20], ids=["chunked", "one-chunk"])
+def test_chunked_cross_entropy_equals_the_plain_one(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, masked: bool, rows: int
+) -> None:
+    monkeypatch.setattr(losses, "chunk_rows", lambda vocab: rows)
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 17, 301, generator=gen) * 3).to(dtype)
+    labels = torch.randint(0, 301, (3, 17), generator=gen)
+    mask = torch.rand(3, 17, generator=gen).round() * 0.75 if masked else None
+    scale = torch.tensor(1 / 37)  # the train step's 1 / token-weight sum
+
+    ours = logits.clone().requires_grad_()
+    loss = cross_entropy_sum(ours, labels, mask)
+    (loss * scale).backward()
+    ref = logits.clone().requires_grad_()
+    ref_loss = reference(ref, labels, mask)
+    (ref_loss * scale).backward()
+
+    assert loss.dtype == ref_loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-6, atol=0)
+    if rows > logits.shape[0] * logits.shape[1]:
+        assert torch.equal(loss, ref_loss)  # one chunk: the same single reduction
+    assert ours.grad is not None and ref.grad is not None
+    assert ours.grad.dtype == dtype
+    assert torch.equal(ours.grad, ref.grad)
+
+
+def test_cross_entropy_keeps_no_fp32_tensor_for_backward() -> None:
+    """What autograd saves is the logits themselves and the labels: no N x V fp32 log-softmax."""
+    logits = torch.randn(2, 8, 64, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 64, (2, 8))
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        cross_entropy_sum(logits, labels, None)
+    assert all(t.dtype != torch.float32 for t in saved), [(t.dtype, t.shape) for t in saved]
+    assert sum(t.numel() for t in saved if t.dtype == torch.bfloat16) == logits.numel()
