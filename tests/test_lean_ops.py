@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from hpcllm.engine import losses
+from hpcllm.engine.lean_ops import silu_mul
 from hpcllm.engine.losses import cross_entropy_sum
+from hpcllm.engine.model import attention_sdpa
 
 
 def reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -28,7 +30,7 @@ def reference(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | N
 def test_chunked_cross_entropy_equals_the_plain_one(
     monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, masked: bool, rows: int
 ) -> None:
-    monkeypatch.setattr(losses, "chunk_rows", lambda vocab: rows)
+    monkeypatch.setattr(losses, "ce_chunk_rows", lambda vocab: rows)
     gen = torch.Generator().manual_seed(0)
     logits = (torch.randn(3, 17, 301, generator=gen) * 3).to(dtype)
     labels = torch.randint(0, 301, (3, 17), generator=gen)
@@ -60,3 +62,40 @@ def test_cross_entropy_keeps_no_fp32_tensor_for_backward() -> None:
         cross_entropy_sum(logits, labels, None)
     assert all(t.dtype != torch.float32 for t in saved), [(t.dtype, t.shape) for t in saved]
     assert sum(t.numel() for t in saved if t.dtype == torch.bfloat16) == logits.numel()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_equals_the_unfused_chain_and_saves_two_tensors(dtype: torch.dtype, autocast: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    gate, up, grad = (torch.randn(4, 9, 33, generator=gen).to(dtype) for _ in range(3))
+    results = []
+    for fn in (silu_mul, lambda g, u: F.silu(g) * u):
+        g, u = gate.clone().requires_grad_(), up.clone().requires_grad_()
+        saved: list[torch.Tensor] = []
+        with (
+            torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+        ):
+            out = fn(g, u)
+        out.backward(grad)
+        results.append((out, g.grad, u.grad, len({t.untyped_storage().data_ptr() for t in saved})))
+    (out, g_grad, u_grad, n_saved), (ref, ref_g, ref_u, ref_saved) = results
+    assert torch.equal(out, ref) and torch.equal(g_grad, ref_g) and torch.equal(u_grad, ref_u)
+    assert (n_saved, ref_saved) == (2, 3)  # gate and up; the chain also keeps silu(gate)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_on_a_copy_of_v_equals_attention_on_the_view(dtype: torch.dtype) -> None:
+    """The model copies v out of the fused qkv output (so the rest of it can be freed): same numbers."""
+    gen = torch.Generator().manual_seed(2)
+    qkv = torch.randn(2, 24, 4 + 2 * 2, 16, generator=gen).to(dtype).transpose(1, 2)  # (B, H + 2K, T, D)
+    grad = torch.randn(2, 4, 24, 16, generator=gen).to(dtype)
+    results = []
+    for copy in (True, False):
+        leaf = qkv.detach().clone().requires_grad_()
+        q, k, v = leaf.split([4, 2, 2], dim=1)
+        out = attention_sdpa(q, k, v.contiguous() if copy else v)
+        out.backward(grad)
+        results.append((out, leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -12,22 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hpcllm.memory.loss import ce_chunk_rows
+
 
 def _masked_sum(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return per_token.sum()
     return (per_token * mask.reshape(-1)).sum()
-
-
-# Rows of the (tokens x vocabulary) logits whose fp32 loss is computed at once: 2^25 elements, 128 MiB
-# per fp32 buffer (at a 50,304 vocabulary, 667 tokens). The whole N x V fp32 log-softmax and its
-# gradients were the step's largest tensors (docs/memory.md); a chunk's are small and short-lived.
-CHUNK_ELEMENTS = 1 << 25
-
-
-def chunk_rows(vocab_size: int) -> int:
-    """Tokens per cross-entropy chunk (the memory estimate sizes its working buffers with it)."""
-    return max(1, CHUNK_ELEMENTS // vocab_size)
 
 
 def _chunk_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -93,7 +84,7 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
     """
     flat = logits.flatten(0, 1)
     weights = None if mask is None else mask.reshape(-1)
-    rows = chunk_rows(flat.shape[-1])
+    rows = ce_chunk_rows(flat.shape[-1])
     return _ChunkedCrossEntropy.apply(flat, labels.reshape(-1), weights, rows)  # type: ignore[no-any-return]
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hpcllm.config.model import ModelConfig
+from hpcllm.engine.lean_ops import silu_mul
 from hpcllm.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +181,10 @@ class Attention(nn.Module):
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
         if self.use_rope:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            # Attention keeps v for backward; as a view it would keep the whole fused qkv output
+            # alive, q's and k's parts included, which RoPE has copied. A copy of v alone frees
+            # them: N·(d + K·D) elements per block for N·K·D copied (docs/memory.md).
+            v = v.contiguous()
         if kv is None:
             y = self.kernel(q, k, v)  # (B, H, T, D)
         else:
@@ -201,7 +206,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
+            return self.down(silu_mul(self.gate(x), self.up(x)))
         return self.down(F.gelu(self.up(x)))
 
 

@@ -226,6 +226,7 @@ def train_step(
             )
         else:
             micro = cross_entropy_sum(logits, labels, batch["loss_mask"])
+        del logits  # the loss keeps what it needs; backward frees the logits once their gradient exists
         (micro * scale).backward()
         loss_sum += micro.detach()
     params = list(model.parameters())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hpcllm.config.model import ModelConfig
+from hpcllm.memory.loss import ce_backward_bytes, ce_saved_bytes
 
 Device = Literal["cuda", "cpu"]
 Precision = Literal["BF_16", "FP_16", "FP_32"]  # BF_16 and FP_16 both keep 2-byte halves
@@ -111,21 +112,22 @@ def _attention(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
         kernel = 3 * n * d * qkv + b * h * t * t * probs + t * t + n * d * c
     else:
         # Flash-style kernels (SDPA, flash_attn) keep q, k, v and their output plus a log-sum-exp
-        # per query; v is a view of the fused qkv output, which therefore stays alive whole.
-        # RoPE makes new q and k; the output is laid out (B, T, H, D), so the projection's input is
-        # a view of it.
-        qkv_out = n * (d + 2 * k * hd) * c
-        rotated = n * (d + k * hd) * c if cfg.pos_emb == "rope" else 0
-        kernel = qkv_out + rotated + n * d * c + b * h * t * FP32
+        # per query. With RoPE, q and k are new (rotated) tensors and v is copied out of the fused
+        # qkv output, which is then freed; without it, q, k and v are views that keep the fused
+        # output alive whole: the same bytes either way. The output is laid out (B, T, H, D), so
+        # the projection's input is a view of it.
+        qkv_kept = n * (d + 2 * k * hd) * c  # rotated q and k and the copy of v, or the fused output
+        kernel = qkv_kept + n * d * c + b * h * t * FP32
     tables = t * hd * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0  # cos and sin, (T, D/2) each
     return qkv_input + kernel + tables
 
 
 def _mlp(cfg: ModelConfig, n: int, num: Numerics) -> int:
-    """SwiGLU keeps gate, up, silu(gate) and their product; GELU keeps up and gelu(up)."""
+    """SwiGLU keeps gate, up and their product (``engine.lean_ops.silu_mul`` recomputes
+    silu(gate) in backward); GELU keeps up and gelu(up)."""
     c, f = num.compute, cfg.ffn_dim
     inputs = 2 if num.autocast and cfg.activation == "swiglu" else 1  # autocast casts per linear
-    kept = 4 if cfg.activation == "swiglu" else 2
+    kept = 3 if cfg.activation == "swiglu" else 2
     return inputs * n * cfg.d_model * c + kept * n * f * c
 
 
@@ -142,18 +144,17 @@ def checkpointed_block_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) ->
 
 
 def outside_blocks_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
-    """Token ids and labels, learned-position ids, final norm, head input, log-softmax output.
+    """Token ids and labels, learned-position ids, final norm, head input, the logits.
 
-    Cross-entropy runs in fp32 (engine/losses.py) and keeps its log-softmax output, N x V x 4
-    bytes: at a large vocabulary the biggest single tensor of the step. Shared RoPE tables count
-    once (the model's buffers, full ``seq_len`` length).
+    The chunked cross-entropy (engine/losses.py) keeps the logits themselves, N x V in the compute
+    dtype, and recomputes its fp32 log-softmax chunk by chunk in backward (``memory.loss``). Shared
+    RoPE tables count once (the model's buffers, full ``seq_len`` length).
     """
     n = b * t
     ids = 2 * n * INDEX + (t * INDEX if cfg.pos_emb == "learned" else 0)
     head = _norm(cfg, n, num) + n * cfg.d_model * num.compute
-    log_softmax = n * cfg.vocab_size * FP32
     shared_tables = cfg.seq_len * cfg.head_dim * FP32 if cfg.pos_emb == "rope" and not num.rope_copies else 0
-    return ids + head + log_softmax + shared_tables
+    return ids + head + ce_saved_bytes(cfg, n, num.compute) + shared_tables
 
 
 def activation_bytes(
@@ -172,14 +173,9 @@ def activation_bytes(
 
 
 def loss_buffer_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
-    """Logits that are live but not saved, and the loss's backward buffers.
-
-    The train step holds the head's logits (N x V, compute dtype) until the next micro-batch; the
-    backward of cross-entropy then allocates the gradient of the log-softmax output and of its
-    input, both fp32 N x V, before the gradient reaches the head.
-    """
-    n = b * t
-    return n * cfg.vocab_size * (num.compute + 2 * FP32)
+    """The loss's backward buffers (``memory.loss.ce_backward_bytes``); the logits it reads are
+    saved activations, and the train step drops its own reference to them after the loss."""
+    return ce_backward_bytes(cfg, b * t, num.compute)
 
 
 def backward_working_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:

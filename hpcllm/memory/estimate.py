@@ -312,13 +312,13 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         )
     )
     loss = loss_buffer_bytes(model, spec.micro_batch_size, t, num)
-    loss_note = "logits held by the step + fp32 cross-entropy gradients (N x V)"
+    loss_note = "cross-entropy backward: the logits' gradient (N x V) + one chunk's fp32 buffers"
     if spec.teacher is not None:
         # Teacher logits stay live through the student's loss; the KL term keeps three more fp32 N x V
         # tensors (both log-softmaxes' results and the probability-weighted difference).
         n_v = spec.micro_batch_size * t * model.vocab_size
-        loss += n_v * num.compute + 3 * n_v * FP32
-        loss_note += " + teacher logits and the KL term's fp32 buffers"
+        loss += n_v * num.compute + 4 * n_v * FP32
+        loss_note += " + teacher logits, the student's fp32 log-softmax and the KL term's fp32 buffers (unchunked)"
     terms.append(Term("loss", loss, "device", loss_note))
     backward = backward_working_bytes(model, spec.micro_batch_size, t, num)
     backward_note = "one block's gradients of its largest intermediates"
@@ -332,9 +332,8 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     kept_grads = by_name["gradients"] if state_at == "device" else 0
     resident = sum(by_name.get(name, 0) for name in resident_names) + by_name["gathered"]
     keep_grads_across_micro_batches = spec.grad_accum > 1 and kept_grads > 0
-    # The loss's buffers are gone before the first block is recomputed; only the logits stay live.
-    live_logits = spec.micro_batch_size * t * model.vocab_size * num.compute
-    start = act.total + max(loss, live_logits + backward) + (kept_grads if keep_grads_across_micro_batches else 0)
+    # The loss's buffers are gone before the first block's backward (the step keeps no logits).
+    start = act.total + max(loss, backward) + (kept_grads if keep_grads_across_micro_batches else 0)
     end = kept_grads + act.block_full + backward
     phase: Phase = "backward start" if start >= end else "backward end"
     tensors = resident + max(start, end)
@@ -348,7 +347,7 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     terms.append(Term("overhead", overhead, "device", overhead_note))
     parts = [n for n in resident_names if n in by_name] + ["gathered"]
     if phase == "backward start":
-        parts += ["activations", "loss" if loss >= live_logits + backward else "logits + backward"]
+        parts += ["activations", "loss" if loss >= backward else "backward"]
         parts += ["gradients"] if keep_grads_across_micro_batches else []
     else:
         parts += (["gradients"] if kept_grads else []) + ["one block's activations + backward"]
