@@ -68,7 +68,7 @@ def test_info_with_a_cluster_gives_the_verdict_and_the_largest_mbs() -> None:
     from hpcllm.memory import estimate_memory
 
     result = CliRunner().invoke(
-        model_app, ["info", "2.7b", "--mbs", "4", "--gpus", "8", "--cluster", "leonardo"], terminal_width=200
+        model_app, ["info", "2.7b", "--mbs", "8", "--gpus", "8", "--cluster", "leonardo"], terminal_width=200
     )
     assert result.exit_code == 0, result.output
     assert "of 64 GiB per GPU: does not fit" in result.output
