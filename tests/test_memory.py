@@ -15,7 +15,7 @@ from hpcllm.config.model import ModelConfig, preset_names
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.model import GPT
 from hpcllm.memory import GIB, MemorySpec, checkpoint_bytes, estimate_memory, largest_fitting_mbs
-from hpcllm.memory.estimate import local_shard_numel, padded_shard_numel, shard_rows
+from hpcllm.memory.estimate import local_shard_numel, padded_shard_numel, shard_rows, unsharded_numel
 
 VARIANTS = {
     "gelu-layernorm-bias-learned": dict(
@@ -131,7 +131,8 @@ def test_peak_is_the_larger_phase() -> None:
     assert sharded.phase == "backward start"
     t = {x.name: x.bytes for x in sharded.terms}
     tensors = t["weights"] + t["optimizer"] + t["gathered"] + t["activations"] + t["loss"]
-    assert sharded.peak_bytes == tensors + t["overhead"]
+    assert sharded.peak_bytes == tensors + t["cuda context"] + t["comm buffers"] + t["fragmentation"]
+    assert t["fragmentation"] == int(0.1 * tensors) and sharded.overhead_bytes == sharded.peak_bytes - tensors
 
 
 def test_single_device_bf16_counts_autocasts_weight_copies() -> None:
@@ -153,8 +154,9 @@ def test_distillation_adds_the_teacher() -> None:
 
 def test_cpu_device_uses_the_cpu_overhead_and_no_fragmentation() -> None:
     cpu = estimate_memory(MemorySpec(ModelConfig.from_name("tiny"), ParallelConfig(), 8, 1, 1, device="cpu"))
-    assert cpu.term("overhead").bytes < 0.5 * GIB
-    tensors = sum(t.bytes for t in cpu.terms if t.name not in ("overhead", "gradients", "backward", "loss"))
+    assert cpu.term("process").bytes == cpu.overhead_bytes < 0.5 * GIB
+    assert {t.name for t in cpu.terms}.isdisjoint({"fragmentation", "cuda context"})
+    tensors = sum(t.bytes for t in cpu.terms if t.name not in ("process", "gradients", "backward", "loss"))
     assert cpu.peak_bytes > tensors
 
 
@@ -177,3 +179,20 @@ def test_estimator_is_torch_free() -> None:
 
     code = "import sys, hpcllm.memory; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("always", 0), ("never", 31), (4, 23), (1, 0)])
+def test_reshard_after_forward_keeps_blocks_gathered(policy: str | int, kept: int) -> None:
+    """2.7b's 32 blocks: never resharding keeps 31 more blocks gathered (the last always is); every
+    4th: blocks 0, 4, ..., 28 reshard, the other 23 of the first 31 stay gathered."""
+    base = estimate_memory(spec(name="2.7b", world=8))
+    est = estimate_memory(spec(name="2.7b", world=8, reshard_after_forward=policy))
+    block = unsharded_numel(ModelConfig.from_name("2.7b"), 8, blocks=True)
+    assert est.term("gathered").bytes - base.term("gathered").bytes == kept * block * 2  # bf16
+
+
+def test_reshard_policy_is_validated_and_left_out_of_the_dump() -> None:
+    assert "reshard_after_forward" not in ParallelConfig().model_dump()
+    assert ParallelConfig(reshard_after_forward="never").model_dump()["reshard_after_forward"] == "never"
+    with pytest.raises(ValueError, match="reshard_after_forward"):
+        ParallelConfig(reshard_after_forward=0)

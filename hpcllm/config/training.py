@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error, one_source_shorthand
 from hpcllm.config.model import ModelConfig
@@ -77,6 +85,12 @@ class ParallelConfig(_Strict):
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
+    reshard_after_forward: Literal["always", "never"] | int = Field(
+        "always",
+        description="FSDP2: which blocks free their gathered parameters after forward (all-gathered again "
+        "in backward). always: every block but the last; never: none (more memory, no second all-gather); "
+        "n: every n-th block (0, n, 2n, ...).",
+    )
 
     @model_validator(mode="after")
     def _hsdp_only(self) -> ParallelConfig:
@@ -85,6 +99,29 @@ class ParallelConfig(_Strict):
         if self.loss_scale is not None and self.precision != "FP_16":
             raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
+
+    @field_validator("reshard_after_forward")
+    @classmethod
+    def _positive_every(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"reshard_after_forward: give always, never or a block interval >= 1 (got {value})")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_default_reshard(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The default policy is not dumped: run ids (a hash of the dump) of runs made before the
+        knob existed stay the same."""
+        data: dict[str, Any] = handler(self)
+        if self.reshard_after_forward == "always":
+            data.pop("reshard_after_forward", None)
+        return data
+
+    def reshards_after_forward(self, block: int, n_blocks: int) -> bool:
+        """Does FSDP2 free ``block``'s gathered parameters after its forward? The last block never
+        does (backward starts with it); the engine and the memory estimate both ask here."""
+        if block == n_blocks - 1 or self.reshard_after_forward == "never":
+            return False
+        return self.reshard_after_forward == "always" or block % self.reshard_after_forward == 0
 
     def shard_group_size(self, world_size: int, ranks_per_node: int) -> int:
         """Ranks one parameter is sharded over: all (FULL_SHARD), a node's or ``hsdp_shard_size``

@@ -126,7 +126,8 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
     """FSDP2, one parameter group per block, the untied embedding and LM head each their own.
 
     As in torchtitan: the last block and the head stay gathered after forward (backward starts
-    with them, so resharding would only all-gather them again), and the embedding, whose backward
+    with them, so resharding would only all-gather them again); other blocks follow
+    ``parallel.reshard_after_forward`` (``ParallelConfig.reshards_after_forward``), and the embedding, whose backward
     needs no weight, is not gathered in backward (``set_unshard_in_backward``, where torch has
     it). A tied embedding is the head's weight: both then stay in the root group.
     On CPU ranks FSDP2's collectives block without CUDA streams; ``fsdp_gloo`` overlaps them.
@@ -140,9 +141,9 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
         if hasattr(tok_emb, "set_unshard_in_backward"):
             tok_emb.set_unshard_in_backward(False)
         groups.append(tok_emb)
-    last = len(model.blocks) - 1
+    n_blocks = len(model.blocks)
     for i, block in enumerate(model.blocks):
-        groups.append(fully_shard(block, reshard_after_forward=i < last, **common))
+        groups.append(fully_shard(block, reshard_after_forward=cfg.reshards_after_forward(i, n_blocks), **common))
     if untied:
         groups.append(fully_shard(model.head, reshard_after_forward=False, **common))
     fully_shard(model, **common)

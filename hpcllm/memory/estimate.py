@@ -13,7 +13,8 @@ The terms (docs/memory.md explains each with its formula):
 - loss: logits held by the train step and the loss's backward buffers;
 - backward: one block's backward working set: the gradients of its largest intermediates and, with
   activation checkpointing, its recomputed activations;
-- overhead: a stated allowance for what tensors do not account for.
+- overhead: what tensors do not account for, one stated and sourced line each
+  (``hpcllm.memory.overhead``: CUDA context, communication buffers, allocator fragmentation).
 
 Activations and gradients do not peak together: backward frees a block's activations as it
 produces its gradients. The peak is the larger of "backward starts" (every activation, no
@@ -41,6 +42,7 @@ from hpcllm.memory.activations import (
     loss_buffer_bytes,
 )
 from hpcllm.memory.checkpoint import checkpoint_bytes
+from hpcllm.memory.overhead import overhead_lines
 
 GIB = 2**30
 
@@ -48,19 +50,6 @@ GIB = 2**30
 # per parameter tensor (torch.optim.AdamW; fused on GPU, foreach on CPU).
 ADAMW_MOMENTS = 2
 ADAMW_STEP_BYTES = 4
-
-# What tensors do not account for, stated rather than measured (no GPU was available to measure
-# it; benchmarks/memory_gpu.py does). CUDA: the context and kernel images (~0.5 GiB with lazy
-# module loading), cuBLAS workspaces and NCCL's communication buffers, together about 1 GiB, plus
-# the caching allocator's fragmentation, taken as 10% of the tensor peak (PyTorch's reserved vs
-# allocated in long training runs).
-CUDA_FIXED_OVERHEAD_BYTES = 1 * GIB
-CUDA_FRAGMENTATION = 0.10
-# CPU ranks: the resident size of a rank before its first step (Python, torch, gloo, the engine and
-# data loader imported) is 0.31-0.33 GiB with torch 2.13, and the first backward adds about 0.1 GiB
-# (oneDNN/MKL kernels, autograd's worker): tiny preset probe, docs/memory.md. glibc returns large
-# freed blocks to the system, so no fragmentation allowance.
-CPU_FIXED_OVERHEAD_BYTES = int(0.45 * GIB)
 
 # Blocks whose parameters are unsharded at once under FSDP2: the one computing and the next one,
 # whose all-gather is issued early to overlap with the compute (implicit prefetching).
@@ -161,6 +150,11 @@ class MemoryEstimate:
     def host_bytes(self) -> int:
         """Host memory a GPU rank needs for what CPU offload moved there (0 without offload)."""
         return sum(t.bytes for t in self.terms if t.location == "host")
+
+    @property
+    def overhead_bytes(self) -> int:
+        """The non-tensor lines together (``hpcllm.memory.overhead``)."""
+        return self.peak_bytes - self.tensor_bytes
 
     def fits(self, capacity_gib: float) -> bool:
         return self.peak_bytes <= capacity_gib * GIB
@@ -337,14 +331,9 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     end = kept_grads + act.block_full + backward
     phase: Phase = "backward start" if start >= end else "backward end"
     tensors = resident + max(start, end)
-    if spec.device == "cuda":
-        fixed, frag = CUDA_FIXED_OVERHEAD_BYTES, CUDA_FRAGMENTATION
-        overhead_note = f"CUDA context, NCCL and cuBLAS buffers (1 GiB) + {frag:.0%} allocator fragmentation"
-    else:
-        fixed, frag = CPU_FIXED_OVERHEAD_BYTES, 0.0
-        overhead_note = "a CPU rank's resident size before training (Python, torch, gloo, engine)"
-    overhead = fixed + int(frag * tensors)
-    terms.append(Term("overhead", overhead, "device", overhead_note))
+    lines = overhead_lines(spec.device, tensors)
+    terms += [Term(line.name, line.bytes, "device", line.detail) for line in lines]
+    overhead = sum(line.bytes for line in lines)
     parts = [n for n in resident_names if n in by_name] + ["gathered"]
     if phase == "backward start":
         parts += ["activations", "loss" if loss >= backward else "backward"]
@@ -365,14 +354,17 @@ def _gathered_term(spec: MemorySpec) -> Term:
         block = unsharded_numel(model, spec.shard_group, blocks=True)
         blocks = min(BLOCKS_IN_FLIGHT, model.n_layers)
         root = unsharded_numel(model, spec.shard_group, blocks=False)
-        total = (root + blocks * block) * p + root * p + block * (p + reduce_copy)
+        kept = kept_gathered_blocks(par, model.n_layers)
+        total = (root + (blocks + kept) * block) * p + root * p + block * (p + reduce_copy)
         dtype = {"BF_16": "bf16", "FP_16": "fp16"}.get(par.precision, "fp32")
         return Term(
             "gathered",
             total,
             "device",
             f"unsharded {dtype}: norm and head kept through backward, {blocks} "
-            f"blocks in flight of {block:,} params, and their unsharded gradients",
+            f"blocks in flight of {block:,} params"
+            + (f", {kept} more kept gathered from forward (reshard_after_forward)" if kept else "")
+            + ", and their unsharded gradients",
         )
     if par.precision != "FP_32":
         return Term(
@@ -382,6 +374,12 @@ def _gathered_term(spec: MemorySpec) -> Term:
             "half-precision copies autocast keeps of every matmul weight (one device, no FSDP)",
         )
     return Term("gathered", 0, "device", "nothing: one device in fp32 uses its weights as they are")
+
+
+def kept_gathered_blocks(par: ParallelConfig, n_layers: int) -> int:
+    """Blocks besides the last that keep their gathered parameters from forward into backward
+    (``parallel.reshard_after_forward``); the last is among the blocks in flight."""
+    return sum(not par.reshards_after_forward(i, n_layers) for i in range(n_layers - 1))
 
 
 def largest_fitting_mbs(spec: MemorySpec, capacity_gib: float, limit: int = 1 << 16) -> int:
