@@ -18,12 +18,12 @@ class _SiluMul(torch.autograd.Function):
     """silu(gate) · up, saving (gate, up); backward runs the kernels the unfused chain would run."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
         return F.silu(gate) * up
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gate, up = ctx.saved_tensors  # type: ignore[attr-defined]
         # The same products and silu_backward kernel as the unfused chain's MulBackward0 and
         # SiluBackward0, so the gradients are bitwise those of F.silu(gate) * up. In this order,
@@ -36,4 +36,4 @@ class _SiluMul(torch.autograd.Function):
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) · up (SwiGLU's gating), keeping only gate and up for backward."""
-    return _SiluMul.apply(gate, up)  # type: ignore[no-any-return]
+    return _SiluMul.apply(gate, up)

@@ -43,14 +43,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         logits: torch.Tensor,
         labels: torch.Tensor,
         weights: torch.Tensor | None,
         rows: int,
     ) -> torch.Tensor:
-        ctx.save_for_backward(logits, labels, weights)
+        ctx.save_for_backward(logits, labels, weights)  # type: ignore[arg-type]  # None: no weights
         ctx.rows = rows  # type: ignore[attr-defined]
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         for start in range(0, logits.shape[0], rows):
@@ -60,7 +60,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         logits, labels, weights = ctx.saved_tensors  # type: ignore[attr-defined]
         rows: int = ctx.rows  # type: ignore[attr-defined]
         out = torch.empty_like(logits)
@@ -85,7 +85,7 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
     flat = logits.flatten(0, 1)
     weights = None if mask is None else mask.reshape(-1)
     rows = ce_chunk_rows(flat.shape[-1])
-    return _ChunkedCrossEntropy.apply(flat, labels.reshape(-1), weights, rows)  # type: ignore[no-any-return]
+    return _ChunkedCrossEntropy.apply(flat, labels.reshape(-1), weights, rows)
 
 
 def distillation_sum(
