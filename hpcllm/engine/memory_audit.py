@@ -110,3 +110,36 @@ def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None =
             if isinstance(v, torch.Tensor)
         )
     return out
+
+
+def peak_allocated_bytes(run: Callable[[], object]) -> int:
+    """The most bytes of CPU tensors alive at once while ``run()`` runs, counted from its start.
+
+    PyTorch's profiler records every CPU allocation and free with the running total of bytes the
+    allocator has handed out since profiling began (``profile_memory``); the largest total is the
+    peak of what ``run`` allocated on top of what already existed: on CPU, what
+    ``torch.cuda.max_memory_allocated`` is on a GPU. Start ``run`` from nothing (build the model
+    inside it) and the figure is the process's tensor peak, comparable to the estimate's
+    ``tensor_bytes``.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events: list[tuple[int, int, int]] = []  # (time, bytes allocated (+) or freed (-), running total)
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())  # type: ignore[union-attr]
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            fields = node.extra_fields
+            events.append((node.start_time_ns, fields.alloc_size, fields.total_allocated))
+        stack.extend(node.children)
+    if not events:
+        return 0
+    # The running total is the process's counter: frees after an earlier profile stopped were never
+    # subtracted, so the total before this run's first event is its baseline.
+    events.sort()
+    _, size, total = events[0]
+    baseline = total - size
+    return max(total for _, _, total in events) - baseline

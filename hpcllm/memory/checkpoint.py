@@ -20,4 +20,7 @@ CHECKPOINT_OVERHEAD_BYTES_PER_RANK = 1 << 20
 def checkpoint_bytes(model: ModelConfig, world_size: int = 1) -> int:
     """Bytes of one complete checkpoint of ``model`` (weights + AdamW state), saved by ``world_size`` ranks."""
     per_param = WEIGHT_BYTES_PER_PARAM + ADAMW_STATE_BYTES_PER_PARAM
-    return model.n_params() * per_param + world_size * CHECKPOINT_OVERHEAD_BYTES_PER_RANK
+    # A tied embedding is one parameter (one optimizer state) but two entries of the model's state
+    # dict, tok_emb.weight and head.weight, and DCP writes both (measured: tests/test_memory_peak.py).
+    tied = model.vocab_size * model.d_model * WEIGHT_BYTES_PER_PARAM if model.tie_embeddings else 0
+    return model.n_params() * per_param + tied + world_size * CHECKPOINT_OVERHEAD_BYTES_PER_RANK
