@@ -141,7 +141,11 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
 def test_evaluation_loss_shows_when_a_run_has_it(results):
     assert "Eval Loss" not in collect(results).output
     write_run(
-        results, "e", summary=engine_summary(world_size=64, global_batch_size=128, eval_loss=5.91234, eval_ppl=369.1)
+        results,
+        "e",
+        summary=engine_summary(
+            world_size=64, global_batch_size=128, samples_per_s=146.0, eval_loss=5.91234, eval_ppl=369.1
+        ),
     )
     header, *rows = markdown_rows(collect(results).output)
     assert header[-5:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time"]

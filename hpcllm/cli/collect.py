@@ -64,6 +64,12 @@ def collect(
     best: bool = typer.Option(
         False, "--best", help="Only the best run of each search group (`hpcllm search`), with its parameters."
     ),
+    fits: bool = typer.Option(
+        False,
+        "--fits",
+        help="Also print each setup's scaling fit: efficiency, runs far below it, the next sizes' samples/s "
+        "(with --compare seed: the seed's too).",
+    ),
 ) -> None:
     """The seed's scaling table (one row per completed run) and more columns, as markdown, csv, json or LaTeX."""
     from hpcllm.collect.records import scan
@@ -101,6 +107,8 @@ def collect(
         sys.stdout.write(text)  # the table is data: as it is (rich would wrap 10,000 rows for ~0.1 s)
     if compare is not None and not best:
         err_console.print(comparison.summary_line(), highlight=False, soft_wrap=True)
+    if not best:
+        _show_fits(records, seed=compare is not None, listing=fits)
     if plot or loss_plot:
         _plots(records, plot, loss_plot)
     if best and len(table) == 0:
@@ -121,6 +129,27 @@ def _plots(records: list, plot: Path | None, loss_plot: Path | None) -> None:
         err_console.print(f"plot: {plot_scaling(records, plot)}", highlight=False, soft_wrap=True)
     if loss_plot:
         err_console.print(f"loss curves: {plot_losses(records, loss_plot)}", highlight=False, soft_wrap=True)
+
+
+def _show_fits(records: list, seed: bool, listing: bool) -> None:
+    """Runs far below their setup's scaling fit (hpcllm.collect.fits), always; the fits with --fits."""
+    from hpcllm.cli.listing import print_listing
+    from hpcllm.collect.fits import FIT_HEADERS, fit_records, fit_rows, fit_seed
+
+    ours = fit_records(records)
+    for fit in ours:
+        for v in fit.flagged:
+            err_console.print(
+                f"[yellow]below the scaling fit:[/] {v.point.name} ({fit.key.label()}, {v.point.gpus} GPUs): "
+                f"{v.point.samples_per_s:.4g} samples/s, {v.note()} of its smaller runs ({v.predicted:.4g})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if not listing:
+        return
+    for title, fits in (("Scaling fits", ours), ("Scaling fits of the seed's rows", fit_seed() if seed else [])):
+        if fits:
+            print_listing(err_console, title, FIT_HEADERS, fit_rows(fits), keep_whole=("GPUs",))
 
 
 def _show_probes(run_dirs: list[RunDir]) -> None:

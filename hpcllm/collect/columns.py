@@ -148,6 +148,8 @@ _COLUMNS = [
     Column("experiment", "Experiment", lambda r: r.experiment),
     Column("cluster", "Cluster", lambda r: r.cluster),
     Column("run", "Run", lambda r: r.run_id, help="run id"),
+    # Filled by build_table from all runs (hpcllm.collect.fits); in the default table when a run is flagged.
+    Column("fit", "vs fit", lambda r: None, help="throughput against the scaling fit of the smaller runs of its setup"),
 ]
 COLUMNS: dict[str, Column] = {c.id: c for c in _COLUMNS}
 

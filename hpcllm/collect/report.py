@@ -22,6 +22,7 @@ import jinja2
 from hpcllm import __version__
 from hpcllm.collect import plot
 from hpcllm.collect.compare import STATUS_OURS_ONLY, compare_with_seed
+from hpcllm.collect.fits import FIT_HEADERS, fit_records, fit_rows
 from hpcllm.collect.records import RunRecord, scan
 from hpcllm.collect.table import Table, build_table
 
@@ -62,6 +63,7 @@ class Report:
     failures: list[RunDetails] = field(default_factory=list)
     runs: list[RunDetails] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    fits: list[list[str]] = field(default_factory=list)  # hpcllm.collect.fits.fit_rows, one per setup
 
 
 def _last_line(text: object) -> str:
@@ -176,13 +178,14 @@ def build_report(root: Path, columns: str | None = None) -> Report:
         failures=failures,
         runs=runs,
         problems=list(dict.fromkeys(table_problems + [p for r in records for p in r.problems])),
+        fits=fit_rows(fit_records(completed)),
     )
 
 
 def render_report(report: Report) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     template = env.from_string(resources.files("hpcllm.collect").joinpath(TEMPLATE).read_text())
-    return template.render(report=report, version=__version__)
+    return template.render(report=report, version=__version__, fit_headers=FIT_HEADERS)
 
 
 def write_report(root: Path, output: Path, columns: str | None = None) -> Report:

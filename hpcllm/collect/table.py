@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from hpcllm.collect.fits import Verdict
+
 COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
 DEFAULT_SORT = ["params", "gpus", "mbs", "sharding"]
 
@@ -83,6 +85,9 @@ def build_table(
     (one bad run must not hide the table of the others). ValueError for a bad option.
     """
     chosen = cols.resolve(columns, records)
+    fit_verdicts = _fit_verdicts(records, chosen, columns)
+    if columns is None and any(v.flagged for v in fit_verdicts.values()):
+        chosen.append(cols.COLUMNS["fit"])  # a run far below its setup's fit: say so unasked
     selector = _where(where, records, chosen) if where else None
     table = Table(chosen)
     getters = [(c.id, c.get) for c in chosen]
@@ -92,11 +97,23 @@ def build_table(
         except (KeyError, TypeError, ValueError) as exc:
             _note(problems, f"{record.run_dir.summary}: missing or bad field {exc}")
             continue
+        if "fit" in row:
+            verdict = fit_verdicts.get(record.run_id)
+            row["fit"] = None if verdict is None else verdict.note() or None
         if selector is not None and not selector(record):
             continue
         table.rows.append(row)
     _sort(table, records, sort)
     return table
+
+
+def _fit_verdicts(records: list[RunRecord], chosen: list[cols.Column], columns: str | None) -> dict[str, Verdict]:
+    """Each run against its setup's scaling fit, when the table shows ``fit`` or may add it (default columns)."""
+    if columns is not None and all(c.id != "fit" for c in chosen):
+        return {}
+    from hpcllm.collect.fits import fit_records, verdicts_by_name
+
+    return verdicts_by_name(fit_records(records))
 
 
 def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
