@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from hpcllm import __version__
-from hpcllm.cli import collect, doctor, explore, generate, report, runs, schema
+from hpcllm.cli import collect, doctor, explore, generate, plan, report, runs, schema
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 
 for command in (
+    plan.plan,
     runs.submit,
     runs.status,
     runs.cancel,

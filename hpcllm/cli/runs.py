@@ -41,9 +41,16 @@ def submit(
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Also submit points whose memory estimate exceeds the GPU memory."
     ),
+    over_budget: bool = typer.Option(
+        False, "--over-budget", help="Submit even when the grid exceeds the account's remaining GrpTRESMins."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
+    from hpcllm.cli.plan import budget_gate
     from hpcllm.launch.orchestrate import submit_experiment
+
+    if not dry_run:  # the total always; a grid over the account's allowance only with --over-budget
+        budget_gate(experiment, cluster, account, results, over_budget)
 
     try:
         result = submit_experiment(

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm.config import NAME_PATTERN
+from hpcllm.config.accounting import AccountingSettings
 from hpcllm.config.loader import load_model
 from hpcllm.config.text import OneLine, SbatchOption, one_line, shell_variable_name
 from hpcllm.errors import ConfigError
@@ -130,6 +131,10 @@ class ClusterProfile(BaseModel):
         ge=0,
         description="SLURM: submit grid points with equal resources as one job array of at most "
         "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run.",
+    )
+    accounting: AccountingSettings = Field(
+        default_factory=AccountingSettings,
+        description="How the site bills and where its budget is read (`hpcllm plan`, docs/plan.md).",
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Pure functions of an experiment and a profile: what its points cost before they run."""
