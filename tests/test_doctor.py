@@ -1,5 +1,6 @@
-"""`hpcllm doctor` without a scheduler: reading sacctmgr/scontrol/sinfo output, and the checks a site
-with accounting gets (the local SLURM has no slurmdbd; its live checks are in test_slurm_site.py)."""
+"""`hpcllm doctor` without a scheduler: reading sacctmgr/scontrol/sinfo output as Leonardo and
+MareNostrum 5 print it, and the checks a site with accounting gets. The same checks against the local
+cluster's real database (slurmdbd): test_slurm_accounting.py and test_slurm_site.py."""
 
 from __future__ import annotations
 
