@@ -147,7 +147,8 @@ class SetupFit:
     key: SetupKey
     samples_per_gpu_step: int
     verdicts: list[Verdict] = field(default_factory=list)
-    line: Line | None = None
+    line: Line | None = None  # the unflagged runs: the trend, and what a healthy allocation would do
+    line_all: Line | None = None  # every run, the flagged too: what a budget should expect
     predictions: list[Prediction] = field(default_factory=list)
 
     @property
@@ -196,6 +197,7 @@ def fit_setup(
         if not flagged:
             kept.append(point)
     result.line = fit_line([p.gpus for p in kept], [p.step_s(samples_per_gpu_step) for p in kept])
+    result.line_all = fit_line([p.gpus for p in ordered], [p.step_s(samples_per_gpu_step) for p in ordered])
     if result.line is not None:
         largest = max(p.gpus for p in ordered)
         for doubling in range(1, PREDICT_DOUBLINGS + 1):

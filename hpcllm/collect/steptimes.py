@@ -86,15 +86,19 @@ class StepTimes:
             p.activation_checkpointing,
         )
         fit = self.fits.get((setup, t.micro_batch_size * t.grad_accum))
-        if fit is not None and fit.line is not None:
-            seconds = fit.line.step_s(spec.world_size)
+        if fit is not None and fit.line_all is not None:
+            # Every run of the setup, those far below the trend too: a budget must expect what runs did.
+            line = fit.line_all
+            seconds = line.step_s(spec.world_size)
             if seconds > 0:
-                where = "the seed's rows" if fit.verdicts[0].point.name.startswith("seed ") else "runs"
+                where = "of the seed's rows" if fit.verdicts[0].point.name.startswith("seed ") else "runs"
+                sizes = sorted({v.point.gpus for v in fit.verdicts})
+                slow = f", {len(fit.flagged)} far below the trend included" if fit.flagged else ""
                 return StepTime(
                     seconds,
                     SOURCE_FIT,
-                    f"fit of {fit.line.k} {where} at {', '.join(str(v.point.gpus) for v in fit.verdicts)} GPUs",
-                    2 * fit.line.step_se(spec.world_size),
+                    f"t = a + b·log2 n fitted to {line.k} {where} at {sizes[0]}-{sizes[-1]} GPUs{slow}",
+                    2 * line.step_se(spec.world_size),
                 )
         if self.mfu is None:
             return None
