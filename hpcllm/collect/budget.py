@@ -72,7 +72,10 @@ def build_plan(
     """Price every point ``submit`` would queue; with ``ask_scheduler``, read the account's allowance."""
     experiment = load_experiment(experiment_path)
     cluster = load_cluster(cluster_name)
-    account = account or os_account(cluster)
+    # --account, else $HPCLLM_ACCOUNT, else the profile's, checked as submit checks it; none at all is
+    # no error here: the scheduler's default account of the user is then read.
+    given = account or os.environ.get("HPCLLM_ACCOUNT") or cluster.account
+    account = cluster.resolve_account(account) if given else None
     root = results_root or _results_root(cluster, account)
     refused: list[RefusedPoint] = []
     specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=refused)
@@ -93,11 +96,6 @@ def build_plan(
     elif cluster.scheduler != "slurm":
         plan.budget_note = f"cluster {cluster.name!r} has no scheduler: no allowance to compare with"
     return plan
-
-
-def os_account(cluster: ClusterProfile) -> str | None:
-    """``$HPCLLM_ACCOUNT``, else the profile's account (``--account`` beats both, in the caller)."""
-    return os.environ.get("HPCLLM_ACCOUNT") or cluster.account
 
 
 def _results_root(cluster: ClusterProfile, account: str | None) -> Path | None:
