@@ -136,3 +136,15 @@ def test_plan_command_prints_points_sources_and_totals(in_project, tmp_path: Pat
     assert "total: 2 points" in out.stdout and "node-hours" in out.stdout and "GPU-hours" in out.stdout
     bad = CliRunner().invoke(app, ["plan", str(exp), "--cluster", "nope"])
     assert bad.exit_code == 2
+
+
+def test_only_what_submit_would_queue_is_priced(in_project, tmp_path: Path) -> None:
+    exp = REPO / "experiments" / "scaling_2.7b.yaml"
+    plan = build_plan(exp, "leonardo", results_root=tmp_path / "none", ask_scheduler=False)
+    assert (len(plan.costs), len(plan.unfit)) == (12, 6)  # the MBS-4 points are estimated over 64 GiB
+    everything = build_plan(exp, "leonardo", results_root=tmp_path / "none", ask_scheduler=False, memory_check=False)
+    assert len(everything.costs) == 18
+    out = CliRunner().invoke(
+        app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path)]
+    )
+    assert out.exit_code == 0 and f"total: 12 points, {plan.total.node_hours:.2f} node-hours" in out.stdout

@@ -37,13 +37,18 @@ def plan(
         max=1.0,
         help="MFU for points no run, seed row or fit prices (default: the median of the seed's rows on the GPU type).",
     ),
+    no_memory_check: bool = typer.Option(
+        False, "--no-memory-check", help="Also price points whose memory estimate exceeds the GPU memory."
+    ),
 ) -> None:
     """Node-hours and GPU-hours per grid point and in total, which source each step time came from, and
     the account's remaining allocation (sacctmgr GrpTRESMins, sshare usage, the site's budget command)."""
     from hpcllm.collect.budget import build_plan
 
     try:
-        result = build_plan(experiment, cluster, account=account, results_root=results, mfu=mfu)
+        result = build_plan(
+            experiment, cluster, account=account, results_root=results, mfu=mfu, memory_check=not no_memory_check
+        )
     except HpcllmError as exc:
         fail(exc)
     print_plan(result)
@@ -105,6 +110,8 @@ def print_plan(result: Plan, *, per_point: bool = True) -> None:
         notes.append(f"{len(result.done)} completed runs not priced (submit skips them)")
     if result.refused:
         notes.append(f"{len(result.refused)} points no QoS admits, not priced")
+    if result.unfit:
+        notes.append(f"{len(result.unfit)} points over the GPU memory, not priced (submit skips them)")
     if any(c.chunks > c.max_jobs for c in result.costs):
         notes.append("jobs: a point needs more requeues than its max_restarts allow")
     if any(c.checkpoints and c.checkpoint_s is None for c in result.costs):
@@ -143,12 +150,29 @@ def _print_budget(result: Plan) -> None:
         err_console.print(f"site budget not read: {result.site_budget_note}", highlight=False, soft_wrap=True)
 
 
-def budget_gate(experiment: Path, cluster: str, account: str | None, results: Path | None, over_budget: bool) -> None:
-    """``submit``: print the grid's total and stop (exit 2) when it exceeds what the account has left."""
+def budget_gate(
+    experiment: Path,
+    cluster: str,
+    account: str | None,
+    results: Path | None,
+    *,
+    over_budget: bool,
+    dry_run: bool,
+    memory_check: bool,
+) -> None:
+    """``submit``: print the grid's total; stop (exit 2) when it exceeds what the account has left,
+    unless ``over_budget``. A dry run asks the scheduler nothing and so refuses nothing."""
     from hpcllm.collect.budget import build_plan
 
     try:
-        result = build_plan(experiment, cluster, account=account, results_root=results)
+        result = build_plan(
+            experiment,
+            cluster,
+            account=account,
+            results_root=results,
+            ask_scheduler=not dry_run,
+            memory_check=memory_check,
+        )
     except HpcllmError as exc:
         fail(exc)
     print_plan(result, per_point=False)

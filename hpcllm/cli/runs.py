@@ -49,8 +49,15 @@ def submit(
     from hpcllm.cli.plan import budget_gate
     from hpcllm.launch.orchestrate import submit_experiment
 
-    if not dry_run:  # the total always; a grid over the account's allowance only with --over-budget
-        budget_gate(experiment, cluster, account, results, over_budget)
+    budget_gate(
+        experiment,
+        cluster,
+        account,
+        results,
+        over_budget=over_budget,
+        dry_run=dry_run,
+        memory_check=not no_memory_check,
+    )
 
     try:
         result = submit_experiment(

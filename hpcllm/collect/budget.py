@@ -1,8 +1,9 @@
 """A grid's cost against what its account has left: ``hpcllm plan``, and the check ``hpcllm submit``
 makes before it queues anything.
 
-The points to price are those ``submit`` would queue: every point of the grid a QoS admits, less the
-runs already completed under the results root (``submit`` skips them). Each point's step time comes
+The points to price are those ``submit`` would queue: every point of the grid a QoS admits and whose
+memory estimate fits the GPUs, less the runs already completed under the results root (``submit``
+skips them all). Each point's step time comes
 from ``hpcllm.collect.steptimes`` (and says from where), its cost from ``hpcllm.plan.cost``, and the
 account's allowance from the scheduler (``hpcllm.launch.accounting``).
 """
@@ -19,7 +20,9 @@ from hpcllm.config.experiment import expand_experiment, load_experiment
 from hpcllm.config.qos import RefusedPoint
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.accounting import AccountBudget, account_budget, site_budget_text
+from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.orchestrate import results_root_for
+from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.plan.cost import PlanTotal, PointCost, point_cost, total
 
 
@@ -41,6 +44,7 @@ class Plan:
     total: PlanTotal
     done: list[str] = field(default_factory=list)  # completed runs, not priced
     refused: list[RefusedPoint] = field(default_factory=list)
+    unfit: list[Unfit] = field(default_factory=list)  # over the GPU memory: submit skips them
     budget: AccountBudget | None = None
     budget_note: str = ""  # why the scheduler's allowance is not known
     site_budget: str | None = None  # the site's budget command's output
@@ -68,6 +72,7 @@ def build_plan(
     results_root: Path | None = None,
     mfu: float | None = None,
     ask_scheduler: bool = True,
+    memory_check: bool = True,
 ) -> Plan:
     """Price every point ``submit`` would queue; with ``ask_scheduler``, read the account's allowance."""
     experiment = load_experiment(experiment_path)
@@ -79,6 +84,10 @@ def build_plan(
     root = results_root or _results_root(cluster, account)
     refused: list[RefusedPoint] = []
     specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=refused)
+    unfit: list[Unfit] = []
+    if memory_check:  # as submit: points over the GPU memory are not submitted, so not priced
+        measured = measured_largest_fits(root, experiment.name, cluster.name) if root is not None else {}
+        specs, unfit = split_by_fit(specs, cluster, measured)
     times = StepTimes.build(cluster, root, mfu)
     todo = [s for s in specs if s.run_id not in times.completed]
     costs = [point_cost(spec, cluster, times.lookup(spec)) for spec in todo]
@@ -90,6 +99,7 @@ def build_plan(
         total(costs, cluster),
         [s.run_id for s in specs if s.run_id in times.completed],
         refused,
+        unfit,
     )
     if ask_scheduler and cluster.scheduler == "slurm":
         _ask_scheduler(plan)
