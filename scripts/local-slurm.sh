@@ -370,15 +370,17 @@ cmd_up() {
   # slurmctld reads the config at start: rewrite it only while ours is not running.
   [[ -z $(live_pid "$STATE_DIR/pid/slurmctld.pid" slurmctld) ]] && write_slurm_conf
   start_munge
-  if ((ACCOUNTING)); then
+  if ((ACCOUNTING)) && ! grep -q '^AccountingStorageType=accounting_storage/slurmdbd' "$SLURM_CONF_FILE"; then
+    # slurmctld runs with a config written before accounting was asked for (or by an older version
+    # of this script): sacctmgr could not reach a slurmdbd through it. Leave the cluster as it is.
+    say "warning: the running slurmctld was started without accounting: down, then up, to add it"
+  elif ((ACCOUNTING)); then
     local t0=$SECONDS
     write_dbd_conf
     start_mariadb
     start_slurmdbd
     ensure_associations
     say "accounting (MariaDB, slurmdbd, associations) ready after $((SECONDS - t0)) s"
-    grep -q '^AccountingStorageType=accounting_storage/slurmdbd' "$SLURM_CONF_FILE" ||
-      say "warning: the running slurmctld was started without accounting: down, then up, to use it"
   fi
   start_slurmctld
   start_slurmds
