@@ -281,7 +281,14 @@ def verdicts_by_name(fits: Iterable[SetupFit]) -> dict[str, Verdict]:
     return {v.point.name: v for fit in fits for v in fit.verdicts}
 
 
-FIT_HEADERS = ("setup", "GPUs", "efficiency", "vs fit", "t(n) = a + b·log2 n", "next sizes (samples/s, 2-SE band)")
+FIT_HEADERS = (
+    "setup",
+    "GPUs",
+    "efficiency",
+    "vs fit",
+    "t(n) = a + b·log2 n",
+    "next sizes on the trend (samples/s, 2-SE band)",
+)
 
 
 def fit_rows(fits: Iterable[SetupFit]) -> list[list[str]]:
