@@ -76,6 +76,11 @@ def build_plan(
 ) -> Plan:
     """Price every point ``submit`` would queue; with ``ask_scheduler``, read the account's allowance."""
     experiment = load_experiment(experiment_path)
+    if experiment.search is not None:  # its trials are chosen while it runs: no grid to price
+        raise ConfigError(
+            f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
+            f"with `hpcllm search run {experiment_path} --cluster {cluster_name}`"
+        )
     cluster = load_cluster(cluster_name)
     # --account, else $HPCLLM_ACCOUNT, else the profile's, checked as submit checks it; none at all is
     # no error here: the scheduler's default account of the user is then read.
