@@ -22,8 +22,8 @@ from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.memory_audit import rank_state_bytes
 from hpcllm.engine.optim import build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
-from hpcllm.memory import MemorySpec, estimate_memory
-from hpcllm.memory.estimate import local_shard_numel, unsharded_numel
+from hpcllm.plan.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory.estimate import local_shard_numel, unsharded_numel
 
 CASES = [("FULL_SHARD", None), ("HYBRID_SHARD", None), ("HYBRID_SHARD", 1), ("NO_SHARD", None)]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.launch import doctor
-from hpcllm.launch.doctor import FAIL, OK, account_checks, qos_checks
-from hpcllm.launch.sitefacts import (
+from hpcllm.site import doctor
+from hpcllm.site.doctor import FAIL, OK, account_checks, qos_checks
+from hpcllm.site.sitefacts import (
     Association,
     gpu_count,
     parse_associations,

@@ -20,11 +20,11 @@ from hpcllm.config.probe import ProbeReport, ProbeTrial
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
-from hpcllm.launch.explore import GENERATED_MARK, ProbeSettings, apply_probes, explore_batch, plan_probes
+from hpcllm.tune.explore import GENERATED_MARK, ProbeSettings, apply_probes, explore_batch, plan_probes
 from hpcllm.launch.orchestrate import submit_experiment
 from hpcllm.launch.probeindex import load_index, probe_key
-from hpcllm.memory import largest_fitting_mbs
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.memory import largest_fitting_mbs
+from hpcllm.plan.memory.runs import run_spec
 from hpcllm.rundir import RunDir
 
 SCALING = Path("experiments/scaling_2.7b.yaml")

@@ -14,8 +14,8 @@ from hpcllm.config.experiment import expand_experiment, load_experiment
 from hpcllm.errors import ConfigError
 from hpcllm.launch.memcheck import split_by_fit
 from hpcllm.launch.orchestrate import submit_experiment
-from hpcllm.memory import estimate_memory
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.memory import estimate_memory
+from hpcllm.plan.memory.runs import run_spec
 
 SCALING = Path("experiments/scaling_2.7b.yaml")
 

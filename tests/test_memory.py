@@ -14,8 +14,8 @@ import torch
 from hpcllm.config.model import ModelConfig, preset_names
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.model import GPT
-from hpcllm.memory import GIB, MemorySpec, checkpoint_bytes, estimate_memory, largest_fitting_mbs
-from hpcllm.memory.estimate import local_shard_numel, padded_shard_numel, shard_rows
+from hpcllm.plan.memory import GIB, MemorySpec, checkpoint_bytes, estimate_memory, largest_fitting_mbs
+from hpcllm.plan.memory.estimate import local_shard_numel, padded_shard_numel, shard_rows
 
 VARIANTS = {
     "gelu-layernorm-bias-learned": dict(
@@ -175,5 +175,5 @@ def test_estimator_is_torch_free() -> None:
     import subprocess
     import sys
 
-    code = "import sys, hpcllm.memory; assert 'torch' not in sys.modules"
+    code = "import sys, hpcllm.plan.memory; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

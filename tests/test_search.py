@@ -23,7 +23,7 @@ from hpcllm.config.experiment import Experiment
 from hpcllm.config.loader import validate
 from hpcllm.config.search import HalvingConfig, SearchConfig
 from hpcllm.errors import ConfigError
-from hpcllm.launch.search import SearchState, Trial, TrialState, best_trial, decide, draw_trials
+from hpcllm.tune.search import SearchState, Trial, TrialState, best_trial, decide, draw_trials
 from hpcllm.rundir import RunDir
 
 runner = CliRunner()
@@ -360,7 +360,7 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
     """Manifests and summaries as the backends and the engine leave them; no scheduler needed."""
     from hpcllm.fsutil import atomic_write_json
     from hpcllm.launch.manifest import Manifest, RunState, save_manifest
-    from hpcllm.launch.search import reconcile
+    from hpcllm.tune.search import reconcile
 
     cases = {  # run id: (trial state before, manifest state, steps the run completed)
         "t0": (TrialState.RUNNING, RunState.FAILED, 2),  # its job failed -> failed

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from hpcllm import perf
 from hpcllm.cli import app
 from hpcllm.collect.columns import params_billions
-from hpcllm.collect.references import ClusterReferences
-from hpcllm.collect.seed import seed_rows
+from hpcllm.config.references import ClusterReferences
+from hpcllm.plan.seed import seed_rows
 from hpcllm.config.model import ModelConfig
 
 runner = CliRunner()
@@ -113,7 +113,7 @@ def test_seed_references_are_per_point(in_project, tmp_path):
 
 def test_the_seeds_repeated_configuration_gives_its_best_row():
     """MareNostrum 5 ran 28B on 512 GPUs twice (87.36 and 87.56 samples/s)."""
-    from hpcllm.collect.seed import best_row
+    from hpcllm.plan.seed import best_row
 
     (row,) = {r.key: r for r in ROWS if r.model == "28b" and r.gpus == 512}.values()
     assert best_row(row.key).samples_per_s == 87.56

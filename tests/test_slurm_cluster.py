@@ -383,7 +383,7 @@ def test_search_trials_run_as_a_job_array(
 ) -> None:
     """A search's trials are ordinary runs: one sbatch --array for the rung, then scored from their logs."""
     from hpcllm.collect.best import best_table
-    from hpcllm.launch.search import advance
+    from hpcllm.tune.search import advance
 
     profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
     profile.update(name="arrayslurm", max_array_size=4)

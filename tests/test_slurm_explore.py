@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
-from hpcllm.launch.explore import ProbeSettings, explore_batch
+from hpcllm.tune.explore import ProbeSettings, explore_batch
 from hpcllm.rundir import RunDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]

@@ -35,7 +35,7 @@ from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
 from hpcllm.engine.checkpoint import read_latest_pointer
 from hpcllm.launch.backends.slurm import parse_duration
-from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
+from hpcllm.site.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
 from hpcllm.launch.orchestrate import cancel_run, submit_experiment
 from hpcllm.rundir import RunDir
 

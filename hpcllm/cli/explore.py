@@ -12,7 +12,7 @@ from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
-    from hpcllm.launch.explore import ApplyResult
+    from hpcllm.tune.explore import ApplyResult
 
 
 def explore_batch(
@@ -51,8 +51,8 @@ def explore_batch(
     micro-batch from the memory estimate's suggestion until memory or throughput stops it. --apply
     then writes an experiment with each point's best measured micro-batch size.
     """
-    from hpcllm.launch.explore import ProbeSettings, apply_probes
-    from hpcllm.launch.explore import explore_batch as submit_probes
+    from hpcllm.tune.explore import ProbeSettings, apply_probes
+    from hpcllm.tune.explore import explore_batch as submit_probes
 
     try:
         if apply:

@@ -2,7 +2,7 @@
 
 Parameter and FLOP counts come from ``ModelConfig`` and ``hpcllm.perf``, the same functions the
 engine and the collector use, so the numbers printed here are the ones MFU is computed with; the
-memory breakdown comes from ``hpcllm.memory``, the estimate ``submit`` checks points with.
+memory breakdown comes from ``hpcllm.plan.memory``, the estimate ``submit`` checks points with.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hpcllm.cli.common import console, fail
 
 if TYPE_CHECKING:
     from hpcllm.config.model import ModelConfig
-    from hpcllm.memory import MemoryEstimate
+    from hpcllm.plan.memory import MemoryEstimate
 
 
 class Sharding(str, Enum):
@@ -111,7 +111,7 @@ def info_cmd(
     from hpcllm.config.model import ModelConfig, preset_fields
     from hpcllm.config.training import ParallelConfig
     from hpcllm.errors import HpcllmError
-    from hpcllm.memory import MemorySpec, estimate_memory, largest_fitting_mbs
+    from hpcllm.plan.memory import MemorySpec, estimate_memory, largest_fitting_mbs
 
     try:
         preset_fields(name)  # the unknown-name message lists the known ones

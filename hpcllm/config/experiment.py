@@ -15,17 +15,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hpcllm.collect.references import ClusterReferences, validate_metric_names
+from hpcllm.config.references import ClusterReferences, validate_metric_names
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import ClusterProfile, SlurmTime, parse_slurm_time
 from hpcllm.config.loader import format_validation_error, load_model
-from hpcllm.config.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
+from hpcllm.plan.qos import QosRefused, RefusedPoint, auto_qos_refusals, default_qos
 from hpcllm.config.search import SearchConfig
 from hpcllm.config.text import OneLine
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
-from hpcllm.memory.runs import where_names as memory_where_names
+from hpcllm.plan.memory.runs import where_names as memory_where_names
 from hpcllm.sitepaths import resolve_on_login
 
 
@@ -121,7 +121,7 @@ def load_experiment(path: Path) -> Experiment:
     return load_model(Experiment, Path(path))
 
 
-# Names a `where:` filter may use beside the resolved config: the memory estimate (hpcllm.memory.runs).
+# Names a `where:` filter may use beside the resolved config: the memory estimate (hpcllm.plan.memory.runs).
 MEMORY_WHERE_NAMES = ("mem_gib", "fits")
 
 
@@ -217,7 +217,7 @@ def _qos_for(resources_doc: dict[str, Any], cluster: ClusterProfile) -> str | No
 def _where_view(doc: dict[str, Any], cluster: ClusterProfile, where: str, with_memory: bool) -> dict[str, Any]:
     """The point as ``where`` sees it: every resolved value (defaults, preset fields, the profile's
     gpus_per_node and QoS) plus, when ``with_memory``, the memory estimate's ``mem_gib`` and ``fits``
-    (hpcllm.memory.runs), or only what the YAML says when the point does not validate (it is then
+    (hpcllm.plan.memory.runs), or only what the YAML says when the point does not validate (it is then
     rejected later unless the filter drops it); ``cluster`` is the profile's name, so one grid can
     hold different rows for different machines."""
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)

@@ -61,7 +61,7 @@ class ProbeTrial(BaseModel):
     step_time_s: float | None = None  # median of the timed steps
     mem_peak_gib: float | None = None  # max over ranks: CUDA max allocated, or peak RSS of a CPU rank
     mem_reserved_gib: float | None = None  # CUDA: max reserved by the caching allocator (what OOMs)
-    estimate_gib: float | None = None  # hpcllm.memory's peak for this size, for comparison
+    estimate_gib: float | None = None  # hpcllm.plan.memory's peak for this size, for comparison
     steps: int = 0  # timed steps completed
     error: str | None = None
 

@@ -8,7 +8,7 @@ An experiment may say, per cluster, what a metric of ``summary.json`` should be:
         mem_peak_gib: [60, null, 0.05]           # value, lower and upper bound as fractions; null = unbounded
 
 ``seed:`` takes the reference values of each grid point from the seed's own row for that point's
-resolved configuration (``hpcllm.collect.seed``; points the seed did not run get none), with the
+resolved configuration (``hpcllm.plan.seed``; points the seed did not run get none), with the
 given ``[lower, upper]`` tolerances. Other keys are fixed references for every point.
 
 ``hpcllm submit`` copies each point's references into its manifest, so the collector checks a run
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hpcllm.collect.seed import SeedKey, best_row
+from hpcllm.plan.seed import SeedKey, best_row
 from hpcllm.fsutil import read_json
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, find_run_dirs
 

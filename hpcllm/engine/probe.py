@@ -37,7 +37,7 @@ from hpcllm.engine.probe_search import next_size
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import build_teacher, check_data_vocab, train_step
 from hpcllm.fsutil import atomic_write_json, read_json
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_KIND_PROBE,

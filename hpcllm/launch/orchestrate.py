@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from hpcllm.collect.references import references_for_point
+from hpcllm.config.references import references_for_point
 from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
 from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import RefusedPoint
+from hpcllm.plan.qos import RefusedPoint
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for

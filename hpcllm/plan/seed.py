@@ -90,7 +90,7 @@ _FLOAT_FIELDS = ("samples_per_s", "mfu")
 @lru_cache(maxsize=1)
 def seed_rows() -> tuple[SeedRow, ...]:
     """Every row of the shipped file, in the seed's order."""
-    text = resources.files("hpcllm.collect").joinpath(SEED_FILE).read_text()
+    text = resources.files("hpcllm.plan").joinpath(SEED_FILE).read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     rows = []
     for record in csv.DictReader(io.StringIO("\n".join(lines))):

@@ -24,12 +24,12 @@ from typing import Any
 
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
 from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import RefusedPoint, qos_refusal
+from hpcllm.plan.qos import RefusedPoint, qos_refusal
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
 from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
 from hpcllm.launch.render import environment_context, render_job, render_template
-from hpcllm.launch.sitefacts import (
+from hpcllm.site.sitefacts import (
     PartitionInfo,
     accounting_enabled,
     associations,

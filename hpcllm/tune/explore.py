@@ -24,8 +24,8 @@ from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.orchestrate import SubmitResult, resolve_account, results_root_for, submit_runs
 from hpcllm.launch.probeindex import IndexEntry, ProbeIndex, load_index, probe_key, probe_report, save_index
-from hpcllm.memory import largest_fitting_mbs
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.memory import largest_fitting_mbs
+from hpcllm.plan.memory.runs import run_spec
 from hpcllm.rundir import RunDir
 
 PROBE_PREFIX = "probe-"

@@ -9,7 +9,7 @@ The terms (docs/memory.md explains each with its formula):
   norm, head), which FSDP2 keeps unsharded from forward to the end of backward, two blocks (the one
   computing and the one prefetched) and their unsharded gradients; on one device with BF_16, the
   bf16 copies autocast keeps of every matmul weight;
-- activations: what the forward pass saves for backward (``hpcllm.memory.activations``);
+- activations: what the forward pass saves for backward (``hpcllm.plan.memory.activations``);
 - loss: logits held by the train step and the loss's backward buffers;
 - backward: one block's backward working set: the gradients of its largest intermediates and, with
   activation checkpointing, its recomputed activations;
@@ -30,7 +30,7 @@ from typing import Literal
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig, TrainingConfig
-from hpcllm.memory.activations import (
+from hpcllm.plan.memory.activations import (
     BF16,
     FP32,
     ActivationBytes,
@@ -40,7 +40,7 @@ from hpcllm.memory.activations import (
     backward_working_bytes,
     loss_buffer_bytes,
 )
-from hpcllm.memory.checkpoint import checkpoint_bytes
+from hpcllm.plan.memory.checkpoint import checkpoint_bytes
 
 GIB = 2**30
 
