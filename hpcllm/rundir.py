@@ -23,6 +23,7 @@ Both the orchestrator and the engine import this module, so the names cannot dri
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from functools import cached_property
@@ -224,3 +225,8 @@ def find_run_dirs(root: Path) -> list[RunDir]:
 
     walk(str(root))
     return found
+
+
+def now() -> str:
+    """The timestamp every run and search file records (UTC, ISO 8601, seconds)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -11,7 +11,7 @@ import yaml
 from engine_support import REPO, losses_checking_reruns, make_store, run_engine, write_run
 
 from hpcllm.data.demo import write_demo
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
 METRIC_KEYS = {

@@ -14,18 +14,19 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.config.loader import load_model
 from hpcllm.config.probe import ProbeReport, ProbeTrial
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
-from hpcllm.tune.explore import GENERATED_MARK, ProbeSettings, apply_probes, explore_batch, plan_probes
 from hpcllm.launch.orchestrate import submit_experiment
 from hpcllm.launch.probeindex import load_index, probe_key
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.memory import largest_fitting_mbs
 from hpcllm.plan.memory.runs import run_spec
 from hpcllm.rundir import RunDir
+from hpcllm.tune.explore import GENERATED_MARK, ProbeSettings, apply_probes, explore_batch, plan_probes
 
 SCALING = Path("experiments/scaling_2.7b.yaml")
 SETTINGS = ProbeSettings(max_mbs=64, steps=2, warmup_steps=1, min_gain=0.05)

@@ -7,7 +7,8 @@ import pytest
 
 from hpcllm.config import grid
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
+from hpcllm.plan.expand import expand_experiment
 
 
 def test_cross_product_and_zip():

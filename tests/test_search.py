@@ -19,12 +19,13 @@ import yaml
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
+from hpcllm.collect.searches import SearchState, Trial, TrialState, best_trial
 from hpcllm.config.experiment import Experiment
 from hpcllm.config.loader import validate
 from hpcllm.config.search import HalvingConfig, SearchConfig
 from hpcllm.errors import ConfigError
-from hpcllm.tune.search import SearchState, Trial, TrialState, best_trial, decide, draw_trials
 from hpcllm.rundir import RunDir
+from hpcllm.tune.search import decide, draw_trials
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,7 +281,7 @@ def _wait_until_no_run_is_active(folder: Path) -> None:
 
 @pytest.mark.integration
 def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path, store: Path, in_project: Path) -> None:
-    from hpcllm.engine.train import run
+    from hpcllm.engine.entry import run
 
     exp = _experiment(
         tmp_path,

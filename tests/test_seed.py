@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from hpcllm import perf
 from hpcllm.cli import app
 from hpcllm.collect.columns import params_billions
+from hpcllm.config.model import ModelConfig
 from hpcllm.config.references import ClusterReferences
 from hpcllm.plan.seed import seed_rows
-from hpcllm.config.model import ModelConfig
 
 runner = CliRunner()
 ROWS = seed_rows()

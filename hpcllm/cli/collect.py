@@ -139,7 +139,7 @@ def _show_probes(run_dirs: list[RunDir]) -> None:
 
 def _check_references(root: Path) -> None:
     from hpcllm.cli.listing import print_listing
-    from hpcllm.config.references import check_references
+    from hpcllm.collect.references import check_references
 
     verdicts = check_references(root)
     if not verdicts:

@@ -14,7 +14,8 @@ from hpcllm.cli.common import RESULTS, console, fail
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
-    from hpcllm.tune.search import SearchState, Step
+    from hpcllm.collect.searches import SearchState
+    from hpcllm.tune.search import Step
 
 search_app = typer.Typer(
     help="Hyper-parameter searches: grid, random, successive halving (ASHA).", no_args_is_help=True
@@ -109,7 +110,7 @@ def _params(params: dict[str, object]) -> str:
 
 
 def _print_table(state: SearchState) -> None:
-    from hpcllm.tune.search import best_trial
+    from hpcllm.collect.searches import best_trial
 
     title = f"search {state.experiment} on {state.cluster}: {state.method}, minimise {state.metric}" + (
         f", rungs {'/'.join(map(str, state.rungs))} steps" if len(state.rungs) > 1 else ""

@@ -15,9 +15,9 @@ from typing import Any
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord
-from hpcllm.plan.seed import SeedRow, key_of_summary, rows_by_key, seed_rows
 from hpcllm.collect.table import Table
 from hpcllm.config import grid as gridlib
+from hpcllm.plan.seed import SeedRow, key_of_summary, rows_by_key, seed_rows
 
 STATUS_OK, STATUS_NOT_RUN, STATUS_OURS_ONLY = "ok", "not run", "not in seed"
 

@@ -1,4 +1,4 @@
-"""Performance references (ReFrame-style): expected values with tolerances, checked by ``collect``.
+"""Performance references (ReFrame-style): the schema of ``expected:``; values with tolerances.
 
 An experiment may say, per cluster, what a metric of ``summary.json`` should be::
 
@@ -12,23 +12,15 @@ resolved configuration (``hpcllm.plan.seed``; points the seed did not run get no
 given ``[lower, upper]`` tolerances. Other keys are fixed references for every point.
 
 ``hpcllm submit`` copies each point's references into its manifest, so the collector checks a run
-against what was expected when it was submitted, without the experiment file at hand.
+against what was expected when it was submitted, without the experiment file at hand. Each point's
+references are resolved in ``hpcllm.plan.references``; ``hpcllm.collect.references`` checks the runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from hpcllm.plan.seed import SeedKey, best_row
-from hpcllm.fsutil import read_json
-from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, find_run_dirs
-
-if TYPE_CHECKING:
-    from hpcllm.config.experiment import RunSpec
 
 # summary.json metrics a reference may name (all medians over the measured steps).
 CHECKABLE = ("mfu", "samples_per_s", "tokens_per_s", "tokens_per_s_per_gpu", "step_time_s", "mem_peak_gib")
@@ -128,40 +120,6 @@ class ClusterReferences(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
-def seed_key_of_spec(spec: RunSpec) -> SeedKey:
-    t, p, m = spec.training.train, spec.training.parallel, spec.training.model
-    assert t.global_batch_size is not None  # filled in when the point was resolved
-    return SeedKey(
-        spec.cluster,
-        m.n_params(),
-        spec.world_size,
-        t.grad_accum,
-        t.micro_batch_size,
-        t.global_batch_size,
-        m.seq_len,
-        p.precision,
-        p.sharding,
-        p.activation_checkpointing,
-    )
-
-
-def references_for_point(refs: ClusterReferences | None, spec: RunSpec) -> tuple[dict[str, Reference], bool]:
-    """The references of one grid point, and whether a ``seed:`` request found no seed row for it."""
-    if refs is None:
-        return {}, False
-    out = refs.fixed()
-    if refs.seed is None:
-        return out, False
-    row = best_row(seed_key_of_spec(spec))
-    if row is None:
-        return out, True
-    for metric in ("samples_per_s", "mfu"):
-        tolerance: Tolerance | None = getattr(refs.seed, metric)
-        if tolerance is not None:
-            out[metric] = tolerance.around(getattr(row, metric), row.source)
-    return out, False
-
-
 def validate_metric_names(references: dict[str, ClusterReferences]) -> None:
     """Every fixed reference must name a metric that ``summary.json`` has."""
     for cluster, refs in references.items():
@@ -170,31 +128,3 @@ def validate_metric_names(references: dict[str, ClusterReferences]) -> None:
                 raise ValueError(
                     f"expected.{cluster}.{name}: not a checkable metric; use one of {', '.join(CHECKABLE)}, or seed"
                 )
-
-
-@dataclass
-class Verdict:
-    run_id: str
-    metric: str
-    measured: float | None
-    reference: Reference
-
-    @property
-    def ok(self) -> bool:
-        return self.measured is not None and self.reference.accepts(self.measured)
-
-
-def check_references(root: Path) -> list[Verdict]:
-    """One verdict per (completed run, referenced metric) under ``root``."""
-    verdicts = []
-    for run_dir in find_run_dirs(root):
-        summary = read_json(run_dir.summary) or {}
-        manifest = read_json(run_dir.manifest) or {}
-        if summary.get("status") != SUMMARY_STATUS_COMPLETED:
-            continue
-        for metric, ref in (manifest.get("expected") or {}).items():
-            value = summary.get(metric)
-            verdicts.append(
-                Verdict(run_dir.run_id, metric, None if value is None else float(value), Reference.model_validate(ref))
-            )
-    return verdicts

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -18,16 +16,12 @@ from rich.console import Console
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.checkpoint import Checkpointer, describe_failures, resolve_checkpoint
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import (
     DistEnv,
     all_reduce_max,
-    barrier,
-    init_distributed,
-    shutdown_distributed,
 )
 from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.guards import NonFiniteError, check_step
@@ -49,15 +43,11 @@ from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_STATUS_COMPLETED,
-    SUMMARY_STATUS_FAILED,
     SUMMARY_STATUS_PREEMPTED,
     RunDir,
 )
-from hpcllm.sitepaths import expand_site_paths
 
-EXIT_CONFIG_ERROR = 2
 console = Console(highlight=False, soft_wrap=True)  # soft_wrap: one line per message in logs
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def restart_count() -> int:
@@ -402,42 +392,3 @@ def _evaluate(evaluator: Evaluator, model: torch.nn.Module, step: int, metrics: 
             f"eval at step {step}: loss {result.loss:.4f}  ppl {result.perplexity:.2f}  "
             f"({result.samples} sequences, {result.time_s:.1f} s)"
         )
-
-
-def run(config_path: Path, *, resume: bool = True) -> int:
-    """Entry point of ``python -m hpcllm.engine``: set up ranks, train, and always leave a summary."""
-    config_path = Path(config_path)
-    run_dir = RunDir(config_path.parent)
-    rank = int(os.environ.get("RANK", "0"))
-    summary: dict[str, Any] = {"run_id": run_dir.run_id}
-    try:
-        # $CINECA_SCRATCH/... and ~/... in paths mean this node's values (docs/sites.md).
-        cfg = expand_site_paths(load_model(TrainingConfig, config_path), str(config_path))
-        summary["run_id"] = cfg.run_id
-        env = init_distributed(cfg.device, cpu_collectives=cfg.parallel.cpu_offload)
-        try:
-            from hpcllm.engine.probe import run_probe  # here, not at the top: probe.py builds on this module
-
-            code = (run_probe if cfg.probe is not None else train)(cfg, run_dir, env, resume=resume, summary=summary)
-            # Leave together: a rank that tears gloo down while a peer is still publishing a
-            # checkpoint or writing the summary can abort that peer (seen once under load in CI).
-            barrier()
-            return code
-        finally:
-            shutdown_distributed()
-    except HpcllmError as exc:
-        _write_failed(run_dir, summary, str(exc), rank)
-        if rank == 0:
-            err_console.print(f"[red]error:[/] {exc}")
-        return EXIT_CONFIG_ERROR if isinstance(exc, ConfigError) else 1
-    except BaseException as exc:
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            _write_failed(run_dir, summary, "".join(traceback.format_exception(exc)), rank)
-        raise
-
-
-def _write_failed(run_dir: RunDir, summary: dict[str, Any], error: str, rank: int) -> None:
-    if rank == 0:
-        summary.update(status=SUMMARY_STATUS_FAILED, error=error)
-        summary.setdefault("steps_completed", 0)
-        atomic_write_json(run_dir.summary, summary)

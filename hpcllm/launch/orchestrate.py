@@ -16,10 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from hpcllm.config.references import references_for_point
 from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
-from hpcllm.plan.qos import RefusedPoint
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
@@ -30,6 +28,9 @@ from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.launch.render import render_job
 from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint
+from hpcllm.plan.references import references_for_point
 from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
 from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
 

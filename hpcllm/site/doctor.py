@@ -23,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
-from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
-from hpcllm.plan.qos import RefusedPoint, qos_refusal
+from hpcllm.config.experiment import RunSpec, load_experiment
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
 from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
 from hpcllm.launch.render import environment_context, render_job, render_template
+from hpcllm.launch.slurmcmd import run_slurm
+from hpcllm.launch.storage import human_bytes, room_at, storage_need
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint, qos_refusal
+from hpcllm.rundir import RunDir
 from hpcllm.site.sitefacts import (
     PartitionInfo,
     accounting_enabled,
@@ -38,9 +42,6 @@ from hpcllm.site.sitefacts import (
     qos_table,
     slurm_config,
 )
-from hpcllm.launch.slurmcmd import run_slurm
-from hpcllm.launch.storage import human_bytes, room_at, storage_need
-from hpcllm.rundir import RunDir
 from hpcllm.sitepaths import expand_path
 
 OK, FAIL, WARN, SKIP = "ok", "fail", "warn", "skip"

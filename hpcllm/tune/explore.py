@@ -17,13 +17,14 @@ from typing import Any
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, _run_id, expand_experiment, load_experiment
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial, best_trial
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.orchestrate import SubmitResult, resolve_account, results_root_for, submit_runs
 from hpcllm.launch.probeindex import IndexEntry, ProbeIndex, load_index, probe_key, probe_report, save_index
+from hpcllm.plan.expand import _run_id, expand_experiment
 from hpcllm.plan.memory import largest_fitting_mbs
 from hpcllm.plan.memory.runs import run_spec
 from hpcllm.rundir import RunDir

@@ -24,91 +24,25 @@ import json
 import math
 import sys
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpcllm.collect.searches import STATE_NAME, Group, SearchState, Trial, TrialState, load_state
 from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.config.search import Domain, SearchConfig
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json, read_json
 from hpcllm.launch.backends import backend_for
-from hpcllm.launch.manifest import RunState, load_manifest, now, save_manifest
+from hpcllm.launch.manifest import RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import collect_status, prepare_run
-from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir, now
 
-STATE_NAME = "search.json"
 LOCK_NAME = ".search.lock"
-STATE_VERSION = 1
-
-
-class TrialState(str, Enum):
-    QUEUED = "queued"  # to be submitted for its rung (first time, or promoted)
-    RUNNING = "running"  # submitted for its rung: pending or running in the scheduler
-    FINISHED = "finished"  # completed its rung, score recorded (at the last rung: done)
-    STOPPED = "stopped"  # halving dropped it after its rung
-    FAILED = "failed"  # its run failed or was cancelled
-
-
-class Trial(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    index: int
-    run_id: str
-    params: dict[str, Any]
-    rung: int = 0  # index into the search's rungs: the length this trial is (or was last) trained to
-    state: TrialState = TrialState.QUEUED
-    scores: dict[str, float | None] = Field(default_factory=dict)  # steps -> metric; None = not finite
-    reason: str | None = None
-
-    def score_at(self, steps: int) -> float:
-        """The metric after ``steps`` (inf when diverged or unknown): what ranking sorts by."""
-        value = self.scores.get(str(steps))
-        return math.inf if value is None else value
-
-
-class Group(BaseModel):
-    """One grid point of the experiment, searched on its own."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: str
-    point: dict[str, Any]
-    trials: list[Trial]
-
-
-class SearchState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = STATE_VERSION
-    experiment: str
-    cluster: str
-    method: str
-    metric: str
-    seed: int
-    rungs: list[int]
-    definition: str  # digest of the experiment: a search never continues under another definition
-    groups: list[Group]
-    created_at: str = Field(default_factory=now)
-    updated_at: str = Field(default_factory=now)
-
-    @property
-    def trials(self) -> list[Trial]:
-        return [t for g in self.groups for t in g.trials]
-
-    def done(self, trial: Trial) -> bool:
-        return trial.state in (TrialState.STOPPED, TrialState.FAILED) or (
-            trial.state == TrialState.FINISHED and trial.rung == len(self.rungs) - 1
-        )
-
-    @property
-    def complete(self) -> bool:
-        return all(self.done(t) for t in self.trials)
 
 
 # --- drawing trials ----------------------------------------------------------------------------
@@ -308,17 +242,6 @@ def search_folder(results_root: Path, experiment: str, cluster: str) -> Path:
     return Path(results_root) / experiment / cluster
 
 
-def load_state(folder: Path) -> SearchState | None:
-    try:
-        data = read_json(folder / STATE_NAME)
-        return None if data is None else SearchState.model_validate(data)
-    except (ValueError, ValidationError) as exc:
-        raise HpcllmError(
-            f"{folder / STATE_NAME}: not a valid search state ({str(exc).splitlines()[0]}); "
-            "move it away to start the search over"
-        ) from None
-
-
 def save_state(folder: Path, state: SearchState) -> None:
     state.updated_at = now()
     atomic_write_json(folder / STATE_NAME, state.model_dump(mode="json"))
@@ -447,15 +370,6 @@ def decide(state: SearchState, eta: int, asynchronous: bool) -> list[tuple[Trial
                         decisions.append((t, "stopped"))
             below_complete = complete
     return decisions
-
-
-def best_trial(state: SearchState, group: Group) -> Trial | None:
-    """The best trial so far: lowest metric at the longest rung any trial of the group finished."""
-    for steps in reversed(state.rungs):
-        scored = [t for t in group.trials if math.isfinite(t.score_at(steps))]
-        if scored:
-            return min(scored, key=lambda t: (t.score_at(steps), t.index))
-    return None
 
 
 # --- advance: one pass of the search -----------------------------------------------------------
@@ -596,10 +510,3 @@ def search_status(experiment_path: Path, cluster_name: str, results_root: Path) 
         )
     reconcile(state, folder)
     return state
-
-
-def find_searches(root: Path) -> list[tuple[Path, SearchState]]:
-    """Every search state below ``root`` (for ``hpcllm collect --best``)."""
-    root = Path(root)
-    paths = [root / STATE_NAME] if (root / STATE_NAME).is_file() else sorted(root.rglob(STATE_NAME))
-    return [(p.parent, state) for p in paths if (state := load_state(p.parent)) is not None]
