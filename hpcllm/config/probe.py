@@ -9,7 +9,7 @@ the file format cannot drift; it is torch-free.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +46,12 @@ class ProbeConfig(BaseModel):
         if self.start_mbs > self.max_mbs:
             raise ValueError(f"start_mbs ({self.start_mbs}) must not exceed max_mbs ({self.max_mbs})")
         return self
+
+
+def probe_default(name: str) -> Any:
+    """The default of ``ProbeConfig.<name>``: the one home of the probe's defaults, which
+    ``explore-batch``'s options and ``ProbeSettings`` read."""
+    return ProbeConfig.model_fields[name].default
 
 
 class ProbeTrial(BaseModel):

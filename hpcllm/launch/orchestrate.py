@@ -8,7 +8,6 @@ resubmitted when asked.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,11 +30,10 @@ from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage
 from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.qos import RefusedPoint
 from hpcllm.plan.references import references_for_point
-from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
+from hpcllm.rundir import DEFAULT_RESULTS, RunDir, find_run_dirs, results_from_env, submit_lock
 from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
 
 # The default results root when neither --results nor the profile's paths.results names one.
-RESULTS_ENV = "HPCLLM_RESULTS"
 
 
 # libyaml's emitter (same text as yaml.safe_dump, ~10x faster) where PyYAML was built with it.
@@ -337,11 +335,12 @@ def results_root_for(cluster: ClusterProfile, account: str | None, given: Path |
     ./results. ConfigError when the profile's root cannot be resolved here."""
     if given is not None:
         return Path(given)
-    if os.environ.get(RESULTS_ENV):
-        return Path(os.environ[RESULTS_ENV])
+    from_env = results_from_env()
+    if from_env is not None:
+        return from_env
     configured = cluster.storage_roots(account).get("results")
     if configured is None:
-        return Path("results")
+        return DEFAULT_RESULTS
     key = f"{_profile_file(cluster)}: paths.results"
     if "{account}" in configured:
         raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")

@@ -26,13 +26,13 @@ from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
 from hpcllm.config.experiment import RunSpec, load_experiment
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
-from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
+from hpcllm.launch.orchestrate import results_root_for
 from hpcllm.launch.render import environment_context, render_job, render_template
 from hpcllm.launch.slurmcmd import run_slurm
 from hpcllm.launch.storage import human_bytes, room_at, storage_need
 from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.qos import RefusedPoint, qos_refusal
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, results_from_env
 from hpcllm.site.sitefacts import (
     PartitionInfo,
     accounting_enabled,
@@ -421,7 +421,7 @@ def storage_checks(
 ) -> list[Check]:
     """Each storage root of the profile, and the results root submit would use (same precedence)."""
     roots = dict(cluster.storage_roots(account))
-    if results_root is not None or os.environ.get(RESULTS_ENV) or "results" not in roots:
+    if results_root is not None or results_from_env() is not None or "results" not in roots:
         roots["results"] = str(results_root_for(cluster, account, results_root))
     checks = []
     for name, value in roots.items():
