@@ -25,7 +25,8 @@ from hpcllm.config.loader import validate
 from hpcllm.config.search import HalvingConfig, SearchConfig
 from hpcllm.errors import ConfigError
 from hpcllm.rundir import RunDir
-from hpcllm.tune.search import decide, draw_trials
+from hpcllm.tune.draw import draw_trials
+from hpcllm.tune.halving import decide
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,7 +362,7 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
     """Manifests and summaries as the backends and the engine leave them; no scheduler needed."""
     from hpcllm.fsutil import atomic_write_json
     from hpcllm.launch.manifest import Manifest, RunState, save_manifest
-    from hpcllm.tune.search import reconcile
+    from hpcllm.tune.halving import reconcile
 
     cases = {  # run id: (trial state before, manifest state, steps the run completed)
         "t0": (TrialState.RUNNING, RunState.FAILED, 2),  # its job failed -> failed

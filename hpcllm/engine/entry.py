@@ -18,7 +18,7 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.distributed import barrier, init_distributed, shutdown_distributed
 from hpcllm.engine.probe import run_probe
-from hpcllm.engine.train import train
+from hpcllm.engine.trainer import train
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import SUMMARY_STATUS_FAILED, RunDir
