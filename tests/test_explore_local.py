@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
 from hpcllm.launch.manifest import RunState, load_manifest
-from hpcllm.launch.orchestrate import collect_status
+from hpcllm.launch.runstatus import collect_status
 from hpcllm.rundir import RunDir
 from hpcllm.tune.explore import ProbeSettings, explore_batch
 

@@ -271,7 +271,7 @@ def _hpcllm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _wait_until_no_run_is_active(folder: Path) -> None:
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     for _ in range(600):
         if not any(s.manifest and s.manifest.state.active for s in collect_status(folder)):

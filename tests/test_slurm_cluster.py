@@ -26,7 +26,8 @@ from slurm_gate import PARTITION_NODES
 from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
-from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
+from hpcllm.launch.orchestrate import SubmitResult, submit_experiment
+from hpcllm.launch.runstatus import cancel_run, collect_status
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
 from hpcllm.rundir import RunDir
 

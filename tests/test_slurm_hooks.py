@@ -14,8 +14,8 @@ from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import BackendError
 from hpcllm.launch.arrays import array_key, array_name, array_script
-from hpcllm.launch.backends.slurm import (
-    SlurmBackend,
+from hpcllm.launch.backends.slurm import SlurmBackend
+from hpcllm.launch.backends.slurmtext import (
     job_state,
     jobcomp_state,
     parse_job_id,

@@ -18,7 +18,7 @@ from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
-from hpcllm.engine.checkpoint import describe_failures, resolve_checkpoint
+from hpcllm.engine.checkpoint_find import describe_failures, resolve_checkpoint
 from hpcllm.engine.distributed import (
     DistEnv,
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
-from hpcllm.launch.backends.slurm import parse_job_id, script_error
+from hpcllm.launch.backends.slurmtext import parse_job_id, script_error
 from hpcllm.launch.render import environment_context, render_template
 from hpcllm.plan.qos import qos_refusal
 from hpcllm.rundir import RunDir

@@ -10,7 +10,7 @@ from pathlib import Path
 from hpcllm.collect.searches import SearchState, Trial, TrialState
 from hpcllm.fsutil import read_json
 from hpcllm.launch.manifest import RunState
-from hpcllm.launch.orchestrate import collect_status
+from hpcllm.launch.runstatus import collect_status
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
 
 # --- reconcile: what did the runs do? ----------------------------------------------------------
