@@ -8,6 +8,7 @@ inside functions included: a circle hidden in a function is still a circle).
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,7 @@ def test_no_import_circle() -> None:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                circles.append(path[path.index(nxt) :] + [nxt])
+                circles.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = 2
@@ -96,7 +97,7 @@ def test_no_import_circle() -> None:
         if name not in state:
             visit(name, [name])
     # A package's __init__ importing its own submodules (re-exports) is not a circle of two modules.
-    real = [c for c in circles if not any(b.startswith(a + ".") for a, b in zip(c, c[1:], strict=False))]
+    real = [c for c in circles if not any(b.startswith(a + ".") for a, b in itertools.pairwise(c))]
     assert not real, "import circles: " + "; ".join(" -> ".join(c) for c in real)
 
 
