@@ -72,16 +72,16 @@ class Comparison:
 
 def _config_cells(row: SeedRow) -> dict[str, Any]:
     return {
-        "cluster": row.cluster,
+        "cluster": row.key.cluster,
         "params": float(row.label),
-        "gpus": row.gpus,
-        "grad_accum": row.grad_accum,
-        "mbs": row.mbs,
-        "gbs": row.gbs,
-        "seq_len": row.seq_len,
-        "precision": row.precision,
-        "sharding": row.sharding,
-        "ac": cols.ac_label(row.ac),
+        "gpus": row.key.gpus,
+        "grad_accum": row.key.grad_accum,
+        "mbs": row.key.mbs,
+        "gbs": row.key.gbs,
+        "seq_len": row.key.seq_len,
+        "precision": row.key.precision,
+        "sharding": row.key.sharding,
+        "ac": cols.ac_label(row.key.ac),
     }
 
 
