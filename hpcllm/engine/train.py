@@ -58,9 +58,6 @@ def global_batch_size(cfg: TrainingConfig, dp_size: int, source: str) -> int:
 def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any]:
     """The config and hardware fields of summary.json that the collector puts in its table."""
     m, p, t = cfg.model, cfg.parallel, cfg.train
-    gpu = detect_gpu_type(env.device, cfg.metrics.gpu_type)
-    if env.device.type == "cuda" and gpu is None:
-        gpu = torch.cuda.get_device_name(env.device)
     return {
         "run_id": cfg.run_id,
         "model": m.name,
@@ -79,9 +76,18 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
         "activation_checkpointing": p.activation_checkpointing,
         "ac_every": p.ac_every,
         "compile": p.compile,
-        "gpu_type": gpu or "cpu",
+        "gpu_type": recorded_gpu_type(cfg, env),
         "device": env.device.type,
     }
+
+
+def recorded_gpu_type(cfg: TrainingConfig, env: DistEnv) -> str:
+    """The GPU type summary.json and probe.json record: the configured or detected type, else CUDA's
+    own device name, else "cpu"."""
+    gpu = detect_gpu_type(env.device, cfg.metrics.gpu_type)
+    if env.device.type == "cuda" and gpu is None:
+        gpu = torch.cuda.get_device_name(env.device)
+    return gpu or "cpu"
 
 
 def check_data_vocab(cfg: TrainingConfig, data_vocab: int, source: str) -> None:
