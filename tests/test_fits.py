@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from hpcllm.cli import app
 from hpcllm.collect.fits import Point, SetupKey, fit_line, fit_seed, fit_setup, verdicts_by_name
 from hpcllm.collect.report import build_report
-from hpcllm.collect.seed import seed_rows
+from hpcllm.plan.seed import seed_rows
 
 KEY = SetupKey("c", "e", "2.7b", 1, "FULL_SHARD", 2, 1, 4096, "BF_16", "none")
 
@@ -47,12 +47,14 @@ def test_a_run_within_its_setups_noise_is_not_flagged():
 
 def test_the_seeds_leonardo_2_7b_full_shard_rows_at_128_and_256_gpus_are_flagged():
     verdicts = verdicts_by_name(fit_seed())
-    leonardo = {r.row: r for r in seed_rows() if r.cluster == "leonardo"}
-    full_mbs2 = [r for r in leonardo.values() if r.model == "2.7b" and r.sharding == "FULL_SHARD" and r.mbs == 2]
-    flagged = sorted(r.gpus for r in full_mbs2 if verdicts[r.source].flagged)
+    leonardo = {r.row: r for r in seed_rows() if r.key.cluster == "leonardo"}
+    full_mbs2 = [
+        r for r in leonardo.values() if r.model == "2.7b" and r.key.sharding == "FULL_SHARD" and r.key.mbs == 2
+    ]
+    flagged = sorted(r.key.gpus for r in full_mbs2 if verdicts[r.source].flagged)
     assert flagged == [128, 256]
     # The same sizes under HYBRID_SHARD kept up at 128 GPUs (MFU 0.56): not flagged.
-    hybrid_128 = next(r for r in leonardo.values() if r.sharding == "HYBRID_SHARD" and r.gpus == 128)
+    hybrid_128 = next(r for r in leonardo.values() if r.key.sharding == "HYBRID_SHARD" and r.key.gpus == 128)
     assert not verdicts[hybrid_128.source].flagged
 
 

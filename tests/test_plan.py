@@ -13,14 +13,15 @@ from collect_support import engine_summary, write_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
-from hpcllm.collect.budget import Plan, build_plan
-from hpcllm.collect.seed import seed_rows
 from hpcllm.collect.steptimes import seed_mfu
 from hpcllm.config.accounting import AccountingSettings, Billing
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.launch.accounting import AccountBudget, Allowance, parse_grp_tres_mins, parse_grp_tres_raw
 from hpcllm.plan.cost import SOURCE_FIT, SOURCE_FLOPS, SOURCE_LIMIT, SOURCE_MEASURED, SOURCE_SEED, StepTime, point_cost
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.seed import seed_rows
+from hpcllm.site.budget import Plan, build_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,9 @@ def test_each_point_says_where_its_step_time_came_from(in_project, tmp_path: Pat
     by = {(c.gpus, c.step.source) for c in plan.costs}
     assert by == {(8, SOURCE_SEED), (512, SOURCE_FIT), (8, SOURCE_FLOPS), (512, SOURCE_FLOPS)}
     seed = next(c for c in plan.costs if c.step.source == SOURCE_SEED)
-    row1 = next(r for r in seed_rows() if r.cluster == "leonardo" and r.row == 1)
-    assert seed.step.detail == "leonardo row 1" and seed.step.seconds == pytest.approx(row1.gbs / row1.samples_per_s)
+    row1 = next(r for r in seed_rows() if r.key.cluster == "leonardo" and r.row == 1)
+    assert seed.step.detail == "leonardo row 1"
+    assert seed.step.seconds == pytest.approx(row1.key.gbs / row1.samples_per_s)
     assert seed.node_hours == pytest.approx(2 * 60 * seed.step.seconds / 3600)
     assert seed.gpu_hours == pytest.approx(4 * seed.node_hours)
     fit = next(c for c in plan.costs if c.step.source == SOURCE_FIT)
@@ -110,7 +112,7 @@ def test_the_sites_billing_unit_where_the_profile_states_it(in_project, tmp_path
     billed = leo.model_copy(
         update={"accounting": AccountingSettings(billing=Billing(unit="core-h", per_node_hour=32, source="letter"))}
     )
-    monkeypatch.setattr("hpcllm.collect.budget.load_cluster", lambda name: billed)
+    monkeypatch.setattr("hpcllm.site.budget.load_cluster", lambda name: billed)
     plan = build_plan(exp, "leonardo", results_root=tmp_path / "none", ask_scheduler=False)
     assert plan.total.unit == "core-h" and plan.total.billed == pytest.approx(32 * plan.total.node_hours)
 

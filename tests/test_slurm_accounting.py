@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.qos import default_qos
-from hpcllm.launch.doctor import FAIL, OK, account_checks, qos_checks
-from hpcllm.launch.sitefacts import qos_table, slurm_config
+from hpcllm.plan.qos import default_qos
+from hpcllm.site.checks import FAIL, OK
+from hpcllm.site.doctor import account_checks, qos_checks
+from hpcllm.site.sitefacts import qos_table, slurm_config
 
 pytestmark = pytest.mark.slurm
 

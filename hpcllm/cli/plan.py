@@ -12,7 +12,7 @@ from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
-    from hpcllm.collect.budget import Plan
+    from hpcllm.site.budget import Plan
 
 OVER_BUDGET_FLAG = "--over-budget"
 
@@ -43,7 +43,7 @@ def plan(
 ) -> None:
     """Node-hours and GPU-hours per grid point and in total, which source each step time came from, and
     the account's remaining allocation (sacctmgr GrpTRESMins, sshare usage, the site's budget command)."""
-    from hpcllm.collect.budget import build_plan
+    from hpcllm.site.budget import build_plan
 
     try:
         result = build_plan(
@@ -162,7 +162,7 @@ def budget_gate(
 ) -> None:
     """``submit``: print the grid's total; stop (exit 2) when it exceeds what the account has left,
     unless ``over_budget``. A dry run asks the scheduler nothing and so refuses nothing."""
-    from hpcllm.collect.budget import build_plan
+    from hpcllm.site.budget import build_plan
 
     try:
         result = build_plan(

@@ -256,23 +256,15 @@ def fit_records(records: Iterable[RunRecord], tolerance: float = DEFAULT_TOLERAN
 
 def fit_seed(tolerance: float = DEFAULT_TOLERANCE) -> list[SetupFit]:
     """The fits of the seed's own published rows (experiment left empty)."""
-    from hpcllm.collect.seed import seed_rows
+    from hpcllm.plan.seed import seed_rows
 
     groups: dict[tuple[SetupKey, int], list[Point]] = {}
     for row in seed_rows():
+        k = row.key
         key = SetupKey(
-            row.cluster,
-            "",
-            row.model,
-            row.key.n_params,
-            row.sharding,
-            row.mbs,
-            row.grad_accum,
-            row.seq_len,
-            row.precision,
-            row.ac,
+            k.cluster, "", row.model, k.n_params, k.sharding, k.mbs, k.grad_accum, k.seq_len, k.precision, k.ac
         )
-        groups.setdefault((key, row.mbs * row.grad_accum), []).append(Point(row.gpus, row.samples_per_s, row.source))
+        groups.setdefault((key, k.mbs * k.grad_accum), []).append(Point(k.gpus, row.samples_per_s, row.source))
     return fit_groups(groups, tolerance)
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from hpcllm.collect.fits import Point, SetupFit, SetupKey, fit_groups, fit_seed, group_records
 from hpcllm.collect.records import RunRecord
-from hpcllm.collect.references import seed_key_of_spec
-from hpcllm.collect.seed import SeedKey, best_row, key_of_summary, seed_rows
 from hpcllm.collect.table import completed_records
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.plan.cost import SOURCE_FIT, SOURCE_MEASURED, SOURCE_SEED, StepTime, flops_step_time
+from hpcllm.plan.references import seed_key_of_spec
+from hpcllm.plan.seed import SeedKey, best_row, key_of_summary, seed_rows
 
 
 def seed_mfu(gpu_type: str) -> float | None:
@@ -71,7 +71,7 @@ class StepTimes:
             return StepTime(seconds, SOURCE_MEASURED, f"run {best.run_id} ({len(runs)} of this configuration)")
         row = best_row(key)
         if row is not None:
-            return StepTime(row.gbs / row.samples_per_s, SOURCE_SEED, f"{row.cluster} row {row.row}")
+            return StepTime(row.key.gbs / row.samples_per_s, SOURCE_SEED, f"{row.key.cluster} row {row.row}")
         t, p = spec.training.train, spec.training.parallel
         setup = SetupKey(
             spec.cluster,

@@ -1,1 +1,1 @@
-"""Pure functions of an experiment and a profile: what its points cost before they run."""
+"""Planning: pure functions from an experiment and a cluster profile to RunSpecs, and what a point costs."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from hpcllm import perf
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
 from hpcllm.config.experiment import RunSpec
-from hpcllm.memory.checkpoint import checkpoint_bytes
+from hpcllm.plan.memory.checkpoint import checkpoint_bytes
 
 GIB = 1 << 30
 

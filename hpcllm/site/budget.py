@@ -16,14 +16,15 @@ from pathlib import Path
 
 from hpcllm.collect.steptimes import StepTimes
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
-from hpcllm.config.qos import RefusedPoint
+from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.accounting import AccountBudget, account_budget, site_budget_text
 from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.orchestrate import results_root_for
 from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.plan.cost import PlanTotal, PointCost, point_cost, total
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint
 
 
 @dataclass(frozen=True)
