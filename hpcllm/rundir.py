@@ -15,6 +15,9 @@
         wandb/              Weights & Biases files (engine, rank 0; tracking.wandb)
         profile/            profiler traces trace-rank<R>-steps<A>-<B>.json (+ CUDA memory snapshots)
         STOP                present = the batch script asked the engine to checkpoint and stop
+        heartbeat/          rank<R>.json: each rank's last step, step time, node (engine, throttled)
+        watchdog/           on a hang: stacks-rank<R>.txt, rank<R>.json, flight-rank<R>.pkl (engine)
+        watchdog.json       the hang verdict: rank, node, step, reason (engine, rank 0, atomic)
 
     results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
 
@@ -39,6 +42,9 @@ SUMMARY = "summary.json"
 RUNTIME = "runtime.jsonl"
 PROFILE_DIR = "profile"
 TENSORBOARD_DIR = "tensorboard"
+HEARTBEAT_DIR = "heartbeat"
+WATCHDOG_DIR = "watchdog"
+WATCHDOG_VERDICT = "watchdog.json"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -173,6 +179,17 @@ class RunDir:
         except (FileNotFoundError, NotADirectoryError):
             return []
         return [self.profile / name for name in sorted(names)]
+
+    def heartbeat(self, rank: int) -> Path:
+        return self.path / HEARTBEAT_DIR / f"rank{rank}.json"
+
+    @cached_property
+    def watchdog_dir(self) -> Path:
+        return self.path / WATCHDOG_DIR
+
+    @cached_property
+    def watchdog_verdict(self) -> Path:
+        return self.path / WATCHDOG_VERDICT
 
     @cached_property
     def stop_file(self) -> Path:

@@ -44,6 +44,7 @@ from hpcllm.engine.state import TrainState
 from hpcllm.engine.step_reductions import step_report, token_weight_sum
 from hpcllm.engine.tracking import open_sinks
 from hpcllm.engine.warm_start import load_initial_weights
+from hpcllm.engine.watchdog import Watchdog
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import (
@@ -327,8 +328,17 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
 
+    watchdog = Watchdog(
+        cfg.watchdog,
+        run_dir,
+        env,
+        restart=restart_count(),
+        on_hang=lambda e: _write_failed(run_dir, summary, e, env.rank),
+    )
+    watchdog.start(state.step)
     try:
         while state.step < total:
+            watchdog.step_started(state.step + 1)
             profiler.before_step(state.step + 1)
             t0 = time.perf_counter()
             lr = scheduler.lr
@@ -345,6 +355,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
             step_time = time.perf_counter() - t0
             state.step += 1
             state.consumed_samples += gbs
+            watchdog.step_ended(state.step, step_time)
             profiler.after_step(state.step)
             summary["steps_completed"] = state.step  # what a failed summary reports
             record = metrics.log(
@@ -387,6 +398,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
         checkpointer.close()  # an async save of an earlier, finite step still completes
         raise
     finally:
+        watchdog.close()
         profiler.close()
         metrics.close()
         stop.uninstall()

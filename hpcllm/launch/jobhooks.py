@@ -34,6 +34,7 @@ from typing import TypeVar
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
+from hpcllm.launch.hangs import requeue_after_hang
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
@@ -172,6 +173,11 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
         manifest.reason = f"restart budget exhausted ({manifest.max_restarts}) after {why}"
         save_manifest(ctx.run_dir, manifest)
         return f"exit {EXIT_PREEMPTED}"
+    if requeue_after_hang(
+        ctx.run_dir, manifest, job_id=ctx.job_id, nodelist=ctx.nodelist, restart_count=ctx.restart_count
+    ):
+        save_manifest(ctx.run_dir, manifest)  # the watchdog ended a hang: again, without its nodes
+        return "requeue"
     manifest.state = RunState.FAILED
     error = summary_error(ctx.run_dir)  # e.g. a diverged run: failed, not requeued, and why
     manifest.reason = (
