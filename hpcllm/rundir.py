@@ -18,6 +18,7 @@
         heartbeat/          rank<R>.json: each rank's last step, step time, node (engine, throttled)
         watchdog/           on a hang: stacks-rank<R>.txt, rank<R>.json, flight-rank<R>.pkl (engine)
         watchdog.json       the hang verdict: rank, node, step, reason (engine, rank 0, atomic)
+        preflight.json      the pre-flight's figures per node and the slow nodes (engine, rank 0, atomic)
 
     results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
 
@@ -45,6 +46,7 @@ TENSORBOARD_DIR = "tensorboard"
 HEARTBEAT_DIR = "heartbeat"
 WATCHDOG_DIR = "watchdog"
 WATCHDOG_VERDICT = "watchdog.json"
+PREFLIGHT = "preflight.json"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -190,6 +192,10 @@ class RunDir:
     @cached_property
     def watchdog_verdict(self) -> Path:
         return self.path / WATCHDOG_VERDICT
+
+    @cached_property
+    def preflight(self) -> Path:
+        return self.path / PREFLIGHT
 
     @cached_property
     def stop_file(self) -> Path:

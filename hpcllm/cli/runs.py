@@ -41,6 +41,14 @@ def submit(
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Also submit points whose memory estimate exceeds the GPU memory."
     ),
+    preflight: bool | None = typer.Option(
+        None,
+        "--preflight/--no-preflight",
+        help="Measure the nodes before training (default: the profile's node count).",
+    ),
+    spare_nodes: int = typer.Option(
+        0, "--spare-nodes", min=0, help="Ask for this many extra nodes; train on the best."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
     from hpcllm.launch.orchestrate import submit_experiment
@@ -55,6 +63,10 @@ def submit(
             retry_failed=retry_failed,
             after=after,
             memory_check=not no_memory_check,
+            resources={
+                **({"preflight": preflight} if preflight is not None else {}),
+                **({"spare_nodes": spare_nodes} if spare_nodes else {}),
+            },
         )
     except HpcllmError as exc:
         fail(exc)
@@ -271,6 +283,11 @@ def _print_artifacts(root: Path, run_dirs: list[RunDir]) -> None:
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
 
+def _slow_nodes(m: Any) -> str | None:
+    """The nodes the last pre-flight named slow (manifest ``slow_nodes``), for the reason column."""
+    return f"pre-flight: slow {', '.join(m.slow_nodes)}" if m.slow_nodes else None
+
+
 def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
     """``collect_status`` as plain data (``hpcllm status --format json``; the table prints the same)."""
     out = []
@@ -288,7 +305,7 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
                 "step": s.step,
                 "loss": s.loss,
                 "restarts": len(m.restarts) if m else 0,
-                "reason": (m.reason or last_restart) if m else None,
+                "reason": "; ".join(filter(None, [m.reason or last_restart, _slow_nodes(m)])) or None if m else None,
                 "waiting_for": s.waiting_for,
                 "ran_with": s.software,
             }

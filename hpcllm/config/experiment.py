@@ -39,6 +39,10 @@ class Resources(BaseModel):
     time: SlurmTime = Field("00:30:00", description="Wall-time limit, [D-]HH:MM:SS.")
     qos: OneLine | None = Field(None, description="QoS name from the profile; default: its default_qos.")
     max_restarts: int | None = Field(None, ge=0, description="Requeue budget; default: the profile's.")
+    preflight: bool | None = Field(
+        None, description="Measure the nodes before training; default: from the profile's preflight_from_nodes."
+    )
+    spare_nodes: int = Field(0, ge=0, description="Ask for nodes + spare_nodes; the pre-flight keeps the best.")
 
 
 class Experiment(BaseModel):
@@ -258,6 +262,16 @@ def _resolve_point(
 
 
 def _check_against_cluster(resources: Resources, training: TrainingConfig, cluster: ClusterProfile, where: str) -> None:
+    if resources.spare_nodes and (resources.preflight is False or cluster.scheduler != "slurm"):
+        raise ConfigError(
+            f"{where}: resources.spare_nodes: {resources.spare_nodes} spare nodes need the pre-flight (on SLURM) to "
+            "choose the nodes that train; drop --no-preflight or the spares"
+        )
+    if resources.nodes + resources.spare_nodes > cluster.max_nodes and resources.spare_nodes:
+        raise ConfigError(
+            f"{where}: resources.spare_nodes: {resources.nodes} + {resources.spare_nodes} spare nodes requested, but "
+            f"cluster {cluster.name!r} has at most {cluster.max_nodes}"
+        )
     if resources.nodes > cluster.max_nodes:
         raise ConfigError(
             f"{where}: resources.nodes: {resources.nodes} nodes requested, but cluster {cluster.name!r} "

@@ -74,6 +74,7 @@ class Manifest(BaseModel):
     time_limit: str | None = None
     signal_before_end_s: int | None = None
     exclude_nodes: list[str] = Field(default_factory=list)
+    slow_nodes: dict[str, str] = Field(default_factory=dict)  # node -> why, from the last pre-flight
     depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
     nodes: str | None = None  # node list of the current (or last) attempt
     job_name: str | None = None  # the job's name in the scheduler (a job array's, for array tasks)
