@@ -1,5 +1,6 @@
 """The pre-flight on the real local SLURM: one logical node made slow is named, left out of the
-training (``--spare-nodes 1``: 3 nodes allocated, the best 2 train) and excluded from now on.
+training (``--spare-nodes 1``: 3 nodes allocated, the best 2 train) and excluded from now on; and
+the energy columns of the same run, empty on CPU with the reasons.
 
 ``HPCLLM_FAULT_SLOW_NODE=#1`` slows the pre-flight's second node (docs/run-contract.md, "Pre-flight");
 nothing else is faked. Run: ``pytest -m slurm tests/test_slurm_preflight.py`` with the cluster up.
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from test_slurm_cluster import experiment, finished, manifest_of, only_run, wait_for
 
+from hpcllm.collect.table import build_table, completed_records
 from hpcllm.launch.orchestrate import submit_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -51,3 +53,11 @@ def test_a_slow_node_is_named_and_left_out_with_a_spare(
     )  # fmt: skip
     (row,) = json.loads(status.stdout)
     assert f"pre-flight: slow {slow}" in row["reason"]
+
+    # Energy: no NVML on CPU and no accounting on this cluster; the table's columns say so.
+    summary = json.loads(run.summary.read_text())
+    assert summary["tokens_per_joule"] is None and summary["energy_note"] == "no GPU energy counter on a cpu run"
+    assert manifest.consumed_energy_j is None and "accounting storage is disabled" in (manifest.energy_note or "")
+    (cells,) = build_table(completed_records(env), "tokens_per_joule,kwh_per_btok,energy").rows
+    assert cells["tokens_per_joule"] is None and cells["kwh_per_btok"] is None
+    assert "cpu run" in cells["energy"] and "sacct failed" in cells["energy"]

@@ -29,6 +29,7 @@ from hpcllm.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from hpcllm.engine.energy import EnergyMeter
 from hpcllm.engine.evaluate import Evaluator, build_evaluator
 from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.engine.loss_scale import build_loss_scaler
@@ -324,6 +325,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
             **metrics.medians(cfg.train.summary_warmup_steps),
             **metrics.timing(),
             **(evaluator.summary_fields() if evaluator is not None else {}),
+            **energy.summary_fields(state.step, tokens_per_step=gbs * cfg.model.seq_len),
         )
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)
@@ -336,6 +338,8 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
         on_hang=lambda e: _write_failed(run_dir, summary, e, env.rank),
     )
     watchdog.start(state.step)
+    energy = EnergyMeter(env.device)
+    energy.start(state.step)
     try:
         while state.step < total:
             watchdog.step_started(state.step + 1)

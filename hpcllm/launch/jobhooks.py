@@ -35,6 +35,7 @@ from typing import TypeVar
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
 from hpcllm.launch.hangs import requeue_after_hang
+from hpcllm.launch.jobenergy import record_job_energy
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
@@ -147,6 +148,7 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
     summary = read_json(ctx.run_dir.summary) or {}
     status = summary.get("status")
     manifest.exit_code = rc
+    record_job_energy(manifest, ctx.job_id)
     if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx)):
         # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
         manifest.state = RunState.CANCELLED
