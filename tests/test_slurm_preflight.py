@@ -2,7 +2,7 @@
 training (``--spare-nodes 1``: 3 nodes allocated, the best 2 train) and excluded from now on; and
 the energy columns of the same run, empty on CPU with the reasons.
 
-``HPCLLM_FAULT_SLOW_NODE=#1`` slows the pre-flight's second node (docs/run-contract.md, "Pre-flight");
+``HPCLLM_FAULT_SLOW_NODE=#1:30`` slows the pre-flight's second node (docs/run-contract.md, "Pre-flight");
 nothing else is faked. Run: ``pytest -m slurm tests/test_slurm_preflight.py`` with the cluster up.
 """
 
@@ -26,7 +26,9 @@ def test_a_slow_node_is_named_and_left_out_with_a_spare(
     env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exp = experiment(tmp_path, demo_data, "preflight", steps=6, nodes=2, every=100)
-    monkeypatch.setenv("HPCLLM_FAULT_SLOW_NODE", "#1:8")  # sbatch --export=ALL carries it
+    monkeypatch.setenv(
+        "HPCLLM_FAULT_SLOW_NODE", "#1:30"
+    )  # the logical nodes share 2 loaded cores  # sbatch --export=ALL carries it
     run = only_run(submit_experiment(exp, "localslurm", env, resources={"preflight": True, "spare_nodes": 1}))
     assert "#SBATCH --nodes=3" in run.job_script.read_text()
 

@@ -157,6 +157,7 @@ def measure(min_fraction: float) -> dict[str, Any] | None:
     facts["memory_gbs"] = memory_gbs(device, factor)
     timings["compute_s"] = time.perf_counter() - t0
 
+    dist.barrier()  # each collective probe starts together: the compute probes' skew is not its time
     t0 = time.perf_counter()
     intra = None
     for n in nodes:  # every rank creates every group, as new_group requires
@@ -167,6 +168,7 @@ def measure(min_fraction: float) -> dict[str, Any] | None:
     facts["intra_busbw_gbs"] = intra
     timings["intra_s"] = time.perf_counter() - t0
 
+    dist.barrier()
     t0 = time.perf_counter()
     inter = allreduce_busbw_gbs(device, None, world) if world > 1 else None
     timings["inter_s"] = time.perf_counter() - t0
