@@ -19,6 +19,7 @@
         watchdog/           on a hang: stacks-rank<R>.txt, rank<R>.json, flight-rank<R>.pkl (engine)
         watchdog.json       the hang verdict: rank, node, step, reason (engine, rank 0, atomic)
         preflight.json      the pre-flight's figures per node and the slow nodes (engine, rank 0, atomic)
+        stragglers.json     ranks consistently slower than the median rank (engine, rank 0, atomic)
 
     results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
 
@@ -47,6 +48,7 @@ HEARTBEAT_DIR = "heartbeat"
 WATCHDOG_DIR = "watchdog"
 WATCHDOG_VERDICT = "watchdog.json"
 PREFLIGHT = "preflight.json"
+STRAGGLERS = "stragglers.json"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -192,6 +194,10 @@ class RunDir:
     @cached_property
     def watchdog_verdict(self) -> Path:
         return self.path / WATCHDOG_VERDICT
+
+    @cached_property
+    def stragglers(self) -> Path:
+        return self.path / STRAGGLERS
 
     @cached_property
     def preflight(self) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from engine_support import running_slurm_run
 from hpcllm.config.training import TrainingConfig
 from hpcllm.config.watchdog import WatchdogConfig
 from hpcllm.engine.distributed import DistEnv
+from hpcllm.engine.stragglers import StragglerTracker, describe
 from hpcllm.engine.watchdog import EXIT_HUNG, FAULT_STOP_ENV, Watchdog, fault_stop_step, name_culprits
 from hpcllm.errors import ConfigError
 from hpcllm.launch.jobhooks import JobContext, on_end
@@ -126,3 +128,36 @@ def test_end_hook_requeues_a_hang_without_its_node(tmp_path: Path, monkeypatch: 
     assert on_end(ctx, 1, "") == "exit 1"
     m = load_manifest(run_dir)
     assert m is not None and m.state == RunState.FAILED and len(m.restarts) == 1
+
+
+def beats(t: float, probes: list[float]) -> dict[int, dict[str, Any]]:
+    return {
+        r: {"rank": r, "node": f"n{r + 1}", "probe_tflops": p, "time": t, "restart": 0} for r, p in enumerate(probes)
+    }
+
+
+def test_a_rank_consistently_below_the_median_is_flagged_and_its_recovery_kept() -> None:
+    tracker = StragglerTracker(margin=0.2, checks=3)
+    assert not tracker.update(beats(1, [10, 11, 6]))
+    assert not tracker.update(beats(1, [10, 11, 6]))  # the same heartbeats again: not a new reading
+    assert not tracker.update(beats(2, [10, 11, 9]))  # 0.9x: within the margin, the streak restarts
+    assert not tracker.update(beats(3, [10, 11, 6])) and not tracker.update(beats(4, [10, 11, 6]))
+    assert tracker.update(beats(5, [10, 11, 5]))  # third slow reading in a row
+    (flag,) = tracker.record()["ranks"]
+    assert (flag["rank"], flag["node"], flag["ratio"]) == (2, "n3", 0.5)
+    assert tracker.update(beats(6, [10, 11, 10])) and tracker.record()["ranks"][0]["recovered"]
+    assert describe(tracker.record()["ranks"]) == "rank 2 on n3 (0.50x, recovered)"
+
+
+def test_rank0_reads_the_heartbeats_and_records_the_straggler(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path)
+    cfg = WatchdogConfig(straggler_checks=2)
+    dog = Watchdog(cfg, run_dir, env(0, 3), restart=0, on_hang=print, exit_process=lambda code: None)
+    dog._write_heartbeat()
+    assert json.loads(run_dir.heartbeat(0).read_text())["probe_tflops"] > 0  # timed on this CPU
+    for t in (1.0, 2.0):
+        for r, hb in beats(t, [8.0, 8.0, 2.0]).items():
+            run_dir.heartbeat(r).write_text(json.dumps(hb))
+        dog.check_stragglers()
+    record = json.loads(run_dir.stragglers.read_text())
+    assert [s["rank"] for s in record["ranks"]] == [2] and dog.summary_fields()["stragglers"][0]["node"] == "n3"

@@ -15,6 +15,7 @@ import typer
 from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
+from hpcllm.fsutil import read_json
 from hpcllm.rundir import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
@@ -288,6 +289,14 @@ def _slow_nodes(m: Any) -> str | None:
     return f"pre-flight: slow {', '.join(m.slow_nodes)}" if m.slow_nodes else None
 
 
+def _stragglers(s: RunStatus) -> str | None:
+    """A running run's stragglers (the watchdog's stragglers.json; a finished run's are in its summary)."""
+    from hpcllm.engine.stragglers import describe  # torch-free
+
+    record = read_json(s.run_dir.stragglers) if s.state == "running" else None
+    return f"stragglers: {describe(record['ranks'])}" if record and record.get("ranks") else None
+
+
 def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
     """``collect_status`` as plain data (``hpcllm status --format json``; the table prints the same)."""
     out = []
@@ -305,7 +314,9 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
                 "step": s.step,
                 "loss": s.loss,
                 "restarts": len(m.restarts) if m else 0,
-                "reason": "; ".join(filter(None, [m.reason or last_restart, _slow_nodes(m)])) or None if m else None,
+                "reason": "; ".join(filter(None, [m.reason or last_restart, _slow_nodes(m), _stragglers(s)])) or None
+                if m
+                else None,
                 "waiting_for": s.waiting_for,
                 "ran_with": s.software,
             }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcllm.collect.records import RunRecord
+from hpcllm.engine.stragglers import describe as describe_stragglers  # torch-free
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ def _energy_note(record: RunRecord) -> str:
     return "; ".join(n for n in notes if n) or "no energy recorded by this run"
 
 
+def _stragglers(record: RunRecord) -> str | None:
+    """The ranks the watchdog flagged as consistently slower than the median rank (summary.json)."""
+    ranks = (record.summary or {}).get("stragglers")
+    return describe_stragglers(ranks) if ranks else None
+
+
 def _model(record: RunRecord) -> str | None:
     name = (record.summary or {}).get("model")
     return name or record.run_id.split("-n", 1)[0]
@@ -168,6 +175,13 @@ _COLUMNS = [
     ),
     Column("kwh_per_btok", "kWh/B tokens", _kwh_per_billion_tokens, help="kWh per billion tokens", numeric=True),
     Column("energy", "Energy source", _energy_note, help="where the energy figures come from, or why they are empty"),
+    Column(
+        "stragglers",
+        "Stragglers",
+        _stragglers,
+        help="ranks whose GEMM probe was consistently below the median rank's (watchdog)",
+        optional=True,
+    ),
     Column("restarts", "Restarts", _restarts, help="requeues and restarts (manifest)", numeric=True),
     Column(
         "wall_time",
@@ -201,7 +215,17 @@ SEED = [
     "mfu",
 ]
 # After the seed's columns and the swept values, by default:
-DEFAULT_TAIL = ["tokens_per_joule", "kwh_per_btok", "energy", "loss", "eval_loss", "eval_ppl", "restarts", "wall_time"]
+DEFAULT_TAIL = [
+    "tokens_per_joule",
+    "kwh_per_btok",
+    "energy",
+    "loss",
+    "eval_loss",
+    "eval_ppl",
+    "stragglers",
+    "restarts",
+    "wall_time",
+]
 GROUPS = {"seed": SEED, "default": [*SEED, "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
 
 # Grid keys the seed's columns already show (directly, or as #GPUs).

@@ -16,5 +16,9 @@ class WatchdogConfig(BaseModel):
         "Must exceed the longest step, evaluation and checkpoint save (the default suits GPUs).",
     )
     heartbeat_every_s: float = Field(
-        10.0, gt=0, description="At most one heartbeat file write per rank in this many seconds."
+        10.0, gt=0, description="At most one heartbeat (with a few-ms GEMM probe) per rank in this many seconds."
     )
+    straggler_margin: float = Field(
+        0.2, gt=0, lt=1, description="Flag a rank whose GEMM probe is this fraction below the median rank's."
+    )
+    straggler_checks: int = Field(3, gt=0, description="... in this many heartbeats in a row.")

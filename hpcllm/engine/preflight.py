@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from hpcllm.engine.distributed import init_distributed, shutdown_distributed
-from hpcllm.engine.watchdog import node_name
+from hpcllm.engine.nodeprobe import gemm_tflops, memory_gbs, node_name, timed
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import RunDir
@@ -64,49 +63,11 @@ def slow_factor(node: str, order: list[str]) -> int:
     return value if name == node else 1
 
 
-def _timed(fn: Callable[[], None], device: torch.device, iters: int) -> float:
-    """Seconds per call of ``fn`` after one warm-up call (synchronised on a GPU)."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / iters
-
-
-def gemm_tflops(device: torch.device, factor: int) -> float:
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (384, torch.float32)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-
-    def work() -> None:
-        for _ in range(factor):
-            torch.mm(a, b)
-
-    return 2 * n**3 / _timed(work, device, iters=10) / 1e12
-
-
-def memory_gbs(device: torch.device, factor: int) -> float:
-    """Copy bandwidth (bytes read + written per second), GB/s."""
-    numel = (1 << 28) if device.type == "cuda" else (1 << 23)  # 1 GiB / 32 MiB of fp32
-    src = torch.ones(numel, device=device)
-    dst = torch.empty_like(src)
-
-    def work() -> None:
-        for _ in range(factor):
-            dst.copy_(src)
-
-    return 2 * src.numel() * src.element_size() / _timed(work, device, iters=5) / 1e9
-
-
 def allreduce_busbw_gbs(device: torch.device, group: Any, size: int) -> float:
     """All-reduce bus bandwidth (nccl-tests' convention: 2(n-1)/n x bytes / time), GB/s."""
     numel = (1 << 26) if device.type == "cuda" else (1 << 20)
     t = torch.ones(numel, device=device)
-    seconds = _timed(lambda: dist.all_reduce(t, group=group), device, iters=5)
+    seconds = timed(lambda: dist.all_reduce(t, group=group), device, iters=5)
     return 2 * (size - 1) / size * t.numel() * t.element_size() / seconds / 1e9
 
 
@@ -135,7 +96,7 @@ def link_gbs(device: torch.device, rank: int, peer: int) -> float | None:
             dist.recv(t, peer)
             dist.send(t, peer)
 
-    seconds = _timed(ping, device, iters=3)
+    seconds = timed(ping, device, iters=3)
     return 2 * t.numel() * t.element_size() / seconds / 1e9 if rank < peer else None
 
 
@@ -153,8 +114,8 @@ def measure(min_fraction: float) -> dict[str, Any] | None:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    facts["gemm_tflops"] = gemm_tflops(device, factor)
-    facts["memory_gbs"] = memory_gbs(device, factor)
+    facts["gemm_tflops"] = gemm_tflops(device, factor=factor)
+    facts["memory_gbs"] = memory_gbs(device, factor=factor)
     timings["compute_s"] = time.perf_counter() - t0
 
     dist.barrier()  # each collective probe starts together: the compute probes' skew is not its time

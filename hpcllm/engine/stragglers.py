@@ -45,7 +45,9 @@ class StragglerTracker:
         if not fresh:
             return False
         self._seen.update({r: hb["time"] for r, hb in fresh.items()})
-        slow = slow_ranks({r: hb["probe_tflops"] for r, hb in heartbeats.items() if hb.get("probe_tflops")}, self.margin)
+        slow = slow_ranks(
+            {r: hb["probe_tflops"] for r, hb in heartbeats.items() if hb.get("probe_tflops")}, self.margin
+        )
         changed = False
         for r in fresh:
             self._streak[r] = self._streak.get(r, 0) + 1 if r in slow else 0

@@ -326,6 +326,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
             **metrics.timing(),
             **(evaluator.summary_fields() if evaluator is not None else {}),
             **energy.summary_fields(state.step, tokens_per_step=gbs * cfg.model.seq_len),
+            **watchdog.summary_fields(),
         )
         if env.is_main:
             atomic_write_json(run_dir.summary, summary)

@@ -17,7 +17,9 @@ What each rank does (docs/run-contract.md, "Hangs"):
   every thread; plus ``py-spy dump --native`` where py-spy is installed), the flight recorder's
   dump where this torch keeps one, and ``watchdog/rank<R>.json``: where this rank is (last step
   ended, inside the next one or not).
-- rank 0 waits for the other ranks' reports (a grace of at most a minute), names the rank(s)
+- rank 0 also reads every heartbeat each ``heartbeat_every_s`` and flags stragglers
+  (hpcllm.engine.stragglers): ranks whose GEMM probe is consistently below the median rank's.
+- on a hang, rank 0 waits for the other ranks' reports (a grace of at most a minute), names the rank(s)
   behind the others, writes ``watchdog.json`` (reason, ranks, nodes, step) and a failed
   ``summary.json``; every rank then exits. The batch script's end hook requeues the run without
   the named nodes (hpcllm.launch.hangs).
@@ -48,6 +50,8 @@ from typing import Any
 
 from hpcllm.config.watchdog import WatchdogConfig
 from hpcllm.engine.distributed import DistEnv
+from hpcllm.engine.nodeprobe import gemm_tflops, node_name
+from hpcllm.engine.stragglers import StragglerTracker, describe
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json, read_json
 from hpcllm.rundir import RunDir
@@ -55,11 +59,6 @@ from hpcllm.rundir import RunDir
 FAULT_STOP_ENV = "HPCLLM_FAULT_STOP_RANK_AT"
 EXIT_HUNG = 124  # as timeout(1): the run was ended for making no progress
 STEP_TIME_WINDOW = 20  # step times kept for the heartbeat's median
-
-
-def node_name() -> str:
-    """This rank's node as the scheduler names it (what ``--exclude`` takes), else the host name."""
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def fault_stop_step(rank: int, restart: int) -> int | None:
@@ -109,6 +108,7 @@ class Watchdog:
         self.rank = env.rank
         self.world_size = env.world_size
         self.local_rank = env.local_rank
+        self.device = env.device
         self.restart = restart
         self.on_hang = on_hang
         self.exit_process = exit_process
@@ -124,6 +124,8 @@ class Watchdog:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self.verdict: dict[str, Any] | None = None
+        self.stragglers = StragglerTracker(cfg.straggler_margin, cfg.straggler_checks)
+        self._last_straggler_check = 0.0
 
     # --- the train loop's two calls ----------------------------------------------------------------
 
@@ -172,14 +174,15 @@ class Watchdog:
         }
 
     def _write_heartbeat(self) -> None:
-        self._last_write = time.monotonic()
         beat = {
             **self._identity(),
             "step": self._completed,
             "step_time_s": self._times[-1] if self._times else None,
             "median_step_time_s": statistics.median(self._times) if self._times else None,
+            "probe_tflops": gemm_tflops(self.device, small=True, iters=3),  # this rank alone: see stragglers.py
             "time": time.time(),
         }
+        self._last_write = time.monotonic()
         atomic_write_json(self.run_dir.heartbeat(self.rank), beat, durable=False)
 
     # --- the monitor thread ----------------------------------------------------------------------------
@@ -190,6 +193,22 @@ class Watchdog:
             if idle > self.cfg.timeout_s:
                 self._on_stall(idle)
                 return
+            if self.rank == 0 and time.monotonic() - self._last_straggler_check >= self.cfg.heartbeat_every_s:
+                self.check_stragglers()
+
+    def check_stragglers(self) -> None:
+        """Rank 0: read every heartbeat; when the flagged ranks change, say so and rewrite stragglers.json."""
+        self._last_straggler_check = time.monotonic()
+        beats = {r: hb for r in range(self.world_size) if (hb := read_json(self.run_dir.heartbeat(r)))}
+        beats = {r: hb for r, hb in beats.items() if hb.get("restart") == self.restart}  # this attempt's
+        if self.stragglers.update(beats):
+            record = self.stragglers.record()
+            atomic_write_json(self.run_dir.stragglers, record, durable=False)
+            print(f"[hpcllm] stragglers: {describe(record['ranks'])}", file=sys.stderr, flush=True)
+
+    def summary_fields(self) -> dict[str, Any]:
+        """summary.json's ``stragglers`` (rank 0; the ranks flagged in this attempt)."""
+        return {"stragglers": self.stragglers.record()["ranks"]} if self.rank == 0 else {}
 
     def _on_stall(self, idle_s: float) -> None:
         detected = time.time()
