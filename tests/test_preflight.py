@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
 from hpcllm.config.experiment import expand_experiment, load_experiment
 from hpcllm.engine.preflight import FAULT_SLOW_ENV, round_robin, slow_factor, summarise
@@ -71,9 +73,9 @@ def test_slow_node_fault_by_name_or_index(monkeypatch: pytest.MonkeyPatch) -> No
         slow_factor("n1", ["n1", "n2"])
 
 
-def render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **resources: Any) -> str:
+def render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_nodes: int | None = None, **resources: Any) -> str:
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
-    cluster = load_cluster("localslurm")
+    cluster = load_cluster("localslurm").model_copy(update={"preflight_from_nodes": from_nodes})
     exp = load_experiment(REPO / "experiments" / "smoke.yaml")
     exp = exp.model_copy(update={"resources": exp.resources.model_copy(update={"nodes": 2, **resources})})
     spec = expand_experiment(exp, cluster, "smoke.yaml")[0]
@@ -91,3 +93,23 @@ def test_spare_nodes_allocate_more_and_train_on_the_chosen(tmp_path: Path, monke
     assert "#SBATCH --nodes=2" in plain and "hpcllm.engine.preflight" not in plain
     with pytest.raises(ConfigError, match="spare_nodes"):
         render(tmp_path, monkeypatch, spare_nodes=1, preflight=False)
+
+
+def test_the_profile_turns_it_on_from_a_node_count_and_the_flag_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "hpcllm.engine.preflight" in render(tmp_path, monkeypatch, from_nodes=2)
+    assert "hpcllm.engine.preflight" not in render(tmp_path, monkeypatch, from_nodes=3)  # a 2-node job
+    assert "hpcllm.engine.preflight" not in render(tmp_path, monkeypatch, from_nodes=2, preflight=False)
+
+
+def test_submit_flags_reach_the_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
+    exp = REPO / "experiments" / "smoke.yaml"
+    args = ["submit", str(exp), "--cluster", "localslurm", "--dry-run", "--results", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*args, "--spare-nodes", "1"])
+    assert result.exit_code == 0, result.output
+    scripts = [p.read_text() for p in (tmp_path / "r").rglob("job.sbatch")]
+    assert scripts and all("#SBATCH --nodes=2" in t and "hpcllm.engine.preflight" in t for t in scripts)
+    refused = CliRunner().invoke(app, [*args, "--spare-nodes", "1", "--no-preflight"])
+    assert refused.exit_code == 2 and "resources.spare_nodes" in refused.output

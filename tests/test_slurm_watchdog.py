@@ -9,6 +9,9 @@ the first attempt only. Run: ``pytest -m slurm tests/test_slurm_watchdog.py`` wi
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,7 @@ def test_a_stopped_rank_is_named_dumped_and_the_run_requeued_without_its_node(
 
     reference = only_run(submit_experiment(exp, "localslurm", tmp_path / "reference"))
     monkeypatch.setenv("HPCLLM_FAULT_STOP_RANK_AT", f"1:{stop_step}")  # sbatch --export=ALL carries it
+    monkeypatch.setenv("TORCH_FR_BUFFER_SIZE", "2000")  # PyTorch's flight recorder (gloo records too)
     run = only_run(submit_experiment(exp, "localslurm", env))
 
     states = wait_for(lambda: finished(env, [run]), 600, "the hung run to be requeued and finish")
@@ -56,6 +60,15 @@ def test_a_stopped_rank_is_named_dumped_and_the_run_requeued_without_its_node(
     waiting = (run.watchdog_dir / "stacks-rank0.txt").read_text()
     assert "step_started" in stopped and f"on {victim}" in stopped
     assert "train_step" in waiting and "step_started" not in waiting
+    # The flight recorder's dumps: rank 0 entered a collective that rank 1 never reached.
+    last_seq = [
+        max(
+            e["collective_seq_id"]
+            for e in pickle.loads((run.watchdog_dir / f"flight-rank{r}.pkl").read_bytes())["entries"]
+        )
+        for r in (0, 1)
+    ]
+    assert last_seq[0] > last_seq[1], last_seq
 
     # The manifest (and so `status`) names rank, node and step; the node is out of the next attempt.
     restart = manifest.restarts[0]
@@ -64,6 +77,12 @@ def test_a_stopped_rank_is_named_dumped_and_the_run_requeued_without_its_node(
     assert victim in hostnames(restart.nodes or "") and victim not in hostnames(manifest.nodes or "")
     assert len(manifest.restarts) == 1
     assert scontrol_job(manifest.job_id or "").get("ExcNodeList") == victim  # set on the requeued job
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "hpcllm"), "status", str(env), "--format", "json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (row,) = json.loads(status.stdout)
+    assert f"rank 1 on {victim}" in row["reason"] and row["restarts"] == 1
 
     # Resumed from the step-10 checkpoint, every step once, the uninterrupted run's losses.
     records = metrics(run)
