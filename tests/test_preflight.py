@@ -113,3 +113,5 @@ def test_submit_flags_reach_the_script(tmp_path: Path, monkeypatch: pytest.Monke
     assert scripts and all("#SBATCH --nodes=2" in t and "hpcllm.engine.preflight" in t for t in scripts)
     refused = CliRunner().invoke(app, [*args, "--spare-nodes", "1", "--no-preflight"])
     assert refused.exit_code == 2 and "resources.spare_nodes" in refused.output
+    local = CliRunner().invoke(app, [*args[:3], "local", *args[4:], "--preflight"])
+    assert local.exit_code == 2 and "SLURM clusters only" in local.output

@@ -262,12 +262,14 @@ def _resolve_point(
 
 
 def _check_against_cluster(resources: Resources, training: TrainingConfig, cluster: ClusterProfile, where: str) -> None:
-    if resources.spare_nodes and (resources.preflight is False or cluster.scheduler != "slurm"):
+    if (resources.preflight or resources.spare_nodes) and cluster.scheduler != "slurm":
+        raise ConfigError(f"{where}: resources.preflight/spare_nodes: the pre-flight runs on SLURM clusters only")
+    if resources.spare_nodes and resources.preflight is False:
         raise ConfigError(
-            f"{where}: resources.spare_nodes: {resources.spare_nodes} spare nodes need the pre-flight (on SLURM) to "
-            "choose the nodes that train; drop --no-preflight or the spares"
+            f"{where}: resources.spare_nodes: {resources.spare_nodes} spare nodes need the pre-flight to choose "
+            "the nodes that train; drop --no-preflight or the spares"
         )
-    if resources.nodes + resources.spare_nodes > cluster.max_nodes and resources.spare_nodes:
+    if resources.spare_nodes and resources.nodes + resources.spare_nodes > cluster.max_nodes:
         raise ConfigError(
             f"{where}: resources.spare_nodes: {resources.nodes} + {resources.spare_nodes} spare nodes requested, but "
             f"cluster {cluster.name!r} has at most {cluster.max_nodes}"

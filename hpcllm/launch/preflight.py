@@ -32,7 +32,7 @@ def preflight_context(res: Resources, cluster: ClusterProfile, run_dir: RunDir) 
     on = res.preflight if res.preflight is not None else (res.spare_nodes > 0 or by_profile)
     return {
         "alloc_nodes": allocated,
-        "preflight": on and cluster.scheduler == "slurm",
+        "preflight": on and cluster.scheduler == "slurm",  # a profile's default; asked for on local: refused
         "preflight_min_fraction": cluster.preflight_min_fraction,
         "preflight_path": str(run_dir.preflight.absolute()),
     }
