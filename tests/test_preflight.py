@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.engine.preflight import FAULT_SLOW_ENV, round_robin, slow_factor, summarise
 from hpcllm.errors import ConfigError
 from hpcllm.launch.preflight import choose
 from hpcllm.launch.render import render_job
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,12 +15,12 @@ from engine_support import running_slurm_run
 from hpcllm.config.training import TrainingConfig
 from hpcllm.config.watchdog import WatchdogConfig
 from hpcllm.engine.distributed import DistEnv
-from hpcllm.engine.stragglers import StragglerTracker, describe
+from hpcllm.engine.stragglers import StragglerTracker
 from hpcllm.engine.watchdog import EXIT_HUNG, FAULT_STOP_ENV, Watchdog, fault_stop_step, name_culprits
 from hpcllm.errors import ConfigError
 from hpcllm.launch.jobhooks import JobContext, on_end
 from hpcllm.launch.manifest import RunState, load_manifest
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, describe_stragglers
 
 
 def env(rank: int = 0, world_size: int = 1) -> DistEnv:
@@ -146,7 +146,7 @@ def test_a_rank_consistently_below_the_median_is_flagged_and_its_recovery_kept()
     (flag,) = tracker.record()["ranks"]
     assert (flag["rank"], flag["node"], flag["ratio"]) == (2, "n3", 0.5)
     assert tracker.update(beats(6, [10, 11, 10])) and tracker.record()["ranks"][0]["recovered"]
-    assert describe(tracker.record()["ranks"]) == "rank 2 on n3 (0.50x, recovered)"
+    assert describe_stragglers(tracker.record()["ranks"]) == "rank 2 on n3 (0.50x, recovered)"
 
 
 def test_rank0_reads_the_heartbeats_and_records_the_straggler(tmp_path: Path) -> None:

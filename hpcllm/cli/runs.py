@@ -16,11 +16,12 @@ from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
-from hpcllm.rundir import TENSORBOARD_DIR
+from hpcllm.rundir import TENSORBOARD_DIR, describe_stragglers
 
 if TYPE_CHECKING:
     from hpcllm.launch.memcheck import Unfit
-    from hpcllm.launch.orchestrate import RunStatus, SubmitResult
+    from hpcllm.launch.orchestrate import SubmitResult
+    from hpcllm.launch.runstatus import RunStatus
     from hpcllm.rundir import RunDir
 
 
@@ -170,7 +171,7 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
 def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     with Progress(
         TextColumn("{task.description}"),
@@ -193,7 +194,7 @@ def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> lis
 
 def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     said: dict[Path, str] = {}
     while True:
@@ -233,7 +234,7 @@ def status(
     ),
 ) -> None:
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     try:
         statuses = collect_status(root)
@@ -291,10 +292,8 @@ def _slow_nodes(m: Any) -> str | None:
 
 def _stragglers(s: RunStatus) -> str | None:
     """A running run's stragglers (the watchdog's stragglers.json; a finished run's are in its summary)."""
-    from hpcllm.engine.stragglers import describe  # torch-free
-
     record = read_json(s.run_dir.stragglers) if s.state == "running" else None
-    return f"stragglers: {describe(record['ranks'])}" if record and record.get("ranks") else None
+    return f"stragglers: {describe_stragglers(record['ranks'])}" if record and record.get("ranks") else None
 
 
 def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
@@ -329,7 +328,7 @@ def cancel(
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
 ) -> None:
     """Stop a run: a running engine checkpoints, then the job ends as cancelled."""
-    from hpcllm.launch.orchestrate import cancel_run
+    from hpcllm.launch.runstatus import cancel_run
 
     try:
         manifest = cancel_run(results, run_id)
@@ -346,7 +345,7 @@ def logs(
     """Print the end of the run's scheduler log (all attempts are appended to one file per job)."""
     from collections import deque
 
-    from hpcllm.launch.orchestrate import find_run
+    from hpcllm.launch.runstatus import find_run
 
     try:
         run_dir = find_run(results, run_id)

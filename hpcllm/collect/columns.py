@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcllm.collect.records import RunRecord
-from hpcllm.engine.stragglers import describe as describe_stragglers  # torch-free
+from hpcllm.rundir import describe_stragglers
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,3 @@ class StragglerTracker:
             "checks": self.checks,
             "ranks": [self.flagged[r] for r in sorted(self.flagged)],
         }
-
-
-def describe(ranks: list[dict[str, Any]]) -> str:
-    """``rank 3 on n2 (0.62x)``, for status and the report."""
-    return ", ".join(
-        f"rank {s['rank']} on {s.get('node') or '?'} ({s['ratio']:.2f}x{', recovered' if s.get('recovered') else ''})"
-        for s in ranks
-    )

@@ -51,10 +51,10 @@ from typing import Any
 from hpcllm.config.watchdog import WatchdogConfig
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.nodeprobe import gemm_tflops, node_name
-from hpcllm.engine.stragglers import StragglerTracker, describe
+from hpcllm.engine.stragglers import StragglerTracker
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json, read_json
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, describe_stragglers
 
 FAULT_STOP_ENV = "HPCLLM_FAULT_STOP_RANK_AT"
 EXIT_HUNG = 124  # as timeout(1): the run was ended for making no progress
@@ -204,7 +204,7 @@ class Watchdog:
         if self.stragglers.update(beats):
             record = self.stragglers.record()
             atomic_write_json(self.run_dir.stragglers, record, durable=False)
-            print(f"[hpcllm] stragglers: {describe(record['ranks'])}", file=sys.stderr, flush=True)
+            print(f"[hpcllm] stragglers: {describe_stragglers(record['ranks'])}", file=sys.stderr, flush=True)
 
     def summary_fields(self) -> dict[str, Any]:
         """summary.json's ``stragglers`` (rank 0; the ranks flagged in this attempt)."""

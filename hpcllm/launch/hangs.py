@@ -20,11 +20,11 @@ from typing import Any
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
-from hpcllm.launch.backends.slurm import usable_excludes
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, now
+from hpcllm.launch.backends.slurmtext import usable_excludes
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest
 from hpcllm.launch.progress import last_step
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record, run_slurm
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, now
 
 
 def this_attempts_verdict(run_dir: RunDir, restart_count: int) -> dict[str, Any] | None:
