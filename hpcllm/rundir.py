@@ -15,6 +15,11 @@
         wandb/              Weights & Biases files (engine, rank 0; tracking.wandb)
         profile/            profiler traces trace-rank<R>-steps<A>-<B>.json (+ CUDA memory snapshots)
         STOP                present = the batch script asked the engine to checkpoint and stop
+        heartbeat/          rank<R>.json: each rank's last step, step time, node (engine, throttled)
+        watchdog/           on a hang: stacks-rank<R>.txt, rank<R>.json, flight-rank<R>.pkl (engine)
+        watchdog.json       the hang verdict: rank, node, step, reason (engine, rank 0, atomic)
+        preflight.json      the pre-flight's figures per node and the slow nodes (engine, rank 0, atomic)
+        stragglers.json     ranks consistently slower than the median rank (engine, rank 0, atomic)
 
     results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
 
@@ -28,6 +33,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 # Exit code of an engine that stopped on request (signal or STOP file) after saving a checkpoint.
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a requeue does.
@@ -40,6 +46,11 @@ SUMMARY = "summary.json"
 RUNTIME = "runtime.jsonl"
 PROFILE_DIR = "profile"
 TENSORBOARD_DIR = "tensorboard"
+HEARTBEAT_DIR = "heartbeat"
+WATCHDOG_DIR = "watchdog"
+WATCHDOG_VERDICT = "watchdog.json"
+PREFLIGHT = "preflight.json"
+STRAGGLERS = "stragglers.json"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -175,6 +186,25 @@ class RunDir:
             return []
         return [self.profile / name for name in sorted(names)]
 
+    def heartbeat(self, rank: int) -> Path:
+        return self.path / HEARTBEAT_DIR / f"rank{rank}.json"
+
+    @cached_property
+    def watchdog_dir(self) -> Path:
+        return self.path / WATCHDOG_DIR
+
+    @cached_property
+    def watchdog_verdict(self) -> Path:
+        return self.path / WATCHDOG_VERDICT
+
+    @cached_property
+    def stragglers(self) -> Path:
+        return self.path / STRAGGLERS
+
+    @cached_property
+    def preflight(self) -> Path:
+        return self.path / PREFLIGHT
+
     @cached_property
     def stop_file(self) -> Path:
         return self.path / "STOP"
@@ -242,3 +272,11 @@ def results_from_env() -> Path | None:
     """``$HPCLLM_RESULTS`` when set and not empty: the one place that reads it."""
     value = os.environ.get(RESULTS_ENV)
     return Path(value) if value else None
+
+
+def describe_stragglers(ranks: list[dict[str, Any]]) -> str:
+    """``rank 3 on n2 (0.62x)``: stragglers.json's (and summary.json's) ``ranks``, for logs, status and the report."""
+    return ", ".join(
+        f"rank {s['rank']} on {s.get('node') or '?'} ({s['ratio']:.2f}x{', recovered' if s.get('recovered') else ''})"
+        for s in ranks
+    )

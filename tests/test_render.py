@@ -54,8 +54,8 @@ def test_every_script_passes_bash_n(in_project, tmp_path, experiment, cluster):
 def test_slurm_launch_line(in_project, tmp_path):
     profile, specs = _specs("scaling_2.7b.yaml", "leonardo")
     text = render_job(specs[0], profile, RunDir(tmp_path / "r"), account="acct")
-    assert "srun --ntasks-per-node=1" in text
-    assert '--nnodes="$SLURM_NNODES"' in text and "--rdzv-backend=c10d" in text
+    assert "srun --ntasks-per-node=1" in text and '--nodes=2 --ntasks=2 --nodelist="$TRAIN_NODES"' in text
+    assert "--nnodes=2 " in text and "--rdzv-backend=c10d" in text
     assert '--rdzv-id="$SLURM_JOB_ID"' in text and "-m hpcllm.engine --config" in text
     assert "#SBATCH --account=acct" in text and "#SBATCH --partition=boost_usr_prod" in text
     assert "module load python/3.11.6--gcc--8.5.0" in text

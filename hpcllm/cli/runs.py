@@ -15,7 +15,8 @@ import typer
 from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
-from hpcllm.rundir import TENSORBOARD_DIR
+from hpcllm.fsutil import read_json
+from hpcllm.rundir import TENSORBOARD_DIR, describe_stragglers
 
 if TYPE_CHECKING:
     from hpcllm.launch.memcheck import Unfit
@@ -45,6 +46,14 @@ def submit(
     over_budget: bool = typer.Option(
         False, "--over-budget", help="Submit even when the grid exceeds the account's remaining GrpTRESMins."
     ),
+    preflight: bool | None = typer.Option(
+        None,
+        "--preflight/--no-preflight",
+        help="Measure the nodes before training (default: the profile's node count).",
+    ),
+    spare_nodes: int = typer.Option(
+        0, "--spare-nodes", min=0, help="Ask for this many extra nodes; train on the best."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
     from hpcllm.cli.plan import budget_gate
@@ -70,6 +79,10 @@ def submit(
             retry_failed=retry_failed,
             after=after,
             memory_check=not no_memory_check,
+            resources={
+                **({"preflight": preflight} if preflight is not None else {}),
+                **({"spare_nodes": spare_nodes} if spare_nodes else {}),
+            },
         )
     except HpcllmError as exc:
         fail(exc)
@@ -286,6 +299,17 @@ def _print_artifacts(root: Path, run_dirs: list[RunDir]) -> None:
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
 
+def _slow_nodes(m: Any) -> str | None:
+    """The nodes the last pre-flight named slow (manifest ``slow_nodes``), for the reason column."""
+    return f"pre-flight: slow {', '.join(m.slow_nodes)}" if m.slow_nodes else None
+
+
+def _stragglers(s: RunStatus) -> str | None:
+    """A running run's stragglers (the watchdog's stragglers.json; a finished run's are in its summary)."""
+    record = read_json(s.run_dir.stragglers) if s.state == "running" else None
+    return f"stragglers: {describe_stragglers(record['ranks'])}" if record and record.get("ranks") else None
+
+
 def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
     """``collect_status`` as plain data (``hpcllm status --format json``; the table prints the same)."""
     out = []
@@ -303,7 +327,9 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
                 "step": s.step,
                 "loss": s.loss,
                 "restarts": len(m.restarts) if m else 0,
-                "reason": (m.reason or last_restart) if m else None,
+                "reason": "; ".join(filter(None, [m.reason or last_restart, _slow_nodes(m), _stragglers(s)])) or None
+                if m
+                else None,
                 "waiting_for": s.waiting_for,
                 "ran_with": s.software,
             }

@@ -115,6 +115,14 @@ class ClusterProfile(BaseModel):
         300, gt=0, description="--signal=B:USR1@N: seconds before the time limit to checkpoint."
     )
     max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
+    preflight_from_nodes: int | None = Field(
+        None,
+        gt=0,
+        description="Pre-flight node checks by default for jobs of this many nodes or more; null = only on request.",
+    )
+    preflight_min_fraction: float = Field(
+        0.7, gt=0, lt=1, description="The pre-flight names a node below this fraction of the median node in any figure."
+    )
     template: str = Field(
         "sbatch.sh.j2",
         description="Template in templates/ used to render jobs.",

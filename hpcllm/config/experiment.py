@@ -32,6 +32,10 @@ class Resources(BaseModel):
     time: SlurmTime = Field("00:30:00", description="Wall-time limit, [D-]HH:MM:SS.")
     qos: OneLine | None = Field(None, description="QoS name from the profile; default: its default_qos.")
     max_restarts: int | None = Field(None, ge=0, description="Requeue budget; default: the profile's.")
+    preflight: bool | None = Field(
+        None, description="Measure the nodes before training; default: from the profile's preflight_from_nodes."
+    )
+    spare_nodes: int = Field(0, ge=0, description="Ask for nodes + spare_nodes; the pre-flight keeps the best.")
 
 
 class Experiment(BaseModel):

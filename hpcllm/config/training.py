@@ -17,6 +17,7 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.probe import ProbeConfig
 from hpcllm.config.profiling import ProfileConfig
 from hpcllm.config.tracking import TrackingConfig
+from hpcllm.config.watchdog import WatchdogConfig
 from hpcllm.sitepaths import SitePath, site_path
 
 DataParallelism = Literal["fsdp", "ddp", "none"]
@@ -223,6 +224,9 @@ class TrainingConfig(_Strict):
         None,
         description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md).",
     )
+    watchdog: WatchdogConfig = Field(
+        default_factory=WatchdogConfig, description="Hang detection: stacks, the node named, a requeue without it."
+    )
 
     @model_validator(mode="after")
     def _eval_has_data(self) -> TrainingConfig:
@@ -233,9 +237,11 @@ class TrainingConfig(_Strict):
 
     @model_serializer(mode="wrap")
     def _omit_absent_probe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A training run's dump has no ``probe`` key: run ids (a hash of the dump) and run.yaml
-        files written before probes existed stay the same."""
+        """A training run's dump has no ``probe`` key, nor a ``watchdog`` key at its defaults: run ids
+        (a hash of the dump) and run.yaml files written before these existed stay the same."""
         data: dict[str, Any] = handler(self)
         if self.probe is None:
             data.pop("probe", None)
+        if self.watchdog == WatchdogConfig():
+            data.pop("watchdog", None)
         return data

@@ -17,11 +17,11 @@ from rich.console import Console
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.distributed import barrier, init_distributed, shutdown_distributed
+from hpcllm.engine.failed import write_failed
 from hpcllm.engine.probe import run_probe
 from hpcllm.engine.trainer import train
 from hpcllm.errors import ConfigError, HpcllmError
-from hpcllm.fsutil import atomic_write_json
-from hpcllm.rundir import SUMMARY_STATUS_FAILED, RunDir
+from hpcllm.rundir import RunDir
 from hpcllm.sitepaths import expand_site_paths
 
 EXIT_CONFIG_ERROR = 2
@@ -48,18 +48,11 @@ def run(config_path: Path, *, resume: bool = True) -> int:
         finally:
             shutdown_distributed()
     except HpcllmError as exc:
-        _write_failed(run_dir, summary, str(exc), rank)
+        write_failed(run_dir, summary, str(exc), rank)
         if rank == 0:
             err_console.print(f"[red]error:[/] {exc}")
         return EXIT_CONFIG_ERROR if isinstance(exc, ConfigError) else 1
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            _write_failed(run_dir, summary, "".join(traceback.format_exception(exc)), rank)
+            write_failed(run_dir, summary, "".join(traceback.format_exception(exc)), rank)
         raise
-
-
-def _write_failed(run_dir: RunDir, summary: dict[str, Any], error: str, rank: int) -> None:
-    if rank == 0:
-        summary.update(status=SUMMARY_STATUS_FAILED, error=error)
-        summary.setdefault("steps_completed", 0)
-        atomic_write_json(run_dir.summary, summary)

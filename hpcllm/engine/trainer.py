@@ -16,7 +16,9 @@ from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.checkpoint import Checkpointer
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import DistEnv, all_reduce_max
+from hpcllm.engine.energy import EnergyMeter
 from hpcllm.engine.evaluate import Evaluator, build_evaluator
+from hpcllm.engine.failed import write_failed
 from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.engine.loss_scale import build_loss_scaler
 from hpcllm.engine.metrics import MetricsLog, Throughput, peak_memory_gib, token_flops
@@ -38,6 +40,7 @@ from hpcllm.engine.train import (
     train_step,
 )
 from hpcllm.engine.warm_start import load_initial_weights
+from hpcllm.engine.watchdog import Watchdog
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -104,6 +107,14 @@ class Trainer:
         self.stop = StopRequest(run_dir)
         self.stop.install()
         self.metrics: MetricsLog | None = None  # opened by ``resume``: its sinks continue at the resumed step
+        self.watchdog = Watchdog(  # armed by ``loop``: loading a checkpoint is no step
+            cfg.watchdog,
+            run_dir,
+            env,
+            restart=restart_count(),
+            on_hang=lambda error: write_failed(run_dir, summary, error, env.rank),
+        )
+        self.energy = EnergyMeter(env.device)
 
     # --- resume --------------------------------------------------------------------------------
 
@@ -143,6 +154,8 @@ class Trainer:
     def loop(self) -> int:
         """Step to ``train.steps`` (or until a stop request); finish; return the exit code."""
         cfg, state, checkpointer = self.cfg, self.state, self.checkpointer
+        self.watchdog.start(state.step)
+        self.energy.start(state.step)
         while state.step < cfg.train.steps:
             self.step()
             if self.evaluator is not None and self.evaluator.due(state.step):
@@ -167,6 +180,7 @@ class Trainer:
         """One optimizer step: time it, log it, and check it is finite before anything saves it."""
         cfg, env, state, metrics = self.cfg, self.env, self.state, self.metrics
         assert metrics is not None
+        self.watchdog.step_started(state.step + 1)
         self.profiler.before_step(state.step + 1)
         t0 = time.perf_counter()
         lr = self.scheduler.lr
@@ -183,6 +197,7 @@ class Trainer:
         step_time = time.perf_counter() - t0
         state.step += 1
         state.consumed_samples += self.gbs
+        self.watchdog.step_ended(state.step, step_time)
         self.profiler.after_step(state.step)
         self.summary["steps_completed"] = state.step  # what a failed summary reports
         record = metrics.log(
@@ -219,7 +234,10 @@ class Trainer:
     # --- finish --------------------------------------------------------------------------------
 
     def finish(self, status: str) -> None:
-        """Write summary.json (rank 0): status, steps, medians, timing and the eval's fields."""
+        """Write summary.json (rank 0): status, steps, medians, timing, the eval's, energy and watchdog fields.
+
+        A collective (the energy is summed over ranks): every rank calls it.
+        """
         metrics = self.metrics
         assert metrics is not None
         self.summary.update(
@@ -230,12 +248,15 @@ class Trainer:
             **metrics.medians(self.cfg.train.summary_warmup_steps),
             **metrics.timing(),
             **(self.evaluator.summary_fields() if self.evaluator is not None else {}),
+            **self.energy.summary_fields(self.state.step, tokens_per_step=self.gbs * self.cfg.model.seq_len),
+            **self.watchdog.summary_fields(),
         )
         if self.env.is_main:
             atomic_write_json(self.run_dir.summary, self.summary)
 
     def close(self) -> None:
         """Release what set-up opened, whatever ended the run."""
+        self.watchdog.close()
         self.profiler.close()
         if self.metrics is not None:
             self.metrics.close()

@@ -69,6 +69,9 @@ class Manifest(BaseModel):
     time_limit: str | None = None
     signal_before_end_s: int | None = None
     exclude_nodes: list[str] = Field(default_factory=list)
+    slow_nodes: dict[str, str] = Field(default_factory=dict)  # node -> why, from the last pre-flight
+    consumed_energy_j: float | None = None  # sacct ConsumedEnergy of the job's steps, all attempts
+    energy_note: str | None = None  # where that figure comes from, or why there is none
     depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
     nodes: str | None = None  # node list of the current (or last) attempt
     job_name: str | None = None  # the job's name in the scheduler (a job array's, for array tasks)

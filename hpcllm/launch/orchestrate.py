@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -88,8 +89,9 @@ def submit_experiment(
     retry_failed: bool = False,
     after: list[str] | None = None,
     memory_check: bool = True,
+    resources: dict[str, Any] | None = None,
 ) -> SubmitResult:
-    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
+    """``after``: job ids every run waits for (afterok); ``resources``: overrides from --preflight/--spare-nodes.
 
     ``results_root`` defaults to ``$HPCLLM_RESULTS``, else the profile's ``paths.results``, else
     ``./results``. Points no QoS admits are listed in ``refused``; the checkpoints of the runs to
@@ -98,6 +100,8 @@ def submit_experiment(
     and that no probe of the experiment ran at their micro-batch size (``SubmitResult.unfit`` says why).
     """
     experiment = load_experiment(experiment_path)
+    if resources:
+        experiment = experiment.model_copy(update={"resources": experiment.resources.model_copy(update=resources)})
     if experiment.search is not None:
         raise ConfigError(
             f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "

@@ -160,6 +160,7 @@ def _resolve_point(
 
 
 def _check_against_cluster(resources: Resources, training: TrainingConfig, cluster: ClusterProfile, where: str) -> None:
+    _check_preflight(resources, cluster, where)
     if resources.nodes > cluster.max_nodes:
         raise ConfigError(
             f"{where}: resources.nodes: {resources.nodes} nodes requested, but cluster {cluster.name!r} "
@@ -181,6 +182,22 @@ def _check_against_cluster(resources: Resources, training: TrainingConfig, clust
         raise ConfigError(
             f"{where}: resources.time: {resources.time} is not longer than the profile's "
             f"signal_before_end_s ({cluster.signal_before_end_s} s): the job would stop at once"
+        )
+
+
+def _check_preflight(resources: Resources, cluster: ClusterProfile, where: str) -> None:
+    """The pre-flight and its spare nodes: SLURM only, spares need the pre-flight, and all must fit."""
+    if (resources.preflight or resources.spare_nodes) and cluster.scheduler != "slurm":
+        raise ConfigError(f"{where}: resources.preflight/spare_nodes: the pre-flight runs on SLURM clusters only")
+    if resources.spare_nodes and resources.preflight is False:
+        raise ConfigError(
+            f"{where}: resources.spare_nodes: {resources.spare_nodes} spare nodes need the pre-flight to choose "
+            "the nodes that train; drop --no-preflight or the spares"
+        )
+    if resources.spare_nodes and resources.nodes + resources.spare_nodes > cluster.max_nodes:
+        raise ConfigError(
+            f"{where}: resources.spare_nodes: {resources.nodes} + {resources.spare_nodes} spare nodes requested, but "
+            f"cluster {cluster.name!r} has at most {cluster.max_nodes}"
         )
 
 
