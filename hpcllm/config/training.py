@@ -77,11 +77,30 @@ class ParallelConfig(_Strict):
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
+    tensor_parallel: Literal[1, 2, 4, 8] = Field(
+        1,
+        description="Tensor-parallel ranks per model replica, inside one node (<= GPUs per node); "
+        "FSDP2 shards over the world / tensor_parallel data-parallel ranks.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_tp_1(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``tensor_parallel`` key at 1: run ids (a hash of the dump) and run.yaml files written
+        before tensor parallelism existed stay the same."""
+        data: dict[str, Any] = handler(self)
+        if self.tensor_parallel == 1:
+            data.pop("tensor_parallel", None)
+        return data
 
     @model_validator(mode="after")
     def _hsdp_only(self) -> ParallelConfig:
         if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
             raise ValueError(f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})")
+        if self.tensor_parallel > 1 and self.sharding == "NO_SHARD":
+            raise ValueError(
+                "tensor_parallel > 1 needs sharding FULL_SHARD or HYBRID_SHARD (NO_SHARD is DDP, which takes "
+                "no tensor-parallel parameters)"
+            )
         if self.loss_scale is not None and self.precision != "FP_16":
             raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
@@ -102,7 +121,7 @@ class ParallelConfig(_Strict):
         ddp: NO_SHARD on more than one rank; none: one rank without offload. The engine and the
         memory estimate both read it, so the estimate describes the layout that actually runs.
         """
-        if self.cpu_offload or (world_size > 1 and self.sharding != "NO_SHARD"):
+        if self.cpu_offload or self.tensor_parallel > 1 or (world_size > 1 and self.sharding != "NO_SHARD"):
             return "fsdp"
         return "ddp" if world_size > 1 else "none"
 

@@ -95,8 +95,11 @@ class Evaluator:
         return {"eval_loss": self.last.loss, "eval_ppl": self.last.perplexity, "eval_step": self.last.step}
 
 
-def build_evaluator(cfg: TrainingConfig, env: DistEnv) -> Evaluator | None:
-    """The run's evaluator, or None without an ``eval`` section."""
+def build_evaluator(
+    cfg: TrainingConfig, env: DistEnv, *, dp_rank: int | None = None, dp_size: int | None = None
+) -> Evaluator | None:
+    """The run's evaluator, or None without an ``eval`` section. ``dp_rank``/``dp_size``: the
+    data-parallel position under tensor parallelism (default: the rank in the world)."""
     if cfg.eval is None:
         return None
     batches = build_eval_batches(
@@ -104,7 +107,7 @@ def build_evaluator(cfg: TrainingConfig, env: DistEnv) -> Evaluator | None:
         cfg.eval,
         seq_len=cfg.model.seq_len,
         micro_batch_size=cfg.eval.micro_batch_size or cfg.train.micro_batch_size,
-        dp_rank=env.rank,
-        dp_size=env.world_size,
+        dp_rank=env.rank if dp_rank is None else dp_rank,
+        dp_size=env.world_size if dp_size is None else dp_size,
     )
     return Evaluator(cfg.eval, batches, env.device)

@@ -39,6 +39,8 @@ from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grads_, grad_re
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, describe_layout, set_gradient_sync
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.profiling import StepProfiler
+from hpcllm.engine.tensor_parallel import dp_rank as data_parallel_rank
+from hpcllm.engine.tensor_parallel import dp_size as data_parallel_size
 from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.step_reductions import step_report, token_weight_sum
@@ -96,7 +98,8 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
         "d_model": m.d_model,
         "seq_len": m.seq_len,
         "world_size": env.world_size,
-        "dp_size": env.world_size,
+        "dp_size": env.world_size // p.tensor_parallel,
+        "tensor_parallel": p.tensor_parallel,
         "micro_batch_size": t.micro_batch_size,
         "grad_accum": t.grad_accum,
         "global_batch_size": gbs,
@@ -187,6 +190,7 @@ def train_step(
     grad_accum: int,
     dp_size: int,
     grad_clip: float | None,
+    tp_size: int = 1,
     device: torch.device,
     teacher: GPT | None = None,
     distill: DistillConfig | None = None,
@@ -206,7 +210,7 @@ def train_step(
     """
     model, optimizer, scaler = state.model, state.optimizer, state.loss_scaler
     micro_batches = [next(state.loader) for _ in range(grad_accum)]
-    n_tokens = token_weight_sum(micro_batches, dp_size, device)
+    n_tokens = token_weight_sum(micro_batches, dp_size, device, copies=tp_size)
     scale = dp_size / n_tokens
     if isinstance(scale, torch.Tensor):
         scale = scale.float()  # the dtype of the loss it multiplies
@@ -232,7 +236,8 @@ def train_step(
     if scaler is not None:
         scaler.unscale_(params)
     grads = local_grads(params)
-    norm, loss_sum = step_report(grads, loss_sum, grad_replicas(params, dp_size))
+    # The TP ranks of a group compute the same loss: each reports 1/tp of it (tp is a power of two: exact).
+    norm, loss_sum = step_report(grads, loss_sum / tp_size, grad_replicas(params, dp_size * tp_size))
     if grad_clip is not None:
         clip_grads_(grads, grad_clip, norm)
     skipped = scaler.update(float(norm)) if scaler is not None else False
@@ -251,17 +256,18 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
     started = time.monotonic()
     torch.manual_seed(cfg.seed)
     source = str(run_dir.config)
-    dp_size = env.world_size
+    mesh = build_mesh(cfg.parallel, env)
+    dp_size = data_parallel_size(mesh)  # the world / tensor_parallel: TP ranks read the same data
     gbs = global_batch_size(cfg, dp_size, source)
     summary.update(summary_fields(cfg, env, gbs))
+    summary["dp_size"] = dp_size
     record_runtime(run_dir, env, restart=restart_count())
-    mesh = build_mesh(cfg.parallel, env)
     model = build_parallel_model(cfg.model, cfg.parallel, mesh, env.device, cfg.seed)
     loader = build_train_loader(
         cfg.data,
         seq_len=cfg.model.seq_len,
         micro_batch_size=cfg.train.micro_batch_size,
-        dp_rank=env.rank,
+        dp_rank=data_parallel_rank(mesh),
         dp_size=dp_size,
         seed=cfg.seed,
         device=env.device,
@@ -272,7 +278,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
         if cfg.distill is not None
         else None
     )
-    evaluator = build_evaluator(cfg, env)
+    evaluator = build_evaluator(cfg, env, dp_rank=data_parallel_rank(mesh), dp_size=dp_size)
     profiler = StepProfiler(cfg.profile, run_dir, env)
     total = cfg.train.steps
     horizon = cfg.schedule.total_steps or total  # a longer schedule: stop early, resume later on it
@@ -337,6 +343,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
                 state,
                 grad_accum=cfg.train.grad_accum,
                 dp_size=dp_size,
+                tp_size=cfg.parallel.tensor_parallel,
                 grad_clip=cfg.train.grad_clip,
                 device=env.device,
                 teacher=teacher,
