@@ -114,6 +114,22 @@ class ParallelConfig(_Strict):
             return 1
         return self.hsdp_shard_size or ranks_per_node
 
+    def tensor_parallel_problem(self, model: ModelConfig, ranks_per_node: int) -> str | None:
+        """Why ``tensor_parallel`` cannot run with ``ranks_per_node`` ranks per node and ``model``
+        (TP stays inside a node; the model's heads, sequence and MLP must split), or None."""
+        tp = self.tensor_parallel
+        if tp > 1 and ranks_per_node % tp:
+            return (
+                f"{tp} does not divide the {ranks_per_node} GPUs per node: tensor parallelism stays inside a "
+                f"node; allowed: {', '.join(str(n) for n in (1, 2, 4, 8) if ranks_per_node % n == 0)}"
+            )
+        return model.tensor_parallel_problem(tp)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Ranks that read different data: the world / tensor_parallel (one source for the global
+        batch, the engine's loader and the scaling table)."""
+        return world_size // self.tensor_parallel
+
     def data_parallelism(self, world_size: int) -> DataParallelism:
         """How the engine lays the model out over ``world_size`` ranks (engine/parallelize.py says why).
 

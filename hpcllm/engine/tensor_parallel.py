@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -46,6 +46,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.distributed import DistEnv
+from hpcllm.engine.model import GPT, Block
 from hpcllm.errors import ConfigError
 
 TP_DIM = "tp"
@@ -140,7 +141,7 @@ class FusedQKVColwise(ParallelStyle):
                 bias.to_local() if isinstance(bias, DTensor) else bias,
             )
 
-        module.forward = forward  # type: ignore[method-assign]
+        module.forward = forward  # type: ignore[method-assign,assignment]
         return module
 
 
@@ -154,12 +155,13 @@ def fsdp_placement(param: nn.Parameter) -> Shard | None:
     return None
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+def apply_tensor_parallel(model: GPT, tp_mesh: DeviceMesh) -> None:
     """Split every block over ``tp_mesh`` (sequence-parallel norms, column/row-wise matmuls) and
     slice the sequence before the first block and gather it after the last."""
     tp = tp_mesh.size()
-    blocks: Any = model.blocks  # type: ignore[attr-defined]
+    blocks = list(model.blocks)
     for block in blocks:
+        assert isinstance(block, Block)  # nn.ModuleList yields plain Modules to the type checker
         attn = block.attn
         attn.n_heads //= tp  # the local heads: the forward views its slice of qkv with these
         attn.n_kv_heads //= tp
@@ -185,7 +187,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         ),
     )
     parallelize_module(  # at the final norm, not as the last block's output: FSDP2 warns of a view there
-        model.norm,  # type: ignore[arg-type]
+        model.norm,
         tp_mesh,
         PrepareModuleInput(input_layouts=Shard(1), desired_input_layouts=Replicate(), use_local_output=True),
     )

@@ -39,11 +39,11 @@ from hpcllm.engine.optim import Scheduler, build_optimizer, clip_grads_, grad_re
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model, describe_layout, set_gradient_sync
 from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.profiling import StepProfiler
-from hpcllm.engine.tensor_parallel import dp_rank as data_parallel_rank
-from hpcllm.engine.tensor_parallel import dp_size as data_parallel_size
 from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.step_reductions import step_report, token_weight_sum
+from hpcllm.engine.tensor_parallel import dp_rank as data_parallel_rank
+from hpcllm.engine.tensor_parallel import dp_size as data_parallel_size
 from hpcllm.engine.tracking import open_sinks
 from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.errors import ConfigError, HpcllmError
@@ -98,7 +98,7 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
         "d_model": m.d_model,
         "seq_len": m.seq_len,
         "world_size": env.world_size,
-        "dp_size": env.world_size // p.tensor_parallel,
+        "dp_size": p.data_parallel_size(env.world_size),
         "tensor_parallel": p.tensor_parallel,
         "micro_batch_size": t.micro_batch_size,
         "grad_accum": t.grad_accum,

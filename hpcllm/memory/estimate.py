@@ -41,6 +41,7 @@ from hpcllm.memory.activations import (
     loss_buffer_bytes,
 )
 from hpcllm.memory.checkpoint import checkpoint_bytes
+from hpcllm.memory.tensor_parallel import local_activations, local_parameter_shapes
 
 GIB = 2**30
 
@@ -122,8 +123,13 @@ class MemorySpec:
         )
 
     @property
+    def tp(self) -> int:
+        return self.parallel.tensor_parallel
+
+    @property
     def shard_group(self) -> int:
-        return self.parallel.shard_group_size(self.world_size, self.ranks_per_node)
+        """Ranks FSDP2 shards a parameter over: among the data-parallel ranks (the world / tp)."""
+        return self.parallel.shard_group_size(self.world_size // self.tp, self.ranks_per_node // self.tp)
 
     @property
     def fsdp(self) -> bool:
@@ -189,7 +195,7 @@ def _is_block(name: str) -> bool:
     return name.startswith("blocks.")
 
 
-def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
+def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool, tp: int = 1) -> int:
     """Elements FSDP2 all-gathers for one block (``blocks``), or those of the rest that stay
     gathered through backward: the root group and the head (engine/parallelize.py keeps both
     gathered from their forward on). An untied token embedding is its own group, resharded after
@@ -198,7 +204,7 @@ def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
     The unsharded parameters are views into the all-gather buffer, whose rows are the padded shards
     of every rank: a 509-row embedding over 2 ranks is gathered as 510 rows.
     """
-    layout = _layout(model, group)
+    layout = _layout(model, group, tp)
     return layout.block_gathered if blocks else layout.root_gathered
 
 
@@ -208,9 +214,10 @@ def _autocast_copy_numel(model: ModelConfig) -> int:
     return _layout(model, 1).autocast_copies
 
 
-def sharded_param_bytes(model: ModelConfig, group: int, bytes_per_element: int = FP32) -> int:
-    """One rank's allocated bytes of ``model``'s parameters sharded over ``group`` ranks."""
-    return _layout(model, group).sharded * bytes_per_element
+def sharded_param_bytes(model: ModelConfig, group: int, bytes_per_element: int = FP32, tp: int = 1) -> int:
+    """One rank's allocated bytes of ``model``'s parameters sharded over ``group`` ranks (after
+    ``tp``-way tensor parallelism)."""
+    return _layout(model, group, tp).sharded * bytes_per_element
 
 
 @dataclass(frozen=True)
@@ -224,20 +231,20 @@ class _Layout:
     autocast_copies: int  # the weights autocast keeps a half-precision copy of
 
 
-_LAYOUTS: dict[tuple[str, int], _Layout] = {}
+_LAYOUTS: dict[tuple[str, int, int], _Layout] = {}
 
 
-def _layout(model: ModelConfig, group: int) -> _Layout:
+def _layout(model: ModelConfig, group: int, tp: int = 1) -> _Layout:
     """The counts of ``model`` over ``group``, computed once per process for each distinct pair.
 
     ``submit`` estimates every point of a grid, ``largest_fitting_mbs`` a dozen sizes per point, and
     walking hundreds of parameter shapes each time was half of a 1,000-point dry run. A grid has a
     handful of distinct models, so the cache stays small.
     """
-    key = (model.model_dump_json(), group)
+    key = (model.model_dump_json(), group, tp)
     found = _LAYOUTS.get(key)
     if found is None:
-        shapes = model.parameter_shapes()
+        shapes = local_parameter_shapes(model, tp)
 
         def gathered(name: str) -> bool:
             return not _is_block(name) and (model.tie_embeddings or not name.startswith("tok_emb."))
@@ -265,10 +272,11 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     group = spec.shard_group
     offloaded = par.cpu_offload and spec.device == "cuda"
     state_at: Literal["device", "host"] = "host" if offloaded else "device"
-    n_tensors = _layout(model, group).n_tensors
+    n_tensors = _layout(model, group, spec.tp).n_tensors
     shard_note = f"sharded over {group} rank{'s' if group > 1 else ''}" + (" (padded)" if group > 1 else "")
+    shard_note += f", blocks split over {spec.tp} TP ranks" if spec.tp > 1 else ""
 
-    weights = sharded_param_bytes(model, group)
+    weights = sharded_param_bytes(model, group, tp=spec.tp)
     grads = weights
     optim = ADAMW_MOMENTS * weights + ADAMW_STEP_BYTES * n_tensors
     terms = [
@@ -296,6 +304,7 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         checkpointing=par.activation_checkpointing,
         ac_every=par.ac_every,
     )
+    act = local_activations(act, model, spec.micro_batch_size, t, num, spec.tp)
     ac = par.activation_checkpointing
     ac_note = {
         "none": "no checkpointing",
@@ -320,7 +329,7 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
         loss += n_v * num.compute + 3 * n_v * FP32
         loss_note += " + teacher logits and the KL term's fp32 buffers"
     terms.append(Term("loss", loss, "device", loss_note))
-    backward = backward_working_bytes(model, spec.micro_batch_size, t, num)
+    backward = backward_working_bytes(model, spec.micro_batch_size, t, num) // spec.tp
     backward_note = "one block's gradients of its largest intermediates"
     if act.n_checkpointed:
         backward += act.block_full
@@ -363,9 +372,9 @@ def _gathered_term(spec: MemorySpec) -> Term:
     if spec.fsdp:
         p = BF16 if par.precision != "FP_32" else FP32  # BF_16 and FP_16: 2-byte halves
         reduce_copy = FP32 if p != FP32 else 0  # FSDP2 reduces bf16 gradients in fp32: a cast copy
-        block = unsharded_numel(model, spec.shard_group, blocks=True)
+        block = unsharded_numel(model, spec.shard_group, blocks=True, tp=spec.tp)
         blocks = min(BLOCKS_IN_FLIGHT, model.n_layers)
-        root = unsharded_numel(model, spec.shard_group, blocks=False)
+        root = unsharded_numel(model, spec.shard_group, blocks=False, tp=spec.tp)
         total = (root + blocks * block) * p + root * p + block * (p + reduce_copy)
         dtype = {"BF_16": "bf16", "FP_16": "fp16"}.get(par.precision, "fp32")
         return Term(
