@@ -96,6 +96,9 @@ def info_cmd(
     ac_every: int = typer.Option(2, "--ac-every", min=1, help="selective: checkpoint every k-th block."),
     offload: bool = typer.Option(False, "--offload", help="FSDP2 CPU offload of the sharded state."),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-steps per optimizer step."),
+    tp: int = typer.Option(
+        1, "--tp", help="Tensor-parallel ranks inside a node (1, 2, 4, 8): block weights and activations split."
+    ),
     attention: Attention | None = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
     cluster: str | None = typer.Option(
         None, "--cluster", "-c", help="Check the fit against this profile's GPU memory."
@@ -125,6 +128,7 @@ def info_cmd(
             activation_checkpointing=ac.value,
             ac_every=ac_every,
             cpu_offload=offload,
+            tensor_parallel=tp,
         )
     except ValidationError as exc:  # a combination of options the configs reject
         fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
@@ -133,6 +137,9 @@ def info_cmd(
     n_gpus = gpus or (profile.gpus_per_node if profile else 1)
     per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
     device: Literal["cuda", "cpu"] = "cpu" if profile is not None and profile.is_cpu else "cuda"
+    tp_problem = parallel.tensor_parallel_problem(cfg, min(per_node, n_gpus))
+    if tp_problem:
+        fail(ValueError(f"--tp: {tp_problem}"))
     spec = MemorySpec(
         cfg,
         parallel,
@@ -150,6 +157,7 @@ def info_cmd(
             title=(
                 f"memory per {'rank' if device == 'cpu' else 'GPU'}: MBS {mbs} x seq {cfg.seq_len}, {n_gpus} rank(s), "
                 f"{parallel.sharding}, {parallel.precision}, AC {parallel.activation_checkpointing}"
+                + (f", TP {tp} x DP {n_gpus // tp}" if tp > 1 else "")
             ),
         )
     )

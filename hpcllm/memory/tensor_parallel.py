@@ -48,7 +48,9 @@ def gathered_inputs_bytes(model: ModelConfig, b: int, t: int, num: Numerics) -> 
     return copies * b * t * model.d_model * num.compute
 
 
-def local_activations(act: ActivationBytes, model: ModelConfig, b: int, t: int, num: Numerics, tp: int) -> ActivationBytes:
+def local_activations(
+    act: ActivationBytes, model: ModelConfig, b: int, t: int, num: Numerics, tp: int
+) -> ActivationBytes:
     """``act`` of the unsplit model on one TP rank: a block's tensors 1/tp, except its matmul
     inputs, of which the unsplit block keeps two (qkv's and the MLP's shared one; TP runs under
     FSDP2, never autocast) and the split block keeps each column-wise layer's gathered copy whole."""
