@@ -121,14 +121,16 @@ def info_cmd(
         overrides = {k: v for k, v in (("seq_len", seq_len), ("attention", attention and attention.value)) if v}
         cfg = ModelConfig.from_name(name, **overrides)
         profile = load_cluster(cluster) if cluster else None
-        parallel = ParallelConfig(
-            sharding=sharding.value,
-            hsdp_shard_size=hsdp_shard_size,
-            precision=precision.value,
-            activation_checkpointing=ac.value,
-            ac_every=ac_every,
-            cpu_offload=offload,
-            tensor_parallel=tp,
+        parallel = ParallelConfig.model_validate(
+            {
+                "sharding": sharding.value,
+                "hsdp_shard_size": hsdp_shard_size,
+                "precision": precision.value,
+                "activation_checkpointing": ac.value,
+                "ac_every": ac_every,
+                "cpu_offload": offload,
+                "tensor_parallel": tp,  # validated: 1, 2, 4 or 8
+            }
         )
     except ValidationError as exc:  # a combination of options the configs reject
         fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
