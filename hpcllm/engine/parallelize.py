@@ -92,7 +92,10 @@ def data_parallelism(cfg: ParallelConfig, mesh: DeviceMesh) -> DataParallelism:
 def describe_layout(cfg: ParallelConfig, mesh: DeviceMesh) -> str:
     """The layout in words for the start-up line: 'FSDP2 FULL_SHARD', 'DDP (NO_SHARD)', 'unsharded'."""
     kind = data_parallelism(cfg, mesh)
-    return {"fsdp": f"FSDP2 {cfg.sharding}", "ddp": "DDP (NO_SHARD)", "none": "unsharded"}[kind]
+    words = {"fsdp": f"FSDP2 {cfg.sharding}", "ddp": "DDP (NO_SHARD)", "none": "unsharded"}[kind]
+    if has_tp(mesh):
+        words += f", TP {cfg.tensor_parallel} x DP {dp_mesh(mesh).size()}"
+    return words
 
 
 def build_parallel_model(
