@@ -72,7 +72,7 @@ def test_tensor_parallel_matches_one_rank_and_checkpoints_reshard(tmp_path: Path
     assert "TP 2 x DP 2" in proc.stdout and "TP 4 x DP 1" in proc.stdout  # the start line names the layout
 
     # fp32: the same sums in another order; bf16: one rank autocasts while FSDP2 casts the weights.
-    for precision, rel in (("FP_32", 1e-4), ("BF_16", 1e-2)):
+    for precision, rel in (("FP_32", 1e-5), ("BF_16", 2e-3)):  # bf16 differed by up to 3e-4
         one = _losses(tmp_path / f"one-{precision}")
         assert len(one) == STEPS and one[STEPS] < one[1] - 0.3  # it learns
         for tp in (2, 4):

@@ -49,8 +49,11 @@ class EvalResult:
 class Evaluator:
     """Holds this rank's eval batches; ``evaluate`` must be called on every rank at the same step."""
 
-    def __init__(self, cfg: EvalConfig, batches: list[dict[str, torch.Tensor]], device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(
+        self, cfg: EvalConfig, batches: list[dict[str, torch.Tensor]], device: torch.device, *, copies: int = 1
+    ) -> None:
+        """``copies``: ranks that evaluate the same batches (tensor parallelism), counted once."""
+        self.cfg, self.device, self.copies = cfg, device, copies
         self.batches = batches
         self.last: EvalResult | None = None
 
@@ -78,7 +81,7 @@ class Evaluator:
                 totals[1] += mask.sum().double()
         finally:
             model.train(was_training)
-        loss_sum, tokens = all_reduce_sum(totals).tolist()
+        loss_sum, tokens = (all_reduce_sum(totals) / self.copies).tolist()
         self.last = EvalResult(
             step=step,
             loss=loss_sum / max(tokens, 1.0),
@@ -110,4 +113,4 @@ def build_evaluator(
         dp_rank=env.rank if dp_rank is None else dp_rank,
         dp_size=env.world_size if dp_size is None else dp_size,
     )
-    return Evaluator(cfg.eval, batches, env.device)
+    return Evaluator(cfg.eval, batches, env.device, copies=env.world_size // (dp_size or env.world_size))

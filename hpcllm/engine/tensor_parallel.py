@@ -191,3 +191,44 @@ def apply_tensor_parallel(model: GPT, tp_mesh: DeviceMesh) -> None:
         tp_mesh,
         PrepareModuleInput(input_layouts=Shard(1), desired_input_layouts=Replicate(), use_local_output=True),
     )
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+# DCP describes each rank's piece of a tensor as one block (offsets and sizes); the strided qkv
+# rows of a TP rank are three blocks, which DCP rejects as overlapping chunks. So the checkpoint
+# sees those tensors gathered over the TP ranks (still sharded over the data-parallel ranks), in
+# the unsharded layout any TP x DP reads back, and a load copies each rank's rows out of them.
+
+
+def _is_strided(value: object) -> bool:
+    return isinstance(value, DTensor) and any(isinstance(p, _StridedShard) for p in value.placements)
+
+
+def checkpoint_view(state: Any) -> Any:
+    """``state`` (nested dicts and lists of a model/optimizer state dict) with every strided TP
+    tensor replaced by a copy gathered over its TP ranks; everything else is the same object."""
+    if isinstance(state, dict):
+        return {k: checkpoint_view(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [checkpoint_view(v) for v in state]
+    if _is_strided(state):
+        placements = [Replicate() if isinstance(p, _StridedShard) else p for p in state.placements]
+        return state.redistribute(state.device_mesh, placements)
+    return state
+
+
+def restore_from_view(state: Any, view: Any) -> None:
+    """Copy each strided tensor's rows out of its gathered copy in ``view`` (loaded by DCP)."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            restore_from_view(value, view[key])
+    elif isinstance(state, list):
+        for value, seen in zip(state, view, strict=True):
+            restore_from_view(value, seen)
+    elif _is_strided(state):
+        tp_dim = next(i for i, p in enumerate(state.placements) if isinstance(p, _StridedShard))
+        tp, coords = state.device_mesh.size(tp_dim), state.device_mesh.get_coordinate()
+        assert coords is not None
+        whole = view.to_local()
+        rows = torch.cat([part.chunk(tp)[coords[tp_dim]] for part in whole.chunk(3)])
+        state.to_local().copy_(rows)

@@ -42,6 +42,7 @@ from hpcllm.engine.profiling import StepProfiler
 from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.step_reductions import step_report, token_weight_sum
+from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
 from hpcllm.engine.tensor_parallel import dp_rank as data_parallel_rank
 from hpcllm.engine.tensor_parallel import dp_size as data_parallel_size
 from hpcllm.engine.tracking import open_sinks
@@ -159,8 +160,10 @@ def build_teacher(
     teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
     teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed, trainable=False)
     state = {"model": get_model_state_dict(teacher)}
+    view = checkpoint_view(state)  # tensor parallelism's strided rows, as saved
     try:
-        dcp.load(state, checkpoint_id=str(ckpt))
+        dcp.load(view, checkpoint_id=str(ckpt))
+        restore_from_view(state, view)
     except Exception as exc:
         raise HpcllmError(
             f"distill.teacher_checkpoint: cannot load {ckpt} into the teacher architecture "
