@@ -28,15 +28,18 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
-def _write(root: Path, store: Path, name: str, *, precision: str, tp: int, grad_accum: int, **extra: Any) -> Path:
-    """A run of GBS 8 = MBS 2 x ``grad_accum`` x (ranks / tp)."""
+def _write(
+    root: Path, store: Path, name: str, *, precision: str, tp: int, grad_accum: int, hsdp: bool = False, **extra: Any
+) -> Path:
+    """A run of GBS 8 = MBS 2 x ``grad_accum`` x (ranks / tp); ``hsdp``: HYBRID_SHARD, shard groups of 1."""
+    sharding = {"sharding": "HYBRID_SHARD", "hsdp_shard_size": 1} if hsdp else {}
     run_dir = root / name
     write_run(
         run_dir,
         store,
         model=MODEL,
         train={"steps": STEPS, "micro_batch_size": 2, "grad_accum": grad_accum, "summary_warmup_steps": 1},
-        parallel={"precision": precision, "activation_checkpointing": "full", "tensor_parallel": tp},
+        parallel={"precision": precision, "activation_checkpointing": "full", "tensor_parallel": tp, **sharding},
         **extra,
     )
     return run_dir
@@ -47,7 +50,8 @@ def test_tensor_parallel_matches_one_rank_and_checkpoints_reshard(tmp_path: Path
     store = make_store(tmp_path / "store")
     for precision in ("FP_32", "BF_16"):
         _write(tmp_path, store, f"one-{precision}", precision=precision, tp=1, grad_accum=4)
-        _write(tmp_path, store, f"tp2-{precision}", precision=precision, tp=2, grad_accum=2)  # TP 2 x DP 2
+        # TP 2 x DP 2: FULL_SHARD in fp32, HSDP (2 replicas of shard groups of 1) in bf16.
+        _write(tmp_path, store, f"tp2-{precision}", precision=precision, tp=2, grad_accum=2, hsdp=precision == "BF_16")
         _write(tmp_path, store, f"tp4-{precision}", precision=precision, tp=4, grad_accum=4)  # TP 4 x DP 1
     ckpt = {"at_end": True}
     _write(tmp_path, store, "ckpt", precision="FP_32", tp=2, grad_accum=2, checkpoint=ckpt)
@@ -69,7 +73,8 @@ def test_tensor_parallel_matches_one_rank_and_checkpoints_reshard(tmp_path: Path
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    assert "TP 2 x DP 2" in proc.stdout and "TP 4 x DP 1" in proc.stdout  # the start line names the layout
+    for layout in ("FULL_SHARD, TP 2 x DP 2", "HYBRID_SHARD, TP 2 x DP 2", "FULL_SHARD, TP 4 x DP 1"):
+        assert layout in proc.stdout  # the start line names the layout
 
     # fp32: the same sums in another order; bf16: one rank autocasts while FSDP2 casts the weights.
     for precision, rel in (("FP_32", 1e-5), ("BF_16", 2e-3)):  # bf16 differed by up to 3e-4
