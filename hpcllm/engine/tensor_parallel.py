@@ -170,11 +170,13 @@ def apply_tensor_parallel(model: GPT, tp_mesh: DeviceMesh) -> None:
             "attn.qkv": FusedQKVColwise(),
             "attn.proj": RowwiseParallel(output_layouts=Shard(1)),
             "mlp_norm": SequenceParallel(use_local_output=True),
-            "mlp.up": ColwiseParallel(input_layouts=Shard(1)),
+            # One all-gather of the sequence for gate and up together (and one copy saved for backward).
+            "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            "mlp.up": ColwiseParallel(),
             "mlp.down": RowwiseParallel(output_layouts=Shard(1)),
         }
         if block.mlp.swiglu:
-            plan["mlp.gate"] = ColwiseParallel(input_layouts=Shard(1))
+            plan["mlp.gate"] = ColwiseParallel()
         parallelize_module(block, tp_mesh, plan)
     # The residual stream enters whole (the embedding is not split) and leaves as T/tp positions.
     parallelize_module(

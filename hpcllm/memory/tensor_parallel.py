@@ -5,8 +5,8 @@ node and FSDP2 shards the pieces over the data-parallel ranks; the embedding, fi
 stay whole on every TP rank (sharded over the data-parallel ranks only). Activations: with
 sequence-parallel norms the residual stream and everything computed per head or per MLP column is
 1/tp per rank, except the inputs of the column-wise matmuls, which are all-gathered over the
-sequence and saved whole for their weight gradients (qkv, up and, for SwiGLU, gate: each gathers
-its own copy). The loss and the head are not split.
+sequence and saved whole for their weight gradients: qkv's, and the MLP's, which gate and up share.
+The loss and the head are not split.
 """
 
 from __future__ import annotations
@@ -43,22 +43,20 @@ def local_parameter_shapes(model: ModelConfig, tp: int) -> dict[str, tuple[int, 
 
 
 def gathered_inputs_bytes(model: ModelConfig, b: int, t: int, num: Numerics) -> int:
-    """The all-gathered inputs one split block saves whole: qkv's, up's and (SwiGLU) gate's."""
-    copies = 3 if model.activation == "swiglu" else 2
-    return copies * b * t * model.d_model * num.compute
+    """The all-gathered inputs one split block saves whole: qkv's and the MLP's (gate's and up's)."""
+    return 2 * b * t * model.d_model * num.compute
 
 
 def local_activations(
     act: ActivationBytes, model: ModelConfig, b: int, t: int, num: Numerics, tp: int
 ) -> ActivationBytes:
-    """``act`` of the unsplit model on one TP rank: a block's tensors 1/tp, except its matmul
-    inputs, of which the unsplit block keeps two (qkv's and the MLP's shared one; TP runs under
-    FSDP2, never autocast) and the split block keeps each column-wise layer's gathered copy whole."""
+    """``act`` of the unsplit model on one TP rank: a block's tensors 1/tp, except its two matmul
+    inputs (qkv's and the MLP's; TP runs under FSDP2, never autocast), gathered and kept whole."""
     if tp == 1:
         return act
-    shared_inputs = 2 * b * t * model.d_model * num.compute
+    gathered = gathered_inputs_bytes(model, b, t, num)
     return dataclasses.replace(
         act,
-        block_full=(act.block_full - shared_inputs) // tp + gathered_inputs_bytes(model, b, t, num),
+        block_full=(act.block_full - gathered) // tp + gathered,
         block_checkpointed=act.block_checkpointed // tp,
     )
