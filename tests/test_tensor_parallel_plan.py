@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import Experiment, expand_experiment
+from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.errors import ConfigError
@@ -59,3 +59,23 @@ def test_the_estimate_splits_blocks_over_tp() -> None:
     assert 0.25 < act_ratio < 0.5  # 1/4, plus the gathered matmul inputs and the unsplit head's
     assert tp4.term("loss").bytes == fsdp.term("loss").bytes  # type: ignore[attr-defined]
     assert tp4.peak_bytes < fsdp.peak_bytes  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cluster", ["leonardo", "marenostrum5"])
+def test_the_28b_tp_grid_sits_beside_the_seeds_fsdp_rows(cluster: str) -> None:
+    """Every TP point has a pure-FSDP point of experiments/scaling_28b.yaml with the same GPUs and
+    global batch, so one table compares them; the two differ in the run id."""
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    profile = load_cluster(cluster)
+
+    def specs(name: str) -> list[RunSpec]:
+        path = root / name
+        return expand_experiment(load_experiment(path), profile, str(path), account="acct", refused=[])
+
+    fsdp = {(s.world_size, s.training.train.global_batch_size): s for s in specs("scaling_28b.yaml")}
+    tp = specs("scaling_28b_tp.yaml")
+    assert {s.training.parallel.activation_checkpointing for s in tp} == {"full", "selective", "none"}
+    for spec in tp:
+        assert spec.training.parallel.tensor_parallel == 4 and "-tp4-" in spec.run_id
+        twin = fsdp[(spec.world_size, spec.training.train.global_batch_size)]
+        assert twin.training.parallel.tensor_parallel == 1 and twin.resources.nodes == spec.resources.nodes

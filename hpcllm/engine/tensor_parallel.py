@@ -84,7 +84,7 @@ def build_tp_mesh(cfg: ParallelConfig, env: DistEnv) -> DeviceMesh:
 
 
 def has_tp(mesh: DeviceMesh) -> bool:
-    return mesh.mesh_dim_names is not None and TP_DIM in mesh.mesh_dim_names
+    return TP_DIM in (getattr(mesh, "mesh_dim_names", None) or ())
 
 
 def dp_mesh(mesh: DeviceMesh) -> DeviceMesh:
