@@ -1,4 +1,5 @@
-"""Tensor parallelism (parallel.tensor_parallel): equal losses to one rank, and resharding resumes.
+"""Tensor parallelism (parallel.tensor_parallel): equal losses to one rank, resharding resumes, and
+the memory estimate's activations per TP rank (checked inside engine_tp_probe.py).
 
 Every run trains the tiny model with MHA (TP splits whole query/key/value heads) on real text, a
 global batch of 8 sequences of 32 tokens, gradient accumulation and full activation checkpointing.
