@@ -26,8 +26,8 @@ from hpcllm.engine.distributed import DistEnv, barrier, init_distributed, shutdo
 from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.memory_audit import saved_activation_bytes
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
-from hpcllm.engine.train import train
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.engine.trainer import train
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 from hpcllm.rundir import RunDir
 
 

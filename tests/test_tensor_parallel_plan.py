@@ -8,11 +8,12 @@ import pytest
 import yaml
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.errors import ConfigError
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 
 BASE = {
     "name": "tp",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
+from hpcllm.collect.formats import FORMATS, TableFormat
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
 
@@ -21,13 +22,6 @@ if TYPE_CHECKING:
     from hpcllm.rundir import RunDir
 
 
-class TableFormat(str, Enum):
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
-
-
 class CompareWith(str, Enum):
     seed = "seed"
 
@@ -36,7 +30,10 @@ class CompareWith(str, Enum):
 def collect(
     root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
     fmt: TableFormat = typer.Option(
-        TableFormat.markdown, "--format", "-f", help="markdown (the seed's layout), csv, json, or latex (booktabs)."
+        FORMATS[0],
+        "--format",
+        "-f",
+        help="markdown (the seed's layout), csv, json, or latex (booktabs).",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the table to this file."),
     columns: str | None = typer.Option(
@@ -91,7 +88,7 @@ def collect(
         fail(exc)
     for problem in problems:
         err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
-    text = format_table(table, fmt.value)
+    text = format_table(table, fmt)
     if output:
         from hpcllm.fsutil import atomic_write_text
 

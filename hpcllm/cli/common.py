@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from hpcllm.rundir import DEFAULT_RESULTS, results_from_env
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,9 +29,8 @@ def fail(exc: Exception) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
-# The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
-# once), else ./results (relative to where `hpcllm` runs).
-RESULTS = Path(os.environ.get("HPCLLM_RESULTS") or "results")
+# The results root every command defaults to (hpcllm.rundir: $HPCLLM_RESULTS, else ./results).
+RESULTS = results_from_env() or DEFAULT_RESULTS
 
 
 @contextmanager

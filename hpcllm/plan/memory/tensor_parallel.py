@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from hpcllm.config.model import ModelConfig
-from hpcllm.memory.activations import ActivationBytes, Numerics
+from hpcllm.plan.memory.activations import ActivationBytes, Numerics
 
 # Column-wise (output rows split), row-wise (input columns split); norms are kept whole.
 _COLUMN_WISE = (".attn.qkv.", ".mlp.gate.", ".mlp.up.")
