@@ -27,11 +27,13 @@ def _specs(experiment: str, cluster: str):
             load_experiment(Path("experiments") / experiment), profile, experiment, account="acct", refused=[]
         )
     except ConfigError as exc:
-        # Multi-node experiments cannot target small profiles, whose storage has no scratch root:
-        # refusing them is the expected outcome.
+        # Multi-node experiments cannot target small profiles, whose storage has no scratch root and
+        # whose nodes have fewer GPUs than a TP group: refusing them is the expected outcome.
         assert (
-            "nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc)
-        ) or "{scratch} is not a storage root" in str(exc), exc
+            ("nodes requested" in str(exc) and f"has at most {profile.max_nodes}" in str(exc))
+            or "{scratch} is not a storage root" in str(exc)
+            or "tensor parallelism stays inside a node" in str(exc)
+        ), exc
         return profile, []
 
 

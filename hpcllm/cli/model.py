@@ -78,6 +78,9 @@ def info_cmd(
     ),
     offload: bool = typer.Option(False, "--offload", help="FSDP2 CPU offload of the sharded state."),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-steps per optimizer step."),
+    tp: int = typer.Option(
+        1, "--tp", help="Tensor-parallel ranks inside a node (1, 2, 4, 8): block weights and activations split."
+    ),
     attention: Attention | None = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
     cluster: str | None = typer.Option(
         None, "--cluster", "-c", help="Check the fit against this profile's GPU memory."
@@ -106,6 +109,7 @@ def info_cmd(
             "precision": precision,
             "activation_checkpointing": ac,
             "ac_every": ac_every,
+            "tensor_parallel": tp,  # validated: 1, 2, 4 or 8
         }
         parallel = ParallelConfig(**{k: v for k, v in given.items() if v is not None}, cpu_offload=offload)
     except ValidationError as exc:  # a combination of options the configs reject
@@ -115,6 +119,9 @@ def info_cmd(
     n_gpus = gpus or (profile.gpus_per_node if profile else 1)
     per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
     device: Literal["cuda", "cpu"] = "cpu" if profile is not None and profile.is_cpu else "cuda"
+    tp_problem = parallel.tensor_parallel_problem(cfg, min(per_node, n_gpus))
+    if tp_problem:
+        fail(ValueError(f"--tp: {tp_problem}"))
     spec = MemorySpec(
         cfg,
         parallel,
@@ -132,6 +139,7 @@ def info_cmd(
             title=(
                 f"memory per {'rank' if device == 'cpu' else 'GPU'}: MBS {mbs} x seq {cfg.seq_len}, {n_gpus} rank(s), "
                 f"{parallel.sharding}, {parallel.precision}, AC {parallel.activation_checkpointing}"
+                + (f", TP {tp} x DP {n_gpus // tp}" if tp > 1 else "")
             ),
         )
     )

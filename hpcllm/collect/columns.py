@@ -25,7 +25,8 @@ class Column:
     get: Callable[[RunRecord], Any]
     text: Callable[[Any], str] = str  # the cell in markdown and LaTeX (None is always empty)
     help: str = ""
-    optional: bool = False  # in the default table only when some run has a value
+    optional: bool = False  # in the default table only when some run has a value other than ``usual``
+    usual: Any = None  # an optional column's everyday value (TP 1), which alone does not show it
     numeric: bool = False  # right-aligned in LaTeX
 
     def cell(self, value: Any) -> str:
@@ -146,6 +147,15 @@ _COLUMNS = [
     Column("mfu", "MFU", _summary("mfu", 4), help="the seed's MFU: 72·L·d² + 12·L·T·d FLOPs per token", numeric=True),
     # Ours.
     Column(
+        "tp",
+        "TP",
+        lambda r: (r.summary or {}).get("tensor_parallel", 1),
+        help="tensor-parallel ranks per model replica (1: FSDP alone); MFU stays per GPU",
+        optional=True,
+        usual=1,
+        numeric=True,
+    ),
+    Column(
         "mfu_with_head",
         "MFU+head",
         _summary("mfu_with_head", 4),
@@ -228,7 +238,7 @@ DEFAULT_TAIL = [
     "restarts",
     "wall_time",
 ]
-GROUPS = {"seed": SEED, "default": [*SEED, "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
+GROUPS = {"seed": SEED, "default": [*SEED, "tp", "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
 
 # Grid keys the seed's columns already show (directly, or as #GPUs).
 COVERED_BY_SEED = {
@@ -240,6 +250,7 @@ COVERED_BY_SEED = {
     "model.seq_len",
     "parallel.precision",
     "parallel.sharding",
+    "parallel.tensor_parallel",
     "parallel.activation_checkpointing",
     "model.preset",
 }
@@ -275,7 +286,11 @@ def resolve(spec: str | None, records: list[RunRecord]) -> list[Column]:
                 out += [swept_column(k) for k in grid_keys if name == "swept" or k not in COVERED_BY_SEED]
             elif item in COLUMNS:
                 column = COLUMNS[item]
-                if column.optional and item not in names and not any(column.get(r) is not None for r in records):
+                if (
+                    column.optional
+                    and item not in names
+                    and not any(column.get(r) not in (None, column.usual) for r in records)
+                ):
                     continue  # an optional column the user did not name, and no run has a value
                 out.append(column)
             elif item.startswith("summary.") and len(item) > len("summary."):

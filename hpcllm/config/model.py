@@ -90,6 +90,33 @@ class ModelConfig(BaseModel):
             raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}")
         return self
 
+    def tensor_parallel_problem(self, tp: int) -> str | None:
+        """Why this model cannot be split over ``tp`` tensor-parallel ranks, or None.
+
+        Heads are split whole; the fused qkv weight splits into equal query/key/value slices
+        only with as many K/V heads as query heads, and has no bias that FSDP2 could shard apart
+        from its rows (hpcllm/engine/tensor_parallel.py); the sequence-parallel norms split
+        ``seq_len``; the MLP splits ``ffn_dim``.
+        """
+        if tp == 1:
+            return None
+        if self.n_heads % tp:
+            return f"{tp} does not divide the {self.n_heads} heads of model {self.name!r}; heads are split whole"
+        if self.kv_heads != self.n_heads:
+            return (
+                f"model {self.name!r} has grouped K/V heads (n_kv_heads {self.kv_heads} < n_heads {self.n_heads}); "
+                "tensor parallelism needs n_kv_heads = n_heads"
+            )
+        if self.bias:
+            return (
+                f"model {self.name!r} has bias terms; the qkv bias, strided over the TP ranks, cannot also be "
+                "sharded by FSDP2: set model.bias: false"
+            )
+        for what, size in (("seq_len", self.seq_len), ("ffn_dim", self.ffn_dim)):
+            if size % tp:
+                return f"{tp} does not divide model {self.name!r}'s {what} {size}"
+        return None
+
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
         # The same validation as cls(preset=..., ...): `preset` is no field, the before-validator takes it.

@@ -79,11 +79,30 @@ class ParallelConfig(_Strict):
     activation_checkpointing: Checkpointing = "none"
     ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
+    tensor_parallel: Literal[1, 2, 4, 8] = Field(
+        1,
+        description="Tensor-parallel ranks per model replica, inside one node (<= GPUs per node); "
+        "FSDP2 shards over the world / tensor_parallel data-parallel ranks.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_tp_1(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``tensor_parallel`` key at 1: run ids (a hash of the dump) and run.yaml files written
+        before tensor parallelism existed stay the same."""
+        data: dict[str, Any] = handler(self)
+        if self.tensor_parallel == 1:
+            data.pop("tensor_parallel", None)
+        return data
 
     @model_validator(mode="after")
     def _hsdp_only(self) -> ParallelConfig:
         if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
             raise ValueError(f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})")
+        if self.tensor_parallel > 1 and self.sharding == "NO_SHARD":
+            raise ValueError(
+                "tensor_parallel > 1 needs sharding FULL_SHARD or HYBRID_SHARD (NO_SHARD is DDP, which takes "
+                "no tensor-parallel parameters)"
+            )
         if self.loss_scale is not None and self.precision != "FP_16":
             raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
@@ -97,6 +116,22 @@ class ParallelConfig(_Strict):
             return 1
         return self.hsdp_shard_size or ranks_per_node
 
+    def tensor_parallel_problem(self, model: ModelConfig, ranks_per_node: int) -> str | None:
+        """Why ``tensor_parallel`` cannot run with ``ranks_per_node`` ranks per node and ``model``
+        (TP stays inside a node; the model's heads, sequence and MLP must split), or None."""
+        tp = self.tensor_parallel
+        if tp > 1 and ranks_per_node % tp:
+            return (
+                f"{tp} does not divide the {ranks_per_node} GPUs per node: tensor parallelism stays inside a "
+                f"node; allowed: {', '.join(str(n) for n in (1, 2, 4, 8) if ranks_per_node % n == 0)}"
+            )
+        return model.tensor_parallel_problem(tp)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Ranks that read different data: the world / tensor_parallel (one source for the global
+        batch, the engine's loader and the scaling table)."""
+        return world_size // self.tensor_parallel
+
     def data_parallelism(self, world_size: int) -> DataParallelism:
         """How the engine lays the model out over ``world_size`` ranks (engine/parallelize.py says why).
 
@@ -104,7 +139,7 @@ class ParallelConfig(_Strict):
         ddp: NO_SHARD on more than one rank; none: one rank without offload. The engine and the
         memory estimate both read it, so the estimate describes the layout that actually runs.
         """
-        if self.cpu_offload or (world_size > 1 and self.sharding != "NO_SHARD"):
+        if self.cpu_offload or self.tensor_parallel > 1 or (world_size > 1 and self.sharding != "NO_SHARD"):
             return "fsdp"
         return "ddp" if world_size > 1 else "none"
 

@@ -65,6 +65,7 @@ from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
+from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
 from hpcllm.rundir import RunDir
@@ -200,9 +201,11 @@ class Checkpointer:
         state.loader.load_state_dict(trainer["loader"])  # first: it refuses another data setup
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+        view = checkpoint_view(sd)  # tensor parallelism's strided rows, as saved
         try:
             with single_process_dcp():
-                dcp.load(sd, checkpoint_id=str(path))
+                dcp.load(view, checkpoint_id=str(path))
+            restore_from_view(sd, view)
         except CheckpointException as exc:  # raised on every rank alike
             state.loader.load_state_dict(fresh_loader)
             # The files passed verification, so the model or optimizer no longer matches them
@@ -282,7 +285,7 @@ class Checkpointer:
         if rank() == 0:
             atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state))
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
+        sd = checkpoint_view({"model": model_sd, "optim": optim_sd})  # tensor parallelism's strided rows gathered
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
         if self.cfg.async_save:

@@ -35,6 +35,7 @@ from hpcllm.engine.preemption import StopRequest, any_rank
 from hpcllm.engine.probe_search import next_size
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import build_teacher, check_data_vocab, recorded_gpu_type, train_step
+from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json, read_json
 from hpcllm.plan.memory import MemorySpec, estimate_memory
 from hpcllm.rundir import (
@@ -219,6 +220,11 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
     """Probe micro-batch sizes until the search stops; write probe.json and summary.json; exit code."""
     probe: ProbeConfig | None = cfg.probe
     assert probe is not None
+    if cfg.parallel.tensor_parallel > 1:  # trials read data per rank and count samples per rank
+        raise ConfigError(
+            "parallel.tensor_parallel: explore-batch probes run without tensor parallelism; probe with "
+            "tensor_parallel: 1, or size TP runs with `hpcllm model info --tp`"
+        )
     summary.update(kind=SUMMARY_KIND_PROBE, world_size=env.world_size, device=env.device.type)
     torch.manual_seed(cfg.seed)
     report = load_report(cfg, run_dir, env, resume)

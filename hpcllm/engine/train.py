@@ -29,6 +29,7 @@ from hpcllm.engine.optim import clip_grads_, grad_replicas, local_grads
 from hpcllm.engine.parallelize import build_parallel_model, set_gradient_sync
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.step_reductions import step_report, token_weight_sum
+from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
 from hpcllm.errors import ConfigError, HpcllmError
 
 console = Console(highlight=False, soft_wrap=True)  # soft_wrap: one line per message in logs
@@ -67,7 +68,8 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
         "d_model": m.d_model,
         "seq_len": m.seq_len,
         "world_size": env.world_size,
-        "dp_size": env.world_size,
+        "dp_size": p.data_parallel_size(env.world_size),
+        "tensor_parallel": p.tensor_parallel,
         "micro_batch_size": t.micro_batch_size,
         "grad_accum": t.grad_accum,
         "global_batch_size": gbs,
@@ -136,8 +138,10 @@ def build_teacher(
     teacher_parallel = pcfg.model_copy(update={"activation_checkpointing": "none"})  # no backward
     teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed, trainable=False)
     state = {"model": get_model_state_dict(teacher)}
+    view = checkpoint_view(state)  # tensor parallelism's strided rows, as saved
     try:
-        dcp.load(state, checkpoint_id=str(ckpt))
+        dcp.load(view, checkpoint_id=str(ckpt))
+        restore_from_view(state, view)
     except Exception as exc:
         raise HpcllmError(
             f"distill.teacher_checkpoint: cannot load {ckpt} into the teacher architecture "
@@ -167,6 +171,7 @@ def train_step(
     grad_accum: int,
     dp_size: int,
     grad_clip: float | None,
+    tp_size: int = 1,
     device: torch.device,
     teacher: GPT | None = None,
     distill: DistillConfig | None = None,
@@ -186,7 +191,7 @@ def train_step(
     """
     model, optimizer, scaler = state.model, state.optimizer, state.loss_scaler
     micro_batches = [next(state.loader) for _ in range(grad_accum)]
-    n_tokens = token_weight_sum(micro_batches, dp_size, device)
+    n_tokens = token_weight_sum(micro_batches, dp_size, device, copies=tp_size)
     scale = dp_size / n_tokens
     if isinstance(scale, torch.Tensor):
         scale = scale.float()  # the dtype of the loss it multiplies
@@ -212,7 +217,8 @@ def train_step(
     if scaler is not None:
         scaler.unscale_(params)
     grads = local_grads(params)
-    norm, loss_sum = step_report(grads, loss_sum, grad_replicas(params, dp_size))
+    # The TP ranks of a group compute the same loss: each reports 1/tp of it (tp is a power of two: exact).
+    norm, loss_sum = step_report(grads, loss_sum / tp_size, grad_replicas(params, dp_size * tp_size))
     if grad_clip is not None:
         clip_grads_(grads, grad_clip, norm)
     skipped = scaler.update(float(norm)) if scaler is not None else False

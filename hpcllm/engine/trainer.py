@@ -28,6 +28,8 @@ from hpcllm.engine.preemption import StopRequest
 from hpcllm.engine.profiling import StepProfiler
 from hpcllm.engine.runtime import record_runtime
 from hpcllm.engine.state import TrainState
+from hpcllm.engine.tensor_parallel import dp_rank as data_parallel_rank
+from hpcllm.engine.tensor_parallel import dp_size as data_parallel_size
 from hpcllm.engine.tracking import open_sinks
 from hpcllm.engine.train import (
     build_teacher,
@@ -68,17 +70,18 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.cfg, self.run_dir, self.env, self.summary = cfg, run_dir, env, summary
         source = str(run_dir.config)
-        self.dp_size = env.world_size
+        self.mesh = build_mesh(cfg.parallel, env)
+        self.dp_size = data_parallel_size(self.mesh)  # the world / tensor_parallel: TP ranks read the same data
         self.gbs = global_batch_size(cfg, self.dp_size, source)
         summary.update(summary_fields(cfg, env, self.gbs))
+        summary["dp_size"] = self.dp_size
         record_runtime(run_dir, env, restart=restart_count())
-        self.mesh = build_mesh(cfg.parallel, env)
         self.model = build_parallel_model(cfg.model, cfg.parallel, self.mesh, env.device, cfg.seed)
         self.loader = build_train_loader(
             cfg.data,
             seq_len=cfg.model.seq_len,
             micro_batch_size=cfg.train.micro_batch_size,
-            dp_rank=env.rank,
+            dp_rank=data_parallel_rank(self.mesh),
             dp_size=self.dp_size,
             seed=cfg.seed,
             device=env.device,
@@ -89,7 +92,9 @@ class Trainer:
             if cfg.distill is not None
             else None
         )
-        self.evaluator: Evaluator | None = build_evaluator(cfg, env)
+        self.evaluator: Evaluator | None = build_evaluator(
+            cfg, env, dp_rank=data_parallel_rank(self.mesh), dp_size=self.dp_size
+        )
         self.profiler = StepProfiler(cfg.profile, run_dir, env)
         horizon = cfg.schedule.total_steps or cfg.train.steps  # a longer schedule: stop early, resume later on it
         optimizer = build_optimizer(
@@ -189,6 +194,7 @@ class Trainer:
             state,
             grad_accum=cfg.train.grad_accum,
             dp_size=self.dp_size,
+            tp_size=cfg.parallel.tensor_parallel,
             grad_clip=cfg.train.grad_clip,
             device=env.device,
             teacher=self.teacher,

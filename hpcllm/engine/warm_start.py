@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 from hpcllm.config.model import ModelConfig
 from hpcllm.engine.checkpoint import TRAINER_STATE
 from hpcllm.engine.checkpoint_find import describe_failures, resolve_checkpoint, single_process_dcp
+from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import read_json
 
@@ -48,11 +49,13 @@ def load_initial_weights(model: torch.nn.Module, spec: str, cfg: ModelConfig) ->
         assert isinstance(v, torch.Tensor), k  # a model's state dict holds tensors (DTensors when sharded)
         shapes[k] = tuple(v.shape)
     check_architecture(ckpt, cfg, shapes)
+    view = checkpoint_view(state)  # tensor parallelism's strided rows, as saved
     try:
         with single_process_dcp():
-            dcp.load(state, checkpoint_id=str(ckpt))
+            dcp.load(view, checkpoint_id=str(ckpt))
     except CheckpointException as exc:  # raised on every rank alike
         raise HpcllmError(f"{KEY}: cannot load the weights of {ckpt}: {describe_failures(exc)}") from None
+    restore_from_view(state, view)
     set_model_state_dict(model, state["model"])
     return ckpt
 

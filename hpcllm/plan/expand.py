@@ -176,6 +176,10 @@ def _check_against_cluster(resources: Resources, training: TrainingConfig, clust
         )
     if resources.qos is not None:
         check_named_qos(cluster, resources.qos, resources.nodes, resources.time, where)
+    assert resources.gpus_per_node is not None
+    tp_problem = training.parallel.tensor_parallel_problem(training.model, resources.gpus_per_node)
+    if tp_problem:
+        raise ConfigError(f"{where}: parallel.tensor_parallel: {tp_problem}")
     if training.device == "cuda" and cluster.is_cpu:
         raise ConfigError(f"{where}: device: 'cuda' on cluster {cluster.name!r}, which has no GPUs")
     if parse_slurm_time(resources.time) <= cluster.signal_before_end_s and cluster.scheduler == "slurm":
@@ -204,7 +208,7 @@ def _check_preflight(resources: Resources, cluster: ClusterProfile, where: str) 
 def _with_global_batch(training: TrainingConfig, resources: Resources, where: str) -> TrainingConfig:
     """GBS = MBS x grad_accum x data-parallel size: fill it in, or check the one the user gave."""
     assert resources.gpus_per_node is not None
-    dp = resources.nodes * resources.gpus_per_node
+    dp = training.parallel.data_parallel_size(resources.nodes * resources.gpus_per_node)
     gbs = training.train.micro_batch_size * training.train.grad_accum * dp
     given = training.train.global_batch_size
     if given is not None and given != gbs:
@@ -232,6 +236,7 @@ def _run_id(training: TrainingConfig, resources: Resources) -> str:
     name = (
         f"{training.model.name}-n{resources.nodes}x{resources.gpus_per_node}-mbs{t.micro_batch_size}"
         f"-ga{t.grad_accum}-{_SHARDING_ABBREV[p.sharding]}-ac{p.activation_checkpointing}"
-        f"{'-compile' if p.compile else ''}-seq{training.model.seq_len}"
+        f"{'-compile' if p.compile else ''}{f'-tp{p.tensor_parallel}' if p.tensor_parallel > 1 else ''}"
+        f"-seq{training.model.seq_len}"
     )
     return f"{name}-{digest}"

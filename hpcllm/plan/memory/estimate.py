@@ -40,6 +40,7 @@ from hpcllm.plan.memory.activations import (
 )
 from hpcllm.plan.memory.checkpoint import checkpoint_bytes
 from hpcllm.plan.memory.layout import autocast_copy_numel, param_layout, sharded_param_bytes, unsharded_numel
+from hpcllm.plan.memory.tensor_parallel import local_activations
 
 GIB = 2**30
 
@@ -121,8 +122,13 @@ class MemorySpec:
         )
 
     @property
+    def tp(self) -> int:
+        return self.parallel.tensor_parallel
+
+    @property
     def shard_group(self) -> int:
-        return self.parallel.shard_group_size(self.world_size, self.ranks_per_node)
+        """Ranks FSDP2 shards a parameter over: among the data-parallel ranks (the world / tp)."""
+        return self.parallel.shard_group_size(self.world_size // self.tp, self.ranks_per_node // self.tp)
 
     @property
     def fsdp(self) -> bool:
@@ -211,10 +217,11 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
 def _state_terms(spec: MemorySpec, state_at: Literal["device", "host"]) -> list[Term]:
     """Weights, gradients, optimizer state (and a teacher's weights), and the all-gathered copies."""
     model, group = spec.model, spec.shard_group
-    n_tensors = param_layout(model, group).n_tensors
+    n_tensors = param_layout(model, group, spec.tp).n_tensors
     shard_note = f"sharded over {group} rank{'s' if group > 1 else ''}" + (" (padded)" if group > 1 else "")
+    shard_note += f", blocks split over {spec.tp} TP ranks" if spec.tp > 1 else ""
 
-    weights = sharded_param_bytes(model, group)
+    weights = sharded_param_bytes(model, group, tp=spec.tp)
     grads = weights
     optim = ADAMW_MOMENTS * weights + ADAMW_STEP_BYTES * n_tensors
     terms = [
@@ -249,6 +256,7 @@ def _working_terms(spec: MemorySpec) -> tuple[ActivationBytes, int, int, list[Te
         checkpointing=par.activation_checkpointing,
         ac_every=par.ac_every,
     )
+    act = local_activations(act, model, spec.micro_batch_size, t, num, spec.tp)
     ac = par.activation_checkpointing
     ac_note = {
         "none": "no checkpointing",
@@ -273,7 +281,7 @@ def _working_terms(spec: MemorySpec) -> tuple[ActivationBytes, int, int, list[Te
         loss += n_v * num.compute + 3 * n_v * FP32
         loss_note += " + teacher logits and the KL term's fp32 buffers"
     terms.append(Term("loss", loss, "device", loss_note))
-    backward = backward_working_bytes(model, spec.micro_batch_size, t, num)
+    backward = backward_working_bytes(model, spec.micro_batch_size, t, num) // spec.tp
     backward_note = "one block's gradients of its largest intermediates"
     if act.n_checkpointed:
         backward += act.block_full
@@ -287,9 +295,9 @@ def _gathered_term(spec: MemorySpec) -> Term:
     if spec.fsdp:
         p = BF16 if par.precision != "FP_32" else FP32  # BF_16 and FP_16: 2-byte halves
         reduce_copy = FP32 if p != FP32 else 0  # FSDP2 reduces bf16 gradients in fp32: a cast copy
-        block = unsharded_numel(model, spec.shard_group, blocks=True)
+        block = unsharded_numel(model, spec.shard_group, blocks=True, tp=spec.tp)
         blocks = min(BLOCKS_IN_FLIGHT, model.n_layers)
-        root = unsharded_numel(model, spec.shard_group, blocks=False)
+        root = unsharded_numel(model, spec.shard_group, blocks=False, tp=spec.tp)
         total = (root + blocks * block) * p + root * p + block * (p + reduce_copy)
         dtype = {"BF_16": "bf16", "FP_16": "fp16"}.get(par.precision, "fp32")
         return Term(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.plan.memory.activations import FP32
+from hpcllm.plan.memory.tensor_parallel import local_parameter_shapes
 
 
 def shard_rows(rows: int, group: int, rank: int = 0) -> int:
@@ -26,7 +27,7 @@ def _is_block(name: str) -> bool:
     return name.startswith("blocks.")
 
 
-def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
+def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool, tp: int = 1) -> int:
     """Elements FSDP2 all-gathers for one block (``blocks``), or those of the rest that stay
     gathered through backward: the root group and the head (engine/parallelize.py keeps both
     gathered from their forward on). An untied token embedding is its own group, resharded after
@@ -35,7 +36,7 @@ def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
     The unsharded parameters are views into the all-gather buffer, whose rows are the padded shards
     of every rank: a 509-row embedding over 2 ranks is gathered as 510 rows.
     """
-    layout = param_layout(model, group)
+    layout = param_layout(model, group, tp)
     return layout.block_gathered if blocks else layout.root_gathered
 
 
@@ -45,14 +46,15 @@ def autocast_copy_numel(model: ModelConfig) -> int:
     return param_layout(model, 1).autocast_copies
 
 
-def sharded_param_bytes(model: ModelConfig, group: int, bytes_per_element: int = FP32) -> int:
-    """One rank's allocated bytes of ``model``'s parameters sharded over ``group`` ranks."""
-    return param_layout(model, group).sharded * bytes_per_element
+def sharded_param_bytes(model: ModelConfig, group: int, bytes_per_element: int = FP32, tp: int = 1) -> int:
+    """One rank's allocated bytes of ``model``'s parameters sharded over ``group`` ranks (after
+    ``tp``-way tensor parallelism)."""
+    return param_layout(model, group, tp).sharded * bytes_per_element
 
 
 @dataclass(frozen=True)
 class ParamLayout:
-    """Element counts of one model's parameters sharded over one group size."""
+    """Element counts of one model's parameters (on one TP rank) sharded over one group size."""
 
     n_tensors: int
     sharded: int  # one rank's padded shards
@@ -61,20 +63,21 @@ class ParamLayout:
     autocast_copies: int  # the weights autocast keeps a half-precision copy of
 
 
-_LAYOUTS: dict[tuple[str, int], ParamLayout] = {}
+_LAYOUTS: dict[tuple[str, int, int], ParamLayout] = {}
 
 
-def param_layout(model: ModelConfig, group: int) -> ParamLayout:
-    """The counts of ``model`` over ``group``, computed once per process for each distinct pair.
+def param_layout(model: ModelConfig, group: int, tp: int = 1) -> ParamLayout:
+    """The counts of ``model`` split ``tp`` ways and sharded over ``group``, computed once per process
+    for each distinct triple.
 
     ``submit`` estimates every point of a grid, ``largest_fitting_mbs`` a dozen sizes per point, and
     walking hundreds of parameter shapes each time was half of a 1,000-point dry run. A grid has a
     handful of distinct models, so the cache stays small.
     """
-    key = (model.model_dump_json(), group)
+    key = (model.model_dump_json(), group, tp)
     found = _LAYOUTS.get(key)
     if found is None:
-        shapes = model.parameter_shapes()
+        shapes = local_parameter_shapes(model, tp)
 
         def gathered(name: str) -> bool:
             return not _is_block(name) and (model.tie_embeddings or not name.startswith("tok_emb."))
