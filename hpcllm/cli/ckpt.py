@@ -12,9 +12,10 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from hpcllm.cli.common import console, fail
+from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 
@@ -62,7 +63,11 @@ def ls(
         from hpcllm.engine.checkpoint import verify_checkpoint as check
     else:
         check = check_files
-    latest = read_latest_pointer(run.checkpoints)
+    try:
+        latest = read_latest_pointer(run.checkpoints)
+    except CheckpointCorrupt as exc:
+        latest = None
+        err_console.print(f"warning: {escape(str(exc))}", soft_wrap=True, highlight=False)
     table = Table(title=str(run.checkpoints))
     for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
         table.add_column(col, justify="right" if col != "status" else "left")
@@ -73,7 +78,7 @@ def ls(
             check(info.path)
             status = "ok" if verify else "complete"
         except CheckpointCorrupt as exc:
-            status = f"[red]corrupt[/]: {str(exc).removeprefix(str(info.path) + ': ')}"
+            status = f"[red]corrupt[/]: {escape(str(exc).removeprefix(str(info.path) + ': '))}"
         if latest == info.path:
             status += " [bold](latest)[/]"
         saved = ts.get("saved_at_unix")
@@ -124,7 +129,10 @@ def export(
 
     try:
         run = _run_dir(run_dir)
-        ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        try:
+            ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        except CheckpointCorrupt as exc:
+            raise HpcllmError(f"cannot export: {exc}; name a checkpoint with --step") from None
         if ckpt is None or not ckpt.is_dir():
             steps = ", ".join(str(c.step) for c in list_checkpoints(run.checkpoints)) or "none"
             what = f"no checkpoint {ckpt.name}" if ckpt is not None else "no `latest` pointer"

@@ -19,6 +19,7 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.text import OneLine, SbatchOption, one_line, shell_variable_name
 from hpcllm.errors import ConfigError
 from hpcllm.paths import project_folder
+from hpcllm.rundir import check_name
 from hpcllm.sitepaths import root_names
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
@@ -174,6 +175,8 @@ class ClusterProfile(BaseModel):
     def storage_roots(self, account: str | None) -> dict[str, str]:
         """``paths`` with ``{account}`` filled in (left as is without an account: whoever uses such a
         root says that it needs one)."""
+        if account:
+            check_name(account, "account")
         return {name: value.replace("{account}", account) if account else value for name, value in self.paths.items()}
 
     def resolve_account(self, cli_account: str | None = None) -> str | None:
@@ -191,6 +194,7 @@ class ClusterProfile(BaseModel):
                 one_line(account)
             except ValueError as exc:
                 raise ConfigError(f"account {account!r}: {exc}") from None
+            check_name(account, "account")  # it fills {account} in storage roots: a folder name
         return account
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException, FileSystemReader
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re-exported here
@@ -64,6 +64,7 @@ from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re
 )
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
 from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
@@ -95,7 +96,10 @@ def resolve_checkpoint(spec: str, key: str) -> Path:
         chosen: Path | None = root / step_dir_name(step)
         missing = f"no checkpoint at step {step}"
     else:
-        chosen = read_latest_pointer(root)
+        try:
+            chosen = read_latest_pointer(root)
+        except CheckpointCorrupt as exc:
+            raise ConfigError(f"{key}: {spec!r}: {exc}") from None
         missing = "no 'latest' pointer" if chosen is None else f"'latest' names {chosen.name}, which is missing"
     if chosen is None or not (chosen / ".metadata").is_file():
         steps = ", ".join(str(c.step) for c in list_checkpoints(root)) or "none"
@@ -140,10 +144,7 @@ def verify_checkpoint(path: Path) -> None:
     deleted shards without reading the tensors.
     """
     check_files(path)
-    try:
-        metadata = FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:
-        raise CheckpointCorrupt(f"{path}: cannot read DCP metadata (.metadata): {exc}") from None
+    metadata = read_metadata(path)  # never runs code from the file: CheckpointCorrupt for a crafted one
     needed: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         end = info.offset + info.length
@@ -287,7 +288,11 @@ class Checkpointer:
         return None if choice is None else Path(choice)
 
     def _candidates(self) -> list[Path]:
-        latest = read_latest_pointer(self.root)
+        try:
+            latest = read_latest_pointer(self.root)
+        except CheckpointCorrupt as exc:  # resume from the newest complete checkpoint instead
+            _warn("ignoring checkpoint pointer: %s", exc)
+            latest = None
         others = [c.path for c in reversed(list_checkpoints(self.root))]
         if latest is not None:
             if latest.exists():
@@ -305,7 +310,7 @@ class Checkpointer:
         sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         try:
             with single_process_dcp():
-                dcp.load(sd, checkpoint_id=str(path))
+                dcp.load(sd, storage_reader=SafeFileSystemReader(str(path)))
         except CheckpointException as exc:  # raised on every rank alike
             state.loader.load_state_dict(fresh_loader)
             # The files passed verification, so the model or optimizer no longer matches them

@@ -22,6 +22,7 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.checkpoint import Checkpointer, describe_failures, resolve_checkpoint
 from hpcllm.engine.data import build_train_loader
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader
 from hpcllm.engine.distributed import (
     DistEnv,
     all_reduce_max,
@@ -157,7 +158,7 @@ def build_teacher(
     teacher = build_parallel_model(dcfg.teacher, teacher_parallel, mesh, env.device, seed, trainable=False)
     state = {"model": get_model_state_dict(teacher)}
     try:
-        dcp.load(state, checkpoint_id=str(ckpt))
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(ckpt)))
     except Exception as exc:
         raise HpcllmError(
             f"distill.teacher_checkpoint: cannot load {ckpt} into the teacher architecture "
