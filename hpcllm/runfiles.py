@@ -203,6 +203,20 @@ def last_json_line(
         os.close(fd)
 
 
+def tail_text(path: str | os.PathLike[str], max_bytes: int = 1 << 16) -> str:
+    """The last ``max_bytes`` of a text file (a log), undecodable bytes replaced: never the whole file."""
+    fd, size = _open(path)
+    try:
+        start = max(size - max_bytes, 0)
+        data = os.pread(fd, min(size, max_bytes), start)
+    except OSError as exc:
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", errors="replace")
+    return text.split("\n", 1)[-1] if start > 0 else text  # drop the cut first line
+
+
 def _json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "array"
@@ -235,23 +249,22 @@ def check_fields(
             raise RunFileProblem(path, f"field {key!r} holds a JSON {_json_kind(value)}, not a string")
 
 
-def finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float (at any depth) replaced by None: for JSON that must stay JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+def strict_json(data: Any, indent: int | None = 2) -> str:
+    """``data`` as JSON that every parser reads: a non-finite float (NaN, Infinity are not JSON) becomes
+    null, and the object holding it gets ``"non_finite": {key: "nan" | "inf" | "-inf"}`` saying why
+    (a list's non-finite items are null). For every ``--format json`` output."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
+        out = {k: _finite(v) for k, v in value.items()}
+        why = {str(k): repr(v) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)}
+        if why:
+            out["non_finite"] = why
+        return out
     if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
-
-
-def non_finite_keys(value: Any, prefix: str = "") -> list[str]:
-    """Dotted keys (and ``[i]`` indices) of the non-finite floats in ``value``."""
-    if isinstance(value, float):
-        return [] if math.isfinite(value) else [prefix or "(value)"]
-    if isinstance(value, dict):
-        return [k for key, v in value.items() for k in non_finite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
-    if isinstance(value, (list, tuple)):
-        return [k for i, v in enumerate(value) for k in non_finite_keys(v, f"{prefix}[{i}]")]
-    return []

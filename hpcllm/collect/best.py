@@ -13,8 +13,7 @@ from typing import Any
 import pandas as pd
 
 from hpcllm.collect import columns as cols
-from hpcllm.collect.records import RunRecord
-from hpcllm.fsutil import read_json
+from hpcllm.collect.records import RunRecord, read_summary
 from hpcllm.launch.search import best_trial, find_searches
 from hpcllm.rundir import RunDir
 
@@ -31,10 +30,9 @@ def best_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
             if best is None:
                 continue
             run_dir = RunDir(folder / best.run_id)
-            try:
-                summary = read_json(run_dir.summary)
-            except ValueError as exc:
-                _note(problems, f"{run_dir.summary}: not valid JSON ({exc})")
+            summary, problem = read_summary(run_dir)
+            if problem:
+                _note(problems, problem)
                 continue
             steps = max(int(s) for s, v in best.scores.items() if v is not None)
             row: dict[str, Any] = {

@@ -84,7 +84,7 @@ def load_metadata_bytes(data: bytes, source: Path | str) -> Metadata:
     return metadata
 
 
-def read_metadata(ckpt_dir: Path | str) -> Metadata:
+def read_metadata(ckpt_dir: os.PathLike[str] | str) -> Metadata:
     """The ``.metadata`` of a checkpoint folder, read safely (see the module docstring).
 
     A FIFO or device in its place is refused before it is opened (opening a FIFO would block).
@@ -110,8 +110,8 @@ class SafeFileSystemReader(FileSystemReader):
     """DCP's reader of a checkpoint folder, with ``read_metadata`` through the restricted unpickler."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        metadata = read_metadata(self.path)
-        if getattr(metadata, "storage_meta", None) is None:
+        metadata = read_metadata(os.fspath(self.path))
+        if metadata.storage_meta is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id  # as DCP's own reader does
         return metadata
