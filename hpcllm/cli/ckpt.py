@@ -112,7 +112,7 @@ def export(
         "--format",
         help="torch: one .pt state dict; hf: a Llama folder for transformers' LlamaForCausalLM.",
     ),
-    step: int | None = typer.Option(None, help="Checkpoint step to export; default: the latest."),
+    step: int | None = typer.Option(None, min=0, help="Checkpoint step to export; default: the latest."),
     with_optimizer: bool = typer.Option(
         False, "--with-optimizer", help="torch only: include optimizer state (whole DCP state)."
     ),

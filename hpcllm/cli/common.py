@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,14 @@ def fail(exc: Exception) -> NoReturn:
     # escape: a message may hold brackets ("a tolerance is [lower, upper]") that are not markup
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
+
+
+def finite(value: float | None) -> float | None:
+    """typer callback of every float option: click's ranges let ``nan`` through (every comparison with
+    it is false), and ``inf`` is no setting of ours."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def warn_problems(problems: list[str], label: str = "skipped") -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail, finite
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -31,7 +31,11 @@ def explore_batch(
         1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."
     ),
     min_gain: float = typer.Option(
-        0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."
+        0.03,
+        "--min-gain",
+        min=0.0,
+        callback=finite,
+        help="Stop growing when samples/s per GPU improves less than this.",
     ),
     memory_only: bool = typer.Option(
         False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."

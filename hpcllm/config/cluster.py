@@ -44,7 +44,7 @@ SlurmTime = Annotated[str, AfterValidator(_valid_time)]
 
 
 class QosSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     max_time: SlurmTime = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
     max_nodes: int | None = Field(None, gt=0, description="Most nodes one job may use; null = partition limit.")
@@ -63,7 +63,7 @@ class QosSpec(BaseModel):
 class ClusterProfile(BaseModel):
     """One system (or one partition of it) as hpcllm sees it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(description="Short name used on the command line (--cluster NAME).", pattern=NAME_PATTERN)
     description: str = ""

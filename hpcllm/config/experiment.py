@@ -32,7 +32,7 @@ from hpcllm.sitepaths import resolve_on_login
 class Resources(BaseModel):
     """What one run asks of the scheduler."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     nodes: int = Field(1, gt=0)
     gpus_per_node: int | None = Field(None, gt=0, description="Ranks per node; default: the profile's.")
@@ -42,7 +42,7 @@ class Resources(BaseModel):
 
 
 class Experiment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(description="Names the results folder: results/<name>/<cluster>/<run>/.", pattern=NAME_PATTERN)
     description: str = ""
@@ -262,6 +262,11 @@ def _check_against_cluster(resources: Resources, training: TrainingConfig, clust
         raise ConfigError(
             f"{where}: resources.nodes: {resources.nodes} nodes requested, but cluster {cluster.name!r} "
             f"has at most {cluster.max_nodes} (the job would pend forever)"
+        )
+    if not cluster.is_cpu and (resources.gpus_per_node or 0) > cluster.gpus_per_node:
+        raise ConfigError(
+            f"{where}: resources.gpus_per_node: {resources.gpus_per_node} ranks per node, but a node of cluster "
+            f"{cluster.name!r} has {cluster.gpus_per_node} GPUs (one rank per GPU)"
         )
     if cluster.scheduler == "local" and resources.nodes != 1:
         raise ConfigError(f"{where}: resources.nodes: the local cluster runs 1 node, got {resources.nodes}")
