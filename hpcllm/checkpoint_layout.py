@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcllm.errors import HpcllmError
 from hpcllm.runfiles import MissingFile, RunFileProblem, read_json_object, read_text
 
 LATEST = "latest"
@@ -25,7 +26,7 @@ STEP_RE = re.compile(r"^step_(\d+)$")
 TRAINER_KEYS = ("step", "consumed_samples", "scheduler", "loader", "world_size")
 
 
-class CheckpointCorrupt(Exception):
+class CheckpointCorrupt(HpcllmError):
     """A step_<N> folder that is not a loadable checkpoint (truncated or missing files)."""
 
 
