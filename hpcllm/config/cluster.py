@@ -185,7 +185,7 @@ class ClusterProfile(BaseModel):
             return None
         account = cli_account or os.environ.get("HPCLLM_ACCOUNT") or self.account
         if self.scheduler == "slurm" and self.requires_account and not account:
-            raise ConfigError(
+            raise AccountMissing(
                 f"cluster {self.name!r} needs an account: set `account:` in its profile, "
                 "export HPCLLM_ACCOUNT=<project>, or pass --account <project>"
             )
@@ -196,6 +196,10 @@ class ClusterProfile(BaseModel):
                 raise ConfigError(f"account {account!r}: {exc}") from None
             check_name(account, "account")  # it fills {account} in storage roots: a folder name
         return account
+
+
+class AccountMissing(ConfigError):
+    """The site needs an account and none is set (a dry run renders without one; a bad one is refused)."""
 
 
 def clusters_dir() -> Path:

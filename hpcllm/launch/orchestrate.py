@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from hpcllm.collect.references import references_for_point
-from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
+from hpcllm.config.cluster import AccountMissing, ClusterProfile, clusters_dir, load_cluster
 from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
 from hpcllm.config.qos import RefusedPoint
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
@@ -132,7 +132,7 @@ def resolve_account(cluster: ClusterProfile, account: str | None, dry_run: bool,
     """The account to charge (``ClusterProfile.resolve_account``); a dry run renders without one."""
     try:
         return cluster.resolve_account(account)
-    except ConfigError:
+    except AccountMissing:  # only a missing one: an account that is no folder name is refused even then
         if not dry_run:
             raise
         warnings.append(f"no account for {cluster.name!r}: rendered without --account")
