@@ -14,8 +14,9 @@ import pandas as pd
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord, read_summary
+from hpcllm.errors import HpcllmError
 from hpcllm.launch.search import best_trial, find_searches
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, check_name
 
 LEAD_COLUMNS = ["Search", "Group", "Run", "Steps"]
 
@@ -29,7 +30,11 @@ def best_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
             best = best_trial(state, group)
             if best is None:
                 continue
-            run_dir = RunDir(folder / best.run_id)
+            try:  # a run id read from the search's state file: one folder of ``folder``, nothing else
+                run_dir = RunDir(folder / check_name(best.run_id, f"{folder}: search state: run id"))
+            except HpcllmError as exc:
+                _note(problems, str(exc))
+                continue
             summary, problem = read_summary(run_dir)
             if problem:
                 _note(problems, problem)
