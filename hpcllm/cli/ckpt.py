@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
@@ -68,7 +69,7 @@ def ls(
     except CheckpointCorrupt as exc:
         latest = None
         err_console.print(f"warning: {escape(str(exc))}", soft_wrap=True, highlight=False)
-    table = Table(title=str(run.checkpoints))
+    table = Table(title=Text(str(run.checkpoints)))  # Text: a path is never markup
     for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
         table.add_column(col, justify="right" if col != "status" else "left")
     infos = list_checkpoints(run.checkpoints)
@@ -93,11 +94,12 @@ def ls(
     if infos:
         console.print(table)
     else:
-        console.print(f"no complete checkpoints in {run.checkpoints}")
+        console.print(f"no complete checkpoints in {run.checkpoints}", markup=False)
     for tmp in incomplete_saves(run.checkpoints):
         console.print(
             f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; the next start removes it)",
             soft_wrap=True,
+            markup=False,
         )
     if infos and not verify:
         console.print("shards not checked against DCP's index: `--verify` does (needs torch)", style="dim")
@@ -150,4 +152,4 @@ def export(
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"wrote {output} ({fmt.value}, from {ckpt})")
+    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", markup=False)

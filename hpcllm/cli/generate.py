@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from hpcllm.cli.common import console, err_console, fail, finite
 from hpcllm.errors import HpcllmError
@@ -51,7 +52,7 @@ def generate(
     spec = str(run_dir) if step is None else f"{run_dir}@{step}"
     try:
         sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        with err_console.status(f"loading {spec} ..."):
+        with err_console.status(Text(f"loading {spec} ...")):
             gen = load_generator(spec, tokenizer=tokenizer, device=device.value)
         with err_console.status(f"generating up to {max_new_tokens} tokens ..."):
             out = gen.generate(prompt, max_new_tokens, sampling)
