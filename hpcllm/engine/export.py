@@ -27,6 +27,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.model import ModelConfig
@@ -71,10 +72,9 @@ def export_torch(ckpt_dir: Path, output: Path, *, with_optimizer: bool = False) 
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     if with_optimizer:
-        state: dict[str, Any] = {}
-        with single_process_dcp():
-            reader = SafeFileSystemReader(str(ckpt_dir))
-            dcp.load(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner())
+        state: dict[str, Any] = {}  # filled by the planner with whatever the checkpoint holds
+        reader = SafeFileSystemReader(str(ckpt_dir))
+        _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(), no_dist=True)
         torch.save(state, output)
     else:
         torch.save(load_model_state(ckpt_dir), output)
