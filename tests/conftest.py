@@ -18,7 +18,7 @@ pytest_plugins = ["slurm_fixtures"]
 # Property tests (tests/test_boundary_properties.py): a bounded count of examples and a fixed
 # derivation of them, so the suite is fast and every run tries the same inputs. HYPOTHESIS_PROFILE=deep
 # tries more (by hand, when changing a boundary).
-settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, database=None, print_blob=True)
+settings.register_profile("ci", max_examples=50, derandomize=True, deadline=None, database=None, print_blob=True)
 settings.register_profile("deep", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

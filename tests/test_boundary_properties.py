@@ -148,7 +148,7 @@ def _warning_count(stderr: str, path: Path) -> int:
 RUNS = st.lists(st.booleans(), min_size=1, max_size=4)  # True: a good run
 
 
-@settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow])  # ~0.4 s each
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])  # ~0.2-0.9 s each
 @given(runs=RUNS, data=st.data())
 def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +187,7 @@ def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data
         assert "Traceback" not in result.output
 
 
-@settings(max_examples=20, suppress_health_check=[HealthCheck.too_slow])  # ~0.4 s each
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])  # ~0.2-0.9 s each
 @given(runs=RUNS, data=st.data())
 def test_status_lists_every_run_and_warns_once_per_bad_manifest(runs: list[bool], data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +215,7 @@ def test_status_lists_every_run_and_warns_once_per_bad_manifest(runs: list[bool]
         assert table.exit_code == 0 and "Traceback" not in table.output, table.output
 
 
-@settings(max_examples=3, suppress_health_check=[HealthCheck.too_slow])  # a report draws plots: ~5 s each
+@settings(max_examples=6, suppress_health_check=[HealthCheck.too_slow])  # a report draws plots: 1.5-12 s each
 @given(runs=RUNS, data=st.data())
 def test_report_shows_good_runs_and_warns_once_per_bad(runs: list[bool], data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
