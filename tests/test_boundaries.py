@@ -234,3 +234,13 @@ def test_numeric_options_are_range_checked() -> None:
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
+
+
+@pytest.mark.timeout(60)
+def test_every_json_read_of_fsutil_is_bounded_and_never_blocks(tmp_path: Path) -> None:
+    from hpcllm.fsutil import read_json
+
+    os.mkfifo(tmp_path / "state.json")
+    with pytest.raises(ValueError, match=r"state\.json: is a FIFO"):
+        read_json(tmp_path / "state.json")
+    assert read_json(tmp_path / "absent.json") is None
