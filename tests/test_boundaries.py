@@ -244,3 +244,11 @@ def test_every_json_read_of_fsutil_is_bounded_and_never_blocks(tmp_path: Path) -
     with pytest.raises(ValueError, match=r"state\.json: is a FIFO"):
         read_json(tmp_path / "state.json")
     assert read_json(tmp_path / "absent.json") is None
+
+
+def test_collect_names_a_damaged_manifest_of_a_reported_run(tmp_path: Path) -> None:
+    run = _run(tmp_path, "a", dict(SUMMARY))
+    os.mkfifo(run / "manifest.json")
+    result = runner.invoke(app, ["collect", str(tmp_path), "-f", "csv", "--columns", "seed,restarts,run"])
+    assert result.exit_code == 0 and "a" in result.stdout.splitlines()[1].split(","), result.output
+    assert result.stderr.count("manifest.json: is a FIFO") == 1, result.stderr

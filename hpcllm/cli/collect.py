@@ -89,7 +89,8 @@ def collect(
             table = build_table(records, columns, where=where, sort=sort, problems=problems)
     except (ValueError, HpcllmError) as exc:
         fail(exc)
-    warn_problems(problems)
+    # and what the table's columns found on reading manifests (read only when a column needs one)
+    warn_problems(problems + [p for r in records for p in r.problems])
     text = format_table(table, fmt.value)
     if output:
         from hpcllm.fsutil import atomic_write_text
