@@ -23,6 +23,7 @@ Both the orchestrator and the engine import this module, so the names cannot dri
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from functools import cached_property
@@ -266,3 +267,20 @@ def find_run_dirs(root: Path) -> list[RunDir]:
 
     walk(str(root))
     return found
+
+
+def now() -> str:
+    """The timestamp every run and search file records (UTC, ISO 8601, seconds)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# The results root: --results, else $HPCLLM_RESULTS (point it at a profile's paths.results once), else
+# (for submit) the profile's paths.results, else ./results relative to where `hpcllm` runs.
+RESULTS_ENV = "HPCLLM_RESULTS"
+DEFAULT_RESULTS = Path("results")
+
+
+def results_from_env() -> Path | None:
+    """``$HPCLLM_RESULTS`` when set and not empty: the one place that reads it."""
+    value = os.environ.get(RESULTS_ENV)
+    return Path(value) if value else None

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from hpcllm import runfiles
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.launch.runids import resolve_run_id
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import RunDir, contained
 
 ROOT = Path(__file__).resolve().parents[1]

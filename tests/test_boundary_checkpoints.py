@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from hpcllm.checkpoint_layout import LATEST, CheckpointCorrupt, read_latest_pointer
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.config.model import ModelConfig
-from hpcllm.engine.checkpoint import resolve_checkpoint, verify_checkpoint
+from hpcllm.engine.checkpoint_find import resolve_checkpoint, verify_checkpoint
 from hpcllm.engine.dcp_metadata import MetadataRefused, read_metadata
 from hpcllm.engine.export import load_model_state
 from hpcllm.errors import ConfigError

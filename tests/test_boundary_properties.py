@@ -30,8 +30,9 @@ from typer.testing import CliRunner
 from hpcllm.checkpoint_layout import LATEST, CheckpointCorrupt, read_latest_pointer
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import ConfigError, HpcllmError
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import check_name, contained
 
 ROOT = Path(__file__).resolve().parents[1]

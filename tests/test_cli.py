@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import submit_dry_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
@@ -56,20 +57,7 @@ def test_show_completion_is_available():
 
 
 def test_dry_run_renders_every_point(in_project, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "submit",
-            "experiments/scaling_2.7b.yaml",
-            "--cluster",
-            "leonardo",
-            "--dry-run",
-            "--results",
-            str(tmp_path),
-            "--no-memory-check",
-        ],
-        env={"COLUMNS": "250"},
-    )
+    result = submit_dry_run(tmp_path, columns=250)
     assert result.exit_code == 0, result.output
     runs = sorted(p for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())  # not .submit.lock
     assert len(runs) == 18

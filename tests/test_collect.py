@@ -291,7 +291,7 @@ def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, 
 
     import hpcllm.collect.records as records
     import hpcllm.collect.report as report
-    import hpcllm.launch.orchestrate as orchestrate
+    import hpcllm.launch.runstatus as runstatus
 
     seen = []
 
@@ -303,7 +303,7 @@ def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, 
         return spy
 
     monkeypatch.setattr(records, "scan", spying(records.scan))
-    monkeypatch.setattr(orchestrate, "collect_status", spying(orchestrate.collect_status))
+    monkeypatch.setattr(runstatus, "collect_status", spying(runstatus.collect_status))
     monkeypatch.setattr(report, "scan", spying(report.scan))
     assert gc.isenabled()
     assert collect(results).exit_code == 0

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.launch import doctor
-from hpcllm.launch.doctor import FAIL, OK, account_checks, qos_checks
-from hpcllm.launch.sitefacts import (
+from hpcllm.launch.slurmcmd import parse_scontrol_record
+from hpcllm.site import doctor
+from hpcllm.site.doctor import FAIL, OK, account_checks, qos_checks
+from hpcllm.site.sitefacts import (
     Association,
     gpu_count,
     parse_associations,
@@ -20,7 +21,6 @@ from hpcllm.launch.sitefacts import (
     parse_qos_table,
     parse_tres,
 )
-from hpcllm.launch.slurmcmd import parse_scontrol_record
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNTING = {"AccountingStorageType": "accounting_storage/slurmdbd"}

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import ConfigError
 from hpcllm.launch.render import render_job
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]

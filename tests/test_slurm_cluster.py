@@ -26,7 +26,8 @@ from slurm_gate import PARTITION, PARTITION_NODES
 from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
-from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
+from hpcllm.launch.orchestrate import SubmitResult, submit_experiment
+from hpcllm.launch.runstatus import cancel_run, collect_status
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
 from hpcllm.rundir import RunDir
 
@@ -364,15 +365,20 @@ def test_more_nodes_than_the_partition_is_rejected_before_sbatch(env: Path, demo
     assert not env.exists()
 
 
-def test_grid_as_job_array_with_per_task_requeue(
-    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def array_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``arrayslurm``: the local cluster's profile with job arrays of at most 4 tasks."""
     profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
     profile.update(name="arrayslurm", max_array_size=4)
     clusters = tmp_path / "clusters"
     clusters.mkdir()
     (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+
+
+def test_grid_as_job_array_with_per_task_requeue(
+    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array_profile(tmp_path, monkeypatch)
     steps = 60
     exp = experiment(
         tmp_path, demo_data, "array", steps=steps, every=1000, max_restarts=1, grid={"train.micro_batch_size": [4, 8]}
@@ -399,14 +405,9 @@ def test_search_trials_run_as_a_job_array(
 ) -> None:
     """A search's trials are ordinary runs: one sbatch --array for the rung, then scored from their logs."""
     from hpcllm.collect.best import best_table
-    from hpcllm.launch.search import advance
+    from hpcllm.tune.search import advance
 
-    profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
-    profile.update(name="arrayslurm", max_array_size=4)
-    clusters = tmp_path / "clusters"
-    clusters.mkdir()
-    (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+    array_profile(tmp_path, monkeypatch)
     path = experiment(tmp_path, demo_data, "lrgrid", steps=10, every=1000)
     doc = yaml.safe_load(path.read_text())
     doc["search"] = {"method": "grid", "parameters": {"optim.lr": [3.0e-3, 3.0e-2]}}

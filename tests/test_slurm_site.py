@@ -34,10 +34,11 @@ from typer.testing import CliRunner
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
 from hpcllm.engine.checkpoint import read_latest_pointer
-from hpcllm.launch.backends.slurm import parse_duration
-from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
-from hpcllm.launch.orchestrate import cancel_run, submit_experiment
+from hpcllm.launch.backends.slurmtext import parse_duration
+from hpcllm.launch.orchestrate import submit_experiment
+from hpcllm.launch.runstatus import cancel_run
 from hpcllm.rundir import RunDir
+from hpcllm.site.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 runner = CliRunner()

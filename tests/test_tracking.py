@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from engine_support import make_store, write_run
 
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.rundir import RunDir
 
 HOLDOUT = {"fraction": 0.25}

@@ -61,7 +61,7 @@ def ls(
     except HpcllmError as exc:
         fail(exc)
     if verify:
-        from hpcllm.engine.checkpoint import verify_checkpoint as check
+        from hpcllm.engine.checkpoint_find import verify_checkpoint as check
     else:
         check = check_files
     try:

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from hpcllm.cli.common import RESULTS, check_results_root, err_console, fail, paused_gc, warn_problems
+from hpcllm.collect.formats import FORMATS, TableFormat
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
 
@@ -22,13 +23,6 @@ if TYPE_CHECKING:
     from hpcllm.rundir import RunDir
 
 
-class TableFormat(str, Enum):
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
-
-
 class CompareWith(str, Enum):
     seed = "seed"
 
@@ -37,7 +31,10 @@ class CompareWith(str, Enum):
 def collect(
     root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
     fmt: TableFormat = typer.Option(
-        TableFormat.markdown, "--format", "-f", help="markdown (the seed's layout), csv, json, or latex (booktabs)."
+        FORMATS[0],
+        "--format",
+        "-f",
+        help="markdown (the seed's layout), csv, json, or latex (booktabs).",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the table to this file."),
     columns: str | None = typer.Option(
@@ -91,7 +88,7 @@ def collect(
         fail(exc)
     # and what the table's columns found on reading manifests (read only when a column needs one)
     warn_problems(problems + [p for r in records for p in r.problems])
-    text = format_table(table, fmt.value)
+    text = format_table(table, fmt)
     if output:
         from hpcllm.fsutil import atomic_write_text
 

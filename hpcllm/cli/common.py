@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hpcllm.rundir import DEFAULT_RESULTS, results_from_env
 from hpcllm.runfiles import strict_json
 
 console = Console()
@@ -60,9 +60,8 @@ def check_results_root(root: Path) -> None:
         fail(NotADirectoryError(f"{root}: not a folder (give the results root, or a folder below it)"))
 
 
-# The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
-# once), else ./results (relative to where `hpcllm` runs).
-RESULTS = Path(os.environ.get("HPCLLM_RESULTS") or "results")
+# The results root every command defaults to (hpcllm.rundir: $HPCLLM_RESULTS, else ./results).
+RESULTS = results_from_env() or DEFAULT_RESULTS
 
 
 @contextmanager

@@ -28,7 +28,8 @@ from hpcllm.rundir import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
     from hpcllm.launch.memcheck import Unfit
-    from hpcllm.launch.orchestrate import RunStatus, SubmitResult
+    from hpcllm.launch.orchestrate import SubmitResult
+    from hpcllm.launch.runstatus import RunStatus
     from hpcllm.rundir import RunDir
 
 
@@ -166,7 +167,7 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
 def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     with Progress(
         TextColumn("{task.description}"),
@@ -189,7 +190,7 @@ def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> lis
 
 def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     said: dict[Path, str] = {}
     while True:
@@ -229,7 +230,7 @@ def status(
     ),
 ) -> None:
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     check_results_root(root)
     try:
@@ -312,7 +313,7 @@ def cancel(
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
 ) -> None:
     """Stop a run: a running engine checkpoints, then the job ends as cancelled."""
-    from hpcllm.launch.orchestrate import cancel_run
+    from hpcllm.launch.runstatus import cancel_run
 
     try:
         manifest = cancel_run(results, run_id)
@@ -330,7 +331,7 @@ def logs(
 ) -> None:
     """Print the end of the run's scheduler log (all attempts are appended to one file per job)."""
     from hpcllm import runfiles
-    from hpcllm.launch.orchestrate import find_run
+    from hpcllm.launch.runstatus import find_run
 
     try:
         run_dir = find_run(results, run_id)

@@ -1,7 +1,7 @@
 """``hpcllm collect --best``: the best run of every search group, with its parameters and score.
 
 Reads the searches' ``search.json`` (torch-free, like the rest of ``collect``): per group, the trial
-with the lowest metric at the longest rung any trial finished (``hpcllm.launch.search.best_trial``),
+with the lowest metric at the longest rung any trial finished (``hpcllm.collect.searches.best_trial``),
 then that run's ``summary.json`` for the scaling-table columns.
 """
 
@@ -14,8 +14,8 @@ import pandas as pd
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord, read_summary
+from hpcllm.collect.searches import best_trial, find_searches
 from hpcllm.errors import HpcllmError
-from hpcllm.launch.search import best_trial, find_searches
 from hpcllm.rundir import RunDir, check_name
 
 LEAD_COLUMNS = ["Search", "Group", "Run", "Steps"]

@@ -1,7 +1,7 @@
 """``hpcllm collect --compare seed``: our completed runs beside the seed's published rows.
 
 Every seed row is listed, in the seed's order: with each of our runs of the same configuration
-(``hpcllm.collect.seed``) and the ratio of our samples/s to the seed's, or marked ``not run``. Our
+(``hpcllm.plan.seed``) and the ratio of our samples/s to the seed's, or marked ``not run``. Our
 runs that match no seed row follow, marked ``not in seed``. MFU is computed the seed's way on both
 sides (``hpcllm.perf``), so for the same GPU type the MFU ratio equals the samples/s ratio.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord
-from hpcllm.collect.seed import SeedRow, key_of_summary, rows_by_key, seed_rows
 from hpcllm.collect.table import Table
 from hpcllm.config import grid as gridlib
+from hpcllm.plan.seed import SeedRow, key_of_summary, rows_by_key, seed_rows
 
 STATUS_OK, STATUS_NOT_RUN, STATUS_OURS_ONLY = "ok", "not run", "not in seed"
 
@@ -72,16 +72,16 @@ class Comparison:
 
 def _config_cells(row: SeedRow) -> dict[str, Any]:
     return {
-        "cluster": row.cluster,
+        "cluster": row.key.cluster,
         "params": float(row.label),
-        "gpus": row.gpus,
-        "grad_accum": row.grad_accum,
-        "mbs": row.mbs,
-        "gbs": row.gbs,
-        "seq_len": row.seq_len,
-        "precision": row.precision,
-        "sharding": row.sharding,
-        "ac": cols.ac_label(row.ac),
+        "gpus": row.key.gpus,
+        "grad_accum": row.key.grad_accum,
+        "mbs": row.key.mbs,
+        "gbs": row.key.gbs,
+        "seq_len": row.key.seq_len,
+        "precision": row.key.precision,
+        "sharding": row.key.sharding,
+        "ac": cols.ac_label(row.key.ac),
     }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpcllm.collect import columns as cols
+from hpcllm.collect.formats import FORMATS
 from hpcllm.collect.records import RunRecord, scan
 from hpcllm.config import grid as gridlib
 from hpcllm.rundir import SUMMARY_KIND_PROBE
@@ -32,7 +33,6 @@ COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in 
 DEFAULT_SORT = ["params", "gpus", "mbs", "sharding"]
 
 Format = Literal["markdown", "csv", "json", "latex"]
-FORMATS = ("markdown", "csv", "json", "latex")
 
 
 @dataclass

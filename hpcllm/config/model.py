@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm import perf
 from hpcllm.config import NAME_PATTERN
+from hpcllm.config.choices import Attention
 
 
 class InitConfig(BaseModel):
@@ -59,7 +60,7 @@ class ModelConfig(BaseModel):
     rope_theta: float = Field(10000.0, gt=0)
     tie_embeddings: bool = False
     bias: bool = Field(False, description="Bias terms in linear layers and LayerNorm.")
-    attention: Literal["sdpa", "flash", "math"] = Field(
+    attention: Attention = Field(
         "sdpa",
         description="sdpa: torch scaled_dot_product_attention (flash kernel on GPU); flash: the "
         "flash_attn package (CUDA only); math: plain matmul reference, for tests.",

@@ -1,4 +1,4 @@
-"""``search:`` in an experiment: a hyper-parameter search over ordinary runs (hpcllm.launch.search).
+"""``search:`` in an experiment: a hyper-parameter search over ordinary runs (hpcllm.tune.search).
 
     search:
       method: halving                 # grid | random | halving

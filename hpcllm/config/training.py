@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from hpcllm.config.choices import Checkpointing, Precision, Sharding
 from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error, one_source_shorthand
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.probe import ProbeConfig
@@ -58,14 +59,14 @@ class LossScaleConfig(_Strict):
 
 
 class ParallelConfig(_Strict):
-    sharding: Literal["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"] = Field(
+    sharding: Sharding = Field(
         "FULL_SHARD",
         description="FSDP2 strategy. HYBRID_SHARD: replicate across nodes, shard within a node.",
     )
     hsdp_shard_size: int | None = Field(
         None, gt=0, description="HYBRID_SHARD shard-group size; default: ranks per node."
     )
-    precision: Literal["BF_16", "FP_16", "FP_32"] = Field(
+    precision: Precision = Field(
         "BF_16",
         description="BF_16 / FP_16: half-precision params and compute, fp32 reductions and master "
         "weights; FP_16 adds dynamic loss scaling.",
@@ -74,7 +75,7 @@ class ParallelConfig(_Strict):
         None, description="FP_16 only: dynamic loss scaling settings; null = the defaults."
     )
     cpu_offload: bool = Field(False, description="Keep sharded params/grads/optimizer state on CPU.")
-    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    activation_checkpointing: Checkpointing = "none"
     ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
 

@@ -32,7 +32,8 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from hpcllm.config.loader import load_model
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import TrainingConfig
-from hpcllm.engine.checkpoint import TRAINER_STATE, single_process_dcp
+from hpcllm.engine.checkpoint import TRAINER_STATE
+from hpcllm.engine.checkpoint_find import single_process_dcp
 from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json

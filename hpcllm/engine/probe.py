@@ -29,15 +29,14 @@ from hpcllm.config.training import ScheduleConfig, TrainingConfig
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import DistEnv, barrier
 from hpcllm.engine.memory_meter import GIB, BudgetGuard, MemoryBudgetExceeded, MemoryMeter, max_over_ranks
-from hpcllm.engine.metrics import detect_gpu_type
 from hpcllm.engine.optim import Scheduler, build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.preemption import StopRequest, any_rank
 from hpcllm.engine.probe_search import next_size
 from hpcllm.engine.state import TrainState
-from hpcllm.engine.train import build_teacher, check_data_vocab, train_step
+from hpcllm.engine.train import build_teacher, check_data_vocab, recorded_gpu_type, train_step
 from hpcllm.fsutil import atomic_write_json, read_json
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_KIND_PROBE,
@@ -181,7 +180,7 @@ def new_report(cfg: TrainingConfig, env: DistEnv) -> ProbeReport:
         compile=p.compile,
         grad_accum=cfg.train.grad_accum,
         device=env.device.type,
-        gpu_type=detect_gpu_type(env.device, cfg.metrics.gpu_type) or env.device.type,
+        gpu_type=recorded_gpu_type(cfg, env),
         memory_budget_gib=cfg.probe.memory_budget_gib,
         min_gain=cfg.probe.min_gain,
     )

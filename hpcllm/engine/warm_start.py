@@ -23,7 +23,8 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from hpcllm.config.model import ModelConfig
-from hpcllm.engine.checkpoint import TRAINER_STATE, describe_failures, resolve_checkpoint, single_process_dcp
+from hpcllm.engine.checkpoint import TRAINER_STATE
+from hpcllm.engine.checkpoint_find import describe_failures, resolve_checkpoint, single_process_dcp
 from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import read_json

@@ -34,10 +34,10 @@ from typing import TypeVar
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
-from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
+from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir, now
 
 EXIT_NOT_STARTED = 3  # `start` refused to launch (budget used, or the run was cancelled)
 

@@ -8,7 +8,6 @@ before a job exists, then the local runner or the batch script's epilogue, and `
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from enum import Enum
@@ -20,7 +19,7 @@ from hpcllm import runfiles
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.launch.locks import exclusive
-from hpcllm.rundir import MANIFEST, RunDir
+from hpcllm.rundir import MANIFEST, RunDir, now
 
 
 class RunState(str, Enum):
@@ -35,10 +34,6 @@ class RunState(str, Enum):
     @property
     def active(self) -> bool:
         return self in (RunState.PENDING, RunState.RUNNING)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Restart(BaseModel):

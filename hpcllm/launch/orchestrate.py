@@ -8,7 +8,6 @@ resubmitted when asked.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,10 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from hpcllm.collect.references import references_for_point
 from hpcllm.config.cluster import AccountMissing, ClusterProfile, clusters_dir, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import RefusedPoint
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
@@ -30,11 +27,13 @@ from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.launch.render import render_job
 from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
-from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint
+from hpcllm.plan.references import references_for_point
+from hpcllm.rundir import DEFAULT_RESULTS, RunDir, results_from_env, submit_lock
 from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
 
 # The default results root when neither --results nor the profile's paths.results names one.
-RESULTS_ENV = "HPCLLM_RESULTS"
 
 
 # libyaml's emitter (same text as yaml.safe_dump, ~10x faster) where PyYAML was built with it.
@@ -336,11 +335,12 @@ def results_root_for(cluster: ClusterProfile, account: str | None, given: Path |
     ./results. ConfigError when the profile's root cannot be resolved here."""
     if given is not None:
         return Path(given)
-    if os.environ.get(RESULTS_ENV):
-        return Path(os.environ[RESULTS_ENV])
+    from_env = results_from_env()
+    if from_env is not None:
+        return from_env
     configured = cluster.storage_roots(account).get("results")
     if configured is None:
-        return Path("results")
+        return DEFAULT_RESULTS
     key = f"{_profile_file(cluster)}: paths.results"
     if "{account}" in configured:
         raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")
@@ -394,82 +394,3 @@ def _guard_foreign_run(run_dir: RunDir, config_text: str) -> None:
             f"{run_dir.config} exists with a different config: refusing to overwrite another run's "
             "directory (move it away, or change the experiment)"
         )
-
-
-@dataclass
-class RunStatus:
-    run_dir: RunDir
-    manifest: Manifest | None
-    state: str
-    step: int | None
-    loss: float | None
-    waiting_for: str | None = None  # the scheduler's reason a pending run has not started
-    software: str = ""  # what the latest attempt ran with (runtime.jsonl)
-    problem: str | None = None  # why a file of this run could not be read (one warning line)
-
-
-def collect_status(root: Path) -> list[RunStatus]:
-    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
-    from hpcllm.launch.progress import last_metrics
-    from hpcllm.launch.runinfo import last_runtime, software_label
-
-    run_dirs = find_run_dirs(root)
-    problems: dict[int, str] = {}  # a damaged manifest is that run's warning, not the command's failure
-    manifests = [_manifest_or_problem(rd, i, problems) for i, rd in enumerate(run_dirs)]  # indexed like run_dirs
-    states: list[str] = []
-    waiting: dict[str, str] = {}
-    by_cluster: dict[str, list[tuple[int, Manifest]]] = {}
-    for i, m in enumerate(manifests):
-        states.append("unknown" if m is None else m.state.value)
-        if m is not None and m.state.active:
-            by_cluster.setdefault(m.cluster, []).append((i, m))
-    for cluster_name, items in by_cluster.items():
-        try:
-            backend = backend_for(load_cluster(cluster_name))
-            fresh = backend.refresh([(run_dirs[i], m) for i, m in items])
-            waiting.update(backend.pending_reasons)
-        except HpcllmError:
-            fresh = {m.run_id: m.state for _, m in items}
-        for i, m in items:
-            states[i] = fresh.get(m.run_id, m.state).value
-            manifests[i] = _manifest_or_problem(run_dirs[i], i, problems)
-    out = []
-    for i, (rd, manifest, state) in enumerate(zip(run_dirs, manifests, states, strict=True)):
-        last = last_metrics(rd) or {}
-        out.append(
-            RunStatus(
-                rd,
-                manifest,
-                state,
-                last.get("step"),
-                last.get("loss"),
-                waiting.get(rd.run_id) if state == "pending" else None,
-                software_label(last_runtime(rd)),
-                problems.get(i),
-            )
-        )
-    return out
-
-
-def _manifest_or_problem(run_dir: RunDir, index: int, problems: dict[int, str]) -> Manifest | None:
-    try:
-        return load_manifest(run_dir)
-    except HpcllmError as exc:
-        problems[index] = str(exc)
-        return None
-
-
-def find_run(root: Path, run_id: str) -> RunDir:
-    """The run directory whose name is ``run_id`` or starts with it (unique), below ``root``."""
-    from hpcllm.launch.runids import resolve_run_id
-
-    return resolve_run_id(root, run_id)
-
-
-def cancel_run(root: Path, run_id: str) -> Manifest:
-    run_dir = find_run(root, run_id)
-    manifest = load_manifest(run_dir)
-    if manifest is None:
-        raise HpcllmError(f"{run_dir.path}: no manifest: this run was never submitted")
-    backend_for(load_cluster(manifest.cluster)).cancel(run_dir, manifest)
-    return load_manifest(run_dir) or manifest
