@@ -35,6 +35,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from hpcllm.errors import ConfigError
+
 # Exit code of an engine that stopped on request (signal or STOP file) after saving a checkpoint.
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a requeue does.
 EXIT_PREEMPTED = 75
@@ -87,6 +89,9 @@ class RunDir:
 
     @classmethod
     def of(cls, results_root: Path, experiment: str, cluster: str, run_id: str) -> RunDir:
+        """The run folder of these names; ConfigError unless each is one plain path component."""
+        for what, name in (("experiment name", experiment), ("cluster name", cluster), ("run id", run_id)):
+            check_name(name, what)
         return cls(Path(results_root) / experiment / cluster / run_id)
 
     @cached_property
@@ -217,6 +222,43 @@ class RunDir:
 
     def log_files(self) -> list[Path]:
         return sorted(self.path.glob(self.LOG_PATTERN.replace("%j", "*")))
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it can be one component of a path, else ConfigError naming ``what``.
+
+    For every name that becomes part of a path (an account, an experiment, a cluster, a run id):
+    no separator, not ``.`` or ``..``, nothing empty, no NUL or control character. One check for all,
+    rather than a pattern per field that a new field could forget.
+    """
+    if (
+        not value
+        or value in (".", "..")
+        or "/" in value
+        or os.sep in value
+        or (os.altsep and os.altsep in value)
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise ConfigError(
+            f"{what} {value!r}: not a usable name; it becomes a folder name, so it must be non-empty and "
+            "hold no '/', no control characters, and not be '.' or '..'"
+        )
+    return value
+
+
+def contained(root: Path | str, path: Path | str, what: str) -> Path:
+    """``path`` (relative paths are taken under ``root``) if it stays inside ``root`` once ``..`` and
+    symbolic links are resolved, else ConfigError naming ``what``.
+
+    For paths built from a value read from a file or the command line (a pointer, a name): after
+    resolution, so neither ``../x`` nor a link out of ``root`` gets through.
+    """
+    real_root = os.path.realpath(root)
+    full = Path(root) / path
+    real = os.path.realpath(full)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ConfigError(f"{what}: {str(path)!r} leads outside {root} (to {real})")
+    return full
 
 
 def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:

@@ -10,6 +10,7 @@ import typer
 
 from hpcllm import __version__
 from hpcllm.cli import collect, doctor, explore, generate, plan, report, runs, schema
+from hpcllm.cli.boundary import run_guarded
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -60,7 +61,8 @@ def _main(
 
 
 def main() -> None:
-    app()
+    """The ``hpcllm`` entry point: the app inside the one exception boundary (hpcllm.cli.boundary)."""
+    run_guarded(app)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
-from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
+from hpcllm.cli.common import RESULTS, check_results_root, err_console, fail, paused_gc, warn_problems
 from hpcllm.collect.formats import FORMATS, TableFormat
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
@@ -72,8 +73,7 @@ def collect(
     from hpcllm.collect.records import scan
     from hpcllm.collect.table import build_table, completed_of, format_table
 
-    if not root.exists():
-        fail(HpcllmError(f"{root}: no such folder"))
+    check_results_root(root)
     problems: list[str] = []
     scanned = scan(root)
     records = completed_of(scanned, problems)
@@ -92,8 +92,8 @@ def collect(
             table = build_table(records, columns, where=where, sort=sort, problems=problems)
     except (ValueError, HpcllmError) as exc:
         fail(exc)
-    for problem in problems:
-        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+    # and what the table's columns found on reading manifests (read only when a column needs one)
+    warn_problems(problems + [p for r in records for p in r.problems])
     text = format_table(table, fmt)
     if output:
         from hpcllm.fsutil import atomic_write_text
@@ -109,9 +109,9 @@ def collect(
     if plot or loss_plot:
         _plots(records, plot, loss_plot)
     if best and len(table) == 0:
-        err_console.print(f"[yellow]no search with a finished trial under {root}[/]", soft_wrap=True)
+        err_console.print(f"[yellow]no search with a finished trial under {escape(str(root))}[/]", soft_wrap=True)
     elif not records:
-        err_console.print(f"[yellow]no completed runs under {root}[/]", soft_wrap=True)
+        err_console.print(f"[yellow]no completed runs under {escape(str(root))}[/]", soft_wrap=True)
     # A finished training run is no probe (a probe's summary says kind: probe): only runs without a
     # summary yet, and probes, may have a probe.json.
     _show_probes([r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE])
@@ -156,8 +156,7 @@ def _show_probes(run_dirs: list[RunDir]) -> None:
 
     problems: list[str] = []
     probes = collect_probes(run_dirs, problems)
-    for problem in problems:
-        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+    warn_problems(problems)
     if probes:
         rows = [["" if row[c] is None else str(row[c]) for c in COLUMNS] for row in probes]
         print_listing(err_console, "Batch-size probes (* = fastest that fitted)", COLUMNS, rows, keep_whole=("Probe",))

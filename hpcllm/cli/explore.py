@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail, finite
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def explore_batch(
         None,
         "--min-gain",
         min=0.0,
+        callback=finite,
         help="Stop growing when samples/s per GPU improves less than this (default: the probe config's).",
     ),
     memory_only: bool = typer.Option(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -11,8 +10,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
-from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
+from hpcllm.cli.common import (
+    RESULTS,
+    check_results_root,
+    console,
+    err_console,
+    fail,
+    json_text,
+    paused_gc,
+    warn_problems,
+)
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
@@ -87,7 +96,7 @@ def submit(
     except HpcllmError as exc:
         fail(exc)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if result.unfit:
         _print_unfit(result.unfit)
     rows = []
@@ -116,7 +125,7 @@ def submit(
     )
     _print_plan_notes(result)
     if result.runs:
-        console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
+        console.print(f"run directories: {result.runs[0].run_dir.path.parent}", markup=False)
     if wait and not dry_run:
         _wait_for(result.results_root, [r.run_dir.path for r in result.runs])
 
@@ -178,7 +187,7 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
     if failed:
         for s in failed:
             reason = s.manifest.reason if s.manifest else ""
-            err_console.print(f"[red]{s.run_dir.run_id}: {s.state}[/] {reason or ''}", soft_wrap=True)
+            err_console.print(f"[red]{escape(s.run_dir.run_id)}: {s.state}[/] {escape(reason or '')}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -250,13 +259,15 @@ def status(
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.runstatus import collect_status
 
+    check_results_root(root)
     try:
         statuses = collect_status(root)
     except HpcllmError as exc:
         fail(exc)
+    warn_problems([s.problem for s in statuses if s.problem], "warning")
     records = _status_records(statuses)
     if fmt == StatusFormat.json:
-        console.out(json.dumps(records, indent=2), highlight=False)
+        console.out(json_text(records), highlight=False)
         return
     headers = ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with")
     rows = [
@@ -267,7 +278,7 @@ def status(
             r["state"],
             r["job_id"] or "-",
             "-" if r["step"] is None else str(r["step"]),
-            "-" if r["loss"] is None else f"{r['loss']:.4f}",
+            "-" if not isinstance(r["loss"], (int, float)) else f"{r['loss']:.4f}",
             str(r["restarts"]),
             f"waiting: {r['waiting_for']}" if r["waiting_for"] else r["reason"] or "",
             r["ran_with"],
@@ -348,17 +359,18 @@ def cancel(
         manifest = cancel_run(results, run_id)
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"cancel requested for {manifest.run_id} (job {manifest.job_id}, now {manifest.state.value})")
+    console.print(
+        f"cancel requested for {manifest.run_id} (job {manifest.job_id}, now {manifest.state.value})", markup=False
+    )
 
 
 def logs(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
-    lines: int = typer.Option(40, "--lines", "-n", help="How many lines from the end."),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, max=100_000, help="How many lines from the end."),
 ) -> None:
     """Print the end of the run's scheduler log (all attempts are appended to one file per job)."""
-    from collections import deque
-
+    from hpcllm import runfiles
     from hpcllm.launch.runstatus import find_run
 
     try:
@@ -368,8 +380,11 @@ def logs(
     files = run_dir.log_files()
     if not files:
         fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
-    latest = max(files, key=lambda p: p.stat().st_mtime)
-    console.print(f"[dim]==> {latest} <==[/]")
-    with open(latest, errors="replace") as fh:
-        for line in deque(fh, maxlen=lines):
-            console.print(line.rstrip("\n"), markup=False, highlight=False)
+    latest = max(files, key=lambda p: p.lstat().st_mtime)
+    console.print(f"[dim]==> {escape(str(latest))} <==[/]")
+    try:  # the tail only, never blocking: a log can be gigabytes, and a FIFO in its place must not hang
+        tail = runfiles.tail_text(latest, max(1 << 16, lines * 1024))
+    except runfiles.RunFileProblem as exc:
+        fail(exc)
+    for line in tail.splitlines()[-lines:] if lines else []:
+        console.print(line, markup=False, highlight=False)

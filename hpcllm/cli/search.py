@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import RESULTS, console, fail
+from hpcllm.cli.common import RESULTS, console, fail, finite
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the first rung's trials, submit nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed trials again (they resume)."),
     wait: bool = typer.Option(False, "--wait", help="Keep advancing until the search has finished."),
-    poll: float = typer.Option(30.0, "--poll", min=0.1, help="Seconds between checks with --wait."),
+    poll: float = typer.Option(30.0, "--poll", min=0.1, callback=finite, help="Seconds between checks with --wait."),
 ) -> None:
     """Start or continue a search: record finished trials, promote or stop them, submit what is due.
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcllm import runfiles
 from hpcllm.config.references import Reference
-from hpcllm.fsutil import read_json
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, find_run_dirs
 
 
@@ -27,13 +27,15 @@ def check_references(root: Path) -> list[Verdict]:
     """One verdict per (completed run, referenced metric) under ``root``."""
     verdicts = []
     for run_dir in find_run_dirs(root):
-        summary = read_json(run_dir.summary) or {}
-        manifest = read_json(run_dir.manifest) or {}
-        if summary.get("status") != SUMMARY_STATUS_COMPLETED:
+        try:
+            summary = runfiles.read_json_object(run_dir.summary)
+            manifest = runfiles.read_json_object(run_dir.manifest)
+        except runfiles.RunFileProblem:  # collect's reading of the same files says what is wrong
             continue
-        for metric, ref in (manifest.get("expected") or {}).items():
+        if summary.get("status") != SUMMARY_STATUS_COMPLETED or not isinstance(manifest.get("expected"), dict):
+            continue
+        for metric, ref in manifest["expected"].items():
             value = summary.get(metric)
-            verdicts.append(
-                Verdict(run_dir.run_id, metric, None if value is None else float(value), Reference.model_validate(ref))
-            )
+            measured = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            verdicts.append(Verdict(run_dir.run_id, metric, measured, Reference.model_validate(ref)))
     return verdicts

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,6 +22,7 @@ from hpcllm.collect.formats import FORMATS
 from hpcllm.collect.records import RunRecord, scan
 from hpcllm.config import grid as gridlib
 from hpcllm.rundir import SUMMARY_KIND_PROBE
+from hpcllm.runfiles import strict_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -195,7 +195,7 @@ def format_table(table: Table | pd.DataFrame, fmt: Format) -> str:
         return out.getvalue()
     if fmt == "json":
         records = [{c.header: row[c.id] for c in table.columns} for row in table.rows]
-        return json.dumps(records, indent=2) + "\n"
+        return strict_json(records) + "\n"  # NaN/Infinity are not JSON: null, and "non_finite" says why
     if fmt == "latex":
         return _latex(table)
     raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
@@ -217,10 +217,20 @@ def _isnan(value: Any) -> bool:
 
 def _markdown(table: Table) -> str:
     """The seed's layout: ``| a | b |`` rows under a ``|---|`` rule; an empty value is an empty cell."""
-    lines = ["| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.columns)]
+    lines = ["| " + " | ".join(map(markdown_cell, table.headers)) + " |", "|" + "---|" * len(table.columns)]
     for row in table.rows:
-        lines.append("| " + " | ".join(c.cell(row[c.id]) for c in table.columns) + " |")
+        lines.append("| " + " | ".join(markdown_cell(c.cell(row[c.id])) for c in table.columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as one markdown table cell: a ``|`` cannot add a column (escaped, with any backslash
+    before it), a line break cannot end the row. Other characters stay, so cells read as the seed's."""
+    if "|" in text:
+        text = text.replace("\\", "\\\\").replace("|", "\\|")
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.splitlines())
+    return text
 
 
 def _latex(table: Table) -> str:

@@ -20,6 +20,7 @@ from hpcllm.config.loader import load_model
 from hpcllm.config.text import OneLine, SbatchOption, one_line, shell_variable_name
 from hpcllm.errors import ConfigError
 from hpcllm.paths import project_folder
+from hpcllm.rundir import check_name
 from hpcllm.sitepaths import root_names
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
@@ -44,7 +45,7 @@ SlurmTime = Annotated[str, AfterValidator(_valid_time)]
 
 
 class QosSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     max_time: SlurmTime = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
     max_nodes: int | None = Field(None, gt=0, description="Most nodes one job may use; null = partition limit.")
@@ -63,7 +64,7 @@ class QosSpec(BaseModel):
 class ClusterProfile(BaseModel):
     """One system (or one partition of it) as hpcllm sees it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(description="Short name used on the command line (--cluster NAME).", pattern=NAME_PATTERN)
     description: str = ""
@@ -187,6 +188,8 @@ class ClusterProfile(BaseModel):
     def storage_roots(self, account: str | None) -> dict[str, str]:
         """``paths`` with ``{account}`` filled in (left as is without an account: whoever uses such a
         root says that it needs one)."""
+        if account:
+            check_name(account, "account")
         return {name: value.replace("{account}", account) if account else value for name, value in self.paths.items()}
 
     def resolve_account(self, cli_account: str | None = None) -> str | None:
@@ -195,7 +198,7 @@ class ClusterProfile(BaseModel):
             return None
         account = cli_account or os.environ.get("HPCLLM_ACCOUNT") or self.account
         if self.scheduler == "slurm" and self.requires_account and not account:
-            raise ConfigError(
+            raise AccountMissing(
                 f"cluster {self.name!r} needs an account: set `account:` in its profile, "
                 "export HPCLLM_ACCOUNT=<project>, or pass --account <project>"
             )
@@ -204,7 +207,12 @@ class ClusterProfile(BaseModel):
                 one_line(account)
             except ValueError as exc:
                 raise ConfigError(f"account {account!r}: {exc}") from None
+            check_name(account, "account")  # it fills {account} in storage roots: a folder name
         return account
+
+
+class AccountMissing(ConfigError):
+    """The site needs an account and none is set (a dry run renders without one; a bad one is refused)."""
 
 
 def clusters_dir() -> Path:

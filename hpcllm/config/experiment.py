@@ -25,7 +25,7 @@ from hpcllm.errors import ConfigError
 class Resources(BaseModel):
     """What one run asks of the scheduler."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     nodes: int = Field(1, gt=0)
     gpus_per_node: int | None = Field(None, gt=0, description="Ranks per node; default: the profile's.")
@@ -39,7 +39,7 @@ class Resources(BaseModel):
 
 
 class Experiment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(description="Names the results folder: results/<name>/<cluster>/<run>/.", pattern=NAME_PATTERN)
     description: str = ""

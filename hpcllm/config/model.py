@@ -18,7 +18,7 @@ from hpcllm.config.choices import Attention
 class InitConfig(BaseModel):
     """Weight initialisation (see docs/engine.md for the formulas)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     scheme: Literal["normal", "scaled_residual", "small_init"] = Field(
         "scaled_residual",
@@ -35,7 +35,7 @@ class InitConfig(BaseModel):
 class ModelConfig(BaseModel):
     """A decoder-only GPT. Give ``preset`` to start from a named config and override any field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(
         "custom",

@@ -20,7 +20,7 @@ StopReason = Literal["memory", "throughput", "max_mbs", "nothing fits"]
 class ProbeConfig(BaseModel):
     """How a probe searches: start, bounds, steps per size, memory budget, throughput threshold."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     start_mbs: int = Field(
         1, gt=0, description="First micro-batch size tried (explore-batch: the estimate's largest fit)."

@@ -36,7 +36,7 @@ def _bounds_ok(lower: float | None, upper: float | None) -> None:
 class Reference(BaseModel):
     """``[value, lower, upper]``: accepted range value*(1+lower) .. value*(1+upper)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     value: float
     lower: float | None = None
@@ -74,7 +74,7 @@ class Reference(BaseModel):
 class Tolerance(BaseModel):
     """``[lower, upper]`` around a value taken from elsewhere (fractions; null = unbounded)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     lower: float | None = None
     upper: float | None = None
@@ -100,7 +100,7 @@ class Tolerance(BaseModel):
 class SeedTolerances(BaseModel):
     """The seed's two measured columns a point can be held to."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     samples_per_s: Tolerance | None = None
     mfu: Tolerance | None = None

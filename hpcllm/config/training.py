@@ -24,7 +24,7 @@ DataParallelism = Literal["fsdp", "ddp", "none"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
 
 class TrainConfig(_Strict):

@@ -61,6 +61,7 @@ from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
 from hpcllm.engine.checkpoint_find import describe_failures, single_process_dcp, verify_checkpoint
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader
 from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
@@ -185,7 +186,11 @@ class Checkpointer:
         return None if choice is None else Path(choice)
 
     def _candidates(self) -> list[Path]:
-        latest = read_latest_pointer(self.root)
+        try:
+            latest = read_latest_pointer(self.root)
+        except CheckpointCorrupt as exc:  # resume from the newest complete checkpoint instead
+            _warn("ignoring checkpoint pointer: %s", exc)
+            latest = None
         others = [c.path for c in reversed(list_checkpoints(self.root))]
         if latest is not None:
             if latest.exists():
@@ -204,7 +209,7 @@ class Checkpointer:
         view = checkpoint_view(sd)  # tensor parallelism's strided rows, as saved
         try:
             with single_process_dcp():
-                dcp.load(view, checkpoint_id=str(path))
+                dcp.load(view, storage_reader=SafeFileSystemReader(str(path)))
             restore_from_view(sd, view)
         except CheckpointException as exc:  # raised on every rank alike
             state.loader.load_state_dict(fresh_loader)

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from torch.distributed.checkpoint import CheckpointException, FileSystemReader
+from torch.distributed.checkpoint import CheckpointException
 
 from hpcllm.checkpoint_layout import (
     LATEST,
@@ -19,6 +19,7 @@ from hpcllm.checkpoint_layout import (
     read_latest_pointer,
     step_dir_name,
 )
+from hpcllm.engine.dcp_metadata import read_metadata
 from hpcllm.errors import ConfigError
 from hpcllm.rundir import RunDir, find_run_dirs
 from hpcllm.sitepaths import expand_path
@@ -43,7 +44,10 @@ def resolve_checkpoint(spec: str, key: str) -> Path:
         chosen: Path | None = root / step_dir_name(step)
         missing = f"no checkpoint at step {step}"
     else:
-        chosen = read_latest_pointer(root)
+        try:
+            chosen = read_latest_pointer(root)
+        except CheckpointCorrupt as exc:
+            raise ConfigError(f"{key}: {spec!r}: {exc}") from None
         missing = "no 'latest' pointer" if chosen is None else f"'latest' names {chosen.name}, which is missing"
     if chosen is None or not (chosen / ".metadata").is_file():
         steps = ", ".join(str(c.step) for c in list_checkpoints(root)) or "none"
@@ -88,10 +92,7 @@ def verify_checkpoint(path: Path) -> None:
     deleted shards without reading the tensors.
     """
     check_files(path)
-    try:
-        metadata = FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:
-        raise CheckpointCorrupt(f"{path}: cannot read DCP metadata (.metadata): {exc}") from None
+    metadata = read_metadata(path)  # never runs code from the file: CheckpointCorrupt for a crafted one
     needed: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         end = info.offset + info.length

@@ -15,6 +15,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import DataParallelism, ParallelConfig
+from hpcllm.engine import fsdp_gloo
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.fsdp_gloo import overlap_collectives
 from hpcllm.engine.model import GPT, Block, init_weights
@@ -164,7 +165,7 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
     if untied:
         groups.append(fully_shard(model.head, reshard_after_forward=False, **common))
     fully_shard(model, **common)
-    if device.type == "cpu":
+    if device.type == "cpu" and fsdp_gloo.wanted():
         overlap_collectives(model, groups, hybrid=mesh.ndim > 1)  # mesh: the data-parallel one
 
 

@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 
 from hpcllm.config.training import DistillConfig, ParallelConfig, TrainingConfig
 from hpcllm.engine.checkpoint_find import describe_failures, resolve_checkpoint
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader
 from hpcllm.engine.distributed import (
     DistEnv,
 )
@@ -140,7 +141,7 @@ def build_teacher(
     state = {"model": get_model_state_dict(teacher)}
     view = checkpoint_view(state)  # tensor parallelism's strided rows, as saved
     try:
-        dcp.load(view, checkpoint_id=str(ckpt))
+        dcp.load(view, storage_reader=SafeFileSystemReader(str(ckpt)))
         restore_from_view(state, view)
     except Exception as exc:
         raise HpcllmError(

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpcllm import runfiles
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.launch.locks import exclusive
@@ -102,10 +103,11 @@ def load_manifest(run_dir: RunDir) -> Manifest | None:
     try:
         # pydantic's own JSON parser: a third of the time of json.loads + model_validate (status
         # reads every manifest under the results folder)
-        with open(run_dir.file(MANIFEST), "rb") as fh:
-            return Manifest.model_validate_json(fh.read())
-    except FileNotFoundError:
+        return Manifest.model_validate_json(runfiles.read_bytes(run_dir.file(MANIFEST)))
+    except runfiles.MissingFile:
         return None
+    except runfiles.RunFileProblem as exc:  # a directory, FIFO, link loop, unreadable, huge
+        raise HpcllmError(f"{exc}; move it away to let hpcllm treat the run as never submitted") from None
     except (ValueError, ValidationError) as exc:  # torn JSON, or not a manifest of ours
         raise HpcllmError(
             f"{run_dir.manifest}: not a valid manifest ({str(exc).splitlines()[0]}); "

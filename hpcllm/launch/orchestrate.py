@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
+from hpcllm.config.cluster import AccountMissing, ClusterProfile, clusters_dir, load_cluster
 from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
@@ -135,7 +135,7 @@ def resolve_account(cluster: ClusterProfile, account: str | None, dry_run: bool,
     """The account to charge (``ClusterProfile.resolve_account``); a dry run renders without one."""
     try:
         return cluster.resolve_account(account)
-    except ConfigError:
+    except AccountMissing:  # only a missing one: an account that is no folder name is refused even then
         if not dry_run:
             raise
         warnings.append(f"no account for {cluster.name!r}: rendered without --account")

@@ -22,6 +22,7 @@ class RunStatus:
     loss: float | None
     waiting_for: str | None = None  # the scheduler's reason a pending run has not started
     software: str = ""  # what the latest attempt ran with (runtime.jsonl)
+    problem: str | None = None  # why a file of this run could not be read (one warning line)
 
 
 def collect_status(root: Path) -> list[RunStatus]:
@@ -30,7 +31,8 @@ def collect_status(root: Path) -> list[RunStatus]:
     from hpcllm.launch.runinfo import last_runtime, software_label
 
     run_dirs = find_run_dirs(root)
-    manifests = [load_manifest(rd) for rd in run_dirs]  # indexed like run_dirs (cheaper than Path keys)
+    problems: dict[int, str] = {}  # a damaged manifest is that run's warning, not the command's failure
+    manifests = [_manifest_or_problem(rd, i, problems) for i, rd in enumerate(run_dirs)]  # indexed like run_dirs
     states: list[str] = []
     waiting: dict[str, str] = {}
     by_cluster: dict[str, list[tuple[int, Manifest]]] = {}
@@ -47,9 +49,9 @@ def collect_status(root: Path) -> list[RunStatus]:
             fresh = {m.run_id: m.state for _, m in items}
         for i, m in items:
             states[i] = fresh.get(m.run_id, m.state).value
-            manifests[i] = load_manifest(run_dirs[i])
+            manifests[i] = _manifest_or_problem(run_dirs[i], i, problems)
     out = []
-    for rd, manifest, state in zip(run_dirs, manifests, states, strict=True):
+    for i, (rd, manifest, state) in enumerate(zip(run_dirs, manifests, states, strict=True)):
         last = last_metrics(rd) or {}
         out.append(
             RunStatus(
@@ -60,22 +62,25 @@ def collect_status(root: Path) -> list[RunStatus]:
                 last.get("loss"),
                 waiting.get(rd.run_id) if state == "pending" else None,
                 software_label(last_runtime(rd)),
+                problems.get(i),
             )
         )
     return out
 
 
+def _manifest_or_problem(run_dir: RunDir, index: int, problems: dict[int, str]) -> Manifest | None:
+    try:
+        return load_manifest(run_dir)
+    except HpcllmError as exc:
+        problems[index] = str(exc)
+        return None
+
+
 def find_run(root: Path, run_id: str) -> RunDir:
     """The run directory whose name is ``run_id`` or starts with it (unique), below ``root``."""
-    matches = [rd for rd in find_run_dirs(root) if rd.run_id == run_id] or [
-        rd for rd in find_run_dirs(root) if rd.run_id.startswith(run_id)
-    ]
-    if not matches:
-        raise HpcllmError(f"no run {run_id!r} under {root}")
-    if len(matches) > 1:
-        names = ", ".join(str(m.path) for m in matches[:5])
-        raise HpcllmError(f"{run_id!r} matches {len(matches)} runs ({names}); give the full id")
-    return matches[0]
+    from hpcllm.launch.runids import resolve_run_id
+
+    return resolve_run_id(root, run_id)
 
 
 def cancel_run(root: Path, run_id: str) -> Manifest:

@@ -166,6 +166,11 @@ def _check_against_cluster(resources: Resources, training: TrainingConfig, clust
             f"{where}: resources.nodes: {resources.nodes} nodes requested, but cluster {cluster.name!r} "
             f"has at most {cluster.max_nodes} (the job would pend forever)"
         )
+    if not cluster.is_cpu and (resources.gpus_per_node or 0) > cluster.gpus_per_node:
+        raise ConfigError(
+            f"{where}: resources.gpus_per_node: {resources.gpus_per_node} ranks per node, but a node of cluster "
+            f"{cluster.name!r} has {cluster.gpus_per_node} GPUs (one rank per GPU)"
+        )
     if cluster.scheduler == "local" and resources.nodes != 1:
         raise ConfigError(f"{where}: resources.nodes: the local cluster runs 1 node, got {resources.nodes}")
     if resources.qos is None and cluster.auto_qos:
