@@ -8,7 +8,7 @@ Every storage autograd saves (``saved_tensors_hooks``, parameters and their cast
 when it was saved; storages are counted once, where they are first saved. The figure per row is
 bytes / (tokens × d_model): Megatron's "bytes per hidden unit" (Korthikanti et al. 2022 give 34 for
 a GELU block with flash attention, no dropout-free savings). The estimate's figure for the same
-block (``hpcllm.memory.activations.block_bytes``) is printed beside it.
+block (``hpcllm.plan.memory.activations.block_bytes``) is printed beside it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.memory_audit import _from_parameter, _storage_key
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.parallelize import mixed_precision
-from hpcllm.memory.activations import Numerics, block_bytes
+from hpcllm.plan.memory.activations import Numerics, block_bytes
 
 console = Console()
 

@@ -26,7 +26,7 @@ from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.optim import build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.state import TrainState
-from hpcllm.memory import MemorySpec, checkpoint_bytes, estimate_memory
+from hpcllm.plan.memory import MemorySpec, checkpoint_bytes, estimate_memory
 from hpcllm.rundir import RunDir
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"))

@@ -17,7 +17,7 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.parallelize import shard_model
-from hpcllm.memory.estimate import kept_gathered_blocks
+from hpcllm.plan.memory.estimate import kept_gathered_blocks
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hpcllm.memory.loss import ce_chunk_rows
+from hpcllm.plan.memory.loss import ce_chunk_rows
 
 
 def _masked_sum(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 One source of truth for the chunk size: ``hpcllm.engine.losses`` computes the fp32 cross-entropy
 ``ce_chunk_rows`` tokens at a time, and the estimate sizes the loss's working buffers with the same
-figure. Symbols as in ``hpcllm.memory.activations``: N tokens of a micro-batch, V vocabulary, c the
+figure. Symbols as in ``hpcllm.plan.memory.activations``: N tokens of a micro-batch, V vocabulary, c the
 logits' element size.
 """
 
