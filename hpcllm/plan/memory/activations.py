@@ -118,8 +118,7 @@ def _attention(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
         # the projection's input is a view of it.
         qkv_kept = n * (d + 2 * k * hd) * c  # rotated q and k and the copy of v, or the fused output
         kernel = qkv_kept + n * d * c + b * h * t * FP32
-    tables = t * hd * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0  # cos and sin, (T, D/2) each
-    return qkv_input + kernel + tables
+    return qkv_input + kernel + rope_copy_bytes(cfg, t, num)
 
 
 def _mlp(cfg: ModelConfig, n: int, num: Numerics) -> int:
@@ -137,10 +136,14 @@ def block_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
     return 2 * _norm(cfg, n, num) + _attention(cfg, b, t, num) + _mlp(cfg, n, num)
 
 
+def rope_copy_bytes(cfg: ModelConfig, t: int, num: Numerics) -> int:
+    """One block's bf16 copies of the RoPE tables (``rope_copies``): cos and sin, (T, D/2) each."""
+    return t * cfg.head_dim * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0
+
+
 def checkpointed_block_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
     """A checkpointed block keeps only its inputs: the residual stream (and its RoPE table copies)."""
-    tables = t * cfg.head_dim * BF16 if num.rope_copies and cfg.pos_emb == "rope" else 0  # cos and sin, (T, D/2)
-    return b * t * cfg.d_model * num.residual + tables
+    return b * t * cfg.d_model * num.residual + rope_copy_bytes(cfg, t, num)
 
 
 def outside_blocks_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:

@@ -5,7 +5,8 @@ node and FSDP2 shards the pieces over the data-parallel ranks; the embedding, fi
 stay whole on every TP rank (sharded over the data-parallel ranks only). Activations: with
 sequence-parallel norms the residual stream and everything computed per head or per MLP column is
 1/tp per rank, except the inputs of the column-wise matmuls, which are all-gathered over the
-sequence and saved whole for their weight gradients: qkv's, and the MLP's, which gate and up share.
+sequence and saved whole for their weight gradients: qkv's, and the MLP's, which gate and up share,
+and a block's copies of the RoPE tables (every rank rotates all T positions of its heads).
 The loss and the head are not split.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from hpcllm.config.model import ModelConfig
-from hpcllm.plan.memory.activations import ActivationBytes, Numerics
+from hpcllm.plan.memory.activations import ActivationBytes, Numerics, rope_copy_bytes
 
 # Column-wise (output rows split), row-wise (input columns split); norms are kept whole.
 _COLUMN_WISE = (".attn.qkv.", ".mlp.gate.", ".mlp.up.")
@@ -51,12 +52,14 @@ def local_activations(
     act: ActivationBytes, model: ModelConfig, b: int, t: int, num: Numerics, tp: int
 ) -> ActivationBytes:
     """``act`` of the unsplit model on one TP rank: a block's tensors 1/tp, except its two matmul
-    inputs (qkv's and the MLP's; TP runs under FSDP2, never autocast), gathered and kept whole."""
+    inputs (qkv's and the MLP's; TP runs under FSDP2, never autocast), gathered and kept whole, and
+    its RoPE table copies, whole on every rank."""
     if tp == 1:
         return act
-    gathered = gathered_inputs_bytes(model, b, t, num)
+    tables = rope_copy_bytes(model, t, num)
+    whole = gathered_inputs_bytes(model, b, t, num) + tables
     return dataclasses.replace(
         act,
-        block_full=(act.block_full - gathered) // tp + gathered,
-        block_checkpointed=act.block_checkpointed // tp,
+        block_full=(act.block_full - whole) // tp + whole,
+        block_checkpointed=(act.block_checkpointed - tables) // tp + tables,
     )
