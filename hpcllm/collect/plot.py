@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord
+from hpcllm.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -164,8 +165,7 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 
 def _save(fig: Figure, output: Path) -> Path:
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(png_bytes(fig))
+    atomic_write_bytes(output, png_bytes(fig))  # a full disk: one line, no half-written PNG
     return output
 
 

@@ -21,6 +21,7 @@ import torch
 from hpcllm import perf
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.tracking import MetricSink, scalars
+from hpcllm.fsutil import append_line
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -178,8 +179,7 @@ class MetricsLog:
     def _write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))  # never a torn line, nor one built on a torn one
         values = scalars(record)
         for sink in self.sinks:
             sink.write(record["step"], values)

@@ -36,6 +36,7 @@ from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
+from hpcllm.launch.runstate import Actor, transition
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
@@ -95,7 +96,9 @@ def _manifest(ctx: JobContext) -> Manifest:
 def on_start(ctx: JobContext) -> bool:
     """Record this attempt (and any restart SLURM did on its own); False = do not launch."""
     manifest = _manifest(ctx)
-    if manifest.state == RunState.CANCELLED:
+    if manifest.state == RunState.CANCELLED or manifest.cancel_requested:
+        if transition(manifest, RunState.CANCELLED, Actor.JOB, manifest.cancel_requested):
+            save_manifest(ctx.run_dir, manifest)
         print(f"[hpcllm] run {manifest.run_id} was cancelled: not launching")
         return False
     recorded = [r for r in manifest.restarts if r.job_id == ctx.job_id]
@@ -146,19 +149,19 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
     summary = read_json(ctx.run_dir.summary) or {}
     status = summary.get("status")
     manifest.exit_code = rc
-    if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx)):
-        # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
-        manifest.state = RunState.CANCELLED
-        manifest.reason = manifest.reason or "cancelled (scancel)"
-        if status == SUMMARY_STATUS_PREEMPTED:
-            manifest.reason += f"; checkpoint at step {summary.get('steps_completed')}"
-        save_manifest(ctx.run_dir, manifest)
-        return "cancel"
-    if status == SUMMARY_STATUS_COMPLETED:
-        manifest.state = RunState.COMPLETED
-        manifest.reason = None
+    if status == SUMMARY_STATUS_COMPLETED:  # first: a cancel racing the end does not undo a finished run
+        transition(manifest, RunState.COMPLETED, Actor.JOB)
         save_manifest(ctx.run_dir, manifest)
         return "exit 0"
+    if manifest.state == RunState.CANCELLED or manifest.cancel_requested or (stop_signal == "TERM" and _cancelled(ctx)):
+        # `hpcllm cancel` records its request before signalling; a plain scancel shows in the job state.
+        reason = manifest.cancel_requested or manifest.reason or "cancelled (scancel)"
+        if status == SUMMARY_STATUS_PREEMPTED:
+            reason += f"; checkpoint at step {summary.get('steps_completed')}"
+        transition(manifest, RunState.CANCELLED, Actor.JOB, reason)
+        manifest.reason = reason
+        save_manifest(ctx.run_dir, manifest)
+        return "cancel"
     if status == SUMMARY_STATUS_PREEMPTED:
         why = STOP_REASONS.get(stop_signal, "the engine stopped on request")
         if ctx.restart_count < manifest.max_restarts:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.launch.locks import exclusive
+from hpcllm.launch.procid import ProcessId
 from hpcllm.rundir import MANIFEST, RunDir
 
 
@@ -77,7 +78,10 @@ class Manifest(BaseModel):
     depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
     nodes: str | None = None  # node list of the current (or last) attempt
     job_name: str | None = None  # the job's name in the scheduler (a job array's, for array tasks)
-    runner_pid: int | None = None
+    runner_pid: int | None = None  # kept for manifests of earlier versions; ``runner`` identifies it
+    runner: ProcessId | None = None  # local backend: the runner process, verified before any signal
+    job_process: ProcessId | None = None  # local backend: the job's process group (batch shell, engine)
+    cancel_requested: str | None = None  # `hpcllm cancel` asked a running job to stop (the reason)
     exit_code: int | None = None
     reason: str | None = None
     error: str | None = None
@@ -93,6 +97,9 @@ class Manifest(BaseModel):
         self.state = RunState.PENDING
         self.nodes = None
         self.runner_pid = None
+        self.runner = None
+        self.cancel_requested = None
+        # job_process stays: a new runner refuses to start while an earlier attempt's job still runs.
         self.exit_code = None
         self.reason = None
         self.error = None

@@ -21,9 +21,10 @@ from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
 from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
 from hpcllm.config.qos import RefusedPoint
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
-from hpcllm.fsutil import atomic_write_text
+from hpcllm.fsutil import atomic_write_text, writing
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.backends.base import Backend
+from hpcllm.launch.leftovers import remove_leftovers
 from hpcllm.launch.locks import exclusive
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.memcheck import Unfit, split_by_fit
@@ -304,7 +305,9 @@ def prepare_run(
     """Write the run's ``run.yaml`` (``config_text`` when the caller has it already) and ``job.sbatch``;
     return its manifest, ready to submit."""
     script = render_job(spec, cluster, run_dir, account=account, python=python)
-    run_dir.path.mkdir(parents=True, exist_ok=True)
+    with writing(run_dir.path):
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)  # of a submit interrupted here before (we hold the grid's submit lock)
     atomic_write_text(
         run_dir.config, config_text or run_config_text(spec), durable=False
     )  # both rendered again on resubmit

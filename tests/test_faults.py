@@ -1,0 +1,137 @@
+"""Faults and races (issue 21): the run-state machine, process identity, locks with owners and
+timeouts, full and read-only disks. The end-to-end part runs tests/faults_probe.py as PID 1 of its
+own PID and mount namespaces, so nothing outside it can be signalled or mounted over."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcllm.errors import LockBusy
+from hpcllm.fsutil import append_line
+from hpcllm.launch import locks, procid
+from hpcllm.launch.leftovers import remove_leftovers
+from hpcllm.launch.manifest import Manifest, RunState
+from hpcllm.launch.runstate import Actor, Evidence, decide_end, transition
+from hpcllm.rundir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_end_is_decided_in_one_order() -> None:
+    # A completed summary wins over a cancel that raced it and over the scheduler's verdict.
+    assert decide_end(Evidence("completed", 143, RunState.CANCELLED, "cancelled")).state == RunState.COMPLETED
+    assert decide_end(Evidence("preempted", 75, cancel_requested="cancelled")).state == RunState.CANCELLED
+    assert decide_end(Evidence("preempted", 75)).preempted
+    assert decide_end(Evidence(None, None, RunState.COMPLETED)).state == RunState.COMPLETED
+    assert decide_end(Evidence(None, 1)).state == RunState.FAILED
+    assert decide_end(Evidence("completed", 0, alive=True)).state is None  # alive: no end yet
+
+
+def test_transitions_are_idempotent_and_completed_is_final() -> None:
+    m = Manifest(run_id="r", experiment="e", cluster="c", backend="local", state="running")
+    assert transition(m, RunState.COMPLETED, Actor.JOB)
+    assert not transition(m, RunState.COMPLETED, Actor.JOB)  # again: no change
+    for by in Actor:
+        assert not transition(m, RunState.CANCELLED, by) and not transition(m, RunState.PENDING, by)
+    assert m.state == RunState.COMPLETED
+    m.state = RunState.RUNNING
+    assert not transition(m, RunState.CANCELLED, Actor.CANCEL)  # cancel never ends a running run itself
+    m.cancel_requested = "cancelled with `hpcllm cancel`"
+    assert transition(m, RunState.CANCELLED, Actor.JOB, m.cancel_requested)
+    assert m.reason == "cancelled with `hpcllm cancel`" and m.cancel_requested is None
+
+
+def test_process_identity_names_one_process() -> None:
+    me = procid.identify(os.getpid())
+    assert me is not None and procid.alive(me) and procid.group_alive(me)
+    assert not procid.alive(me.model_copy(update={"start_time": me.start_time + 1}))  # a reused pid
+    assert not procid.alive(me.model_copy(update={"boot_id": "another boot"}))
+    assert procid.identify(1) is None and procid.identify(-1) is None
+    for pid in (-1, 0, 1):
+        assert "nothing signalled" in (procid.signal_group(me.model_copy(update={"pid": pid, "pgid": pid}), 0) or "")
+
+
+def _holder(lock: Path) -> subprocess.Popen[str]:
+    """Another process holding ``lock`` until its stdin closes."""
+    code = (
+        "import sys; from hpcllm.launch.locks import exclusive\n"
+        f"with exclusive(__import__('pathlib').Path({str(lock)!r})):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_held_lock_names_its_holder_and_never_hangs(tmp_path: Path, monkeypatch, capsys) -> None:
+    lock = tmp_path / ".manifest.lock"
+    holder = _holder(lock)
+    try:
+        with pytest.raises(LockBusy, match=rf"locked by pid {holder.pid} on \S+ since \S+ \(-c"):
+            with locks.exclusive(lock, timeout=0):  # a read-only command: no wait at all
+                pass
+        monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, "0.3")
+        with pytest.raises(LockBusy, match=r"after 0.3 s"):
+            with locks.exclusive(lock):  # a writer: waits, says for whom, gives up
+                pass
+        assert f"waiting for {lock}: held by pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.communicate("")
+    with locks.exclusive(lock, timeout=0):  # released with its holder
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert lock.read_text() == ""  # no stale owner once free
+
+
+def test_no_flock_anywhere() -> None:
+    offenders = [p for p in (REPO / "hpcllm").rglob("*.py") if "flock(" in p.read_text()]
+    assert offenders == []
+
+
+def test_a_torn_line_is_not_built_on(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2, "lo')  # a writer killed mid-line
+    append_line(log, '{"step": 3}')
+    assert log.read_text().splitlines()[-1] == '{"step": 3}'
+
+
+def test_a_rerun_removes_what_an_interrupted_submit_left(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path / "r")
+    rd.path.mkdir()
+    left = [rd.path / ".job.sbatch.abc.tmp", rd.path / ".run.yaml.x1.tmp"]
+    for p in left:
+        p.write_text("half")
+    (rd.path / ".summary.json.q.tmp").write_text("the engine's")
+    assert sorted(remove_leftovers(rd)) == sorted(p.name for p in left)
+    assert [p.name for p in rd.path.iterdir()] == [".summary.json.q.tmp"]
+
+
+def _can_unshare() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--mount", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and PID/mount namespaces (unshare)")
+def test_faults_in_a_pid_namespace(tmp_path: Path) -> None:
+    """Runner killed while its job trains, a cancel racing completion, forged pids, a results folder
+    turning read-only mid-run, a full 2 MiB tmpfs (tests/faults_probe.py says what each checks)."""
+    proc = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]
+        + [sys.executable, str(REPO / "tests" / "faults_probe.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for scenario in ("runner-killed", "cancel-races-completion", "forged-pids", "read-only", "full-disk"):
+        assert f"ok {scenario}" in proc.stdout, proc.stdout + proc.stderr
