@@ -158,9 +158,7 @@ def read_only_mid_run(root: Path, ctl: Path) -> None:
     subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True)
     try:
         (ctl / f"go-{rd.run_id}").touch()  # the job ends (its cwd, opened before, still takes its summary)
-        wait_for(
-            "the runner to exit", lambda: not procid.alive(load_manifest(rd).runner) or reap()
-        )
+        wait_for("the runner to exit", lambda: not procid.alive(load_manifest(rd).runner) or reap())
         wait_for("the job to exit", lambda: not procid.group_alive(load_manifest(rd).job_process) or reap())
         assert load_manifest(rd).state == RunState.RUNNING  # what the file says (the runner could not write)...
         assert state(rd) == RunState.COMPLETED, state(rd)  # ...is not what status shows: the job's end

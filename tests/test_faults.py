@@ -22,6 +22,7 @@ from hpcllm.launch.runstate import Actor, Evidence, decide_end, transition
 from hpcllm.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]
 
 
 def test_the_end_is_decided_in_one_order() -> None:
@@ -74,13 +75,12 @@ def test_a_held_lock_names_its_holder_and_never_hangs(tmp_path: Path, monkeypatc
     lock = tmp_path / ".manifest.lock"
     holder = _holder(lock)
     try:
-        with pytest.raises(LockBusy, match=rf"locked by pid {holder.pid} on \S+ since \S+ \(-c"):
-            with locks.exclusive(lock, timeout=0):  # a read-only command: no wait at all
-                pass
+        busy = pytest.raises(LockBusy, match=rf"locked by pid {holder.pid} on \S+ since \S+ \(-c")
+        with busy, locks.exclusive(lock, timeout=0):  # a read-only command: no wait at all
+            pass
         monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, "0.3")
-        with pytest.raises(LockBusy, match=r"after 0.3 s"):
-            with locks.exclusive(lock):  # a writer: waits, says for whom, gives up
-                pass
+        with pytest.raises(LockBusy, match=r"after 0.3 s"), locks.exclusive(lock):  # a writer: waits, gives up
+            pass
         assert f"waiting for {lock}: held by pid {holder.pid}" in capsys.readouterr().err
     finally:
         holder.communicate("")
@@ -115,7 +115,7 @@ def test_a_rerun_removes_what_an_interrupted_submit_left(tmp_path: Path) -> None
 def _can_unshare() -> bool:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--mount", "true"], capture_output=True)
+    probe = subprocess.run([*UNSHARE, "true"], capture_output=True)
     return probe.returncode == 0
 
 
@@ -125,8 +125,7 @@ def test_faults_in_a_pid_namespace(tmp_path: Path) -> None:
     """Runner killed while its job trains, a cancel racing completion, forged pids, a results folder
     turning read-only mid-run, a full 2 MiB tmpfs (tests/faults_probe.py says what each checks)."""
     proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]
-        + [sys.executable, str(REPO / "tests" / "faults_probe.py"), str(tmp_path)],
+        [*UNSHARE, sys.executable, str(REPO / "tests" / "faults_probe.py"), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
