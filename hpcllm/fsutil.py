@@ -66,7 +66,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str, *, durable: bool = True, executable: bool = False) -> None:
+def atomic_write_text(
+    path: Path, text: str, *, durable: bool = True, executable: bool = False, make_parents: bool = True
+) -> None:
     """Write ``text`` to a temp file in the same directory, fsync it, then rename over ``path``.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600), so
@@ -76,10 +78,13 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True, executable
     leaves half a file, but a power cut may lose it. For files that can be rendered again (batch
     scripts, run.yaml): an fsync costs milliseconds, i.e. seconds for a 1,000-point grid.
     ``executable``: with the execute bits the umask allows (a batch script), set before the rename.
+    ``make_parents=False`` for the files of a run: a run folder that was moved away while its job
+    ended must not be created again (FileNotFoundError instead).
     """
     path = Path(path)
     with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if make_parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             os.fchmod(fd, (0o777 if executable else 0o666) & ~_umask())
@@ -134,8 +139,9 @@ def _last_byte(path: Path, size: int) -> bytes:
         return fh.read(1)
 
 
-def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", durable=durable)
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True, make_parents: bool = True) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_text(path, text, durable=durable, make_parents=make_parents)
 
 
 def read_json(path: Path) -> Any | None:

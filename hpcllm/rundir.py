@@ -187,6 +187,19 @@ class RunDir:
     def log_files(self) -> list[Path]:
         return sorted(self.path.glob(self.LOG_PATTERN.replace("%j", "*")))
 
+    def latest_log(self, job_id: str | None = None) -> Path | None:
+        """The log of the run's current job (``job_id``, the manifest's), else of the newest job by
+        its id: never by mtime, which a copied file or a stepped clock puts in the future."""
+        if job_id and self.log_file(job_id).is_file():
+            return self.log_file(job_id)
+        prefix, suffix = self.LOG_PATTERN.split("%j")
+
+        def job_key(path: Path) -> tuple[int, ...]:
+            job = path.name[len(prefix) : len(path.name) - len(suffix)]
+            return tuple(int(part) if part.isdigit() else -1 for part in job.split("_"))
+
+        return max(self.log_files(), key=job_key, default=None)
+
 
 def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:
     """The lock ``hpcllm submit`` holds while it submits one experiment's grid to one cluster."""

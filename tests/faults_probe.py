@@ -192,6 +192,7 @@ def full_disk(root: Path) -> None:
     except StorageWriteError as exc:
         assert "job.sbatch" in str(exc)
     assert not list((root / "exp").glob(".job.sbatch.*.tmp"))
+    cli_on_a_full_disk(root)
     filler.unlink()
     # A torn line left by a writer killed mid-line: the next line starts fresh.
     with open(log, "a") as fh:
@@ -200,6 +201,33 @@ def full_disk(root: Path) -> None:
     lines = log.read_text().splitlines()
     assert lines[-1] == '{"step": 3}' and lines[-2] == '{"step": 2, "lo', lines
     print("ok full-disk")
+
+
+def cli_on_a_full_disk(root: Path) -> None:
+    """`submit --dry-run` and `data prepare` on a full disk: exit 2, one line naming the path and the
+    free space, and no temp file or hidden temp folder left behind."""
+    text = root.parent / "input.txt"  # off the full disk
+    text.write_text("some text to tokenize\n" * 20000)
+    commands = {
+        "submit": [
+            *("submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run"),
+            *("--results", str(root / "dry"), "--no-memory-check"),
+        ],
+        "prepare": ["data", "prepare", "-i", str(text), "-o", str(root / "store"), "--workers", "1"],
+    }
+    for name, args in commands.items():
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "hpcllm"), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "400", "HPCLLM_CLUSTERS_DIR": str(REPO / "clusters")},
+        )
+        errors = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "free there" in line]
+        assert proc.returncode == 2 and len(errors) == 1, (name, proc.returncode, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+        assert not [p for p in root.rglob("*.tmp")], (name, list(root.rglob("*.tmp")))
+    print("ok full-disk-cli")
 
 
 def main() -> int:

@@ -132,5 +132,53 @@ def test_faults_in_a_pid_namespace(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for scenario in ("runner-killed", "cancel-races-completion", "forged-pids", "read-only", "full-disk"):
+    for scenario in (
+        "runner-killed",
+        "cancel-races-completion",
+        "forged-pids",
+        "read-only",
+        "full-disk-cli",
+        "full-disk",
+    ):
         assert f"ok {scenario}" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_latest_log_is_the_newest_job_not_the_newest_mtime(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path / "r")
+    rd.path.mkdir()
+    for job in ("98", "100", "99_3"):
+        rd.log_file(job).write_text(job)
+    os.utime(rd.log_file("98"), (4_000_000_000, 4_000_000_000))  # a file from the future
+    assert rd.latest_log() == rd.log_file("100")
+    assert rd.latest_log("99_3") == rd.log_file("99_3")  # the manifest's current job first
+
+
+def test_a_clock_step_does_not_split_an_attempt(tmp_path: Path) -> None:
+    from hpcllm.engine.metrics import _earlier_attempts as earlier
+    from hpcllm.engine.metrics import max_logged_step
+
+    log = tmp_path / "metrics.jsonl"
+    lines = [  # attempt 0: the wall clock steps back an hour between its two lines; then attempt 1
+        {"step": 1, "restart": 0, "time": 10_000.0, "elapsed_s": 5.0},
+        {"step": 2, "restart": 0, "time": 6_410.0, "elapsed_s": 10.0},
+        {"step": 2, "restart": 1, "time": 6_500.0, "elapsed_s": 3.0},
+    ]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert earlier(log) == (2, 13.0)  # 10 s + 3 s, not 5 + 10 + 3
+    assert max_logged_step(log) == 2
+
+
+def test_a_moved_run_folder_is_not_created_again(tmp_path: Path) -> None:
+    from hpcllm.errors import HpcllmError
+    from hpcllm.launch.manifest import load_manifest, save_manifest, update_manifest
+
+    rd = RunDir(tmp_path / "results" / "e" / "c" / "r")
+    rd.path.mkdir(parents=True)
+    save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="c", backend="local", state="running"))
+    assert load_manifest(rd) is not None
+    rd.path.rename(tmp_path / "moved")
+    with pytest.raises(HpcllmError, match="the folder is gone"), update_manifest(rd):
+        pass
+    with pytest.raises(FileNotFoundError):
+        save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="c", backend="local"))
+    assert not rd.path.exists()

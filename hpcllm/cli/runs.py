@@ -324,10 +324,12 @@ def logs(
         run_dir = find_run(results, run_id)
     except HpcllmError as exc:
         fail(exc)
-    files = run_dir.log_files()
-    if not files:
+    from hpcllm.launch.manifest import load_manifest
+
+    manifest = load_manifest(run_dir)
+    latest = run_dir.latest_log(manifest.job_id if manifest else None)
+    if latest is None:
         fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
-    latest = max(files, key=lambda p: p.stat().st_mtime)
     console.print(f"[dim]==> {latest} <==[/]")
     with open(latest, errors="replace") as fh:
         for line in deque(fh, maxlen=lines):

@@ -80,10 +80,10 @@ def _reason(record: RunRecord) -> str:
 
 
 def _log_tail(record: RunRecord) -> tuple[str, str]:
-    files = record.run_dir.log_files()
-    if not files:
+    job_id = record.manifest.get("job_id")
+    latest = record.run_dir.latest_log(job_id if isinstance(job_id, str) else None)
+    if latest is None:
         return "", ""
-    latest = max(files, key=lambda p: p.stat().st_mtime)
     with open(latest, errors="replace") as fh:
         lines = fh.read().splitlines()[-LOG_TAIL_LINES:]
     return latest.name, "\n".join(lines)

@@ -325,7 +325,7 @@ def train(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: bool, s
             **(evaluator.summary_fields() if evaluator is not None else {}),
         )
         if env.is_main:
-            atomic_write_json(run_dir.summary, summary)
+            atomic_write_json(run_dir.summary, summary, make_parents=False)
 
     try:
         while state.step < total:
@@ -440,4 +440,4 @@ def _write_failed(run_dir: RunDir, summary: dict[str, Any], error: str, rank: in
     if rank == 0:
         summary.update(status=SUMMARY_STATUS_FAILED, error=error)
         summary.setdefault("steps_completed", 0)
-        atomic_write_json(run_dir.summary, summary)
+        atomic_write_json(run_dir.summary, summary, make_parents=False)

@@ -61,11 +61,12 @@ def default_timeout() -> float:
 
 
 @contextmanager
-def exclusive(lock_file: Path, *, timeout: float | None = WAIT) -> Iterator[None]:
+def exclusive(lock_file: Path, *, timeout: float | None = WAIT, make_parents: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` (created if missing) for the ``with`` block.
 
     ``timeout``: seconds to wait (0: do not wait; None: wait as long as it takes, for the local
-    runner's queue); past it, ``LockBusy`` names the holder. Re-entrant within a process; not a
+    runner's queue); past it, ``LockBusy`` names the holder. ``make_parents=False``: a missing folder
+    is an error (a run's lock must not recreate a run folder that was moved). Re-entrant within a process; not a
     lock between threads.
     """
     key = os.path.abspath(lock_file)
@@ -78,7 +79,7 @@ def exclusive(lock_file: Path, *, timeout: float | None = WAIT) -> Iterator[None
             fd, depth = _held[key]
             _held[key] = (fd, depth - 1)
         return
-    fd = _open(Path(key))
+    fd = _open(Path(key), make_parents)
     try:
         _acquire(fd, key, default_timeout() if timeout == WAIT else timeout)
     except BaseException:  # LockBusy, or a signal handler raised while waiting (the runner's cancel)
@@ -142,7 +143,9 @@ def holder(lock_file: Path) -> str:
         return "another process (it has not said which)"
 
 
-def _open(path: Path) -> int:
+def _open(path: Path, make_parents: bool) -> int:
+    if not make_parents and not path.parent.is_dir():
+        raise HpcllmError(f"{path.parent}: the folder is gone (moved or removed?); not creating it again")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write access: a POSIX exclusive lock needs a descriptor open for writing. 0o666 & umask,

@@ -125,12 +125,13 @@ def load_manifest(run_dir: RunDir) -> Manifest | None:
 def save_manifest(run_dir: RunDir, manifest: Manifest, *, durable: bool = True) -> None:
     """``durable=False`` for a manifest that only says "rendered" (the next submit writes it again)."""
     manifest.updated_at = now()
-    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"), durable=durable)
+    # Never recreates a run folder that was moved away (a job ending after the move).
+    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"), durable=durable, make_parents=False)
 
 
 def manifest_lock(run_dir: RunDir) -> AbstractContextManager[None]:
     """The run's lock: hold it from reading the manifest to saving the changed one."""
-    return exclusive(run_dir.lock_file)
+    return exclusive(run_dir.lock_file, make_parents=False)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ while its engine trains leaves a run that is still running, not failed, and that
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -28,6 +29,14 @@ from hpcllm.rundir import RunDir
 
 QUEUE_LOCK_NAME = ".hpcllm-local-queue.lock"
 CANCEL_REASON = "cancelled with `hpcllm cancel`"
+RUNNER_START_S = 60.0  # a manifest saved "pending" without its runner, for at most this long
+
+
+def _age_s(manifest: Manifest) -> float:
+    try:
+        return time.time() - dt.datetime.fromisoformat(manifest.updated_at).timestamp()
+    except ValueError:
+        return RUNNER_START_S
 
 
 def queue_lock_path(run_dir: RunDir) -> Path:
@@ -63,14 +72,18 @@ def observed_end(run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | N
     """The end of an active run whose processes are all gone, from its files; None while it lives."""
     if not manifest.state.active or runner_alive(manifest) or procid.group_alive(manifest.job_process):
         return None
+    if manifest.runner is None and manifest.runner_pid is None:
+        # This version records the runner with the "pending" it saves; a manifest of an earlier one
+        # may be saved a moment before its runner starts. Past that moment, its submit was cut short.
+        if _age_s(manifest) < RUNNER_START_S:
+            return None
+        return RunState.FAILED, "submit was interrupted before the local runner started; submit again"
     summary = read_json(run_dir.summary) or {}
     end = decide_end(Evidence(summary_status=summary.get("status"), cancel_requested=manifest.cancel_requested))
     if end.state == RunState.CANCELLED:
         return RunState.CANCELLED, manifest.cancel_requested or "cancelled"
     if end.state == RunState.COMPLETED:
         return RunState.COMPLETED, None
-    if manifest.runner is None and manifest.runner_pid is None:
-        return RunState.FAILED, "submit was interrupted before the local runner started; submit again"
     if end.preempted:
         return RunState.FAILED, "local runner exited after the engine stopped with a checkpoint; resubmit to resume"
     return RunState.FAILED, "local runner exited without recording a result"
@@ -127,10 +140,14 @@ class LocalBackend(Backend):
             if not fresh.state.active:
                 raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
             fresh.cancel_requested = CANCEL_REASON
-            end = observed_end(run_dir, fresh)
-            if end is not None:  # submitted, but the runner never started (or died with its job)
-                reason = "cancelled before it started" if fresh.state == RunState.PENDING else end[1]
-                if transition(fresh, end[0], Actor.STATUS, reason):
+            if not runner_alive(fresh) and not procid.group_alive(fresh.job_process):
+                # Nothing of the run is alive (a runner not started yet, or dead with its job): no
+                # signal to confirm; its end is decided from its files now.
+                if fresh.state == RunState.PENDING:
+                    end: tuple[RunState, str | None] = (RunState.CANCELLED, "cancelled before it started")
+                else:
+                    end = observed_end(run_dir, fresh) or (RunState.CANCELLED, CANCEL_REASON)
+                if transition(fresh, end[0], Actor.STATUS, end[1]):
                     save_manifest(run_dir, fresh)
                 return
             save_manifest(run_dir, fresh)
