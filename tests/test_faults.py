@@ -182,3 +182,29 @@ def test_a_moved_run_folder_is_not_created_again(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         save_manifest(rd, Manifest(run_id="r", experiment="e", cluster="c", backend="local"))
     assert not rd.path.exists()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to act as another user")
+def test_unreadable_results_are_reported_as_skipped() -> None:
+    """Another user's experiment (umask 077) is named with the reason by `status` and `collect`."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="hpcllm-unreadable-"))
+    try:
+        base.chmod(0o755)
+        for name, mode in (("open", 0o755), ("private", 0o700)):
+            run = base / name / "local" / "r1"
+            run.mkdir(parents=True)
+            (run / "run.yaml").write_text("run_id: r1\n")
+            (base / name).chmod(mode)
+        hpcllm = str(Path(sys.executable).parent / "hpcllm")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", hpcllm]
+        env = {**os.environ, "COLUMNS": "300", "HOME": str(base)}
+        for command in (["status", str(base)], ["collect", str(base), "--format", "csv"]):
+            proc = subprocess.run([*as_nobody, *command], capture_output=True, text=True, env=env, cwd=base)
+            skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped:")]
+            assert any(f"{base / 'private'}: cannot list it (Permission denied)" in s for s in skipped), proc.stderr
+            assert proc.returncode in (0, 2), proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -72,7 +72,7 @@ def collect(
     if not root.exists():
         fail(HpcllmError(f"{root}: no such folder"))
     problems: list[str] = []
-    scanned = scan(root)
+    scanned = scan(root, problems)
     records = completed_of(scanned, problems)
     table: Table | pd.DataFrame
     try:

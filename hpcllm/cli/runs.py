@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
 from hpcllm.cli.listing import print_listing
@@ -222,10 +223,13 @@ def status(
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.orchestrate import collect_status
 
+    skipped: list[str] = []
     try:
-        statuses = collect_status(root)
+        statuses = collect_status(root, skipped)
     except HpcllmError as exc:
         fail(exc)
+    for line in skipped:
+        err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
     records = _status_records(statuses)
     if fmt == StatusFormat.json:
         console.out(json.dumps(records, indent=2), highlight=False)

@@ -123,10 +123,11 @@ class RunRecord:
         return out
 
 
-def scan(root: Path) -> list[RunRecord]:
-    """A record per run directory below ``root``, sorted by path; summaries read, nothing else."""
+def scan(root: Path, skipped: list[str] | None = None) -> list[RunRecord]:
+    """A record per run directory below ``root``, sorted by path; summaries read, nothing else.
+    ``skipped``: one line per folder that could not be read (``find_run_dirs``)."""
     records = []
-    for run_dir in find_run_dirs(root):
+    for run_dir in find_run_dirs(root, skipped):
         summary, problem = _read_json_object(run_dir.file(rundir.SUMMARY))
         records.append(RunRecord(run_dir, summary, [problem] if problem else []))
     return records

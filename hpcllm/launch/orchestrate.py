@@ -410,12 +410,13 @@ class RunStatus:
     software: str = ""  # what the latest attempt ran with (runtime.jsonl)
 
 
-def collect_status(root: Path) -> list[RunStatus]:
-    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
+def collect_status(root: Path, skipped: list[str] | None = None) -> list[RunStatus]:
+    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss;
+    ``skipped`` receives the folders that could not be read."""
     from hpcllm.launch.progress import last_metrics
     from hpcllm.launch.runinfo import last_runtime, software_label
 
-    run_dirs = find_run_dirs(root)
+    run_dirs = find_run_dirs(root, skipped)
     manifests = [load_manifest(rd) for rd in run_dirs]  # indexed like run_dirs (cheaper than Path keys)
     states: list[str] = []
     waiting: dict[str, str] = {}
