@@ -208,3 +208,29 @@ def test_unreadable_results_are_reported_as_skipped() -> None:
             assert proc.returncode in (0, 2), proc.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_status_never_waits_for_a_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's lock held by another process (a stopped `submit`, a hook): status shows the end it
+    observes at once and leaves the manifest to the holder; once free, it records it."""
+    from hpcllm.config.cluster import load_cluster
+    from hpcllm.launch.backends.local import LocalBackend
+    from hpcllm.launch.manifest import load_manifest, save_manifest
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    rd = RunDir(tmp_path / "results" / "e" / "local" / "r1")
+    rd.path.mkdir(parents=True)
+    m = Manifest(run_id="r1", experiment="e", cluster="local", backend="local", state="running", job_id="1")
+    m.runner_pid = gone.pid
+    save_manifest(rd, m)
+    backend = LocalBackend(load_cluster(str(REPO / "clusters" / "local.yaml")))
+    monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, "600")  # a wait would hang the test, not pass it
+    holder = _holder(rd.lock_file)
+    try:
+        assert backend.refresh([(rd, load_manifest(rd))]) == {"r1": RunState.FAILED}
+        assert load_manifest(rd).state == RunState.RUNNING  # the holder's to record
+    finally:
+        holder.communicate("")
+    assert backend.refresh([(rd, load_manifest(rd))]) == {"r1": RunState.FAILED}
+    assert load_manifest(rd).state == RunState.FAILED
