@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,30 @@ def test_status_never_waits_for_a_writer(tmp_path: Path, monkeypatch: pytest.Mon
         holder.communicate("")
     assert backend.refresh([(rd, load_manifest(rd))]) == {"r1": RunState.FAILED}
     assert load_manifest(rd).state == RunState.FAILED
+
+
+@pytest.mark.integration
+def test_a_submit_waiting_for_another_says_for_whom_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Two commands at once on one results root: the second names the first and waits; Ctrl-C ends
+    it at once without a traceback; once the first is done, a rerun completes."""
+    results = tmp_path / "r"
+    holder = _holder(results / "scaling_2.7b" / "leonardo" / ".submit.lock")
+    args = [str(Path(sys.executable).parent / "hpcllm"), "submit", "experiments/scaling_2.7b.yaml"]
+    args += ["--cluster", "leonardo", "--dry-run", "--results", str(results), "--no-memory-check"]
+    env = {**os.environ, "COLUMNS": "300", "HPCLLM_CLUSTERS_DIR": str(REPO / "clusters")}
+    try:
+        second = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert second.stderr is not None
+        first_line = ""
+        while "waiting for" not in first_line:
+            first_line = second.stderr.readline()
+            assert first_line, "the waiting submit said nothing"
+        assert f"held by pid {holder.pid} on " in first_line
+        second.send_signal(signal.SIGINT)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode != 0 and "Traceback" not in err, err
+    finally:
+        holder.communicate("")
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert len(list(results.rglob("job.sbatch"))) == 18 and not list(results.rglob("*.tmp"))
