@@ -262,3 +262,14 @@ def test_a_submit_waiting_for_another_says_for_whom_and_stops_on_ctrl_c(tmp_path
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert len(list(results.rglob("job.sbatch"))) == 18 and not list(results.rglob("*.tmp"))
+
+
+def test_a_torn_metrics_line_is_skipped_and_reported(tmp_path: Path) -> None:
+    from hpcllm.collect.records import RunRecord
+
+    rd = RunDir(tmp_path / "r")
+    rd.path.mkdir()
+    rd.metrics.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n{"step": 4, "lo')
+    record = RunRecord(rd, {})
+    assert [m["step"] for m in record.metrics] == [1, 3]
+    assert record.problems == [f"{rd.metrics}: line 2 is torn (a writer died); skipped"]

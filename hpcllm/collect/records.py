@@ -106,17 +106,20 @@ class RunRecord:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        """Every complete line of ``metrics.jsonl`` (a torn last line is skipped)."""
+        """Every complete line of ``metrics.jsonl``; a torn line is skipped, and said in ``problems``
+        unless it is the last (which a running engine may be writing)."""
         try:
             with open(self.run_dir.file(rundir.METRICS), "rb") as fh:
                 lines = fh.read().splitlines()
         except FileNotFoundError:
             return []
         out = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
                 record = parse_json(line)
             except ValueError:
+                if number < len(lines):  # the last line may be being written; an earlier one is torn
+                    self.problems.append(f"{self.run_dir.metrics}: line {number} is torn (a writer died); skipped")
                 continue
             if isinstance(record, dict) and "step" in record:
                 out.append(record)
