@@ -204,8 +204,8 @@ def full_disk(root: Path) -> None:
 
 
 def cli_on_a_full_disk(root: Path) -> None:
-    """`submit --dry-run` and `data prepare` on a full disk: exit 2, one line naming the path and the
-    free space, and no temp file or hidden temp folder left behind."""
+    """`submit --dry-run`, `data prepare`, `report` and `collect -o` on a full disk: exit 2, one line
+    naming the path and the free space, and no temp file or hidden temp folder left behind."""
     text = root.parent / "input.txt"  # off the full disk
     text.write_text("some text to tokenize\n" * 20000)
     commands = {
@@ -214,6 +214,8 @@ def cli_on_a_full_disk(root: Path) -> None:
             *("--results", str(root / "dry"), "--no-memory-check"),
         ],
         "prepare": ["data", "prepare", "-i", str(text), "-o", str(root / "store"), "--workers", "1"],
+        "report": ["report", str(root.parent / "plain"), "-o", str(root / "report.html")],
+        "collect": ["collect", str(root.parent / "plain"), "--format", "csv", "-o", str(root / "table.csv")],
     }
     for name, args in commands.items():
         proc = subprocess.run(

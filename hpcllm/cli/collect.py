@@ -95,14 +95,20 @@ def collect(
     if output:
         from hpcllm.fsutil import atomic_write_text
 
-        atomic_write_text(output, text)
+        try:
+            atomic_write_text(output, text)
+        except HpcllmError as exc:  # a full or read-only disk, a path too long: one line
+            fail(exc)
         err_console.print(f"wrote {len(table)} rows to {output}", highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(text)  # the table is data: as it is (rich would wrap 10,000 rows for ~0.1 s)
     if compare is not None and not best:
         err_console.print(comparison.summary_line(), highlight=False, soft_wrap=True)
     if plot or loss_plot:
-        _plots(records, plot, loss_plot)
+        try:
+            _plots(records, plot, loss_plot)
+        except HpcllmError as exc:
+            fail(exc)
     if best and len(table) == 0:
         err_console.print(f"[yellow]no search with a finished trial under {root}[/]", soft_wrap=True)
     elif not records:

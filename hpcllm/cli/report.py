@@ -25,7 +25,7 @@ def report(
     try:
         with err_console.status(f"reading {root} and drawing the plots"):
             result = write_report(root, output, columns)
-    except ValueError as exc:
+    except (ValueError, HpcllmError) as exc:  # HpcllmError: a full or read-only disk, in one line
         fail(exc)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items()) or "no runs"
     err_console.print(f"wrote {output}: {len(result.runs)} runs ({counts})", highlight=False, soft_wrap=True)
