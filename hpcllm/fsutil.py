@@ -118,19 +118,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def append_line(path: Path, line: str) -> None:
     """Append one line to an append-only log (metrics.jsonl) so that no torn line is ever built on:
     a file whose last line a crash or a full disk cut short gets a newline first, so the new line
-    starts fresh (a reader skips the torn one), and a line that cannot be written whole is cut back off."""
+    starts fresh (a reader skips the torn one), and a line that cannot be written whole is cut back off.
+
+    Unbuffered on purpose: a buffered file would flush the rest of a line that failed half-way when
+    it is closed, after the cut, into the room the cut made.
+    """
     data = line.rstrip("\n").encode() + b"\n"
-    with writing(path), open(path, "ab") as fh:
-        start = fh.tell()
-        if start > 0 and _last_byte(path, start) != b"\n":
-            data = b"\n" + data
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            fh.write(data)
-            fh.flush()
-        except OSError:
-            with suppress(OSError):
-                os.truncate(path, start)  # whole lines only
-            raise
+            start = os.fstat(fd).st_size
+            if start > 0 and _last_byte(path, start) != b"\n":
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                with suppress(OSError):
+                    os.ftruncate(fd, start)  # whole lines only
+                raise
+        finally:
+            os.close(fd)
 
 
 def _last_byte(path: Path, size: int) -> bytes:

@@ -232,6 +232,35 @@ def cli_on_a_full_disk(root: Path) -> None:
     print("ok full-disk-cli")
 
 
+def training_on_a_full_disk(root: Path, base: Path) -> None:
+    """The real engine fills the disk with metrics lines: it stops, no torn line is left, and once
+    there is room again a rerun appends whole lines after the old ones and completes."""
+    from engine_support import make_store, run_engine, write_run
+
+    store = make_store(base / "store")  # off the small disk
+    config = write_run(root / "train", store, train={"steps": 60, "micro_batch_size": 2, "summary_warmup_steps": 1})
+    filler = root / "filler"
+    try:
+        with open(filler, "wb", buffering=0) as fh:
+            while True:
+                fh.write(b"x" * 4096)
+    except OSError:
+        pass
+    os.truncate(filler, max(filler.stat().st_size - 6 * 4096, 0))  # room for ~80 lines of the 60*2 needed
+    full = run_engine(config, timeout=240, env={"HPCLLM_LOCK_TIMEOUT": "5"})
+    assert full.returncode != 0, full.stdout[-2000:] + full.stderr[-2000:]
+    metrics = root / "train" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert lines and all(json.loads(line) for line in lines), "a torn line was left"
+    assert len(lines) < 60
+    filler.unlink()
+    again = run_engine(config, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert records[-1]["step"] == 60 and len(records) == len(lines) + 60
+    print("ok training-full-disk")
+
+
 def main() -> int:
     assert os.getpid() == 1, "run me in a PID namespace (unshare --pid --fork --mount-proc --mount)"
     base = Path(sys.argv[1])
@@ -248,6 +277,7 @@ def main() -> int:
     try:
         read_only_mid_run(small, ctl)
         full_disk(small)
+        training_on_a_full_disk(small, base)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
     return 0
