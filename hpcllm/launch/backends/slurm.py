@@ -342,11 +342,10 @@ class SlurmBackend(Backend):
                 self.pending_reasons[manifest.run_id] = reason
             if not state.active:
                 detail = "" if reason in ("None", "") else f" ({reason})"
-                self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
+                return self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
             return state
         state, end_reason = self._forgotten_job(run_dir, manifest)
-        self._record_end(run_dir, state, end_reason)
-        return state
+        return self._record_end(run_dir, state, end_reason)
 
     def _forgotten_job(self, run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | None]:
         """The end of a job squeue no longer shows: sacct, the jobcomp log, then the run dir."""
@@ -391,25 +390,30 @@ class SlurmBackend(Backend):
         return self._jobcomp
 
     @staticmethod
-    def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
+    def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> RunState:
         """Record an end the job's own hooks did not write; never overwrite one they did.
 
         A batch script that stopped in its set-up (a module that does not load) says why in its
-        log; that line is the reason, with SLURM's verdict after it.
+        log; that line is the reason, with SLURM's verdict after it. Returns the run's state: the
+        end decided from the scheduler's verdict and the run's files (``runstate.decide_end``).
         """
+        manifest = load_manifest(run_dir)
+        if manifest is None or not manifest.state.active:
+            return manifest.state if manifest is not None else state
+        summary = read_json(run_dir.summary) or {}
+        evidence = Evidence(summary.get("status"), scheduler=state, cancel_requested=manifest.cancel_requested)
+        decided = decide_end(evidence).state or state
         with observer_lock(run_dir) as held:
             manifest = load_manifest(run_dir) if held else None
             if manifest is None or not manifest.state.active:
-                return
+                return manifest.state if manifest is not None else decided  # the job's hooks recorded it
             setup_error = (
                 script_error(run_dir, manifest.job_id) if state == RunState.FAILED and manifest.job_id else None
             )
-            summary = read_json(run_dir.summary) or {}
-            evidence = Evidence(summary.get("status"), scheduler=state, cancel_requested=manifest.cancel_requested)
-            decided = decide_end(evidence).state or state
             if decided == RunState.CANCELLED:
                 reason = manifest.cancel_requested or reason
             elif setup_error and decided == RunState.FAILED:
                 reason = f"{setup_error} ({reason})"
             if transition(manifest, decided, Actor.STATUS, reason):
                 save_observed(run_dir, manifest)
+        return decided
