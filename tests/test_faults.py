@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,25 @@ def test_a_torn_metrics_line_is_skipped_and_reported(tmp_path: Path) -> None:
     record = RunRecord(rd, {})
     assert [m["step"] for m in record.metrics] == [1, 3]
     assert record.problems == [f"{rd.metrics}: line 2 is torn (a writer died); skipped"]
+
+
+@pytest.mark.integration
+def test_ctrl_c_during_prepare_removes_its_hidden_temp_folder(tmp_path: Path) -> None:
+    text = tmp_path / "in.txt"
+    text.write_text("a line of text to tokenize, again and again\n" * 400_000)  # ~18 MB: seconds of work
+    out = tmp_path / "store"
+    hpcllm = str(Path(sys.executable).parent / "hpcllm")
+    proc = subprocess.Popen(
+        [hpcllm, "data", "prepare", "-i", str(text), "-o", str(out), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not list(tmp_path.glob(".store.*.tmp")) and proc.poll() is None:
+        time.sleep(0.01)  # polling for the folder to appear, not timing anything
+    if proc.poll() is not None:
+        pytest.fail("prepare ended before it could be interrupted")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert not list(tmp_path.glob(".store.*")) and not out.exists()
