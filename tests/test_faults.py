@@ -296,3 +296,29 @@ def test_ctrl_c_during_prepare_removes_its_hidden_temp_folder(tmp_path: Path) ->
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert not list(tmp_path.glob(".store.*")) and not out.exists()
+
+
+def test_a_cancel_that_reaches_nothing_records_nothing(tmp_path: Path) -> None:
+    """A live runner recorded by pid alone (an older manifest) cannot be verified: not signalled,
+    one line, and the run stays as it was (no `cancelled`, no pending request)."""
+    from hpcllm.config.cluster import load_cluster
+    from hpcllm.errors import BackendError
+    from hpcllm.launch.backends.local import LocalBackend
+    from hpcllm.launch.manifest import load_manifest, save_manifest
+
+    rd = RunDir(tmp_path / "results" / "e" / "local" / "r1")
+    rd.path.mkdir(parents=True)
+    m = Manifest(run_id="r1", experiment="e", cluster="local", backend="local", state="running", job_id="1")
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        m.runner_pid = bystander.pid  # alive, but nothing says it is still the run's runner
+        save_manifest(rd, m)
+        backend = LocalBackend(load_cluster(str(REPO / "clusters" / "local.yaml")))
+        with pytest.raises(BackendError, match=r"^run r1: runner pid \d+ was recorded without its identity"):
+            backend.cancel(rd, load_manifest(rd))
+        assert bystander.poll() is None  # not signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+    after = load_manifest(rd)
+    assert after.state == RunState.RUNNING and after.cancel_requested is None
