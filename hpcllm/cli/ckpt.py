@@ -12,9 +12,11 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from hpcllm.cli.common import console, fail
+from hpcllm.cli.common import console, err_console, fail
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 
@@ -59,11 +61,15 @@ def ls(
     except HpcllmError as exc:
         fail(exc)
     if verify:
-        from hpcllm.engine.checkpoint import verify_checkpoint as check
+        from hpcllm.engine.checkpoint_find import verify_checkpoint as check
     else:
         check = check_files
-    latest = read_latest_pointer(run.checkpoints)
-    table = Table(title=str(run.checkpoints))
+    try:
+        latest = read_latest_pointer(run.checkpoints)
+    except CheckpointCorrupt as exc:
+        latest = None
+        err_console.print(f"warning: {escape(str(exc))}", soft_wrap=True, highlight=False)
+    table = Table(title=Text(str(run.checkpoints)))  # Text: a path is never markup
     for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
         table.add_column(col, justify="right" if col != "status" else "left")
     infos = list_checkpoints(run.checkpoints)
@@ -73,7 +79,7 @@ def ls(
             check(info.path)
             status = "ok" if verify else "complete"
         except CheckpointCorrupt as exc:
-            status = f"[red]corrupt[/]: {str(exc).removeprefix(str(info.path) + ': ')}"
+            status = f"[red]corrupt[/]: {escape(str(exc).removeprefix(str(info.path) + ': '))}"
         if latest == info.path:
             status += " [bold](latest)[/]"
         saved = ts.get("saved_at_unix")
@@ -88,11 +94,12 @@ def ls(
     if infos:
         console.print(table)
     else:
-        console.print(f"no complete checkpoints in {run.checkpoints}")
+        console.print(f"no complete checkpoints in {run.checkpoints}", markup=False)
     for tmp in incomplete_saves(run.checkpoints):
         console.print(
             f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; the next start removes it)",
             soft_wrap=True,
+            markup=False,
         )
     if infos and not verify:
         console.print("shards not checked against DCP's index: `--verify` does (needs torch)", style="dim")
@@ -107,7 +114,7 @@ def export(
         "--format",
         help="torch: one .pt state dict; hf: a Llama folder for transformers' LlamaForCausalLM.",
     ),
-    step: int | None = typer.Option(None, help="Checkpoint step to export; default: the latest."),
+    step: int | None = typer.Option(None, min=0, help="Checkpoint step to export; default: the latest."),
     with_optimizer: bool = typer.Option(
         False, "--with-optimizer", help="torch only: include optimizer state (whole DCP state)."
     ),
@@ -124,7 +131,10 @@ def export(
 
     try:
         run = _run_dir(run_dir)
-        ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        try:
+            ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        except CheckpointCorrupt as exc:
+            raise HpcllmError(f"cannot export: {exc}; name a checkpoint with --step") from None
         if ckpt is None or not ckpt.is_dir():
             steps = ", ".join(str(c.step) for c in list_checkpoints(run.checkpoints)) or "none"
             what = f"no checkpoint {ckpt.name}" if ckpt is not None else "no `latest` pointer"
@@ -142,4 +152,4 @@ def export(
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"wrote {output} ({fmt.value}, from {ckpt})")
+    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", markup=False)

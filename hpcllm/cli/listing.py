@@ -55,8 +55,9 @@ def _rich(
     styles: dict[str, dict[str, str]],
 ) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
+    table = Table(title=Text(title))  # Text: a run id or a path with brackets is not markup
     for i, header in enumerate(headers):
         if header in keep_whole:
             width = max([len(header), *(len(row[i]) for row in rows)])
@@ -64,9 +65,10 @@ def _rich(
         else:
             table.add_column(header, overflow="fold")
     for row in rows:
-        cells = []
-        for header, cell in zip(headers, row, strict=True):
-            style = styles.get(header, {}).get(cell)
-            cells.append(f"[{style}]{cell}[/]" if style else cell.replace("[", r"\["))
-        table.add_row(*cells)
+        table.add_row(
+            *(
+                Text(cell, style=styles.get(header, {}).get(cell) or "")
+                for header, cell in zip(headers, row, strict=True)
+            )
+        )
     console.print(table)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
+from hpcllm.cli.common import RESULTS, check_results_root, err_console, fail, paused_gc, warn_problems
 from hpcllm.errors import HpcllmError
 
 
@@ -20,12 +21,12 @@ def report(
     plots and loss curves, the seed comparison, failures with their reasons, every run's details."""
     from hpcllm.collect.report import write_report
 
-    if not root.exists():
-        fail(HpcllmError(f"{root}: no such folder"))
+    check_results_root(root)
     try:
-        with err_console.status(f"reading {root} and drawing the plots"):
+        with err_console.status(Text(f"reading {root} and drawing the plots")):
             result = write_report(root, output, columns)
     except (ValueError, HpcllmError) as exc:  # HpcllmError: a full or read-only disk, in one line
         fail(exc)
+    warn_problems(result.problems)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items()) or "no runs"
     err_console.print(f"wrote {output}: {len(result.runs)} runs ({counts})", highlight=False, soft_wrap=True)

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import contextlib
 
+from hpcllm.fsutil import writing
 from hpcllm.rundir import RunDir
+
+
+def prepare_folder(run_dir: RunDir) -> list[str]:
+    """Create the run folder (a full or read-only disk: one line) and remove what an earlier,
+    interrupted submit left in it; the caller holds the grid's submit lock. Returns what went."""
+    with writing(run_dir.path):
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+    return remove_leftovers(run_dir)
 
 
 def remove_leftovers(run_dir: RunDir) -> list[str]:

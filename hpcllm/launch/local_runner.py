@@ -29,13 +29,12 @@ from hpcllm.launch.manifest import (
     RunState,
     load_manifest,
     manifest_lock,
-    now,
     save_manifest,
     update_manifest,
 )
 from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.runstate import Actor, Evidence, decide_end, transition
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, now
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
 

@@ -8,7 +8,8 @@ run's lock, so two of them racing end in one state that matches what happened:
   ``completed`` (training finished and saved its final checkpoint): the run is completed.
 - An end is decided by ``decide_end`` from facts, in this order: the engine's ``summary.json``
   (completed), a cancel that the scheduler or the local runner confirmed, the scheduler's verdict,
-  then the summary's other statuses and the exit code. A process that is still alive has no end yet.
+  then the summary's other statuses, the exit code and the watchdog's verdict on a hang. A process
+  that is still alive has no end yet.
 - A transition to the state the run is already in changes nothing (idempotent); a transition the
   table below does not allow is refused (``False``) and the caller leaves the manifest as it is —
   another writer decided first, with better evidence.
@@ -94,12 +95,14 @@ class Evidence:
     scheduler: RunState | None = None  # the scheduler's final verdict on the job
     cancel_requested: str | None = None  # manifest.cancel_requested: a confirmed `hpcllm cancel`
     alive: bool = False  # a process (or job) of the run still runs: it has no end yet
+    hung: bool = False  # the engine's watchdog ended this attempt for making no progress (watchdog.json)
 
 
 @dataclass(frozen=True)
 class End:
     state: RunState | None  # None: not ended (still alive), or a preempted stop to requeue
     preempted: bool = False  # stopped on request with a checkpoint (the caller's budget decides)
+    hung: bool = False  # ended by the watchdog: requeued without its nodes while the budget lasts, else failed
 
 
 def decide_end(ev: Evidence) -> End:
@@ -114,6 +117,8 @@ def decide_end(ev: Evidence) -> End:
         return End(ev.scheduler)
     if ev.summary_status == SUMMARY_STATUS_PREEMPTED or ev.exit_code == EXIT_PREEMPTED:
         return End(None, preempted=True)
+    if ev.hung:
+        return End(None, hung=True)
     return End(RunState.FAILED)
 
 
@@ -122,7 +127,7 @@ def observer_lock(run_dir: RunDir) -> Iterator[bool]:
     """The run's lock for an observer (``status``) recording an end: True when held, False at once
     when a writer holds it (the writer records; a status never waits). A results folder that cannot
     be locked (read-only) is False too: the observed state is shown, not recorded."""
-    lock = exclusive(run_dir.lock_file, timeout=0)
+    lock = exclusive(run_dir.lock_file, timeout=0, make_parents=False)
     try:
         lock.__enter__()
     except HpcllmError:
