@@ -8,6 +8,7 @@ invented figure: ``mfu`` in the seed's convention, ``mfu_with_head`` and ``hfu``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import statistics
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from hpcllm import perf
+from hpcllm import perf, runfiles
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.tracking import MetricSink, scalars
 from hpcllm.fsutil import append_line
@@ -55,14 +56,13 @@ def earlier_attempts(path: Path) -> tuple[int, float]:
     """
     best, total = 0, 0.0
     restart, elapsed = None, 0.0  # the current attempt's restart count and its latest elapsed_s
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
+    with contextlib.suppress(runfiles.MissingFile):
+        for record in runfiles.iter_json_lines(path):  # torn lines (a killed attempt's) skipped
             try:
-                record = json.loads(line)
                 best = max(best, int(record["step"]))
                 line_elapsed, line_restart = float(record["elapsed_s"]), record.get("restart")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # a torn line from a killed attempt, or a line from an older engine
+            except (ValueError, KeyError, TypeError):
+                continue  # a line from an older engine
             if restart is not None and (line_restart != restart or line_elapsed < elapsed):
                 total += elapsed
             restart, elapsed = line_restart, line_elapsed
