@@ -238,10 +238,10 @@ def test_plots_are_written(results, tmp_path):
 
 
 def test_restarts_are_marked_where_an_attempt_resumed():
-    from hpcllm.collect.plot import _restart_steps, efficiency
+    from hpcllm.collect.plot import restart_steps, efficiency
 
-    assert _restart_steps(loss_curve(40, restart_at=20)) == [21]
-    assert _restart_steps(loss_curve(10)) == []
+    assert restart_steps(loss_curve(40, restart_at=20)) == [21]
+    assert restart_steps(loss_curve(10)) == []
     assert efficiency([{"gpus": 8, "samples_per_s": 16.0}, {"gpus": 32, "samples_per_s": 48.0}]) == [1.0, 0.75]
 
 

@@ -63,6 +63,9 @@ class _Page(HTMLParser):
         self.rows: dict[str, int] = {}
         self._table: str | None = None
         self.text: list[str] = []
+        self.scripts: list[str] = []
+        self.scripts_with_src: list[str] = []
+        self._in_script = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -75,6 +78,11 @@ class _Page(HTMLParser):
             self.rows[self._table] += 1
         if tag == "img":
             self.images.append(a)
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+            if a.get("src"):
+                self.scripts_with_src.append(a["src"])
         for key in ("src", "href"):
             if a.get(key):
                 self.urls.append(a[key])
@@ -82,9 +90,14 @@ class _Page(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "table":
             self._table = None
+        if tag == "script":
+            self._in_script = False
 
     def handle_data(self, data):
-        self.text.append(data)
+        if self._in_script:
+            self.scripts[-1] += data
+        else:
+            self.text.append(data)
 
 
 def _report(results: Path, out: Path) -> _Page:
@@ -100,12 +113,13 @@ def test_report_is_one_self_contained_page(results, tmp_path):
     page = _report(results, tmp_path / "report.html")
     assert {"counts", "scaling-table", "plot-scaling", "plot-losses", "comparison-table", "failures"} <= page.ids
     assert page.rows["scaling-table"] == 1 + 3  # header + completed runs
-    # every image is embedded PNG; nothing is fetched from anywhere
-    assert len(page.images) == 2
-    for img in page.images:
-        prefix = "data:image/png;base64,"
-        assert img["src"].startswith(prefix) and base64.b64decode(img["src"][len(prefix) :])[:8] == PNG
+    # the plots are plotly, its JavaScript inline once: nothing is fetched from anywhere
+    assert page.images == [] and page.scripts_with_src == []
+    assert sum(len(script) > 1_000_000 and "plotly.js" in script[:1000] for script in page.scripts) == 1
     assert all(url.startswith("data:") for url in page.urls)
+    scaling = next(script for script in page.scripts if '"plot-scaling"' in script)
+    assert "2.7b-n2x4-mbs2-ga1-fs-acnone-seq4096-00000001" in scaling  # hover data: the run id
+    assert "exp\\u002fleonardo: 2.7B FULL_SHARD mbs=2" in scaling  # legend: the setup (plotly escapes /)
     text = " ".join(page.text)
     assert FAILED_REASON in text and "cancelled by the user" in text
     assert "torch.OutOfMemoryError: CUDA out of memory" in text  # the log's tail

@@ -12,9 +12,9 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from hpcllm.cli.common import console, fail
+from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 
@@ -63,9 +63,7 @@ def ls(
     else:
         check = check_files
     latest = read_latest_pointer(run.checkpoints)
-    table = Table(title=str(run.checkpoints))
-    for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
-        table.add_column(col, justify="right" if col != "status" else "left")
+    rows = []
     infos = list_checkpoints(run.checkpoints)
     for info in infos:
         ts = info.trainer_state or {}
@@ -73,22 +71,25 @@ def ls(
             check(info.path)
             status = "ok" if verify else "complete"
         except CheckpointCorrupt as exc:
-            status = f"[red]corrupt[/]: {str(exc).removeprefix(str(info.path) + ': ')}"
+            status = f"corrupt: {str(exc).removeprefix(str(info.path) + ': ')}"
         if latest == info.path:
-            status += " [bold](latest)[/]"
+            status += " (latest)"
         saved = ts.get("saved_at_unix")
-        table.add_row(
-            str(info.step),
-            str(ts.get("consumed_samples", "?")),
-            str(ts.get("world_size", "?")),
-            f"{info.size_bytes / 2**20:.1f}",
-            dt.datetime.fromtimestamp(saved, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if saved else "?",
-            status,
+        rows.append(
+            [
+                str(info.step),
+                str(ts.get("consumed_samples", "?")),
+                str(ts.get("world_size", "?")),
+                f"{info.size_bytes / 2**20:.1f}",
+                dt.datetime.fromtimestamp(saved, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if saved else "?",
+                status,
+            ]
         )
     if infos:
-        console.print(table)
+        headers = ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status")
+        print_listing(console, str(run.checkpoints), headers, rows, keep_whole=("step", "status"), wrap=("status",))
     else:
-        console.print(f"no complete checkpoints in {run.checkpoints}")
+        console.print(f"no complete checkpoints in {run.checkpoints}", soft_wrap=True, highlight=False)
     for tmp in incomplete_saves(run.checkpoints):
         console.print(
             f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; the next start removes it)",
@@ -142,4 +143,4 @@ def export(
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"wrote {output} ({fmt.value}, from {ckpt})")
+    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", soft_wrap=True, highlight=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
 from hpcllm.cli.listing import print_listing
@@ -202,6 +203,9 @@ class StatusFormat(str, Enum):
     json = "json"
 
 
+# Headers as a narrow terminal shows them (docs/cli.md lists what each means).
+STATUS_SHORT = {"experiment": "exp", "restarts": "rst", "ran with": "sw"}
+
 STATE_STYLES = {
     "completed": "green",
     "running": "cyan",
@@ -247,7 +251,16 @@ def status(
         for r in records
     ]
     print_listing(
-        console, f"Runs under {root}", headers, rows, keep_whole=("run", "state", "job"), styles={"state": STATE_STYLES}
+        console,
+        f"Runs under {root}",
+        headers,
+        rows,
+        keep_whole=("run", "state", "job"),
+        styles={"state": STATE_STYLES},
+        short=STATUS_SHORT,
+        drop_first=("ran with", "restarts", "loss", "step", "cluster", "experiment"),
+        wrap=("reason",),
+        common=("experiment", "cluster"),
     )
     counts = Counter(r["state"] for r in records)
     console.out(
@@ -328,7 +341,7 @@ def logs(
     if not files:
         fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
     latest = max(files, key=lambda p: p.stat().st_mtime)
-    console.print(f"[dim]==> {latest} <==[/]")
+    console.print(f"[dim]==> {escape(str(latest))} <==[/]", soft_wrap=True, highlight=False)  # a path: never wrapped
     with open(latest, errors="replace") as fh:
         for line in deque(fh, maxlen=lines):
             console.print(line.rstrip("\n"), markup=False, highlight=False)

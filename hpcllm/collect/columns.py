@@ -166,7 +166,9 @@ SEED = [
     "mfu",
 ]
 # After the seed's columns and the swept values, by default:
-DEFAULT_TAIL = ["loss", "eval_loss", "eval_ppl", "restarts", "wall_time"]
+# Experiment and cluster: runs of different experiments share setups (a tutorial's 1-GPU run and a
+# fine-tune's), and a row must say which one it is.
+DEFAULT_TAIL = ["loss", "eval_loss", "eval_ppl", "restarts", "wall_time", "experiment", "cluster"]
 GROUPS = {"seed": SEED, "default": [*SEED, "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
 
 # Grid keys the seed's columns already show (directly, or as #GPUs).

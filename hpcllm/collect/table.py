@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
-DEFAULT_SORT = ["params", "gpus", "mbs", "sharding"]
+DEFAULT_SORT = ["experiment", "cluster", "params", "gpus", "mbs", "sharding"]
 
 Format = Literal["markdown", "csv", "json", "latex"]
 FORMATS = ("markdown", "csv", "json", "latex")
@@ -86,7 +86,8 @@ def build_table(
     selector = _where(where, records, chosen) if where else None
     table = Table(chosen)
     getters = [(c.id, c.get) for c in chosen]
-    for record in records:
+    # Grouped by experiment and cluster even where those columns are not shown (--columns seed).
+    for record in sorted(records, key=lambda r: (r.experiment, r.cluster)):
         try:
             row = {column_id: get(record) for column_id, get in getters}
         except (KeyError, TypeError, ValueError) as exc:
