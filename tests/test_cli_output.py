@@ -89,7 +89,7 @@ def test_a_terminal_gets_a_table_that_does_not_cut_ids():
         console, "t", ("run", "state", "reason"), [[LONG_ID, "completed", "x " * 60]], keep_whole=("run", "state")
     )
     text = console.export_text()
-    assert LONG_ID in text and "completed" in text and "│" in text
+    assert LONG_ID in text and "completed" in text and "───" in text and "not shown at 80 columns: reason" in text
 
 
 def test_long_listings_on_a_terminal_are_plain_text():

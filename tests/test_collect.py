@@ -78,6 +78,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
         "Loss",
         "Restarts",
         "Wall time",
+        "Experiment",
+        "Cluster",
     ]
     # resources.nodes is swept too, but the seed's #GPUs shows it; optim.lr is not shown otherwise
     assert rows == [
@@ -98,6 +100,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "6.0432",
             "0",
             "1:02:05",
+            "exp",
+            "leonardo",
         ],
         [
             "2.7",
@@ -116,6 +120,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "6.0432",
             "2",
             "2:02:02",
+            "exp",
+            "leonardo",
         ],
         [
             "2.7",
@@ -134,6 +140,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "5.5",
             "0",
             "1:02:05",
+            "exp",
+            "leonardo",
         ],
     ]
 
@@ -144,8 +152,8 @@ def test_evaluation_loss_shows_when_a_run_has_it(results):
         results, "e", summary=engine_summary(world_size=64, global_batch_size=128, eval_loss=5.91234, eval_ppl=369.1)
     )
     header, *rows = markdown_rows(collect(results).output)
-    assert header[-5:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time"]
-    assert [row[-4] for row in rows] == ["", "", "", "5.9123"]
+    assert header[-7:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time", "Experiment", "Cluster"]
+    assert [row[-6] for row in rows] == ["", "", "", "5.9123"]
 
 
 def test_columns_where_and_sort(results):
@@ -238,7 +246,7 @@ def test_plots_are_written(results, tmp_path):
 
 
 def test_restarts_are_marked_where_an_attempt_resumed():
-    from hpcllm.collect.plot import restart_steps, efficiency
+    from hpcllm.collect.plot import efficiency, restart_steps
 
     assert restart_steps(loss_curve(40, restart_at=20)) == [21]
     assert restart_steps(loss_curve(10)) == []
@@ -320,3 +328,36 @@ def test_the_dataframe_api_gives_the_same_seed_table(results):
     frame = collect_table(results)
     assert list(frame.columns) == COLUMNS and len(frame) == 3
     assert format_table(frame, "markdown") == collect(results, "--columns", "seed").output
+
+
+def test_runs_of_different_experiments_are_never_one_line(tmp_path):
+    """A tutorial's 1-GPU run and a fine-tune's share a setup: two groups, each its own efficiency
+    base (a 1-GPU run's efficiency is 1.0), and the table says which experiment each row is."""
+    from hpcllm.collect.plot import efficiency, run_label, scaling_groups
+    from hpcllm.collect.records import scan
+
+    write_run(tmp_path, "a1", experiment="tutorial", summary=engine_summary(world_size=1, global_batch_size=2))
+    write_run(
+        tmp_path,
+        "b1",
+        experiment="finetune",
+        summary=engine_summary(world_size=1, global_batch_size=2, samples_per_s=5.0),
+    )
+    write_run(
+        tmp_path,
+        "b2",
+        experiment="finetune",
+        summary=engine_summary(world_size=2, global_batch_size=4, samples_per_s=9.0),
+    )
+    records = scan(tmp_path)
+    groups = scaling_groups(records)
+    assert sorted(groups) == [
+        "finetune/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096",
+        "tutorial/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096",
+    ]
+    finetune = groups["finetune/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096"]
+    assert [p["run"] for p in finetune] == ["b1", "b2"] and efficiency(finetune) == [1.0, 0.9]
+    assert efficiency(groups["tutorial/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096"]) == [1.0]
+    assert all("a1" not in run_label(r) and "b2" not in run_label(r) for r in records)  # the setup, no id
+    _, *rows = markdown_rows(collect(tmp_path, "--columns", "seed,experiment").output)
+    assert [row[-1] for row in rows] == ["finetune", "finetune", "tutorial"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -128,24 +127,33 @@ def test_report_is_one_self_contained_page(results, tmp_path):
 
 @pytest.mark.integration
 def test_report_renders_in_a_headless_browser(results, tmp_path):
-    """Chromium (Debian's package; scripts/install-browser.sh) opens the page offline: the tables
-    and every plot are laid out, decoded and on screen when scrolled to."""
+    """Chromium (Debian's package; scripts/install-browser.sh) opens the page offline at 1,400 px:
+    the tables and every plot are laid out and on screen when scrolled to, nothing overflows the
+    page sideways (the scaling table's last column, Wall time, is in view), and moving the mouse
+    onto a point of the scaling plot shows that point's run id."""
     exe = find_chromium()
     assert exe, "no chromium on PATH: run scripts/install-browser.sh (as root), as `make test` does"
     report = tmp_path / "report.html"
     _report(results, report)
     with Browser(exe) as browser:
-        browser.open(report)
+        browser.open(report, width=1400)
         checks = browser.evaluate(VISIBILITY_JS)
+        point = browser.evaluate(POINT_JS)
+        for kind in ("mouseMoved",):
+            browser.call("Input.dispatchMouseEvent", {"type": kind, "x": point["x"], "y": point["y"]}, page=True)
+        hover = browser.evaluate(HOVER_JS)
         shot = browser.screenshot(tmp_path / "report.png")
-    assert checks["images"] == 2 and checks["external"] == []
+    assert checks["external"] == []
     for name, element in checks["elements"].items():
         assert element["found"], name
         assert element["width"] > 100 and element["height"] > 40, (name, element)
         assert element["shown"], f"{name} is hidden or covered: {element}"
-    for img in checks["imgs"]:
-        assert img["decoded"] and img["naturalWidth"] > 300 and img["naturalHeight"] > 200, img
+    assert checks["plots"] == 2  # both plotly figures drawn (their SVG exists)
+    assert checks["overflow"] == {"page": 1400, "scroll": 1400}, checks["overflow"]
+    assert checks["tableFits"], checks["tableBoxes"]
     assert checks["rows"] == {"scaling-table": 4, "comparison-table": 1 + 3 + 21}  # header, ok, not run (Leonardo)
+    assert point["run"] in hover, (point, hover)
+    assert point["run"].startswith("2.7b-n") and "samples/s" in hover
     data = shot.read_bytes()
     assert data[:8] == PNG and len(data) > 50_000
 
@@ -170,11 +178,42 @@ VISIBILITY_JS = r"""
                     shown: style.display !== "none" && style.visibility === "visible"
                            && !!hit && (hit === el || el.contains(hit))};
   }
-  const imgs = [...document.images].map(img => ({decoded: img.complete && img.naturalWidth > 0,
-                                                naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight}));
+  const plots = [...document.querySelectorAll(".js-plotly-plot")].filter(p => p.querySelector(".main-svg")).length;
+  window.scrollTo(0, 0);
+  const overflow = {page: innerWidth, scroll: document.documentElement.scrollWidth};
+  const table = document.querySelector("#scaling-table");
+  const wrap = table.parentElement.getBoundingClientRect();
+  const last = table.querySelector("tr th:last-child").getBoundingClientRect();
+  const tableBoxes = {table: table.getBoundingClientRect().right, container: wrap.right, lastHeader: last.right};
+  const tableFits = table.scrollWidth <= table.parentElement.clientWidth && last.right <= wrap.right;
   const rows = {};
   for (const id of ["scaling-table", "comparison-table"]) rows[id] = document.querySelectorAll(`#${id} tr`).length;
   const external = performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith("data:"));
-  return {elements, imgs, images: imgs.length, rows, external};
+  return {elements, plots, overflow, tableFits, tableBoxes, rows, external};
+})()
+"""
+
+# The first point of the scaling plot, scrolled into view: where it is on screen and whose run it is
+# (the run id the report put in the point's hover data).
+POINT_JS = r"""
+(async () => {
+  const plot = document.getElementById("plot-scaling");
+  plot.scrollIntoView({block: "center"});
+  await new Promise(r => requestAnimationFrame(r));
+  const dot = plot.querySelector(".scatterlayer .trace .points path");
+  const box = dot.getBoundingClientRect();
+  return {x: box.left + box.width / 2, y: box.top + box.height / 2, run: plot.data[0].customdata[0]};
+})()
+"""
+
+# What the hover label says once the mouse is on the point (plotly draws it in .hoverlayer).
+HOVER_JS = r"""
+(async () => {
+  for (let i = 0; i < 50; i++) {
+    const text = [...document.querySelectorAll("#plot-scaling .hoverlayer")].map(e => e.textContent).join(" ");
+    if (text.trim()) return text;
+    await new Promise(r => setTimeout(r, 20));
+  }
+  return "";
 })()
 """

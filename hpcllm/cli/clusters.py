@@ -47,8 +47,14 @@ def clusters_list(ctx: typer.Context) -> None:
         headers,
         rows,
         keep_whole=("name",),
-        short={"scheduler": "sched", "partition": "part", "GPUs/node": "GPU/n", "cores/node": "cpu/n",
-               "max nodes": "max n", "GiB/GPU": "GiB"},
+        short={
+            "scheduler": "sched",
+            "partition": "part",
+            "GPUs/node": "GPU/n",
+            "cores/node": "cpu/n",
+            "max nodes": "max n",
+            "GiB/GPU": "GiB",
+        },
         drop_first=("cores/node", "scheduler", "partition"),
         wrap=("QoS",),
     )

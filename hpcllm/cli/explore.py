@@ -85,7 +85,14 @@ def explore_batch(
         assert probe is not None, "an explore plan's runs are probes"
         start = f"{probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
         rows.append(
-            [plan.spec.run_id, plan.label, str(len(plan.points)), start, f"{run.action} {run.detail}".strip(), run.job_id or "-"]
+            [
+                plan.spec.run_id,
+                plan.label,
+                str(len(plan.points)),
+                start,
+                f"{run.action} {run.detail}".strip(),
+                run.job_id or "-",
+            ]
         )
     print_listing(
         console,

@@ -39,8 +39,9 @@ class Layout:
 
 
 def table_width(widths: Sequence[int]) -> int:
-    """A rich table's width with the default box and padding: ``│ a │ b │``."""
-    return sum(widths) + 3 * len(widths) + 1
+    """The width of the table ``_rich`` draws: a rule under the header, no outer edge, columns
+    three characters apart (a 60-character run id, its state and job fit 80 columns)."""
+    return sum(widths) + 3 * max(len(widths) - 1, 0)
 
 
 def layout(
@@ -166,6 +167,7 @@ def _rich(
     wrap: Sequence[str],
     styles: dict[str, dict[str, str]],
 ) -> None:
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
@@ -176,7 +178,14 @@ def _rich(
         console.print(title, soft_wrap=True, highlight=False, markup=False)
         title = ""
     full_title = "\n".join(escape(t) for t in (title, fitted.title_extra) if t)
-    table = Table(title=full_title or None, caption=caption, caption_justify="left")
+    table = Table(
+        title=full_title or None,
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
     for i, name, width in zip(fitted.kept, fitted.headers, fitted.widths, strict=True):
         if headers[i] in wrap:
             table.add_column(name, overflow="fold", min_width=width, max_width=width)  # fold: only a word > width

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from hpcllm.collect.plot import restart_steps, efficiency, run_label, scaling_groups
+from hpcllm.collect.plot import efficiency, restart_steps, run_label, scaling_groups
 from hpcllm.collect.records import RunRecord
 
 if TYPE_CHECKING:
@@ -59,30 +59,57 @@ def scaling_html(records: Iterable[RunRecord], div_id: str, include_js: bool) ->
         common: dict[str, Any] = {"name": label, "legendgroup": label, "customdata": runs, "hovertemplate": _HOVER}
         line = {"color": color}
         fig.add_trace(
-            go.Scatter(x=gpus, y=[p["samples_per_s"] for p in points], mode="lines+markers", line=line,
-                       meta="samples/s", **common),
+            go.Scatter(
+                x=gpus,
+                y=[p["samples_per_s"] for p in points],
+                mode="lines+markers",
+                line=line,
+                meta="samples/s",
+                **common,
+            ),
             row=1,
             col=1,
         )
         ideal = [points[0]["samples_per_s"] * g / points[0]["gpus"] for g in gpus]
         fig.add_trace(
-            go.Scatter(x=gpus, y=ideal, mode="lines", line={"color": color, "dash": "dot", "width": 1},
-                       name=label, legendgroup=label, showlegend=False, hoverinfo="skip"),
+            go.Scatter(
+                x=gpus,
+                y=ideal,
+                mode="lines",
+                line={"color": color, "dash": "dot", "width": 1},
+                name=label,
+                legendgroup=label,
+                showlegend=False,
+                hoverinfo="skip",
+            ),
             row=1,
             col=1,
         )
         with_mfu = [p for p in points if p["mfu"] is not None]
         if with_mfu:
             fig.add_trace(
-                go.Scatter(x=[p["gpus"] for p in with_mfu], y=[p["mfu"] for p in with_mfu], mode="lines+markers",
-                           line=line, showlegend=False, meta="MFU",
-                           **{**common, "customdata": [p["run"] for p in with_mfu]}),
+                go.Scatter(
+                    x=[p["gpus"] for p in with_mfu],
+                    y=[p["mfu"] for p in with_mfu],
+                    mode="lines+markers",
+                    line=line,
+                    showlegend=False,
+                    meta="MFU",
+                    **{**common, "customdata": [p["run"] for p in with_mfu]},
+                ),
                 row=1,
                 col=2,
             )
         fig.add_trace(
-            go.Scatter(x=gpus, y=efficiency(points), mode="lines+markers", line=line, showlegend=False,
-                       meta="efficiency", **common),
+            go.Scatter(
+                x=gpus,
+                y=efficiency(points),
+                mode="lines+markers",
+                line=line,
+                showlegend=False,
+                meta="efficiency",
+                **common,
+            ),
             row=1,
             col=3,
         )
@@ -111,24 +138,43 @@ def loss_html(records: Iterable[RunRecord], div_id: str, include_js: bool) -> st
         label = run_label(r)
         hover = "run %{customdata}<br>step %{x}<br>%{meta}: %{y:.4g}<extra></extra>"
         fig.add_trace(
-            go.Scatter(x=[m["step"] for m in metrics], y=[m["loss"] for m in metrics], mode="lines+markers",
-                       marker={"size": 3}, name=label, legendgroup=r.run_id, customdata=[r.run_id] * len(metrics),
-                       meta="loss", hovertemplate=hover)
+            go.Scatter(
+                x=[m["step"] for m in metrics],
+                y=[m["loss"] for m in metrics],
+                mode="lines+markers",
+                marker={"size": 3},
+                name=label,
+                legendgroup=r.run_id,
+                customdata=[r.run_id] * len(metrics),
+                meta="loss",
+                hovertemplate=hover,
+            )
         )
         for step in restart_steps(metrics):
             fig.add_vline(x=step, line={"dash": "dash", "width": 1}, annotation_text="restart")
         evals = [(m["step"], m["eval_loss"]) for m in r.metrics if m.get("eval_loss") is not None]
         if evals:
             fig.add_trace(
-                go.Scatter(x=[s for s, _ in evals], y=[v for _, v in evals], mode="markers",
-                           marker={"symbol": "square", "size": 7}, name=f"{label} (eval)", legendgroup=r.run_id,
-                           showlegend=False, customdata=[r.run_id] * len(evals), meta="eval loss",
-                           hovertemplate=hover)
+                go.Scatter(
+                    x=[s for s, _ in evals],
+                    y=[v for _, v in evals],
+                    mode="markers",
+                    marker={"symbol": "square", "size": 7},
+                    name=f"{label} (eval)",
+                    legendgroup=r.run_id,
+                    showlegend=False,
+                    customdata=[r.run_id] * len(evals),
+                    meta="eval loss",
+                    hovertemplate=hover,
+                )
             )
     if shown == 0:
         fig.add_annotation(text="no metrics logged", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     fig.update_layout(
-        title={"text": "Training loss (dashed: a restart resumed here; squares: evaluation loss)", "font": {"size": 13}},
+        title={
+            "text": "Training loss (dashed: a restart resumed here; squares: evaluation loss)",
+            "font": {"size": 13},
+        },
         xaxis_title="step",
         yaxis_title="loss",
         legend={"orientation": "h", "y": -0.2, "font": {"size": 11}},

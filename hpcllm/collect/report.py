@@ -1,8 +1,9 @@
 """``hpcllm report``: one self-contained HTML page of a results folder.
 
 Runs counted per state, the scaling table, the scaling plots and loss curves (plotly: hovering a
-point names its run; plotly.js is inline), the comparison with the seed, the failures with their reasons and log tails, and every run's
-details. No script, stylesheet, font or image is fetched: the page opens offline on a laptop.
+point names its run; plotly.js is inline), the comparison with the seed, the failures with their
+reasons and log tails, and every run's details. No script, stylesheet, font or image is fetched:
+the page opens offline on a laptop.
 It reads what ``collect`` reads (``hpcllm.collect.records``); the page is a Jinja template
 (``report.html.j2``, autoescaped) shipped in the package.
 """
