@@ -361,3 +361,30 @@ def test_runs_of_different_experiments_are_never_one_line(tmp_path):
     assert all("a1" not in run_label(r) and "b2" not in run_label(r) for r in records)  # the setup, no id
     _, *rows = markdown_rows(collect(tmp_path, "--columns", "seed,experiment").output)
     assert [row[-1] for row in rows] == ["finetune", "finetune", "tutorial"]
+
+
+def test_nothing_to_collect_says_what_is_there_and_exits_non_zero(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = collect(empty)
+    assert result.exit_code == 2 and "no runs here" in result.output and "hpcllm submit" in result.output
+    assert "| # Params" not in result.output  # no header-only table
+    write_run(tmp_path / "r", "f", state=RunState.FAILED, reason="x")
+    result = collect(tmp_path / "r")
+    assert result.exit_code == 2 and "1 runs, none completed (1 failed)" in result.output
+    assert "hpcllm status" in result.output
+
+
+def test_best_before_any_search_says_so(results):
+    result = collect(results, "--best")
+    assert result.exit_code == 2, result.output
+    assert "no search with a finished trial" in result.output and "hpcllm search" in result.output
+    assert "|  |" not in result.output  # the broken empty table of old
+
+
+def test_generate_on_a_missing_path_says_it_does_not_exist(tmp_path):
+    (tmp_path / "exp").mkdir()
+    result = runner.invoke(app, ["generate", str(tmp_path / "exp" / "no-such-run"), "-p", "hi"])
+    assert result.exit_code == 2, result.output
+    assert "no such file or folder" in result.output and "not a run directory" not in result.output
+    assert f"{tmp_path / 'exp'} is empty" in result.output

@@ -126,4 +126,4 @@ def test_best_run_per_group_at_the_longest_rung(tmp_path: Path) -> None:
 def test_best_without_searches_says_so(tmp_path: Path) -> None:
     write_run(tmp_path, "r1")
     result = runner.invoke(app, ["collect", str(tmp_path), "--best"])
-    assert result.exit_code == 0 and "no search with a finished trial" in result.output
+    assert result.exit_code == 2 and "no search with a finished trial" in result.output  # a script can tell

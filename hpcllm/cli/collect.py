@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
+from hpcllm.collect.empty import no_search, none_completed, nothing_to_collect
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
 
@@ -73,13 +74,24 @@ def collect(
         fail(HpcllmError(f"{root}: no such folder"))
     problems: list[str] = []
     scanned = scan(root)
+    if not scanned:
+        fail(HpcllmError(nothing_to_collect(root)))
     records = completed_of(scanned, problems)
+    probes = [r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE]
     table: Table | pd.DataFrame
     try:
         if best:
             from hpcllm.collect.best import best_table
 
             table = best_table(root, problems)
+            if len(table) == 0:
+                fail(HpcllmError(no_search(root, scanned)))
+        elif not records and compare is None and not check:
+            # Nothing for the table: the probes' own table, if any (explore-batch), else say why.
+            _show_probes(probes)
+            if any(r.summary and r.summary.get("kind") == SUMMARY_KIND_PROBE for r in scanned):
+                return
+            fail(HpcllmError(none_completed(root, scanned)))
         elif compare is not None:
             from hpcllm.collect.compare import compare_with_seed
 
@@ -103,13 +115,11 @@ def collect(
         err_console.print(comparison.summary_line(), highlight=False, soft_wrap=True)
     if plot or loss_plot:
         _plots(records, plot, loss_plot)
-    if best and len(table) == 0:
-        err_console.print(f"[yellow]no search with a finished trial under {root}[/]", soft_wrap=True)
-    elif not records:
+    if not records:
         err_console.print(f"[yellow]no completed runs under {root}[/]", soft_wrap=True)
     # A finished training run is no probe (a probe's summary says kind: probe): only runs without a
     # summary yet, and probes, may have a probe.json.
-    _show_probes([r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE])
+    _show_probes(probes)
     if check:
         _check_references(root)
 

@@ -29,6 +29,20 @@ def fail(exc: Exception) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
+def missing_path_message(path: Path, wanted: str) -> str:
+    """``path`` does not exist: say so, what its nearest existing folder holds, and what was wanted."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+    except OSError:
+        names = []
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    there = f"{parent} holds: {shown}" if names else f"{parent} is empty"
+    return f"{path}: no such file or folder ({there}); give {wanted}"
+
+
 # The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
 # once), else ./results (relative to where `hpcllm` runs).
 RESULTS = Path(os.environ.get("HPCLLM_RESULTS") or "results")
