@@ -31,7 +31,7 @@ demo: setup
 	  || echo "python3.11-doc not installed: using the docs shipped with Python"; fi
 	$(BIN)/hpcllm data demo --output data/demo
 	$(BIN)/hpcllm submit experiments/smoke.yaml --cluster local --results $(RESULTS) --wait
-	$(BIN)/hpcllm collect $(RESULTS)/smoke --format markdown
+	$(BIN)/hpcllm collect -r $(RESULTS)/smoke --format markdown
 
 # Lint first: a finding fails `make test` before Chromium is installed or any test runs.
 test: setup lint browser

@@ -20,7 +20,7 @@ WIDE = {"COLUMNS": "400"}
 
 
 def collect(*args: str):
-    result = runner.invoke(app, ["collect", *map(str, args)], env=WIDE)
+    result = runner.invoke(app, ["collect", "-r", *map(str, args)], env=WIDE)
     return result
 
 
@@ -315,9 +315,9 @@ def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, 
     monkeypatch.setattr(report, "scan", spying(report.scan))
     assert gc.isenabled()
     assert collect(results).exit_code == 0
-    assert runner.invoke(app, ["status", str(results)], env=WIDE).exit_code == 0
+    assert runner.invoke(app, ["status", "-r", str(results)], env=WIDE).exit_code == 0
     page = tmp_path / "page.html"
-    assert runner.invoke(app, ["report", str(results), "--output", str(page)], env=WIDE).exit_code == 0
+    assert runner.invoke(app, ["report", "-r", str(results), "--output", str(page)], env=WIDE).exit_code == 0
     assert seen == [False, False, False] and gc.isenabled()
 
 
@@ -386,5 +386,5 @@ def test_generate_on_a_missing_path_says_it_does_not_exist(tmp_path):
     (tmp_path / "exp").mkdir()
     result = runner.invoke(app, ["generate", str(tmp_path / "exp" / "no-such-run"), "-p", "hi"])
     assert result.exit_code == 2, result.output
-    assert "no such file or folder" in result.output and "not a run directory" not in result.output
+    assert "no such folder or file" in result.output and "not a run directory" not in result.output
     assert f"{tmp_path / 'exp'} is empty" in result.output

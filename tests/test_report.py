@@ -100,7 +100,7 @@ class _Page(HTMLParser):
 
 
 def _report(results: Path, out: Path) -> _Page:
-    result = runner.invoke(app, ["report", str(results), "--output", str(out)], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["report", "-r", str(results), "--output", str(out)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "5 runs (1 cancelled, 3 completed, 1 failed)" in result.output
     page = _Page()

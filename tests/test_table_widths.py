@@ -59,7 +59,7 @@ def results(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("columns", [80, 120])
 def test_status_fits_the_terminal_and_keeps_ids_whole(results, columns):
-    out = _run(["status", str(results)], columns)
+    out = _run(["status", "-r", str(results)], columns)
     assert _widest(out) <= columns, out
     assert LONG_ID in out and FAILED_ID in out and "…" not in out
     assert "cluster leonardo" in out  # one value for every row: said once, in the title
@@ -71,7 +71,7 @@ def test_status_fits_the_terminal_and_keeps_ids_whole(results, columns):
 
 
 def test_status_piped_is_whole(results):
-    out = _run(["status", str(results)], None)
+    out = _run(["status", "-r", str(results)], None)
     assert REASON in out and LONG_ID in out and "leonardo" in out and "not shown" not in out
 
 

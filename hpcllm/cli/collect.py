@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hpcllm.cli.common import RESULTS, err_console, fail, paused_gc
+from hpcllm.cli.common import (
+    columns_spelling,
+    err_console,
+    fail,
+    missing_path_message,
+    paused_gc,
+    results_option,
+    results_root,
+)
 from hpcllm.collect.empty import no_search, none_completed, nothing_to_collect
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
@@ -35,7 +43,10 @@ class CompareWith(str, Enum):
 
 @paused_gc()
 def collect(
-    root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
+    old_root: Path | None = typer.Argument(None, hidden=True, help="Deprecated: use --results."),
+    results: Path | None = results_option(
+        None, "Results folder to scan for completed runs (default: $HPCLLM_RESULTS, else ./results)."
+    ),
     fmt: TableFormat = typer.Option(
         TableFormat.markdown, "--format", "-f", help="markdown (the seed's layout), csv, json, or latex (booktabs)."
     ),
@@ -43,11 +54,12 @@ def collect(
     columns: str | None = typer.Option(
         None,
         "--columns",
-        "-c",
+        "-k",
         help="Comma-separated column ids or groups: seed, default, all, swept; a grid key (optim.lr); "
         "summary.<key>. Ids: params, gpus, samples_per_s, mfu, mfu_with_head, hfu, loss, eval_loss, "
         "restarts, wall_time, run, ... (docs/reports.md).",
     ),
+    old_columns: str | None = typer.Option(None, "-c", hidden=True, help="Deprecated: use -k."),
     where: str | None = typer.Option(
         None, "--where", "-w", help="Keep rows where this is true, e.g. \"gpus >= 16 and sharding == 'FULL_SHARD'\"."
     ),
@@ -70,8 +82,10 @@ def collect(
     from hpcllm.collect.records import scan
     from hpcllm.collect.table import build_table, completed_of, format_table
 
+    root = results_root(results, old_root, "collect")
+    columns = columns_spelling(columns, old_columns)
     if not root.exists():
-        fail(HpcllmError(f"{root}: no such folder"))
+        fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
     problems: list[str] = []
     scanned = scan(root)
     if not scanned:

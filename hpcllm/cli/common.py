@@ -7,11 +7,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from hpcllm.errors import HpcllmError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +42,7 @@ def missing_path_message(path: Path, wanted: str) -> str:
         names = []
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
     there = f"{parent} holds: {shown}" if names else f"{parent} is empty"
-    return f"{path}: no such file or folder ({there}); give {wanted}"
+    return f"{path}: no such folder or file ({there}); give {wanted}"
 
 
 # The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
@@ -62,3 +64,34 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# One spelling of the results root in every command: ``--results`` / ``-r``.
+RESULTS_HELP = "Results root folder (default: $HPCLLM_RESULTS, else ./results)."
+
+
+def results_option(default: Path | None = RESULTS, help: str = RESULTS_HELP) -> Any:
+    return typer.Option(default, "--results", "-r", help=help)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works (for one release)."""
+    err_console.print(f"[yellow]deprecated:[/] {old}: use {new}", highlight=False, soft_wrap=True)
+
+
+def results_root(option: Path | None, positional: Path | None, command: str) -> Path:
+    """The results root of status/collect/report: ``--results``, or the old positional FOLDER."""
+    if positional is not None:
+        if option is not None:
+            fail(HpcllmError(f"hpcllm {command}: give the results folder once, as --results ({positional}, {option})"))
+        deprecated(f"hpcllm {command} FOLDER", f"hpcllm {command} --results FOLDER (-r)")
+        return positional
+    return option if option is not None else RESULTS
+
+
+def columns_spelling(columns: str | None, old_c: str | None) -> str | None:
+    """``--columns`` / ``-k``; ``-c`` (which means --cluster everywhere else) still works, with a warning."""
+    if old_c is not None:
+        deprecated("-c for --columns", "-k (-c means --cluster in every command)")
+        return columns or old_c
+    return columns

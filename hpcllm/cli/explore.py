@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail, results_option
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
@@ -38,10 +38,8 @@ def explore_batch(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the probe runs, submit nothing."),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Path | None = typer.Option(
-        None,
-        "--results",
-        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
+    results: Path | None = results_option(
+        None, "Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled probes."),
 ) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from hpcllm.cli.common import RESULTS, console, err_console, fail, paused_gc
+from hpcllm.cli.common import console, err_console, fail, paused_gc, results_option, results_root
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import TENSORBOARD_DIR
@@ -29,10 +29,8 @@ def submit(
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name (see `hpcllm clusters`)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render scripts and run dirs, submit nothing."),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Path | None = typer.Option(
-        None,
-        "--results",
-        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
+    results: Path | None = results_option(
+        None, "Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled runs."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every run has finished."),
@@ -218,7 +216,8 @@ STATE_STYLES = {
 
 @paused_gc()
 def status(
-    root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
+    old_root: Path | None = typer.Argument(None, hidden=True, help="Deprecated: use --results."),
+    results: Path | None = results_option(None, "Results folder (or one experiment/cluster below it)."),
     fmt: StatusFormat = typer.Option(
         StatusFormat.table, "--format", "-f", help="table (ends with the count per state), or json for scripts."
     ),
@@ -226,6 +225,7 @@ def status(
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.orchestrate import collect_status
 
+    root = results_root(results, old_root, "status")
     try:
         statuses = collect_status(root)
     except HpcllmError as exc:
@@ -311,7 +311,7 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
 
 def cancel(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix), as `hpcllm status` shows it."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Path = results_option(),
 ) -> None:
     """Stop a run: a running engine checkpoints, then the job ends as cancelled."""
     from hpcllm.launch.orchestrate import cancel_run
@@ -325,7 +325,7 @@ def cancel(
 
 def logs(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Path = results_option(),
     lines: int = typer.Option(40, "--lines", "-n", help="How many lines from the end."),
 ) -> None:
     """Print the end of the run's scheduler log (all attempts are appended to one file per job)."""
