@@ -147,7 +147,17 @@ def test_collect_formats(tmp_path):
     assert (
         runner.invoke(
             app,
-            ["collect", "-r", str(tmp_path), "--columns", "seed", "--output", str(out), "--plot", str(tmp_path / "p.png")],
+            [
+                "collect",
+                "-r",
+                str(tmp_path),
+                "--columns",
+                "seed",
+                "--output",
+                str(out),
+                "--plot",
+                str(tmp_path / "p.png"),
+            ],
         ).exit_code
         == 0
     )

@@ -70,7 +70,7 @@ def test_examples_parse(path):
 
 def test_each_short_option_means_one_thing():
     meanings: dict[str, set[str]] = {}
-    for path, cmd in COMMANDS.items():
+    for cmd in COMMANDS.values():
         for param in cmd.params:
             if _is_option(param) and not param.hidden:
                 longs = [o for o in param.opts if o.startswith("--")]
