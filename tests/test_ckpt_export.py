@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,10 @@ def test_hf_export_matches_engine_logits(tmp_path: Path, overrides: dict) -> Non
     res = runner.invoke(ckpt_app, ["export", str(run.path), "--format", "hf", "--output", str(out)])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "model.safetensors"):  # readable by the group and others, as the umask allows
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
     hf = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
     with torch.no_grad():

@@ -176,6 +176,14 @@ def test_apply_waits_for_every_probe(in_project: Path, tmp_path: Path) -> None:
         apply_probes(SCALING, "leonardo", tmp_path)
 
 
+def test_apply_writes_beside_the_results_not_into_the_clone(explored: Path, in_project: Path) -> None:
+    before = sorted((in_project / "experiments").iterdir())
+    result = apply_probes(SCALING, "leonardo", explored, margin=0.10)
+    assert result.output == explored / "scaling_2.7b" / "leonardo" / "scaling_2.7b.leonardo.tuned.yaml"
+    assert result.output.read_text().startswith(GENERATED_MARK)
+    assert sorted((in_project / "experiments").iterdir()) == before  # nothing new in git's experiments/
+
+
 def test_setups_where_nothing_fits_are_left_out_with_a_warning(explored: Path, tmp_path: Path) -> None:
     index = load_index(explored, "scaling_2.7b", "leonardo")
     hybrid = [e.run_id for e in index.probes.values() if "HYBRID" in e.label]

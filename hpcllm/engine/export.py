@@ -34,7 +34,7 @@ from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.checkpoint import TRAINER_STATE, single_process_dcp
 from hpcllm.errors import HpcllmError
-from hpcllm.fsutil import read_json
+from hpcllm.fsutil import as_if_opened, read_json
 from hpcllm.rundir import RunDir
 
 MODEL_PREFIX = "model."
@@ -144,6 +144,7 @@ def export_hf(ckpt_dir: Path, output: Path, cfg: ModelConfig) -> None:
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(llama_config(cfg, dtype), indent=2) + "\n")
     save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    as_if_opened(tmp / "model.safetensors")  # safetensors leaves it 0600: others could not read the export
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)
