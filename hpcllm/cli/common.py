@@ -45,6 +45,13 @@ def missing_path_message(path: Path, wanted: str) -> str:
     return f"{path}: no such folder or file ({there}); give {wanted}"
 
 
+# `submit`'s exit status, for scripts (docs/slurm.md): 0 every point of the grid went to the queue
+# (or had run already), 3 some were refused (no QoS admits them, over the GPU memory, an input path
+# missing) and the others went, 4 none went: every point was refused. 2 stays a user error.
+EXIT_SOME_REFUSED = 3
+EXIT_NONE_SUBMITTED = 4
+
+
 # The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
 # once), else ./results (relative to where `hpcllm` runs).
 RESULTS = Path(os.environ.get("HPCLLM_RESULTS") or "results")

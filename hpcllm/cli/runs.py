@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from hpcllm.cli.common import console, err_console, fail, paused_gc, results_option, results_root
+from hpcllm.cli.common import (
+    EXIT_NONE_SUBMITTED,
+    EXIT_SOME_REFUSED,
+    console,
+    err_console,
+    fail,
+    paused_gc,
+    results_option,
+    results_root,
+)
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import TENSORBOARD_DIR
@@ -78,18 +87,33 @@ def submit(
                 run.job_id or "-",
             ]
         )
-    print_listing(
-        console,
-        f"{experiment} on {cluster}: {len(result.runs)} runs",
-        ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"),
-        rows,
-        keep_whole=("run", "job"),
-    )
+    if rows:
+        print_listing(
+            console,
+            f"{experiment} on {cluster}: {len(result.runs)} runs",
+            ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"),
+            rows,
+            keep_whole=("run", "job"),
+        )
     _print_plan_notes(result)
     if result.runs:
         console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
     if wait and not dry_run:
         _wait_for(result.results_root, [r.run_dir.path for r in result.runs])
+    code = submit_exit_code(result)
+    if code:
+        refused = len(result.refused) + len(result.unfit)
+        err_console.print(
+            f"[yellow]{refused} of {refused + len(result.runs)} points refused[/] (exit {code})", soft_wrap=True
+        )
+        raise typer.Exit(code)
+
+
+def submit_exit_code(result: SubmitResult) -> int:
+    """0: nothing refused; EXIT_SOME_REFUSED: some points refused, others planned; EXIT_NONE_SUBMITTED: all refused."""
+    if not result.refused and not result.unfit:
+        return 0
+    return EXIT_SOME_REFUSED if result.runs else EXIT_NONE_SUBMITTED
 
 
 def _print_plan_notes(result: SubmitResult) -> None:
