@@ -137,7 +137,8 @@ def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_est
         ["submit", str(out), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "elsewhere")],
         env={"COLUMNS": "250"},
     )
-    assert cli.exit_code == 0 and "12 points skipped" in cli.output  # no probes there: the estimate decides
+    # no probes there: the estimate decides, and leaves out every point (exit 4: none went)
+    assert cli.exit_code == 4 and "12 points skipped" in cli.output
 
 
 def test_a_fixed_global_batch_keeps_it_through_grad_accum(in_project: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from hpcllm.config.experiment import RunSpec, expand_experiment, load_experiment
 from hpcllm.config.qos import RefusedPoint, qos_refusal
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
+from hpcllm.launch.inputs import missing_inputs
 from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
 from hpcllm.launch.render import environment_context, render_job, render_template
 from hpcllm.launch.sitefacts import (
@@ -108,6 +109,7 @@ def run_doctor(
     )
     checks += account_checks(cluster, config, account, needed, profile_file)
     checks += point_checks(cluster, account, specs, refused, part)
+    checks += input_checks(specs)
     checks += storage_checks(cluster, account, specs, results_root, profile_file)
     checks.append(python_environment(cluster))
     if gpu:
@@ -406,6 +408,22 @@ def point_checks(
                     )
                 )
     return checks
+
+
+def input_checks(specs: list[RunSpec]) -> list[Check]:
+    """Every input path of the experiment (store, tokenizer, checkpoints) exists on this login node."""
+    missing: dict[str, list[str]] = {}
+    for spec in specs:
+        for m in missing_inputs(spec):
+            missing.setdefault(str(m), []).append(spec.run_id)
+    if not specs:
+        return []
+    if not missing:
+        return [Check("experiment", "input paths", OK, f"every input path of {len(specs)} points exists here")]
+    return [
+        Check("experiment", "input path", FAIL, f"{what} (in {len(runs)} points)", "make it, or fix the experiment")
+        for what, runs in missing.items()
+    ]
 
 
 def _label(point: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.backends.base import Backend
+from hpcllm.launch.inputs import refuse_missing_inputs
 from hpcllm.launch.locks import exclusive
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.memcheck import Unfit, split_by_fit
@@ -110,6 +111,7 @@ def submit_experiment(
     results_root = result.results_root = _results_root(results_root, cluster, account, dry_run, result.warnings)
     specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=result.refused)
     result.warnings += _unset_on_login(specs)
+    specs = refuse_missing_inputs(specs, cluster, after=bool(after), refused=result.refused, warnings=result.warnings)
     if memory_check:
         measured = measured_largest_fits(results_root, experiment.name, cluster.name)
         specs, result.unfit = split_by_fit(specs, cluster, measured)
