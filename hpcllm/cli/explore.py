@@ -22,7 +22,10 @@ def explore_batch(
         False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="--apply: file to write (default: RESULTS/EXP/CLUSTER/EXP.CLUSTER.tuned.yaml, beside the probes)."
+        None,
+        "--output",
+        "-o",
+        help="--apply: file to write (default: RESULTS/EXP/CLUSTER/EXP.CLUSTER.tuned.yaml, beside the probes).",
     ),
     margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
     max_mbs: int = typer.Option(512, "--max-mbs", min=1, help="Largest micro-batch size a probe tries."),
