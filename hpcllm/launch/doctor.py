@@ -28,6 +28,7 @@ from hpcllm.config.qos import RefusedPoint, qos_refusal
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.backends.slurm import parse_job_id, script_error
 from hpcllm.launch.inputs import missing_inputs
+from hpcllm.launch.nccllog import parse_nccl_network
 from hpcllm.launch.orchestrate import RESULTS_ENV, results_root_for
 from hpcllm.launch.render import environment_context, render_job, render_template
 from hpcllm.launch.sitefacts import (
@@ -626,7 +627,18 @@ def gpu_job_checks(
             "" if result["ok"] else "check NCCL_SOCKET_IFNAME / NCCL_IB_HCA in the profile's env:",
         )
     )
+    checks.append(nccl_network_check(log.read_text(errors="replace")))
     return checks
+
+
+def nccl_network_check(log_text: str) -> Check:
+    """The HCAs and network NCCL reported using (its INIT/NET lines, which the doctor job asks for)."""
+    net = parse_nccl_network(log_text)
+    if not net.found:
+        return Check("job", "NCCL network", SKIP, "NCCL logged no INIT/NET lines (a CPU job uses gloo)")
+    status = WARN if "Socket" in net.networks and not net.hcas else OK
+    fix = "" if status == OK else "NCCL fell back to sockets: set NCCL_IB_HCA to the IB devices (ibv_devinfo)"
+    return Check("job", "NCCL network", status, net.describe(), fix)
 
 
 def _node_checks(cluster: ClusterProfile, node: dict[str, Any]) -> list[Check]:
