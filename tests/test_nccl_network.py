@@ -20,12 +20,13 @@ IBV_DEVINFO = "".join(
     for i, link in enumerate(["InfiniBand", "InfiniBand", "Ethernet", "InfiniBand", "InfiniBand"])
 )
 
-NCCL_LOG = """\
+USING = "[0]mlx5_0:1/IB [1]mlx5_1:1/IB [2]mlx5_3:1/IB [3]mlx5_4:1/IB"
+NCCL_LOG = f"""\
 [hpcllm] job 42 restart 0 on lrdn[0001-0002]
 lrdn0001:77:77 [0] NCCL INFO Bootstrap : Using ib0:10.1.0.1<0>
-lrdn0001:77:77 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB [2]mlx5_3:1/IB [3]mlx5_4:1/IB ; OOB ib0:10.1.0.1<0>
+lrdn0001:77:77 [0] NCCL INFO NET/IB : Using {USING} ; OOB ib0:10.1.0.1<0>
 lrdn0001:77:77 [0] NCCL INFO Using network IB
-lrdn0002:91:91 [1] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB [2]mlx5_3:1/IB [3]mlx5_4:1/IB ; OOB ib0:10.1.0.2<0>
+lrdn0002:91:91 [1] NCCL INFO NET/IB : Using {USING} ; OOB ib0:10.1.0.2<0>
 lrdn0002:91:91 [1] NCCL INFO Using network IB
 """
 
