@@ -50,6 +50,7 @@ EXAMPLES: dict[tuple[str, ...], list[str]] = {
     ("model", "info"): ["hpcllm model info 60m", "hpcllm model info 2.7b --mbs 2 --gpus 8 --cluster leonardo"],
     ("search", "run"): ["hpcllm search run experiments/smoke.yaml -c local --wait"],
     ("search", "status"): ["hpcllm search status experiments/smoke.yaml -c local"],
+    ("env", "pack"): ["hpcllm env pack -o wheelhouse --python-version 3.11", "hpcllm env pack --train -o wheelhouse"],
 }
 
 
