@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RESULTS ?= results
 
-.PHONY: setup demo test test-fast lint browser clean-results
+.PHONY: setup demo test test-fast lint browser clean-results docs
 
 setup: $(VENV)/.installed
 
@@ -54,3 +54,7 @@ test-fast: setup
 
 clean-results:
 	rm -rf $(RESULTS)/smoke
+
+# The command outputs README.md and docs/*.md show between cog markers (tests/test_docs.py checks them).
+docs:
+	$(BIN)/python -m cogapp -r -I tests -p "from docs_cog import *" $$(grep -l '\[\[\[cog' README.md docs/*.md)
