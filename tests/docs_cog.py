@@ -79,9 +79,11 @@ def show_settings_diff(a: str, b: str) -> None:
     cog.outl("```")
 
 
-def show_default_header(summary_keys: tuple[str, ...] = ("eval_loss", "eval_ppl")) -> None:
-    """The header line of ``collect``'s default table for runs whose summaries hold ``summary_keys``
-    and whose grid sweeps only what the seed's columns show (experiments/smoke.yaml)."""
+def show_collect_sample(rows: list[str], summary_keys: tuple[str, ...] = ("eval_loss", "eval_ppl")) -> None:
+    """``collect``'s default table as it is today, over ``rows`` measured once (their samples/s and wall
+    time depend on the machine and its load, so they are data in the doc, not re-run): the header is
+    computed for runs whose summaries hold ``summary_keys`` and whose grid sweeps only what the seed's
+    columns show (experiments/smoke.yaml); a row whose cell count differs from the header's fails."""
     import cog
 
     from hpcllm.collect import columns as cols
@@ -90,8 +92,16 @@ def show_default_header(summary_keys: tuple[str, ...] = ("eval_loss", "eval_ppl"
 
     record = RunRecord(RunDir(ROOT / "no-such-run"), dict.fromkeys(summary_keys, 1.0))
     headers = [c.header for c in cols.resolve("default", [record])]
+    for row in rows:
+        if row.count("|") != len(headers) + 1:
+            raise ValueError(f"a sample row has {row.count('|') - 1} cells, the header {len(headers)}: {row}")
+    cog.outl("```")
+    cog.outl("$ hpcllm collect -r results")
     cog.outl("| " + " | ".join(headers) + " |")
     cog.outl("|" + "---|" * len(headers))
+    for row in rows:
+        cog.outl(row)
+    cog.outl("```")
 
 
 def shown_output(doc: str, command: str) -> list[str]:
