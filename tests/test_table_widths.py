@@ -120,3 +120,9 @@ def test_layout_drops_whole_columns_and_never_folds():
     assert reason_width >= len("slurm-4242.out")  # the longest word of the free text fits on a line
     assert layout(40, headers, rows, keep_whole=("run", "state")) is None  # then: plain text
     assert table_width([10, 5]) == 18
+
+
+def test_an_empty_column_gives_way_first():
+    rows = [[LONG_ID, "completed", "", "60"], [FAILED_ID, "completed", "", "60"]]
+    fitted = layout(80, ("run", "state", "reason", "step"), rows, keep_whole=("run", "state"), wrap=("reason",))
+    assert fitted is not None and fitted.hidden == ["reason"] and fitted.kept == [0, 1, 3]

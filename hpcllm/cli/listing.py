@@ -87,8 +87,11 @@ def layout(
     if table_width([widths[i] for i in columns]) > width:
         names = [short.get(h, h) for h in headers]
         widths = {i: natural(i, names) for i in columns}
-    order = [headers.index(h) for h in drop_first if h in headers and h not in keep_whole]
+    # Columns with nothing to say (every cell empty or "-") go first, then the caller's order.
+    order = [i for i in range(n) if headers[i] not in keep_whole and all(row[i] in ("", "-") for row in rows)]
+    order += [headers.index(h) for h in drop_first if h in headers and h not in keep_whole]
     order += [i for i in reversed(range(n)) if headers[i] not in keep_whole and i not in order]
+    order = list(dict.fromkeys(order))
     hidden = []
     for i in order:
         if table_width([widths[c] for c in columns]) <= width:
