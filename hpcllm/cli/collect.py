@@ -102,8 +102,9 @@ def collect(
                 fail(HpcllmError(no_search(root, scanned)))
         elif not records and compare is None and not check:
             # Nothing for the table: the probes' own table, if any (explore-batch), else say why.
-            _show_probes(probes)
             if any(r.summary and r.summary.get("kind") == SUMMARY_KIND_PROBE for r in scanned):
+                err_console.print(f"[yellow]no completed runs under {root}[/]: only probes", soft_wrap=True)
+                _show_probes(probes)
                 return
             fail(HpcllmError(none_completed(root, scanned)))
         elif compare is not None:
