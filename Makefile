@@ -37,12 +37,13 @@ demo: setup
 test: setup lint browser
 	VENV=$(VENV) scripts/test.sh
 
-# Lint (ruff), formatting (ruff format --check) and types (mypy: strict on config, launch and
-# collect); the settings are in pyproject.toml.
+# Lint (ruff), formatting (ruff format --check), types (mypy: strict on the login-node packages) and
+# the layering (import-linter: docs/architecture.md); the settings are in pyproject.toml.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Chromium from Debian's packages for the report's browser test (as root; a no-op when installed).
 browser:

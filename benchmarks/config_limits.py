@@ -25,8 +25,9 @@ from rich.table import Table
 
 from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import Experiment, expand_experiment
+from hpcllm.config.experiment import Experiment
 from hpcllm.config.loader import read_yaml
+from hpcllm.plan.expand import expand_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -78,7 +78,7 @@ def random_batch(cfg: ModelConfig, micro_batch: int, seed: int, device: torch.de
 
 
 def engine_state(cfg: ModelConfig, pcfg: ParallelConfig, env: DistEnv, batch: Batch) -> TrainState:
-    """Model, optimizer and schedule built exactly as ``hpcllm.engine.train.train`` builds them."""
+    """Model, optimizer and schedule built exactly as ``hpcllm.engine.trainer.Trainer`` builds them."""
     model = build_parallel_model(cfg, pcfg, build_mesh(pcfg, env), env.device, seed=0)
     opt = build_optimizer(model, OptimConfig(), lr=1e-4)
     return TrainState(

@@ -5,7 +5,7 @@
     torchrun --nproc-per-node=2 benchmarks/memory_cpu.py state   # weights/grads/AdamW per rank, 3 shardings
 
 activations: bytes autograd saves for backward in one forward + loss, counted with
-saved_tensors_hooks (hpcllm.engine.memory_audit), against ``hpcllm.memory.activations``, for the
+saved_tensors_hooks (hpcllm.engine.memory_audit), against ``hpcllm.plan.memory.activations``, for the
 engine's three numerics (fp32; one device with BF_16 autocast; FSDP2 with bf16 parameters) and
 activation checkpointing none / full / every 2nd block.
 state: after a real step, the bytes of this rank's parameter, gradient and AdamW shards against
@@ -34,7 +34,7 @@ from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.memory_audit import rank_state_bytes
 from hpcllm.engine.optim import build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 
 console = Console()
 MIB = 2**20

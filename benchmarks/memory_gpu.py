@@ -32,7 +32,7 @@ from hpcllm.engine.optim import Scheduler, build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import train_step
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 
 console = Console()
 

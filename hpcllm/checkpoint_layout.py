@@ -9,13 +9,14 @@ The layout itself is documented in ``hpcllm/engine/checkpoint.py`` and docs/chec
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcllm.fsutil import read_json
+from hpcllm.errors import HpcllmError
+from hpcllm.runfiles import MissingFile, RunFileProblem, read_json_object, read_text
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -25,7 +26,7 @@ STEP_RE = re.compile(r"^step_(\d+)$")
 TRAINER_KEYS = ("step", "consumed_samples", "scheduler", "loader", "world_size")
 
 
-class CheckpointCorrupt(Exception):
+class CheckpointCorrupt(HpcllmError):
     """A step_<N> folder that is not a loadable checkpoint (truncated or missing files)."""
 
 
@@ -58,10 +59,10 @@ def list_checkpoints(ckpt_root: Path) -> list[CheckpointInfo]:
 
 
 def _read_trainer_state(path: Path) -> dict[str, Any] | None:
-    """For listing only: None when missing or torn (``check_files`` says which)."""
+    """For listing only: None when missing or damaged (``check_files`` says which)."""
     try:
-        return read_json(path / TRAINER_STATE)
-    except ValueError:
+        return read_json_object(path / TRAINER_STATE)
+    except RunFileProblem:
         return None
 
 
@@ -71,12 +72,28 @@ def incomplete_saves(ckpt_root: Path) -> list[Path]:
 
 
 def read_latest_pointer(ckpt_root: Path) -> Path | None:
-    """The folder the ``latest`` pointer names, or None if there is no pointer."""
+    """The folder the ``latest`` pointer names, or None if there is no pointer.
+
+    The pointer is trusted with nothing but a name: it must be ``step_<N>``, a folder of this same
+    ``checkpoints/`` (after links are resolved), else CheckpointCorrupt. A pointer of
+    ``../../<other run>/checkpoints/step_N`` would make ``ckpt export`` write another run's weights
+    as this run's, and a resume continue another run.
+    """
+    pointer = ckpt_root / LATEST
     try:
-        name = (ckpt_root / LATEST).read_text().strip()
-    except FileNotFoundError:
+        name = read_text(pointer).strip()
+    except MissingFile:
         return None
-    return ckpt_root / name
+    except RunFileProblem as exc:
+        raise CheckpointCorrupt(str(exc)) from None
+    if not STEP_RE.match(name):
+        raise CheckpointCorrupt(f"{pointer}: names {name[:80]!r}, not a step_<N> folder of {ckpt_root}")
+    chosen = ckpt_root / name
+    if os.path.realpath(chosen.parent) != os.path.realpath(ckpt_root) or (
+        chosen.is_symlink() and os.path.dirname(os.path.realpath(chosen)) != os.path.realpath(ckpt_root)
+    ):
+        raise CheckpointCorrupt(f"{pointer}: {name} leads outside {ckpt_root}")
+    return chosen
 
 
 def check_files(path: Path) -> None:
@@ -86,11 +103,11 @@ def check_files(path: Path) -> None:
     deleted DCP files, not a truncated shard (that takes DCP's index: ``verify_checkpoint``).
     """
     try:
-        trainer = json.loads((path / TRAINER_STATE).read_text())
-    except FileNotFoundError:
+        trainer = read_json_object(path / TRAINER_STATE)
+    except MissingFile:
         raise CheckpointCorrupt(f"{path}: missing {TRAINER_STATE}") from None
-    except ValueError as exc:
-        raise CheckpointCorrupt(f"{path}: {TRAINER_STATE} is not valid JSON: {exc}") from None
+    except RunFileProblem as exc:
+        raise CheckpointCorrupt(f"{path}: {TRAINER_STATE}: {exc.reason}") from None
     missing = [k for k in TRAINER_KEYS if k not in trainer]
     if missing:
         raise CheckpointCorrupt(f"{path}: {TRAINER_STATE} lacks {', '.join(missing)}")

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hpcllm import runfiles
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -53,8 +55,15 @@ def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
 
 
 def read_json(path: Path) -> Any | None:
-    """The parsed file, or None if it does not exist (callers treat that as 'not yet written')."""
+    """The parsed file, or None if it does not exist (callers treat that as 'not yet written').
+
+    Through the bounded, never-blocking reader (hpcllm.runfiles): anything else that is not JSON in
+    a regular file (a FIFO, a directory, a link loop, a runaway file, bytes that are not UTF-8) is a
+    ValueError naming the file and the reason, as torn JSON always was.
+    """
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+        return runfiles.read_json(path)
+    except runfiles.MissingFile:
         return None
+    except runfiles.RunFileProblem as exc:
+        raise ValueError(str(exc)) from None

@@ -15,6 +15,11 @@
         wandb/              Weights & Biases files (engine, rank 0; tracking.wandb)
         profile/            profiler traces trace-rank<R>-steps<A>-<B>.json (+ CUDA memory snapshots)
         STOP                present = the batch script asked the engine to checkpoint and stop
+        heartbeat/          rank<R>.json: each rank's last step, step time, node (engine, throttled)
+        watchdog/           on a hang: stacks-rank<R>.txt, rank<R>.json, flight-rank<R>.pkl (engine)
+        watchdog.json       the hang verdict: rank, node, step, reason (engine, rank 0, atomic)
+        preflight.json      the pre-flight's figures per node and the slow nodes (engine, rank 0, atomic)
+        stragglers.json     ranks consistently slower than the median rank (engine, rank 0, atomic)
 
     results/<experiment>/<cluster>/.submit.lock   held by `hpcllm submit` of that grid
 
@@ -23,10 +28,14 @@ Both the orchestrator and the engine import this module, so the names cannot dri
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+from hpcllm.errors import ConfigError
 
 # Exit code of an engine that stopped on request (signal or STOP file) after saving a checkpoint.
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a requeue does.
@@ -39,6 +48,11 @@ SUMMARY = "summary.json"
 RUNTIME = "runtime.jsonl"
 PROFILE_DIR = "profile"
 TENSORBOARD_DIR = "tensorboard"
+HEARTBEAT_DIR = "heartbeat"
+WATCHDOG_DIR = "watchdog"
+WATCHDOG_VERDICT = "watchdog.json"
+PREFLIGHT = "preflight.json"
+STRAGGLERS = "stragglers.json"
 
 SUMMARY_STATUS_COMPLETED = "completed"
 SUMMARY_STATUS_PREEMPTED = "preempted"
@@ -75,6 +89,9 @@ class RunDir:
 
     @classmethod
     def of(cls, results_root: Path, experiment: str, cluster: str, run_id: str) -> RunDir:
+        """The run folder of these names; ConfigError unless each is one plain path component."""
+        for what, name in (("experiment name", experiment), ("cluster name", cluster), ("run id", run_id)):
+            check_name(name, what)
         return cls(Path(results_root) / experiment / cluster / run_id)
 
     @cached_property
@@ -174,6 +191,25 @@ class RunDir:
             return []
         return [self.profile / name for name in sorted(names)]
 
+    def heartbeat(self, rank: int) -> Path:
+        return self.path / HEARTBEAT_DIR / f"rank{rank}.json"
+
+    @cached_property
+    def watchdog_dir(self) -> Path:
+        return self.path / WATCHDOG_DIR
+
+    @cached_property
+    def watchdog_verdict(self) -> Path:
+        return self.path / WATCHDOG_VERDICT
+
+    @cached_property
+    def stragglers(self) -> Path:
+        return self.path / STRAGGLERS
+
+    @cached_property
+    def preflight(self) -> Path:
+        return self.path / PREFLIGHT
+
     @cached_property
     def stop_file(self) -> Path:
         return self.path / "STOP"
@@ -186,6 +222,43 @@ class RunDir:
 
     def log_files(self) -> list[Path]:
         return sorted(self.path.glob(self.LOG_PATTERN.replace("%j", "*")))
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it can be one component of a path, else ConfigError naming ``what``.
+
+    For every name that becomes part of a path (an account, an experiment, a cluster, a run id):
+    no separator, not ``.`` or ``..``, nothing empty, no NUL or control character. One check for all,
+    rather than a pattern per field that a new field could forget.
+    """
+    if (
+        not value
+        or value in (".", "..")
+        or "/" in value
+        or os.sep in value
+        or (os.altsep and os.altsep in value)
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise ConfigError(
+            f"{what} {value!r}: not a usable name; it becomes a folder name, so it must be non-empty and "
+            "hold no '/', no control characters, and not be '.' or '..'"
+        )
+    return value
+
+
+def contained(root: Path | str, path: Path | str, what: str) -> Path:
+    """``path`` (relative paths are taken under ``root``) if it stays inside ``root`` once ``..`` and
+    symbolic links are resolved, else ConfigError naming ``what``.
+
+    For paths built from a value read from a file or the command line (a pointer, a name): after
+    resolution, so neither ``../x`` nor a link out of ``root`` gets through.
+    """
+    real_root = os.path.realpath(root)
+    full = Path(root) / path
+    real = os.path.realpath(full)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ConfigError(f"{what}: {str(path)!r} leads outside {root} (to {real})")
+    return full
 
 
 def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:
@@ -224,3 +297,28 @@ def find_run_dirs(root: Path) -> list[RunDir]:
 
     walk(str(root))
     return found
+
+
+def now() -> str:
+    """The timestamp every run and search file records (UTC, ISO 8601, seconds)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# The results root: --results, else $HPCLLM_RESULTS (point it at a profile's paths.results once), else
+# (for submit) the profile's paths.results, else ./results relative to where `hpcllm` runs.
+RESULTS_ENV = "HPCLLM_RESULTS"
+DEFAULT_RESULTS = Path("results")
+
+
+def results_from_env() -> Path | None:
+    """``$HPCLLM_RESULTS`` when set and not empty: the one place that reads it."""
+    value = os.environ.get(RESULTS_ENV)
+    return Path(value) if value else None
+
+
+def describe_stragglers(ranks: list[dict[str, Any]]) -> str:
+    """``rank 3 on n2 (0.62x)``: stragglers.json's (and summary.json's) ``ranks``, for logs, status and the report."""
+    return ", ".join(
+        f"rank {s['rank']} on {s.get('node') or '?'} ({s['ratio']:.2f}x{', recovered' if s.get('recovered') else ''})"
+        for s in ranks
+    )

@@ -111,10 +111,20 @@ def root_names(value: str) -> list[str]:
 
 def absolute_on_login(value: str) -> str:
     """A relative path made absolute against this directory; ``$VAR`` and ``~`` paths are left for
-    the compute node (its variables are the ones that count)."""
+    the compute node (its variables are the ones that count). Either way in one spelling
+    (``normal_spelling``): run ids hash the resolved config, and two spellings of one path are one run."""
     if value.startswith(("$", "~")) or os.path.isabs(value):
-        return value
-    return str(Path(value).absolute())
+        return normal_spelling(value)
+    return normal_spelling(str(Path(value).absolute()))
+
+
+def normal_spelling(value: str) -> str:
+    """``value`` without repeated ``/``, ``.`` components and a trailing ``/``: only what cannot change
+    the file it names. ``..`` stays (``a/link/..`` is not ``a`` when ``link`` is a symbolic link, and
+    ``$VAR/..`` depends on ``$VAR``)."""
+    head = "/" if value.startswith("/") else ""
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    return head + "/".join(parts) if parts else (head or ".")
 
 
 # --- finding the path fields of a config --------------------------------------------------------

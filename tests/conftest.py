@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # Tests marked `slurm` fail under `make test` and skip (counted in the final line) by hand when
 # the local SLURM cluster does not answer: see tests/slurm_gate.py.
@@ -13,6 +14,13 @@ from slurm_gate import pytest_report_teststatus, pytest_runtest_setup, pytest_te
 
 # The scheduler tests' fixtures (demo_data, env), shared by the test_slurm_*.py modules.
 pytest_plugins = ["slurm_fixtures"]
+
+# Property tests (tests/test_boundary_properties.py): a bounded count of examples and a fixed
+# derivation of them, so the suite is fast and every run tries the same inputs. HYPOTHESIS_PROFILE=deep
+# tries more (by hand, when changing a boundary).
+settings.register_profile("ci", max_examples=50, derandomize=True, deadline=None, database=None, print_blob=True)
+settings.register_profile("deep", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 

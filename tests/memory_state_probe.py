@@ -22,10 +22,16 @@ from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.memory_audit import rank_state_bytes
 from hpcllm.engine.optim import build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
-from hpcllm.memory import MemorySpec, estimate_memory
-from hpcllm.memory.estimate import local_shard_numel, unsharded_numel
+from hpcllm.plan.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory.layout import shard_rows, unsharded_numel
 
 CASES = [("FULL_SHARD", None), ("HYBRID_SHARD", None), ("HYBRID_SHARD", 1), ("NO_SHARD", None)]
+
+
+def local_shard_numel(shape: tuple[int, ...], group: int, rank: int) -> int:
+    """Elements of ``rank``'s shard itself (its DTensor's ``to_local()``), padding excluded: what the
+    engine's ranks measure, against the estimate's padded shards."""
+    return shard_rows(shape[0], group, rank) * math.prod(shape[1:])
 
 
 def check(sharding: str, hsdp: int | None, rank: int, world: int) -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import submit_dry_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
@@ -56,20 +57,7 @@ def test_show_completion_is_available():
 
 
 def test_dry_run_renders_every_point(in_project, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "submit",
-            "experiments/scaling_2.7b.yaml",
-            "--cluster",
-            "leonardo",
-            "--dry-run",
-            "--results",
-            str(tmp_path),
-            "--no-memory-check",
-        ],
-        env={"COLUMNS": "250"},
-    )
+    result = submit_dry_run(tmp_path, columns=250)
     assert result.exit_code == 0, result.output
     runs = sorted(p for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())  # not .submit.lock
     assert len(runs) == 18
@@ -249,8 +237,11 @@ def test_collect_skips_broken_summaries_and_says_so(tmp_path):
 
 
 def test_status_names_a_damaged_manifest(tmp_path):
+    """One warning line for the damaged run; the others are still listed (issue 18)."""
     run = _fake_run(tmp_path, "a")
+    _fake_run(tmp_path, "b")
     (run / "manifest.json").write_text('{"run_id": "a", "state": "runn')
-    result = runner.invoke(app, ["status", "-r", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "manifest.json: not a valid manifest" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["status", "-r", str(tmp_path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("manifest.json: not a valid manifest") == 1 and "Traceback" not in result.output
+    assert "2 runs:" in result.output

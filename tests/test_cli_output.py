@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import submit_dry_run
 from collect_support import engine_summary, loss_curve, write_run
 from rich.console import Console
 from typer.testing import CliRunner
@@ -63,20 +64,7 @@ def test_status_json_for_scripts(results):
 
 
 def test_submit_dry_run_in_a_pipe_keeps_run_ids_whole(in_project, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "submit",
-            "experiments/scaling_2.7b.yaml",
-            "--cluster",
-            "leonardo",
-            "--dry-run",
-            "--no-memory-check",
-            "--results",
-            str(tmp_path),
-        ],
-        env={"COLUMNS": "80"},
-    )
+    result = submit_dry_run(tmp_path, columns=80)
     assert result.exit_code == 0, result.output
     run_ids = sorted(p.name for p in (tmp_path / "scaling_2.7b" / "leonardo").iterdir() if p.is_dir())
     listed = [line.split()[0] for line in result.output.splitlines() if line.startswith("2.7b-")]

@@ -75,6 +75,9 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
         "GPU Type",
         "MFU",
         "optim.lr",
+        "Tokens/J",
+        "kWh/B tokens",
+        "Energy source",
         "Loss",
         "Restarts",
         "Wall time",
@@ -97,6 +100,9 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "A100",
             "0.5848",
             "0.001",
+            "",
+            "",
+            "no energy recorded by this run",
             "6.0432",
             "0",
             "1:02:05",
@@ -117,6 +123,9 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "A100",
             "0.5651",
             "0.001",
+            "",
+            "",
+            "no energy recorded by this run",
             "6.0432",
             "2",
             "2:02:02",
@@ -137,6 +146,9 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "A100",
             "0.6317",
             "0.002",
+            "",
+            "",
+            "no energy recorded by this run",
             "5.5",
             "0",
             "1:02:05",
@@ -149,7 +161,11 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
 def test_evaluation_loss_shows_when_a_run_has_it(results):
     assert "Eval Loss" not in collect(results).output
     write_run(
-        results, "e", summary=engine_summary(world_size=64, global_batch_size=128, eval_loss=5.91234, eval_ppl=369.1)
+        results,
+        "e",
+        summary=engine_summary(
+            world_size=64, global_batch_size=128, samples_per_s=146.0, eval_loss=5.91234, eval_ppl=369.1
+        ),
     )
     header, *rows = markdown_rows(collect(results).output)
     assert header[-7:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time", "Experiment", "Cluster"]
@@ -299,7 +315,7 @@ def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, 
 
     import hpcllm.collect.records as records
     import hpcllm.collect.report as report
-    import hpcllm.launch.orchestrate as orchestrate
+    import hpcllm.launch.runstatus as runstatus
 
     seen = []
 
@@ -311,7 +327,7 @@ def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, 
         return spy
 
     monkeypatch.setattr(records, "scan", spying(records.scan))
-    monkeypatch.setattr(orchestrate, "collect_status", spying(orchestrate.collect_status))
+    monkeypatch.setattr(runstatus, "collect_status", spying(runstatus.collect_status))
     monkeypatch.setattr(report, "scan", spying(report.scan))
     assert gc.isenabled()
     assert collect(results).exit_code == 0

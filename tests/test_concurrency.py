@@ -21,7 +21,7 @@ import yaml
 from hpcllm.errors import HpcllmError
 from hpcllm.launch import locks
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest, update_manifest
-from hpcllm.launch.orchestrate import collect_status
+from hpcllm.launch.runstatus import collect_status
 from hpcllm.rundir import RunDir, find_run_dirs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def test_concurrent_submits_on_slurm_submit_each_run_once(
 ) -> None:
     from slurm_gate import slurm_env
 
-    from hpcllm.launch.backends.slurm import submitted_job_name
+    from hpcllm.launch.backends.slurmtext import submitted_job_name
 
     results = tmp_path / "results"
     env = slurm_env()

@@ -8,10 +8,11 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import ClusterProfile, available_clusters, load_cluster, parse_slurm_time
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.config.loader import load_model
 from hpcllm.config.model import ModelConfig, preset_names
 from hpcllm.errors import ConfigError
+from hpcllm.plan.expand import expand_experiment
 
 runner = CliRunner()
 
@@ -119,13 +120,19 @@ def test_gbs_mismatch_is_explained(in_project, tmp_path):
 def test_cluster_limits_are_checked_at_render_time(in_project, tmp_path):
     base = EXPERIMENT + "resources: {nodes: 3, qos: boost_qos_dbg, time: '00:20:00'}\n"
     path = _write(tmp_path, "e.yaml", base)
-    with pytest.raises(ConfigError, match=r"resources\.nodes: 3 exceeds QoS 'boost_qos_dbg' limit of 2 nodes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"QoS 'boost_qos_dbg' does not admit 3 nodes for 00:20:00: boost_qos_dbg allows at most 2 nodes",
+    ):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
     path = _write(tmp_path, "e.yaml", EXPERIMENT + "resources: {nodes: 5000}\n")
     with pytest.raises(ConfigError, match=r"5000 nodes requested, but cluster 'leonardo' has at most 3456"):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
     path = _write(tmp_path, "e.yaml", EXPERIMENT + "resources: {qos: boost_qos_dbg, time: '01:00:00'}\n")
-    with pytest.raises(ConfigError, match=r"resources\.time: 01:00:00 exceeds QoS 'boost_qos_dbg' limit 00:30:00"):
+    with pytest.raises(
+        ConfigError,
+        match=r"QoS 'boost_qos_dbg' does not admit 1 nodes for 01:00:00: boost_qos_dbg allows at most 00:30:00",
+    ):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
     path = _write(tmp_path, "e.yaml", EXPERIMENT + "resources: {qos: premium}\n")
     with pytest.raises(ConfigError, match=r"'premium' is not a QoS of 'leonardo'; allowed: normal, boost_qos_dbg"):

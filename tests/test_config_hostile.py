@@ -64,5 +64,5 @@ def test_grid_points_are_counted_without_expanding() -> None:
 
 def test_where_arithmetic_on_numbers_still_works() -> None:
     doc = {"resources": {"nodes": 4}, "train": {"micro_batch_size": 2}}
-    assert gridlib.evaluate_where("resources.nodes * train.micro_batch_size == 8", doc)
-    assert gridlib.evaluate_where("resources.nodes % 2 == 0 and -resources.nodes < 0", doc)
+    assert gridlib.compile_where("resources.nodes * train.micro_batch_size == 8")(doc)
+    assert gridlib.compile_where("resources.nodes % 2 == 0 and -resources.nodes < 0")(doc)

@@ -1,5 +1,6 @@
-"""`hpcllm doctor` without a scheduler: reading sacctmgr/scontrol/sinfo output, and the checks a site
-with accounting gets (the local SLURM has no slurmdbd; its live checks are in test_slurm_site.py)."""
+"""`hpcllm doctor` without a scheduler: reading sacctmgr/scontrol/sinfo output as Leonardo and
+MareNostrum 5 print it, and the checks a site with accounting gets. The same checks against the local
+cluster's real database (slurmdbd): test_slurm_accounting.py and test_slurm_site.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.launch import doctor
-from hpcllm.launch.doctor import FAIL, OK, account_checks, qos_checks
-from hpcllm.launch.sitefacts import (
+from hpcllm.launch.slurmcmd import parse_scontrol_record
+from hpcllm.site import doctor
+from hpcllm.site.doctor import FAIL, OK, account_checks, qos_checks
+from hpcllm.site.sitefacts import (
     Association,
     gpu_count,
     parse_associations,
@@ -20,7 +22,6 @@ from hpcllm.launch.sitefacts import (
     parse_qos_table,
     parse_tres,
 )
-from hpcllm.launch.slurmcmd import parse_scontrol_record
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNTING = {"AccountingStorageType": "accounting_storage/slurmdbd"}
@@ -136,3 +137,39 @@ def test_doctor_runs_without_torch_in_its_own_process(tmp_path: Path) -> None:
     )
     assert out.stdout.split()[-1] == "False"  # the environment check imported torch in a subprocess only
     assert out.stdout.split()[-2] == "0"
+
+
+def test_doctor_on_an_invalid_profile_is_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hpcllm.cli import app
+
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: broken\nscheduler: slurm\n  gpus_per_node: [4\n")
+    result = CliRunner().invoke(app, ["doctor", "--cluster", str(bad)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert str(bad) in lines[0] and "invalid YAML" in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.integration  # the SLURM client retries its connection for ~10 s
+def test_doctor_with_an_unreachable_controller_fails_one_check_and_says_where_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller nobody listens for (port 1 of this host): one failed check with the client's own
+    words and the fix, exit 1, and none of the checks that need the controller are attempted."""
+    from typer.testing import CliRunner
+
+    from hpcllm.cli import app
+
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=unreachable\nSlurmctldHost=localhost\nSlurmctldPort=1\nAuthType=auth/none\n"
+        "NodeName=n1 CPUs=1 State=UNKNOWN\nPartitionName=debug Nodes=n1 Default=YES State=UP\n"
+    )
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    result = CliRunner().invoke(app, ["doctor", "--cluster", str(REPO / "clusters" / "localslurm.yaml")])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.output.count(" fail ") == 1 and result.output.strip().endswith("1 fail"), result.output
+    assert "login node" in result.output

@@ -18,10 +18,10 @@ from engine_support import make_store, write_run
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import LossScaleConfig, ParallelConfig, TrainingConfig
+from hpcllm.engine.entry import run
 from hpcllm.engine.export import load_model_state
 from hpcllm.engine.loss_scale import DynamicLossScaler, build_loss_scaler
 from hpcllm.engine.model import GPT, init_weights
-from hpcllm.engine.train import run
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 

@@ -17,6 +17,7 @@ from torch.distributed.tensor import DTensor
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.distributed import DistEnv
+from hpcllm.engine.fsdp_gloo import OWN_COLLECTIVES_ENV
 from hpcllm.engine.model import GPT
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.errors import ConfigError
@@ -119,11 +120,13 @@ def grad_norms(run_dir: Path) -> list[float]:
     return [json.loads(line)["grad_norm"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_ranks(tmp_path: Path, store: Path, name: str, nproc: int, mbs: int, **parallel: object) -> list[float]:
+def run_ranks(
+    tmp_path: Path, store: Path, name: str, nproc: int, mbs: int, env: dict[str, str] | None = None, **parallel: object
+) -> list[float]:
     cfg = write_run(
         tmp_path / name, store, train={"steps": 4, "micro_batch_size": mbs}, parallel={"precision": "FP_32", **parallel}
     )
-    proc = run_engine(cfg, nproc)
+    proc = run_engine(cfg, nproc, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / name / "summary.json").read_text())
     assert summary["world_size"] == nproc and summary["global_batch_size"] == 4
@@ -143,6 +146,20 @@ def test_fsdp_ranks_match_one_rank_on_the_same_global_batch(tmp_path: Path, stor
     # The global gradient norm, whichever ranks hold which part of the gradient (replicas counted once).
     reference = grad_norms(tmp_path / "one")
     for name in ("full", "noshard", "hybrid"):
+        assert grad_norms(tmp_path / name) == pytest.approx(reference, rel=1e-4), name
+
+
+@pytest.mark.integration
+def test_fsdp2_own_collectives_match_one_rank(tmp_path: Path, store: Path) -> None:
+    """As above with FSDP2's own collectives (the GPU code path), not engine/fsdp_gloo.py's."""
+    own = {OWN_COLLECTIVES_ENV: "1"}
+    one = run_ranks(tmp_path, store, "one", 1, 4)
+    full = run_ranks(tmp_path, store, "full", 2, 2, env=own, sharding="FULL_SHARD")
+    hybrid = run_ranks(tmp_path, store, "hybrid", 4, 1, env=own, sharding="HYBRID_SHARD", hsdp_shard_size=2)
+    assert full == pytest.approx(one, rel=1e-4)
+    assert hybrid == pytest.approx(one, rel=1e-4)
+    reference = grad_norms(tmp_path / "one")
+    for name in ("full", "hybrid"):
         assert grad_norms(tmp_path / name) == pytest.approx(reference, rel=1e-4), name
 
 

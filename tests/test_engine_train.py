@@ -11,7 +11,7 @@ import yaml
 from engine_support import REPO, losses_checking_reruns, make_store, run_engine, write_run
 
 from hpcllm.data.demo import write_demo
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
 METRIC_KEYS = {
@@ -286,12 +286,12 @@ def test_smoke_experiment_loss_goes_down(tmp_path: Path) -> None:
 
 
 def test_rerun_boundary_ignores_a_torn_last_line(tmp_path: Path) -> None:
-    from hpcllm.engine.metrics import max_logged_step
+    from hpcllm.engine.metrics import earlier_attempts
 
     path = tmp_path / "metrics.jsonl"
-    assert max_logged_step(path) == 0
+    assert earlier_attempts(path)[0] == 0
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 7, "loss": 1.5}\n{"step": 8, "lo')
-    assert max_logged_step(path) == 7
+    assert earlier_attempts(path)[0] == 7
 
 
 def test_restart_count_prefers_hpcllm_over_slurm(monkeypatch: pytest.MonkeyPatch) -> None:

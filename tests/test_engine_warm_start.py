@@ -14,12 +14,12 @@ from engine_support import make_store, run_engine, write_run
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
-from hpcllm.engine.checkpoint import resolve_checkpoint
+from hpcllm.engine.checkpoint_find import resolve_checkpoint
 from hpcllm.engine.data import build_train_loader
+from hpcllm.engine.entry import run
 from hpcllm.engine.export import load_model_state
 from hpcllm.engine.model import GPT
 from hpcllm.engine.optim import lr_at
-from hpcllm.engine.train import run
 from hpcllm.errors import ConfigError
 from hpcllm.rundir import RunDir
 

@@ -25,7 +25,7 @@ from hpcllm.data.holdout import Holdout
 from hpcllm.data.sampler import Sampler
 from hpcllm.data.store import StoreWriter, TokenStore
 from hpcllm.engine.data import build_eval_batches, build_train_loader
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 

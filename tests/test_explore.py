@@ -10,48 +10,31 @@ from pathlib import Path
 
 import pytest
 import yaml
+from probe_support import probe_report
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.config.loader import load_model
-from hpcllm.config.probe import ProbeReport, ProbeTrial
+from hpcllm.config.probe import ProbeTrial
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_json
-from hpcllm.launch.explore import GENERATED_MARK, ProbeSettings, apply_probes, explore_batch, plan_probes
 from hpcllm.launch.orchestrate import submit_experiment
 from hpcllm.launch.probeindex import load_index, probe_key
-from hpcllm.memory import largest_fitting_mbs
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.memory import largest_fitting_mbs
+from hpcllm.plan.memory.runs import run_spec
 from hpcllm.rundir import RunDir
+from hpcllm.tune.explore import GENERATED_MARK, ProbeSettings, apply_probes, explore_batch, plan_probes
 
 SCALING = Path("experiments/scaling_2.7b.yaml")
 SETTINGS = ProbeSettings(max_mbs=64, steps=2, warmup_steps=1, min_gain=0.05)
 
 
 def write_report(results: Path, run_id: str, trials: list[ProbeTrial], status: str = "completed") -> None:
-    report = ProbeReport(
-        run_id=run_id,
-        status=status,
-        model="2.7b",
-        n_params=1,
-        seq_len=4096,
-        world_size=8,
-        sharding="FULL_SHARD",
-        precision="BF_16",
-        activation_checkpointing="none",
-        ac_every=2,
-        cpu_offload=False,
-        compile=False,
-        grad_accum=1,
-        device="cuda",
-        gpu_type="A100",
-        memory_budget_gib=64.0,
-        min_gain=0.05,
-        trials=trials,
-    )
+    report = probe_report(run_id, trials, status=status)
     report.conclude("memory")
     atomic_write_json(RunDir.of(results, "scaling_2.7b", "leonardo", run_id).probe, report.model_dump(mode="json"))
 

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
-from hpcllm.launch.explore import ProbeSettings, explore_batch
 from hpcllm.launch.manifest import RunState, load_manifest
-from hpcllm.launch.orchestrate import collect_status
+from hpcllm.launch.runstatus import collect_status
 from hpcllm.rundir import RunDir
+from hpcllm.tune.explore import ProbeSettings, explore_batch
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

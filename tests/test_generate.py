@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.model import ModelConfig
+from hpcllm.engine.entry import run
 from hpcllm.engine.generate import Sampling, decode, load_generator, next_token
 from hpcllm.engine.model import GPT, KVCache, init_weights
-from hpcllm.engine.train import run
 from hpcllm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

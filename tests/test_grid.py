@@ -7,7 +7,8 @@ import pytest
 
 from hpcllm.config import grid
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
+from hpcllm.plan.expand import expand_experiment
 
 
 def test_cross_product_and_zip():
@@ -37,13 +38,13 @@ def test_set_dotted_does_not_mutate():
     ],
 )
 def test_where(expr, expected):
-    assert grid.evaluate_where(expr, {"x": {"y": 2}, "z": "a"}) is expected
+    assert grid.compile_where(expr)({"x": {"y": 2}, "z": "a"}) is expected
 
 
 @pytest.mark.parametrize("expr", ["open('f')", "x.__class__", "[i for i in x]", "lambda: 1"])
 def test_where_rejects_code(expr):
     with pytest.raises(ValueError):
-        grid.evaluate_where(expr, {"x": {"y": 2}})
+        grid.compile_where(expr)({"x": {"y": 2}})
 
 
 def test_scaling_grid_applies_where(in_project):

@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.config.loader import load_model
 from hpcllm.errors import ConfigError
-from hpcllm.launch.backends.slurm import script_error
+from hpcllm.launch.backends.slurmtext import script_error
 from hpcllm.launch.render import render_job
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.launch.manifest import load_manifest
-from hpcllm.launch.orchestrate import collect_status
+from hpcllm.launch.runstatus import collect_status
 from hpcllm.rundir import RunDir, find_run_dirs
 
 pytestmark = pytest.mark.integration

@@ -10,12 +10,13 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import ConfigError
 from hpcllm.launch.memcheck import split_by_fit
 from hpcllm.launch.orchestrate import submit_experiment
-from hpcllm.memory import estimate_memory
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.memory import estimate_memory
+from hpcllm.plan.memory.runs import run_spec
 
 SCALING = Path("experiments/scaling_2.7b.yaml")
 

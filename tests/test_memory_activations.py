@@ -24,7 +24,7 @@ from hpcllm.engine.losses import cross_entropy_sum
 from hpcllm.engine.memory_audit import saved_activation_bytes
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.parallelize import apply_activation_checkpointing, mixed_precision
-from hpcllm.memory.activations import Numerics, activation_bytes
+from hpcllm.plan.memory.activations import Numerics, activation_bytes
 
 MODES = ["fp32", "bf16-autocast", "bf16-fsdp2"]
 AC = ["none", "full", "selective"]

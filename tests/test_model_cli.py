@@ -50,13 +50,13 @@ def test_model_cli_does_not_import_torch() -> None:
 
 def _spec(name: str, mbs: int, gpus: int, per_node: int, device: str = "cuda", **parallel: object):
     from hpcllm.config.training import ParallelConfig
-    from hpcllm.memory import MemorySpec
+    from hpcllm.plan.memory import MemorySpec
 
     return MemorySpec(ModelConfig.from_name(name), ParallelConfig(**parallel), mbs, gpus, per_node, device=device)
 
 
 def test_info_prints_every_memory_term_and_the_peak() -> None:
-    from hpcllm.memory import estimate_memory
+    from hpcllm.plan.memory import estimate_memory
 
     out = (
         CliRunner()
@@ -70,7 +70,7 @@ def test_info_prints_every_memory_term_and_the_peak() -> None:
 
 
 def test_info_with_a_cluster_gives_the_verdict_and_the_largest_mbs() -> None:
-    from hpcllm.memory import estimate_memory
+    from hpcllm.plan.memory import estimate_memory
 
     result = CliRunner().invoke(
         model_app, ["info", "2.7b", "--mbs", "4", "--gpus", "8", "--cluster", "leonardo"], terminal_width=200

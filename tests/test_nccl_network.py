@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.launch.doctor import OK, SKIP, WARN, nccl_network_check
-from hpcllm.launch.nccllog import parse_nccl_network
+from hpcllm.site.checks import OK, SKIP, WARN
+from hpcllm.site.jobchecks import nccl_network_check
+from hpcllm.site.nccllog import parse_nccl_network
 
 # ibv_devinfo of a node with four IB ports and one Ethernet (RoCE) port (trimmed to what matters).
 IBV_DEVINFO = "".join(

@@ -25,7 +25,8 @@ from hpcllm.engine.checkpoint import Checkpointer, list_checkpoints, read_latest
 from hpcllm.engine.guards import NonFiniteError, check_step
 from hpcllm.launch.jobhooks import JobContext, on_end
 from hpcllm.launch.manifest import RunState, load_manifest
-from hpcllm.launch.orchestrate import collect_status, submit_experiment
+from hpcllm.launch.orchestrate import submit_experiment
+from hpcllm.launch.runstatus import collect_status
 from hpcllm.rundir import RunDir, find_run_dirs
 
 REPO = Path(__file__).resolve().parents[1]

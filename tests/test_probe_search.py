@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from probe_support import probe_report
 
-from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial, best_trial
+from hpcllm.config.probe import ProbeConfig, ProbeTrial, best_trial
 from hpcllm.engine.probe_search import next_size
 
 
@@ -93,29 +94,12 @@ def test_reserved_memory_is_what_the_margin_checks_on_cuda() -> None:
 
 
 def test_report_conclusion() -> None:
-    report = ProbeReport(
-        run_id="x",
-        model="tiny",
-        n_params=1,
-        seq_len=8,
-        world_size=1,
-        sharding="FULL_SHARD",
-        precision="FP_32",
-        activation_checkpointing="none",
-        ac_every=2,
-        cpu_offload=False,
-        compile=False,
-        grad_accum=1,
-        device="cpu",
-        gpu_type="cpu",
-        memory_budget_gib=1.0,
-        min_gain=None,
-    )
-    report.trials = [
+    trials = [
         ProbeTrial(mbs=1, status="ok", samples_per_s_per_gpu=5.0),
         ProbeTrial(mbs=2, status="ok", samples_per_s_per_gpu=4.0),
         ProbeTrial(mbs=4, status="over_budget"),
     ]
+    report = probe_report("x", trials, precision="FP_32", device="cpu", gpu_type="cpu", min_gain=None)
     report.conclude("memory")
     assert (report.largest_fit, report.best_mbs, report.stop_reason) == (2, 1, "memory")
 

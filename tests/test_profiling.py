@@ -11,7 +11,7 @@ from engine_support import make_store, write_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
 

@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster, parse_slurm_time
-from hpcllm.config.experiment import RefusedPoint, expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.config.loader import load_model
 from hpcllm.errors import ConfigError
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint
 
 EXPERIMENT = """
 name: e
@@ -86,7 +88,10 @@ def test_a_point_no_qos_admits_is_refused_with_each_limit(in_project, tmp_path: 
 
 def test_an_explicit_qos_is_held_to_its_minimum(in_project, tmp_path: Path) -> None:
     path = _experiment(tmp_path, "resources: {nodes: 8, qos: boost_qos_bprod}\n")
-    with pytest.raises(ConfigError, match=r"resources\.nodes: 8 is below QoS 'boost_qos_bprod' minimum of 65 nodes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"QoS 'boost_qos_bprod' does not admit 8 nodes for 00:30:00: boost_qos_bprod needs at least 65 nodes",
+    ):
         expand_experiment(load_experiment(path), load_cluster("leonardo"), str(path))
 
 

@@ -15,7 +15,7 @@ from engine_support import REPO, engine_cmd, make_store, write_run
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.launch.manifest import Manifest, RunState, save_manifest
 from hpcllm.rundir import RunDir
 

@@ -19,12 +19,14 @@ import yaml
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
+from hpcllm.collect.searches import SearchState, Trial, TrialState, best_trial
 from hpcllm.config.experiment import Experiment
 from hpcllm.config.loader import validate
 from hpcllm.config.search import HalvingConfig, SearchConfig
 from hpcllm.errors import ConfigError
-from hpcllm.launch.search import SearchState, Trial, TrialState, best_trial, decide, draw_trials
 from hpcllm.rundir import RunDir
+from hpcllm.tune.draw import draw_trials
+from hpcllm.tune.halving import decide
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,7 +271,7 @@ def _hpcllm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _wait_until_no_run_is_active(folder: Path) -> None:
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     for _ in range(600):
         if not any(s.manifest and s.manifest.state.active for s in collect_status(folder)):
@@ -280,7 +282,7 @@ def _wait_until_no_run_is_active(folder: Path) -> None:
 
 @pytest.mark.integration
 def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path, store: Path, in_project: Path) -> None:
-    from hpcllm.engine.train import run
+    from hpcllm.engine.entry import run
 
     exp = _experiment(
         tmp_path,
@@ -360,7 +362,7 @@ def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
     """Manifests and summaries as the backends and the engine leave them; no scheduler needed."""
     from hpcllm.fsutil import atomic_write_json
     from hpcllm.launch.manifest import Manifest, RunState, save_manifest
-    from hpcllm.launch.search import reconcile
+    from hpcllm.tune.halving import reconcile
 
     cases = {  # run id: (trial state before, manifest state, steps the run completed)
         "t0": (TrialState.RUNNING, RunState.FAILED, 2),  # its job failed -> failed

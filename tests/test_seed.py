@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from hpcllm import perf
 from hpcllm.cli import app
 from hpcllm.collect.columns import params_billions
-from hpcllm.collect.references import ClusterReferences
-from hpcllm.collect.seed import seed_rows
 from hpcllm.config.model import ModelConfig
+from hpcllm.config.references import ClusterReferences
+from hpcllm.plan.seed import seed_rows
 
 runner = CliRunner()
 ROWS = seed_rows()
@@ -22,10 +22,10 @@ ROWS = seed_rows()
 
 def test_the_file_holds_the_seeds_two_tables():
     """Row counts and spot checks typed in from Modalities' README (not from the data file)."""
-    assert [r.cluster for r in ROWS].count("leonardo") == 24
-    assert [r.cluster for r in ROWS].count("marenostrum5") == 25
+    assert [r.key.cluster for r in ROWS].count("leonardo") == 24
+    assert [r.key.cluster for r in ROWS].count("marenostrum5") == 25
     first, last = ROWS[0], ROWS[-1]
-    assert (first.gpus, first.samples_per_s, first.mbs, first.gbs, first.sharding, first.mfu) == (
+    assert (first.key.gpus, first.samples_per_s, first.key.mbs, first.key.gbs, first.key.sharding, first.mfu) == (
         8,
         18.63,
         2,
@@ -33,7 +33,15 @@ def test_the_file_holds_the_seeds_two_tables():
         "FULL_SHARD",
         0.5847,
     )
-    assert (last.cluster, last.label, last.gpus, last.samples_per_s, last.seq_len, last.ac, last.mfu) == (
+    assert (
+        last.key.cluster,
+        last.label,
+        last.key.gpus,
+        last.samples_per_s,
+        last.key.seq_len,
+        last.key.ac,
+        last.mfu,
+    ) == (
         "marenostrum5",
         "28",
         2048,
@@ -42,16 +50,18 @@ def test_the_file_holds_the_seeds_two_tables():
         "full",
         0.2401,
     )
-    long_seq = [r for r in ROWS if r.model == "2.7b" and r.seq_len == 8192]
-    assert [(r.gpus, r.samples_per_s) for r in long_seq] == [(1024, 1105.99)]
+    long_seq = [r for r in ROWS if r.model == "2.7b" and r.key.seq_len == 8192]
+    assert [(r.key.gpus, r.samples_per_s) for r in long_seq] == [(1024, 1105.99)]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[f"{r.cluster}-{r.row}" for r in ROWS])
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r.key.cluster}-{r.row}" for r in ROWS])
 def test_seed_rows_through_our_presets_give_the_seeds_mfu(row):
     """The MFU column's convention is the seed's: its samples/s, our preset's FLOPs per token and
     the GPU's peak reproduce its printed MFU (the issue asks for 1 %; every row is within 0.2 %)."""
-    flops = ModelConfig.from_name(row.model).flops_per_token(row.seq_len)
-    assert perf.mfu(row.samples_per_s, row.seq_len, flops, row.gpus, row.gpu_type) == pytest.approx(row.mfu, rel=0.002)
+    flops = ModelConfig.from_name(row.model).flops_per_token(row.key.seq_len)
+    assert perf.mfu(row.samples_per_s, row.key.seq_len, flops, row.key.gpus, row.gpu_type) == pytest.approx(
+        row.mfu, rel=0.002
+    )
 
 
 def test_the_head_convention_is_the_other_column():
@@ -113,9 +123,9 @@ def test_seed_references_are_per_point(in_project, tmp_path):
 
 def test_the_seeds_repeated_configuration_gives_its_best_row():
     """MareNostrum 5 ran 28B on 512 GPUs twice (87.36 and 87.56 samples/s)."""
-    from hpcllm.collect.seed import best_row
+    from hpcllm.plan.seed import best_row
 
-    (row,) = {r.key: r for r in ROWS if r.model == "28b" and r.gpus == 512}.values()
+    (row,) = {r.key: r for r in ROWS if r.model == "28b" and r.key.gpus == 512}.values()
     assert best_row(row.key).samples_per_s == 87.56
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import RefusedPoint, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import qos_refusal
+from hpcllm.config.experiment import RunSpec, load_experiment
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint, qos_refusal
 
 # The seed's rows, copied from its tables: params (B), #GPUs, MBS, GBS, sequence length, sharding, AC.
 # (MareNostrum 5 lists the 28B run on 512 GPUs twice: two measurements of one configuration.)

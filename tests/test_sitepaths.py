@@ -11,7 +11,7 @@ import yaml
 from engine_support import make_store, write_run
 
 from hpcllm.config.training import TrainingConfig
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 from hpcllm.errors import ConfigError
 from hpcllm.rundir import RunDir
 from hpcllm.sitepaths import (

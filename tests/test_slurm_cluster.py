@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 import yaml
 from engine_support import losses_checking_reruns, uninterrupted_losses
-from slurm_gate import PARTITION_NODES
+from slurm_gate import PARTITION, PARTITION_NODES
 
 from hpcllm.collect.table import COLUMNS, build_table, collect_table, completed_records
 from hpcllm.errors import BackendError, ConfigError
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
-from hpcllm.launch.orchestrate import SubmitResult, cancel_run, collect_status, submit_experiment
+from hpcllm.launch.orchestrate import SubmitResult, submit_experiment
+from hpcllm.launch.runstatus import cancel_run, collect_status
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record
 from hpcllm.rundir import RunDir
 
@@ -137,8 +138,13 @@ def test_two_concurrent_two_node_runs_collect_like_local_and_resubmit_skips(
     states = wait_for(lambda: finished(env, run_dirs), 300, "the two 2-node runs")
     assert set(states.values()) == {"completed"}, {rd.run_id: manifest_of(rd).reason for rd in run_dirs}
 
+    # Whether the two jobs overlapped is the scheduler's choice (other jobs share the cluster): what is
+    # ours is that they could: each job's rendezvous has its own endpoint (below), and jobs that did
+    # run at once ran on disjoint nodes.
     jobs = [scontrol_job(manifest_of(rd).job_id or "") for rd in run_dirs]
-    assert max(j["StartTime"] for j in jobs) < min(j["EndTime"] for j in jobs), "the jobs did not overlap"
+    if max(j["StartTime"] for j in jobs) < min(j["EndTime"] for j in jobs):
+        nodes = [set(hostnames(manifest_of(rd).nodes or "")) for rd in run_dirs]
+        assert not nodes[0] & nodes[1], nodes
     endpoints = set()
     for rd in run_dirs:
         assert len(hostnames(manifest_of(rd).nodes or "")) == 2
@@ -269,7 +275,16 @@ def test_cancel_stops_the_job_without_requeue(env: Path, demo_data: Path, tmp_pa
 
 
 def test_dependency_waits_for_its_job_and_a_failed_one_cancels_it(env: Path, demo_data: Path, tmp_path: Path) -> None:
-    first = only_run(submit_experiment(experiment(tmp_path, demo_data, "first", steps=15), "localslurm", env))
+    # A held job ahead of the chain: the second run is certainly still pending when status is asked
+    # (a race with the first run's end, otherwise), and the order is released by the test, not the clock.
+    gate = subprocess.run(
+        ["sbatch", "--parsable", "--hold", f"--partition={PARTITION}", "--time=1", "--wrap", "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    first_exp = experiment(tmp_path, demo_data, "first", steps=15)
+    first = only_run(submit_experiment(first_exp, "localslurm", env, after=[gate]))
     first_job = manifest_of(first).job_id or ""
     second_exp = experiment(tmp_path, demo_data, "second", steps=5)
     second = only_run(submit_experiment(second_exp, "localslurm", env, after=[first_job]))
@@ -277,9 +292,11 @@ def test_dependency_waits_for_its_job_and_a_failed_one_cancels_it(env: Path, dem
     # `hpcllm status` says why the second run has not started yet.
     wait_for(
         lambda: any(s.run_dir.path == second.path and s.waiting_for == "Dependency" for s in collect_status(env)),
-        30,
+        120,
         "status to show the pending reason 'Dependency'",
     )
+    assert manifest_of(first).state is RunState.PENDING  # the gate still holds the chain
+    subprocess.run(["scontrol", "release", gate], check=True)
     states = wait_for(lambda: finished(env, [first, second]), 240, "both runs to finish")
     assert set(states.values()) == {"completed"}
     second_job = scontrol_job(manifest_of(second).job_id or "")
@@ -348,15 +365,20 @@ def test_more_nodes_than_the_partition_is_rejected_before_sbatch(env: Path, demo
     assert not env.exists()
 
 
-def test_grid_as_job_array_with_per_task_requeue(
-    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def array_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``arrayslurm``: the local cluster's profile with job arrays of at most 4 tasks."""
     profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
     profile.update(name="arrayslurm", max_array_size=4)
     clusters = tmp_path / "clusters"
     clusters.mkdir()
     (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+
+
+def test_grid_as_job_array_with_per_task_requeue(
+    env: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array_profile(tmp_path, monkeypatch)
     steps = 60
     exp = experiment(
         tmp_path, demo_data, "array", steps=steps, every=1000, max_restarts=1, grid={"train.micro_batch_size": [4, 8]}
@@ -383,14 +405,9 @@ def test_search_trials_run_as_a_job_array(
 ) -> None:
     """A search's trials are ordinary runs: one sbatch --array for the rung, then scored from their logs."""
     from hpcllm.collect.best import best_table
-    from hpcllm.launch.search import advance
+    from hpcllm.tune.search import advance
 
-    profile = yaml.safe_load((REPO / "clusters" / "localslurm.yaml").read_text())
-    profile.update(name="arrayslurm", max_array_size=4)
-    clusters = tmp_path / "clusters"
-    clusters.mkdir()
-    (clusters / "arrayslurm.yaml").write_text(yaml.safe_dump(profile))
-    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(clusters))
+    array_profile(tmp_path, monkeypatch)
     path = experiment(tmp_path, demo_data, "lrgrid", steps=10, every=1000)
     doc = yaml.safe_load(path.read_text())
     doc["search"] = {"method": "grid", "parameters": {"optim.lr": [3.0e-3, 3.0e-2]}}

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.probe import ProbeReport
-from hpcllm.launch.explore import ProbeSettings, explore_batch
 from hpcllm.rundir import RunDir
+from hpcllm.tune.explore import ProbeSettings, explore_batch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 

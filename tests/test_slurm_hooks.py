@@ -11,11 +11,11 @@ import pytest
 from engine_support import running_slurm_run
 
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.errors import BackendError
 from hpcllm.launch.arrays import array_key, array_name, array_script
-from hpcllm.launch.backends.slurm import (
-    SlurmBackend,
+from hpcllm.launch.backends.slurm import SlurmBackend
+from hpcllm.launch.backends.slurmtext import (
     job_state,
     jobcomp_state,
     parse_job_id,
@@ -25,6 +25,7 @@ from hpcllm.launch.backends.slurm import (
 from hpcllm.launch.jobhooks import JobContext, on_end, on_requeue_failed, on_start
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, save_manifest
 from hpcllm.launch.render import render_job
+from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
 REPO = Path(__file__).resolve().parents[1]

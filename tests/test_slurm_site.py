@@ -34,10 +34,11 @@ from typer.testing import CliRunner
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
 from hpcllm.engine.checkpoint import read_latest_pointer
-from hpcllm.launch.backends.slurm import parse_duration
-from hpcllm.launch.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
-from hpcllm.launch.orchestrate import cancel_run, submit_experiment
+from hpcllm.launch.backends.slurmtext import parse_duration
+from hpcllm.launch.orchestrate import submit_experiment
+from hpcllm.launch.runstatus import cancel_run
 from hpcllm.rundir import RunDir
+from hpcllm.site.doctor import FAIL, OK, SKIP, WARN, Check, run_doctor
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 runner = CliRunner()
@@ -216,12 +217,13 @@ def test_doctor_passes_the_local_profile_and_names_what_it_could_not_check(
     assert result.exit_code == 0, result.output
     checks = by_name(run_doctor(load_cluster(name), profile_file=name, experiment=exp))
     assert checks["partition:debug"].status == OK and checks["partition:nodes"].status == OK
-    assert checks["qos:normal"].status == SKIP and "no accounting" in checks["qos:normal"].detail
+    # The local cluster keeps accounting (slurmdbd): QoS normal is read from its database, no limits there.
+    assert checks["qos:normal"].status == OK and "limits as the profile says" in checks["qos:normal"].detail
     points = [c for c in checks.values() if c.area == "point"]
     assert len(points) == 2 and all(c.status == OK and "sbatch --test-only" in c.detail for c in points)
     assert checks["storage:paths.data"].status == OK and checks["storage:paths.results"].status == OK
     assert checks["python:python"].status == OK and "torch" in checks["python:python"].detail
-    assert "skip" in result.output and "no accounting" in result.output
+    assert "no accounting" not in result.output
 
 
 def test_doctor_fails_a_wrong_partition_node_count_and_cores_and_cannot_vouch_for_a_qos(
@@ -241,8 +243,10 @@ def test_doctor_fails_a_wrong_partition_node_count_and_cores_and_cannot_vouch_fo
     assert nodes.status == FAIL and "max_nodes is 8, but the partition has 4 nodes" in nodes.detail
     assert nodes.fix == "set max_nodes: 4 in bignodes.yaml"
     assert cpus.status == FAIL and "cpus_per_node is 4, but nodes have 2 CPUs" in cpus.detail
-    # Without slurmdbd the scheduler accepts any QoS name: the doctor says it could not check, never "ok".
-    assert qos.status == SKIP and "AccountingStorageType=accounting_storage/none" in qos.detail
+    # The QoS table comes from the scheduler's database (sacctmgr), not from the profile.
+    assert qos.status == FAIL and "no QoS 'no_such_qos' on this cluster (QoS: hpcllm_small, hpcllm_wide, normal)" in (
+        qos.detail
+    )
     result = runner.invoke(app, ["doctor", "--cluster", big], env={"COLUMNS": "250"})
     assert result.exit_code == 1 and "fail" in result.output
 

@@ -10,7 +10,7 @@ import pytest
 from engine_support import running_slurm_run
 
 from hpcllm.launch import jobhooks
-from hpcllm.launch.backends.slurm import parse_duration
+from hpcllm.launch.backends.slurmtext import parse_duration
 from hpcllm.launch.jobhooks import JobContext, on_end
 from hpcllm.launch.manifest import RunState, load_manifest
 from hpcllm.rundir import RunDir

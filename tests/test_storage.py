@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from hpcllm.cli import app
 from hpcllm.config.cluster import load_cluster
-from hpcllm.config.experiment import expand_experiment, load_experiment
+from hpcllm.config.experiment import load_experiment
 from hpcllm.launch.orchestrate import submit_experiment
 from hpcllm.launch.storage import StorageError, check_storage, parse_lfs_quota, room_at, storage_need
+from hpcllm.plan.expand import expand_experiment
 
 runner = CliRunner()
 GB = 1e9
@@ -178,7 +179,7 @@ def test_a_throughput_runs_checkpoints_still_carry_a_requeue(tmp_path: Path) -> 
     finishes, and what stays on disk is the one stop checkpoint."""
     from engine_support import make_store, write_run
 
-    from hpcllm.engine.train import run
+    from hpcllm.engine.entry import run
     from hpcllm.rundir import EXIT_PREEMPTED, RunDir
 
     run_dir = RunDir(tmp_path / "r")

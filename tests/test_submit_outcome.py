@@ -80,8 +80,10 @@ def test_unset_variables_warn_and_remote_sites_are_not_judged_from_here(in_proje
 
 def test_doctor_experiment_checks_the_input_paths(in_project, tmp_path):
     from hpcllm.config.cluster import load_cluster
-    from hpcllm.config.experiment import expand_experiment, load_experiment
-    from hpcllm.launch.doctor import FAIL, OK, input_checks
+    from hpcllm.config.experiment import load_experiment
+    from hpcllm.plan.expand import expand_experiment
+    from hpcllm.site.checks import FAIL, OK
+    from hpcllm.site.pointchecks import input_checks
 
     def checks(exp: Path):
         return input_checks(expand_experiment(load_experiment(exp), load_cluster("local"), str(exp)))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import typer
 
 from hpcllm import __version__
-from hpcllm.cli import collect, doctor, explore, generate, report, runs, schema
+from hpcllm.cli import collect, doctor, explore, generate, plan, report, runs, schema
+from hpcllm.cli.boundary import run_guarded
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 
 for command in (
+    plan.plan,
     runs.submit,
     runs.status,
     runs.cancel,
@@ -66,7 +68,8 @@ def _main(
 
 
 def main() -> None:
-    app()
+    """The ``hpcllm`` entry point: the app inside the one exception boundary (hpcllm.cli.boundary)."""
+    run_guarded(app)
 
 
 if __name__ == "__main__":

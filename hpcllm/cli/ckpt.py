@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from hpcllm.cli.common import console, fail
+from hpcllm.cli.common import console, err_console, fail
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
@@ -59,10 +59,14 @@ def ls(
     except HpcllmError as exc:
         fail(exc)
     if verify:
-        from hpcllm.engine.checkpoint import verify_checkpoint as check
+        from hpcllm.engine.checkpoint_find import verify_checkpoint as check
     else:
         check = check_files
-    latest = read_latest_pointer(run.checkpoints)
+    try:
+        latest = read_latest_pointer(run.checkpoints)
+    except CheckpointCorrupt as exc:
+        latest = None
+        err_console.print(f"warning: {exc}", soft_wrap=True, highlight=False, markup=False)
     rows = []
     infos = list_checkpoints(run.checkpoints)
     for info in infos:
@@ -89,11 +93,12 @@ def ls(
         headers = ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status")
         print_listing(console, str(run.checkpoints), headers, rows, keep_whole=("step", "status"), wrap=("status",))
     else:
-        console.print(f"no complete checkpoints in {run.checkpoints}", soft_wrap=True, highlight=False)
+        console.print(f"no complete checkpoints in {run.checkpoints}", soft_wrap=True, highlight=False, markup=False)
     for tmp in incomplete_saves(run.checkpoints):
         console.print(
             f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; the next start removes it)",
             soft_wrap=True,
+            markup=False,
         )
     if infos and not verify:
         console.print("shards not checked against DCP's index: `--verify` does (needs torch)", style="dim")
@@ -108,7 +113,7 @@ def export(
         "--format",
         help="torch: one .pt state dict; hf: a Llama folder for transformers' LlamaForCausalLM.",
     ),
-    step: int | None = typer.Option(None, help="Checkpoint step to export; default: the latest."),
+    step: int | None = typer.Option(None, min=0, help="Checkpoint step to export; default: the latest."),
     with_optimizer: bool = typer.Option(
         False, "--with-optimizer", help="torch only: include optimizer state (whole DCP state)."
     ),
@@ -125,7 +130,10 @@ def export(
 
     try:
         run = _run_dir(run_dir)
-        ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        try:
+            ckpt = run.checkpoints / step_dir_name(step) if step is not None else read_latest_pointer(run.checkpoints)
+        except CheckpointCorrupt as exc:
+            raise HpcllmError(f"cannot export: {exc}; name a checkpoint with --step") from None
         if ckpt is None or not ckpt.is_dir():
             steps = ", ".join(str(c.step) for c in list_checkpoints(run.checkpoints)) or "none"
             what = f"no checkpoint {ckpt.name}" if ckpt is not None else "no `latest` pointer"
@@ -143,4 +151,4 @@ def export(
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", soft_wrap=True, highlight=False)
+    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", soft_wrap=True, highlight=False, markup=False)

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from hpcllm.cli.common import (
+    check_results_root,
     columns_spelling,
     err_console,
     fail,
@@ -18,8 +20,10 @@ from hpcllm.cli.common import (
     paused_gc,
     results_option,
     results_root,
+    warn_problems,
 )
 from hpcllm.collect.empty import no_search, none_completed, nothing_to_collect
+from hpcllm.collect.formats import FORMATS, TableFormat
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
 
@@ -28,13 +32,6 @@ if TYPE_CHECKING:
 
     from hpcllm.collect.table import Table
     from hpcllm.rundir import RunDir
-
-
-class TableFormat(str, Enum):
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
 
 
 class CompareWith(str, Enum):
@@ -48,7 +45,10 @@ def collect(
         None, "Results folder to scan for completed runs (default: $HPCLLM_RESULTS, else ./results)."
     ),
     fmt: TableFormat = typer.Option(
-        TableFormat.markdown, "--format", "-f", help="markdown (the seed's layout), csv, json, or latex (booktabs)."
+        FORMATS[0],
+        "--format",
+        "-f",
+        help="markdown (the seed's layout), csv, json, or latex (booktabs).",
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the table to this file."),
     columns: str | None = typer.Option(
@@ -77,6 +77,12 @@ def collect(
     best: bool = typer.Option(
         False, "--best", help="Only the best run of each search group (`hpcllm search`), with its parameters."
     ),
+    fits: bool = typer.Option(
+        False,
+        "--fits",
+        help="Also print each setup's scaling fit: efficiency, runs far below it, the next sizes' samples/s "
+        "(with --compare seed: the seed's too).",
+    ),
 ) -> None:
     """The seed's scaling table (one row per completed run) and more columns, as markdown, csv, json or LaTeX."""
     from hpcllm.collect.records import scan
@@ -86,6 +92,7 @@ def collect(
     columns = columns_spelling(columns, old_columns)
     if not root.exists():
         fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
+    check_results_root(root)
     problems: list[str] = []
     scanned = scan(root)
     if not scanned:
@@ -116,9 +123,9 @@ def collect(
             table = build_table(records, columns, where=where, sort=sort, problems=problems)
     except (ValueError, HpcllmError) as exc:
         fail(exc)
-    for problem in problems:
-        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
-    text = format_table(table, fmt.value)
+    # and what the table's columns found on reading manifests (read only when a column needs one)
+    warn_problems(problems + [p for r in records for p in r.problems])
+    text = format_table(table, fmt)
     if output:
         from hpcllm.fsutil import atomic_write_text
 
@@ -128,10 +135,14 @@ def collect(
         sys.stdout.write(text)  # the table is data: as it is (rich would wrap 10,000 rows for ~0.1 s)
     if compare is not None and not best:
         err_console.print(comparison.summary_line(), highlight=False, soft_wrap=True)
+    if not best:
+        _show_fits(records, seed=compare is not None, listing=fits)
     if plot or loss_plot:
         _plots(records, plot, loss_plot)
-    if not records:
-        err_console.print(f"[yellow]no completed runs under {root}[/]", soft_wrap=True)
+    if best and len(table) == 0:
+        err_console.print(f"[yellow]no search with a finished trial under {escape(str(root))}[/]", soft_wrap=True)
+    elif not records:
+        err_console.print(f"[yellow]no completed runs under {escape(str(root))}[/]", soft_wrap=True)
     # A finished training run is no probe (a probe's summary says kind: probe): only runs without a
     # summary yet, and probes, may have a probe.json.
     _show_probes(probes)
@@ -148,6 +159,27 @@ def _plots(records: list, plot: Path | None, loss_plot: Path | None) -> None:
         err_console.print(f"loss curves: {plot_losses(records, loss_plot)}", highlight=False, soft_wrap=True)
 
 
+def _show_fits(records: list, seed: bool, listing: bool) -> None:
+    """Runs far below their setup's scaling fit (hpcllm.collect.fits), always; the fits with --fits."""
+    from hpcllm.cli.listing import print_listing
+    from hpcllm.collect.fits import FIT_HEADERS, fit_records, fit_rows, fit_seed
+
+    ours = fit_records(records)
+    for fit in ours:
+        for v in fit.flagged:
+            err_console.print(
+                f"[yellow]below the scaling fit:[/] {v.point.name} ({fit.key.label()}, {v.point.gpus} GPUs): "
+                f"{v.point.samples_per_s:.4g} samples/s, {v.note()} of its smaller runs ({v.predicted:.4g})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if not listing:
+        return
+    for title, fits in (("Scaling fits", ours), ("Scaling fits of the seed's rows", fit_seed() if seed else [])):
+        if fits:
+            print_listing(err_console, title, FIT_HEADERS, fit_rows(fits), keep_whole=("GPUs",))
+
+
 def _show_probes(run_dirs: list[RunDir]) -> None:
     """Batch-size probes among ``run_dirs`` (hpcllm explore-batch), as their own table on stderr."""
     from hpcllm.cli.listing import print_listing
@@ -155,8 +187,7 @@ def _show_probes(run_dirs: list[RunDir]) -> None:
 
     problems: list[str] = []
     probes = collect_probes(run_dirs, problems)
-    for problem in problems:
-        err_console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
+    warn_problems(problems)
     if probes:
         rows = [["" if row[c] is None else str(row[c]) for c in COLUMNS] for row in probes]
         print_listing(err_console, "Batch-size probes (* = fastest that fitted)", COLUMNS, rows, keep_whole=("Probe",))

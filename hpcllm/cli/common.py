@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-import os
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from hpcllm.errors import HpcllmError
+from hpcllm.rundir import DEFAULT_RESULTS, results_from_env
+from hpcllm.runfiles import strict_json
 
 console = Console()
 err_console = Console(stderr=True)
@@ -52,9 +54,37 @@ EXIT_SOME_REFUSED = 3
 EXIT_NONE_SUBMITTED = 4
 
 
-# The results root every command defaults to: $HPCLLM_RESULTS (point it at a profile's paths.results
-# once), else ./results (relative to where `hpcllm` runs).
-RESULTS = Path(os.environ.get("HPCLLM_RESULTS") or "results")
+def finite(value: float | None) -> float | None:
+    """typer callback of every float option: click's ranges let ``nan`` through (every comparison with
+    it is false), and ``inf`` is no setting of ours."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def warn_problems(problems: list[str], label: str = "skipped") -> None:
+    """One line per distinct problem on stderr, the text shown as it is (a path or a reason read from a
+    file may hold brackets: never rich markup)."""
+    for problem in dict.fromkeys(problems):
+        err_console.print(f"[yellow]{label}:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+
+
+def json_text(data: Any) -> str:
+    """``data`` as strict JSON for ``--format json`` (see ``runfiles.strict_json``)."""
+    return strict_json(data)
+
+
+def check_results_root(root: Path) -> None:
+    """One error line and exit 2 unless ``root`` is a folder (a missing root is a typo, not 'no runs')."""
+    if not root.exists():
+        fail(FileNotFoundError(f"{root}: no such folder (the results root; --help says where it defaults to)"))
+    if not root.is_dir():
+        fail(NotADirectoryError(f"{root}: not a folder (give the results root, or a folder below it)"))
+
+
+# The results root every command defaults to (hpcllm.rundir: $HPCLLM_RESULTS, else ./results;
+# point it at a profile's paths.results once).
+RESULTS = results_from_env() or DEFAULT_RESULTS
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail, finite
 from hpcllm.errors import HpcllmError
 
 data_app = typer.Typer(help="Tokenize text into token stores and inspect them.", no_args_is_help=True)
@@ -79,7 +79,7 @@ def prepare_cmd(
     text_key: str = typer.Option("text", help=".jsonl key of a plain document's text."),
     prompt_key: str = typer.Option("prompt", help=".jsonl key of an instruction's prompt (loss-masked)."),
     response_key: str = typer.Option("response", help=".jsonl key of an instruction's response."),
-    prompt_weight: float = typer.Option(0.0, min=0.0, max=1.0, help=_PROMPT_WEIGHT_HELP),
+    prompt_weight: float = typer.Option(0.0, min=0.0, max=1.0, callback=finite, help=_PROMPT_WEIGHT_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing store at --output."),
 ) -> None:
     """Tokenize text into a memory-mapped token store (streamed, on every core)."""
@@ -111,7 +111,7 @@ def prepare_cmd(
 @data_app.command("train-tokenizer")
 def train_tokenizer_cmd(
     inputs: list[str] = typer.Option(..., "--input", "-i", help=_INPUT_HELP),
-    vocab_size: int = typer.Option(..., help="Vocabulary size including the 256 bytes and <|endoftext|>."),
+    vocab_size: int = typer.Option(..., min=257, help="Vocabulary size including the 256 bytes and <|endoftext|>."),
     output: Path = typer.Option(..., "--output", "-o", help="tokenizer.json path, or a directory for it."),
     min_frequency: int = typer.Option(2, min=1, help="Merge only pairs seen at least this often."),
     text_key: str = typer.Option("text", help=".jsonl key of a plain document's text."),
@@ -146,7 +146,9 @@ def train_tokenizer_cmd(
 def demo_cmd(
     output: Path = typer.Option(Path("data/demo"), "--output", "-o", help="Store directory to (re)create."),
     instruct: bool = typer.Option(False, help="Question/answer pairs with a loss mask on the questions."),
-    prompt_weight: float = typer.Option(0.0, min=0.0, max=1.0, help="--instruct: " + _PROMPT_WEIGHT_HELP),
+    prompt_weight: float = typer.Option(
+        0.0, min=0.0, max=1.0, callback=finite, help="--instruct: " + _PROMPT_WEIGHT_HELP
+    ),
     debian_docs: bool = typer.Option(
         True, help="Add Python's docs from Debian's python3.11-doc package when it is installed."
     ),

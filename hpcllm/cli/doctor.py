@@ -30,7 +30,7 @@ def doctor(
     """Check a profile against the cluster: partition, nodes, CPUs, GPUs, QoS, account, points, storage,
     the Python environment. Exits 1 when a check fails; skipped checks say why they could not be made."""
     from hpcllm.config.cluster import clusters_dir, load_cluster
-    from hpcllm.launch.doctor import run_doctor
+    from hpcllm.site.doctor import run_doctor
 
     try:
         profile = load_cluster(cluster)

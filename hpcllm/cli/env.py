@@ -25,7 +25,7 @@ def pack(
 ) -> None:
     """Download hpcllm and its pinned dependencies as wheels for the site's Python, then print the
     line that installs them there with no index."""
-    from hpcllm.launch.wheelhouse import DEFAULT_PLATFORMS, build_wheelhouse
+    from hpcllm.site.wheelhouse import DEFAULT_PLATFORMS, build_wheelhouse
 
     try:
         with err_console.status(f"building the wheelhouse in {output} ..."):

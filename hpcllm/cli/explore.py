@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hpcllm.cli.common import console, err_console, fail, results_option
+from hpcllm.cli.common import console, err_console, fail, finite, results_option
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
-    from hpcllm.launch.explore import ApplyResult
+    from hpcllm.tune.explore import ApplyResult
 
 
 def explore_batch(
@@ -28,13 +29,22 @@ def explore_batch(
         help="--apply: file to write (default: RESULTS/EXP/CLUSTER/EXP.CLUSTER.tuned.yaml, beside the probes).",
     ),
     margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
-    max_mbs: int = typer.Option(512, "--max-mbs", min=1, help="Largest micro-batch size a probe tries."),
-    steps: int = typer.Option(3, "--steps", min=1, help="Timed steps per size."),
-    warmup_steps: int = typer.Option(
-        1, "--warmup-steps", min=0, help="Untimed steps per size (the first is memory-guarded)."
+    # Not given: ProbeConfig's defaults (hpcllm.config.probe, their one home; read in tune/explore).
+    max_mbs: int | None = typer.Option(
+        None, "--max-mbs", min=1, help="Largest micro-batch size a probe tries (default: the probe config's)."
     ),
-    min_gain: float = typer.Option(
-        0.03, "--min-gain", min=0.0, help="Stop growing when samples/s per GPU improves less than this."
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Timed steps per size (default: the probe config's)."
+    ),
+    warmup_steps: int | None = typer.Option(
+        None, "--warmup-steps", min=0, help="Untimed steps per size, the first memory-guarded (default: the config's)."
+    ),
+    min_gain: float | None = typer.Option(
+        None,
+        "--min-gain",
+        min=0.0,
+        callback=finite,
+        help="Stop growing when samples/s per GPU improves less than this (default: the probe config's).",
     ),
     memory_only: bool = typer.Option(
         False, "--memory-only", help="Grow until memory or --max-mbs stops it, ignoring throughput."
@@ -52,16 +62,22 @@ def explore_batch(
     micro-batch from the memory estimate's suggestion until memory or throughput stops it. --apply
     then writes an experiment with each point's best measured micro-batch size.
     """
-    from hpcllm.launch.explore import ProbeSettings, apply_probes
-    from hpcllm.launch.explore import explore_batch as submit_probes
+    from hpcllm.tune.explore import ProbeSettings, apply_probes
+    from hpcllm.tune.explore import explore_batch as submit_probes
 
     try:
         if apply:
             applied = apply_probes(experiment, cluster, results, output=output, margin=margin)
         else:
-            settings = ProbeSettings(
-                max_mbs=max_mbs, steps=steps, warmup_steps=warmup_steps, min_gain=None if memory_only else min_gain
-            )
+            given: dict[str, Any] = {
+                "max_mbs": max_mbs,
+                "steps": steps,
+                "warmup_steps": warmup_steps,
+                "min_gain": min_gain,
+            }
+            settings = ProbeSettings(**{k: v for k, v in given.items() if v is not None})
+            if memory_only:
+                settings = dataclasses.replace(settings, min_gain=None)
             explored = submit_probes(
                 experiment,
                 cluster,

@@ -12,8 +12,9 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from hpcllm.cli.common import console, err_console, fail, missing_path_message
+from hpcllm.cli.common import console, err_console, fail, finite, missing_path_message
 from hpcllm.errors import HpcllmError
 
 
@@ -26,12 +27,19 @@ class Device(str, Enum):
 def generate(
     run_dir: Path = typer.Argument(..., help="Run directory (or a folder holding one run, or a step_<N> folder)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text the model continues."),
-    step: int | None = typer.Option(None, "--step", help="Checkpoint step; default: the latest."),
+    step: int | None = typer.Option(None, "--step", min=0, help="Checkpoint step; default: the latest."),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", min=1, help="Tokens to add at most."),
-    temperature: float = typer.Option(0.8, min=0.0, help="Softmax temperature; 0 = greedy (always the most likely)."),
+    temperature: float = typer.Option(
+        0.8, min=0.0, callback=finite, help="Softmax temperature; 0 = greedy (always the most likely)."
+    ),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="Sample among the k most likely tokens only."),
     top_p: float = typer.Option(
-        1.0, "--top-p", min=0.0, max=1.0, help="Sample among the most likely tokens whose probabilities add up to p."
+        1.0,
+        "--top-p",
+        min=0.0,
+        max=1.0,
+        callback=finite,
+        help="Sample among the most likely tokens whose probabilities add up to p.",
     ),
     seed: int = typer.Option(0, help="Seed of the sampling: the same seed gives the same text (same device)."),
     tokenizer: str | None = typer.Option(None, help="'byte' or a tokenizer.json; default: the run's data.tokenizer."),
@@ -46,7 +54,7 @@ def generate(
     spec = str(run_dir) if step is None else f"{run_dir}@{step}"
     try:
         sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        with err_console.status(f"loading {spec} ..."):
+        with err_console.status(Text(f"loading {spec} ...")):
             gen = load_generator(spec, tokenizer=tokenizer, device=device.value)
         with err_console.status(f"generating up to {max_new_tokens} tokens ..."):
             out = gen.generate(prompt, max_new_tokens, sampling)

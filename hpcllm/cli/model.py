@@ -2,46 +2,22 @@
 
 Parameter and FLOP counts come from ``ModelConfig`` and ``hpcllm.perf``, the same functions the
 engine and the collector use, so the numbers printed here are the ones MFU is computed with; the
-memory breakdown comes from ``hpcllm.memory``, the estimate ``submit`` checks points with.
+memory breakdown comes from ``hpcllm.plan.memory``, the estimate ``submit`` checks points with.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.table import Table
 
 from hpcllm.cli.common import console, fail
+from hpcllm.config.choices import Attention, Checkpointing, Precision, Sharding
 
 if TYPE_CHECKING:
     from hpcllm.config.model import ModelConfig
-    from hpcllm.memory import MemoryEstimate
-
-
-class Sharding(str, Enum):
-    FULL_SHARD = "FULL_SHARD"
-    HYBRID_SHARD = "HYBRID_SHARD"
-    NO_SHARD = "NO_SHARD"
-
-
-class Precision(str, Enum):
-    BF_16 = "BF_16"
-    FP_16 = "FP_16"
-    FP_32 = "FP_32"
-
-
-class Attention(str, Enum):
-    sdpa = "sdpa"
-    flash = "flash"
-    math = "math"
-
-
-class Checkpointing(str, Enum):
-    none = "none"
-    full = "full"
-    selective = "selective"
+    from hpcllm.plan.memory import MemoryEstimate
 
 
 model_app = typer.Typer(help="Inspect the named model configs.", no_args_is_help=True)
@@ -89,13 +65,22 @@ def info_cmd(
         min=1,
         help="Ranks per node (HYBRID_SHARD's default group); default: the cluster's, else --gpus.",
     ),
-    sharding: Sharding = typer.Option(Sharding.FULL_SHARD, "--sharding", help="FSDP2 sharding."),
+    sharding: Sharding | None = typer.Option(None, "--sharding", help="FSDP2 sharding (default: the config's)."),
     hsdp_shard_size: int | None = typer.Option(None, "--hsdp-shard-size", min=1, help="HYBRID_SHARD group size."),
-    precision: Precision = typer.Option(Precision.BF_16, "--precision", help="Parameter/compute precision."),
-    ac: Checkpointing = typer.Option(Checkpointing.none, "--ac", help="Activation checkpointing policy."),
-    ac_every: int = typer.Option(2, "--ac-every", min=1, help="selective: checkpoint every k-th block."),
+    precision: Precision | None = typer.Option(
+        None,
+        "--precision",
+        help="Parameter/compute precision (default: the config's).",
+    ),
+    ac: Checkpointing | None = typer.Option(None, "--ac", help="Activation checkpointing (default: the config's)."),
+    ac_every: int | None = typer.Option(
+        None, "--ac-every", min=1, help="selective: checkpoint every k-th block (default: the config's)."
+    ),
     offload: bool = typer.Option(False, "--offload", help="FSDP2 CPU offload of the sharded state."),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-steps per optimizer step."),
+    tp: int = typer.Option(
+        1, "--tp", help="Tensor-parallel ranks inside a node (1, 2, 4, 8): block weights and activations split."
+    ),
     attention: Attention | None = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
     cluster: str | None = typer.Option(
         None, "--cluster", "-c", help="Check the fit against this profile's GPU memory."
@@ -111,21 +96,22 @@ def info_cmd(
     from hpcllm.config.model import ModelConfig, preset_fields
     from hpcllm.config.training import ParallelConfig
     from hpcllm.errors import HpcllmError
-    from hpcllm.memory import MemorySpec, estimate_memory, largest_fitting_mbs
+    from hpcllm.plan.memory import MemorySpec, estimate_memory, largest_fitting_mbs
 
     try:
         preset_fields(name)  # the unknown-name message lists the known ones
-        overrides = {k: v for k, v in (("seq_len", seq_len), ("attention", attention and attention.value)) if v}
+        overrides = {k: v for k, v in (("seq_len", seq_len), ("attention", attention)) if v}
         cfg = ModelConfig.from_name(name, **overrides)
         profile = load_cluster(cluster) if cluster else None
-        parallel = ParallelConfig(
-            sharding=sharding.value,
-            hsdp_shard_size=hsdp_shard_size,
-            precision=precision.value,
-            activation_checkpointing=ac.value,
-            ac_every=ac_every,
-            cpu_offload=offload,
-        )
+        given: dict[str, Any] = {
+            "sharding": sharding,
+            "hsdp_shard_size": hsdp_shard_size,
+            "precision": precision,
+            "activation_checkpointing": ac,
+            "ac_every": ac_every,
+            "tensor_parallel": tp,  # validated: 1, 2, 4 or 8
+        }
+        parallel = ParallelConfig(**{k: v for k, v in given.items() if v is not None}, cpu_offload=offload)
     except ValidationError as exc:  # a combination of options the configs reject
         fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
     except (HpcllmError, ValueError) as exc:
@@ -133,6 +119,9 @@ def info_cmd(
     n_gpus = gpus or (profile.gpus_per_node if profile else 1)
     per_node = gpus_per_node or (profile.gpus_per_node if profile else n_gpus)
     device: Literal["cuda", "cpu"] = "cpu" if profile is not None and profile.is_cpu else "cuda"
+    tp_problem = parallel.tensor_parallel_problem(cfg, min(per_node, n_gpus))
+    if tp_problem:
+        fail(ValueError(f"--tp: {tp_problem}"))
     spec = MemorySpec(
         cfg,
         parallel,
@@ -150,6 +139,7 @@ def info_cmd(
             title=(
                 f"memory per {'rank' if device == 'cpu' else 'GPU'}: MBS {mbs} x seq {cfg.seq_len}, {n_gpus} rank(s), "
                 f"{parallel.sharding}, {parallel.precision}, AC {parallel.activation_checkpointing}"
+                + (f", TP {tp} x DP {n_gpus // tp}" if tp > 1 else "")
             ),
         )
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from hpcllm.cli.common import (
+    check_results_root,
     columns_spelling,
     err_console,
     fail,
@@ -14,6 +16,7 @@ from hpcllm.cli.common import (
     paused_gc,
     results_option,
     results_root,
+    warn_problems,
 )
 from hpcllm.errors import HpcllmError
 
@@ -34,10 +37,12 @@ def report(
     columns = columns_spelling(columns, old_columns)
     if not root.exists():
         fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
+    check_results_root(root)
     try:
-        with err_console.status(f"reading {root} and drawing the plots"):
+        with err_console.status(Text(f"reading {root} and drawing the plots")):
             result = write_report(root, output, columns)
     except ValueError as exc:
         fail(exc)
+    warn_problems(result.problems)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items()) or "no runs"
     err_console.print(f"wrote {output}: {len(result.runs)} runs ({counts})", highlight=False, soft_wrap=True)

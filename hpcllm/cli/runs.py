@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -16,20 +15,25 @@ from rich.markup import escape
 from hpcllm.cli.common import (
     EXIT_NONE_SUBMITTED,
     EXIT_SOME_REFUSED,
+    check_results_root,
     console,
     err_console,
     fail,
+    json_text,
     paused_gc,
     results_option,
     results_root,
+    warn_problems,
 )
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
-from hpcllm.rundir import TENSORBOARD_DIR
+from hpcllm.fsutil import read_json
+from hpcllm.rundir import TENSORBOARD_DIR, describe_stragglers
 
 if TYPE_CHECKING:
     from hpcllm.launch.memcheck import Unfit
-    from hpcllm.launch.orchestrate import RunStatus, SubmitResult
+    from hpcllm.launch.orchestrate import SubmitResult
+    from hpcllm.launch.runstatus import RunStatus
     from hpcllm.rundir import RunDir
 
 
@@ -49,9 +53,31 @@ def submit(
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Also submit points whose memory estimate exceeds the GPU memory."
     ),
+    over_budget: bool = typer.Option(
+        False, "--over-budget", help="Submit even when the grid exceeds the account's remaining GrpTRESMins."
+    ),
+    preflight: bool | None = typer.Option(
+        None,
+        "--preflight/--no-preflight",
+        help="Measure the nodes before training (default: the profile's node count).",
+    ),
+    spare_nodes: int = typer.Option(
+        0, "--spare-nodes", min=0, help="Ask for this many extra nodes; train on the best."
+    ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""
+    from hpcllm.cli.plan import budget_gate
     from hpcllm.launch.orchestrate import submit_experiment
+
+    budget_gate(
+        experiment,
+        cluster,
+        account,
+        results,
+        over_budget=over_budget,
+        dry_run=dry_run,
+        memory_check=not no_memory_check,
+    )
 
     try:
         result = submit_experiment(
@@ -63,11 +89,15 @@ def submit(
             retry_failed=retry_failed,
             after=after,
             memory_check=not no_memory_check,
+            resources={
+                **({"preflight": preflight} if preflight is not None else {}),
+                **({"spare_nodes": spare_nodes} if spare_nodes else {}),
+            },
         )
     except HpcllmError as exc:
         fail(exc)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if result.unfit:
         _print_unfit(result.unfit)
     rows = []
@@ -97,7 +127,7 @@ def submit(
         )
     _print_plan_notes(result)
     if result.runs:
-        console.print(f"run directories: {result.runs[0].run_dir.path.parent}")
+        console.print(f"run directories: {result.runs[0].run_dir.path.parent}", markup=False)
     if wait and not dry_run:
         _wait_for(result.results_root, [r.run_dir.path for r in result.runs])
     code = submit_exit_code(result)
@@ -173,14 +203,14 @@ def _wait_for(results: Path, run_paths: list[Path]) -> None:
     if failed:
         for s in failed:
             reason = s.manifest.reason if s.manifest else ""
-            err_console.print(f"[red]{s.run_dir.run_id}: {s.state}[/] {reason or ''}", soft_wrap=True)
+            err_console.print(f"[red]{escape(s.run_dir.run_id)}: {s.state}[/] {escape(reason or '')}", soft_wrap=True)
         raise typer.Exit(1)
 
 
 def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     with Progress(
         TextColumn("{task.description}"),
@@ -203,7 +233,7 @@ def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> lis
 
 def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
     """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     said: dict[Path, str] = {}
     while True:
@@ -247,16 +277,18 @@ def status(
     ),
 ) -> None:
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
-    from hpcllm.launch.orchestrate import collect_status
+    from hpcllm.launch.runstatus import collect_status
 
     root = results_root(results, old_root, "status")
+    check_results_root(root)
     try:
         statuses = collect_status(root)
     except HpcllmError as exc:
         fail(exc)
+    warn_problems([s.problem for s in statuses if s.problem], "warning")
     records = _status_records(statuses)
     if fmt == StatusFormat.json:
-        console.out(json.dumps(records, indent=2), highlight=False)
+        console.out(json_text(records), highlight=False)
         return
     headers = ("experiment", "cluster", "run", "state", "job", "step", "loss", "restarts", "reason", "ran with")
     rows = [
@@ -267,7 +299,7 @@ def status(
             r["state"],
             r["job_id"] or "-",
             "-" if r["step"] is None else str(r["step"]),
-            "-" if r["loss"] is None else f"{r['loss']:.4f}",
+            "-" if not isinstance(r["loss"], (int, float)) else f"{r['loss']:.4f}",
             str(r["restarts"]),
             f"waiting: {r['waiting_for']}" if r["waiting_for"] else r["reason"] or "",
             r["ran_with"],
@@ -308,6 +340,17 @@ def _print_artifacts(root: Path, run_dirs: list[RunDir]) -> None:
         console.print(f"TensorBoard: tensorboard --logdir {root}", soft_wrap=True, highlight=False)
 
 
+def _slow_nodes(m: Any) -> str | None:
+    """The nodes the last pre-flight named slow (manifest ``slow_nodes``), for the reason column."""
+    return f"pre-flight: slow {', '.join(m.slow_nodes)}" if m.slow_nodes else None
+
+
+def _stragglers(s: RunStatus) -> str | None:
+    """A running run's stragglers (the watchdog's stragglers.json; a finished run's are in its summary)."""
+    record = read_json(s.run_dir.stragglers) if s.state == "running" else None
+    return f"stragglers: {describe_stragglers(record['ranks'])}" if record and record.get("ranks") else None
+
+
 def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
     """``collect_status`` as plain data (``hpcllm status --format json``; the table prints the same)."""
     out = []
@@ -325,7 +368,9 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
                 "step": s.step,
                 "loss": s.loss,
                 "restarts": len(m.restarts) if m else 0,
-                "reason": (m.reason or last_restart) if m else None,
+                "reason": "; ".join(filter(None, [m.reason or last_restart, _slow_nodes(m), _stragglers(s)])) or None
+                if m
+                else None,
                 "waiting_for": s.waiting_for,
                 "ran_with": s.software,
             }
@@ -338,24 +383,25 @@ def cancel(
     results: Path = results_option(),
 ) -> None:
     """Stop a run: a running engine checkpoints, then the job ends as cancelled."""
-    from hpcllm.launch.orchestrate import cancel_run
+    from hpcllm.launch.runstatus import cancel_run
 
     try:
         manifest = cancel_run(results, run_id)
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"cancel requested for {manifest.run_id} (job {manifest.job_id}, now {manifest.state.value})")
+    console.print(
+        f"cancel requested for {manifest.run_id} (job {manifest.job_id}, now {manifest.state.value})", markup=False
+    )
 
 
 def logs(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
     results: Path = results_option(),
-    lines: int = typer.Option(40, "--lines", "-n", help="How many lines from the end."),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, max=100_000, help="How many lines from the end."),
 ) -> None:
     """Print the end of the run's scheduler log (all attempts are appended to one file per job)."""
-    from collections import deque
-
-    from hpcllm.launch.orchestrate import find_run
+    from hpcllm import runfiles
+    from hpcllm.launch.runstatus import find_run
 
     try:
         run_dir = find_run(results, run_id)
@@ -364,8 +410,11 @@ def logs(
     files = run_dir.log_files()
     if not files:
         fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
-    latest = max(files, key=lambda p: p.stat().st_mtime)
+    latest = max(files, key=lambda p: p.lstat().st_mtime)
     console.print(f"[dim]==> {escape(str(latest))} <==[/]", soft_wrap=True, highlight=False)  # a path: never wrapped
-    with open(latest, errors="replace") as fh:
-        for line in deque(fh, maxlen=lines):
-            console.print(line.rstrip("\n"), markup=False, highlight=False)
+    try:  # the tail only, never blocking: a log can be gigabytes, and a FIFO in its place must not hang
+        tail = runfiles.tail_text(latest, max(1 << 16, lines * 1024))
+    except runfiles.RunFileProblem as exc:
+        fail(exc)
+    for line in tail.splitlines()[-lines:] if lines else []:
+        console.print(line, markup=False, highlight=False)

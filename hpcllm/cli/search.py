@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import console, fail, results_option
+from hpcllm.cli.common import console, fail, finite, results_option
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
-    from hpcllm.launch.search import SearchState, Step
+    from hpcllm.collect.searches import SearchState
+    from hpcllm.tune.search import Step
 
 search_app = typer.Typer(
     help="Hyper-parameter searches: grid, random, successive halving (ASHA).", no_args_is_help=True
@@ -32,14 +33,14 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the first rung's trials, submit nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed trials again (they resume)."),
     wait: bool = typer.Option(False, "--wait", help="Keep advancing until the search has finished."),
-    poll: float = typer.Option(30.0, "--poll", min=0.1, help="Seconds between checks with --wait."),
+    poll: float = typer.Option(30.0, "--poll", min=0.1, callback=finite, help="Seconds between checks with --wait."),
 ) -> None:
     """Start or continue a search: record finished trials, promote or stop them, submit what is due.
 
     Safe to run again at any time (after a logout, a crash, or to check on it): the search's state
     is in search.json beside the trials, and the runs say what they did.
     """
-    from hpcllm.launch.search import advance
+    from hpcllm.tune.search import advance
 
     try:
         step = advance(experiment, cluster, results, account=account, dry_run=dry_run, retry_failed=retry_failed)
@@ -65,7 +66,7 @@ def status(
     results: Path = results_option(),
 ) -> None:
     """Trials, rungs and the best so far (reads the runs; changes nothing)."""
-    from hpcllm.launch.search import search_status
+    from hpcllm.tune.search import search_status
 
     try:
         state = search_status(experiment, cluster, results)
@@ -109,7 +110,7 @@ def _params(params: dict[str, object]) -> str:
 
 
 def _print_table(state: SearchState) -> None:
-    from hpcllm.launch.search import best_trial
+    from hpcllm.collect.searches import best_trial
 
     title = f"search {state.experiment} on {state.cluster}: {state.method}, minimise {state.metric}" + (
         f", rungs {'/'.join(map(str, state.rungs))} steps" if len(state.rungs) > 1 else ""

@@ -1,7 +1,7 @@
 """``hpcllm collect --best``: the best run of every search group, with its parameters and score.
 
 Reads the searches' ``search.json`` (torch-free, like the rest of ``collect``): per group, the trial
-with the lowest metric at the longest rung any trial finished (``hpcllm.launch.search.best_trial``),
+with the lowest metric at the longest rung any trial finished (``hpcllm.collect.searches.best_trial``),
 then that run's ``summary.json`` for the scaling-table columns.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 
 from hpcllm.collect import columns as cols
-from hpcllm.collect.records import RunRecord
-from hpcllm.fsutil import read_json
-from hpcllm.launch.search import best_trial, find_searches
-from hpcllm.rundir import RunDir
+from hpcllm.collect.records import RunRecord, read_summary
+from hpcllm.collect.searches import best_trial, find_searches
+from hpcllm.errors import HpcllmError
+from hpcllm.rundir import RunDir, check_name
 
 LEAD_COLUMNS = ["Search", "Group", "Run", "Steps"]
 
@@ -30,11 +30,14 @@ def best_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
             best = best_trial(state, group)
             if best is None:
                 continue
-            run_dir = RunDir(folder / best.run_id)
-            try:
-                summary = read_json(run_dir.summary)
-            except ValueError as exc:
-                _note(problems, f"{run_dir.summary}: not valid JSON ({exc})")
+            try:  # a run id read from the search's state file: one folder of ``folder``, nothing else
+                run_dir = RunDir(folder / check_name(best.run_id, f"{folder}: search state: run id"))
+            except HpcllmError as exc:
+                _note(problems, str(exc))
+                continue
+            summary, problem = read_summary(run_dir)
+            if problem:
+                _note(problems, problem)
                 continue
             steps = max(int(s) for s, v in best.scores.items() if v is not None)
             row: dict[str, Any] = {

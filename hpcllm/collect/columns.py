@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcllm.collect.records import RunRecord
+from hpcllm.rundir import describe_stragglers
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Column:
     get: Callable[[RunRecord], Any]
     text: Callable[[Any], str] = str  # the cell in markdown and LaTeX (None is always empty)
     help: str = ""
-    optional: bool = False  # in the default table only when some run has a value
+    optional: bool = False  # in the default table only when some run has a value other than ``usual``
+    usual: Any = None  # an optional column's everyday value (TP 1), which alone does not show it
     numeric: bool = False  # right-aligned in LaTeX
 
     def cell(self, value: Any) -> str:
@@ -78,6 +80,38 @@ def _restarts(record: RunRecord) -> int:
     return len(record.manifest.get("restarts") or [])
 
 
+def _tokens(record: RunRecord) -> float:
+    """Tokens the run trained on (every step once)."""
+    s = record.summary or {}
+    return float(s.get("steps_completed") or 0) * float(s.get("global_batch_size") or 0) * float(s.get("seq_len") or 0)
+
+
+def _tokens_per_joule(record: RunRecord) -> float | None:
+    """NVML's GPU figure (the final attempt's steps), else the job's accounted energy over every attempt."""
+    value = (record.summary or {}).get("tokens_per_joule")
+    if value is None:
+        joules = record.manifest.get("consumed_energy_j")
+        value = _tokens(record) / joules if joules and _tokens(record) else None
+    return round(float(value), 2) if value is not None else None
+
+
+def _kwh_per_billion_tokens(record: RunRecord) -> float | None:
+    per_joule = _tokens_per_joule(record)
+    return round(1e9 / per_joule / 3.6e6, 4) if per_joule else None
+
+
+def _energy_note(record: RunRecord) -> str:
+    """Where the energy figures come from, or why they are empty (engine's NVML note; the job's sacct note)."""
+    notes = [(record.summary or {}).get("energy_note"), record.manifest.get("energy_note")]
+    return "; ".join(n for n in notes if n) or "no energy recorded by this run"
+
+
+def _stragglers(record: RunRecord) -> str | None:
+    """The ranks the watchdog flagged as consistently slower than the median rank (summary.json)."""
+    ranks = (record.summary or {}).get("stragglers")
+    return describe_stragglers(ranks) if ranks else None
+
+
 def _model(record: RunRecord) -> str | None:
     name = (record.summary or {}).get("model")
     return name or record.run_id.split("-n", 1)[0]
@@ -113,6 +147,15 @@ _COLUMNS = [
     Column("mfu", "MFU", _summary("mfu", 4), help="the seed's MFU: 72·L·d² + 12·L·T·d FLOPs per token", numeric=True),
     # Ours.
     Column(
+        "tp",
+        "TP",
+        lambda r: (r.summary or {}).get("tensor_parallel", 1),
+        help="tensor-parallel ranks per model replica (1: FSDP alone); MFU stays per GPU",
+        optional=True,
+        usual=1,
+        numeric=True,
+    ),
+    Column(
         "mfu_with_head",
         "MFU+head",
         _summary("mfu_with_head", 4),
@@ -133,6 +176,22 @@ _COLUMNS = [
         numeric=True,
     ),
     Column("eval_ppl", "Eval PPL", _summary("eval_ppl", 2), help="evaluation perplexity", optional=True, numeric=True),
+    Column(
+        "tokens_per_joule",
+        "Tokens/J",
+        _tokens_per_joule,
+        help="tokens per joule: NVML GPU energy summed over ranks, else the job's sacct ConsumedEnergy",
+        numeric=True,
+    ),
+    Column("kwh_per_btok", "kWh/B tokens", _kwh_per_billion_tokens, help="kWh per billion tokens", numeric=True),
+    Column("energy", "Energy source", _energy_note, help="where the energy figures come from, or why they are empty"),
+    Column(
+        "stragglers",
+        "Stragglers",
+        _stragglers,
+        help="ranks whose GEMM probe was consistently below the median rank's (watchdog)",
+        optional=True,
+    ),
     Column("restarts", "Restarts", _restarts, help="requeues and restarts (manifest)", numeric=True),
     Column(
         "wall_time",
@@ -148,6 +207,8 @@ _COLUMNS = [
     Column("experiment", "Experiment", lambda r: r.experiment),
     Column("cluster", "Cluster", lambda r: r.cluster),
     Column("run", "Run", lambda r: r.run_id, help="run id"),
+    # Filled by build_table from all runs (hpcllm.collect.fits); in the default table when a run is flagged.
+    Column("fit", "vs fit", lambda r: None, help="throughput against the scaling fit of the smaller runs of its setup"),
 ]
 COLUMNS: dict[str, Column] = {c.id: c for c in _COLUMNS}
 
@@ -168,8 +229,20 @@ SEED = [
 # After the seed's columns and the swept values, by default:
 # Experiment and cluster: runs of different experiments share setups (a tutorial's 1-GPU run and a
 # fine-tune's), and a row must say which one it is.
-DEFAULT_TAIL = ["loss", "eval_loss", "eval_ppl", "restarts", "wall_time", "experiment", "cluster"]
-GROUPS = {"seed": SEED, "default": [*SEED, "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
+DEFAULT_TAIL = [
+    "tokens_per_joule",
+    "kwh_per_btok",
+    "energy",
+    "loss",
+    "eval_loss",
+    "eval_ppl",
+    "stragglers",
+    "restarts",
+    "wall_time",
+    "experiment",
+    "cluster",
+]
+GROUPS = {"seed": SEED, "default": [*SEED, "tp", "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
 
 # Grid keys the seed's columns already show (directly, or as #GPUs).
 COVERED_BY_SEED = {
@@ -181,6 +254,7 @@ COVERED_BY_SEED = {
     "model.seq_len",
     "parallel.precision",
     "parallel.sharding",
+    "parallel.tensor_parallel",
     "parallel.activation_checkpointing",
     "model.preset",
 }
@@ -216,7 +290,11 @@ def resolve(spec: str | None, records: list[RunRecord]) -> list[Column]:
                 out += [swept_column(k) for k in grid_keys if name == "swept" or k not in COVERED_BY_SEED]
             elif item in COLUMNS:
                 column = COLUMNS[item]
-                if column.optional and item not in names and not any(column.get(r) is not None for r in records):
+                if (
+                    column.optional
+                    and item not in names
+                    and not any(column.get(r) not in (None, column.usual) for r in records)
+                ):
                     continue  # an optional column the user did not name, and no run has a value
                 out.append(column)
             elif item.startswith("summary.") and len(item) > len("summary."):

@@ -1,9 +1,11 @@
 """``hpcllm collect --compare seed``: our completed runs beside the seed's published rows.
 
 Every seed row is listed, in the seed's order: with each of our runs of the same configuration
-(``hpcllm.collect.seed``) and the ratio of our samples/s to the seed's, or marked ``not run``. Our
+(``hpcllm.plan.seed``) and the ratio of our samples/s to the seed's, or marked ``not run``. Our
 runs that match no seed row follow, marked ``not in seed``. MFU is computed the seed's way on both
-sides (``hpcllm.perf``), so for the same GPU type the MFU ratio equals the samples/s ratio.
+sides (``hpcllm.perf``), so for the same GPU type the MFU ratio equals the samples/s ratio. ``Seed vs
+fit`` judges each seed row against the scaling fit of the seed's smaller rows of its setup
+(``hpcllm.collect.fits``): the seed's own runs that fell far below their series.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcllm.collect import columns as cols
+from hpcllm.collect.fits import fit_seed, verdicts_by_name
 from hpcllm.collect.records import RunRecord
-from hpcllm.collect.seed import SeedRow, key_of_summary, rows_by_key, seed_rows
 from hpcllm.collect.table import Table
 from hpcllm.config import grid as gridlib
+from hpcllm.plan.seed import SeedRow, key_of_summary, rows_by_key, seed_rows
 
 STATUS_OK, STATUS_NOT_RUN, STATUS_OURS_ONLY = "ok", "not run", "not in seed"
 
@@ -41,6 +44,7 @@ COMPARE_COLUMNS = [
     _col("ratio", "ours/seed", True, lambda v: f"{v:.3f}"),
     _col("seed_mfu", "MFU (seed)", True),
     _col("mfu", "MFU (ours)", True),
+    _col("seed_fit", "Seed vs fit"),
     _col("grad_accum", "GradAccm", True),
     _col("precision", "Precision"),
     _col("run", "Run"),
@@ -72,16 +76,16 @@ class Comparison:
 
 def _config_cells(row: SeedRow) -> dict[str, Any]:
     return {
-        "cluster": row.cluster,
+        "cluster": row.key.cluster,
         "params": float(row.label),
-        "gpus": row.gpus,
-        "grad_accum": row.grad_accum,
-        "mbs": row.mbs,
-        "gbs": row.gbs,
-        "seq_len": row.seq_len,
-        "precision": row.precision,
-        "sharding": row.sharding,
-        "ac": cols.ac_label(row.ac),
+        "gpus": row.key.gpus,
+        "grad_accum": row.key.grad_accum,
+        "mbs": row.key.mbs,
+        "gbs": row.key.gbs,
+        "seq_len": row.key.seq_len,
+        "precision": row.key.precision,
+        "sharding": row.key.sharding,
+        "ac": cols.ac_label(row.key.ac),
     }
 
 
@@ -107,8 +111,15 @@ def compare_with_seed(records: list[RunRecord], where: str | None = None) -> Com
         else:
             unmatched.append(record)
     rows: list[dict[str, Any]] = []
+    seed_verdicts = verdicts_by_name(fit_seed())
     for seed in seed_rows():
-        base = {**_config_cells(seed), "seed_samples_per_s": seed.samples_per_s, "seed_mfu": seed.mfu}
+        verdict = seed_verdicts.get(seed.source)
+        base = {
+            **_config_cells(seed),
+            "seed_samples_per_s": seed.samples_per_s,
+            "seed_mfu": seed.mfu,
+            "seed_fit": (verdict.note() or None) if verdict else None,
+        }
         matches = ours_by_key.get(seed.key, [])
         if not matches:
             rows.append(
@@ -142,6 +153,7 @@ def compare_with_seed(records: list[RunRecord], where: str | None = None) -> Com
                 "ac": cols.ac_label(s.get("activation_checkpointing"), s.get("ac_every")),
                 "seed_samples_per_s": None,
                 "seed_mfu": None,
+                "seed_fit": None,
                 "ratio": None,
                 "status": STATUS_OURS_ONLY,
                 **_ours(record),

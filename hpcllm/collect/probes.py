@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hpcllm.fsutil import read_json
+from hpcllm import runfiles
 from hpcllm.rundir import RunDir
 
 COLUMNS = [
@@ -37,13 +37,17 @@ def collect_probes(run_dirs: Iterable[RunDir], problems: list[str] | None = None
     rows: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         try:
-            data = read_json(run_dir.probe)
-            if data is None:
-                continue
+            data = runfiles.read_json_object(run_dir.probe)
             from hpcllm.config.probe import ProbeReport
 
             report = ProbeReport.model_validate(data)
-        except ValueError as exc:  # torn JSON, or not a report (pydantic's ValidationError is a ValueError)
+        except runfiles.MissingFile:
+            continue
+        except runfiles.RunFileProblem as exc:
+            if problems is not None:
+                problems.append(str(exc))
+            continue
+        except ValueError as exc:  # not a report (pydantic's ValidationError is a ValueError)
             if problems is not None:
                 problems.append(f"{run_dir.probe}: not a probe report ({str(exc).splitlines()[0]})")
             continue

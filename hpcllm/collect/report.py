@@ -19,9 +19,10 @@ from typing import Any
 
 import jinja2
 
-from hpcllm import __version__
+from hpcllm import __version__, runfiles
 from hpcllm.collect import interactive
 from hpcllm.collect.compare import STATUS_OURS_ONLY, compare_with_seed
+from hpcllm.collect.fits import FIT_HEADERS, fit_records, fit_rows
 from hpcllm.collect.records import RunRecord, scan
 from hpcllm.collect.table import Table, build_table
 
@@ -62,6 +63,7 @@ class Report:
     failures: list[RunDetails] = field(default_factory=list)
     runs: list[RunDetails] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    fits: list[list[str]] = field(default_factory=list)  # hpcllm.collect.fits.fit_rows, one per setup
 
 
 def _last_line(text: object) -> str:
@@ -72,7 +74,7 @@ def _last_line(text: object) -> str:
 def _reason(record: RunRecord) -> str:
     """Why a run stopped, as the orchestrator recorded it (or its last restart's reason)."""
     m = record.manifest
-    restarts = m.get("restarts") or []
+    restarts = _restarts(record)
     for text in (m.get("reason"), m.get("error"), restarts[-1].get("reason") if restarts else None):
         if text:
             return _last_line(text)
@@ -83,10 +85,17 @@ def _log_tail(record: RunRecord) -> tuple[str, str]:
     files = record.run_dir.log_files()
     if not files:
         return "", ""
-    latest = max(files, key=lambda p: p.stat().st_mtime)
-    with open(latest, errors="replace") as fh:
-        lines = fh.read().splitlines()[-LOG_TAIL_LINES:]
+    latest = max(files, key=lambda p: p.lstat().st_mtime)
+    try:  # the tail only: a log can be gigabytes, and a FIFO in its place must not block
+        lines = runfiles.tail_text(latest).splitlines()[-LOG_TAIL_LINES:]
+    except runfiles.RunFileProblem as exc:
+        return latest.name, f"(not shown: {exc.reason})"
     return latest.name, "\n".join(lines)
+
+
+def _restarts(record: RunRecord) -> list[dict[str, Any]]:
+    """The manifest's restart records that are JSON objects (a damaged entry is left out)."""
+    return [r for r in record.manifest.get("restarts") or [] if isinstance(r, dict)]
 
 
 def _facts(record: RunRecord) -> list[tuple[str, str]]:
@@ -133,7 +142,7 @@ def _details(record: RunRecord, with_log: bool) -> RunDetails:
         record.state,
         _reason(record),
         _facts(record),
-        list(record.manifest.get("restarts") or []),
+        _restarts(record),
         log_name,
         log_tail,
     )
@@ -173,13 +182,14 @@ def build_report(root: Path, columns: str | None = None) -> Report:
         failures=failures,
         runs=runs,
         problems=list(dict.fromkeys(table_problems + [p for r in records for p in r.problems])),
+        fits=fit_rows(fit_records(completed)),
     )
 
 
 def render_report(report: Report) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     template = env.from_string(resources.files("hpcllm.collect").joinpath(TEMPLATE).read_text())
-    return template.render(report=report, version=__version__)
+    return template.render(report=report, version=__version__, fit_headers=FIT_HEADERS)
 
 
 def write_report(root: Path, output: Path, columns: str | None = None) -> Report:

@@ -13,26 +13,28 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hpcllm.collect import columns as cols
+from hpcllm.collect.formats import FORMATS
 from hpcllm.collect.records import RunRecord, scan
 from hpcllm.config import grid as gridlib
 from hpcllm.rundir import SUMMARY_KIND_PROBE
+from hpcllm.runfiles import strict_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import pandas as pd
 
+    from hpcllm.collect.fits import Verdict
+
 COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
 DEFAULT_SORT = ["experiment", "cluster", "params", "gpus", "mbs", "sharding"]
 
 Format = Literal["markdown", "csv", "json", "latex"]
-FORMATS = ("markdown", "csv", "json", "latex")
 
 
 @dataclass
@@ -83,6 +85,9 @@ def build_table(
     (one bad run must not hide the table of the others). ValueError for a bad option.
     """
     chosen = cols.resolve(columns, records)
+    fit_verdicts = _fit_verdicts(records, chosen, columns)
+    if columns is None and any(v.flagged for v in fit_verdicts.values()):
+        chosen.append(cols.COLUMNS["fit"])  # a run far below its setup's fit: say so unasked
     selector = _where(where, records, chosen) if where else None
     table = Table(chosen)
     getters = [(c.id, c.get) for c in chosen]
@@ -93,11 +98,23 @@ def build_table(
         except (KeyError, TypeError, ValueError) as exc:
             _note(problems, f"{record.run_dir.summary}: missing or bad field {exc}")
             continue
+        if "fit" in row:
+            verdict = fit_verdicts.get(record.run_id)
+            row["fit"] = None if verdict is None else verdict.note() or None
         if selector is not None and not selector(record):
             continue
         table.rows.append(row)
     _sort(table, records, sort)
     return table
+
+
+def _fit_verdicts(records: list[RunRecord], chosen: list[cols.Column], columns: str | None) -> dict[str, Verdict]:
+    """Each run against its setup's scaling fit, when the table shows ``fit`` or may add it (default columns)."""
+    if columns is not None and all(c.id != "fit" for c in chosen):
+        return {}
+    from hpcllm.collect.fits import fit_records, verdicts_by_name
+
+    return verdicts_by_name(fit_records(records))
 
 
 def collect_table(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
@@ -179,7 +196,7 @@ def format_table(table: Table | pd.DataFrame, fmt: Format) -> str:
         return out.getvalue()
     if fmt == "json":
         records = [{c.header: row[c.id] for c in table.columns} for row in table.rows]
-        return json.dumps(records, indent=2) + "\n"
+        return strict_json(records) + "\n"  # NaN/Infinity are not JSON: null, and "non_finite" says why
     if fmt == "latex":
         return _latex(table)
     raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
@@ -201,10 +218,20 @@ def _isnan(value: Any) -> bool:
 
 def _markdown(table: Table) -> str:
     """The seed's layout: ``| a | b |`` rows under a ``|---|`` rule; an empty value is an empty cell."""
-    lines = ["| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.columns)]
+    lines = ["| " + " | ".join(map(markdown_cell, table.headers)) + " |", "|" + "---|" * len(table.columns)]
     for row in table.rows:
-        lines.append("| " + " | ".join(c.cell(row[c.id]) for c in table.columns) + " |")
+        lines.append("| " + " | ".join(markdown_cell(c.cell(row[c.id])) for c in table.columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as one markdown table cell: a ``|`` cannot add a column (escaped, with any backslash
+    before it), a line break cannot end the row. Other characters stay, so cells read as the seed's."""
+    if "|" in text:
+        text = text.replace("\\", "\\\\").replace("|", "\\|")
+    if "\n" in text or "\r" in text:
+        text = " ".join(text.splitlines())
+    return text
 
 
 def _latex(table: Table) -> str:

@@ -15,10 +15,12 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm.config import NAME_PATTERN
+from hpcllm.config.accounting import AccountingSettings
 from hpcllm.config.loader import load_model
 from hpcllm.config.text import OneLine, SbatchOption, one_line, shell_variable_name
 from hpcllm.errors import ConfigError
 from hpcllm.paths import project_folder
+from hpcllm.rundir import check_name
 from hpcllm.sitepaths import root_names
 
 _TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
@@ -43,7 +45,7 @@ SlurmTime = Annotated[str, AfterValidator(_valid_time)]
 
 
 class QosSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     max_time: SlurmTime = Field(description="Wall-time limit of this QoS, [D-]HH:MM:SS.")
     max_nodes: int | None = Field(None, gt=0, description="Most nodes one job may use; null = partition limit.")
@@ -62,7 +64,7 @@ class QosSpec(BaseModel):
 class ClusterProfile(BaseModel):
     """One system (or one partition of it) as hpcllm sees it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(description="Short name used on the command line (--cluster NAME).", pattern=NAME_PATTERN)
     description: str = ""
@@ -114,6 +116,14 @@ class ClusterProfile(BaseModel):
         300, gt=0, description="--signal=B:USR1@N: seconds before the time limit to checkpoint."
     )
     max_restarts: int = Field(3, ge=0, description="Requeues a run may use (time limits + failures).")
+    preflight_from_nodes: int | None = Field(
+        None,
+        gt=0,
+        description="Pre-flight node checks by default for jobs of this many nodes or more; null = only on request.",
+    )
+    preflight_min_fraction: float = Field(
+        0.7, gt=0, lt=1, description="The pre-flight names a node below this fraction of the median node in any figure."
+    )
     template: str = Field(
         "sbatch.sh.j2",
         description="Template in templates/ used to render jobs.",
@@ -130,6 +140,10 @@ class ClusterProfile(BaseModel):
         ge=0,
         description="SLURM: submit grid points with equal resources as one job array of at most "
         "this many tasks (keep it <= the site's MaxArraySize); 0 = one job per run.",
+    )
+    accounting: AccountingSettings = Field(
+        default_factory=AccountingSettings,
+        description="How the site bills and where its budget is read (`hpcllm plan`, docs/plan.md).",
     )
 
     @model_validator(mode="after")
@@ -174,6 +188,8 @@ class ClusterProfile(BaseModel):
     def storage_roots(self, account: str | None) -> dict[str, str]:
         """``paths`` with ``{account}`` filled in (left as is without an account: whoever uses such a
         root says that it needs one)."""
+        if account:
+            check_name(account, "account")
         return {name: value.replace("{account}", account) if account else value for name, value in self.paths.items()}
 
     def resolve_account(self, cli_account: str | None = None) -> str | None:
@@ -182,7 +198,7 @@ class ClusterProfile(BaseModel):
             return None
         account = cli_account or os.environ.get("HPCLLM_ACCOUNT") or self.account
         if self.scheduler == "slurm" and self.requires_account and not account:
-            raise ConfigError(
+            raise AccountMissing(
                 f"cluster {self.name!r} needs an account: set `account:` in its profile, "
                 "export HPCLLM_ACCOUNT=<project>, or pass --account <project>"
             )
@@ -191,7 +207,12 @@ class ClusterProfile(BaseModel):
                 one_line(account)
             except ValueError as exc:
                 raise ConfigError(f"account {account!r}: {exc}") from None
+            check_name(account, "account")  # it fills {account} in storage roots: a folder name
         return account
+
+
+class AccountMissing(ConfigError):
+    """The site needs an account and none is set (a dry run renders without one; a bad one is refused)."""
 
 
 def clusters_dir() -> Path:

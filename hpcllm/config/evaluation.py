@@ -24,7 +24,7 @@ def one_source_shorthand(data: object) -> object:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
 
 class HoldoutConfig(_Strict):

@@ -142,11 +142,6 @@ _CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 MAX_WHERE_CHARS = 500
 
 
-def evaluate_where(expression: str, doc: dict[str, Any]) -> bool:
-    """Evaluate a ``where`` expression against a resolved point document."""
-    return compile_where(expression)(doc)
-
-
 def compile_where(expression: str) -> Callable[[dict[str, Any]], bool]:
     """Parse ``expression`` once; the result evaluates it against any number of documents."""
     tree = _parse_where(expression)

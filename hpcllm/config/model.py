@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpcllm import perf
 from hpcllm.config import NAME_PATTERN
+from hpcllm.config.choices import Attention
 
 
 class InitConfig(BaseModel):
     """Weight initialisation (see docs/engine.md for the formulas)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     scheme: Literal["normal", "scaled_residual", "small_init"] = Field(
         "scaled_residual",
@@ -34,7 +35,7 @@ class InitConfig(BaseModel):
 class ModelConfig(BaseModel):
     """A decoder-only GPT. Give ``preset`` to start from a named config and override any field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     name: str = Field(
         "custom",
@@ -59,7 +60,7 @@ class ModelConfig(BaseModel):
     rope_theta: float = Field(10000.0, gt=0)
     tie_embeddings: bool = False
     bias: bool = Field(False, description="Bias terms in linear layers and LayerNorm.")
-    attention: Literal["sdpa", "flash", "math"] = Field(
+    attention: Attention = Field(
         "sdpa",
         description="sdpa: torch scaled_dot_product_attention (flash kernel on GPU); flash: the "
         "flash_attn package (CUDA only); math: plain matmul reference, for tests.",
@@ -88,6 +89,33 @@ class ModelConfig(BaseModel):
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {self.head_dim}")
         return self
+
+    def tensor_parallel_problem(self, tp: int) -> str | None:
+        """Why this model cannot be split over ``tp`` tensor-parallel ranks, or None.
+
+        Heads are split whole; the fused qkv weight splits into equal query/key/value slices
+        only with as many K/V heads as query heads, and has no bias that FSDP2 could shard apart
+        from its rows (hpcllm/engine/tensor_parallel.py); the sequence-parallel norms split
+        ``seq_len``; the MLP splits ``ffn_dim``.
+        """
+        if tp == 1:
+            return None
+        if self.n_heads % tp:
+            return f"{tp} does not divide the {self.n_heads} heads of model {self.name!r}; heads are split whole"
+        if self.kv_heads != self.n_heads:
+            return (
+                f"model {self.name!r} has grouped K/V heads (n_kv_heads {self.kv_heads} < n_heads {self.n_heads}); "
+                "tensor parallelism needs n_kv_heads = n_heads"
+            )
+        if self.bias:
+            return (
+                f"model {self.name!r} has bias terms; the qkv bias, strided over the TP ranks, cannot also be "
+                "sharded by FSDP2: set model.bias: false"
+            )
+        for what, size in (("seq_len", self.seq_len), ("ffn_dim", self.ffn_dim)):
+            if size % tp:
+                return f"{tp} does not divide model {self.name!r}'s {what} {size}"
+        return None
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:

@@ -9,7 +9,7 @@ the file format cannot drift; it is torch-free.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,7 +20,7 @@ StopReason = Literal["memory", "throughput", "max_mbs", "nothing fits"]
 class ProbeConfig(BaseModel):
     """How a probe searches: start, bounds, steps per size, memory budget, throughput threshold."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
     start_mbs: int = Field(
         1, gt=0, description="First micro-batch size tried (explore-batch: the estimate's largest fit)."
@@ -48,6 +48,12 @@ class ProbeConfig(BaseModel):
         return self
 
 
+def probe_default(name: str) -> Any:
+    """The default of ``ProbeConfig.<name>``: the one home of the probe's defaults, which
+    ``explore-batch``'s options and ``ProbeSettings`` read."""
+    return ProbeConfig.model_fields[name].default
+
+
 class ProbeTrial(BaseModel):
     """One micro-batch size: what it cost and whether it fitted."""
 
@@ -61,7 +67,7 @@ class ProbeTrial(BaseModel):
     step_time_s: float | None = None  # median of the timed steps
     mem_peak_gib: float | None = None  # max over ranks: CUDA max allocated, or peak RSS of a CPU rank
     mem_reserved_gib: float | None = None  # CUDA: max reserved by the caching allocator (what OOMs)
-    estimate_gib: float | None = None  # hpcllm.memory's peak for this size, for comparison
+    estimate_gib: float | None = None  # hpcllm.plan.memory's peak for this size, for comparison
     steps: int = 0  # timed steps completed
     error: str | None = None
 

@@ -1,4 +1,4 @@
-"""``search:`` in an experiment: a hyper-parameter search over ordinary runs (hpcllm.launch.search).
+"""``search:`` in an experiment: a hyper-parameter search over ordinary runs (hpcllm.tune.search).
 
     search:
       method: halving                 # grid | random | halving
@@ -41,7 +41,7 @@ RESERVED_KEYS = ("run_id", "train.steps", "schedule.total_steps")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
 
 class Domain(_Strict):

@@ -11,18 +11,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from hpcllm.config.choices import Checkpointing, Precision, Sharding
 from hpcllm.config.evaluation import EvalConfig, HoldoutConfig, eval_data_error, one_source_shorthand
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.probe import ProbeConfig
 from hpcllm.config.profiling import ProfileConfig
 from hpcllm.config.tracking import TrackingConfig
+from hpcllm.config.watchdog import WatchdogConfig
 from hpcllm.sitepaths import SitePath, site_path
 
 DataParallelism = Literal["fsdp", "ddp", "none"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no setting means "infinite"
 
 
 class TrainConfig(_Strict):
@@ -58,14 +60,14 @@ class LossScaleConfig(_Strict):
 
 
 class ParallelConfig(_Strict):
-    sharding: Literal["FULL_SHARD", "HYBRID_SHARD", "NO_SHARD"] = Field(
+    sharding: Sharding = Field(
         "FULL_SHARD",
         description="FSDP2 strategy. HYBRID_SHARD: replicate across nodes, shard within a node.",
     )
     hsdp_shard_size: int | None = Field(
         None, gt=0, description="HYBRID_SHARD shard-group size; default: ranks per node."
     )
-    precision: Literal["BF_16", "FP_16", "FP_32"] = Field(
+    precision: Precision = Field(
         "BF_16",
         description="BF_16 / FP_16: half-precision params and compute, fp32 reductions and master "
         "weights; FP_16 adds dynamic loss scaling.",
@@ -74,14 +76,33 @@ class ParallelConfig(_Strict):
         None, description="FP_16 only: dynamic loss scaling settings; null = the defaults."
     )
     cpu_offload: bool = Field(False, description="Keep sharded params/grads/optimizer state on CPU.")
-    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    activation_checkpointing: Checkpointing = "none"
     ac_every: int = Field(2, gt=0, description="selective AC: checkpoint every k-th block.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
+    tensor_parallel: Literal[1, 2, 4, 8] = Field(
+        1,
+        description="Tensor-parallel ranks per model replica, inside one node (<= GPUs per node); "
+        "FSDP2 shards over the world / tensor_parallel data-parallel ranks.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_tp_1(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``tensor_parallel`` key at 1: run ids (a hash of the dump) and run.yaml files written
+        before tensor parallelism existed stay the same."""
+        data: dict[str, Any] = handler(self)
+        if self.tensor_parallel == 1:
+            data.pop("tensor_parallel", None)
+        return data
 
     @model_validator(mode="after")
     def _hsdp_only(self) -> ParallelConfig:
         if self.hsdp_shard_size is not None and self.sharding != "HYBRID_SHARD":
             raise ValueError(f"hsdp_shard_size is only used with sharding: HYBRID_SHARD (got sharding {self.sharding})")
+        if self.tensor_parallel > 1 and self.sharding == "NO_SHARD":
+            raise ValueError(
+                "tensor_parallel > 1 needs sharding FULL_SHARD or HYBRID_SHARD (NO_SHARD is DDP, which takes "
+                "no tensor-parallel parameters)"
+            )
         if self.loss_scale is not None and self.precision != "FP_16":
             raise ValueError(f"loss_scale is only used with precision: FP_16 (got precision {self.precision})")
         return self
@@ -95,6 +116,22 @@ class ParallelConfig(_Strict):
             return 1
         return self.hsdp_shard_size or ranks_per_node
 
+    def tensor_parallel_problem(self, model: ModelConfig, ranks_per_node: int) -> str | None:
+        """Why ``tensor_parallel`` cannot run with ``ranks_per_node`` ranks per node and ``model``
+        (TP stays inside a node; the model's heads, sequence and MLP must split), or None."""
+        tp = self.tensor_parallel
+        if tp > 1 and ranks_per_node % tp:
+            return (
+                f"{tp} does not divide the {ranks_per_node} GPUs per node: tensor parallelism stays inside a "
+                f"node; allowed: {', '.join(str(n) for n in (1, 2, 4, 8) if ranks_per_node % n == 0)}"
+            )
+        return model.tensor_parallel_problem(tp)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Ranks that read different data: the world / tensor_parallel (one source for the global
+        batch, the engine's loader and the scaling table)."""
+        return world_size // self.tensor_parallel
+
     def data_parallelism(self, world_size: int) -> DataParallelism:
         """How the engine lays the model out over ``world_size`` ranks (engine/parallelize.py says why).
 
@@ -102,7 +139,7 @@ class ParallelConfig(_Strict):
         ddp: NO_SHARD on more than one rank; none: one rank without offload. The engine and the
         memory estimate both read it, so the estimate describes the layout that actually runs.
         """
-        if self.cpu_offload or (world_size > 1 and self.sharding != "NO_SHARD"):
+        if self.cpu_offload or self.tensor_parallel > 1 or (world_size > 1 and self.sharding != "NO_SHARD"):
             return "fsdp"
         return "ddp" if world_size > 1 else "none"
 
@@ -222,6 +259,9 @@ class TrainingConfig(_Strict):
         None,
         description="Probe micro-batch sizes instead of training (written by `hpcllm explore-batch`; docs/memory.md).",
     )
+    watchdog: WatchdogConfig = Field(
+        default_factory=WatchdogConfig, description="Hang detection: stacks, the node named, a requeue without it."
+    )
 
     @model_validator(mode="after")
     def _eval_has_data(self) -> TrainingConfig:
@@ -232,9 +272,11 @@ class TrainingConfig(_Strict):
 
     @model_serializer(mode="wrap")
     def _omit_absent_probe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A training run's dump has no ``probe`` key: run ids (a hash of the dump) and run.yaml
-        files written before probes existed stay the same."""
+        """A training run's dump has no ``probe`` key, nor a ``watchdog`` key at its defaults: run ids
+        (a hash of the dump) and run.yaml files written before these existed stay the same."""
         data: dict[str, Any] = handler(self)
         if self.probe is None:
             data.pop("probe", None)
+        if self.watchdog == WatchdogConfig():
+            data.pop("watchdog", None)
         return data

@@ -15,7 +15,6 @@ that looks like a finished store. docs/data.md describes the format for other to
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from hpcllm import __version__
+from hpcllm import __version__, runfiles
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json
 
@@ -69,13 +68,13 @@ class StoreHeader:
     @classmethod
     def read(cls, path: Path) -> StoreHeader:
         file = path / HEADER
-        if not file.is_file():
+        try:  # bounded, never blocking, a JSON object (hpcllm.runfiles)
+            raw = runfiles.read_json_object(file, limit=1 << 20)
+        except runfiles.MissingFile:
             hint = " (an interrupted `hpcllm data prepare`?)" if path.is_dir() else ""
-            raise ConfigError(f"{path}: not a token store: {HEADER} is missing{hint}")
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{file}: unreadable store header: {exc}") from None
+            raise ConfigError(f"{path}: not a token store: {HEADER} is missing{hint}") from None
+        except runfiles.RunFileProblem as exc:
+            raise ConfigError(f"unreadable store header: {exc}") from None
         if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
             raise ConfigError(
                 f"{file}: format {raw.get('format')!r} version {raw.get('format_version')!r}; this "
@@ -83,10 +82,15 @@ class StoreHeader:
                 "re-run `hpcllm data prepare` (or update hpcllm)"
             )
         raw.setdefault("loss_mask_dtype", "uint8")
-        fields = {k: raw.get(k) for k in cls.__dataclass_fields__}
+        fields: dict[str, Any] = {k: raw.get(k) for k in cls.__dataclass_fields__}
         missing = [k for k, v in fields.items() if v is None]
         if missing:
             raise ConfigError(f"{file}: header lacks {', '.join(missing)}")
+        wrong = [
+            k for k in ("vocab_size", "eos_id", "n_tokens", "n_docs") if type(fields[k]) is not int or fields[k] < 0
+        ]
+        if wrong:
+            raise ConfigError(f"{file}: {wrong[0]}: {fields[wrong[0]]!r}; allowed: a whole number >= 0")
         if fields["dtype"] not in ("uint16", "uint32"):
             raise ConfigError(f"{file}: dtype: {fields['dtype']!r}; allowed: uint16, uint32")
         if fields["loss_mask_dtype"] not in MASK_DTYPES:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpcllm.engine.train import run
+from hpcllm.engine.entry import run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,14 +32,11 @@ Why each piece:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import shutil
 import time
-import warnings
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -48,7 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException, FileSystemReader
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re-exported here
@@ -56,7 +53,6 @@ from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re
     TMP_PREFIX,
     TRAINER_STATE,
     CheckpointCorrupt,
-    check_files,
     incomplete_saves,
     list_checkpoints,
     read_latest_pointer,
@@ -64,97 +60,18 @@ from hpcllm.checkpoint_layout import (  # the layout, readable without torch; re
 )
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import CheckpointConfig
+from hpcllm.engine.checkpoint_find import describe_failures, single_process_dcp, verify_checkpoint
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader
 from hpcllm.engine.distributed import barrier, is_distributed, rank, world_size
 from hpcllm.engine.guards import check_weights
 from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
-from hpcllm.errors import ConfigError, HpcllmError
+from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
+from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
-from hpcllm.rundir import RunDir, find_run_dirs
-from hpcllm.sitepaths import expand_path
+from hpcllm.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(spec: str, key: str) -> Path:
-    """The complete checkpoint folder that ``spec`` names; errors start with ``key`` (config key or option).
-
-    ``spec`` is a ``step_<N>`` folder, or a run directory, its ``checkpoints/`` folder, or a folder
-    holding exactly one run directory (``results/<exp>/<cluster>/`` of a one-run experiment): their
-    latest checkpoint, or step N with an ``@N`` suffix (``results/pretrain/local/<run>@2000``).
-    """
-    text, step = spec, None
-    head, sep, tail = spec.rpartition("@")
-    if sep and tail.isdigit():
-        text, step = head, int(tail)
-    path = Path(expand_path(text, key))  # $VAR and ~, as for every path the engine reads
-    if step is None and (path / ".metadata").is_file():
-        return path
-    root = _checkpoint_root(path, spec, key)
-    if step is not None:
-        chosen: Path | None = root / step_dir_name(step)
-        missing = f"no checkpoint at step {step}"
-    else:
-        chosen = read_latest_pointer(root)
-        missing = "no 'latest' pointer" if chosen is None else f"'latest' names {chosen.name}, which is missing"
-    if chosen is None or not (chosen / ".metadata").is_file():
-        steps = ", ".join(str(c.step) for c in list_checkpoints(root)) or "none"
-        raise ConfigError(f"{key}: {spec!r}: {missing} in {root}; complete checkpoints at steps: {steps}")
-    try:
-        verify_checkpoint(chosen)
-    except CheckpointCorrupt as exc:
-        raise ConfigError(f"{key}: {spec!r}: {exc}") from None
-    return chosen
-
-
-def _checkpoint_root(path: Path, spec: str, key: str) -> Path:
-    """The ``checkpoints/`` folder of the run that ``path`` names (see ``resolve_checkpoint``)."""
-    if (path / "checkpoints").is_dir():
-        return path / "checkpoints"
-    if (path / LATEST).is_file() or list_checkpoints(path):
-        return path
-    if RunDir(path).config.is_file():
-        raise ConfigError(
-            f"{key}: {spec!r} is a run directory without checkpoints yet "
-            "(checkpoint.every_steps / at_end decide when a run saves one)"
-        )
-    runs = find_run_dirs(path) if path.is_dir() else []
-    if len(runs) == 1 and runs[0].checkpoints.is_dir():
-        return runs[0].checkpoints
-    if len(runs) > 1:
-        names = ", ".join(r.path.name for r in runs[:5]) + (", ..." if len(runs) > 5 else "")
-        raise ConfigError(
-            f"{key}: {spec!r} is not a run directory but holds {len(runs)} runs ({names}); name one of them"
-        )
-    raise ConfigError(
-        f"{key}: {spec!r} is not a run directory, checkpoints directory or checkpoint folder with a "
-        "complete checkpoint (no 'latest' pointer or .metadata found)"
-    )
-
-
-def verify_checkpoint(path: Path) -> None:
-    """Raise CheckpointCorrupt unless ``path`` has trainer state, DCP metadata and every shard in full.
-
-    After the torch-free checks (``check_files``), checks file presence and sizes against DCP's
-    own index (``storage_data``: file, offset, length of every item), which catches truncated and
-    deleted shards without reading the tensors.
-    """
-    check_files(path)
-    try:
-        metadata = FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:
-        raise CheckpointCorrupt(f"{path}: cannot read DCP metadata (.metadata): {exc}") from None
-    needed: dict[str, int] = {}
-    for info in (metadata.storage_data or {}).values():
-        end = info.offset + info.length
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
-    for rel, end in sorted(needed.items()):
-        f = path / rel
-        if not f.is_file():
-            raise CheckpointCorrupt(f"{path}: shard {rel} is missing")
-        size = f.stat().st_size
-        if size < end:
-            raise CheckpointCorrupt(f"{path}: shard {rel} is truncated ({size} bytes, index needs {end})")
 
 
 def _warn(msg: str, *args: object) -> None:
@@ -163,26 +80,8 @@ def _warn(msg: str, *args: object) -> None:
         log.warning(msg, *args)
 
 
-@contextlib.contextmanager
-def single_process_dcp() -> Iterator[None]:
-    """Silence DCP's "assuming a single process" warning: world size 1 without a group is intended.
-
-    DCP detects that case by itself (no ``no_dist`` argument needed, which older torch lacks).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
-
 # Optimizer settings owned by run.yaml: a resumed run keeps them even if the checkpoint differs.
 _CONFIG_HYPERPARAMS = ("weight_decay", "betas", "eps")
-
-
-def describe_failures(exc: CheckpointException) -> str:
-    """The per-rank causes inside DCP's CheckpointException (its str() names only the ranks)."""
-    failures = getattr(exc, "failures", None) or {}
-    causes = {f"{(err[0] if isinstance(err, tuple) else err)}" for err in failures.values()}
-    return "; ".join(sorted(causes)) or str(exc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -287,7 +186,11 @@ class Checkpointer:
         return None if choice is None else Path(choice)
 
     def _candidates(self) -> list[Path]:
-        latest = read_latest_pointer(self.root)
+        try:
+            latest = read_latest_pointer(self.root)
+        except CheckpointCorrupt as exc:  # resume from the newest complete checkpoint instead
+            _warn("ignoring checkpoint pointer: %s", exc)
+            latest = None
         others = [c.path for c in reversed(list_checkpoints(self.root))]
         if latest is not None:
             if latest.exists():
@@ -303,9 +206,11 @@ class Checkpointer:
         state.loader.load_state_dict(trainer["loader"])  # first: it refuses another data setup
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
+        view = checkpoint_view(sd)  # tensor parallelism's strided rows, as saved
         try:
             with single_process_dcp():
-                dcp.load(sd, checkpoint_id=str(path))
+                dcp.load(view, storage_reader=SafeFileSystemReader(str(path)))
+            restore_from_view(sd, view)
         except CheckpointException as exc:  # raised on every rank alike
             state.loader.load_state_dict(fresh_loader)
             # The files passed verification, so the model or optimizer no longer matches them
@@ -385,7 +290,7 @@ class Checkpointer:
         if rank() == 0:
             atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state))
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
+        sd = checkpoint_view({"model": model_sd, "optim": optim_sd})  # tensor parallelism's strided rows gathered
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
         if self.cfg.async_save:

@@ -49,8 +49,11 @@ class EvalResult:
 class Evaluator:
     """Holds this rank's eval batches; ``evaluate`` must be called on every rank at the same step."""
 
-    def __init__(self, cfg: EvalConfig, batches: list[dict[str, torch.Tensor]], device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(
+        self, cfg: EvalConfig, batches: list[dict[str, torch.Tensor]], device: torch.device, *, copies: int = 1
+    ) -> None:
+        """``copies``: ranks that evaluate the same batches (tensor parallelism), counted once."""
+        self.cfg, self.device, self.copies = cfg, device, copies
         self.batches = batches
         self.last: EvalResult | None = None
 
@@ -78,7 +81,7 @@ class Evaluator:
                 totals[1] += mask.sum().double()
         finally:
             model.train(was_training)
-        loss_sum, tokens = all_reduce_sum(totals).tolist()
+        loss_sum, tokens = (all_reduce_sum(totals) / self.copies).tolist()
         self.last = EvalResult(
             step=step,
             loss=loss_sum / max(tokens, 1.0),
@@ -95,8 +98,11 @@ class Evaluator:
         return {"eval_loss": self.last.loss, "eval_ppl": self.last.perplexity, "eval_step": self.last.step}
 
 
-def build_evaluator(cfg: TrainingConfig, env: DistEnv) -> Evaluator | None:
-    """The run's evaluator, or None without an ``eval`` section."""
+def build_evaluator(
+    cfg: TrainingConfig, env: DistEnv, *, dp_rank: int | None = None, dp_size: int | None = None
+) -> Evaluator | None:
+    """The run's evaluator, or None without an ``eval`` section. ``dp_rank``/``dp_size``: the
+    data-parallel position under tensor parallelism (default: the rank in the world)."""
     if cfg.eval is None:
         return None
     batches = build_eval_batches(
@@ -104,7 +110,7 @@ def build_evaluator(cfg: TrainingConfig, env: DistEnv) -> Evaluator | None:
         cfg.eval,
         seq_len=cfg.model.seq_len,
         micro_batch_size=cfg.eval.micro_batch_size or cfg.train.micro_batch_size,
-        dp_rank=env.rank,
-        dp_size=env.world_size,
+        dp_rank=env.rank if dp_rank is None else dp_rank,
+        dp_size=env.world_size if dp_size is None else dp_size,
     )
-    return Evaluator(cfg.eval, batches, env.device)
+    return Evaluator(cfg.eval, batches, env.device, copies=env.world_size // (dp_size or env.world_size))

@@ -25,14 +25,16 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from hpcllm.config.loader import load_model
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import TrainingConfig
-from hpcllm.engine.checkpoint import TRAINER_STATE, single_process_dcp
+from hpcllm.engine.checkpoint import TRAINER_STATE
+from hpcllm.engine.checkpoint_find import single_process_dcp
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import as_if_opened, read_json
 from hpcllm.rundir import RunDir
@@ -42,7 +44,7 @@ MODEL_PREFIX = "model."
 
 def load_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     """The full (unsharded) model weights of a checkpoint, keyed like ``GPT.state_dict()``."""
-    metadata = FileSystemReader(str(ckpt_dir)).read_metadata()
+    metadata = read_metadata(ckpt_dir)
     target: dict[str, torch.Tensor] = {}
     for fqn, meta in metadata.state_dict_metadata.items():
         if fqn.startswith(MODEL_PREFIX) and isinstance(meta, TensorStorageMetadata):
@@ -50,7 +52,7 @@ def load_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     if not target:
         raise HpcllmError(f"{ckpt_dir}: checkpoint holds no model tensors")
     with single_process_dcp():  # a CLI process: no process group, DCP reads all shards itself
-        dcp.load({"model": target}, checkpoint_id=str(ckpt_dir))
+        dcp.load({"model": target}, storage_reader=SafeFileSystemReader(str(ckpt_dir)))
     return target
 
 
@@ -65,12 +67,16 @@ def checkpoint_model_config(ckpt_dir: Path, run_dir: RunDir) -> ModelConfig:
 def export_torch(ckpt_dir: Path, output: Path, *, with_optimizer: bool = False) -> None:
     """One ``torch.save`` file: the model state dict, or (``with_optimizer``) the whole DCP state.
 
-    The whole state goes through DCP's own converter (``dcp_to_torch_save``); the default keeps
+    The whole state is loaded as DCP's own converter (``dcp_to_torch_save``) does, but with the index
+    read by the restricted unpickler (hpcllm.engine.dcp_metadata); the default keeps
     the optimizer moments out, which would triple the file and are useless for evaluation.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     if with_optimizer:
-        dcp_to_torch_save(str(ckpt_dir), str(output))
+        state: dict[str, Any] = {}  # filled by the planner with whatever the checkpoint holds
+        reader = SafeFileSystemReader(str(ckpt_dir))
+        _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+        torch.save(state, output)
     else:
         torch.save(load_model_state(ckpt_dir), output)
 

@@ -29,12 +29,22 @@ bitwise what gloo gives; tests/engine_layout_probe.py compares both collectives 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
+
+# Set to 1: CPU ranks keep FSDP2's own collectives (gloo's all-gather and reduce-scatter, blocking),
+# the code path GPUs take; the tests compare both with one rank (tests/test_engine_fsdp.py).
+OWN_COLLECTIVES_ENV = "HPCLLM_FSDP_OWN_COLLECTIVES"
+
+
+def wanted() -> bool:
+    """Whether CPU ranks use this module's collectives (the default) rather than FSDP2's own."""
+    return os.environ.get(OWN_COLLECTIVES_ENV, "0") != "1"
 
 
 def overlap_collectives(model: torch.nn.Module, forward_order: list[FSDPModule], *, hybrid: bool) -> None:

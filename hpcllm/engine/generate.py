@@ -21,7 +21,8 @@ import torch
 from hpcllm.config.loader import load_model
 from hpcllm.config.training import TrainingConfig
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer
-from hpcllm.engine.checkpoint import TRAINER_STATE, resolve_checkpoint
+from hpcllm.engine.checkpoint import TRAINER_STATE
+from hpcllm.engine.checkpoint_find import resolve_checkpoint
 from hpcllm.engine.export import checkpoint_model_config, load_model_state
 from hpcllm.engine.model import GPT, KVCache
 from hpcllm.errors import ConfigError

@@ -43,12 +43,7 @@ def detect_gpu_type(device: torch.device, configured: str | None) -> str | None:
     return None
 
 
-def max_logged_step(path: Path) -> int:
-    """Highest ``step`` already in ``metrics.jsonl`` (0 if none): steps up to it are re-runs."""
-    return _earlier_attempts(path)[0]
-
-
-def _earlier_attempts(path: Path) -> tuple[int, float]:
+def earlier_attempts(path: Path) -> tuple[int, float]:
     """(highest logged step, wall seconds of the earlier attempts) from ``metrics.jsonl``.
 
     Each line carries ``time`` (Unix seconds) and ``elapsed_s`` (seconds since its attempt began),
@@ -126,7 +121,7 @@ class MetricsLog:
     sinks: list[MetricSink] = field(default_factory=list)  # trackers that mirror every written line
 
     def __post_init__(self) -> None:
-        self._rerun_until, self._earlier_s = _earlier_attempts(self.path) if self.enabled else (0, 0.0)
+        self._rerun_until, self._earlier_s = earlier_attempts(self.path) if self.enabled else (0, 0.0)
 
     def log(
         self,

@@ -174,8 +174,9 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None, start: int = 0
     ) -> torch.Tensor:
         """``kv``: decoding; x holds positions ``start .. start + T``, whose K/V join the cache."""
-        b, t, c = x.shape
-        qkv = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        qkv = self.qkv(x)  # under sequence-parallel TP x holds T/tp positions and qkv all T
+        b, t = qkv.shape[:2]
+        qkv = qkv.view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)  # local heads under TP
         qkv = qkv.transpose(1, 2)  # (B, H + 2K, T, D)
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
         if self.use_rope:
@@ -185,7 +186,7 @@ class Attention(nn.Module):
         else:
             kv.k[:, :, start : start + t], kv.v[:, :, start : start + t] = k, v
             y = attention_after(q, kv.k[:, :, : start + t], kv.v[:, :, : start + t])
-        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -353,19 +354,12 @@ def init_weights(model: GPT, seed: int, device: torch.device | None = None) -> N
 
 
 def _local_shard(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """This rank's piece of ``full`` for a DTensor ``param`` (FSDP2 shards dim 0 like torch.chunk)."""
+    """This rank's piece of ``full`` for a DTensor ``param``, whatever its placements."""
     if not hasattr(param, "device_mesh"):
         return full
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
     assert isinstance(param, DTensor)
-
-    mesh, piece = param.device_mesh, full
-    coords = mesh.get_coordinate()
-    assert coords is not None, "this rank is not part of the parameter's mesh"
-    for mesh_dim, placement in enumerate(param.placements):
-        if isinstance(placement, Shard):
-            chunks = piece.chunk(mesh.size(mesh_dim), dim=placement.dim)
-            idx = coords[mesh_dim]
-            piece = chunks[idx] if idx < len(chunks) else piece.narrow(placement.dim, 0, 0)
-    return piece
+    # src_data_rank=None: every rank holds ``full`` and keeps its piece, no collective; this also
+    # covers the strided layouts of FSDP2 over tensor parallelism (hpcllm/engine/tensor_parallel.py).
+    return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()

@@ -141,25 +141,34 @@ def local_grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     return [g.to_local() if hasattr(g, "to_local") else g for g in grads]
 
 
-def grad_replicas(params: list[torch.nn.Parameter], world_size: int) -> int:
-    """On how many ranks each gradient element lives: the product of the mesh dimensions a
-    DTensor gradient is replicated over (FULL_SHARD 1, HYBRID_SHARD the replica groups,
-    NO_SHARD with offload all ranks); a plain gradient under more than one rank is DDP's, the
-    same on every rank. Dividing a rank's squared norm by it makes the sum over all ranks the
-    global squared norm (``grad_norm_sq_share``)."""
-    from torch.distributed.tensor import DTensor, Replicate
+def grad_replicas(params: list[torch.nn.Parameter], world_size: int) -> int | list[int]:
+    """On how many ranks each gradient element lives: the world divided by the number of pieces
+    a DTensor gradient is cut into (FULL_SHARD 1, HYBRID_SHARD the replica groups, NO_SHARD with
+    offload all ranks; under tensor parallelism a norm or embedding kept whole on the TP ranks
+    counts tp times); a plain gradient under more than one rank is DDP's, the same on every rank.
+    Dividing a rank's squared norm by it makes the sum over all ranks the global squared norm
+    (``grad_norm_sq_share``). One number when all gradients agree, else one per gradient."""
+    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard  # FSDP2 over TP
 
+    counts = []
     for p in params:
         if p.grad is None:
             continue
         if not isinstance(p.grad, DTensor):
-            return world_size
+            counts.append(world_size)
+            continue
         mesh = p.grad.device_mesh
-        return math.prod(mesh.size(d) for d, pl in enumerate(p.grad.placements) if isinstance(pl, Replicate))
-    return world_size
+        pieces = math.prod(
+            mesh.size(d) for d, pl in enumerate(p.grad.placements) if isinstance(pl, (Shard, _StridedShard))
+        )
+        counts.append(world_size // pieces)
+    if not counts or len(set(counts)) == 1:
+        return counts[0] if counts else world_size
+    return counts
 
 
-def grad_norm_sq_share(grads: list[torch.Tensor], replicas: int) -> torch.Tensor:
+def grad_norm_sq_share(grads: list[torch.Tensor], replicas: int | list[int]) -> torch.Tensor:
     """This rank's share of the global squared L2 norm: Σ g² over its local gradients / ``replicas``.
 
     Summed over all ranks (one all-reduce, which the train step shares with the loss) it is the
@@ -168,8 +177,10 @@ def grad_norm_sq_share(grads: list[torch.Tensor], replicas: int) -> torch.Tensor
     """
     if not grads:
         return torch.zeros((), dtype=torch.float32)
-    norms = torch._foreach_norm(grads)
-    return torch.stack(norms).square().sum() / replicas
+    norms = torch.stack(torch._foreach_norm(grads)).square()
+    if isinstance(replicas, list):
+        return (norms / torch.tensor(replicas, dtype=norms.dtype, device=norms.device)).sum()
+    return norms.sum() / replicas
 
 
 def clip_grads_(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:

@@ -15,9 +15,18 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import DataParallelism, ParallelConfig
+from hpcllm.engine import fsdp_gloo
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.fsdp_gloo import overlap_collectives
 from hpcllm.engine.model import GPT, Block, init_weights
+from hpcllm.engine.tensor_parallel import (
+    apply_tensor_parallel,
+    build_tp_mesh,
+    check_model,
+    dp_mesh,
+    fsdp_placement,
+    has_tp,
+)
 from hpcllm.errors import ConfigError
 
 
@@ -29,6 +38,8 @@ def build_mesh(cfg: ParallelConfig, env: DistEnv) -> DeviceMesh:
     node) and replicated across groups. NO_SHARD: 2-D with shard groups of one, which only
     FSDP2's CPU offload uses; otherwise NO_SHARD is DDP over all ranks (``data_parallelism``).
     """
+    if cfg.tensor_parallel > 1:
+        return build_tp_mesh(cfg, env)  # (dp × tp), TP inside the node
     world = env.world_size
     if cfg.sharding == "FULL_SHARD":
         return init_device_mesh(env.device.type, (world,), mesh_dim_names=("shard",))
@@ -82,7 +93,10 @@ def data_parallelism(cfg: ParallelConfig, mesh: DeviceMesh) -> DataParallelism:
 def describe_layout(cfg: ParallelConfig, mesh: DeviceMesh) -> str:
     """The layout in words for the start-up line: 'FSDP2 FULL_SHARD', 'DDP (NO_SHARD)', 'unsharded'."""
     kind = data_parallelism(cfg, mesh)
-    return {"fsdp": f"FSDP2 {cfg.sharding}", "ddp": "DDP (NO_SHARD)", "none": "unsharded"}[kind]
+    words = {"fsdp": f"FSDP2 {cfg.sharding}", "ddp": "DDP (NO_SHARD)", "none": "unsharded"}[kind]
+    if has_tp(mesh):
+        words += f", TP {cfg.tensor_parallel} x DP {dp_mesh(mesh).size()}"
+    return words
 
 
 def build_parallel_model(
@@ -102,6 +116,9 @@ def build_parallel_model(
     """
     with torch.device("meta"):
         model = GPT(model_cfg)
+    if has_tp(mesh):
+        check_model(model_cfg, cfg.tensor_parallel)
+        apply_tensor_parallel(model, mesh["tp"])
     apply_activation_checkpointing(model, cfg)
     if cfg.compile:
         for block in model.blocks:
@@ -132,7 +149,9 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
     On CPU ranks FSDP2's collectives block without CUDA streams; ``fsdp_gloo`` overlaps them.
     """
     offload: OffloadPolicy = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.cpu_offload else OffloadPolicy()
-    common: dict[str, Any] = {"mesh": mesh, "mp_policy": mixed_precision(cfg), "offload_policy": offload}
+    placement = {"shard_placement_fn": fsdp_placement} if has_tp(mesh) else {}
+    mesh = dp_mesh(mesh)  # under TP, FSDP2 shards over the data-parallel ranks only
+    common: dict[str, Any] = {"mesh": mesh, "mp_policy": mixed_precision(cfg), "offload_policy": offload, **placement}
     groups: list[FSDPModule] = []  # in forward order
     untied = not model.cfg.tie_embeddings
     if untied:
@@ -146,8 +165,8 @@ def shard_model(model: GPT, cfg: ParallelConfig, mesh: DeviceMesh, device: torch
     if untied:
         groups.append(fully_shard(model.head, reshard_after_forward=False, **common))
     fully_shard(model, **common)
-    if device.type == "cpu":
-        overlap_collectives(model, groups, hybrid=mesh.ndim > 1)
+    if device.type == "cpu" and fsdp_gloo.wanted():
+        overlap_collectives(model, groups, hybrid=mesh.ndim > 1)  # mesh: the data-parallel one
 
 
 def set_gradient_sync(model: torch.nn.Module, enabled: bool) -> None:

@@ -29,15 +29,15 @@ from hpcllm.config.training import ScheduleConfig, TrainingConfig
 from hpcllm.engine.data import build_train_loader
 from hpcllm.engine.distributed import DistEnv, barrier
 from hpcllm.engine.memory_meter import GIB, BudgetGuard, MemoryBudgetExceeded, MemoryMeter, max_over_ranks
-from hpcllm.engine.metrics import detect_gpu_type
 from hpcllm.engine.optim import Scheduler, build_optimizer
 from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.preemption import StopRequest, any_rank
 from hpcllm.engine.probe_search import next_size
 from hpcllm.engine.state import TrainState
-from hpcllm.engine.train import build_teacher, check_data_vocab, train_step
+from hpcllm.engine.train import build_teacher, check_data_vocab, recorded_gpu_type, train_step
+from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json, read_json
-from hpcllm.memory import MemorySpec, estimate_memory
+from hpcllm.plan.memory import MemorySpec, estimate_memory
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
     SUMMARY_KIND_PROBE,
@@ -181,7 +181,7 @@ def new_report(cfg: TrainingConfig, env: DistEnv) -> ProbeReport:
         compile=p.compile,
         grad_accum=cfg.train.grad_accum,
         device=env.device.type,
-        gpu_type=detect_gpu_type(env.device, cfg.metrics.gpu_type) or env.device.type,
+        gpu_type=recorded_gpu_type(cfg, env),
         memory_budget_gib=cfg.probe.memory_budget_gib,
         min_gain=cfg.probe.min_gain,
     )
@@ -220,6 +220,11 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
     """Probe micro-batch sizes until the search stops; write probe.json and summary.json; exit code."""
     probe: ProbeConfig | None = cfg.probe
     assert probe is not None
+    if cfg.parallel.tensor_parallel > 1:  # trials read data per rank and count samples per rank
+        raise ConfigError(
+            "parallel.tensor_parallel: explore-batch probes run without tensor parallelism; probe with "
+            "tensor_parallel: 1, or size TP runs with `hpcllm model info --tp`"
+        )
     summary.update(kind=SUMMARY_KIND_PROBE, world_size=env.world_size, device=env.device.type)
     torch.manual_seed(cfg.seed)
     report = load_report(cfg, run_dir, env, resume)

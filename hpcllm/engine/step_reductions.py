@@ -22,21 +22,27 @@ from hpcllm.engine.distributed import all_reduce_sum
 from hpcllm.engine.optim import grad_norm_sq_share
 
 
-def token_weight_sum(micro_batches: list[dict[str, Any]], dp_size: int, device: torch.device) -> float | torch.Tensor:
-    """The sum of the loss weights of the step's tokens on all ranks.
+def token_weight_sum(
+    micro_batches: list[dict[str, Any]], dp_size: int, device: torch.device, *, copies: int = 1
+) -> float | torch.Tensor:
+    """The sum of the loss weights of the step's tokens on all data-parallel ranks.
 
     Without loss weights: ``dp_size`` × the local token count, a Python float. With weights: an
     fp64 tensor on the device, from one all-reduce (no host synchronisation), at least 1.
+    ``copies``: ranks that read the same micro-batches (the tensor-parallel degree), whose
+    weights the all-reduce over the world counts that many times.
     """
     if all(b["loss_mask"] is None for b in micro_batches):
         return float(dp_size * sum(b["labels"].numel() for b in micro_batches))
     n_tokens = torch.zeros(1, dtype=torch.float64, device=device)
     for b in micro_batches:
         n_tokens += b["loss_mask"].sum() if b["loss_mask"] is not None else b["labels"].numel()
-    return all_reduce_sum(n_tokens).clamp_min(1.0).squeeze()
+    return (all_reduce_sum(n_tokens) / copies).clamp_min(1.0).squeeze()
 
 
-def step_report(grads: list[torch.Tensor], loss_sum: torch.Tensor, replicas: int) -> tuple[torch.Tensor, torch.Tensor]:
+def step_report(
+    grads: list[torch.Tensor], loss_sum: torch.Tensor, replicas: int | list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The global gradient norm and loss sum, fp64 tensors equal on every rank, from one all-reduce.
 
     ``grads``: this rank's local gradients (shards); ``replicas``: on how many ranks each element

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException, FileSystemReader
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from hpcllm.config.model import ModelConfig
-from hpcllm.engine.checkpoint import TRAINER_STATE, describe_failures, resolve_checkpoint, single_process_dcp
+from hpcllm.engine.checkpoint import TRAINER_STATE
+from hpcllm.engine.checkpoint_find import describe_failures, resolve_checkpoint, single_process_dcp
+from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
+from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import read_json
 
@@ -47,11 +50,13 @@ def load_initial_weights(model: torch.nn.Module, spec: str, cfg: ModelConfig) ->
         assert isinstance(v, torch.Tensor), k  # a model's state dict holds tensors (DTensors when sharded)
         shapes[k] = tuple(v.shape)
     check_architecture(ckpt, cfg, shapes)
+    view = checkpoint_view(state)  # tensor parallelism's strided rows, as saved
     try:
         with single_process_dcp():
-            dcp.load(state, checkpoint_id=str(ckpt))
+            dcp.load(view, storage_reader=SafeFileSystemReader(str(ckpt)))
     except CheckpointException as exc:  # raised on every rank alike
         raise HpcllmError(f"{KEY}: cannot load the weights of {ckpt}: {describe_failures(exc)}") from None
+    restore_from_view(state, view)
     set_model_state_dict(model, state["model"])
     return ckpt
 
@@ -75,7 +80,7 @@ def check_architecture(ckpt: Path, cfg: ModelConfig, shapes: dict[str, tuple[int
                 f"{KEY}: {ckpt} holds another architecture: {', '.join(differ)}; a warm start needs the "
                 f"checkpoint's model (only {', '.join(sorted(MAY_DIFFER - {'name', 'init'}))} may change)"
             )
-    metadata = FileSystemReader(str(ckpt)).read_metadata()
+    metadata = read_metadata(ckpt)
     saved_shapes = {
         fqn[len(MODEL_PREFIX) :]: tuple(meta.size)
         for fqn, meta in metadata.state_dict_metadata.items()

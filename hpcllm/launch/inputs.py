@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
-from hpcllm.config.qos import RefusedPoint
+from hpcllm.plan.qos import RefusedPoint
 from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
 
 # A login node's slurmctld answers in milliseconds; past this, decide without it (warnings only).

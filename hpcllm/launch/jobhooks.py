@@ -34,10 +34,12 @@ from typing import TypeVar
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
-from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, now, save_manifest
+from hpcllm.launch.hangs import requeue_after_hang
+from hpcllm.launch.jobenergy import record_job_energy
+from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
-from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
+from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir, now
 
 EXIT_NOT_STARTED = 3  # `start` refused to launch (budget used, or the run was cancelled)
 
@@ -146,6 +148,7 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
     summary = read_json(ctx.run_dir.summary) or {}
     status = summary.get("status")
     manifest.exit_code = rc
+    record_job_energy(manifest, ctx.job_id)
     if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx)):
         # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
         manifest.state = RunState.CANCELLED
@@ -172,6 +175,11 @@ def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
         manifest.reason = f"restart budget exhausted ({manifest.max_restarts}) after {why}"
         save_manifest(ctx.run_dir, manifest)
         return f"exit {EXIT_PREEMPTED}"
+    if requeue_after_hang(
+        ctx.run_dir, manifest, job_id=ctx.job_id, nodelist=ctx.nodelist, restart_count=ctx.restart_count
+    ):
+        save_manifest(ctx.run_dir, manifest)  # the watchdog ended a hang: again, without its nodes
+        return "requeue"
     manifest.state = RunState.FAILED
     error = summary_error(ctx.run_dir)  # e.g. a diverged run: failed, not requeued, and why
     manifest.reason = (

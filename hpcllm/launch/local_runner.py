@@ -26,12 +26,11 @@ from hpcllm.launch.manifest import (
     RunState,
     load_manifest,
     manifest_lock,
-    now,
     save_manifest,
     update_manifest,
 )
 from hpcllm.launch.progress import last_step, summary_error
-from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
+from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir, now
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
 

@@ -8,7 +8,6 @@ before a job exists, then the local runner or the batch script's epilogue, and `
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from enum import Enum
@@ -16,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hpcllm import runfiles
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.launch.locks import exclusive
-from hpcllm.rundir import MANIFEST, RunDir
+from hpcllm.rundir import MANIFEST, RunDir, now
 
 
 class RunState(str, Enum):
@@ -34,10 +34,6 @@ class RunState(str, Enum):
     @property
     def active(self) -> bool:
         return self in (RunState.PENDING, RunState.RUNNING)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Restart(BaseModel):
@@ -74,6 +70,9 @@ class Manifest(BaseModel):
     time_limit: str | None = None
     signal_before_end_s: int | None = None
     exclude_nodes: list[str] = Field(default_factory=list)
+    slow_nodes: dict[str, str] = Field(default_factory=dict)  # node -> why, from the last pre-flight
+    consumed_energy_j: float | None = None  # sacct ConsumedEnergy of the job's steps, all attempts
+    energy_note: str | None = None  # where that figure comes from, or why there is none
     depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
     nodes: str | None = None  # node list of the current (or last) attempt
     job_name: str | None = None  # the job's name in the scheduler (a job array's, for array tasks)
@@ -104,10 +103,11 @@ def load_manifest(run_dir: RunDir) -> Manifest | None:
     try:
         # pydantic's own JSON parser: a third of the time of json.loads + model_validate (status
         # reads every manifest under the results folder)
-        with open(run_dir.file(MANIFEST), "rb") as fh:
-            return Manifest.model_validate_json(fh.read())
-    except FileNotFoundError:
+        return Manifest.model_validate_json(runfiles.read_bytes(run_dir.file(MANIFEST)))
+    except runfiles.MissingFile:
         return None
+    except runfiles.RunFileProblem as exc:  # a directory, FIFO, link loop, unreadable, huge
+        raise HpcllmError(f"{exc}; move it away to let hpcllm treat the run as never submitted") from None
     except (ValueError, ValidationError) as exc:  # torn JSON, or not a manifest of ours
         raise HpcllmError(
             f"{run_dir.manifest}: not a valid manifest ({str(exc).splitlines()[0]}); "

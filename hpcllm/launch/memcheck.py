@@ -1,6 +1,6 @@
 """Submit-time memory check: which grid points cannot fit the profile's GPU memory, and why.
 
-A point whose estimated per-rank peak (hpcllm.memory) exceeds ``gpu_memory_gib`` would start, wait
+A point whose estimated per-rank peak (hpcllm.plan.memory) exceeds ``gpu_memory_gib`` would start, wait
 in the queue, and die of out-of-memory; ``hpcllm submit`` leaves it out and says why, with the
 largest micro-batch that would fit. A measurement beats the estimate: a point whose setup a probe
 (``hpcllm explore-batch``) ran at this micro-batch size or a larger one is kept.
@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.launch.probeindex import probe_key
-from hpcllm.memory import MemoryEstimate, MemorySpec, estimate_memory, largest_fitting_mbs
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.memory import MemoryEstimate, MemorySpec, estimate_memory, largest_fitting_mbs
+from hpcllm.plan.memory.runs import run_spec
 
 # The terms named in a reason: the largest ones explain a miss.
 TERMS_IN_REASON = 3

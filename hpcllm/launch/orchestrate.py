@@ -8,18 +8,16 @@ resubmitted when asked.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from hpcllm.collect.references import references_for_point
-from hpcllm.config.cluster import ClusterProfile, clusters_dir, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.qos import RefusedPoint
+from hpcllm.config.cluster import AccountMissing, ClusterProfile, clusters_dir, load_cluster
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
@@ -31,11 +29,13 @@ from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.launch.render import render_job
 from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
-from hpcllm.rundir import RunDir, find_run_dirs, submit_lock
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.plan.qos import RefusedPoint
+from hpcllm.plan.references import references_for_point
+from hpcllm.rundir import DEFAULT_RESULTS, RunDir, results_from_env, submit_lock
 from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
 
 # The default results root when neither --results nor the profile's paths.results names one.
-RESULTS_ENV = "HPCLLM_RESULTS"
 
 
 # libyaml's emitter (same text as yaml.safe_dump, ~10x faster) where PyYAML was built with it.
@@ -90,8 +90,9 @@ def submit_experiment(
     retry_failed: bool = False,
     after: list[str] | None = None,
     memory_check: bool = True,
+    resources: dict[str, Any] | None = None,
 ) -> SubmitResult:
-    """``after``: SLURM job ids every submitted run waits for (``--dependency=afterok``).
+    """``after``: job ids every run waits for (afterok); ``resources``: overrides from --preflight/--spare-nodes.
 
     ``results_root`` defaults to ``$HPCLLM_RESULTS``, else the profile's ``paths.results``, else
     ``./results``. Points no QoS admits are listed in ``refused``; the checkpoints of the runs to
@@ -100,6 +101,8 @@ def submit_experiment(
     and that no probe of the experiment ran at their micro-batch size (``SubmitResult.unfit`` says why).
     """
     experiment = load_experiment(experiment_path)
+    if resources:
+        experiment = experiment.model_copy(update={"resources": experiment.resources.model_copy(update=resources)})
     if experiment.search is not None:
         raise ConfigError(
             f"{experiment_path}: search: this experiment is a hyper-parameter search; run it "
@@ -134,7 +137,7 @@ def resolve_account(cluster: ClusterProfile, account: str | None, dry_run: bool,
     """The account to charge (``ClusterProfile.resolve_account``); a dry run renders without one."""
     try:
         return cluster.resolve_account(account)
-    except ConfigError:
+    except AccountMissing:  # only a missing one: an account that is no folder name is refused even then
         if not dry_run:
             raise
         warnings.append(f"no account for {cluster.name!r}: rendered without --account")
@@ -338,11 +341,12 @@ def results_root_for(cluster: ClusterProfile, account: str | None, given: Path |
     ./results. ConfigError when the profile's root cannot be resolved here."""
     if given is not None:
         return Path(given)
-    if os.environ.get(RESULTS_ENV):
-        return Path(os.environ[RESULTS_ENV])
+    from_env = results_from_env()
+    if from_env is not None:
+        return from_env
     configured = cluster.storage_roots(account).get("results")
     if configured is None:
-        return Path("results")
+        return DEFAULT_RESULTS
     key = f"{_profile_file(cluster)}: paths.results"
     if "{account}" in configured:
         raise ConfigError(f"{key}: {configured!r} needs an account (--account, $HPCLLM_ACCOUNT or account:)")
@@ -396,77 +400,3 @@ def _guard_foreign_run(run_dir: RunDir, config_text: str) -> None:
             f"{run_dir.config} exists with a different config: refusing to overwrite another run's "
             "directory (move it away, or change the experiment)"
         )
-
-
-@dataclass
-class RunStatus:
-    run_dir: RunDir
-    manifest: Manifest | None
-    state: str
-    step: int | None
-    loss: float | None
-    waiting_for: str | None = None  # the scheduler's reason a pending run has not started
-    software: str = ""  # what the latest attempt ran with (runtime.jsonl)
-
-
-def collect_status(root: Path) -> list[RunStatus]:
-    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
-    from hpcllm.launch.progress import last_metrics
-    from hpcllm.launch.runinfo import last_runtime, software_label
-
-    run_dirs = find_run_dirs(root)
-    manifests = [load_manifest(rd) for rd in run_dirs]  # indexed like run_dirs (cheaper than Path keys)
-    states: list[str] = []
-    waiting: dict[str, str] = {}
-    by_cluster: dict[str, list[tuple[int, Manifest]]] = {}
-    for i, m in enumerate(manifests):
-        states.append("unknown" if m is None else m.state.value)
-        if m is not None and m.state.active:
-            by_cluster.setdefault(m.cluster, []).append((i, m))
-    for cluster_name, items in by_cluster.items():
-        try:
-            backend = backend_for(load_cluster(cluster_name))
-            fresh = backend.refresh([(run_dirs[i], m) for i, m in items])
-            waiting.update(backend.pending_reasons)
-        except HpcllmError:
-            fresh = {m.run_id: m.state for _, m in items}
-        for i, m in items:
-            states[i] = fresh.get(m.run_id, m.state).value
-            manifests[i] = load_manifest(run_dirs[i])
-    out = []
-    for rd, manifest, state in zip(run_dirs, manifests, states, strict=True):
-        last = last_metrics(rd) or {}
-        out.append(
-            RunStatus(
-                rd,
-                manifest,
-                state,
-                last.get("step"),
-                last.get("loss"),
-                waiting.get(rd.run_id) if state == "pending" else None,
-                software_label(last_runtime(rd)),
-            )
-        )
-    return out
-
-
-def find_run(root: Path, run_id: str) -> RunDir:
-    """The run directory whose name is ``run_id`` or starts with it (unique), below ``root``."""
-    matches = [rd for rd in find_run_dirs(root) if rd.run_id == run_id] or [
-        rd for rd in find_run_dirs(root) if rd.run_id.startswith(run_id)
-    ]
-    if not matches:
-        raise HpcllmError(f"no run {run_id!r} under {root}")
-    if len(matches) > 1:
-        names = ", ".join(str(m.path) for m in matches[:5])
-        raise HpcllmError(f"{run_id!r} matches {len(matches)} runs ({names}); give the full id")
-    return matches[0]
-
-
-def cancel_run(root: Path, run_id: str) -> Manifest:
-    run_dir = find_run(root, run_id)
-    manifest = load_manifest(run_dir)
-    if manifest is None:
-        raise HpcllmError(f"{run_dir.path}: no manifest: this run was never submitted")
-    backend_for(load_cluster(manifest.cluster)).cancel(run_dir, manifest)
-    return load_manifest(run_dir) or manifest

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
-from hpcllm.fsutil import read_json
+from hpcllm import runfiles
 from hpcllm.rundir import METRICS, RunDir
 
 
@@ -18,23 +16,15 @@ def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
     reads this for every run, so 10,000 runs cost 40 MB of reads, not 640).
     """
     try:
-        with open(run_dir.file(METRICS), "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            window = 4096
-            while True:
-                fh.seek(max(size - window, 0))
-                for line in reversed(fh.read().splitlines()):
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue  # a line being written right now, or the cut start of the window
-                    if isinstance(record, dict) and "loss" in record:
-                        return record
-                if window >= size or window >= 1 << 20:
-                    return None
-                window *= 4
-    except FileNotFoundError:
+        return runfiles.last_json_line(run_dir.file(METRICS), _training_line)
+    except runfiles.RunFileProblem:  # missing (not started yet), or not a file: no progress to show
         return None
+
+
+def _training_line(record: dict[str, Any]) -> bool:
+    """A training line whose step and loss are numbers (a damaged line is not progress)."""
+    loss = record.get("loss")
+    return runfiles.is_number(record.get("step")) and (loss is None or runfiles.is_number(loss)) and "loss" in record
 
 
 def last_step(run_dir: RunDir) -> int | None:
@@ -44,7 +34,11 @@ def last_step(run_dir: RunDir) -> int | None:
 
 
 def summary(run_dir: RunDir) -> dict[str, Any] | None:
-    return read_json(run_dir.summary)
+    """The run's summary; None when it is missing or damaged (``collect`` says which)."""
+    try:
+        return runfiles.read_json_object(run_dir.summary)
+    except runfiles.RunFileProblem:
+        return None
 
 
 def summary_error(run_dir: RunDir) -> str | None:

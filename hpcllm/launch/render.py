@@ -19,6 +19,7 @@ from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import ConfigError
 from hpcllm.launch.cpus import CPU_BIND, rank_share, threads_per_rank
+from hpcllm.launch.preflight import preflight_context
 from hpcllm.paths import project_folder
 
 
@@ -87,6 +88,7 @@ def render_job(
         run_id=spec.run_id,
         job_name=f"hpcllm-{spec.experiment}-{spec.run_id}"[:120],
         nodes=res.nodes,
+        **preflight_context(res, cluster, run_dir),
         **environment_context(cluster, res.gpus_per_node, spec.training.data.num_workers),
         time=res.time,
         partition=cluster.partition,

@@ -2,39 +2,38 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from hpcllm import runfiles
 from hpcllm.rundir import RUNTIME, RunDir
 
 
 def last_runtime(run_dir: RunDir) -> dict[str, Any] | None:
     """The latest attempt's record, or None before the engine has written one."""
-    try:
-        with open(run_dir.file(RUNTIME), encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
+    try:  # the tail only; a line cut by a crash while it was written is skipped
+        return runfiles.last_json_line(run_dir.file(RUNTIME))
+    except runfiles.RunFileProblem:  # missing (not started yet) or damaged: nothing to show
         return None
-    for line in reversed(lines):
-        try:
-            record: dict[str, Any] = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash while it was written
-        return record
-    return None
 
 
 def software_label(record: dict[str, Any] | None) -> str:
     """``torch 2.5.1 cuda 12.4 nccl 2.21.5 driver 550.54, 8 nodes`` (what `hpcllm status` shows)."""
     if not record:
         return ""
-    sw = record.get("software", {})
-    ranks = record.get("ranks") or [{}]
+    sw = _object(record.get("software"))
+    ranks = record.get("ranks")
+    first = _object(ranks[0] if isinstance(ranks, list) and ranks else None)
     parts = [f"torch {sw.get('torch')}"]
     parts += [
         f"{name} {value}"
-        for name, value in (("cuda", sw.get("cuda")), ("nccl", sw.get("nccl")), ("driver", ranks[0].get("driver")))
+        for name, value in (("cuda", sw.get("cuda")), ("nccl", sw.get("nccl")), ("driver", first.get("driver")))
         if value
     ]
-    nodes = len(record.get("nodes") or record.get("hosts") or [])
+    hosts = record.get("nodes") or record.get("hosts")
+    nodes = len(hosts) if isinstance(hosts, list) else 0
     return f"{' '.join(parts)}, {nodes} node{'s' * (nodes != 1)}"
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else {} (a damaged record shows less, never crashes ``status``)."""
+    return value if isinstance(value, dict) else {}

@@ -1,6 +1,6 @@
 """Will the checkpoints fit? Estimate what a grid writes and compare it with the room where it goes.
 
-A DCP checkpoint holds fp32 weights and AdamW's two moments (``hpcllm.memory.checkpoint_bytes``):
+A DCP checkpoint holds fp32 weights and AdamW's two moments (``hpcllm.plan.memory.checkpoint_bytes``):
 about 33 GB for 2.7B, 336 GB for 28B. A grid of such runs in a directory under ``$HOME`` (Leonardo:
 50 GB quota) fails hours later in the middle of a save. So ``hpcllm submit`` adds up
 ``checkpoint bytes x checkpoints kept x runs`` before anything is queued, shows it, and refuses when
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import HpcllmError
-from hpcllm.memory import checkpoint_bytes
+from hpcllm.plan.memory import checkpoint_bytes
 
 LFS_TIMEOUT_S = 30  # a hung Lustre client must not hang `hpcllm submit`
 
@@ -67,7 +67,7 @@ def human_bytes(n: float) -> str:
 
 
 def storage_need(specs: list[RunSpec]) -> StorageNeed:
-    """Bytes the checkpoints of ``specs`` take, from the one formula in ``hpcllm.memory``."""
+    """Bytes the checkpoints of ``specs`` take, from the one formula in ``hpcllm.plan.memory``."""
     sizes = [(checkpoint_bytes(s.training.model, s.world_size), s.training.checkpoint.keep_last) for s in specs]
     return StorageNeed(
         runs=len(specs),

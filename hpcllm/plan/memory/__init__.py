@@ -5,8 +5,8 @@ knows how large a DCP checkpoint is; ``estimate_memory`` breaks one rank's memor
 (docs/memory.md). ``submit``'s checks, ``hpcllm model info`` and the batch-size probe use them.
 """
 
-from hpcllm.memory.checkpoint import checkpoint_bytes
-from hpcllm.memory.estimate import (
+from hpcllm.plan.memory.checkpoint import checkpoint_bytes
+from hpcllm.plan.memory.estimate import (
     GIB,
     MemoryEstimate,
     MemorySpec,

@@ -11,8 +11,8 @@ from typing import Any
 
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.training import TrainingConfig
-from hpcllm.memory.activations import Device
-from hpcllm.memory.estimate import MemoryEstimate, MemorySpec, estimate_memory
+from hpcllm.plan.memory.activations import Device
+from hpcllm.plan.memory.estimate import MemoryEstimate, MemorySpec, estimate_memory
 
 
 def run_device(training: TrainingConfig, cluster: ClusterProfile) -> Device:

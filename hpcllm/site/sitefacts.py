@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from hpcllm.launch.backends.slurm import parse_duration
+from hpcllm.launch.backends.slurmtext import parse_duration
 from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
 
 

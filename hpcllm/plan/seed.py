@@ -45,42 +45,20 @@ class SeedKey(NamedTuple):
 
 @dataclass(frozen=True)
 class SeedRow:
-    """One row of the seed's README tables; ``row`` numbers it within its cluster's table (from 1)."""
+    """One row of the seed's README tables: its configuration (``key``) and what it measured; ``row``
+    numbers it within its cluster's table (from 1)."""
 
-    cluster: str
+    key: SeedKey
     row: int
     label: str  # the seed's "# Params (B)" as printed: "2.7", "6.7", "28"
-    model: str  # our preset of that model
-    gpus: int
+    model: str  # our preset of that model (the key holds its parameter count)
     samples_per_s: float
-    grad_accum: int
-    mbs: int
-    gbs: int
-    seq_len: int
-    precision: str
-    sharding: str
-    ac: str
     gpu_type: str
     mfu: float
 
     @property
-    def key(self) -> SeedKey:
-        return SeedKey(
-            self.cluster,
-            _preset_params(self.model),
-            self.gpus,
-            self.grad_accum,
-            self.mbs,
-            self.gbs,
-            self.seq_len,
-            self.precision,
-            self.sharding,
-            self.ac,
-        )
-
-    @property
     def source(self) -> str:
-        return f"seed {self.cluster} row {self.row}"
+        return f"seed {self.key.cluster} row {self.row}"
 
 
 _INT_FIELDS = ("row", "gpus", "grad_accum", "mbs", "gbs", "seq_len")
@@ -90,7 +68,7 @@ _FLOAT_FIELDS = ("samples_per_s", "mfu")
 @lru_cache(maxsize=1)
 def seed_rows() -> tuple[SeedRow, ...]:
     """Every row of the shipped file, in the seed's order."""
-    text = resources.files("hpcllm.collect").joinpath(SEED_FILE).read_text()
+    text = resources.files("hpcllm.plan").joinpath(SEED_FILE).read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     rows = []
     for record in csv.DictReader(io.StringIO("\n".join(lines))):
@@ -99,7 +77,8 @@ def seed_rows() -> tuple[SeedRow, ...]:
             values[name] = int(values[name])
         for name in _FLOAT_FIELDS:
             values[name] = float(values[name])
-        rows.append(SeedRow(**values))
+        key = {name: values.pop(name) for name in SeedKey._fields if name != "n_params"}
+        rows.append(SeedRow(SeedKey(**key, n_params=_preset_params(values["model"])), **values))
     return tuple(rows)
 
 

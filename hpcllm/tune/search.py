@@ -19,141 +19,28 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import itertools
 import json
-import math
 import sys
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from hpcllm.collect.searches import STATE_NAME, Group, SearchState, Trial, TrialState, load_state
 from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, expand_experiment, load_experiment
-from hpcllm.config.search import Domain, SearchConfig
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
+from hpcllm.config.search import SearchConfig
 from hpcllm.errors import ConfigError, HpcllmError
-from hpcllm.fsutil import atomic_write_json, read_json
+from hpcllm.fsutil import atomic_write_json
 from hpcllm.launch.backends import backend_for
-from hpcllm.launch.manifest import RunState, load_manifest, now, save_manifest
-from hpcllm.launch.orchestrate import collect_status, prepare_run
-from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
+from hpcllm.launch.manifest import RunState, load_manifest, save_manifest
+from hpcllm.launch.orchestrate import prepare_run
+from hpcllm.plan.expand import expand_experiment
+from hpcllm.rundir import RunDir, now
+from hpcllm.tune.draw import draw_trials
+from hpcllm.tune.halving import decide, reconcile
 
-STATE_NAME = "search.json"
 LOCK_NAME = ".search.lock"
-STATE_VERSION = 1
-
-
-class TrialState(str, Enum):
-    QUEUED = "queued"  # to be submitted for its rung (first time, or promoted)
-    RUNNING = "running"  # submitted for its rung: pending or running in the scheduler
-    FINISHED = "finished"  # completed its rung, score recorded (at the last rung: done)
-    STOPPED = "stopped"  # halving dropped it after its rung
-    FAILED = "failed"  # its run failed or was cancelled
-
-
-class Trial(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    index: int
-    run_id: str
-    params: dict[str, Any]
-    rung: int = 0  # index into the search's rungs: the length this trial is (or was last) trained to
-    state: TrialState = TrialState.QUEUED
-    scores: dict[str, float | None] = Field(default_factory=dict)  # steps -> metric; None = not finite
-    reason: str | None = None
-
-    def score_at(self, steps: int) -> float:
-        """The metric after ``steps`` (inf when diverged or unknown): what ranking sorts by."""
-        value = self.scores.get(str(steps))
-        return math.inf if value is None else value
-
-
-class Group(BaseModel):
-    """One grid point of the experiment, searched on its own."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: str
-    point: dict[str, Any]
-    trials: list[Trial]
-
-
-class SearchState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = STATE_VERSION
-    experiment: str
-    cluster: str
-    method: str
-    metric: str
-    seed: int
-    rungs: list[int]
-    definition: str  # digest of the experiment: a search never continues under another definition
-    groups: list[Group]
-    created_at: str = Field(default_factory=now)
-    updated_at: str = Field(default_factory=now)
-
-    @property
-    def trials(self) -> list[Trial]:
-        return [t for g in self.groups for t in g.trials]
-
-    def done(self, trial: Trial) -> bool:
-        return trial.state in (TrialState.STOPPED, TrialState.FAILED) or (
-            trial.state == TrialState.FINISHED and trial.rung == len(self.rungs) - 1
-        )
-
-    @property
-    def complete(self) -> bool:
-        return all(self.done(t) for t in self.trials)
-
-
-# --- drawing trials ----------------------------------------------------------------------------
-
-
-def _draw(domain: Domain, rng: np.random.Generator) -> Any:
-    if domain.kind == "choice":
-        assert domain.values is not None
-        return domain.values[int(rng.integers(len(domain.values)))]
-    assert domain.low is not None and domain.high is not None
-    if domain.kind == "int":
-        return int(rng.integers(int(domain.low), int(domain.high) + 1))
-    if domain.kind == "uniform":
-        value = rng.uniform(domain.low, domain.high)
-    else:
-        value = math.exp(rng.uniform(math.log(domain.low), math.log(domain.high)))
-    return float(f"{value:.4g}")  # readable in names, tables and YAML; 4 digits is finer than any LR sweep
-
-
-def draw_trials(search: SearchConfig) -> list[dict[str, Any]]:
-    """The trials' parameter values: every combination (grid) or ``trials`` seeded distinct draws.
-
-    Depends only on the search section (domains in the order written, ``seed``), so the same
-    experiment gives the same trials on any machine and after any restart.
-    """
-    keys = list(search.parameters)
-    if search.method == "grid":
-        values = [search.parameters[k].finite_values or [] for k in keys]
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
-    assert search.trials is not None
-    rng = np.random.default_rng(search.seed)
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for _ in range(1000 * search.trials):
-        params = {k: _draw(search.parameters[k], rng) for k in keys}
-        key = json.dumps(params, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(params)
-            if len(out) == search.trials:
-                return out
-    raise ConfigError(
-        f"search.trials: could not draw {search.trials} distinct configurations from these "
-        "parameters (rounded to 4 significant digits); widen the ranges or ask for fewer"
-    )
 
 
 # --- from the experiment to trial runs ---------------------------------------------------------
@@ -308,17 +195,6 @@ def search_folder(results_root: Path, experiment: str, cluster: str) -> Path:
     return Path(results_root) / experiment / cluster
 
 
-def load_state(folder: Path) -> SearchState | None:
-    try:
-        data = read_json(folder / STATE_NAME)
-        return None if data is None else SearchState.model_validate(data)
-    except (ValueError, ValidationError) as exc:
-        raise HpcllmError(
-            f"{folder / STATE_NAME}: not a valid search state ({str(exc).splitlines()[0]}); "
-            "move it away to start the search over"
-        ) from None
-
-
 def save_state(folder: Path, state: SearchState) -> None:
     state.updated_at = now()
     atomic_write_json(folder / STATE_NAME, state.model_dump(mode="json"))
@@ -340,122 +216,6 @@ def exclusive(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-# --- reconcile: what did the runs do? ----------------------------------------------------------
-
-
-def rung_score(run_dir: RunDir, metric: str, steps: int) -> float | None:
-    """The run's ``metric`` after ``steps`` (None if not finite: a diverged trial).
-
-    From summary.json when its last attempt ended there, else from the metrics.jsonl line of that
-    step (a trial promoted since has a newer summary).
-    """
-    summary = read_json(run_dir.summary) or {}
-    value = None
-    if summary.get("status") == SUMMARY_STATUS_COMPLETED and summary.get("steps_completed") == steps:
-        value = summary.get(metric)
-    if value is None:
-        key = "eval_loss" if metric == "eval_loss" else "loss"
-        for line in run_dir.metrics.read_text().splitlines() if run_dir.metrics.exists() else []:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("step") == steps and key in record:
-                value = record[key]
-    return float(value) if value is not None and math.isfinite(float(value)) else None
-
-
-def reconcile(state: SearchState, folder: Path) -> None:
-    """Update every live trial from its run directory and manifest (refreshed from the scheduler).
-
-    ``queued`` is the search's intent (submit this trial for its rung): it only becomes running or
-    finished when the run shows it was submitted (an ``advance`` interrupted between submitting
-    and saving), never failed by an earlier attempt's manifest.
-    """
-    statuses = {s.run_dir.run_id: s for s in collect_status(folder)} if folder.is_dir() else {}
-    for trial in state.trials:
-        if trial.state not in (TrialState.QUEUED, TrialState.RUNNING):
-            continue
-        target = state.rungs[trial.rung]
-        status = statuses.get(trial.run_id)
-        manifest = status.manifest if status else None
-        if status is None or manifest is None or manifest.state in (RunState.RENDERED, RunState.SUBMIT_FAILED):
-            trial.state = TrialState.QUEUED
-        elif manifest.state.active:
-            trial.state = TrialState.RUNNING
-        elif manifest.state == RunState.COMPLETED:
-            done = (read_json(status.run_dir.summary) or {}).get("steps_completed") or 0
-            if done >= target:
-                trial.scores[str(target)] = rung_score(status.run_dir, state.metric, target)
-                trial.state, trial.reason = TrialState.FINISHED, None
-            else:
-                trial.state = TrialState.QUEUED  # an earlier rung; its promotion is not submitted yet
-        elif trial.state == TrialState.RUNNING:
-            trial.state = TrialState.FAILED
-            trial.reason = manifest.reason or manifest.state.value
-
-
-# --- decide: successive halving ------------------------------------------------------------------
-
-
-def decide(state: SearchState, eta: int, asynchronous: bool) -> list[tuple[Trial, str]]:
-    """Promote and stop trials rung by rung; returns (trial, "promoted"|"stopped") decisions.
-
-    A rung is complete when every trial that entered it has finished or failed and the rung below
-    is complete (no more trials can enter). Then the best ``max(1, n // eta)`` of its ``n`` go on,
-    the others stop. ASHA (``asynchronous``) also promotes before that: a trial in the top
-    ``m // eta`` of the ``m`` trials that finished the rung so far goes on at once. A trial whose
-    metric is not finite (diverged) is never promoted.
-    """
-    decisions: list[tuple[Trial, str]] = []
-    last = len(state.rungs) - 1
-    for group in state.groups:
-        below_complete = True
-        for k in range(last):
-            steps = state.rungs[k]
-            entered = [t for t in group.trials if t.rung >= k]
-            finished = [
-                t
-                for t in entered
-                if t.rung > k or t.state in (TrialState.FINISHED, TrialState.STOPPED, TrialState.FAILED)
-            ]
-            complete = below_complete and len(finished) == len(entered)
-            ranked = sorted(
-                (t for t in finished if t.state != TrialState.FAILED), key=lambda t: (t.score_at(steps), t.index)
-            )
-            if complete:
-                winners = ranked[: max(1, len(entered) // eta)]
-            elif asynchronous:
-                winners = ranked[: len(finished) // eta]
-            else:
-                winners = []
-            for t in winners:
-                if t.rung == k and t.state == TrialState.FINISHED and math.isfinite(t.score_at(steps)):
-                    t.rung, t.state = k + 1, TrialState.QUEUED
-                    decisions.append((t, "promoted"))
-            if complete:
-                for t in entered:
-                    if t.rung == k and t.state == TrialState.FINISHED:
-                        t.state = TrialState.STOPPED
-                        t.reason = (
-                            f"diverged at step {steps}"
-                            if not math.isfinite(t.score_at(steps))
-                            else f"not in the best {max(1, len(entered) // eta)} of {len(entered)} at step {steps}"
-                        )
-                        decisions.append((t, "stopped"))
-            below_complete = complete
-    return decisions
-
-
-def best_trial(state: SearchState, group: Group) -> Trial | None:
-    """The best trial so far: lowest metric at the longest rung any trial of the group finished."""
-    for steps in reversed(state.rungs):
-        scored = [t for t in group.trials if math.isfinite(t.score_at(steps))]
-        if scored:
-            return min(scored, key=lambda t: (t.score_at(steps), t.index))
-    return None
 
 
 # --- advance: one pass of the search -----------------------------------------------------------
@@ -596,10 +356,3 @@ def search_status(experiment_path: Path, cluster_name: str, results_root: Path) 
         )
     reconcile(state, folder)
     return state
-
-
-def find_searches(root: Path) -> list[tuple[Path, SearchState]]:
-    """Every search state below ``root`` (for ``hpcllm collect --best``)."""
-    root = Path(root)
-    paths = [root / STATE_NAME] if (root / STATE_NAME).is_file() else sorted(root.rglob(STATE_NAME))
-    return [(p.parent, state) for p in paths if (state := load_state(p.parent)) is not None]

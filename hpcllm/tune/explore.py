@@ -17,15 +17,16 @@ from typing import Any
 import yaml
 
 from hpcllm.config.cluster import ClusterProfile, load_cluster
-from hpcllm.config.experiment import Experiment, RunSpec, _run_id, expand_experiment, load_experiment
-from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial, best_trial
+from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
+from hpcllm.config.probe import ProbeConfig, ProbeReport, ProbeTrial, best_trial, probe_default
 from hpcllm.errors import ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.orchestrate import SubmitResult, resolve_account, results_root_for, submit_runs
 from hpcllm.launch.probeindex import IndexEntry, ProbeIndex, load_index, probe_key, probe_report, save_index
-from hpcllm.memory import largest_fitting_mbs
-from hpcllm.memory.runs import run_spec
+from hpcllm.plan.expand import _run_id, expand_experiment
+from hpcllm.plan.memory import largest_fitting_mbs
+from hpcllm.plan.memory.runs import run_spec
 from hpcllm.rundir import RunDir
 
 PROBE_PREFIX = "probe-"
@@ -38,10 +39,10 @@ BATCH_KEYS = ("train.micro_batch_size", "train.grad_accum", "train.global_batch_
 class ProbeSettings:
     """How each probe searches (see ``hpcllm.config.probe.ProbeConfig``)."""
 
-    max_mbs: int = 512
-    steps: int = 3
-    warmup_steps: int = 1
-    min_gain: float | None = 0.03
+    max_mbs: int = probe_default("max_mbs")
+    steps: int = probe_default("steps")
+    warmup_steps: int = probe_default("warmup_steps")
+    min_gain: float | None = probe_default("min_gain")
 
 
 @dataclass

@@ -9,7 +9,7 @@ The terms (docs/memory.md explains each with its formula):
   norm, head), which FSDP2 keeps unsharded from forward to the end of backward, two blocks (the one
   computing and the one prefetched) and their unsharded gradients; on one device with BF_16, the
   bf16 copies autocast keeps of every matmul weight;
-- activations: what the forward pass saves for backward (``hpcllm.memory.activations``);
+- activations: what the forward pass saves for backward (``hpcllm.plan.memory.activations``);
 - loss: logits held by the train step and the loss's backward buffers;
 - backward: one block's backward working set: the gradients of its largest intermediates and, with
   activation checkpointing, its recomputed activations;
@@ -23,14 +23,12 @@ block's activations).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig, TrainingConfig
-from hpcllm.memory.activations import (
+from hpcllm.plan.memory.activations import (
     BF16,
     FP32,
     ActivationBytes,
@@ -40,7 +38,9 @@ from hpcllm.memory.activations import (
     backward_working_bytes,
     loss_buffer_bytes,
 )
-from hpcllm.memory.checkpoint import checkpoint_bytes
+from hpcllm.plan.memory.checkpoint import checkpoint_bytes
+from hpcllm.plan.memory.layout import autocast_copy_numel, param_layout, sharded_param_bytes, unsharded_numel
+from hpcllm.plan.memory.tensor_parallel import local_activations
 
 GIB = 2**30
 
@@ -122,8 +122,13 @@ class MemorySpec:
         )
 
     @property
+    def tp(self) -> int:
+        return self.parallel.tensor_parallel
+
+    @property
     def shard_group(self) -> int:
-        return self.parallel.shard_group_size(self.world_size, self.ranks_per_node)
+        """Ranks FSDP2 shards a parameter over: among the data-parallel ranks (the world / tp)."""
+        return self.parallel.shard_group_size(self.world_size // self.tp, self.ranks_per_node // self.tp)
 
     @property
     def fsdp(self) -> bool:
@@ -166,167 +171,18 @@ class MemoryEstimate:
         return self.peak_bytes <= capacity_gib * GIB
 
 
-# --- parameters as FSDP2 lays them out ------------------------------------------------------------
-
-
-def shard_rows(rows: int, group: int, rank: int = 0) -> int:
-    """Rows of a tensor's first dimension that ``rank`` holds: torch.chunk's split, as FSDP2's."""
-    chunk = math.ceil(rows / group)
-    return max(0, min(chunk, rows - rank * chunk))
-
-
-def padded_shard_numel(shape: tuple[int, ...], group: int) -> int:
-    """Elements a rank allocates for its shard: FSDP2 pads every shard to the largest one."""
-    return math.ceil(shape[0] / group) * math.prod(shape[1:])
-
-
-def local_shard_numel(shape: tuple[int, ...], group: int, rank: int) -> int:
-    """Elements of ``rank``'s shard itself (its DTensor's ``to_local()``), padding excluded."""
-    return shard_rows(shape[0], group, rank) * math.prod(shape[1:])
-
-
-def _is_block(name: str) -> bool:
-    return name.startswith("blocks.")
-
-
-def unsharded_numel(model: ModelConfig, group: int, *, blocks: bool) -> int:
-    """Elements FSDP2 all-gathers for one block (``blocks``), or those of the rest that stay
-    gathered through backward: the root group and the head (engine/parallelize.py keeps both
-    gathered from their forward on). An untied token embedding is its own group, resharded after
-    forward and not gathered in backward, so it is not counted; a tied one is the head's weight.
-
-    The unsharded parameters are views into the all-gather buffer, whose rows are the padded shards
-    of every rank: a 509-row embedding over 2 ranks is gathered as 510 rows.
-    """
-    layout = _layout(model, group)
-    return layout.block_gathered if blocks else layout.root_gathered
-
-
-def _autocast_copy_numel(model: ModelConfig) -> int:
-    """Parameters autocast casts to bf16 and keeps for backward: every linear layer's weight and
-    bias and the head (the token embedding when tied); norms and embedding lookups stay fp32."""
-    return _layout(model, 1).autocast_copies
-
-
-def sharded_param_bytes(model: ModelConfig, group: int, bytes_per_element: int = FP32) -> int:
-    """One rank's allocated bytes of ``model``'s parameters sharded over ``group`` ranks."""
-    return _layout(model, group).sharded * bytes_per_element
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Element counts of one model's parameters sharded over one group size."""
-
-    n_tensors: int
-    sharded: int  # one rank's padded shards
-    block_gathered: int  # one block, all-gathered
-    root_gathered: int  # norm and head (and a tied embedding), all-gathered
-    autocast_copies: int  # the weights autocast keeps a half-precision copy of
-
-
-_LAYOUTS: dict[tuple[str, int], _Layout] = {}
-
-
-def _layout(model: ModelConfig, group: int) -> _Layout:
-    """The counts of ``model`` over ``group``, computed once per process for each distinct pair.
-
-    ``submit`` estimates every point of a grid, ``largest_fitting_mbs`` a dozen sizes per point, and
-    walking hundreds of parameter shapes each time was half of a 1,000-point dry run. A grid has a
-    handful of distinct models, so the cache stays small.
-    """
-    key = (model.model_dump_json(), group)
-    found = _LAYOUTS.get(key)
-    if found is None:
-        shapes = model.parameter_shapes()
-
-        def gathered(name: str) -> bool:
-            return not _is_block(name) and (model.tie_embeddings or not name.startswith("tok_emb."))
-
-        def all_gathered(which: Callable[[str], bool]) -> int:
-            return sum(padded_shard_numel(s, group) * group for n, s in shapes.items() if which(n))
-
-        linear = sum(math.prod(s) for n, s in shapes.items() if ".attn." in n or ".mlp." in n or n == "head.weight")
-        found = _LAYOUTS[key] = _Layout(
-            n_tensors=len(shapes),
-            sharded=sum(padded_shard_numel(s, group) for s in shapes.values()),
-            block_gathered=all_gathered(lambda n: n.startswith("blocks.0.")),
-            root_gathered=all_gathered(gathered),
-            autocast_copies=linear + (math.prod(shapes["tok_emb.weight"]) if model.tie_embeddings else 0),
-        )
-    return found
-
-
 # --- the estimate ------------------------------------------------------------------------------------
 
 
 def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     """Every term of one rank's memory for ``spec`` and the peak (see the module docstring)."""
-    model, par, num = spec.model, spec.parallel, spec.numerics
-    group = spec.shard_group
-    offloaded = par.cpu_offload and spec.device == "cuda"
+    model, num = spec.model, spec.numerics
+    offloaded = spec.parallel.cpu_offload and spec.device == "cuda"
     state_at: Literal["device", "host"] = "host" if offloaded else "device"
-    n_tensors = _layout(model, group).n_tensors
-    shard_note = f"sharded over {group} rank{'s' if group > 1 else ''}" + (" (padded)" if group > 1 else "")
-
-    weights = sharded_param_bytes(model, group)
-    grads = weights
-    optim = ADAMW_MOMENTS * weights + ADAMW_STEP_BYTES * n_tensors
-    terms = [
-        Term("weights", weights, state_at, f"fp32 master weights, {model.n_params():,} params {shard_note}"),
-        Term("gradients", grads, state_at, f"fp32 gradients, {shard_note}"),
-        Term("optimizer", optim, state_at, "AdamW exp_avg + exp_avg_sq (fp32) + a step counter per tensor"),
-    ]
-    if spec.teacher is not None:
-        terms.append(
-            Term(
-                "teacher",
-                sharded_param_bytes(spec.teacher, group),
-                state_at,
-                f"distillation teacher's fp32 weights ({spec.teacher.n_params():,} params), {shard_note}",
-            )
-        )
-    terms.append(_gathered_term(spec))
-
+    terms = _state_terms(spec, state_at)
+    act, loss, backward, working = _working_terms(spec)
+    terms += working
     t = model.seq_len
-    act = activation_bytes(
-        model,
-        micro_batch_size=spec.micro_batch_size,
-        seq_len=t,
-        num=num,
-        checkpointing=par.activation_checkpointing,
-        ac_every=par.ac_every,
-    )
-    ac = par.activation_checkpointing
-    ac_note = {
-        "none": "no checkpointing",
-        "full": "every block checkpointed",
-        "selective": f"every {par.ac_every}th block checkpointed",
-    }[ac]
-    terms.append(
-        Term(
-            "activations",
-            act.total,
-            "device",
-            f"saved for backward: MBS {spec.micro_batch_size} x seq {t}, {ac_note} "
-            f"({act.n_full} full blocks of {act.block_full / GIB:.3g} GiB)",
-        )
-    )
-    loss = loss_buffer_bytes(model, spec.micro_batch_size, t, num)
-    loss_note = "logits held by the step + fp32 cross-entropy gradients (N x V)"
-    if spec.teacher is not None:
-        # Teacher logits stay live through the student's loss; the KL term keeps three more fp32 N x V
-        # tensors (both log-softmaxes' results and the probability-weighted difference).
-        n_v = spec.micro_batch_size * t * model.vocab_size
-        loss += n_v * num.compute + 3 * n_v * FP32
-        loss_note += " + teacher logits and the KL term's fp32 buffers"
-    terms.append(Term("loss", loss, "device", loss_note))
-    backward = backward_working_bytes(model, spec.micro_batch_size, t, num)
-    backward_note = "one block's gradients of its largest intermediates"
-    if act.n_checkpointed:
-        backward += act.block_full
-        backward_note += " + its recomputed activations (checkpointed)"
-    terms.append(Term("backward", backward, "device", backward_note))
-
     by_name = {term.name: term.bytes for term in terms}
     resident_names = ["weights", "optimizer", "teacher"] if state_at == "device" else []
     kept_grads = by_name["gradients"] if state_at == "device" else 0
@@ -358,14 +214,90 @@ def estimate_memory(spec: MemorySpec) -> MemoryEstimate:
     )
 
 
+def _state_terms(spec: MemorySpec, state_at: Literal["device", "host"]) -> list[Term]:
+    """Weights, gradients, optimizer state (and a teacher's weights), and the all-gathered copies."""
+    model, group = spec.model, spec.shard_group
+    n_tensors = param_layout(model, group, spec.tp).n_tensors
+    shard_note = f"sharded over {group} rank{'s' if group > 1 else ''}" + (" (padded)" if group > 1 else "")
+    shard_note += f", blocks split over {spec.tp} TP ranks" if spec.tp > 1 else ""
+
+    weights = sharded_param_bytes(model, group, tp=spec.tp)
+    grads = weights
+    optim = ADAMW_MOMENTS * weights + ADAMW_STEP_BYTES * n_tensors
+    terms = [
+        Term("weights", weights, state_at, f"fp32 master weights, {model.n_params():,} params {shard_note}"),
+        Term("gradients", grads, state_at, f"fp32 gradients, {shard_note}"),
+        Term("optimizer", optim, state_at, "AdamW exp_avg + exp_avg_sq (fp32) + a step counter per tensor"),
+    ]
+    if spec.teacher is not None:
+        terms.append(
+            Term(
+                "teacher",
+                sharded_param_bytes(spec.teacher, group),
+                state_at,
+                f"distillation teacher's fp32 weights ({spec.teacher.n_params():,} params), {shard_note}",
+            )
+        )
+    terms.append(_gathered_term(spec))
+    return terms
+
+
+def _working_terms(spec: MemorySpec) -> tuple[ActivationBytes, int, int, list[Term]]:
+    """What one micro-batch's forward and backward hold: activations, the loss's buffers and the
+    backward's working set; returned with the byte counts the peak is built from."""
+    model, par, num = spec.model, spec.parallel, spec.numerics
+    terms: list[Term] = []
+    t = model.seq_len
+    act = activation_bytes(
+        model,
+        micro_batch_size=spec.micro_batch_size,
+        seq_len=t,
+        num=num,
+        checkpointing=par.activation_checkpointing,
+        ac_every=par.ac_every,
+    )
+    act = local_activations(act, model, spec.micro_batch_size, t, num, spec.tp)
+    ac = par.activation_checkpointing
+    ac_note = {
+        "none": "no checkpointing",
+        "full": "every block checkpointed",
+        "selective": f"every {par.ac_every}th block checkpointed",
+    }[ac]
+    terms.append(
+        Term(
+            "activations",
+            act.total,
+            "device",
+            f"saved for backward: MBS {spec.micro_batch_size} x seq {t}, {ac_note} "
+            f"({act.n_full} full blocks of {act.block_full / GIB:.3g} GiB)",
+        )
+    )
+    loss = loss_buffer_bytes(model, spec.micro_batch_size, t, num)
+    loss_note = "logits held by the step + fp32 cross-entropy gradients (N x V)"
+    if spec.teacher is not None:
+        # Teacher logits stay live through the student's loss; the KL term keeps three more fp32 N x V
+        # tensors (both log-softmaxes' results and the probability-weighted difference).
+        n_v = spec.micro_batch_size * t * model.vocab_size
+        loss += n_v * num.compute + 3 * n_v * FP32
+        loss_note += " + teacher logits and the KL term's fp32 buffers"
+    terms.append(Term("loss", loss, "device", loss_note))
+    backward = backward_working_bytes(model, spec.micro_batch_size, t, num) // spec.tp
+    backward_note = "one block's gradients of its largest intermediates"
+    if act.n_checkpointed:
+        backward += act.block_full
+        backward_note += " + its recomputed activations (checkpointed)"
+    terms.append(Term("backward", backward, "device", backward_note))
+    return act, loss, backward, terms
+
+
 def _gathered_term(spec: MemorySpec) -> Term:
     model, par = spec.model, spec.parallel
     if spec.fsdp:
         p = BF16 if par.precision != "FP_32" else FP32  # BF_16 and FP_16: 2-byte halves
         reduce_copy = FP32 if p != FP32 else 0  # FSDP2 reduces bf16 gradients in fp32: a cast copy
-        block = unsharded_numel(model, spec.shard_group, blocks=True)
+        block = unsharded_numel(model, spec.shard_group, blocks=True, tp=spec.tp)
         blocks = min(BLOCKS_IN_FLIGHT, model.n_layers)
-        root = unsharded_numel(model, spec.shard_group, blocks=False)
+        root = unsharded_numel(model, spec.shard_group, blocks=False, tp=spec.tp)
         total = (root + blocks * block) * p + root * p + block * (p + reduce_copy)
         dtype = {"BF_16": "bf16", "FP_16": "fp16"}.get(par.precision, "fp32")
         return Term(
@@ -378,7 +310,7 @@ def _gathered_term(spec: MemorySpec) -> Term:
     if par.precision != "FP_32":
         return Term(
             "gathered",
-            _autocast_copy_numel(model) * BF16,
+            autocast_copy_numel(model) * BF16,
             "device",
             "half-precision copies autocast keeps of every matmul weight (one device, no FSDP)",
         )

@@ -38,6 +38,22 @@ def qos_refusal(name: str, spec: QosSpec, nodes: int, time: str) -> str | None:
     return None
 
 
+def check_named_qos(cluster: ClusterProfile, qos: str, nodes: int, time: str, where: str) -> None:
+    """A point that names its QoS (or got the profile's ``default_qos``): it must be one of the
+    profile's, and its window must hold the run (``qos_refusal``: the same rule ``auto_qos`` picks by)."""
+    if cluster.qos and qos not in cluster.qos:
+        raise ConfigError(
+            f"{where}: resources.qos: {qos!r} is not a QoS of {cluster.name!r}; allowed: {', '.join(cluster.qos)}"
+        )
+    spec = cluster.qos.get(qos)
+    refusal = None if spec is None else qos_refusal(qos, spec, nodes, time)
+    if refusal is not None:
+        raise ConfigError(
+            f"{where}: resources: QoS {qos!r} does not admit {nodes} nodes for {time}: {refusal} "
+            "(the job would pend forever or be rejected)"
+        )
+
+
 def auto_qos_refusals(cluster: ClusterProfile, nodes: int, time: str) -> list[str]:
     """For each QoS of ``auto_qos``, in order, why it refuses the run (empty entries are not listed)."""
     return [r for name in cluster.auto_qos if (r := qos_refusal(name, cluster.qos[name], nodes, time))]

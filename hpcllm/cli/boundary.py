@@ -1,0 +1,75 @@
+"""The CLI's one exception boundary: no bare Python traceback ever reaches a user.
+
+Expected failures (a user's input or environment: bad config, a damaged or missing file, a refusing
+scheduler, a full disk) are one line naming the problem, exit 2, as ``fail`` prints them. Anything
+else is a bug: one line saying so and where the crash report with the traceback is (to attach to an
+issue); ``HPCLLM_DEBUG=1`` prints the traceback too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.markup import escape
+
+from hpcllm import __version__
+from hpcllm.cli.common import EXIT_ERROR, err_console
+from hpcllm.errors import HpcllmError
+
+EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): an internal error
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+CRASH_DIR_ENV = "HPCLLM_CRASH_DIR"
+
+
+def run_guarded(command: Callable[[], object]) -> None:
+    """Run ``command`` (the typer app); turn every exception that escapes it into one line and an exit."""
+    try:
+        command()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except (HpcllmError, OSError) as exc:  # the user's input or environment: how to fix it is in the message
+        err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:
+        report = write_crash_report(exc)
+        err_console.print(
+            f"[bold red]internal error:[/] {escape(_one_line(exc))} (a bug in hpcllm {__version__}; "
+            f"traceback in {escape(str(report))}, HPCLLM_DEBUG=1 prints it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if os.environ.get("HPCLLM_DEBUG") == "1":
+            traceback.print_exception(exc)
+        sys.exit(EXIT_BUG)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, HpcllmError) else f"{type(exc).__name__}: {text}"
+
+
+def write_crash_report(exc: BaseException) -> Path:
+    """A file holding the command line, the version and the traceback; its path."""
+    folder = Path(os.environ.get(CRASH_DIR_ENV) or Path(tempfile.gettempdir()) / f"hpcllm-crash-{os.getuid()}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = f"hpcllm {__version__}, Python {sys.version.split()[0]}\ncommand: {' '.join(sys.argv)}\n\n" + "".join(
+        traceback.format_exception(exc)
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, name = tempfile.mkstemp(prefix=f"crash-{stamp}-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return Path(name)
+    except OSError:  # nowhere to write: the traceback goes to stderr instead
+        sys.stderr.write(text)
+        return Path("(stderr: the crash report could not be written)")

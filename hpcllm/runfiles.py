@@ -1,0 +1,270 @@
+"""The one reader of the files a run or a checkpoint leaves behind, for the login-node commands.
+
+Total on purpose: a file that is missing, a directory, unreadable, a FIFO, socket or device, a link
+loop, larger than any file of ours, not UTF-8, not JSON, JSON of another shape, becomes one
+``RunFileProblem`` naming the file and the reason, never a hang, a traceback or a whole-file read of
+a runaway log. ``collect``, ``status``, ``report`` and ``ckpt`` read through here, so one damaged run
+costs one warning line and the other runs are still reported.
+
+Never blocking: files are opened ``O_NONBLOCK`` and checked with ``fstat`` before a byte is read
+(opening a FIFO for reading would otherwise wait for a writer forever). Bounded: JSON files are
+read up to ``MAX_JSON_BYTES``; JSON-lines files are streamed a line at a time, each line bounded.
+Fast: ``collect`` reads 10,000 summaries with this, so there is one ``open`` + ``fstat`` per file
+and orjson parses.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from hpcllm.errors import HpcllmError
+
+MAX_JSON_BYTES = 64 * 2**20  # a summary or manifest is kilobytes; a probe report with every trial, a few MiB
+MAX_LINE_BYTES = 1 * 2**20  # one metrics or runtime record
+MAX_TEXT_BYTES = 4096  # a pointer file (checkpoints/latest)
+_CHUNK = 1 << 16
+
+
+class RunFileProblem(HpcllmError):
+    """A run's file cannot be used; ``str()`` is ``<path>: <reason>``, one line."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class MissingFile(RunFileProblem):
+    """The file does not exist (for most run files: not written yet, which is no damage)."""
+
+
+_KIND = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _open(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(descriptor, size) of a regular file, opened without blocking; RunFileProblem otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MissingFile(path, "missing") from None
+    except OSError as exc:
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:  # pragma: no cover - fstat of an open descriptor
+        os.close(fd)
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise RunFileProblem(path, f"is {_KIND.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, not a file")
+    return fd, st.st_size
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "unreadable (permission denied)"
+    if exc.errno == errno.ENOTDIR:
+        return "a folder on its path is a file"
+    if exc.errno == errno.ENXIO:
+        return "is a socket or device, not a file"
+    if exc.errno == errno.EISDIR:
+        return "is a directory, not a file"
+    return f"unreadable ({exc.strerror or exc})"
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> bytes:
+    """The whole file, at most ``limit`` bytes (a larger file is a RunFileProblem, not a long read)."""
+    fd, size = _open(path)
+    try:
+        if size > limit:
+            raise RunFileProblem(path, f"{size} bytes, more than the {limit} a file of this kind holds")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # grew while being read
+                raise RunFileProblem(path, f"more than the {limit} bytes a file of this kind holds")
+        return b"".join(chunks)
+    except OSError as exc:  # EIO, or a file on a vanished network mount
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | os.PathLike[str], limit: int = MAX_TEXT_BYTES) -> str:
+    """The file as UTF-8 text (bounded, like ``read_bytes``)."""
+    data = read_bytes(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RunFileProblem(path, f"not UTF-8 text (byte {exc.start})") from None
+
+
+def parse_json(data: bytes) -> Any:
+    """orjson, and ``json`` for what only it reads: ``NaN``/``Infinity``, which Python's ``json.dumps``
+    writes for a non-finite float (the summary of a run stopped by a non-finite loss). ValueError
+    (UnicodeDecodeError included) when neither reads it."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> Any:
+    """The file's JSON value; RunFileProblem when it is not JSON."""
+    data = read_bytes(path, limit)
+    try:
+        return parse_json(data)
+    except RecursionError:
+        raise RunFileProblem(path, "not valid JSON (nested too deeply)") from None
+    except ValueError as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not valid JSON ({exc})"
+        raise RunFileProblem(path, reason.splitlines()[0]) from None
+
+
+def read_json_object(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The file's JSON object; RunFileProblem for any other JSON value."""
+    data = read_json(path, limit)
+    if not isinstance(data, dict):
+        raise RunFileProblem(path, f"holds a JSON {_json_kind(data)}, not an object")
+    return data
+
+
+def iter_json_lines(path: str | os.PathLike[str], max_line: int = MAX_LINE_BYTES) -> Iterator[dict[str, Any]]:
+    """Each line of a JSON-lines file that is a JSON object, streamed (never the whole file in memory).
+
+    Torn lines (a writer's last, unfinished line) and lines of another shape are skipped; a line longer
+    than ``max_line`` is skipped without being held whole. MissingFile/RunFileProblem as ``read_bytes``.
+    """
+    fd, _ = _open(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            while line := fh.readline(max_line + 1):
+                if len(line) > max_line and not line.endswith(b"\n"):
+                    while (rest := fh.readline(_CHUNK)) and not rest.endswith(b"\n"):
+                        pass  # drop the rest of an overlong line, a chunk at a time
+                    continue
+                try:
+                    record = parse_json(line)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(record, dict):
+                    yield record
+    except OSError as exc:
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    finally:
+        os.close(fd)
+
+
+def last_json_line(
+    path: str | os.PathLike[str], accept: Any = None, max_window: int = MAX_LINE_BYTES
+) -> dict[str, Any] | None:
+    """The last line of a JSON-lines file that is an object (and ``accept(record)`` when given), reading
+    only the file's tail: 4 KiB first, growing to ``max_window`` only when no complete line is in it."""
+    fd, size = _open(path)
+    try:
+        window = 4096
+        while True:
+            start = max(size - window, 0)
+            data = os.pread(fd, min(window, size), start)
+            lines = data.splitlines()
+            if start > 0 and lines:
+                lines = lines[1:]  # the cut start of the window
+            for line in reversed(lines):
+                try:
+                    record = parse_json(line)
+                except (ValueError, RecursionError):
+                    continue  # a line being written right now
+                if isinstance(record, dict) and (accept is None or accept(record)):
+                    return record
+            if start == 0 or window >= max_window:
+                return None
+            window *= 4
+    except OSError as exc:
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    finally:
+        os.close(fd)
+
+
+def tail_text(path: str | os.PathLike[str], max_bytes: int = 1 << 16) -> str:
+    """The last ``max_bytes`` of a text file (a log), undecodable bytes replaced: never the whole file."""
+    fd, size = _open(path)
+    try:
+        start = max(size - max_bytes, 0)
+        data = os.pread(fd, min(size, max_bytes), start)
+    except OSError as exc:
+        raise RunFileProblem(path, _os_reason(exc)) from None
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", errors="replace")
+    return text.split("\n", 1)[-1] if start > 0 else text  # drop the cut first line
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (bool is not one, though Python says it is an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_fields(
+    path: str | os.PathLike[str], data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()
+) -> None:
+    """RunFileProblem naming the first field of ``numbers`` that holds no number (or of ``texts`` no
+    string); absent and null fields pass (a column shows them empty)."""
+    for key in numbers:
+        value = data.get(key)
+        if value is not None and not is_number(value):
+            raise RunFileProblem(path, f"field {key!r} holds a JSON {_json_kind(value)}, not a number")
+    for key in texts:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise RunFileProblem(path, f"field {key!r} holds a JSON {_json_kind(value)}, not a string")
+
+
+def strict_json(data: Any, indent: int | None = 2) -> str:
+    """``data`` as JSON that every parser reads: a non-finite float (NaN, Infinity are not JSON) becomes
+    null, and the object holding it gets ``"non_finite": {key: "nan" | "inf" | "-inf"}`` saying why
+    (a list's non-finite items are null). For every ``--format json`` output."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _finite(v) for k, v in value.items()}
+        why = {str(k): repr(v) for k, v in value.items() if isinstance(v, float) and not math.isfinite(v)}
+        if why:
+            out["non_finite"] = why
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,1 @@
+"""Site checks on a live cluster: doctor and the facts it reads (sinfo, scontrol, sacctmgr)."""

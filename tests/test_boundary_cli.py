@@ -1,0 +1,83 @@
+"""The CLI's one exception boundary (hpcllm.cli.boundary): expected failures are one line and exit 2;
+a bug is one line naming a crash report that holds the traceback; no bare traceback reaches a user."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import hpcllm.collect.records
+from hpcllm.cli import main
+from hpcllm.cli.boundary import EXIT_BUG
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["hpcllm", *argv])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    return int(exc.value.code or 0)
+
+
+def _boom(root: Path) -> list:
+    raise RuntimeError("boom: an unexpected bug")
+
+
+def test_a_bug_is_one_line_and_a_crash_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HPCLLM_CRASH_DIR", str(tmp_path / "crashes"))
+    monkeypatch.delenv("HPCLLM_DEBUG", raising=False)
+    monkeypatch.setattr(hpcllm.collect.records, "scan", _boom)
+    (tmp_path / "results").mkdir()
+    assert _run(monkeypatch, "collect", str(tmp_path / "results")) == EXIT_BUG
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "internal error" in lines[0] and "boom" in lines[0], err
+    (report,) = (tmp_path / "crashes").iterdir()
+    assert str(report) in err.replace("\n", "")
+    text = report.read_text()
+    assert "Traceback" in text and "RuntimeError: boom" in text and "collect" in text
+
+
+def test_debug_prints_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HPCLLM_CRASH_DIR", str(tmp_path / "crashes"))
+    monkeypatch.setenv("HPCLLM_DEBUG", "1")
+    monkeypatch.setattr(hpcllm.collect.records, "scan", _boom)
+    (tmp_path / "results").mkdir()
+    assert _run(monkeypatch, "collect", str(tmp_path / "results")) == EXIT_BUG
+    assert "Traceback" in capsys.readouterr().err
+
+
+def _disk_full(root: Path) -> list:
+    raise OSError(28, "No space left on device")
+
+
+def test_an_expected_failure_is_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HPCLLM_CRASH_DIR", str(tmp_path / "crashes"))
+    monkeypatch.setattr(hpcllm.collect.records, "scan", _disk_full)
+    (tmp_path / "results").mkdir()
+    assert _run(monkeypatch, "collect", str(tmp_path / "results")) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0], err
+    assert not (tmp_path / "crashes").exists()
+
+
+def test_a_missing_results_root_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("collect", "status", "report"):
+        assert _run(monkeypatch, command, str(tmp_path / "nope")) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "no such folder" in lines[0], (command, err)
+    (tmp_path / "file").write_text("x")
+    assert _run(monkeypatch, "status", str(tmp_path / "file")) == 2
+    assert "not a folder" in capsys.readouterr().err
