@@ -17,6 +17,11 @@ EXAMPLES: dict[tuple[str, ...], list[str]] = {
     ("submit",): [
         "hpcllm submit experiments/getting_started.yaml -c local",
         "hpcllm submit experiments/scaling_2.7b.yaml -c leonardo -A AIFAC_L01_028 --dry-run",
+        "hpcllm submit experiments/scaling_2.7b.yaml -c leonardo --preflight --spare-nodes 1 --over-budget",
+    ],
+    ("plan",): [
+        "hpcllm plan experiments/scaling_2.7b.yaml -c leonardo -A AIFAC_L01_028",
+        "hpcllm plan experiments/scaling_2.7b.yaml -c leonardo -r results --mfu 0.4",
     ],
     ("status",): ["hpcllm status", "hpcllm status -r results/getting_started/local --format json"],
     ("cancel",): ["hpcllm cancel tiny-n1x2-mbs8-ga1-fs-acnone-seq128-332ada07 -r results"],
@@ -24,6 +29,7 @@ EXAMPLES: dict[tuple[str, ...], list[str]] = {
     ("collect",): [
         "hpcllm collect -r results --format csv -o scaling.csv",
         "hpcllm collect -k gpus,samples_per_s,mfu,run --where 'gpus >= 16' --sort -mfu",
+        "hpcllm collect -r results --fits",
     ],
     ("report",): ["hpcllm report -r results -o report.html"],
     ("schema",): ["hpcllm schema experiment > experiment.schema.json"],
@@ -47,7 +53,11 @@ EXAMPLES: dict[tuple[str, ...], list[str]] = {
     ("ckpt", "ls"): ["hpcllm ckpt ls results/getting_started/local/60m-n1x1-… --verify"],
     ("ckpt", "export"): ["hpcllm ckpt export results/getting_started/local/60m-n1x1-… --format hf -o hf/60m"],
     ("model", "list"): ["hpcllm model list"],
-    ("model", "info"): ["hpcllm model info 60m", "hpcllm model info 2.7b --mbs 2 --gpus 8 --cluster leonardo"],
+    ("model", "info"): [
+        "hpcllm model info 60m",
+        "hpcllm model info 2.7b --mbs 2 --gpus 8 --cluster leonardo",
+        "hpcllm model info 28b --tp 4 --gpus 64 --cluster leonardo",
+    ],
     ("search", "run"): ["hpcllm search run experiments/smoke.yaml -c local --wait"],
     ("search", "status"): ["hpcllm search status experiments/smoke.yaml -c local"],
     ("env", "pack"): ["hpcllm env pack -o wheelhouse --python-version 3.11", "hpcllm env pack --train -o wheelhouse"],

@@ -35,9 +35,73 @@ def _html(fig: go.Figure, div_id: str, include_js: bool) -> str:
     )
 
 
+def _group_traces(fig: Any, label: str, points: list[dict[str, Any]], color: str) -> None:
+    """One group's lines: samples/s (with linear scaling dotted), MFU where known, efficiency."""
+    import plotly.graph_objects as go
+
+    gpus = [p["gpus"] for p in points]
+    runs = [p["run"] for p in points]
+    common: dict[str, Any] = {"name": label, "legendgroup": label, "customdata": runs, "hovertemplate": _HOVER}
+    line = {"color": color}
+    fig.add_trace(
+        go.Scatter(
+            x=gpus,
+            y=[p["samples_per_s"] for p in points],
+            mode="lines+markers",
+            line=line,
+            meta="samples/s",
+            **common,
+        ),
+        row=1,
+        col=1,
+    )
+    ideal = [points[0]["samples_per_s"] * g / points[0]["gpus"] for g in gpus]
+    fig.add_trace(
+        go.Scatter(
+            x=gpus,
+            y=ideal,
+            mode="lines",
+            line={"color": color, "dash": "dot", "width": 1},
+            name=label,
+            legendgroup=label,
+            showlegend=False,
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
+    with_mfu = [p for p in points if p["mfu"] is not None]
+    if with_mfu:
+        fig.add_trace(
+            go.Scatter(
+                x=[p["gpus"] for p in with_mfu],
+                y=[p["mfu"] for p in with_mfu],
+                mode="lines+markers",
+                line=line,
+                showlegend=False,
+                meta="MFU",
+                **{**common, "customdata": [p["run"] for p in with_mfu]},
+            ),
+            row=1,
+            col=2,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=gpus,
+            y=efficiency(points),
+            mode="lines+markers",
+            line=line,
+            showlegend=False,
+            meta="efficiency",
+            **common,
+        ),
+        row=1,
+        col=3,
+    )
+
+
 def scaling_html(records: Iterable[RunRecord], div_id: str, include_js: bool) -> str:
     """Throughput, MFU and scaling efficiency against #GPUs, one line per group."""
-    import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
@@ -53,66 +117,7 @@ def scaling_html(records: Iterable[RunRecord], div_id: str, include_js: bool) ->
     )
     palette = qualitative.Plotly
     for n, (label, points) in enumerate(groups.items()):
-        color = palette[n % len(palette)]
-        gpus = [p["gpus"] for p in points]
-        runs = [p["run"] for p in points]
-        common: dict[str, Any] = {"name": label, "legendgroup": label, "customdata": runs, "hovertemplate": _HOVER}
-        line = {"color": color}
-        fig.add_trace(
-            go.Scatter(
-                x=gpus,
-                y=[p["samples_per_s"] for p in points],
-                mode="lines+markers",
-                line=line,
-                meta="samples/s",
-                **common,
-            ),
-            row=1,
-            col=1,
-        )
-        ideal = [points[0]["samples_per_s"] * g / points[0]["gpus"] for g in gpus]
-        fig.add_trace(
-            go.Scatter(
-                x=gpus,
-                y=ideal,
-                mode="lines",
-                line={"color": color, "dash": "dot", "width": 1},
-                name=label,
-                legendgroup=label,
-                showlegend=False,
-                hoverinfo="skip",
-            ),
-            row=1,
-            col=1,
-        )
-        with_mfu = [p for p in points if p["mfu"] is not None]
-        if with_mfu:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p["gpus"] for p in with_mfu],
-                    y=[p["mfu"] for p in with_mfu],
-                    mode="lines+markers",
-                    line=line,
-                    showlegend=False,
-                    meta="MFU",
-                    **{**common, "customdata": [p["run"] for p in with_mfu]},
-                ),
-                row=1,
-                col=2,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=gpus,
-                y=efficiency(points),
-                mode="lines+markers",
-                line=line,
-                showlegend=False,
-                meta="efficiency",
-                **common,
-            ),
-            row=1,
-            col=3,
-        )
+        _group_traces(fig, label, points, palette[n % len(palette)])
     for col in (1, 2, 3):
         fig.update_xaxes(title_text="#GPUs", type="log", dtick=0.30103, row=1, col=col)  # log2 ticks
     fig.update_yaxes(type="log", title_text="samples/s", row=1, col=1)

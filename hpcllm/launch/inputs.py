@@ -98,3 +98,18 @@ def refuse_missing_inputs(
                 warnings.append(f"{m} here; this machine is not {cluster.name}'s login node, so it is not checked")
         kept.append(spec)
     return kept
+
+
+def unset_on_login(specs: list[RunSpec]) -> list[str]:
+    """One warning per path variable that is not set here: the compute node must set it, or the run
+    fails at start-up (it may be fine: some sites set scratch variables only in jobs)."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for key, value in iter_site_paths(spec.training):
+            for name in unset_variables(value):
+                seen.setdefault(name, f"{key}: {value}")
+    return [
+        f"${name} is not set on this login node (used in {where}); the job's node must set it, "
+        "or the run fails at start"
+        for name, where in seen.items()
+    ]
