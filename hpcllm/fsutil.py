@@ -67,6 +67,12 @@ def _umask() -> int:
     return mask
 
 
+def as_if_opened(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would have (0644 under umask 022): for
+    files that a library writes through a private temp file (safetensors: 0600)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_text(
     path: Path, text: str, *, durable: bool = True, executable: bool = False, make_parents: bool = True
 ) -> None:
