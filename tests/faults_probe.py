@@ -208,14 +208,19 @@ def cli_on_a_full_disk(root: Path) -> None:
     naming the path and the free space, and no temp file or hidden temp folder left behind."""
     text = root.parent / "input.txt"  # off the full disk
     text.write_text("some text to tokenize\n" * 20000)
+    done = root.parent / "done" / "exp" / "local" / "r1"  # a completed run for collect (off the full disk)
+    done.mkdir(parents=True)
+    (done / "run.yaml").write_text("run_id: r1\n")
+    summary = {"status": "completed", "world_size": 1, "global_batch_size": 8, "seq_len": 64, "n_params": 1e6}
+    (done / "summary.json").write_text(json.dumps({**summary, "samples_per_s": 10.0, "gpu_type": "A100"}))
     commands = {
         "submit": [
             *("submit", "experiments/scaling_2.7b.yaml", "--cluster", "leonardo", "--dry-run"),
             *("--results", str(root / "dry"), "--no-memory-check"),
         ],
         "prepare": ["data", "prepare", "-i", str(text), "-o", str(root / "store"), "--workers", "1"],
-        "report": ["report", str(root.parent / "plain"), "-o", str(root / "report.html")],
-        "collect": ["collect", str(root.parent / "plain"), "--format", "csv", "-o", str(root / "table.csv")],
+        "report": ["report", "-r", str(root.parent / "plain"), "-o", str(root / "report.html")],
+        "collect": ["collect", "-r", str(done.parents[2]), "--format", "csv", "-o", str(root / "table.csv")],
     }
     for name, args in commands.items():
         proc = subprocess.run(

@@ -94,9 +94,10 @@ def collect(
         fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
     check_results_root(root)
     problems: list[str] = []
-    scanned = scan(root, problems)
+    skipped: list[str] = []
+    scanned = scan(root, skipped)
+    warn_problems(skipped)  # folders that could not be read: said first, whatever follows
     if not scanned:
-        warn_problems(problems)  # folders that could not be read may be why
         fail(HpcllmError(nothing_to_collect(root)))
     records = completed_of(scanned, problems)
     probes = [r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE]
