@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RESULTS ?= results
 
-.PHONY: setup demo test test-fast lint browser clean-results
+.PHONY: setup demo test test-fast lint browser clean-results docs
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,7 @@ demo: setup
 	  || echo "python3.11-doc not installed: using the docs shipped with Python"; fi
 	$(BIN)/hpcllm data demo --output data/demo
 	$(BIN)/hpcllm submit experiments/smoke.yaml --cluster local --results $(RESULTS) --wait
-	$(BIN)/hpcllm collect $(RESULTS)/smoke --format markdown
+	$(BIN)/hpcllm collect -r $(RESULTS)/smoke --format markdown
 
 # Lint first: a finding fails `make test` before Chromium is installed or any test runs.
 test: setup lint browser
@@ -55,3 +55,7 @@ test-fast: setup
 
 clean-results:
 	rm -rf $(RESULTS)/smoke
+
+# The command outputs README.md and docs/*.md show between cog markers (tests/test_docs.py checks them).
+docs:
+	$(BIN)/python -m cogapp -r -I tests -p "from docs_cog import *" $$(grep -l '\[\[\[cog' README.md docs/*.md)

@@ -11,3 +11,11 @@ class ConfigError(HpcllmError):
 
 class BackendError(HpcllmError):
     """The scheduler (or the local runner) refused or failed an operation."""
+
+
+class LockBusy(HpcllmError):
+    """A lock is held by another process (named in the message) past the time allowed to wait."""
+
+
+class StorageWriteError(HpcllmError):
+    """A write failed for a reason of the file system (full, read-only, a name too long, a quota)."""

@@ -223,6 +223,19 @@ class RunDir:
     def log_files(self) -> list[Path]:
         return sorted(self.path.glob(self.LOG_PATTERN.replace("%j", "*")))
 
+    def latest_log(self, job_id: str | None = None) -> Path | None:
+        """The log of the run's current job (``job_id``, the manifest's), else of the newest job by
+        its id: never by mtime, which a copied file or a stepped clock puts in the future."""
+        if job_id and self.log_file(job_id).is_file():
+            return self.log_file(job_id)
+        prefix, suffix = self.LOG_PATTERN.split("%j")
+
+        def job_key(path: Path) -> tuple[int, ...]:
+            job = path.name[len(prefix) : len(path.name) - len(suffix)]
+            return tuple(int(part) if part.isdigit() else -1 for part in job.split("_"))
+
+        return max(self.log_files(), key=job_key, default=None)
+
 
 def check_name(value: str, what: str) -> str:
     """``value`` if it can be one component of a path, else ConfigError naming ``what``.
@@ -266,8 +279,11 @@ def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:
     return Path(results_root) / experiment / cluster / SUBMIT_LOCK_NAME
 
 
-def find_run_dirs(root: Path) -> list[RunDir]:
+def find_run_dirs(root: Path, skipped: list[str] | None = None) -> list[RunDir]:
     """Every run directory below ``root`` (a dir holding run.yaml), sorted by path.
+
+    ``skipped`` receives one line per folder that could not be listed (another user's, umask 077),
+    so that a command can say what it left out and why instead of leaving it out without a word.
 
     A walk with ``os.scandir`` that does not descend into run directories: their checkpoints hold
     thousands of shard files, and ``status``/``collect`` over 10,000 runs must not visit them.
@@ -282,7 +298,11 @@ def find_run_dirs(root: Path) -> list[RunDir]:
         try:
             with os.scandir(folder) as it:
                 entries = sorted((e for e in it if e.is_dir()), key=lambda e: e.name)
-        except OSError:  # unreadable or vanished meanwhile: nothing to list there
+        except FileNotFoundError:  # vanished meanwhile: nothing to list there
+            return
+        except OSError as exc:  # unreadable: said, not hidden
+            if skipped is not None:
+                skipped.append(f"{folder}: cannot list it ({exc.strerror}); its runs are left out")
             return
         for entry in entries:
             if entry.is_symlink():

@@ -147,16 +147,23 @@ def read_json_object(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) 
     return data
 
 
-def iter_json_lines(path: str | os.PathLike[str], max_line: int = MAX_LINE_BYTES) -> Iterator[dict[str, Any]]:
+def iter_json_lines(
+    path: str | os.PathLike[str], max_line: int = MAX_LINE_BYTES, torn: list[int] | None = None
+) -> Iterator[dict[str, Any]]:
     """Each line of a JSON-lines file that is a JSON object, streamed (never the whole file in memory).
 
-    Torn lines (a writer's last, unfinished line) and lines of another shape are skipped; a line longer
-    than ``max_line`` is skipped without being held whole. MissingFile/RunFileProblem as ``read_bytes``.
+    Torn lines and lines of another shape are skipped; a line longer than ``max_line`` is skipped
+    without being held whole. ``torn`` receives the (1-based) number of each line that ends in a
+    newline but is not JSON: a writer died in it (``fsutil.append_line`` starts the next line fresh).
+    The last line without a newline is not one of them: a running writer may be writing it.
+    MissingFile/RunFileProblem as ``read_bytes``.
     """
     fd, _ = _open(path)
     try:
         with os.fdopen(fd, "rb", closefd=False) as fh:
+            number = 0
             while line := fh.readline(max_line + 1):
+                number += 1
                 if len(line) > max_line and not line.endswith(b"\n"):
                     while (rest := fh.readline(_CHUNK)) and not rest.endswith(b"\n"):
                         pass  # drop the rest of an overlong line, a chunk at a time
@@ -164,6 +171,8 @@ def iter_json_lines(path: str | os.PathLike[str], max_line: int = MAX_LINE_BYTES
                 try:
                     record = parse_json(line)
                 except (ValueError, RecursionError):
+                    if torn is not None and line.endswith(b"\n"):
+                        torn.append(number)
                     continue
                 if isinstance(record, dict):
                     yield record

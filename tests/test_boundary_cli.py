@@ -31,7 +31,7 @@ def test_a_bug_is_one_line_and_a_crash_report(
     monkeypatch.delenv("HPCLLM_DEBUG", raising=False)
     monkeypatch.setattr(hpcllm.collect.records, "scan", _boom)
     (tmp_path / "results").mkdir()
-    assert _run(monkeypatch, "collect", str(tmp_path / "results")) == EXIT_BUG
+    assert _run(monkeypatch, "collect", "-r", str(tmp_path / "results")) == EXIT_BUG
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -49,7 +49,7 @@ def test_debug_prints_the_traceback(
     monkeypatch.setenv("HPCLLM_DEBUG", "1")
     monkeypatch.setattr(hpcllm.collect.records, "scan", _boom)
     (tmp_path / "results").mkdir()
-    assert _run(monkeypatch, "collect", str(tmp_path / "results")) == EXIT_BUG
+    assert _run(monkeypatch, "collect", "-r", str(tmp_path / "results")) == EXIT_BUG
     assert "Traceback" in capsys.readouterr().err
 
 
@@ -63,7 +63,7 @@ def test_an_expected_failure_is_one_line_exit_2(
     monkeypatch.setenv("HPCLLM_CRASH_DIR", str(tmp_path / "crashes"))
     monkeypatch.setattr(hpcllm.collect.records, "scan", _disk_full)
     (tmp_path / "results").mkdir()
-    assert _run(monkeypatch, "collect", str(tmp_path / "results")) == 2
+    assert _run(monkeypatch, "collect", "-r", str(tmp_path / "results")) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "No space left on device" in lines[0], err
@@ -74,10 +74,10 @@ def test_a_missing_results_root_is_one_error_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for command in ("collect", "status", "report"):
-        assert _run(monkeypatch, command, str(tmp_path / "nope")) == 2
+        assert _run(monkeypatch, command, "-r", str(tmp_path / "nope")) == 2
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and "no such folder" in lines[0], (command, err)
     (tmp_path / "file").write_text("x")
-    assert _run(monkeypatch, "status", str(tmp_path / "file")) == 2
+    assert _run(monkeypatch, "status", "-r", str(tmp_path / "file")) == 2
     assert "not a folder" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +57,10 @@ def test_hf_export_matches_engine_logits(tmp_path: Path, overrides: dict) -> Non
     res = runner.invoke(ckpt_app, ["export", str(run.path), "--format", "hf", "--output", str(out)])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "model.safetensors"):  # readable by the group and others, as the umask allows
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
     hf = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     tokens = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
     with torch.no_grad():
@@ -91,12 +97,8 @@ def test_torch_export_is_the_model_state_dict(tmp_path: Path) -> None:
 
 
 def _ls_rows(output: str) -> dict[str, str]:
-    """Table rows of `ckpt ls` by step."""
-    return {
-        line.split()[1]: line
-        for line in output.splitlines()
-        if line.strip().startswith("│ ") and line.split()[1].isdigit()
-    }
+    """Table rows of `ckpt ls` by step (cli/listing's layout: no vertical rules, columns apart by spaces)."""
+    return {line.split()[0]: line for line in output.splitlines() if line.split() and line.split()[0].isdigit()}
 
 
 def test_ls_shows_steps_latest_and_corruption(tmp_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_ls_runs_without_torch(tmp_path: Path) -> None:
     assert proc.stdout.strip().splitlines()[-1] == "exit 0 False", proc.stdout + proc.stderr
     rows = _ls_rows(proc.stdout)
     assert set(rows) == {"1", "2"} and "complete" in rows["1"] and "(latest)" in rows["2"]
-    cells = {step: [c.strip() for c in row.split("│")[1:-1]] for step, row in rows.items()}
+    cells = {step: re.split(r"\s{2,}", row.strip()) for step, row in rows.items()}
     assert [cells["1"][1], cells["2"][1]] == ["2", "4"]  # consumed samples, from trainer_state.json
     assert cells["2"][2] == "1"  # written by one rank
 

@@ -114,7 +114,7 @@ def test_collect_formats(tmp_path):
     _fake_run(tmp_path, "b", world_size=16, samples_per_s=36.9, global_batch_size=32, activation_checkpointing="full")
     _fake_run(tmp_path, "c", status="failed")
     _fake_run(tmp_path, "d", world_size=2, gpu_type="cpu", mfu=None)
-    md = runner.invoke(app, ["collect", str(tmp_path), "--format", "markdown", "--columns", "seed"])
+    md = runner.invoke(app, ["collect", "-r", str(tmp_path), "--format", "markdown", "--columns", "seed"])
     assert md.exit_code == 0
     lines = md.output.strip().splitlines()
     assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
@@ -126,16 +126,26 @@ def test_collect_formats(tmp_path):
     assert "| 2.8 | 8 | 18.63 | 1 | 2 | 16 | 4096 | BF_16 | FULL_SHARD | False | A100 | 0.5847 |" in lines
     assert "| 2.8 | 16 | 36.9 | 1 | 2 | 32 | 4096 | BF_16 | FULL_SHARD | True | A100 | 0.5847 |" in lines
     assert lines[2].endswith("| cpu |  |")  # no MFU on CPU: an empty cell, never a made-up number
-    csv = runner.invoke(app, ["collect", str(tmp_path), "--format", "csv", "--columns", "seed"])
+    csv = runner.invoke(app, ["collect", "-r", str(tmp_path), "--format", "csv", "--columns", "seed"])
     assert csv.output.splitlines()[0] == ",".join(COLUMNS)
-    js = runner.invoke(app, ["collect", str(tmp_path), "--format", "json", "--columns", "seed"])
+    js = runner.invoke(app, ["collect", "-r", str(tmp_path), "--format", "json", "--columns", "seed"])
     rows = json.loads(js.output)
     assert len(rows) == 3 and set(rows[0]) == set(COLUMNS)
     out = tmp_path / "t.md"
     assert (
         runner.invoke(
             app,
-            ["collect", str(tmp_path), "--columns", "seed", "--output", str(out), "--plot", str(tmp_path / "p.png")],
+            [
+                "collect",
+                "-r",
+                str(tmp_path),
+                "--columns",
+                "seed",
+                "--output",
+                str(out),
+                "--plot",
+                str(tmp_path / "p.png"),
+            ],
         ).exit_code
         == 0
     )
@@ -144,7 +154,7 @@ def test_collect_formats(tmp_path):
 
 
 def test_collect_missing_folder(tmp_path):
-    result = runner.invoke(app, ["collect", str(tmp_path / "nope")])
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such folder" in result.output
 
 
@@ -172,7 +182,7 @@ def test_collect_check_flags_runs_out_of_bounds(tmp_path):
         (run / "manifest.json").write_text(
             json.dumps({"expected": {"mfu": {"value": 0.55, "lower": -0.1, "upper": None}}})
         )
-    result = runner.invoke(app, ["collect", str(tmp_path), "--check"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path), "--check"], env={"COLUMNS": "200"})
     assert result.exit_code == 1
     # mfu >= 0.55 x (1 - 0.1) = 0.495, no upper bound: 0.56 passes, 0.40 does not.
     assert _verdicts(result.output) == {
@@ -180,7 +190,7 @@ def test_collect_check_flags_runs_out_of_bounds(tmp_path):
         "run-below": ["mfu", "0.4", "0.55", "[0.495, inf]", "FAIL"],
     }
     (below / "summary.json").write_text((below / "summary.json").read_text().replace('"mfu": 0.4', '"mfu": 0.5'))
-    result = runner.invoke(app, ["collect", str(tmp_path), "--check"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path), "--check"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert [v[-1] for v in _verdicts(result.output).values()] == ["ok", "ok"]
 
@@ -207,7 +217,7 @@ def test_experiment_references_reach_the_manifest(in_project, tmp_path):
 def test_collect_keeps_a_run_without_measured_steps(tmp_path):
     """A run resumed exactly at its last step measured nothing: an empty cell, not a crash."""
     _fake_run(tmp_path, "a", samples_per_s=None, mfu=None)
-    result = runner.invoke(app, ["collect", str(tmp_path)])
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "| 2.8 | 8 |  | 1 | 2 | 16 |" in result.output
 
@@ -220,7 +230,7 @@ def test_collect_skips_broken_summaries_and_says_so(tmp_path):
     (bad / "summary.json").write_text(json.dumps(summary))
     torn = _fake_run(tmp_path, "torn")
     (torn / "summary.json").write_text('{"status": "compl')
-    result = runner.invoke(app, ["collect", str(tmp_path), "--format", "csv"], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path), "--format", "csv"], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "missing or bad field 'world_size'" in result.output and "not valid JSON" in result.output
     assert result.output.count("FULL_SHARD") == 1
@@ -231,7 +241,7 @@ def test_status_names_a_damaged_manifest(tmp_path):
     run = _fake_run(tmp_path, "a")
     _fake_run(tmp_path, "b")
     (run / "manifest.json").write_text('{"run_id": "a", "state": "runn')
-    result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["status", "-r", str(tmp_path)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert result.output.count("manifest.json: not a valid manifest") == 1 and "Traceback" not in result.output
     assert "2 runs:" in result.output

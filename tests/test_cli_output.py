@@ -39,7 +39,7 @@ def results(tmp_path: Path) -> Path:
 def test_status_in_a_pipe_keeps_ids_and_states_whole(results):
     """A subprocess writing to a pipe at the default 80 columns, as in a log or `| grep`."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from hpcllm.cli import main; main()", "status", str(results)],
+        [sys.executable, "-c", "from hpcllm.cli import main; main()", "status", "-r", str(results)],
         capture_output=True,
         text=True,
         env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
@@ -54,7 +54,7 @@ def test_status_in_a_pipe_keeps_ids_and_states_whole(results):
 
 
 def test_status_json_for_scripts(results):
-    result = runner.invoke(app, ["status", str(results), "--format", "json"])
+    result = runner.invoke(app, ["status", "-r", str(results), "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = {r["run_id"]: r for r in json.loads(result.output)}
     assert rows[LONG_ID]["state"] == "completed" and rows[LONG_ID]["step"] == 60
@@ -77,7 +77,7 @@ def test_a_terminal_gets_a_table_that_does_not_cut_ids():
         console, "t", ("run", "state", "reason"), [[LONG_ID, "completed", "x " * 60]], keep_whole=("run", "state")
     )
     text = console.export_text()
-    assert LONG_ID in text and "completed" in text and "│" in text
+    assert LONG_ID in text and "completed" in text and "───" in text and "not shown at 80 columns: reason" in text
 
 
 def test_long_listings_on_a_terminal_are_plain_text():
@@ -101,7 +101,7 @@ def test_login_node_commands_do_not_import_torch(results, tmp_path, command):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, command[0], str(results), *command[1:]],
+        [sys.executable, "-c", code, command[0], "-r", str(results), *command[1:]],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ WIDE = {"COLUMNS": "400"}
 
 
 def collect(*args: str):
-    result = runner.invoke(app, ["collect", *map(str, args)], env=WIDE)
+    result = runner.invoke(app, ["collect", "-r", *map(str, args)], env=WIDE)
     return result
 
 
@@ -81,6 +81,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
         "Loss",
         "Restarts",
         "Wall time",
+        "Experiment",
+        "Cluster",
     ]
     # resources.nodes is swept too, but the seed's #GPUs shows it; optim.lr is not shown otherwise
     assert rows == [
@@ -104,6 +106,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "6.0432",
             "0",
             "1:02:05",
+            "exp",
+            "leonardo",
         ],
         [
             "2.7",
@@ -125,6 +129,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "6.0432",
             "2",
             "2:02:02",
+            "exp",
+            "leonardo",
         ],
         [
             "2.7",
@@ -146,6 +152,8 @@ def test_default_table_is_the_seeds_columns_then_ours(results):
             "5.5",
             "0",
             "1:02:05",
+            "exp",
+            "leonardo",
         ],
     ]
 
@@ -160,8 +168,8 @@ def test_evaluation_loss_shows_when_a_run_has_it(results):
         ),
     )
     header, *rows = markdown_rows(collect(results).output)
-    assert header[-5:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time"]
-    assert [row[-4] for row in rows] == ["", "", "", "5.9123"]
+    assert header[-7:] == ["Loss", "Eval Loss", "Eval PPL", "Restarts", "Wall time", "Experiment", "Cluster"]
+    assert [row[-6] for row in rows] == ["", "", "", "5.9123"]
 
 
 def test_columns_where_and_sort(results):
@@ -254,10 +262,10 @@ def test_plots_are_written(results, tmp_path):
 
 
 def test_restarts_are_marked_where_an_attempt_resumed():
-    from hpcllm.collect.plot import _restart_steps, efficiency
+    from hpcllm.collect.plot import efficiency, restart_steps
 
-    assert _restart_steps(loss_curve(40, restart_at=20)) == [21]
-    assert _restart_steps(loss_curve(10)) == []
+    assert restart_steps(loss_curve(40, restart_at=20)) == [21]
+    assert restart_steps(loss_curve(10)) == []
     assert efficiency([{"gpus": 8, "samples_per_s": 16.0}, {"gpus": 32, "samples_per_s": 48.0}]) == [1.0, 0.75]
 
 
@@ -323,9 +331,9 @@ def test_collect_status_and_report_read_runs_with_the_cyclic_gc_paused(results, 
     monkeypatch.setattr(report, "scan", spying(report.scan))
     assert gc.isenabled()
     assert collect(results).exit_code == 0
-    assert runner.invoke(app, ["status", str(results)], env=WIDE).exit_code == 0
+    assert runner.invoke(app, ["status", "-r", str(results)], env=WIDE).exit_code == 0
     page = tmp_path / "page.html"
-    assert runner.invoke(app, ["report", str(results), "--output", str(page)], env=WIDE).exit_code == 0
+    assert runner.invoke(app, ["report", "-r", str(results), "--output", str(page)], env=WIDE).exit_code == 0
     assert seen == [False, False, False] and gc.isenabled()
 
 
@@ -336,3 +344,63 @@ def test_the_dataframe_api_gives_the_same_seed_table(results):
     frame = collect_table(results)
     assert list(frame.columns) == COLUMNS and len(frame) == 3
     assert format_table(frame, "markdown") == collect(results, "--columns", "seed").output
+
+
+def test_runs_of_different_experiments_are_never_one_line(tmp_path):
+    """A tutorial's 1-GPU run and a fine-tune's share a setup: two groups, each its own efficiency
+    base (a 1-GPU run's efficiency is 1.0), and the table says which experiment each row is."""
+    from hpcllm.collect.plot import efficiency, run_label, scaling_groups
+    from hpcllm.collect.records import scan
+
+    write_run(tmp_path, "a1", experiment="tutorial", summary=engine_summary(world_size=1, global_batch_size=2))
+    write_run(
+        tmp_path,
+        "b1",
+        experiment="finetune",
+        summary=engine_summary(world_size=1, global_batch_size=2, samples_per_s=5.0),
+    )
+    write_run(
+        tmp_path,
+        "b2",
+        experiment="finetune",
+        summary=engine_summary(world_size=2, global_batch_size=4, samples_per_s=9.0),
+    )
+    records = scan(tmp_path)
+    groups = scaling_groups(records)
+    assert sorted(groups) == [
+        "finetune/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096",
+        "tutorial/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096",
+    ]
+    finetune = groups["finetune/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096"]
+    assert [p["run"] for p in finetune] == ["b1", "b2"] and efficiency(finetune) == [1.0, 0.9]
+    assert efficiency(groups["tutorial/leonardo: 2.7B FULL_SHARD mbs=2 AC=False seq=4096"]) == [1.0]
+    assert all("a1" not in run_label(r) and "b2" not in run_label(r) for r in records)  # the setup, no id
+    _, *rows = markdown_rows(collect(tmp_path, "--columns", "seed,experiment").output)
+    assert [row[-1] for row in rows] == ["finetune", "finetune", "tutorial"]
+
+
+def test_nothing_to_collect_says_what_is_there_and_exits_non_zero(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = collect(empty)
+    assert result.exit_code == 2 and "no runs here" in result.output and "hpcllm submit" in result.output
+    assert "| # Params" not in result.output  # no header-only table
+    write_run(tmp_path / "r", "f", state=RunState.FAILED, reason="x")
+    result = collect(tmp_path / "r")
+    assert result.exit_code == 2 and "1 runs, none completed (1 failed)" in result.output
+    assert "hpcllm status" in result.output
+
+
+def test_best_before_any_search_says_so(results):
+    result = collect(results, "--best")
+    assert result.exit_code == 2, result.output
+    assert "no search with a finished trial" in result.output and "hpcllm search" in result.output
+    assert "|  |" not in result.output  # the broken empty table of old
+
+
+def test_generate_on_a_missing_path_says_it_does_not_exist(tmp_path):
+    (tmp_path / "exp").mkdir()
+    result = runner.invoke(app, ["generate", str(tmp_path / "exp" / "no-such-run"), "-p", "hi"])
+    assert result.exit_code == 2, result.output
+    assert "no such folder or file" in result.output and "not a run directory" not in result.output
+    assert f"{tmp_path / 'exp'} is empty" in result.output

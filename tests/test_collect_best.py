@@ -116,7 +116,7 @@ def test_best_run_per_group_at_the_longest_rung(tmp_path: Path) -> None:
     assert list(table["Run"]) == ["t1", "u0"]
     assert list(table["Steps"]) == [12, 4] and list(table["optim.lr"]) == [0.01, 0.1]
     assert list(table["eval_loss"]) == [2.0, 5.0] and list(table["#GPUs"]) == [1, 2]
-    result = runner.invoke(app, ["collect", str(tmp_path), "--best", "--format", "json"])
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path), "--best", "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [(r["Group"], r["Run"]) for r in rows] == [("model.n_layers=1", "t1"), ("model.n_layers=2", "u0")]
@@ -125,5 +125,5 @@ def test_best_run_per_group_at_the_longest_rung(tmp_path: Path) -> None:
 
 def test_best_without_searches_says_so(tmp_path: Path) -> None:
     write_run(tmp_path, "r1")
-    result = runner.invoke(app, ["collect", str(tmp_path), "--best"])
-    assert result.exit_code == 0 and "no search with a finished trial" in result.output
+    result = runner.invoke(app, ["collect", "-r", str(tmp_path), "--best"])
+    assert result.exit_code == 2 and "no search with a finished trial" in result.output  # a script can tell

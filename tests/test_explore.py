@@ -121,8 +121,9 @@ def test_the_tuned_file_is_accepted_by_submit_and_its_measured_fit_beats_the_est
         ["submit", str(out), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path / "elsewhere")],
         env={"COLUMNS": "250"},
     )
-    # No probes there: the estimate decides (MBS 5 fits only FULL_SHARD on 32 GPUs or more: 4 of 12 points).
-    assert cli.exit_code == 0 and "8 points skipped" in cli.output
+    # No probes there: the estimate decides (MBS 5 fits only FULL_SHARD on 32 GPUs or more: 4 of 12 points;
+    # exit 3: some points left out, the others planned).
+    assert cli.exit_code == 3 and "8 points skipped" in cli.output
 
 
 def test_a_fixed_global_batch_keeps_it_through_grad_accum(in_project: Path, tmp_path: Path) -> None:
@@ -159,6 +160,14 @@ def test_apply_waits_for_every_probe(in_project: Path, tmp_path: Path) -> None:
         rf"{result.plans[0].spec.run_id}: rendered",
     ):
         apply_probes(SCALING, "leonardo", tmp_path)
+
+
+def test_apply_writes_beside_the_results_not_into_the_clone(explored: Path, in_project: Path) -> None:
+    before = sorted((in_project / "experiments").iterdir())
+    result = apply_probes(SCALING, "leonardo", explored, margin=0.10)
+    assert result.output == explored / "scaling_2.7b" / "leonardo" / "scaling_2.7b.leonardo.tuned.yaml"
+    assert result.output.read_text().startswith(GENERATED_MARK)
+    assert sorted((in_project / "experiments").iterdir()) == before  # nothing new in git's experiments/
 
 
 def test_setups_where_nothing_fits_are_left_out_with_a_warning(explored: Path, tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_probe_finds_the_known_largest_mbs_twice_and_apply_feeds_submit(
     assert submitted.exit_code == 0, submitted.output
     assert "1 runs" in submitted.output and "skipped" not in submitted.output
 
-    collected = runner.invoke(app, ["collect", str(tmp_path / "a")], env={"COLUMNS": "250"})
+    collected = runner.invoke(app, ["collect", "-r", str(tmp_path / "a")], env={"COLUMNS": "250"})
     assert collected.exit_code == 0, collected.output
     assert "Batch-size probes" in collected.output and "over_budget" in collected.output
     assert "no completed runs" in collected.output  # the probe is not a row of the scaling table

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from docs_cog import shown_output
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "getting-started.md"
@@ -64,12 +65,17 @@ def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
     assert summary["status"] == "completed" and summary["steps_completed"] == 100
     losses = [r["loss"] for r in map(json.loads, (pretrain / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert losses[-1] < 4.0, losses  # it learned: ln(257) = 5.55 is a uniform guess over the bytes
-    assert "| 0.00013 | 1 |" in output_of("hpcllm collect results/getting_started")
+    assert "| 0.00013 | 1 |" in output_of("hpcllm collect -r results/getting_started")
     # Step 4: held-out documents evaluated at steps 50 and 100; the last eval loss reaches the summary.
     evals = [json.loads(line) for line in output_of("grep eval_loss").splitlines()]
     assert [e["step"] for e in evals] == [50, 100] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
     assert summary["eval_loss"] == evals[1]["eval_loss"] > losses[-1]  # new text is harder than the batches
     assert output_of("hpcllm generate results/getting_started/local").startswith("The for statement")
+    # The guide's sample (docs/generate.md copies it: tests/test_docs.py) is a real run's; its last line's
+    # speed is the machine's (timing-dependent). Run by hand its text reproduces to the byte; under
+    # this harness it has differed, so it is not compared here.
+    command = next(c for c in outputs if c.startswith("hpcllm generate results/getting_started/local"))
+    assert shown_output("docs/getting-started.md", command)[0].startswith("The for statement")
     assert "loss_mask_dtype       │ float16" in output_of("hpcllm data info data/demo-qa")
     finetune = next(p for p in (tmp_path / "results" / "getting_started_finetune" / "local").iterdir() if p.is_dir())
     tuned = json.loads((finetune / "summary.json").read_text())

@@ -103,9 +103,9 @@ def test_smoke_grid_one_and_two_ranks(in_project, tmp_path, demo_store):
         assert rd.log_file(manifest.job_id).exists()
     assert sorted(json.loads(r.summary.read_text())["world_size"] for r in runs) == [1, 2]
 
-    table = runner.invoke(app, ["collect", str(results), "--format", "csv"])
+    table = runner.invoke(app, ["collect", "-r", str(results), "--format", "csv"])
     assert len(table.output.strip().splitlines()) == 3
-    status = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "250"})
+    status = runner.invoke(app, ["status", "-r", str(results)], env={"COLUMNS": "250"})
     assert status.output.count("completed") == 3  # two rows and the closing count
     assert status.output.splitlines()[-1] == "2 runs: 2 completed"
 

@@ -19,7 +19,12 @@ def test_info_prints_params_and_flops(name: str) -> None:
     cfg = ModelConfig.from_name(name)
     assert f"{cfg.n_params():,}" in result.output
     assert f"{cfg.n_params_non_embedding():,}" in result.output
-    assert f"{cfg.flops_per_token():.4g}" in result.output
+    lines = result.output.splitlines()
+    seed = next(line for line in lines if "72·L·d² + 12·L·T·d" in line)
+    six_n = next(line for line in lines if "6N + 12·L·T·d" in line)
+    # each figure beside its own formula (the seed's was once labelled 6N)
+    assert f"{cfg.flops_per_token():.4g} = 72·L·d²" in seed and "MFU " in seed
+    assert f"{cfg.flops_per_token_with_head():.4g} = 6N" in six_n and "MFU+head" in six_n
 
 
 def test_info_for_the_seed_27b() -> None:

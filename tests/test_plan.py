@@ -149,4 +149,5 @@ def test_only_what_submit_would_queue_is_priced(in_project, tmp_path: Path) -> N
     out = CliRunner().invoke(
         app, ["submit", str(exp), "--cluster", "leonardo", "--dry-run", "--results", str(tmp_path)]
     )
-    assert out.exit_code == 0 and f"total: 12 points, {plan.total.node_hours:.2f} node-hours" in out.stdout
+    # exit 3 (EXIT_SOME_REFUSED): the 6 points over the GPU memory are refused, the 12 others planned
+    assert out.exit_code == 3 and f"total: 12 points, {plan.total.node_hours:.2f} node-hours" in out.stdout

@@ -55,7 +55,7 @@ def test_a_resumed_run_does_not_profile_again_and_a_stopped_one_keeps_its_part(t
 def test_status_says_where_the_traces_are(tmp_path: Path, store: Path) -> None:
     d = tmp_path / "results" / "exp" / "local" / "r"
     assert run(write_run(d, store, train={"steps": 2}, profile={"start_step": 1, "steps": 1})) == 0
-    result = CliRunner().invoke(app, ["status", str(tmp_path / "results")], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(app, ["status", "-r", str(tmp_path / "results")], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert f"{RunDir(d).profile}" in result.output.replace("\n", "")
     assert "trace-rank0-steps1-1.json" in result.output

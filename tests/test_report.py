@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -63,6 +62,9 @@ class _Page(HTMLParser):
         self.rows: dict[str, int] = {}
         self._table: str | None = None
         self.text: list[str] = []
+        self.scripts: list[str] = []
+        self.scripts_with_src: list[str] = []
+        self._in_script = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -75,6 +77,11 @@ class _Page(HTMLParser):
             self.rows[self._table] += 1
         if tag == "img":
             self.images.append(a)
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+            if a.get("src"):
+                self.scripts_with_src.append(a["src"])
         for key in ("src", "href"):
             if a.get(key):
                 self.urls.append(a[key])
@@ -82,13 +89,18 @@ class _Page(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "table":
             self._table = None
+        if tag == "script":
+            self._in_script = False
 
     def handle_data(self, data):
-        self.text.append(data)
+        if self._in_script:
+            self.scripts[-1] += data
+        else:
+            self.text.append(data)
 
 
 def _report(results: Path, out: Path) -> _Page:
-    result = runner.invoke(app, ["report", str(results), "--output", str(out)], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["report", "-r", str(results), "--output", str(out)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "5 runs (1 cancelled, 3 completed, 1 failed)" in result.output
     page = _Page()
@@ -100,12 +112,13 @@ def test_report_is_one_self_contained_page(results, tmp_path):
     page = _report(results, tmp_path / "report.html")
     assert {"counts", "scaling-table", "plot-scaling", "plot-losses", "comparison-table", "failures"} <= page.ids
     assert page.rows["scaling-table"] == 1 + 3  # header + completed runs
-    # every image is embedded PNG; nothing is fetched from anywhere
-    assert len(page.images) == 2
-    for img in page.images:
-        prefix = "data:image/png;base64,"
-        assert img["src"].startswith(prefix) and base64.b64decode(img["src"][len(prefix) :])[:8] == PNG
+    # the plots are plotly, its JavaScript inline once: nothing is fetched from anywhere
+    assert page.images == [] and page.scripts_with_src == []
+    assert sum(len(script) > 1_000_000 and "plotly.js" in script[:1000] for script in page.scripts) == 1
     assert all(url.startswith("data:") for url in page.urls)
+    scaling = next(script for script in page.scripts if '"plot-scaling"' in script)
+    assert "2.7b-n2x4-mbs2-ga1-fs-acnone-seq4096-00000001" in scaling  # hover data: the run id
+    assert "exp\\u002fleonardo: 2.7B FULL_SHARD mbs=2" in scaling  # legend: the setup (plotly escapes /)
     text = " ".join(page.text)
     assert FAILED_REASON in text and "cancelled by the user" in text
     assert "torch.OutOfMemoryError: CUDA out of memory" in text  # the log's tail
@@ -114,24 +127,33 @@ def test_report_is_one_self_contained_page(results, tmp_path):
 
 @pytest.mark.integration
 def test_report_renders_in_a_headless_browser(results, tmp_path):
-    """Chromium (Debian's package; scripts/install-browser.sh) opens the page offline: the tables
-    and every plot are laid out, decoded and on screen when scrolled to."""
+    """Chromium (Debian's package; scripts/install-browser.sh) opens the page offline at 1,400 px:
+    the tables and every plot are laid out and on screen when scrolled to, nothing overflows the
+    page sideways (the scaling table's last column, Wall time, is in view), and moving the mouse
+    onto a point of the scaling plot shows that point's run id."""
     exe = find_chromium()
     assert exe, "no chromium on PATH: run scripts/install-browser.sh (as root), as `make test` does"
     report = tmp_path / "report.html"
     _report(results, report)
     with Browser(exe) as browser:
-        browser.open(report)
+        browser.open(report, width=1400)
         checks = browser.evaluate(VISIBILITY_JS)
+        point = browser.evaluate(POINT_JS)
+        for kind in ("mouseMoved",):
+            browser.call("Input.dispatchMouseEvent", {"type": kind, "x": point["x"], "y": point["y"]}, page=True)
+        hover = browser.evaluate(HOVER_JS)
         shot = browser.screenshot(tmp_path / "report.png")
-    assert checks["images"] == 2 and checks["external"] == []
+    assert checks["external"] == []
     for name, element in checks["elements"].items():
         assert element["found"], name
         assert element["width"] > 100 and element["height"] > 40, (name, element)
         assert element["shown"], f"{name} is hidden or covered: {element}"
-    for img in checks["imgs"]:
-        assert img["decoded"] and img["naturalWidth"] > 300 and img["naturalHeight"] > 200, img
+    assert checks["plots"] == 2  # both plotly figures drawn (their SVG exists)
+    assert checks["overflow"] == {"page": 1400, "scroll": 1400}, checks["overflow"]
+    assert checks["tableFits"], checks["tableBoxes"]
     assert checks["rows"] == {"scaling-table": 4, "comparison-table": 1 + 3 + 21}  # header, ok, not run (Leonardo)
+    assert point["run"] in hover, (point, hover)
+    assert point["run"].startswith("2.7b-n") and "samples/s" in hover
     data = shot.read_bytes()
     assert data[:8] == PNG and len(data) > 50_000
 
@@ -156,11 +178,42 @@ VISIBILITY_JS = r"""
                     shown: style.display !== "none" && style.visibility === "visible"
                            && !!hit && (hit === el || el.contains(hit))};
   }
-  const imgs = [...document.images].map(img => ({decoded: img.complete && img.naturalWidth > 0,
-                                                naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight}));
+  const plots = [...document.querySelectorAll(".js-plotly-plot")].filter(p => p.querySelector(".main-svg")).length;
+  window.scrollTo(0, 0);
+  const overflow = {page: innerWidth, scroll: document.documentElement.scrollWidth};
+  const table = document.querySelector("#scaling-table");
+  const wrap = table.parentElement.getBoundingClientRect();
+  const last = table.querySelector("tr th:last-child").getBoundingClientRect();
+  const tableBoxes = {table: table.getBoundingClientRect().right, container: wrap.right, lastHeader: last.right};
+  const tableFits = table.scrollWidth <= table.parentElement.clientWidth && last.right <= wrap.right;
   const rows = {};
   for (const id of ["scaling-table", "comparison-table"]) rows[id] = document.querySelectorAll(`#${id} tr`).length;
   const external = performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith("data:"));
-  return {elements, imgs, images: imgs.length, rows, external};
+  return {elements, plots, overflow, tableFits, tableBoxes, rows, external};
+})()
+"""
+
+# The first point of the scaling plot, scrolled into view: where it is on screen and whose run it is
+# (the run id the report put in the point's hover data).
+POINT_JS = r"""
+(async () => {
+  const plot = document.getElementById("plot-scaling");
+  plot.scrollIntoView({block: "center"});
+  await new Promise(r => requestAnimationFrame(r));
+  const dot = plot.querySelector(".scatterlayer .trace .points path");
+  const box = dot.getBoundingClientRect();
+  return {x: box.left + box.width / 2, y: box.top + box.height / 2, run: plot.data[0].customdata[0]};
+})()
+"""
+
+# What the hover label says once the mouse is on the point (plotly draws it in .hoverlayer).
+HOVER_JS = r"""
+(async () => {
+  for (let i = 0; i < 50; i++) {
+    const text = [...document.querySelectorAll("#plot-scaling .hoverlayer")].map(e => e.textContent).join(" ");
+    if (text.trim()) return text;
+    await new Promise(r => setTimeout(r, 20));
+  }
+  return "";
 })()
 """

@@ -86,6 +86,6 @@ def test_status_shows_what_the_last_attempt_ran_with(tmp_path: Path) -> None:
     run_dir.runtime.write_text(
         json.dumps({**attempt, "software": {"torch": "2.4.0"}}) + "\n" + json.dumps(attempt) + "\n"
     )
-    result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["status", "-r", str(tmp_path)], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "torch 2.5.1+cu124 cuda 12.4 nccl 2.21.5 driver 550.54.15, 2 nodes" in result.output

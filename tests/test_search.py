@@ -350,7 +350,7 @@ def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path,
     assert status.returncode == 0, status.stderr
     assert "rungs 2/6 steps" in status.stdout and "best so far:" in status.stdout
     assert f"optim.lr={winner}" in status.stdout.split("best so far:")[1]
-    best = runner.invoke(app, ["collect", str(results), "--best", "--format", "json"])
+    best = runner.invoke(app, ["collect", "-r", str(results), "--best", "--format", "json"])
     assert best.exit_code == 0, best.output
     (row,) = json.loads(best.stdout)
     assert row["optim.lr"] == winner and row["Steps"] == 6

@@ -180,7 +180,7 @@ def test_check_holds_runs_to_their_seed_row(in_project, tmp_path):
     hs = next(p for name, p in runs.items() if "-n2x4-" in name and "-hs-" in name)
     (fs / "summary.json").write_text(json.dumps(engine_summary(samples_per_s=17.8)))  # >= 0.95 x 18.63
     (hs / "summary.json").write_text(json.dumps(engine_summary(samples_per_s=17.4, sharding="HYBRID_SHARD")))
-    result = runner.invoke(app, ["collect", str(results), "--check"], env={"COLUMNS": "300"})
+    result = runner.invoke(app, ["collect", "-r", str(results), "--check"], env={"COLUMNS": "300"})
     assert result.exit_code == 1  # 17.4 < 0.95 x 18.43
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("2.7b-")}
     assert "seed leonardo row 1" in lines[fs.name] and "ok" in lines[fs.name]

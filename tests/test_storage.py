@@ -120,6 +120,7 @@ def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch: nothing could be queued even by mistake
     monkeypatch.delenv("HPCLLM_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch" / "data").mkdir(parents=True)  # an input that exists: submit checks it first
     free = shutil.disk_usage(tmp_path).free
     nodes = [1, 2, 3, 4]
     assert len(nodes) * 2 * 336 * GB > free  # four 28B runs keeping two checkpoints each: ~2.7 TB

@@ -19,7 +19,7 @@ from hpcllm.engine.stragglers import StragglerTracker
 from hpcllm.engine.watchdog import EXIT_HUNG, FAULT_STOP_ENV, Watchdog, fault_stop_step, name_culprits
 from hpcllm.errors import ConfigError
 from hpcllm.launch.jobhooks import JobContext, on_end
-from hpcllm.launch.manifest import RunState, load_manifest
+from hpcllm.launch.manifest import RunState, load_manifest, update_manifest
 from hpcllm.rundir import RunDir, describe_stragglers
 
 
@@ -128,6 +128,24 @@ def test_end_hook_requeues_a_hang_without_its_node(tmp_path: Path, monkeypatch: 
     assert on_end(ctx, 1, "") == "exit 1"
     m = load_manifest(run_dir)
     assert m is not None and m.state == RunState.FAILED and len(m.restarts) == 1
+
+
+def test_a_hang_is_ended_by_the_run_state_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook weighs a hang after a completed summary and a cancel (runstate.decide_end): a run
+    that `hpcllm cancel` asked to stop is cancelled, not requeued, though its watchdog fired."""
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    run_dir = running_slurm_run(tmp_path / "run", nodes="n[1-2]", max_restarts=2)
+    run_dir.summary.write_text(json.dumps({"status": "failed", "error": "watchdog: ..."}))
+    verdict = {"reason": "watchdog: no progress", "nodes": ["n2"], "ranks": [1], "restart": 0, "job_id": "42"}
+    run_dir.watchdog_verdict.write_text(json.dumps(verdict))
+    with update_manifest(run_dir) as m:
+        m.cancel_requested = "cancelled with `hpcllm cancel`"
+    assert on_end(JobContext(run_dir=run_dir, job_id="42", nodelist="n[1-2]", restart_count=0), EXIT_HUNG, "") == (
+        "cancel"
+    )
+    m = load_manifest(run_dir)
+    assert m is not None and m.state == RunState.CANCELLED and m.reason == "cancelled with `hpcllm cancel`"
+    assert m.restarts == [] and m.exclude_nodes == [] and m.cancel_requested is None
 
 
 def beats(t: float, probes: list[float]) -> dict[int, dict[str, Any]]:

@@ -104,7 +104,7 @@ def test_wheel_installs_into_a_fresh_venv_and_finds_its_files(tmp_path):
     assert "#SBATCH --partition=boost_usr_prod" in script.read_text()  # the shipped profile and template
     (manifest,) = (work / "results").rglob("manifest.json")
     assert "seed leonardo row 1" in manifest.read_text()  # the shipped seed rows
-    compared = _run([hpcllm, "collect", "results", "--compare", "seed", "-f", "csv"], work, env)
+    compared = _run([hpcllm, "collect", "-r", "results", "--compare", "seed", "-f", "csv"], work, env)
     assert compared.count("\nnot run,") == 49
-    _run([hpcllm, "report", "results", "-o", "r.html"], work, env)  # the shipped report template
+    _run([hpcllm, "report", "-r", "results", "-o", "r.html"], work, env)  # the shipped report template
     assert (work / "r.html").read_text().startswith("<!DOCTYPE html>")

@@ -15,6 +15,8 @@ from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
 from hpcllm.cli.data import data_app
+from hpcllm.cli.env import env_app
+from hpcllm.cli.help import add_examples, show_flags_without_a_type
 from hpcllm.cli.model import model_app
 from hpcllm.cli.search import search_app
 
@@ -45,6 +47,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(ckpt_app, name="ckpt")
 app.add_typer(model_app, name="model")
 app.add_typer(search_app, name="search")
+app.add_typer(env_app, name="env")
+
+
+add_examples(app)
+show_flags_without_a_type()
 
 
 def _version(value: bool) -> None:

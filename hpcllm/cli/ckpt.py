@@ -12,11 +12,9 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
 
@@ -68,10 +66,8 @@ def ls(
         latest = read_latest_pointer(run.checkpoints)
     except CheckpointCorrupt as exc:
         latest = None
-        err_console.print(f"warning: {escape(str(exc))}", soft_wrap=True, highlight=False)
-    table = Table(title=Text(str(run.checkpoints)))  # Text: a path is never markup
-    for col in ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status"):
-        table.add_column(col, justify="right" if col != "status" else "left")
+        err_console.print(f"warning: {exc}", soft_wrap=True, highlight=False, markup=False)
+    rows = []
     infos = list_checkpoints(run.checkpoints)
     for info in infos:
         ts = info.trainer_state or {}
@@ -79,22 +75,25 @@ def ls(
             check(info.path)
             status = "ok" if verify else "complete"
         except CheckpointCorrupt as exc:
-            status = f"[red]corrupt[/]: {escape(str(exc).removeprefix(str(info.path) + ': '))}"
+            status = f"corrupt: {str(exc).removeprefix(str(info.path) + ': ')}"
         if latest == info.path:
-            status += " [bold](latest)[/]"
+            status += " (latest)"
         saved = ts.get("saved_at_unix")
-        table.add_row(
-            str(info.step),
-            str(ts.get("consumed_samples", "?")),
-            str(ts.get("world_size", "?")),
-            f"{info.size_bytes / 2**20:.1f}",
-            dt.datetime.fromtimestamp(saved, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if saved else "?",
-            status,
+        rows.append(
+            [
+                str(info.step),
+                str(ts.get("consumed_samples", "?")),
+                str(ts.get("world_size", "?")),
+                f"{info.size_bytes / 2**20:.1f}",
+                dt.datetime.fromtimestamp(saved, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if saved else "?",
+                status,
+            ]
         )
     if infos:
-        console.print(table)
+        headers = ("step", "samples", "ranks", "size (MiB)", "saved (UTC)", "status")
+        print_listing(console, str(run.checkpoints), headers, rows, keep_whole=("step", "status"), wrap=("status",))
     else:
-        console.print(f"no complete checkpoints in {run.checkpoints}", markup=False)
+        console.print(f"no complete checkpoints in {run.checkpoints}", soft_wrap=True, highlight=False, markup=False)
     for tmp in incomplete_saves(run.checkpoints):
         console.print(
             f"incomplete: {tmp.name} (a save in progress, or one a crash interrupted; the next start removes it)",
@@ -152,4 +151,4 @@ def export(
                 export_hf(ckpt, output, checkpoint_model_config(ckpt, run))
     except HpcllmError as exc:
         fail(exc)
-    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", markup=False)
+    console.print(f"wrote {output} ({fmt.value}, from {ckpt})", soft_wrap=True, highlight=False, markup=False)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from hpcllm.cli.common import console, fail
+from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
 clusters_app = typer.Typer(help="List and inspect cluster profiles (clusters/*.yaml).", invoke_without_command=True)
@@ -20,26 +21,43 @@ def clusters_list(ctx: typer.Context) -> None:
         return
     from hpcllm.config.cluster import available_clusters, load_cluster
 
-    table = Table(title="Cluster profiles")
-    for col in ("name", "scheduler", "partition", "GPU", "GPUs/node", "GiB/GPU", "cores/node", "max nodes", "QoS"):
-        table.add_column(col)
+    headers = ("name", "scheduler", "partition", "GPU", "GPUs/node", "GiB/GPU", "cores/node", "max nodes", "QoS")
+    rows = []
     try:
         for name in available_clusters():
             c = load_cluster(name)
-            table.add_row(
-                c.name,
-                c.scheduler,
-                c.partition or "-",
-                c.gpu_type,
-                str(c.gpus_per_node),
-                f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-",
-                str(c.cpus_per_node),
-                str(c.max_nodes),
-                ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
+            rows.append(
+                [
+                    c.name,
+                    c.scheduler,
+                    c.partition or "-",
+                    c.gpu_type,
+                    str(c.gpus_per_node),
+                    f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-",
+                    str(c.cpus_per_node),
+                    str(c.max_nodes),
+                    ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
+                ]
             )
     except HpcllmError as exc:
         fail(exc)
-    console.print(table)
+    print_listing(
+        console,
+        "Cluster profiles",
+        headers,
+        rows,
+        keep_whole=("name",),
+        short={
+            "scheduler": "sched",
+            "partition": "part",
+            "GPUs/node": "GPU/n",
+            "cores/node": "cpu/n",
+            "max nodes": "max n",
+            "GiB/GPU": "GiB",
+        },
+        drop_first=("cores/node", "scheduler", "partition"),
+        wrap=("QoS",),
+    )
 
 
 @clusters_app.command("show")

@@ -11,7 +11,18 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from hpcllm.cli.common import RESULTS, check_results_root, err_console, fail, paused_gc, warn_problems
+from hpcllm.cli.common import (
+    check_results_root,
+    columns_spelling,
+    err_console,
+    fail,
+    missing_path_message,
+    paused_gc,
+    results_option,
+    results_root,
+    warn_problems,
+)
+from hpcllm.collect.empty import no_search, none_completed, nothing_to_collect
 from hpcllm.collect.formats import FORMATS, TableFormat
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import SUMMARY_KIND_PROBE
@@ -29,7 +40,10 @@ class CompareWith(str, Enum):
 
 @paused_gc()
 def collect(
-    root: Path = typer.Argument(RESULTS, help="Results folder to scan for completed runs."),
+    old_root: Path | None = typer.Argument(None, hidden=True, help="Deprecated: use --results."),
+    results: Path | None = results_option(
+        None, "Results folder to scan for completed runs (default: $HPCLLM_RESULTS, else ./results)."
+    ),
     fmt: TableFormat = typer.Option(
         FORMATS[0],
         "--format",
@@ -40,11 +54,12 @@ def collect(
     columns: str | None = typer.Option(
         None,
         "--columns",
-        "-c",
+        "-k",
         help="Comma-separated column ids or groups: seed, default, all, swept; a grid key (optim.lr); "
         "summary.<key>. Ids: params, gpus, samples_per_s, mfu, mfu_with_head, hfu, loss, eval_loss, "
         "restarts, wall_time, run, ... (docs/reports.md).",
     ),
+    old_columns: str | None = typer.Option(None, "-c", hidden=True, help="Deprecated: use -k."),
     where: str | None = typer.Option(
         None, "--where", "-w", help="Keep rows where this is true, e.g. \"gpus >= 16 and sharding == 'FULL_SHARD'\"."
     ),
@@ -73,16 +88,34 @@ def collect(
     from hpcllm.collect.records import scan
     from hpcllm.collect.table import build_table, completed_of, format_table
 
+    root = results_root(results, old_root, "collect")
+    columns = columns_spelling(columns, old_columns)
+    if not root.exists():
+        fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
     check_results_root(root)
     problems: list[str] = []
-    scanned = scan(root)
+    skipped: list[str] = []
+    scanned = scan(root, skipped)
+    warn_problems(skipped)  # folders that could not be read: said first, whatever follows
+    if not scanned:
+        fail(HpcllmError(nothing_to_collect(root)))
     records = completed_of(scanned, problems)
+    probes = [r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE]
     table: Table | pd.DataFrame
     try:
         if best:
             from hpcllm.collect.best import best_table
 
             table = best_table(root, problems)
+            if len(table) == 0:
+                fail(HpcllmError(no_search(root, scanned)))
+        elif not records and compare is None and not check:
+            # Nothing for the table: the probes' own table, if any (explore-batch), else say why.
+            if any(r.summary and r.summary.get("kind") == SUMMARY_KIND_PROBE for r in scanned):
+                err_console.print(f"[yellow]no completed runs under {root}[/]: only probes", soft_wrap=True)
+                _show_probes(probes)
+                return
+            fail(HpcllmError(none_completed(root, scanned)))
         elif compare is not None:
             from hpcllm.collect.compare import compare_with_seed
 
@@ -98,7 +131,10 @@ def collect(
     if output:
         from hpcllm.fsutil import atomic_write_text
 
-        atomic_write_text(output, text)
+        try:
+            atomic_write_text(output, text)
+        except HpcllmError as exc:  # a full or read-only disk, a path too long: one line
+            fail(exc)
         err_console.print(f"wrote {len(table)} rows to {output}", highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(text)  # the table is data: as it is (rich would wrap 10,000 rows for ~0.1 s)
@@ -107,14 +143,17 @@ def collect(
     if not best:
         _show_fits(records, seed=compare is not None, listing=fits)
     if plot or loss_plot:
-        _plots(records, plot, loss_plot)
+        try:
+            _plots(records, plot, loss_plot)
+        except HpcllmError as exc:
+            fail(exc)
     if best and len(table) == 0:
         err_console.print(f"[yellow]no search with a finished trial under {escape(str(root))}[/]", soft_wrap=True)
     elif not records:
         err_console.print(f"[yellow]no completed runs under {escape(str(root))}[/]", soft_wrap=True)
     # A finished training run is no probe (a probe's summary says kind: probe): only runs without a
     # summary yet, and probes, may have a probe.json.
-    _show_probes([r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE])
+    _show_probes(probes)
     if check:
         _check_references(root)
 

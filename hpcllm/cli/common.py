@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hpcllm.errors import HpcllmError
 from hpcllm.rundir import DEFAULT_RESULTS, results_from_env
 from hpcllm.runfiles import strict_json
 
@@ -30,6 +31,27 @@ def fail(exc: Exception) -> NoReturn:
     # escape: a message may hold brackets ("a tolerance is [lower, upper]") that are not markup
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
+
+
+def missing_path_message(path: Path, wanted: str) -> str:
+    """``path`` does not exist: say so, what its nearest existing folder holds, and what was wanted."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))
+    except OSError:
+        names = []
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    there = f"{parent} holds: {shown}" if names else f"{parent} is empty"
+    return f"{path}: no such folder or file ({there}); give {wanted}"
+
+
+# `submit`'s exit status, for scripts (docs/slurm.md): 0 every point of the grid went to the queue
+# (or had run already), 3 some were refused (no QoS admits them, over the GPU memory, an input path
+# missing) and the others went, 4 none went: every point was refused. 2 stays a user error.
+EXIT_SOME_REFUSED = 3
+EXIT_NONE_SUBMITTED = 4
 
 
 def finite(value: float | None) -> float | None:
@@ -60,7 +82,8 @@ def check_results_root(root: Path) -> None:
         fail(NotADirectoryError(f"{root}: not a folder (give the results root, or a folder below it)"))
 
 
-# The results root every command defaults to (hpcllm.rundir: $HPCLLM_RESULTS, else ./results).
+# The results root every command defaults to (hpcllm.rundir: $HPCLLM_RESULTS, else ./results;
+# point it at a profile's paths.results once).
 RESULTS = results_from_env() or DEFAULT_RESULTS
 
 
@@ -78,3 +101,34 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# One spelling of the results root in every command: ``--results`` / ``-r``.
+RESULTS_HELP = "Results root folder (default: $HPCLLM_RESULTS, else ./results)."
+
+
+def results_option(default: Path | None = RESULTS, help: str = RESULTS_HELP) -> Any:
+    return typer.Option(default, "--results", "-r", help=help)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works (for one release)."""
+    err_console.print(f"[yellow]deprecated:[/] {old}: use {new}", highlight=False, soft_wrap=True)
+
+
+def results_root(option: Path | None, positional: Path | None, command: str) -> Path:
+    """The results root of status/collect/report: ``--results``, or the old positional FOLDER."""
+    if positional is not None:
+        if option is not None:
+            fail(HpcllmError(f"hpcllm {command}: give the results folder once, as --results ({positional}, {option})"))
+        deprecated(f"hpcllm {command} FOLDER", f"hpcllm {command} --results FOLDER (-r)")
+        return positional
+    return option if option is not None else RESULTS
+
+
+def columns_spelling(columns: str | None, old_c: str | None) -> str | None:
+    """``--columns`` / ``-k``; ``-c`` (which means --cluster everywhere else) still works, with a warning."""
+    if old_c is not None:
+        deprecated("-c for --columns", "-k (-c means --cluster in every command)")
+        return columns or old_c
+    return columns

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hpcllm.cli.common import console, fail
+from hpcllm.cli.common import console, fail, results_option
 from hpcllm.errors import HpcllmError
 
 STATUS_STYLE = {"ok": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
@@ -20,7 +20,7 @@ def doctor(
         None, "--experiment", "-e", help="Also try every point of this experiment with sbatch --test-only."
     ),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Path | None = typer.Option(None, "--results", help="Results root to check (default: the profile's)."),
+    results: Path | None = results_option(None, "Results root to check (default: the profile's)."),
     gpu: bool = typer.Option(
         False,
         "--gpu",

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from hpcllm.cli.common import console, err_console, fail, finite
+from hpcllm.cli.common import console, err_console, fail, finite, results_option
+from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -23,7 +23,10 @@ def explore_batch(
         False, "--apply", help="Write the tuned experiment from finished probes (submits nothing)."
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="--apply: file to write (default EXP.CLUSTER.tuned.yaml)."
+        None,
+        "--output",
+        "-o",
+        help="--apply: file to write (default: RESULTS/EXP/CLUSTER/EXP.CLUSTER.tuned.yaml, beside the probes).",
     ),
     margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
     # Not given: ProbeConfig's defaults (hpcllm.config.probe, their one home; read in tune/explore).
@@ -48,10 +51,8 @@ def explore_batch(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the probe runs, submit nothing."),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Path | None = typer.Option(
-        None,
-        "--results",
-        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
+    results: Path | None = results_option(
+        None, "Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled probes."),
 ) -> None:
@@ -94,46 +95,64 @@ def explore_batch(
     for warning in explored.submitted.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
     actions = {r.spec.run_id: r for r in explored.submitted.runs}
-    table = Table(title=f"{experiment} on {cluster}: {len(explored.plans)} probes")
-    for col in ("probe", "setup", "points", "start MBS (estimate)", "action", "job"):
-        table.add_column(col)
+    rows = []
     for plan in explored.plans:
         run = actions[plan.spec.run_id]
         probe = plan.spec.training.probe
         assert probe is not None, "an explore plan's runs are probes"
         start = f"{probe.start_mbs}" + ("" if plan.estimated_fit else " (estimate: none fits)")
-        table.add_row(
-            plan.spec.run_id,
-            plan.label,
-            str(len(plan.points)),
-            start,
-            f"{run.action} {run.detail}".strip(),
-            run.job_id or "-",
+        rows.append(
+            [
+                plan.spec.run_id,
+                plan.label,
+                str(len(plan.points)),
+                start,
+                f"{run.action} {run.detail}".strip(),
+                run.job_id or "-",
+            ]
         )
-    console.print(table)
+    print_listing(
+        console,
+        f"{experiment} on {cluster}: {len(explored.plans)} probes",
+        ("probe", "setup", "points", "start MBS (estimate)", "action", "job"),
+        rows,
+        keep_whole=("probe", "action"),
+        short={"start MBS (estimate)": "MBS₀", "points": "pts"},
+        wrap=("setup", "action"),
+    )
     root = explored.submitted.results_root
     console.print(
         f"then: hpcllm status {root}  ·  hpcllm collect {root}  ·  "
-        f"hpcllm explore-batch {experiment} --cluster {cluster} --apply"
+        f"hpcllm explore-batch {experiment} --cluster {cluster} --apply",
+        soft_wrap=True,
+        highlight=False,
     )
 
 
 def _print_applied(applied: ApplyResult) -> None:
     for warning in applied.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}")
-    table = Table(title=f"micro-batch sizes written to {applied.output}")
-    for col in ("setup", "points", "MBS", "samples/s per GPU", "peak GiB", "probe"):
-        table.add_column(col)
+    rows = []
     for c in applied.choices:
         t = c.trial
         mbs = "-" if t is None else str(t.mbs) + (f" (GA {c.grad_accum})" if c.grad_accum is not None else "")
-        table.add_row(
-            c.label,
-            str(c.points),
-            mbs,
-            "-" if t is None else f"{t.samples_per_s_per_gpu:.4g}",
-            "-" if t is None or t.memory_gib is None else f"{t.memory_gib:.2f}",
-            c.probe_run,
+        rows.append(
+            [
+                c.label,
+                str(c.points),
+                mbs,
+                "-" if t is None else f"{t.samples_per_s_per_gpu:.4g}",
+                "-" if t is None or t.memory_gib is None else f"{t.memory_gib:.2f}",
+                c.probe_run,
+            ]
         )
-    console.print(table)
-    console.print(f"submit it: hpcllm submit {applied.output} --cluster …")
+    print_listing(
+        console,
+        f"micro-batch sizes written to {applied.output}",
+        ("setup", "points", "MBS", "samples/s per GPU", "peak GiB", "probe"),
+        rows,
+        keep_whole=("MBS", "probe"),
+        short={"samples/s per GPU": "smp/s/GPU", "points": "pts"},
+        wrap=("setup",),
+    )
+    console.print(f"submit it: hpcllm submit {applied.output} --cluster …", soft_wrap=True, highlight=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from hpcllm.cli.common import console, err_console, fail, finite
+from hpcllm.cli.common import console, err_console, fail, finite, missing_path_message
 from hpcllm.errors import HpcllmError
 
 
@@ -47,6 +47,8 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: prompt, text, token ids, checkpoint."),
 ) -> None:
     """Continue PROMPT with a checkpoint of RUN_DIR (saved by any number of ranks), on one device."""
+    if not run_dir.exists():  # said before torch is imported, and not as "not a run directory"
+        fail(HpcllmError(missing_path_message(run_dir, "a run directory (`hpcllm status` lists them)")))
     from hpcllm.engine.generate import Sampling, load_generator
 
     spec = str(run_dir) if step is None else f"{run_dir}@{step}"

@@ -182,7 +182,9 @@ def _architecture_table(name: str, cfg: ModelConfig) -> Table:
         ("params (total)", f"{cfg.n_params():,} ({_human(cfg.n_params())})"),
         ("params (non-embedding)", f"{cfg.n_params_non_embedding():,} ({_human(cfg.n_params_non_embedding())})"),
         ("params in matmuls (FLOPs)", f"{cfg.n_params_flops():,}"),
-        (f"training FLOPs / token (seq {t})", f"{cfg.flops_per_token(t):.4g} (6N + 12·L·T·d)"),
+        # Both conventions (hpcllm.perf): the seed's (the MFU column) and 6N with N = params in matmuls.
+        (f"FLOPs/token, seq {t}: MFU", f"{cfg.flops_per_token(t):.4g} = 72·L·d² + 12·L·T·d"),
+        (f"FLOPs/token, seq {t}: MFU+head", f"{cfg.flops_per_token_with_head(t):.4g} = 6N + 12·L·T·d"),
     ]
     for key, value in rows:
         table.add_row(key, value)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail, results_option
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ def plan(
         help="Account whose allowance to compare with (default: $HPCLLM_ACCOUNT, "
         "the profile's, else the scheduler's default account of the user).",
     ),
-    results: Path | None = typer.Option(
-        None, "--results", help="Results root whose finished runs give step times (default: as submit)."
+    results: Path | None = results_option(
+        None, "Results root whose finished runs give step times (default: as submit)."
     ),
     mfu: float | None = typer.Option(
         None,

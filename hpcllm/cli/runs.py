@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -13,16 +12,20 @@ import typer
 from rich.markup import escape
 
 from hpcllm.cli.common import (
-    RESULTS,
+    EXIT_NONE_SUBMITTED,
+    EXIT_SOME_REFUSED,
     check_results_root,
     console,
     err_console,
     fail,
     json_text,
     paused_gc,
+    results_option,
+    results_root,
     warn_problems,
 )
 from hpcllm.cli.listing import print_listing
+from hpcllm.cli.waiting import wait_for
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
 from hpcllm.rundir import TENSORBOARD_DIR, describe_stragglers
@@ -39,10 +42,8 @@ def submit(
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name (see `hpcllm clusters`)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render scripts and run dirs, submit nothing."),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
-    results: Path | None = typer.Option(
-        None,
-        "--results",
-        help="Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results).",
+    results: Path | None = results_option(
+        None, "Results root folder (default: $HPCLLM_RESULTS, the profile's paths.results, ./results)."
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Resubmit failed and cancelled runs."),
     wait: bool = typer.Option(False, "--wait", help="Show progress until every run has finished."),
@@ -116,18 +117,33 @@ def submit(
                 run.job_id or "-",
             ]
         )
-    print_listing(
-        console,
-        f"{experiment} on {cluster}: {len(result.runs)} runs",
-        ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"),
-        rows,
-        keep_whole=("run", "job"),
-    )
+    if rows:
+        print_listing(
+            console,
+            f"{experiment} on {cluster}: {len(result.runs)} runs",
+            ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"),
+            rows,
+            keep_whole=("run", "job"),
+        )
     _print_plan_notes(result)
     if result.runs:
         console.print(f"run directories: {result.runs[0].run_dir.path.parent}", markup=False)
     if wait and not dry_run:
-        _wait_for(result.results_root, [r.run_dir.path for r in result.runs])
+        wait_for(result.results_root, [r.run_dir.path for r in result.runs])
+    code = submit_exit_code(result)
+    if code:
+        refused = len(result.refused) + len(result.unfit)
+        err_console.print(
+            f"[yellow]{refused} of {refused + len(result.runs)} points refused[/] (exit {code})", soft_wrap=True
+        )
+        raise typer.Exit(code)
+
+
+def submit_exit_code(result: SubmitResult) -> int:
+    """0: nothing refused; EXIT_SOME_REFUSED: some points refused, others planned; EXIT_NONE_SUBMITTED: all refused."""
+    if not result.refused and not result.unfit:
+        return 0
+    return EXIT_SOME_REFUSED if result.runs else EXIT_NONE_SUBMITTED
 
 
 def _print_plan_notes(result: SubmitResult) -> None:
@@ -172,72 +188,13 @@ def _print_unfit(unfit: list[Unfit]) -> None:
     )
 
 
-def _wait_for(results: Path, run_paths: list[Path]) -> None:
-    """Show progress until none of ``run_paths`` is pending or running: a live display on a
-    terminal, a line per state change in a log."""
-    from hpcllm.config.loader import load_model
-    from hpcllm.config.training import TrainingConfig
-    from hpcllm.rundir import RunDir
-
-    wanted = {p.absolute() for p in run_paths}
-    totals = {p: load_model(TrainingConfig, RunDir(p).config).train.steps for p in wanted}
-    # A log or a pipe gets one whole line per change: no live display to cut.
-    statuses = _wait_live(results, wanted, totals) if console.is_terminal else _wait_plain(results, wanted, totals)
-    failed = [s for s in statuses if s.state != "completed"]
-    if failed:
-        for s in failed:
-            reason = s.manifest.reason if s.manifest else ""
-            err_console.print(f"[red]{escape(s.run_dir.run_id)}: {s.state}[/] {escape(reason or '')}", soft_wrap=True)
-        raise typer.Exit(1)
-
-
-def _wait_live(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from hpcllm.launch.runstatus import collect_status
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        tasks = {p: progress.add_task(p.name[:60], total=totals[p], info="") for p in sorted(wanted)}
-        while True:
-            statuses = [s for s in collect_status(results) if s.run_dir.path.absolute() in wanted]
-            for s in statuses:
-                loss = f" loss {s.loss:.3f}" if s.loss is not None else ""
-                progress.update(tasks[s.run_dir.path.absolute()], completed=s.step or 0, info=f"{s.state}{loss}")
-            if all(s.state not in ("pending", "running") for s in statuses):
-                return statuses
-            time.sleep(1.0)
-
-
-def _wait_plain(results: Path, wanted: set[Path], totals: dict[Path, int]) -> list[RunStatus]:
-    """Print ``<run id>: <state> [step n/total, loss x]`` when a run's state changes."""
-    from hpcllm.launch.runstatus import collect_status
-
-    said: dict[Path, str] = {}
-    while True:
-        statuses = [s for s in collect_status(results) if s.run_dir.path.absolute() in wanted]
-        for s in statuses:
-            path = s.run_dir.path.absolute()
-            if said.get(path) != s.state:
-                said[path] = s.state
-                progress = "" if s.step is None else f" step {s.step}/{totals[path]}"
-                loss = "" if s.loss is None else f" loss {s.loss:.3f}"
-                console.out(f"{s.run_dir.run_id}: {s.state}{progress}{loss}", highlight=False)
-        if all(s.state not in ("pending", "running") for s in statuses):
-            return statuses
-        time.sleep(1.0)
-
-
 class StatusFormat(str, Enum):
     table = "table"
     json = "json"
 
+
+# Headers as a narrow terminal shows them (docs/cli.md lists what each means).
+STATUS_SHORT = {"experiment": "exp", "restarts": "rst", "ran with": "sw"}
 
 STATE_STYLES = {
     "completed": "green",
@@ -251,7 +208,8 @@ STATE_STYLES = {
 
 @paused_gc()
 def status(
-    root: Path = typer.Argument(RESULTS, help="Results folder (or one experiment/cluster below it)."),
+    old_root: Path | None = typer.Argument(None, hidden=True, help="Deprecated: use --results."),
+    results: Path | None = results_option(None, "Results folder (or one experiment/cluster below it)."),
     fmt: StatusFormat = typer.Option(
         StatusFormat.table, "--format", "-f", help="table (ends with the count per state), or json for scripts."
     ),
@@ -259,11 +217,15 @@ def status(
     """Each run's state (pending/running/completed/failed/...), last step and loss, restarts."""
     from hpcllm.launch.runstatus import collect_status
 
+    root = results_root(results, old_root, "status")
     check_results_root(root)
+    skipped: list[str] = []
     try:
-        statuses = collect_status(root)
+        statuses = collect_status(root, skipped)
     except HpcllmError as exc:
         fail(exc)
+    for line in skipped:
+        err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
     warn_problems([s.problem for s in statuses if s.problem], "warning")
     records = _status_records(statuses)
     if fmt == StatusFormat.json:
@@ -286,7 +248,16 @@ def status(
         for r in records
     ]
     print_listing(
-        console, f"Runs under {root}", headers, rows, keep_whole=("run", "state", "job"), styles={"state": STATE_STYLES}
+        console,
+        f"Runs under {root}",
+        headers,
+        rows,
+        keep_whole=("run", "state", "job"),
+        styles={"state": STATE_STYLES},
+        short=STATUS_SHORT,
+        drop_first=("ran with", "restarts", "loss", "step", "cluster", "experiment"),
+        wrap=("reason",),
+        common=("experiment", "cluster"),
     )
     counts = Counter(r["state"] for r in records)
     console.out(
@@ -350,7 +321,7 @@ def _status_records(statuses: list[RunStatus]) -> list[dict[str, Any]]:
 
 def cancel(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix), as `hpcllm status` shows it."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Path = results_option(),
 ) -> None:
     """Stop a run: a running engine checkpoints, then the job ends as cancelled."""
     from hpcllm.launch.runstatus import cancel_run
@@ -366,22 +337,26 @@ def cancel(
 
 def logs(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Path = results_option(),
     lines: int = typer.Option(40, "--lines", "-n", min=0, max=100_000, help="How many lines from the end."),
 ) -> None:
     """Print the end of the run's scheduler log (all attempts are appended to one file per job)."""
     from hpcllm import runfiles
+    from hpcllm.launch.manifest import load_manifest
     from hpcllm.launch.runstatus import find_run
 
     try:
         run_dir = find_run(results, run_id)
     except HpcllmError as exc:
         fail(exc)
-    files = run_dir.log_files()
-    if not files:
+    try:  # the manifest names the current job; a damaged one leaves the newest log by job id
+        manifest = load_manifest(run_dir)
+    except HpcllmError:
+        manifest = None
+    latest = run_dir.latest_log(manifest.job_id if manifest else None)
+    if latest is None:
         fail(HpcllmError(f"{run_dir.path}: no log yet (the job has not started)"))
-    latest = max(files, key=lambda p: p.lstat().st_mtime)
-    console.print(f"[dim]==> {escape(str(latest))} <==[/]")
+    console.print(f"[dim]==> {escape(str(latest))} <==[/]", soft_wrap=True, highlight=False)  # a path: never wrapped
     try:  # the tail only, never blocking: a log can be gigabytes, and a FIFO in its place must not hang
         tail = runfiles.tail_text(latest, max(1 << 16, lines * 1024))
     except runfiles.RunFileProblem as exc:

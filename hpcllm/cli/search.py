@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import RESULTS, console, fail, finite
+from hpcllm.cli.common import console, fail, finite, results_option
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ _COLORS = {"finished": "green", "running": "cyan", "queued": "yellow", "failed":
 def run(
     experiment: Path = typer.Argument(..., help="Experiment YAML with a search: section."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Path = results_option(),
     account: str | None = typer.Option(None, "--account", "-A", help="Project to charge (beats $HPCLLM_ACCOUNT)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Render the first rung's trials, submit nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed trials again (they resume)."),
@@ -63,7 +63,7 @@ def run(
 def status(
     experiment: Path = typer.Argument(..., help="Experiment YAML with a search: section."),
     cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster profile name."),
-    results: Path = typer.Option(RESULTS, "--results", help="Results root folder."),
+    results: Path = results_option(),
 ) -> None:
     """Trials, rungs and the best so far (reads the runs; changes nothing)."""
     from hpcllm.tune.search import search_status

@@ -28,6 +28,7 @@ class Column:
     optional: bool = False  # in the default table only when some run has a value other than ``usual``
     usual: Any = None  # an optional column's everyday value (TP 1), which alone does not show it
     numeric: bool = False  # right-aligned in LaTeX
+    prose: bool = False  # a sentence (a note): wraps in the HTML report, where ids and numbers never do
 
     def cell(self, value: Any) -> str:
         return "" if value is None else self.text(value)
@@ -184,13 +185,20 @@ _COLUMNS = [
         numeric=True,
     ),
     Column("kwh_per_btok", "kWh/B tokens", _kwh_per_billion_tokens, help="kWh per billion tokens", numeric=True),
-    Column("energy", "Energy source", _energy_note, help="where the energy figures come from, or why they are empty"),
+    Column(
+        "energy",
+        "Energy source",
+        _energy_note,
+        help="where the energy figures come from, or why they are empty",
+        prose=True,
+    ),
     Column(
         "stragglers",
         "Stragglers",
         _stragglers,
         help="ranks whose GEMM probe was consistently below the median rank's (watchdog)",
         optional=True,
+        prose=True,
     ),
     Column("restarts", "Restarts", _restarts, help="requeues and restarts (manifest)", numeric=True),
     Column(
@@ -227,6 +235,8 @@ SEED = [
     "mfu",
 ]
 # After the seed's columns and the swept values, by default:
+# Experiment and cluster: runs of different experiments share setups (a tutorial's 1-GPU run and a
+# fine-tune's), and a row must say which one it is.
 DEFAULT_TAIL = [
     "tokens_per_joule",
     "kwh_per_btok",
@@ -237,6 +247,8 @@ DEFAULT_TAIL = [
     "stragglers",
     "restarts",
     "wall_time",
+    "experiment",
+    "cluster",
 ]
 GROUPS = {"seed": SEED, "default": [*SEED, "tp", "swept", *DEFAULT_TAIL], "all": [*COLUMNS, "swept"]}
 

@@ -1,7 +1,7 @@
 """Scaling plots and loss curves (matplotlib, no display: login nodes have none).
 
-Scaling: samples/s, MFU and scaling efficiency against #GPUs, one line per configuration (cluster,
-model, sharding, MBS, AC, sequence length), the ideal (linear) throughput dotted. Loss curves: the
+Scaling: samples/s, MFU and scaling efficiency against #GPUs, one line per experiment, cluster and
+setup (model size, sharding, MBS, AC, sequence length), the ideal (linear) throughput dotted. Loss curves: the
 training loss of each run against its step from ``metrics.jsonl``, each restart marked where the run
 resumed, evaluation losses as points when the engine logged them.
 """
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcllm.collect import columns as cols
 from hpcllm.collect.records import RunRecord
+from hpcllm.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,20 +33,44 @@ def _use_agg() -> None:
     matplotlib.use("Agg")
 
 
+def setup_label(summary: dict[str, Any]) -> str:
+    """What a configuration is, in the words of the table: size, sharding, MBS, AC, sequence length."""
+    s = summary
+    return (
+        f"{cols.params_billions(float(s.get('n_params', 0))):g}B {s.get('sharding')} "
+        f"mbs={s.get('micro_batch_size')} AC={cols.ac_label(s.get('activation_checkpointing'), s.get('ac_every'))} "
+        f"seq={s.get('seq_len')}"
+    )
+
+
+def group_label(record: RunRecord) -> str:
+    """A line of the scaling plots: one experiment on one cluster in one setup (never mixed, so that
+    no line joins a tutorial's 1-GPU run to a fine-tune's, and efficiency has a like-for-like base)."""
+    return f"{record.experiment}/{record.cluster}: {setup_label(record.summary or {})}"
+
+
+def run_label(record: RunRecord) -> str:
+    """A run in a legend: its group, its GPUs, and the grid values the table does not show already."""
+    s = record.summary or {}
+    point = record.manifest.get("point") or {}
+    extra = " ".join(f"{k}={v}" for k, v in point.items() if k not in cols.COVERED_BY_SEED)
+    return f"{group_label(record)} ×{s.get('world_size', '?')}" + (f" {extra}" if extra else "")
+
+
 def scaling_groups(records: Iterable[RunRecord]) -> dict[str, list[dict[str, Any]]]:
-    """Completed runs with a throughput, grouped by configuration, each group sorted by #GPUs."""
+    """Completed runs with a throughput, grouped by experiment, cluster and setup, each group sorted by #GPUs."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         s = r.summary or {}
         if not r.completed or s.get("samples_per_s") is None or not s.get("world_size"):
             continue
-        label = (
-            f"{r.cluster} {cols.params_billions(float(s.get('n_params', 0))):g}B {s.get('sharding')} "
-            f"mbs={s.get('micro_batch_size')} AC={cols.ac_label(s.get('activation_checkpointing'), s.get('ac_every'))} "
-            f"seq={s.get('seq_len')}"
-        )
-        groups.setdefault(label, []).append(
-            {"gpus": int(s["world_size"]), "samples_per_s": float(s["samples_per_s"]), "mfu": s.get("mfu")}
+        groups.setdefault(group_label(r), []).append(
+            {
+                "gpus": int(s["world_size"]),
+                "samples_per_s": float(s["samples_per_s"]),
+                "mfu": s.get("mfu"),
+                "run": r.run_id,
+            }
         )
     for points in groups.values():
         points.sort(key=lambda p: p["gpus"])
@@ -103,7 +128,7 @@ def scaling_figure(records: Iterable[RunRecord]) -> Figure:
     return fig
 
 
-def _restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
+def restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
     """Steps at which a new attempt started logging (the ``restart`` count changed, or the step
     counter went back: a resumed run re-runs the steps after its last checkpoint)."""
     out = []
@@ -124,8 +149,8 @@ def loss_figure(records: Iterable[RunRecord]) -> Figure:
         if not metrics:
             continue
         shown += 1
-        (line,) = ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], linewidth=1, label=r.run_id)
-        for step in _restart_steps(metrics):
+        (line,) = ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], linewidth=1, label=run_label(r))
+        for step in restart_steps(metrics):
             ax.axvline(step, color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.8)
             ax.annotate(
                 "restart",
@@ -164,8 +189,7 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 
 def _save(fig: Figure, output: Path) -> Path:
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(png_bytes(fig))
+    atomic_write_bytes(output, png_bytes(fig))  # a full disk: one line, no half-written PNG
     return output
 
 

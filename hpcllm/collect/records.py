@@ -108,15 +108,20 @@ class RunRecord:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        """Every complete line of ``metrics.jsonl`` with a numeric step (a torn last line is skipped),
-        streamed a bounded line at a time."""
+        """Every complete line of ``metrics.jsonl`` with a numeric step, streamed a bounded line at a
+        time; a torn line is skipped, and said in ``problems`` unless it is the last (which a running
+        engine may be writing)."""
+        path = self.run_dir.file(rundir.METRICS)
+        torn: list[int] = []
         try:
-            return [r for r in runfiles.iter_json_lines(self.run_dir.file(rundir.METRICS)) if _metrics_line(r)]
+            lines = [r for r in runfiles.iter_json_lines(path, torn=torn) if _metrics_line(r)]
         except runfiles.MissingFile:
             return []
         except runfiles.RunFileProblem as exc:
             self.problems.append(str(exc))
             return []
+        self.problems.extend(f"{path}: line {number} is torn (a writer died); skipped" for number in torn)
+        return lines
 
 
 def _metrics_line(record: dict[str, Any]) -> bool:
@@ -126,10 +131,11 @@ def _metrics_line(record: dict[str, Any]) -> bool:
     )
 
 
-def scan(root: Path) -> list[RunRecord]:
-    """A record per run directory below ``root``, sorted by path; summaries read, nothing else."""
+def scan(root: Path, skipped: list[str] | None = None) -> list[RunRecord]:
+    """A record per run directory below ``root``, sorted by path; summaries read, nothing else.
+    ``skipped``: one line per folder that could not be read (``find_run_dirs``)."""
     records = []
-    for run_dir in find_run_dirs(root):
+    for run_dir in find_run_dirs(root, skipped):
         summary, problem = read_summary(run_dir)
         records.append(RunRecord(run_dir, summary, [problem] if problem else []))
     return records

@@ -1,15 +1,15 @@
 """``hpcllm report``: one self-contained HTML page of a results folder.
 
-Runs counted per state, the scaling table, the scaling plots and loss curves (PNG, embedded as data
-URIs), the comparison with the seed, the failures with their reasons and log tails, and every run's
-details. No script, stylesheet, font or image is fetched: the page opens offline on a laptop.
+Runs counted per state, the scaling table, the scaling plots and loss curves (plotly: hovering a
+point names its run; plotly.js is inline), the comparison with the seed, the failures with their
+reasons and log tails, and every run's details. No script, stylesheet, font or image is fetched:
+the page opens offline on a laptop.
 It reads what ``collect`` reads (``hpcllm.collect.records``); the page is a Jinja template
 (``report.html.j2``, autoescaped) shipped in the package.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 
 from hpcllm import __version__, runfiles
-from hpcllm.collect import plot
+from hpcllm.collect import interactive
 from hpcllm.collect.compare import STATUS_OURS_ONLY, compare_with_seed
 from hpcllm.collect.fits import FIT_HEADERS, fit_records, fit_rows
 from hpcllm.collect.records import RunRecord, scan
@@ -36,7 +36,7 @@ FAILED_STATES = ("failed", "submit_failed", "cancelled")
 class Figure:
     id: str
     title: str
-    png_base64: str
+    html: str  # a plotly fragment (hpcllm.collect.interactive); the first one carries plotly.js
     note: str = ""
 
 
@@ -82,10 +82,10 @@ def _reason(record: RunRecord) -> str:
 
 
 def _log_tail(record: RunRecord) -> tuple[str, str]:
-    files = record.run_dir.log_files()
-    if not files:
+    job_id = record.manifest.get("job_id")
+    latest = record.run_dir.latest_log(job_id if isinstance(job_id, str) else None)
+    if latest is None:
         return "", ""
-    latest = max(files, key=lambda p: p.lstat().st_mtime)
     try:  # the tail only: a log can be gigabytes, and a FIFO in its place must not block
         lines = runfiles.tail_text(latest).splitlines()[-LOG_TAIL_LINES:]
     except runfiles.RunFileProblem as exc:
@@ -148,10 +148,6 @@ def _details(record: RunRecord, with_log: bool) -> RunDetails:
     )
 
 
-def _figure(id_: str, title: str, fig: Any, note: str = "") -> Figure:
-    return Figure(id_, title, base64.b64encode(plot.png_bytes(fig)).decode("ascii"), note)
-
-
 def build_report(root: Path, columns: str | None = None) -> Report:
     records = scan(root)
     completed = [r for r in records if r.completed]
@@ -164,14 +160,15 @@ def build_report(root: Path, columns: str | None = None) -> Report:
     comparison.table.rows = [
         row for row in comparison.table.rows if row["cluster"] in ran_on or row["status"] == STATUS_OURS_ONLY
     ]
-    figures = [_figure("scaling", "Scaling", plot.scaling_figure(completed))]
+    figures = [Figure("scaling", "Scaling", interactive.scaling_html(completed, "plot-scaling", include_js=True))]
     with_metrics = [r for r in records if r.has_metrics()]  # parsed only for the runs drawn
     note = (
         f"the first {MAX_LOSS_CURVES} of {len(with_metrics)} runs with metrics"
         if len(with_metrics) > MAX_LOSS_CURVES
         else ""
     )
-    figures.append(_figure("losses", "Loss curves", plot.loss_figure(with_metrics[:MAX_LOSS_CURVES]), note))
+    loss = interactive.loss_html(with_metrics[:MAX_LOSS_CURVES], "plot-losses", include_js=False)
+    figures.append(Figure("losses", "Loss curves", loss, note))
     failures = [_details(r, with_log=True) for r in records if r.state in FAILED_STATES]
     runs = [_details(r, with_log=False) for r in records]
     return Report(

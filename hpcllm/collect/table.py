@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from hpcllm.collect.fits import Verdict
 
 COLUMNS = [cols.COLUMNS[c].header for c in cols.SEED]  # the seed's headers, in its order
-DEFAULT_SORT = ["params", "gpus", "mbs", "sharding"]
+DEFAULT_SORT = ["experiment", "cluster", "params", "gpus", "mbs", "sharding"]
 
 Format = Literal["markdown", "csv", "json", "latex"]
 
@@ -91,7 +91,8 @@ def build_table(
     selector = _where(where, records, chosen) if where else None
     table = Table(chosen)
     getters = [(c.id, c.get) for c in chosen]
-    for record in records:
+    # Grouped by experiment and cluster even where those columns are not shown (--columns seed).
+    for record in sorted(records, key=lambda r: (r.experiment, r.cluster)):
         try:
             row = {column_id: get(record) for column_id, get in getters}
         except (KeyError, TypeError, ValueError) as exc:

@@ -25,6 +25,7 @@ from hpcllm.data.sources import Fields, ProgressFn, Task, expand_inputs, iter_ta
 from hpcllm.data.store import StoreHeader, StoreWriter, token_dtype
 from hpcllm.data.tokenizer import Tokenizer, load_tokenizer, single_threaded
 from hpcllm.errors import HpcllmError
+from hpcllm.fsutil import writing
 
 StartFn = Callable[[int], None]  # called once with the total input size in bytes
 
@@ -165,6 +166,22 @@ def prepare(
     workers = available_cores() if workers is None else workers
     # Starting a worker costs ~0.5 s (spawn + imports): no more workers than there are tasks.
     workers = min(workers, max(1, -(-total // sources.CHUNK_BYTES)))
+    with writing(Path(output)):  # a full disk, a read-only folder, a name too long: one line
+        header = _write_store(output, files, progress, tokenizer, tok, fields, workers, overwrite)
+    return PrepareResult(Path(output), header, total, time.perf_counter() - t0)
+
+
+def _write_store(
+    output: str | Path,
+    files: list[Path],
+    progress: ProgressFn | None,
+    tokenizer: str,
+    tok: Tokenizer,
+    fields: Fields,
+    workers: int,
+    overwrite: bool,
+) -> StoreHeader:
+    """Stream the encoded inputs into a new store; its temp folder is removed on any failure."""
     writer = StoreWriter(
         output,
         vocab_size=tok.vocab_size,
@@ -176,5 +193,4 @@ def prepare(
     with writer:
         for enc in _encoded(iter_tasks(files, progress), tokenizer, tok, fields, workers):
             writer.write(enc.tokens, enc.mask, enc.doc_ends)
-        header = writer.commit()
-    return PrepareResult(Path(output), header, total, time.perf_counter() - t0)
+        return writer.commit()

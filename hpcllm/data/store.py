@@ -15,6 +15,7 @@ that looks like a finished store. docs/data.md describes the format for other to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -385,7 +386,8 @@ class StoreWriter:
     def abort(self) -> None:
         for fh in (self._tokens, self._ends, self._mask):
             if fh is not None and not fh.closed:
-                fh.close()
+                with contextlib.suppress(OSError):  # a full disk fails the flush: the folder goes anyway
+                    fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:

@@ -36,7 +36,7 @@ from hpcllm.engine.checkpoint import TRAINER_STATE
 from hpcllm.engine.checkpoint_find import single_process_dcp
 from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
 from hpcllm.errors import HpcllmError
-from hpcllm.fsutil import read_json
+from hpcllm.fsutil import as_if_opened, read_json
 from hpcllm.rundir import RunDir
 
 MODEL_PREFIX = "model."
@@ -150,6 +150,7 @@ def export_hf(ckpt_dir: Path, output: Path, cfg: ModelConfig) -> None:
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(llama_config(cfg, dtype), indent=2) + "\n")
     save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    as_if_opened(tmp / "model.safetensors")  # safetensors leaves it 0600: others could not read the export
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)

@@ -13,4 +13,4 @@ def write_failed(run_dir: RunDir, summary: dict[str, Any], error: str, rank: int
     if rank == 0:
         summary.update(status=SUMMARY_STATUS_FAILED, error=error)
         summary.setdefault("steps_completed", 0)
-        atomic_write_json(run_dir.summary, summary)
+        atomic_write_json(run_dir.summary, summary, make_parents=False)

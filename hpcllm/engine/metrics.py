@@ -8,6 +8,7 @@ invented figure: ``mfu`` in the seed's convention, ``mfu_with_head`` and ``hfu``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import statistics
@@ -18,9 +19,10 @@ from typing import Any
 
 import torch
 
-from hpcllm import perf
+from hpcllm import perf, runfiles
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.tracking import MetricSink, scalars
+from hpcllm.fsutil import append_line
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -46,30 +48,25 @@ def detect_gpu_type(device: torch.device, configured: str | None) -> str | None:
 def earlier_attempts(path: Path) -> tuple[int, float]:
     """(highest logged step, wall seconds of the earlier attempts) from ``metrics.jsonl``.
 
-    Each line carries ``time`` (Unix seconds) and ``elapsed_s`` (seconds since its attempt began),
-    so ``time - elapsed_s`` names the attempt; each attempt lasted (at least) its last line's
-    ``elapsed_s``. Time after an attempt's last logged step (a final save, a crash) is not counted.
+    Each line carries ``elapsed_s``, seconds on the monotonic clock since its attempt began, and
+    ``restart``. Lines are appended attempt after attempt, so a new attempt begins where ``restart``
+    changes or ``elapsed_s`` goes back; each attempt lasted (at least) its last line's ``elapsed_s``.
+    The wall clock (``time``) is not used: a clock step within an attempt must not split it (which
+    counted its first part twice). Time after an attempt's last logged step is not counted.
     """
     best, total = 0, 0.0
-    started, elapsed = None, 0.0  # the current attempt's start and its latest elapsed_s
-    if path.exists():
-        for line in path.read_text().splitlines():
+    restart, elapsed = None, 0.0  # the current attempt's restart count and its latest elapsed_s
+    with contextlib.suppress(runfiles.MissingFile):
+        for record in runfiles.iter_json_lines(path):  # torn lines (a killed attempt's) skipped
             try:
-                record = json.loads(line)
                 best = max(best, int(record["step"]))
-                line_elapsed, line_time = float(record["elapsed_s"]), float(record["time"])
+                line_elapsed, line_restart = float(record["elapsed_s"]), record.get("restart")
             except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a killed attempt, or a line from an older engine
-            line_started = line_time - line_elapsed
-            if started is not None and abs(line_started - started) > ATTEMPT_CLOCK_SLACK_S:
+                continue  # a line from an older engine
+            if restart is not None and (line_restart != restart or line_elapsed < elapsed):
                 total += elapsed
-            started, elapsed = line_started, line_elapsed
+            restart, elapsed = line_restart, line_elapsed
     return best, total + elapsed
-
-
-# Two lines belong to one attempt when their implied start times agree to within this (both clocks
-# are logged to the millisecond; two attempts of one run start at least a training step apart).
-ATTEMPT_CLOCK_SLACK_S = 0.05
 
 
 def token_flops(cfg: TrainingConfig) -> perf.TokenFlops:
@@ -173,8 +170,7 @@ class MetricsLog:
     def _write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))  # never a torn line, nor one built on a torn one
         values = scalars(record)
         for sink in self.sinks:
             sink.write(record["step"], values)

@@ -243,7 +243,7 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
             trials=len(report.trials),
         )
         if env.is_main:
-            atomic_write_json(run_dir.summary, summary)
+            atomic_write_json(run_dir.summary, summary, make_parents=False)
 
     prober = Prober(cfg, env, str(run_dir.config))
     if report.baseline_gib is None:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from hpcllm import __version__
 from hpcllm.engine.distributed import DistEnv
+from hpcllm.fsutil import append_line
 from hpcllm.rundir import RunDir
 
 # Environment variables that change how ranks talk or compute; recorded as the job set them.
@@ -103,6 +104,5 @@ def record_runtime(run_dir: RunDir, env: DistEnv, *, restart: int) -> dict[str, 
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV_PREFIXES)},
         "ranks": gathered,
     }
-    with open(run_dir.runtime, "a") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    append_line(run_dir.runtime, json.dumps(record, sort_keys=True))
     return record

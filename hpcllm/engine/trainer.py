@@ -258,7 +258,7 @@ class Trainer:
             **self.watchdog.summary_fields(),
         )
         if self.env.is_main:
-            atomic_write_json(self.run_dir.summary, self.summary)
+            atomic_write_json(self.run_dir.summary, self.summary, make_parents=False)
 
     def close(self) -> None:
         """Release what set-up opened, whatever ended the run."""

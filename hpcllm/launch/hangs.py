@@ -23,6 +23,7 @@ from hpcllm.fsutil import read_json
 from hpcllm.launch.backends.slurmtext import usable_excludes
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest
 from hpcllm.launch.progress import last_step
+from hpcllm.launch.runstate import Actor, allowed, transition
 from hpcllm.launch.slurmcmd import hostnames, parse_scontrol_record, run_slurm
 from hpcllm.rundir import RunDir, now
 
@@ -37,11 +38,14 @@ def this_attempts_verdict(run_dir: RunDir, restart_count: int) -> dict[str, Any]
     return verdict
 
 
-def requeue_after_hang(run_dir: RunDir, manifest: Manifest, *, job_id: str, nodelist: str, restart_count: int) -> bool:
-    """Record a restart for a hang the watchdog ended, with its nodes excluded; False = not a hang,
-    or the budget is spent (the run then fails with the engine's error, which names the nodes)."""
-    verdict = this_attempts_verdict(run_dir, restart_count)
-    if verdict is None or restart_count >= manifest.max_restarts:
+def requeue_after_hang(
+    run_dir: RunDir, manifest: Manifest, verdict: dict[str, Any], *, job_id: str, nodelist: str, restart_count: int
+) -> bool:
+    """Record a restart for a hang the watchdog ended (``verdict``, this attempt's), with its nodes
+    excluded, and move the run back to pending through the run-state machine; False = the budget is
+    spent or the run is no longer running (the run then fails with the engine's error, which names
+    the nodes)."""
+    if restart_count >= manifest.max_restarts or not allowed(manifest.state, RunState.PENDING, Actor.JOB):
         return False
     nodes = [str(n) for n in verdict.get("nodes", [])]
     manifest.restarts.append(
@@ -55,8 +59,7 @@ def requeue_after_hang(run_dir: RunDir, manifest: Manifest, *, job_id: str, node
         )
     )
     manifest.exclude_nodes += [n for n in nodes if n not in manifest.exclude_nodes]
-    manifest.state = RunState.PENDING
-    return True
+    return transition(manifest, RunState.PENDING, Actor.JOB)
 
 
 def partition_size(partition: str) -> int:

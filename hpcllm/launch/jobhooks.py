@@ -34,10 +34,11 @@ from typing import TypeVar
 
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import read_json
-from hpcllm.launch.hangs import requeue_after_hang
+from hpcllm.launch.hangs import requeue_after_hang, this_attempts_verdict
 from hpcllm.launch.jobenergy import record_job_energy
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
+from hpcllm.launch.runstate import Actor, Evidence, decide_end, transition
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir, now
 
@@ -97,7 +98,9 @@ def _manifest(ctx: JobContext) -> Manifest:
 def on_start(ctx: JobContext) -> bool:
     """Record this attempt (and any restart SLURM did on its own); False = do not launch."""
     manifest = _manifest(ctx)
-    if manifest.state == RunState.CANCELLED:
+    if manifest.state == RunState.CANCELLED or manifest.cancel_requested:
+        if transition(manifest, RunState.CANCELLED, Actor.JOB, manifest.cancel_requested):
+            save_manifest(ctx.run_dir, manifest)
         print(f"[hpcllm] run {manifest.run_id} was cancelled: not launching")
         return False
     recorded = [r for r in manifest.restarts if r.job_id == ctx.job_id]
@@ -143,51 +146,74 @@ def on_start(ctx: JobContext) -> bool:
 
 @_under_run_lock
 def on_end(ctx: JobContext, rc: int, stop_signal: str) -> str:
-    """Decide what the batch script does now: ``requeue``, ``cancel`` or ``exit N``; records the outcome."""
+    """Decide what the batch script does now: ``requeue``, ``cancel`` or ``exit N``; records the outcome.
+
+    The end is the run-state machine's (``runstate.decide_end``): a completed summary first (a cancel
+    racing the end does not undo a finished run), then a cancel, a stop on request (requeued while the
+    budget lasts), a hang the watchdog ended (requeued without its nodes), else a failure.
+    """
     manifest = _manifest(ctx)
     summary = read_json(ctx.run_dir.summary) or {}
     status = summary.get("status")
     manifest.exit_code = rc
     record_job_energy(manifest, ctx.job_id)
-    if manifest.state == RunState.CANCELLED or (stop_signal == "TERM" and _cancelled(ctx)):
-        # `hpcllm cancel` marks the manifest before scancel; a plain scancel shows in the job state.
-        manifest.state = RunState.CANCELLED
-        manifest.reason = manifest.reason or "cancelled (scancel)"
-        if status == SUMMARY_STATUS_PREEMPTED:
-            manifest.reason += f"; checkpoint at step {summary.get('steps_completed')}"
-        save_manifest(ctx.run_dir, manifest)
-        return "cancel"
-    if status == SUMMARY_STATUS_COMPLETED:
-        manifest.state = RunState.COMPLETED
-        manifest.reason = None
+    verdict = this_attempts_verdict(ctx.run_dir, ctx.restart_count)
+    cancel = None if status == SUMMARY_STATUS_COMPLETED else _cancel_reason(ctx, manifest, stop_signal)
+    end = decide_end(Evidence(status, exit_code=rc, cancel_requested=cancel, hung=verdict is not None))
+    if end.state == RunState.COMPLETED:
+        transition(manifest, RunState.COMPLETED, Actor.JOB)
         save_manifest(ctx.run_dir, manifest)
         return "exit 0"
-    if status == SUMMARY_STATUS_PREEMPTED:
-        why = STOP_REASONS.get(stop_signal, "the engine stopped on request")
-        if ctx.restart_count < manifest.max_restarts:
-            manifest.restarts.append(
-                Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=last_step(ctx.run_dir), job_id=ctx.job_id)
-            )
-            manifest.state = RunState.PENDING
-            save_manifest(ctx.run_dir, manifest)
-            return "requeue"
-        manifest.state = RunState.FAILED
-        manifest.reason = f"restart budget exhausted ({manifest.max_restarts}) after {why}"
+    if end.state == RunState.CANCELLED:
+        reason = cancel or "cancelled (scancel)"
+        if status == SUMMARY_STATUS_PREEMPTED:
+            reason += f"; checkpoint at step {summary.get('steps_completed')}"
+        transition(manifest, RunState.CANCELLED, Actor.JOB, reason)
+        manifest.reason = reason
         save_manifest(ctx.run_dir, manifest)
-        return f"exit {EXIT_PREEMPTED}"
-    if requeue_after_hang(
-        ctx.run_dir, manifest, job_id=ctx.job_id, nodelist=ctx.nodelist, restart_count=ctx.restart_count
+        return "cancel"
+    if end.preempted:
+        return _requeue_or_fail(ctx, manifest, STOP_REASONS.get(stop_signal, "the engine stopped on request"))
+    if (
+        end.hung
+        and verdict is not None
+        and requeue_after_hang(
+            ctx.run_dir, manifest, verdict, job_id=ctx.job_id, nodelist=ctx.nodelist, restart_count=ctx.restart_count
+        )
     ):
         save_manifest(ctx.run_dir, manifest)  # the watchdog ended a hang: again, without its nodes
         return "requeue"
-    manifest.state = RunState.FAILED
     error = summary_error(ctx.run_dir)  # e.g. a diverged run: failed, not requeued, and why
-    manifest.reason = (
+    reason = (
         f"engine exited with code {rc} (summary status: {status or 'none written'})"
         f"{f': {error}' if error else ''}; see {ctx.run_dir.log_file(ctx.job_id).name}"
     )
+    transition(manifest, RunState.FAILED, Actor.JOB, reason)
     save_manifest(ctx.run_dir, manifest)
     return f"exit {rc if rc != 0 else 1}"
+
+
+def _cancel_reason(ctx: JobContext, manifest: Manifest, stop_signal: str) -> str | None:
+    """Why the run was cancelled, None when it was not: `hpcllm cancel` records its request before
+    signalling; a plain scancel shows in the job state."""
+    if manifest.cancel_requested:
+        return manifest.cancel_requested
+    if manifest.state == RunState.CANCELLED:
+        return manifest.reason or "cancelled (scancel)"
+    return "cancelled (scancel)" if stop_signal == "TERM" and _cancelled(ctx) else None
+
+
+def _requeue_or_fail(ctx: JobContext, manifest: Manifest, why: str) -> str:
+    """The engine stopped with a checkpoint: requeue while the restart budget lasts, else fail."""
+    if ctx.restart_count < manifest.max_restarts and transition(manifest, RunState.PENDING, Actor.JOB):
+        manifest.restarts.append(
+            Restart(time=now(), reason=why, nodes=ctx.nodelist, last_step=last_step(ctx.run_dir), job_id=ctx.job_id)
+        )
+        save_manifest(ctx.run_dir, manifest)
+        return "requeue"
+    transition(manifest, RunState.FAILED, Actor.JOB, f"restart budget exhausted ({manifest.max_restarts}) after {why}")
+    save_manifest(ctx.run_dir, manifest)
+    return f"exit {EXIT_PREEMPTED}"
 
 
 @_under_run_lock

@@ -3,13 +3,14 @@
 Plays the scheduler for one run on this machine: waits its turn on the queue lock, runs
 ``job.sbatch`` with the variables a SLURM job would see, enforces the time limit the way SLURM does
 (USR1 ``signal_before_end`` seconds early, then TERM/KILL at the limit), requeues a preempted run
-while the restart budget lasts, and records every transition in the manifest.
+while the restart budget lasts, and records every transition in the manifest through the run-state
+machine (``hpcllm.launch.runstate``). It records the job's process group with its identity, so that
+``status`` and ``cancel`` can tell whether the job still runs after the runner itself died.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from hpcllm.config.cluster import parse_slurm_time
 from hpcllm.fsutil import read_json
+from hpcllm.launch import procid
+from hpcllm.launch.locks import exclusive
 from hpcllm.launch.manifest import (
     Manifest,
     Restart,
@@ -30,7 +33,8 @@ from hpcllm.launch.manifest import (
     update_manifest,
 )
 from hpcllm.launch.progress import last_step, summary_error
-from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir, now
+from hpcllm.launch.runstate import Actor, Evidence, decide_end, transition
+from hpcllm.rundir import RunDir, now
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
 
@@ -46,6 +50,7 @@ class Runner:
         self.signal_before_end_s = signal_before_end_s
         self.child: subprocess.Popen[bytes] | None = None
         self.cancelled = False
+        self.launched = False  # an attempt was started (a cancel after it is no longer "while pending")
 
     def _manifest(self) -> Manifest:
         manifest = load_manifest(self.run_dir)
@@ -65,20 +70,28 @@ class Runner:
         # and `cancel` may write the same manifest at the same moment.
         with manifest_lock(self.run_dir):
             manifest = self._manifest()
-            if manifest.state == RunState.CANCELLED:
-                return 1  # `hpcllm cancel` came before this runner started: nothing to run
+            if manifest.state != RunState.PENDING:
+                return 1  # cancelled before this runner started, or a submit interrupted before it recorded us
+            if procid.group_alive(manifest.job_process):
+                # At most one live attempt: an earlier runner died but its job still trains. That
+                # job is the run's attempt; status and cancel follow it through its process group.
+                transition(manifest, RunState.RUNNING, Actor.JOB)
+                manifest.reason = self._still_running(manifest)
+                save_manifest(self.run_dir, manifest)
+                return 1
+            manifest.runner = procid.identify(os.getpid())
             manifest.runner_pid = os.getpid()
             save_manifest(self.run_dir, manifest)
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # wait for our turn: "pending"
-            except _Cancelled:
-                return self._finish(RunState.CANCELLED, None, "cancelled while pending")
-            try:
+        try:
+            with exclusive(self.lock_path, timeout=None):  # wait for our turn: "pending"
                 return self._run_attempts()
-            except _Cancelled:
-                return self._finish(RunState.CANCELLED, None, "cancelled")
+        except _Cancelled:
+            return self._finish(RunState.CANCELLED, None, "cancelled" if self.launched else "cancelled while pending")
+
+    @staticmethod
+    def _still_running(manifest: Manifest) -> str:
+        job = manifest.job_process
+        return f"an earlier attempt's job (process group {job.pgid if job else '?'}) still runs: not started again"
 
     def _run_attempts(self) -> int:
         first = self._manifest()
@@ -87,20 +100,22 @@ class Runner:
         while True:
             with manifest_lock(self.run_dir):
                 manifest = self._manifest()
-                if manifest.state == RunState.CANCELLED:
-                    return 1  # cancelled while this runner waited for the queue lock
-                manifest.state = RunState.RUNNING
+                if manifest.cancel_requested or not manifest.state.active:
+                    return self._finish(RunState.CANCELLED, None, manifest.cancel_requested)
+                transition(manifest, RunState.RUNNING, Actor.JOB)
                 save_manifest(self.run_dir, manifest)
             # An earlier attempt's summary must not be read as this attempt's outcome.
             self.run_dir.summary.unlink(missing_ok=True)
             rc, timed_out = self._attempt(manifest, restart)
             status = (read_json(self.run_dir.summary) or {}).get("status")
-            if self.cancelled:
-                return self._finish(RunState.CANCELLED, rc, "cancelled")
-            if rc == 0 and status == SUMMARY_STATUS_COMPLETED:
+            cancel = self._manifest().cancel_requested or ("cancelled" if self.cancelled else None)
+            end = decide_end(Evidence(summary_status=status, exit_code=rc, cancel_requested=cancel))
+            if end.state == RunState.COMPLETED:
                 return self._finish(RunState.COMPLETED, rc, None)
+            if end.state == RunState.CANCELLED:
+                return self._finish(RunState.CANCELLED, rc, cancel)
             reason = "time limit" if timed_out else f"exit code {rc}"
-            if status == SUMMARY_STATUS_PREEMPTED or rc == EXIT_PREEMPTED:
+            if end.preempted:
                 if restart < manifest.max_restarts:
                     with update_manifest(self.run_dir) as fresh:  # not the copy read before the attempt
                         fresh.restarts.append(
@@ -150,6 +165,8 @@ class Runner:
                 cwd=self.run_dir.path,
                 env=env,
             )
+            self.launched = True
+            self._record_job()
             timed_out = self._wait_with_limit(manifest.time_limit)
             rc = self.child.wait()
             self.child = None
@@ -183,17 +200,31 @@ class Runner:
         self.child.wait()
         return timed_out
 
+    def _record_job(self) -> None:
+        """Name the job's process group in the manifest: liveness and cancel go by it if this runner dies.
+        A job that cannot be recorded (the results folder turned read-only) is not left running unseen."""
+        assert self.child is not None
+        try:
+            with update_manifest(self.run_dir) as manifest:
+                manifest.job_process = procid.identify(self.child.pid)
+        except BaseException:
+            _signal_group(self.child, signal.SIGKILL)
+            self.child.wait()
+            raise
+
     def _finish(self, state: RunState, rc: int | None, reason: str | None) -> int:
         with update_manifest(self.run_dir) as manifest:
-            manifest.state = state
+            transition(manifest, state, Actor.JOB, reason or state.value)
             manifest.exit_code = rc
-            manifest.reason = reason
-        return 0 if state == RunState.COMPLETED else 1
+        return 0 if manifest.state == RunState.COMPLETED else 1
 
 
 def _signal_group(child: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, sig)
+    """Signal the job's group. The child is this runner's and not yet reaped, so its pid (the
+    group's id, ``start_new_session``) cannot name another process."""
+    if child.pid > 1:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
 
 
 def main(argv: list[str]) -> int:

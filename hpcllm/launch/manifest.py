@@ -19,6 +19,7 @@ from hpcllm import runfiles
 from hpcllm.errors import HpcllmError
 from hpcllm.fsutil import atomic_write_json
 from hpcllm.launch.locks import exclusive
+from hpcllm.launch.procid import ProcessId
 from hpcllm.rundir import MANIFEST, RunDir, now
 
 
@@ -76,7 +77,10 @@ class Manifest(BaseModel):
     depends_on: list[str] = Field(default_factory=list)  # job ids that must succeed first (afterok)
     nodes: str | None = None  # node list of the current (or last) attempt
     job_name: str | None = None  # the job's name in the scheduler (a job array's, for array tasks)
-    runner_pid: int | None = None
+    runner_pid: int | None = None  # kept for manifests of earlier versions; ``runner`` identifies it
+    runner: ProcessId | None = None  # local backend: the runner process, verified before any signal
+    job_process: ProcessId | None = None  # local backend: the job's process group (batch shell, engine)
+    cancel_requested: str | None = None  # `hpcllm cancel` asked a running job to stop (the reason)
     exit_code: int | None = None
     reason: str | None = None
     error: str | None = None
@@ -92,6 +96,9 @@ class Manifest(BaseModel):
         self.state = RunState.PENDING
         self.nodes = None
         self.runner_pid = None
+        self.runner = None
+        self.cancel_requested = None
+        # job_process stays: a new runner refuses to start while an earlier attempt's job still runs.
         self.exit_code = None
         self.reason = None
         self.error = None
@@ -118,12 +125,13 @@ def load_manifest(run_dir: RunDir) -> Manifest | None:
 def save_manifest(run_dir: RunDir, manifest: Manifest, *, durable: bool = True) -> None:
     """``durable=False`` for a manifest that only says "rendered" (the next submit writes it again)."""
     manifest.updated_at = now()
-    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"), durable=durable)
+    # Never recreates a run folder that was moved away (a job ending after the move).
+    atomic_write_json(run_dir.manifest, manifest.model_dump(mode="json"), durable=durable, make_parents=False)
 
 
 def manifest_lock(run_dir: RunDir) -> AbstractContextManager[None]:
     """The run's lock: hold it from reading the manifest to saving the changed one."""
-    return exclusive(run_dir.lock_file)
+    return exclusive(run_dir.lock_file, make_parents=False)
 
 
 @contextmanager

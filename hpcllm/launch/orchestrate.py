@@ -22,6 +22,8 @@ from hpcllm.errors import BackendError, ConfigError, HpcllmError
 from hpcllm.fsutil import atomic_write_text
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.backends.base import Backend
+from hpcllm.launch.inputs import refuse_missing_inputs, unset_on_login
+from hpcllm.launch.leftovers import prepare_folder
 from hpcllm.launch.locks import exclusive
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.memcheck import Unfit, split_by_fit
@@ -32,7 +34,7 @@ from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.qos import RefusedPoint
 from hpcllm.plan.references import references_for_point
 from hpcllm.rundir import DEFAULT_RESULTS, RunDir, results_from_env, submit_lock
-from hpcllm.sitepaths import expand_path, iter_site_paths, unset_variables
+from hpcllm.sitepaths import expand_path
 
 # The default results root when neither --results nor the profile's paths.results names one.
 
@@ -112,7 +114,8 @@ def submit_experiment(
     account = resolve_account(cluster, account, dry_run, result.warnings)
     results_root = result.results_root = _results_root(results_root, cluster, account, dry_run, result.warnings)
     specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=result.refused)
-    result.warnings += _unset_on_login(specs)
+    result.warnings += unset_on_login(specs)
+    specs = refuse_missing_inputs(specs, cluster, after=bool(after), refused=result.refused, warnings=result.warnings)
     if memory_check:
         measured = measured_largest_fits(results_root, experiment.name, cluster.name)
         specs, result.unfit = split_by_fit(specs, cluster, measured)
@@ -307,10 +310,9 @@ def prepare_run(
     """Write the run's ``run.yaml`` (``config_text`` when the caller has it already) and ``job.sbatch``;
     return its manifest, ready to submit."""
     script = render_job(spec, cluster, run_dir, account=account, python=python)
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        run_dir.config, config_text or run_config_text(spec), durable=False
-    )  # both rendered again on resubmit
+    prepare_folder(run_dir)  # and what a submit interrupted here before left (we hold the grid's submit lock)
+    # both rendered again on resubmit
+    atomic_write_text(run_dir.config, config_text or run_config_text(spec), durable=False)
     atomic_write_text(run_dir.job_script, script, durable=False, executable=True)
     if manifest is None or manifest.state == RunState.RENDERED:
         manifest = Manifest(
@@ -362,21 +364,6 @@ def _results_root(
             raise
         warnings.append(f"{exc}; rendering under ./results instead")
         return Path("results")
-
-
-def _unset_on_login(specs: list[RunSpec]) -> list[str]:
-    """One warning per path variable that is not set here: the compute node must set it, or the run
-    fails at start-up (it may be fine: some sites set scratch variables only in jobs)."""
-    seen: dict[str, str] = {}
-    for spec in specs:
-        for key, value in iter_site_paths(spec.training):
-            for name in unset_variables(value):
-                seen.setdefault(name, f"{key}: {value}")
-    return [
-        f"${name} is not set on this login node (used in {where}); the job's node must set it, "
-        "or the run fails at start"
-        for name, where in seen.items()
-    ]
 
 
 def _skip_reason(manifest: Manifest | None, retry_failed: bool) -> str | None:

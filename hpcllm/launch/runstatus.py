@@ -25,12 +25,13 @@ class RunStatus:
     problem: str | None = None  # why a file of this run could not be read (one warning line)
 
 
-def collect_status(root: Path) -> list[RunStatus]:
-    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss."""
+def collect_status(root: Path, skipped: list[str] | None = None) -> list[RunStatus]:
+    """Every run under ``root`` with its state (refreshed from its backend) and last step/loss;
+    ``skipped`` receives the folders that could not be read."""
     from hpcllm.launch.progress import last_metrics
     from hpcllm.launch.runinfo import last_runtime, software_label
 
-    run_dirs = find_run_dirs(root)
+    run_dirs = find_run_dirs(root, skipped)
     problems: dict[int, str] = {}  # a damaged manifest is that run's warning, not the command's failure
     manifests = [_manifest_or_problem(rd, i, problems) for i, rd in enumerate(run_dirs)]  # indexed like run_dirs
     states: list[str] = []

@@ -24,7 +24,7 @@ from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.qos import RefusedPoint
 from hpcllm.site.checks import FAIL, OK, SKIP, WARN, Check
 from hpcllm.site.jobchecks import gpu_job_checks, python_environment
-from hpcllm.site.pointchecks import point_checks, storage_checks
+from hpcllm.site.pointchecks import input_checks, point_checks, storage_checks
 from hpcllm.site.sitefacts import (
     PartitionInfo,
     accounting_enabled,
@@ -86,6 +86,7 @@ def run_doctor(
     )
     checks += account_checks(cluster, config, account, needed, profile_file)
     checks += point_checks(cluster, account, specs, refused, part)
+    checks += input_checks(specs)
     checks += storage_checks(cluster, account, specs, results_root, profile_file)
     checks.append(python_environment(cluster))
     if gpu:

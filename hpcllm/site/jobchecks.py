@@ -16,7 +16,8 @@ from hpcllm.launch.backends.slurmtext import parse_job_id, script_error
 from hpcllm.launch.render import environment_context, render_template
 from hpcllm.plan.qos import qos_refusal
 from hpcllm.rundir import RunDir
-from hpcllm.site.checks import FAIL, OK, SKIP, Check
+from hpcllm.site.checks import FAIL, OK, SKIP, WARN, Check
+from hpcllm.site.nccllog import parse_nccl_network
 from hpcllm.site.sitefacts import PartitionInfo
 
 REPORT_PREFIX = "HPCLLM-DOCTOR "  # hpcllm.engine.site_check prints its reports after this
@@ -153,7 +154,18 @@ def gpu_job_checks(
             "" if result["ok"] else "check NCCL_SOCKET_IFNAME / NCCL_IB_HCA in the profile's env:",
         )
     )
+    checks.append(nccl_network_check(log.read_text(errors="replace")))
     return checks
+
+
+def nccl_network_check(log_text: str) -> Check:
+    """The HCAs and network NCCL reported using (its INIT/NET lines, which the doctor job asks for)."""
+    net = parse_nccl_network(log_text)
+    if not net.found:
+        return Check("job", "NCCL network", SKIP, "NCCL logged no INIT/NET lines (a CPU job uses gloo)")
+    status = WARN if "Socket" in net.networks and not net.hcas else OK
+    fix = "" if status == OK else "NCCL fell back to sockets: set NCCL_IB_HCA to the IB devices (ibv_devinfo)"
+    return Check("job", "NCCL network", status, net.describe(), fix)
 
 
 def _node_checks(cluster: ClusterProfile, node: dict[str, Any]) -> list[Check]:

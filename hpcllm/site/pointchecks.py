@@ -1,5 +1,5 @@
 """``hpcllm doctor``'s checks of an experiment on the site: every point through ``sbatch --test-only``,
-and the storage roots (present, writable, room for what the grid will write)."""
+every input path, and the storage roots (present, writable, room for what the grid will write)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.config.experiment import RunSpec
 from hpcllm.errors import ConfigError
+from hpcllm.launch.inputs import missing_inputs
 from hpcllm.launch.orchestrate import results_root_for
 from hpcllm.launch.render import render_job
 from hpcllm.launch.slurmcmd import run_slurm
@@ -65,6 +66,22 @@ def point_checks(
 
 def _label(point: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in point.items()) + "}"
+
+
+def input_checks(specs: list[RunSpec]) -> list[Check]:
+    """Every input path of the experiment (store, tokenizer, checkpoints) exists on this login node."""
+    missing: dict[str, list[str]] = {}
+    for spec in specs:
+        for m in missing_inputs(spec):
+            missing.setdefault(str(m), []).append(spec.run_id)
+    if not specs:
+        return []
+    if not missing:
+        return [Check("experiment", "input paths", OK, f"every input path of {len(specs)} points exists here")]
+    return [
+        Check("experiment", "input path", FAIL, f"{what} (in {len(runs)} points)", "make it, or fix the experiment")
+        for what, runs in missing.items()
+    ]
 
 
 # --- storage ------------------------------------------------------------------------------------

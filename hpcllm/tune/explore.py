@@ -188,8 +188,9 @@ class ApplyResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def default_output(experiment_path: Path, cluster: str) -> Path:
-    return experiment_path.with_name(f"{experiment_path.stem}.{cluster}.tuned.yaml")
+def default_output(results_root: Path, experiment: str, experiment_path: Path, cluster: str) -> Path:
+    """Beside the probes' results, not in the clone's experiments/ (which git tracks)."""
+    return results_root / experiment / cluster / f"{experiment_path.stem}.{cluster}.tuned.yaml"
 
 
 def apply_probes(
@@ -212,7 +213,7 @@ def apply_probes(
     cluster = load_cluster(cluster_name)
     account = resolve_account(cluster, None, True, [])  # storage roots may name it; none is charged here
     results_root = results_root_for(cluster, account, results_root)
-    out = Path(output) if output else default_output(Path(experiment_path), cluster.name)
+    out = Path(output) if output else default_output(results_root, experiment.name, Path(experiment_path), cluster.name)
     _check_output(out, Path(experiment_path))
     index = load_index(results_root, experiment.name, cluster.name)
     if index is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import sys
@@ -30,8 +29,9 @@ from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import ClusterProfile, load_cluster
 from hpcllm.config.experiment import Experiment, RunSpec, load_experiment
 from hpcllm.config.search import SearchConfig
-from hpcllm.errors import ConfigError, HpcllmError
+from hpcllm.errors import ConfigError, HpcllmError, LockBusy
 from hpcllm.fsutil import atomic_write_json
+from hpcllm.launch import locks
 from hpcllm.launch.backends import backend_for
 from hpcllm.launch.manifest import RunState, load_manifest, save_manifest
 from hpcllm.launch.orchestrate import prepare_run
@@ -203,19 +203,11 @@ def save_state(folder: Path, state: SearchState) -> None:
 @contextlib.contextmanager
 def exclusive(folder: Path) -> Iterator[None]:
     """One ``search run`` at a time per search (two would submit the same trial twice)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise HpcllmError(
-                f"{folder}: another `hpcllm search run` is advancing this search right now; "
-                "wait for it (or stop it) and run again"
-            ) from None
-        try:
+    try:
+        with locks.exclusive(folder / LOCK_NAME, timeout=0):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockBusy as exc:
+        raise HpcllmError(f"{folder}: another `hpcllm search run` is advancing this search right now ({exc})") from None
 
 
 # --- advance: one pass of the search -----------------------------------------------------------

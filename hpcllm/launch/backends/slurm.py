@@ -38,6 +38,17 @@ from hpcllm.launch.backends.slurmtext import (
     usable_excludes,
 )
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_lock, save_manifest
+from hpcllm.launch.runstate import (
+    Actor,
+    Evidence,
+    confirm_cancel,
+    decide_end,
+    observer_lock,
+    request_cancel,
+    save_observed,
+    transition,
+    withdraw_cancel,
+)
 from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
 from hpcllm.rundir import SUMMARY_STATUS_COMPLETED, RunDir
 
@@ -169,29 +180,19 @@ class SlurmBackend(Backend):
         workers within ~30 s and SLURM kills what is left after KillWait, a race a large model's
         checkpoint loses (docs/slurm.md, "How a job stops").
         """
-        with manifest_lock(run_dir):
-            fresh = load_manifest(run_dir) or manifest
-            if not fresh.state.active:
-                raise BackendError(f"run {fresh.run_id} is {fresh.state.value}, not pending or running")
-            previous = fresh.state
-            # Mark first: the batch script's end hook must not requeue the run it sees stopping.
-            fresh.state = RunState.CANCELLED
-            fresh.reason = "cancelled with `hpcllm cancel`"
-            save_manifest(run_dir, fresh)
+        fresh = request_cancel(run_dir, manifest, "cancelled with `hpcllm cancel`")
         entry = self._squeue([fresh.job_id]).get(fresh.job_id) if fresh.job_id else None
         if entry is None or entry[0] != expected_job_name(run_dir, fresh) or not job_state(entry[1]).active:
-            return  # not (or no longer) our job in the scheduler: nothing to signal
+            return  # not (or no longer) our job in the scheduler: its end is recorded with the request
         job_id = fresh.job_id or ""
         try:
             if job_state(entry[1]) == RunState.PENDING:
                 run_slurm(["scancel", job_id])
+                confirm_cancel(run_dir)  # the scheduler removed it: nothing runs for this run
                 return
             run_slurm(["scancel", "--batch", "--signal=USR1", job_id])
         except BackendError:
-            with manifest_lock(run_dir):
-                restored = load_manifest(run_dir) or fresh
-                restored.state, restored.reason = previous, None
-                save_manifest(run_dir, restored)
+            withdraw_cancel(run_dir)
             raise
         grace = fresh.signal_before_end_s or self.cluster.signal_before_end_s
         shorten_time_limit(job_id, grace)
@@ -233,11 +234,10 @@ class SlurmBackend(Backend):
                 self.pending_reasons[manifest.run_id] = reason
             if not state.active:
                 detail = "" if reason in ("None", "") else f" ({reason})"
-                self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
+                return self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
             return state
         state, end_reason = self._forgotten_job(run_dir, manifest)
-        self._record_end(run_dir, state, end_reason)
-        return state
+        return self._record_end(run_dir, state, end_reason)
 
     def _forgotten_job(self, run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | None]:
         """The end of a job squeue no longer shows: sacct, the jobcomp log, then the run dir."""
@@ -282,21 +282,30 @@ class SlurmBackend(Backend):
         return self._jobcomp
 
     @staticmethod
-    def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> None:
+    def _record_end(run_dir: RunDir, state: RunState, reason: str | None) -> RunState:
         """Record an end the job's own hooks did not write; never overwrite one they did.
 
         A batch script that stopped in its set-up (a module that does not load) says why in its
-        log; that line is the reason, with SLURM's verdict after it.
+        log; that line is the reason, with SLURM's verdict after it. Returns the run's state: the
+        end decided from the scheduler's verdict and the run's files (``runstate.decide_end``).
         """
-        with manifest_lock(run_dir):
-            manifest = load_manifest(run_dir)
+        manifest = load_manifest(run_dir)
+        if manifest is None or not manifest.state.active:
+            return manifest.state if manifest is not None else state
+        summary = read_json(run_dir.summary) or {}
+        evidence = Evidence(summary.get("status"), scheduler=state, cancel_requested=manifest.cancel_requested)
+        decided = decide_end(evidence).state or state
+        with observer_lock(run_dir) as held:
+            manifest = load_manifest(run_dir) if held else None
             if manifest is None or not manifest.state.active:
-                return
+                return manifest.state if manifest is not None else decided  # the job's hooks recorded it
             setup_error = (
                 script_error(run_dir, manifest.job_id) if state == RunState.FAILED and manifest.job_id else None
             )
-            manifest.state = state
-            manifest.reason = (
-                None if state == RunState.COMPLETED else (f"{setup_error} ({reason})" if setup_error else reason)
-            )
-            save_manifest(run_dir, manifest)
+            if decided == RunState.CANCELLED:
+                reason = manifest.cancel_requested or reason
+            elif setup_error and decided == RunState.FAILED:
+                reason = f"{setup_error} ({reason})"
+            if transition(manifest, decided, Actor.STATUS, reason):
+                save_observed(run_dir, manifest)
+        return decided
