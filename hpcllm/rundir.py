@@ -63,6 +63,10 @@ SUMMARY_KIND_PROBE = "probe"
 
 SUBMIT_LOCK_NAME = ".submit.lock"
 
+# `hpcllm doctor --gpu`: its job script and hpcllm.engine.site_check print each report as one log line
+# `HPCLLM-DOCTOR {json}`; hpcllm.site.jobchecks reads them back from slurm-<jobid>.out.
+DOCTOR_REPORT_PREFIX = "HPCLLM-DOCTOR "
+
 
 # profile_trace / memory_snapshot names (dot files are writes in progress)
 _PROFILE_FILE = re.compile(r"[^.].*-rank\d+-steps.*")

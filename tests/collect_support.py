@@ -58,6 +58,28 @@ def engine_summary(preset: str = "2.7b", **overrides: Any) -> dict[str, Any]:
     return summary
 
 
+def table_summary(**overrides: Any) -> dict[str, Any]:
+    """A completed run's summary.json with the scaling table's keys only (a 2.7B run on 8 A100s): the
+    small hand-written summary the CLI and boundary tests damage or vary one key at a time."""
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "n_params": 2.7952768e9,
+        "world_size": 8,
+        "samples_per_s": 18.634,
+        "grad_accum": 1,
+        "micro_batch_size": 2,
+        "global_batch_size": 16,
+        "seq_len": 4096,
+        "precision": "BF_16",
+        "sharding": "FULL_SHARD",
+        "activation_checkpointing": "none",
+        "gpu_type": "A100",
+        "mfu": 0.58471,
+    }
+    summary.update(overrides)
+    return summary
+
+
 def write_run(
     root: Path,
     run_id: str,

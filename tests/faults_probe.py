@@ -169,17 +169,22 @@ def read_only_mid_run(root: Path, ctl: Path) -> None:
     print("ok read-only")
 
 
-def full_disk(root: Path) -> None:
-    """A full file system: one line naming the path and the free space, no temp file, no torn line."""
-    log = root / "metrics.jsonl"
-    append_line(log, json.dumps({"step": 1}))
-    filler = root / "filler"
+def fill(filler: Path) -> Path:
+    """Write ``filler`` 4 KiB at a time until its file system is full; returns it."""
     try:
         with open(filler, "wb", buffering=0) as fh:
             while True:
                 fh.write(b"x" * 4096)
     except OSError:
         pass  # full
+    return filler
+
+
+def full_disk(root: Path) -> None:
+    """A full file system: one line naming the path and the free space, no temp file, no torn line."""
+    log = root / "metrics.jsonl"
+    append_line(log, json.dumps({"step": 1}))
+    filler = fill(root / "filler")
     try:
         append_line(log, json.dumps({"step": 2, "pad": "y" * 20000}))
         raise AssertionError("a write to a full disk succeeded")
@@ -244,13 +249,7 @@ def training_on_a_full_disk(root: Path, base: Path) -> None:
 
     store = make_store(base / "store")  # off the small disk
     config = write_run(root / "train", store, train={"steps": 60, "micro_batch_size": 2, "summary_warmup_steps": 1})
-    filler = root / "filler"
-    try:
-        with open(filler, "wb", buffering=0) as fh:
-            while True:
-                fh.write(b"x" * 4096)
-    except OSError:
-        pass
+    filler = fill(root / "filler")
     os.truncate(filler, max(filler.stat().st_size - 6 * 4096, 0))  # room for ~80 lines of the 60*2 needed
     full = run_engine(config, timeout=240, env={"HPCLLM_LOCK_TIMEOUT": "5"})
     assert full.returncode != 0, full.stdout[-2000:] + full.stderr[-2000:]

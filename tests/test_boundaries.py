@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from collect_support import table_summary
 from typer.testing import CliRunner
 
 from hpcllm import runfiles
@@ -24,21 +25,7 @@ from hpcllm.rundir import RunDir, contained
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
-SUMMARY = {
-    "status": "completed",
-    "n_params": 2.7952768e9,
-    "world_size": 8,
-    "samples_per_s": 18.634,
-    "grad_accum": 1,
-    "micro_batch_size": 2,
-    "global_batch_size": 16,
-    "seq_len": 4096,
-    "precision": "BF_16",
-    "sharding": "FULL_SHARD",
-    "activation_checkpointing": "none",
-    "gpu_type": "A100",
-    "mfu": 0.58471,
-}
+SUMMARY = table_summary()
 
 
 def _run(root: Path, name: str, summary: dict | None = None, manifest: dict | None = None) -> Path:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from collect_support import table_summary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -39,22 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 pytestmark = pytest.mark.timeout(300)  # a blocking open of a FIFO would hang: fail instead
 
-GOOD_SUMMARY: dict[str, Any] = {
-    "status": "completed",
-    "n_params": 2.7952768e9,
-    "world_size": 8,
-    "samples_per_s": 18.634,
-    "grad_accum": 1,
-    "micro_batch_size": 2,
-    "global_batch_size": 16,
-    "seq_len": 4096,
-    "precision": "BF_16",
-    "sharding": "FULL_SHARD",
-    "activation_checkpointing": "none",
-    "gpu_type": "A100",
-    "mfu": 0.58471,
-    "final_loss": 3.2,
-}
+GOOD_SUMMARY = table_summary(final_loss=3.2)
 NUMERIC = ["world_size", "samples_per_s", "mfu", "final_loss", "seq_len", "n_params"]
 TEXT = ["status", "precision", "sharding", "gpu_type"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import submit_dry_run
+from collect_support import table_summary
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
@@ -88,23 +89,7 @@ def _fake_run(root: Path, name: str, **overrides) -> Path:
     run = root / "exp" / "cl" / name
     run.mkdir(parents=True)
     (run / "run.yaml").write_text("run_id: x\n")
-    summary = {
-        "status": "completed",
-        "n_params": 2.7952768e9,
-        "world_size": 8,
-        "samples_per_s": 18.634,
-        "grad_accum": 1,
-        "micro_batch_size": 2,
-        "global_batch_size": 16,
-        "seq_len": 4096,
-        "precision": "BF_16",
-        "sharding": "FULL_SHARD",
-        "activation_checkpointing": "none",
-        "ac_every": 2,
-        "gpu_type": "A100",
-        "mfu": 0.58471,
-    }
-    summary.update(overrides)
+    summary = table_summary(**{"ac_every": 2, **overrides})
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 

@@ -19,8 +19,12 @@ def _cfg(*paths: Path, workers: int = 0, **kw: object) -> DataConfig:
     return DataConfig(sources=[{"path": str(p)} for p in paths], num_workers=workers, **kw)
 
 
-def _loader(cfg: DataConfig, mbs: int = 2, rank: int = 0, dp: int = 1, seed: int = 5) -> TrainLoader:
-    return build_train_loader(cfg, seq_len=SEQ, micro_batch_size=mbs, dp_rank=rank, dp_size=dp, seed=seed, device=CPU)
+def _loader(
+    cfg: DataConfig, mbs: int = 2, rank: int = 0, dp: int = 1, seed: int = 5, device: torch.device = CPU
+) -> TrainLoader:
+    return build_train_loader(
+        cfg, seq_len=SEQ, micro_batch_size=mbs, dp_rank=rank, dp_size=dp, seed=seed, device=device
+    )
 
 
 def _take(loader: TrainLoader, n: int) -> list[torch.Tensor]:
@@ -144,25 +148,9 @@ def test_store_too_small_for_seq_len(tmp_path: Path, stores: dict[str, Path]) ->
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_match_the_cpu_stream(stores: dict[str, Path]) -> None:
-    loader = build_train_loader(
-        _cfg(stores["inst"], workers=1),
-        seq_len=SEQ,
-        micro_batch_size=4,
-        dp_rank=0,
-        dp_size=1,
-        seed=5,
-        device=torch.device("cuda"),
-    )
+    loader = _loader(_cfg(stores["inst"], workers=1), mbs=4, device=torch.device("cuda"))
     b = next(loader)
     assert all(t.is_cuda for t in b.values() if t is not None)
     cpu = next(_loader(_cfg(stores["inst"], workers=1), mbs=4))
-    loader2 = build_train_loader(
-        _cfg(stores["inst"], workers=1),
-        seq_len=SEQ,
-        micro_batch_size=4,
-        dp_rank=0,
-        dp_size=1,
-        seed=5,
-        device=torch.device("cuda"),
-    )
+    loader2 = _loader(_cfg(stores["inst"], workers=1), mbs=4, device=torch.device("cuda"))
     assert torch.equal(next(loader2)["input_ids"].cpu(), cpu["input_ids"])

@@ -218,37 +218,11 @@ def test_cli_lists_the_probes_and_applies(explored: Path, tmp_path: Path) -> Non
     assert listed.exit_code == 0, listed.output
     assert "12 probes" in listed.output and "probe-2.7b-n2x4-mbs4" in listed.output
     out = tmp_path / "cli.yaml"
-    applied = runner.invoke(
-        app,
-        [
-            "explore-batch",
-            str(SCALING),
-            "--cluster",
-            "leonardo",
-            "--apply",
-            "--results",
-            str(explored),
-            "--output",
-            str(out),
-        ],
-        env={"COLUMNS": "250"},
-    )
+    apply = ["explore-batch", str(SCALING), "--cluster", "leonardo", "--apply", "--results", str(explored)]
+    applied = runner.invoke(app, [*apply, "--output", str(out)], env={"COLUMNS": "250"})
     assert applied.exit_code == 0, applied.output  # the same settings: the same probe runs, already answered
     assert f"micro-batch sizes written to {out}" in applied.output and out.exists()
-    bad = runner.invoke(
-        app,
-        [
-            "explore-batch",
-            str(SCALING),
-            "--cluster",
-            "leonardo",
-            "--apply",
-            "--results",
-            str(explored),
-            "--margin",
-            "1.5",
-        ],
-    )
+    bad = runner.invoke(app, [*apply, "--margin", "1.5"])
     assert bad.exit_code == 2 and "--margin: 1.5 is not a fraction in [0, 1)" in bad.output
 
 

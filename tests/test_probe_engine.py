@@ -23,6 +23,7 @@ from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.memory_meter import GIB
 from hpcllm.engine.probe import Prober, load_report, new_report
+from hpcllm.engine.train import summary_fields
 from hpcllm.rundir import RunDir
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"))
@@ -170,3 +171,14 @@ def test_two_ranks_leave_an_over_budget_step_together_and_go_on(tmp_path: Path, 
     assert report.largest_fit == max(fitted)
     assert all(t.mbs > report.largest_fit for t in report.trials if not t.fits)
     assert all(t.memory_gib <= 0.6 for t in report.trials if t.fits)
+
+
+def test_probe_json_describes_the_setup_as_summary_json_does(tmp_path: Path, store: Path) -> None:
+    cfg = config(tmp_path, store)
+    report = new_report(cfg, ENV).model_dump()
+    summary = summary_fields(cfg, ENV, gbs=cfg.train.micro_batch_size)
+    shared = report.keys() & summary.keys()
+    setup = {"run_id", "model", "n_params", "seq_len", "world_size", "sharding", "precision", "compile"}
+    assert setup | {"activation_checkpointing", "ac_every", "grad_accum", "device", "gpu_type"} <= shared
+    assert {k: report[k] for k in shared} == {k: summary[k] for k in shared}
+    assert report["gpu_type"] == "cpu" and report["cpu_offload"] is cfg.parallel.cpu_offload

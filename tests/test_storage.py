@@ -77,14 +77,14 @@ def test_a_quota_tighter_than_df_is_the_room_and_refuses(tmp_path: Path, monkeyp
         check_storage(storage_need(specs), tmp_path / "results", profile_file="clusters/leonardo.yaml")
 
 
-def _slurm_profile(tmp_path: Path, **overrides: object) -> Path:
-    """A SLURM profile of our own in $HPCLLM_CLUSTERS_DIR (sbatch is never reached in these tests)."""
+def _use_slurm_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **overrides: object) -> None:
+    """A SLURM profile of our own, ``site``, in $HPCLLM_CLUSTERS_DIR (sbatch is never reached in these tests)."""
     profile = yaml.safe_load((Path(__file__).resolve().parents[1] / "clusters" / "localslurm.yaml").read_text())
     profile.update(name="site", **overrides)
     folder = tmp_path / "clusters"
     folder.mkdir(exist_ok=True)
     (folder / "site.yaml").write_text(yaml.safe_dump(profile))
-    return folder
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(folder))
 
 
 def _experiment(tmp_path: Path, nodes: list[int], preset: str = "28b") -> Path:
@@ -109,13 +109,8 @@ def _experiment(tmp_path: Path, nodes: list[int], preset: str = "28b") -> Path:
 def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(
-        "HPCLLM_CLUSTERS_DIR",
-        str(
-            _slurm_profile(
-                tmp_path, paths={"scratch": str(tmp_path / "scratch"), "results": str(tmp_path / "site-results")}
-            )
-        ),
+    _use_slurm_profile(
+        monkeypatch, tmp_path, paths={"scratch": str(tmp_path / "scratch"), "results": str(tmp_path / "site-results")}
     )
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch: nothing could be queued even by mistake
     monkeypatch.delenv("HPCLLM_RESULTS", raising=False)
@@ -136,13 +131,10 @@ def test_submit_refuses_checkpoints_that_cannot_fit_before_writing_anything(
 def test_runs_go_under_the_profiles_results_root_and_the_estimate_is_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(
-        "HPCLLM_CLUSTERS_DIR",
-        str(
-            _slurm_profile(
-                tmp_path, paths={"scratch": "$HPCLLM_TEST_SCRATCH", "results": "$HPCLLM_TEST_WORK/{account}/results"}
-            )
-        ),
+    _use_slurm_profile(
+        monkeypatch,
+        tmp_path,
+        paths={"scratch": "$HPCLLM_TEST_SCRATCH", "results": "$HPCLLM_TEST_WORK/{account}/results"},
     )
     monkeypatch.setenv("HPCLLM_TEST_WORK", str(tmp_path / "work"))
     monkeypatch.delenv("HPCLLM_TEST_SCRATCH", raising=False)

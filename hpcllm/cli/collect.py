@@ -12,14 +12,11 @@ import typer
 from rich.markup import escape
 
 from hpcllm.cli.common import (
-    check_results_root,
-    columns_spelling,
     err_console,
     fail,
-    missing_path_message,
     paused_gc,
     results_option,
-    results_root,
+    table_inputs,
     warn_problems,
 )
 from hpcllm.collect.empty import no_search, none_completed, nothing_to_collect
@@ -88,11 +85,7 @@ def collect(
     from hpcllm.collect.records import scan
     from hpcllm.collect.table import build_table, completed_of, format_table
 
-    root = results_root(results, old_root, "collect")
-    columns = columns_spelling(columns, old_columns)
-    if not root.exists():
-        fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
-    check_results_root(root)
+    root, columns = table_inputs(results, old_root, columns, old_columns, "collect")
     problems: list[str] = []
     skipped: list[str] = []
     scanned = scan(root, skipped)

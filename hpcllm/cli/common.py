@@ -132,3 +132,16 @@ def columns_spelling(columns: str | None, old_c: str | None) -> str | None:
         deprecated("-c for --columns", "-k (-c means --cluster in every command)")
         return columns or old_c
     return columns
+
+
+def table_inputs(
+    option: Path | None, positional: Path | None, columns: str | None, old_c: str | None, command: str
+) -> tuple[Path, str | None]:
+    """The results root and columns of ``collect`` and ``report``: a root that is missing is named with
+    what its nearest folder holds, one that is a file is refused (one line, exit 2)."""
+    root = results_root(option, positional, command)
+    chosen = columns_spelling(columns, old_c)
+    if not root.exists():
+        fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
+    check_results_root(root)
+    return root, chosen

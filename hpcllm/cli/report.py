@@ -7,17 +7,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from hpcllm.cli.common import (
-    check_results_root,
-    columns_spelling,
-    err_console,
-    fail,
-    missing_path_message,
-    paused_gc,
-    results_option,
-    results_root,
-    warn_problems,
-)
+from hpcllm.cli.common import err_console, fail, paused_gc, results_option, table_inputs, warn_problems
 from hpcllm.errors import HpcllmError
 
 
@@ -33,11 +23,7 @@ def report(
     plots and loss curves, the seed comparison, failures with their reasons, every run's details."""
     from hpcllm.collect.report import write_report
 
-    root = results_root(results, old_root, "report")
-    columns = columns_spelling(columns, old_columns)
-    if not root.exists():
-        fail(HpcllmError(missing_path_message(root, "the results folder (submit writes runs there)")))
-    check_results_root(root)
+    root, columns = table_inputs(results, old_root, columns, old_columns, "report")
     try:
         with err_console.status(Text(f"reading {root} and drawing the plots")):
             result = write_report(root, output, columns)

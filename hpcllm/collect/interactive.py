@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from hpcllm.collect.plot import efficiency, restart_steps, run_label, scaling_groups
+from hpcllm.collect.plot import efficiency, loss_curves, restart_steps, run_label, scaling_groups
 from hpcllm.collect.records import RunRecord
 
 if TYPE_CHECKING:
@@ -134,12 +134,9 @@ def loss_html(records: Iterable[RunRecord], div_id: str, include_js: bool) -> st
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    shown = 0
-    for r in records:
-        metrics = [m for m in r.metrics if m.get("loss") is not None]
-        if not metrics:
-            continue
-        shown += 1
+    curves = loss_curves(records)
+    shown = len(curves)
+    for r, metrics in curves:
         label = run_label(r)
         hover = "run %{customdata}<br>step %{x}<br>%{meta}: %{y:.4g}<extra></extra>"
         fig.add_trace(

@@ -138,17 +138,24 @@ def restart_steps(metrics: list[dict[str, Any]]) -> list[int]:
     return out
 
 
+def loss_curves(records: Iterable[RunRecord]) -> list[tuple[RunRecord, list[dict[str, Any]]]]:
+    """The runs that logged a loss, each with its metrics lines that have one: what both loss plots draw."""
+    curves: list[tuple[RunRecord, list[dict[str, Any]]]] = []
+    for r in records:
+        metrics = [m for m in r.metrics if m.get("loss") is not None]
+        if metrics:
+            curves.append((r, metrics))
+    return curves
+
+
 def loss_figure(records: Iterable[RunRecord]) -> Figure:
     _use_agg()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 4.4))
-    shown = 0
-    for r in records:
-        metrics = [m for m in r.metrics if m.get("loss") is not None]
-        if not metrics:
-            continue
-        shown += 1
+    curves = loss_curves(records)
+    shown = len(curves)
+    for r, metrics in curves:
         (line,) = ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], linewidth=1, label=run_label(r))
         for step in restart_steps(metrics):
             ax.axvline(step, color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.8)

@@ -34,7 +34,7 @@ from hpcllm.engine.parallelize import build_mesh, build_parallel_model
 from hpcllm.engine.preemption import StopRequest, any_rank
 from hpcllm.engine.probe_search import next_size
 from hpcllm.engine.state import TrainState
-from hpcllm.engine.train import build_teacher, check_data_vocab, recorded_gpu_type, train_step
+from hpcllm.engine.train import build_teacher, check_data_vocab, run_setup_fields, train_step
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json, read_json
 from hpcllm.plan.memory import MemorySpec, estimate_memory
@@ -166,22 +166,10 @@ class Prober:
 
 def new_report(cfg: TrainingConfig, env: DistEnv) -> ProbeReport:
     assert cfg.probe is not None
-    p = cfg.parallel
+    setup = {k: v for k, v in run_setup_fields(cfg, env).items() if k in ProbeReport.model_fields}
     return ProbeReport(
-        run_id=cfg.run_id,
-        model=cfg.model.name,
-        n_params=cfg.model.n_params(),
-        seq_len=cfg.model.seq_len,
-        world_size=env.world_size,
-        sharding=p.sharding,
-        precision=p.precision,
-        activation_checkpointing=p.activation_checkpointing,
-        ac_every=p.ac_every,
-        cpu_offload=p.cpu_offload,
-        compile=p.compile,
-        grad_accum=cfg.train.grad_accum,
-        device=env.device.type,
-        gpu_type=recorded_gpu_type(cfg, env),
+        **setup,
+        cpu_offload=cfg.parallel.cpu_offload,
         memory_budget_gib=cfg.probe.memory_budget_gib,
         min_gain=cfg.probe.min_gain,
     )

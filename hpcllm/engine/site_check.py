@@ -24,14 +24,14 @@ import torch.distributed as dist
 
 from hpcllm.engine.distributed import DistEnv, init_distributed, shutdown_distributed
 from hpcllm.engine.runtime import software
+from hpcllm.rundir import DOCTOR_REPORT_PREFIX
 
-REPORT_PREFIX = "HPCLLM-DOCTOR "
 MESSAGE_BYTES = 64 << 20
 TIMED_ROUNDS = 5
 
 
 def report(payload: dict[str, Any]) -> None:
-    print(REPORT_PREFIX + json.dumps(payload, sort_keys=True), flush=True)
+    print(DOCTOR_REPORT_PREFIX + json.dumps(payload, sort_keys=True), flush=True)
 
 
 def nvidia_smi_gpus() -> int | None:

@@ -59,7 +59,17 @@ def global_batch_size(cfg: TrainingConfig, dp_size: int, source: str) -> int:
 
 def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any]:
     """The config and hardware fields of summary.json that the collector puts in its table."""
-    m, p, t = cfg.model, cfg.parallel, cfg.train
+    return {
+        **run_setup_fields(cfg, env),
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "global_batch_size": gbs,
+    }
+
+
+def run_setup_fields(cfg: TrainingConfig, env: DistEnv) -> dict[str, Any]:
+    """The run's set-up as summary.json and probe.json record it (model, ranks, parallelism, device):
+    one source, so a probe and the training runs it sizes describe themselves alike."""
+    m, p = cfg.model, cfg.parallel
     return {
         "run_id": cfg.run_id,
         "model": m.name,
@@ -71,9 +81,7 @@ def summary_fields(cfg: TrainingConfig, env: DistEnv, gbs: int) -> dict[str, Any
         "world_size": env.world_size,
         "dp_size": p.data_parallel_size(env.world_size),
         "tensor_parallel": p.tensor_parallel,
-        "micro_batch_size": t.micro_batch_size,
-        "grad_accum": t.grad_accum,
-        "global_batch_size": gbs,
+        "grad_accum": cfg.train.grad_accum,
         "precision": p.precision,
         "sharding": p.sharding,
         "activation_checkpointing": p.activation_checkpointing,

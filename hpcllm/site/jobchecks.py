@@ -15,12 +15,11 @@ from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
 from hpcllm.launch.backends.slurmtext import parse_job_id, script_error
 from hpcllm.launch.render import environment_context, render_template
 from hpcllm.plan.qos import qos_refusal
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import DOCTOR_REPORT_PREFIX, RunDir
 from hpcllm.site.checks import FAIL, OK, SKIP, WARN, Check
 from hpcllm.site.nccllog import parse_nccl_network
 from hpcllm.site.sitefacts import PartitionInfo
 
-REPORT_PREFIX = "HPCLLM-DOCTOR "  # hpcllm.engine.site_check prints its reports after this
 ENV_PROBE_TIMEOUT_S = 600  # importing torch from a cold parallel file system can take minutes
 GPU_JOB_TIME = "00:10:00"
 
@@ -32,7 +31,7 @@ def python_environment(cluster: ClusterProfile) -> Check:
     """The profile's modules, env and set-up lines, then its python imports hpcllm and torch."""
     probe = (
         f"{cluster.python} -c 'import json, hpcllm, torch; "
-        f'print("{REPORT_PREFIX}" + json.dumps(dict(hpcllm=hpcllm.__version__, torch=torch.__version__, '
+        f'print("{DOCTOR_REPORT_PREFIX}" + json.dumps(dict(hpcllm=hpcllm.__version__, torch=torch.__version__, '
         f"cuda=torch.version.cuda)))'"
     )
     script = render_template("_environment.sh.j2", environment_context(cluster, cluster.gpus_per_node, 0), cluster.name)
@@ -65,9 +64,9 @@ def python_environment(cluster: ClusterProfile) -> Check:
 def _reports(text: str) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
-        if line.startswith(REPORT_PREFIX):
+        if line.startswith(DOCTOR_REPORT_PREFIX):
             try:
-                out.append(json.loads(line[len(REPORT_PREFIX) :]))
+                out.append(json.loads(line[len(DOCTOR_REPORT_PREFIX) :]))
             except ValueError:
                 continue
     return out
@@ -106,6 +105,7 @@ def gpu_job_checks(
         sbatch_extra=cluster.sbatch_extra,
         python=cluster.python,
         log_path=str(folder / "slurm-%j.out"),
+        report_prefix=DOCTOR_REPORT_PREFIX,
     )
     script = folder / "doctor.sbatch"
     script.write_text(render_template("_doctor.sh.j2", context, cluster.name))
