@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import hpcllm.collect.records
+import hpcllm.collect.report
+import hpcllm.collect.table  # imported before the patches below, so neither binds a patched `scan` for good
 from hpcllm.cli import main
 from hpcllm.cli.boundary import EXIT_BUG
 
@@ -20,7 +22,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
     return int(exc.value.code or 0)
 
 
-def _boom(root: Path) -> list:
+def _boom(root: Path, skipped: list[str] | None = None) -> list:
     raise RuntimeError("boom: an unexpected bug")
 
 
@@ -53,7 +55,7 @@ def test_debug_prints_the_traceback(
     assert "Traceback" in capsys.readouterr().err
 
 
-def _disk_full(root: Path) -> list:
+def _disk_full(root: Path, skipped: list[str] | None = None) -> list:
     raise OSError(28, "No space left on device")
 
 

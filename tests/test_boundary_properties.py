@@ -159,8 +159,11 @@ def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data
         if data.draw(st.booleans(), label="loop"):
             (root / "exp" / "loop").symlink_to(root)
         fmt = data.draw(st.sampled_from(["csv", "json", "markdown", "latex"]), label="format")
-        result = runner.invoke(app, ["collect", str(root), "-f", fmt, "--columns", "seed,run"])
-        assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["collect", "-r", str(root), "-f", fmt, "--columns", "seed,run"])
+        # No good run: one line saying none completed, exit 2 (hpcllm.collect.empty); the bad ones still warned.
+        assert result.exit_code == (0 if good else 2), result.output
+        if not good:
+            assert "none completed" in result.stderr, result.stderr
         assert result.exception is None or isinstance(result.exception, SystemExit)
         if fmt == "json":
             rows = _strict_json(result.stdout)

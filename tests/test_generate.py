@@ -188,7 +188,8 @@ def test_plain_output_and_clear_errors(tmp_path: Path, store: Path) -> None:
     res = runner.invoke(app, ["generate", str(d), "--prompt", "x", "--step", "9"])
     assert res.exit_code == 2 and "no checkpoint at step 9" in res.stderr and "steps: 1" in res.stderr
     res = runner.invoke(app, ["generate", str(tmp_path / "nothing"), "--prompt", "x"])
-    assert res.exit_code == 2 and "is not a run directory" in res.stderr
+    # A path that does not exist says so, and what its parent holds (issue 19), not "not a run directory".
+    assert res.exit_code == 2 and "nothing: no such folder or file" in res.stderr and "holds: run1" in res.stderr
 
 
 @pytest.mark.integration

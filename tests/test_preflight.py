@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from hpcllm.cli import app
@@ -106,7 +107,12 @@ def test_the_profile_turns_it_on_from_a_node_count_and_the_flag_off(
 
 def test_submit_flags_reach_the_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(REPO / "clusters"))
-    exp = REPO / "experiments" / "smoke.yaml"
+    # smoke.yaml's data path must exist (submit refuses missing inputs on local clusters): a stand-in here.
+    doc = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    (tmp_path / "store").mkdir()
+    doc["training"]["data"]["path"] = str(tmp_path / "store")
+    exp = tmp_path / "smoke.yaml"
+    exp.write_text(yaml.safe_dump(doc))
     args = ["submit", str(exp), "--cluster", "localslurm", "--dry-run", "--results", str(tmp_path / "r")]
     result = CliRunner().invoke(app, [*args, "--spare-nodes", "1"])
     assert result.exit_code == 0, result.output

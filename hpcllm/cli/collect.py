@@ -108,6 +108,7 @@ def collect(
                 err_console.print(f"[yellow]no completed runs under {root}[/]: only probes", soft_wrap=True)
                 _show_probes(probes)
                 return
+            warn_problems(problems + [p for r in scanned for p in r.problems])  # each damaged run once, first
             fail(HpcllmError(none_completed(root, scanned)))
         elif compare is not None:
             from hpcllm.collect.compare import compare_with_seed

@@ -220,13 +220,18 @@ def checkpoint_view(state: Any) -> Any:
 
 
 def restore_from_view(state: Any, view: Any) -> None:
-    """Copy each strided tensor's rows out of its gathered copy in ``view`` (loaded by DCP)."""
-    if isinstance(state, dict):
-        for key, value in state.items():
-            restore_from_view(value, view[key])
-    elif isinstance(state, list):
-        for value, seen in zip(state, view, strict=True):
-            restore_from_view(value, seen)
+    """Copy each strided tensor's rows out of its gathered copy in ``view`` (loaded by DCP), and every
+    value that is not a tensor (a learning rate, a step count): DCP loads tensors in place but sets
+    other values into the containers it was given, which are the view's, not ``state``'s."""
+    if isinstance(state, dict | list):
+        keys = state.keys() if isinstance(state, dict) else range(len(state))
+        if isinstance(state, list) and len(state) != len(view):
+            raise ValueError(f"a list of {len(state)} items cannot take a view of {len(view)}")
+        for key in keys:
+            if isinstance(state[key], dict | list | torch.Tensor):
+                restore_from_view(state[key], view[key])
+            else:
+                state[key] = view[key]
     elif _is_strided(state):
         tp_dim = next(i for i, p in enumerate(state.placements) if isinstance(p, _StridedShard))
         tp, coords = state.device_mesh.size(tp_dim), state.device_mesh.get_coordinate()
