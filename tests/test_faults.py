@@ -241,6 +241,12 @@ def test_status_never_waits_for_a_writer(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.integration
+def _ctrl_c_reaches_it() -> None:
+    """A command started from a shell's background job inherits SIGINT ignored (bash does that when job
+    control is off), and Python then never raises KeyboardInterrupt: give the child the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_submit_waiting_for_another_says_for_whom_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """Two commands at once on one results root: the second names the first and waits; Ctrl-C ends
     it at once without a traceback; once the first is done, a rerun completes."""
@@ -250,7 +256,15 @@ def test_a_submit_waiting_for_another_says_for_whom_and_stops_on_ctrl_c(tmp_path
     args += ["--cluster", "leonardo", "--dry-run", "--results", str(results), "--no-memory-check"]
     env = {**os.environ, "COLUMNS": "300", "HPCLLM_CLUSTERS_DIR": str(REPO / "clusters")}
     try:
-        second = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        second = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_ctrl_c_reaches_it,
+        )
         assert second.stderr is not None
         first_line = ""
         while "waiting for" not in first_line:
@@ -289,6 +303,7 @@ def test_ctrl_c_during_prepare_removes_its_hidden_temp_folder(tmp_path: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_reaches_it,
     )
     while not list(tmp_path.glob(".store.*.tmp")) and proc.poll() is None:
         time.sleep(0.01)  # polling for the folder to appear, not timing anything

@@ -76,6 +76,7 @@ def experiment(folder: Path, nodes: list[int], time: str) -> Path:
         "training": {"model": {"preset": "tiny"}, "train": {"steps": 5}, "data": {"path": str(folder / "data")}},
         "grid": {"resources.nodes": nodes},
     }
+    (folder / "data").mkdir(exist_ok=True)  # submit refuses a missing input on this cluster before the queue
     path = folder / "budget.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

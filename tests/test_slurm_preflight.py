@@ -56,10 +56,11 @@ def test_a_slow_node_is_named_and_left_out_with_a_spare(
     (row,) = json.loads(status.stdout)
     assert f"pre-flight: slow {slow}" in row["reason"]
 
-    # Energy: no NVML on CPU and no accounting on this cluster; the table's columns say so.
+    # Energy: no NVML on CPU, and this cluster's accounting counts no energy; the table's columns say so.
     summary = json.loads(run.summary.read_text())
     assert summary["tokens_per_joule"] is None and summary["energy_note"] == "no GPU energy counter on a cpu run"
-    assert manifest.consumed_energy_j is None and "accounting storage is disabled" in (manifest.energy_note or "")
+    assert manifest.consumed_energy_j is None
+    assert "the site accounts no energy (sacct ConsumedEnergy 0)" in (manifest.energy_note or "")
     (cells,) = build_table(completed_records(env), "tokens_per_joule,kwh_per_btok,energy").rows
     assert cells["tokens_per_joule"] is None and cells["kwh_per_btok"] is None
     assert "cpu run" in cells["energy"] and "sacct failed" in cells["energy"]

@@ -259,8 +259,9 @@ def preset_names() -> list[str]:
     return list(_PRESETS)
 
 
-def preset_fields(name: str) -> dict[str, Any]:
-    try:
-        return dict(_PRESETS[name])
-    except KeyError:
-        raise ValueError(f"{name!r} is not a model preset; known presets: {', '.join(_PRESETS)}") from None
+def preset_fields(name: object) -> dict[str, Any]:
+    """The preset's fields; anything but a known name (a list or a number from a hand-written YAML
+    included) is a ValueError, which pydantic reports as one line naming the key."""
+    if not isinstance(name, str) or name not in _PRESETS:
+        raise ValueError(f"{name!r} is not a model preset; known presets: {', '.join(_PRESETS)}")
+    return dict(_PRESETS[name])
