@@ -28,7 +28,7 @@ from hpcllm.tune.explore import ProbeSettings, explore_batch
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = {"preset": "tiny", "seq_len": 256, "vocab_size": 32768}
+MODEL = {"preset": "tiny", "seq_len": 1024, "vocab_size": 32768}  # ~0.2 GiB per sample: MBS 4 and 5 far apart
 SETTINGS = ProbeSettings(max_mbs=16, steps=1, warmup_steps=0, min_gain=None)  # memory decides, not timing
 
 
