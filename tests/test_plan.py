@@ -141,9 +141,13 @@ def test_plan_command_prints_points_sources_and_totals(in_project, tmp_path: Pat
 
 
 def test_only_what_submit_would_queue_is_priced(in_project, tmp_path: Path) -> None:
-    exp = REPO / "experiments" / "scaling_2.7b.yaml"
+    # Every seed row fits now (docs/memory.md): MBS 16 instead of the seed's MBS 4 makes 6 points that do not.
+    doc = yaml.safe_load((REPO / "experiments" / "scaling_2.7b.yaml").read_text())
+    doc["grid"]["train.micro_batch_size"] = [2, 16]
+    exp = tmp_path / "scaling_2.7b.yaml"
+    exp.write_text(yaml.safe_dump(doc))
     plan = build_plan(exp, "leonardo", results_root=tmp_path / "none", ask_scheduler=False)
-    assert (len(plan.costs), len(plan.unfit)) == (12, 6)  # the MBS-4 points are estimated over 64 GiB
+    assert (len(plan.costs), len(plan.unfit)) == (12, 6)  # the MBS-16 points are estimated over 64 GiB
     everything = build_plan(exp, "leonardo", results_root=tmp_path / "none", ask_scheduler=False, memory_check=False)
     assert len(everything.costs) == 18
     out = CliRunner().invoke(
