@@ -168,16 +168,8 @@ def main() -> None:
         for col in ("loop", "ms/step", "tok/s/rank", "wall ratio", "CPU ms", "CPU ratio", "target"):
             table.add_column(col, justify="left" if col == "loop" else "right")
         for name in steps:
-            wall = timings.median_wall(name)
-            table.add_row(
-                name,
-                f"{wall * 1e3:.1f}",
-                f"{tokens / wall:,.0f}",
-                f"{timings.ratio(name, REFERENCE):.3f}",
-                f"{timings.median_cpu(name) * 1e3:.1f}",
-                f"{timings.ratio(name, REFERENCE, 'cpu'):.3f}",
-                f">= {TARGETS[name]:.2f}" if name in TARGETS else "",
-            )
+            target = f">= {TARGETS[name]:.2f}" if name in TARGETS else ""
+            table.add_row(name, *timings.cells(name, REFERENCE, tokens), target)
         console.print(table)
     if args.collectives:
         collectives_table(cfg, env, args.rounds)

@@ -96,15 +96,7 @@ def main() -> None:
         for col in ("layout", "ms/step", "tok/s/rank", "wall ratio", "CPU ms", "CPU ratio"):
             table.add_column(col, justify="left" if col == "layout" else "right")
         for name in steps:
-            wall = timings.median_wall(name)
-            table.add_row(
-                name,
-                f"{wall * 1e3:.1f}",
-                f"{tokens / wall:,.0f}",
-                f"{timings.ratio(name, REFERENCE):.3f}",
-                f"{timings.median_cpu(name) * 1e3:.1f}",
-                f"{timings.ratio(name, REFERENCE, 'cpu'):.3f}",
-            )
+            table.add_row(name, *timings.cells(name, REFERENCE, tokens))
         console.print(table)
     dist.destroy_process_group()
 

@@ -136,6 +136,17 @@ class Timings:
         times = self.wall if clock == "wall" else self.cpu
         return statistics.median(r / t for r, t in zip(times[reference], times[name], strict=True))
 
+    def cells(self, name: str, reference: str, tokens: int) -> list[str]:
+        """A contender's row of the multi-rank tables: ms/step, tok/s/rank, wall ratio, CPU ms, CPU ratio."""
+        wall = self.median_wall(name)
+        return [
+            f"{wall * 1e3:.1f}",
+            f"{tokens / wall:,.0f}",
+            f"{self.ratio(name, reference):.3f}",
+            f"{self.median_cpu(name) * 1e3:.1f}",
+            f"{self.ratio(name, reference, 'cpu'):.3f}",
+        ]
+
 
 def time_interleaved(
     steps: dict[str, Step],
