@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections import defaultdict
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,7 +26,7 @@ from torch.distributed.fsdp import fully_shard
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.losses import cross_entropy_sum
-from hpcllm.engine.memory_audit import _from_parameter, _storage_key
+from hpcllm.engine.memory_audit import saved_activation_bytes
 from hpcllm.engine.model import GPT, init_weights
 from hpcllm.engine.parallelize import mixed_precision
 from hpcllm.plan.memory.activations import Numerics, block_bytes
@@ -60,24 +59,13 @@ def breakdown(cfg: ModelConfig, mode: str, mbs: int, block: int = 1) -> dict[str
             module.register_forward_pre_hook(lambda m, a, label=label: stack.append(label))
             module.register_forward_hook(lambda m, a, o: stack.pop() and None)
     by_label: dict[str, int] = defaultdict(int)
-    seen: set[int] = set()
 
-    def pack(t: torch.Tensor) -> Any:
-        if _from_parameter(t):
-            return t
-        ptr, nbytes = _storage_key(t)
-        params = {_storage_key(p)[0] for p in model.parameters()}
-        if ptr in params or ptr in seen or not nbytes:
-            return t
-        seen.add(ptr)
+    def attribute(t: torch.Tensor, nbytes: int) -> None:
         if len(stack) > 1:
             by_label[f"{stack[-1]} {str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"] += nbytes
-        return t
 
     ids = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = cross_entropy_sum(model(ids), ids, None)
-    del loss
+    saved_activation_bytes(lambda: cross_entropy_sum(model(ids), ids, None), model, attribute)
     return dict(by_label)
 
 

@@ -38,7 +38,7 @@ def test_chunked_cross_entropy_equals_the_plain_one(
     scale = torch.tensor(1 / 37)  # the train step's 1 / token-weight sum
 
     ours = logits.clone().requires_grad_()
-    loss = cross_entropy_sum(ours, labels, mask)
+    loss = cross_entropy_sum(ours, labels, mask, grad_scale=scale)
     (loss * scale).backward()
     ref = logits.clone().requires_grad_()
     ref_loss = reference(ref, labels, mask)
@@ -52,16 +52,34 @@ def test_chunked_cross_entropy_equals_the_plain_one(
     assert ours.grad.dtype == dtype
     assert torch.equal(ours.grad, ref.grad)
 
+    # A backward that sends another gradient than the announced one still gets the right one.
+    other = logits.clone().requires_grad_()
+    (cross_entropy_sum(other, labels, mask) * scale).backward()  # announced 1, sent 1/37
+    assert other.grad is not None
+    torch.testing.assert_close(other.grad, ref.grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+
 
 def test_cross_entropy_keeps_no_fp32_tensor_for_backward() -> None:
-    """What autograd saves is the logits themselves and the labels: no N x V fp32 log-softmax."""
+    """What autograd keeps is the logits' gradient, in the logits' dtype: no N x V fp32 log-softmax,
+    and the chunks' own buffers (freed in forward) are not seen as kept."""
     logits = torch.randn(2, 8, 64, dtype=torch.bfloat16, requires_grad=True)
     labels = torch.randint(0, 64, (2, 8))
     saved: list[torch.Tensor] = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        cross_entropy_sum(logits, labels, None)
-    assert all(t.dtype != torch.float32 for t in saved), [(t.dtype, t.shape) for t in saved]
-    assert sum(t.numel() for t in saved if t.dtype == torch.bfloat16) == logits.numel()
+        loss = cross_entropy_sum(logits, labels, None)
+    assert [(t.dtype, t.shape) for t in saved] == [(torch.bfloat16, (16, 64))]
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_cross_entropy_without_gradient_builds_no_graph() -> None:
+    """Evaluation: the same chunked sum, no gradient computed or kept."""
+    logits = torch.randn(2, 8, 64, requires_grad=True)
+    labels = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        loss = cross_entropy_sum(logits, labels, None)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, reference(logits.detach(), labels, None), rtol=2e-6, atol=0)
 
 
 @pytest.mark.parametrize("autocast", [False, True])

@@ -7,7 +7,7 @@ their casts (FSDP2's unsharded bf16 parameters, autocast's bf16 weight copies) a
 are the estimate's weight and gathered terms, not activations. ``rank_state_bytes`` sums the local
 shards of parameters, gradients and optimizer state on this rank.
 
-Used by tests/test_memory_activations.py and benchmarks/memory_cpu.py; the training loop never
+Used by tests/test_memory_activations.py, benchmarks/memory_cpu.py and memory_breakdown.py; the training loop never
 calls it.
 """
 
@@ -65,12 +65,18 @@ def _from_parameter(t: torch.Tensor) -> bool:
     return False
 
 
-def saved_activation_bytes(forward_and_loss: Callable[[], torch.Tensor], model: nn.Module) -> int:
+def saved_activation_bytes(
+    forward_and_loss: Callable[[], torch.Tensor],
+    model: nn.Module,
+    on_storage: Callable[[torch.Tensor, int], None] | None = None,
+) -> int:
     """Bytes of the distinct storages autograd saves while ``forward_and_loss()`` runs.
 
     ``model``'s parameters (as they are at the moment a tensor is saved: FSDP2 swaps in unsharded
     ones during a block's forward) and anything derived from one parameter by views and casts are
     excluded. The returned loss is kept alive until the count is done, as the train step keeps it.
+    ``on_storage(tensor, bytes)`` is told of each storage the first time a tensor of it is saved
+    (benchmarks/memory_breakdown.py attributes it to the module running then).
     """
     storages: dict[int, int] = {}
 
@@ -80,6 +86,8 @@ def saved_activation_bytes(forward_and_loss: Callable[[], torch.Tensor], model: 
         params = {_storage_key(p)[0] for p in model.parameters()}
         ptr, nbytes = _storage_key(t)
         if ptr not in params and nbytes:
+            if ptr not in storages and on_storage is not None:
+                on_storage(t, nbytes)
             storages[ptr] = max(storages.get(ptr, 0), nbytes)
         return t
 

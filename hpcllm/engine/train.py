@@ -219,7 +219,7 @@ def train_step(
                 logits, teacher_logits, labels, batch["loss_mask"], alpha=distill.alpha, temperature=distill.temperature
             )
         else:
-            micro = cross_entropy_sum(logits, labels, batch["loss_mask"])
+            micro = cross_entropy_sum(logits, labels, batch["loss_mask"], grad_scale=scale)
         del logits  # the loss keeps what it needs; backward frees the logits once their gradient exists
         (micro * scale).backward()
         loss_sum += micro.detach()

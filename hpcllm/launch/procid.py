@@ -14,6 +14,7 @@ reaches every process the user may signal, ``kill(0)`` the caller's own group).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -107,13 +108,7 @@ def signal_group(proc: ProcessId | None, sig: int) -> str | None:
         return f"recorded pid {proc.pid} / group {proc.pgid} is not a run's process: nothing signalled"
     if not group_alive(proc):
         return f"process group {proc.pgid} is no longer the run's (exited, or its id was reused): nothing signalled"
-    try:
-        os.killpg(proc.pgid, sig)
-    except ProcessLookupError:
-        return f"process group {proc.pgid} exited: nothing signalled"
-    except PermissionError:
-        return f"process group {proc.pgid}: not permitted to signal it"
-    return None
+    return _send(os.killpg, proc.pgid, sig, "process group")
 
 
 def signal_process(proc: ProcessId | None, sig: int) -> str | None:
@@ -122,10 +117,15 @@ def signal_process(proc: ProcessId | None, sig: int) -> str | None:
         return "no valid process recorded: nothing signalled"
     if not alive(proc):
         return f"process {proc.pid} is no longer the run's (exited, or its pid was reused): nothing signalled"
+    return _send(os.kill, proc.pid, sig, "process")
+
+
+def _send(kill: Callable[[int, int], None], target: int, sig: int, what: str) -> str | None:
+    """The one place a verified target is signalled; None when sent, else why not (it raced away)."""
     try:
-        os.kill(proc.pid, sig)
+        kill(target, sig)
     except ProcessLookupError:
-        return f"process {proc.pid} exited: nothing signalled"
+        return f"{what} {target} exited: nothing signalled"
     except PermissionError:
-        return f"process {proc.pid}: not permitted to signal it"
+        return f"{what} {target}: not permitted to signal it"
     return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hpcllm.config.model import ModelConfig
-from hpcllm.plan.memory.loss import ce_backward_bytes, ce_saved_bytes
+from hpcllm.plan.memory.loss import ce_saved_bytes, ce_working_bytes
 
 Device = Literal["cuda", "cpu"]
 Precision = Literal["BF_16", "FP_16", "FP_32"]  # BF_16 and FP_16 both keep 2-byte halves
@@ -149,8 +149,8 @@ def checkpointed_block_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) ->
 def outside_blocks_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
     """Token ids and labels, learned-position ids, final norm, head input, the logits.
 
-    The chunked cross-entropy (engine/losses.py) keeps the logits themselves, N x V in the compute
-    dtype, and recomputes its fp32 log-softmax chunk by chunk in backward (``plan.memory.loss``). Shared
+    The chunked cross-entropy (engine/losses.py) keeps the logits' gradient, computed chunk by chunk
+    in forward: N x V in the compute dtype, the logits' own size (``plan.memory.loss``). Shared
     RoPE tables count once (the model's buffers, full ``seq_len`` length).
     """
     n = b * t
@@ -176,9 +176,9 @@ def activation_bytes(
 
 
 def loss_buffer_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:
-    """The loss's backward buffers (``plan.memory.loss.ce_backward_bytes``); the logits it reads are
-    saved activations, and the train step drops its own reference to them after the loss."""
-    return ce_backward_bytes(cfg, b * t, num.compute)
+    """The loss's working buffers (``plan.memory.loss.ce_working_bytes``): the logits it reads
+    beside the gradient it keeps, and one chunk's fp32 buffers."""
+    return ce_working_bytes(cfg, b * t, num.compute)
 
 
 def backward_working_bytes(cfg: ModelConfig, b: int, t: int, num: Numerics) -> int:

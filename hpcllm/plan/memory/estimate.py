@@ -260,7 +260,7 @@ def _working_terms(spec: MemorySpec) -> tuple[ActivationBytes, int, int, list[Te
         )
     )
     loss = loss_buffer_bytes(model, spec.micro_batch_size, t, num)
-    loss_note = "cross-entropy backward: the logits' gradient (N x V) + one chunk's fp32 buffers"
+    loss_note = "cross-entropy: the logits (N x V) beside their kept gradient + one chunk's fp32 buffers"
     if spec.teacher is not None:
         # Teacher logits stay live through the student's loss; the KL term keeps three more fp32 N x V
         # tensors (both log-softmaxes' results and the probability-weighted difference).

@@ -24,13 +24,17 @@ def ce_chunk_rows(vocab_size: int) -> int:
 
 
 def ce_saved_bytes(cfg: ModelConfig, n: int, compute: int) -> int:
-    """What the loss keeps for backward: the head's logits themselves (N x V x c), no fp32 copy."""
+    """What the loss keeps for backward: the logits' gradient, computed in forward (N x V x c, the
+    logits' own size; the train step frees the logits once the loss has run), no fp32 copy."""
     return n * cfg.vocab_size * compute
 
 
-def ce_backward_bytes(cfg: ModelConfig, n: int, compute: int) -> int:
-    """The loss's backward: the logits' gradient (N x V x c), allocated whole and filled chunk by
-    chunk, plus one chunk's fp32 buffers at once: its log-softmax output, that output's gradient
-    and the gradient of its input (3 x rows x V x 4)."""
+def ce_working_bytes(cfg: ModelConfig, n: int, compute: int) -> int:
+    """The loss's working memory while it runs (in forward), beyond the gradient it keeps: one
+    chunk's fp32 buffers at once (its log-softmax output, that output's gradient and the gradient of
+    its input: 3 x rows x V x 4) and, when there are several chunks, the logits it reads beside the
+    kept gradient it fills chunk by chunk (N x V x c). A single chunk's own gradient is the kept one:
+    it exists only once the fp32 buffers are going, so the logits and those buffers are the peak."""
     rows = min(n, ce_chunk_rows(cfg.vocab_size))
-    return n * cfg.vocab_size * compute + 3 * rows * cfg.vocab_size * FP32
+    logits = n * cfg.vocab_size * compute if n > rows else 0
+    return logits + 3 * rows * cfg.vocab_size * FP32
