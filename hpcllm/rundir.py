@@ -296,7 +296,11 @@ def find_run_dirs(root: Path, skipped: list[str] | None = None) -> list[RunDir]:
     if (root / RUN_CONFIG).exists():
         return [RunDir(root)]
     found: list[RunDir] = []
-    linked: set[str] = set()  # real paths of symlinked folders already walked: a link loop ends here
+    # Real paths of every folder visited: a symlink to one of them (a `latest -> run_7` convenience
+    # link, a loop back to an ancestor, /proc/self/root) adds nothing twice. Symlinks are followed
+    # only after every real folder was walked, so a run is listed under its own path, not a link's.
+    seen: set[str] = {os.path.realpath(root)}
+    links: list[str] = []
 
     def walk(folder: str) -> None:
         try:
@@ -310,17 +314,29 @@ def find_run_dirs(root: Path, skipped: list[str] | None = None) -> list[RunDir]:
             return
         for entry in entries:
             if entry.is_symlink():
-                real = os.path.realpath(entry.path)
-                if real in linked or os.path.realpath(folder).startswith(real + os.sep):
-                    continue
-                linked.add(real)
-            if os.path.exists(os.path.join(entry.path, RUN_CONFIG)):
-                found.append(RunDir._listed(entry.path))
+                links.append(entry.path)
             else:
-                walk(entry.path)
+                visit(entry.path)
+
+    def visit(path: str) -> None:
+        real = os.path.realpath(path)
+        if real in seen or os.path.realpath(os.path.dirname(path)).startswith(_as_ancestor(real)):
+            return
+        seen.add(real)
+        if os.path.exists(os.path.join(path, RUN_CONFIG)):
+            found.append(RunDir._listed(path))
+        else:
+            walk(path)
 
     walk(str(root))
-    return found
+    while links:
+        visit(links.pop(0))
+    return sorted(found, key=lambda run: str(run.path).split(os.sep))  # the walk's order: level by level
+
+
+def _as_ancestor(real: str) -> str:
+    """The prefix that marks ``real`` as an ancestor of a path (a link to ``/`` is everyone's)."""
+    return real if real == os.sep else real + os.sep
 
 
 def now() -> str:

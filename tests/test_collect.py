@@ -287,6 +287,23 @@ def test_find_run_dirs_does_not_descend_into_runs(tmp_path):
     assert listed.file("summary.json") == str(a.summary) and os.fspath(listed) == str(a.path)
 
 
+def test_find_run_dirs_lists_each_run_once_under_its_own_path(tmp_path):
+    """Links to folders already in the tree (a `current` or `latest` convenience link, a link to a
+    run, a link to `/` like /proc/self/root) add no run twice; a link to a folder outside the tree
+    (results kept on another file system) is followed."""
+    a = write_run(tmp_path / "root", "a", summary=engine_summary())
+    outside = write_run(tmp_path / "elsewhere", "b", experiment="z", summary=engine_summary())
+    exp = tmp_path / "root" / "exp"
+    os.symlink(exp / "leonardo", exp / "current")  # sorts before the real folder's name
+    os.symlink(a.path, tmp_path / "root" / "a-link")
+    os.symlink("/", exp / "everything")
+    os.symlink(outside.path.parent.parent, tmp_path / "root" / "z")
+    assert [str(rd.path) for rd in find_run_dirs(tmp_path / "root")] == [
+        str(a.path),
+        str(tmp_path / "root" / "z" / "leonardo" / "b"),
+    ]
+
+
 def test_non_finite_numbers_that_python_writes_are_read(tmp_path):
     """Python's json writes NaN and Infinity, which are not JSON: the fast parser refuses them, and
     the collector still reads a diverged run's summary and metrics (a torn last line is skipped)."""
