@@ -103,3 +103,11 @@ def test_old_spellings_work_with_one_deprecation_line(tmp_path):
     assert "deprecated" not in new.stderr
     status = runner.invoke(app, ["status", str(tmp_path)])
     assert status.exit_code == 0 and "r1" in status.stdout and "deprecated: hpcllm status FOLDER" in status.stderr
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
+def test_help_paragraphs_are_one_line_each(path: tuple[str, ...]) -> None:
+    """The command list prints a help text's line breaks as they are: a docstring wrapped in the
+    source would break mid-sentence there. Paragraphs are one line; rich wraps them."""
+    text = COMMANDS[path].help or ""
+    assert all("\n" not in paragraph for paragraph in text.split("\n\n")), text

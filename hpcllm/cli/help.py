@@ -7,6 +7,7 @@ path (``("ckpt", "export")``) -> example command lines.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -73,10 +74,20 @@ def epilog(path: tuple[str, ...]) -> str | None:
     return f"[bold]Examples[/]\n\n{body}"
 
 
+def reflowed(doc: str) -> str:
+    """A docstring with each paragraph on one line: the command list shows a docstring's line breaks
+    as they are (mid-sentence at 100 columns); rich wraps one-line paragraphs to the terminal."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 def add_examples(app: typer.Typer, prefix: tuple[str, ...] = ()) -> None:
-    """Give every command of ``app`` (and of its sub-apps) its examples, where it has none."""
+    """Give every command of ``app`` (and of its sub-apps) its examples, where it has none, and its
+    docstring as one-line paragraphs (``reflowed``)."""
     for info in app.registered_commands:
         name = info.name or (info.callback.__name__.replace("_", "-") if info.callback else "")
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = reflowed(info.callback.__doc__)
         if info.epilog is None:
             info.epilog = epilog((*prefix, name))
     for group in app.registered_groups:
