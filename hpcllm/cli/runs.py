@@ -261,7 +261,8 @@ def status(
     )
     counts = Counter(r["state"] for r in records)
     console.out(
-        f"{len(records)} runs: " + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"),
+        f"{len(records)} run{'' if len(records) == 1 else 's'}: "
+        + (", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"),
         highlight=False,
     )
     _print_artifacts(root, [s.run_dir for s in statuses])
