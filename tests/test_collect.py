@@ -404,7 +404,7 @@ def test_nothing_to_collect_says_what_is_there_and_exits_non_zero(tmp_path):
     assert "| # Params" not in result.output  # no header-only table
     write_run(tmp_path / "r", "f", state=RunState.FAILED, reason="x")
     result = collect(tmp_path / "r")
-    assert result.exit_code == 2 and "1 runs, none completed (1 failed)" in result.output
+    assert result.exit_code == 2 and "1 run, none completed (1 failed)" in result.output
     assert "hpcllm status" in result.output
 
 

@@ -129,7 +129,7 @@ def test_probe_finds_the_known_largest_mbs_twice_and_apply_feeds_submit(
         env={"COLUMNS": "250"},
     )
     assert submitted.exit_code == 0, submitted.output
-    assert "1 runs" in submitted.output and "skipped" not in submitted.output
+    assert "1 run" in submitted.output and "skipped" not in submitted.output
 
     collected = runner.invoke(app, ["collect", "-r", str(tmp_path / "a")], env={"COLUMNS": "250"})
     assert collected.exit_code == 0, collected.output

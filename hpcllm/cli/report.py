@@ -31,4 +31,8 @@ def report(
         fail(exc)
     warn_problems(result.problems)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items()) or "no runs"
-    err_console.print(f"wrote {output}: {len(result.runs)} runs ({counts})", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"wrote {output}: {len(result.runs)} run{'' if len(result.runs) == 1 else 's'} ({counts})",
+        highlight=False,
+        soft_wrap=True,
+    )

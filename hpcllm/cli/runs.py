@@ -120,7 +120,7 @@ def submit(
     if rows:
         print_listing(
             console,
-            f"{experiment} on {cluster}: {len(result.runs)} runs",
+            f"{experiment} on {cluster}: {len(result.runs)} run{'' if len(result.runs) == 1 else 's'}",
             ("run", "nodes", "ranks", "MBS", "GA", "GBS", "sharding", "AC", "action", "job"),
             rows,
             keep_whole=("run", "job"),

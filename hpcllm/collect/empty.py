@@ -26,7 +26,7 @@ def nothing_to_collect(root: Path) -> str:
 
 def none_completed(root: Path, scanned: list[RunRecord]) -> str:
     return (
-        f"{root}: {len(scanned)} runs, none completed ({_states(scanned)}); "
+        f"{root}: {len(scanned)} run{'' if len(scanned) == 1 else 's'}, none completed ({_states(scanned)}); "
         f"`hpcllm status {root}` shows where each one is and why it stopped"
     )
 
