@@ -10,7 +10,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 RESULTS ?= results
 
-.PHONY: setup demo test test-fast lint browser clean-results docs
+.PHONY: setup demo test test-fast lint browser clean-results docs report-screenshot
 
 setup: $(VENV)/.installed
 
@@ -59,3 +59,8 @@ clean-results:
 # The command outputs README.md and docs/*.md show between cog markers (tests/test_docs.py checks them).
 docs:
 	$(BIN)/python -m cogapp -r -I tests -p "from docs_cog import *" $$(grep -l '\[\[\[cog' README.md docs/*.md)
+
+# docs/report-screenshot.png from a real run of the smoke grid (+ a failing run) on `local`, in headless
+# Chromium (a few minutes; tests/test_docs.py fails when the report's code changed since it was taken).
+report-screenshot: setup browser
+	$(BIN)/python scripts/report-screenshot.py

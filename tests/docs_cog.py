@@ -9,6 +9,7 @@ outputs that do not depend on timing are shown this way (a speed or a wall time 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -102,6 +103,18 @@ def show_collect_sample(rows: list[str], summary_keys: tuple[str, ...] = ("eval_
     for row in rows:
         cog.outl(row)
     cog.outl("```")
+
+
+# What a shown output may differ in from a run of its command: how long the command took, and nothing
+# else (a sample is data of one real run; every other byte of it must come out of the next run the same).
+_VOLATILE = ((re.compile(r"\b\d+\.\d+ s \(\d+ tokens/s\)"), "<seconds> s (<rate> tokens/s)"),)
+
+
+def mask_volatile(text: str) -> str:
+    """``text`` with the timings of ``_VOLATILE`` replaced by placeholders: compare the rest byte for byte."""
+    for pattern, placeholder in _VOLATILE:
+        text = pattern.sub(placeholder, text)
+    return text
 
 
 def shown_output(doc: str, command: str) -> list[str]:
