@@ -69,6 +69,12 @@ def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
     def output_of(start: str) -> str:
         return next(out for cmd, out in outputs.items() if cmd.startswith(start))
 
+    corpus = "hpcllm data info data/demo --seq-len 128"
+    missing = [line for line in shown_output("docs/getting-started.md", corpus) if line not in output_of(corpus)]
+    assert not missing, (
+        "the guide shows runs of the demo corpus made with Debian's python3.11-doc (`make demo-text` installs "
+        f"it); this machine's corpus differs in {missing}, so every output below would differ too"
+    )
     pretrain = next(p for p in (tmp_path / "results" / "getting_started" / "local").iterdir() if p.is_dir())
     summary = json.loads((pretrain / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps_completed"] == 100

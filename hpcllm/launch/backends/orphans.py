@@ -16,6 +16,7 @@ records its id. A job the user held on purpose (``scontrol hold``) has a manifes
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from hpcllm.errors import HpcllmError
@@ -83,7 +84,7 @@ def _owner(record: dict[str, str], grid: Path) -> str | None:
 def cancel_held_orphans(grid: Path) -> str | None:
     """Cancel the grid's held jobs that no manifest records; one line saying which (None: none).
     The caller holds the grid's submit lock."""
-    if not grid.is_dir():
+    if not grid.is_dir() or shutil.which("squeue") is None:  # no SLURM here: sbatch says so
         return None
     candidates = _held_candidates()
     recorded = _recorded_ids(grid) if candidates else set()
