@@ -39,7 +39,11 @@ class Claim:
         umask = os.umask(0)
         os.umask(umask)
         folder.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the store from collaborators
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:  # a full disk, a quota: nothing of ours left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         return cls(folder, fd)
 
