@@ -83,6 +83,10 @@ def test_every_command_of_the_guide_runs(tmp_path: Path) -> None:
     assert "| 0.00013 | 1 |" in output_of("hpcllm collect -r results/getting_started")
     # Step 4: held-out documents evaluated at steps 50 and 100; the last eval loss reaches the summary.
     evals = [json.loads(line) for line in output_of("grep eval_loss").splitlines()]
+    # The guide shows the eval lines up to their timing ("…}"): every figure before it to the last digit.
+    shown = shown_output("docs/getting-started.md", "grep eval_loss results/getting_started/local/*/metrics.jsonl")
+    for shown_line, line in zip(shown, output_of("grep eval_loss").splitlines(), strict=True):
+        assert shown_line.endswith(", …}") and line.startswith(shown_line[: -len("…}")]), (shown_line, line)
     assert [e["step"] for e in evals] == [50, 100] and evals[1]["eval_loss"] < evals[0]["eval_loss"]
     assert summary["eval_loss"] == evals[1]["eval_loss"] > losses[-1]  # new text is harder than the batches
     assert_shown_exactly(outputs, "hpcllm generate results/getting_started/local")
