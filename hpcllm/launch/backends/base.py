@@ -34,8 +34,8 @@ class Backend(ABC):
     def cancel_orphans(self, grid: Path) -> str | None:
         """Cancel the jobs that an interrupted submit of the grid in folder ``grid`` left in the
         scheduler with no manifest naming them; one line saying what went (None: nothing). The
-        caller holds the grid's submit lock. A backend whose submit records before it starts
-        anything leaves none."""
+        caller holds the grid's submit lock. The local backend leaves none: its runner exits by
+        itself when the manifest does not name it."""
         return None
 
     @abstractmethod
