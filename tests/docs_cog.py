@@ -9,6 +9,7 @@ outputs that do not depend on timing are shown this way (a speed or a wall time 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -102,6 +103,25 @@ def show_collect_sample(rows: list[str], summary_keys: tuple[str, ...] = ("eval_
     for row in rows:
         cog.outl(row)
     cog.outl("```")
+
+
+# What a shown output may differ in from a run of its command, and nothing else (a sample is data of
+# one real run; every other byte of it must come out of the next run the same):
+_VOLATILE = (
+    # how long the command took
+    (re.compile(r"\b\d+\.\d+ s \(\d+ tokens/s\)"), "<seconds> s (<rate> tokens/s)"),
+    # the 8 hex digits of a run id: they hash the resolved config, whose data path is absolute, so
+    # they depend on the folder the guide runs in (the readable part before them is compared)
+    (re.compile(r"(-seq\d+-)[0-9a-f]{8}\b"), r"\1<digest>"),
+)
+
+
+def mask_volatile(text: str) -> str:
+    """``text`` with the fields of ``_VOLATILE`` replaced by placeholders and each line's trailing blanks
+    dropped (a doc cannot keep them: ``show`` strips them too); compare the rest byte for byte."""
+    for pattern, placeholder in _VOLATILE:
+        text = pattern.sub(placeholder, text)
+    return "\n".join(line.rstrip() for line in text.rstrip("\n").splitlines())
 
 
 def shown_output(doc: str, command: str) -> list[str]:

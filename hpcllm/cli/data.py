@@ -58,6 +58,16 @@ def _print_header(path: Path, header: object, extra: dict[str, str] | None = Non
     console.print(table)
 
 
+def _say_removed(output: Path, removed: list[str]) -> None:
+    """One line naming the temp folders of killed builds of ``output`` that were removed."""
+    if removed:
+        err_console.print(
+            f"removed {len(removed)} temp folder(s) left by a killed build of {output}: {', '.join(removed)}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
 def _fields(text_key: str, prompt_key: str, response_key: str, prompt_weight: float = 0.0):  # -> Fields (lazy)
     from hpcllm.data.sources import Fields
 
@@ -100,6 +110,7 @@ def prepare_cmd(
             )
     except (HpcllmError, ValueError) as exc:
         fail(exc)
+    _say_removed(result.output, result.removed)
     mb = result.input_bytes / 1e6
     _print_header(
         result.output,
@@ -162,6 +173,7 @@ def demo_cmd(
         )
     except HpcllmError as exc:
         fail(exc)
+    _say_removed(result.output, result.removed)
     _print_header(result.output, result.header, {"text": str(corpus)})
 
 

@@ -43,6 +43,7 @@ class PrepareResult:
     header: StoreHeader
     input_bytes: int
     seconds: float
+    removed: list[str]  # temp folders that killed prepares of this output left, removed first
 
 
 def available_cores() -> int:
@@ -167,8 +168,8 @@ def prepare(
     # Starting a worker costs ~0.5 s (spawn + imports): no more workers than there are tasks.
     workers = min(workers, max(1, -(-total // sources.CHUNK_BYTES)))
     with writing(Path(output)):  # a full disk, a read-only folder, a name too long: one line
-        header = _write_store(output, files, progress, tokenizer, tok, fields, workers, overwrite)
-    return PrepareResult(Path(output), header, total, time.perf_counter() - t0)
+        header, removed = _write_store(output, files, progress, tokenizer, tok, fields, workers, overwrite)
+    return PrepareResult(Path(output), header, total, time.perf_counter() - t0, removed)
 
 
 def _write_store(
@@ -180,8 +181,9 @@ def _write_store(
     fields: Fields,
     workers: int,
     overwrite: bool,
-) -> StoreHeader:
-    """Stream the encoded inputs into a new store; its temp folder is removed on any failure."""
+) -> tuple[StoreHeader, list[str]]:
+    """Stream the encoded inputs into a new store; its temp folder is removed on any failure.
+    Returns the header and the temp folders of earlier, killed builds that the writer removed."""
     writer = StoreWriter(
         output,
         vocab_size=tok.vocab_size,
@@ -193,4 +195,4 @@ def _write_store(
     with writer:
         for enc in _encoded(iter_tasks(files, progress), tokenizer, tok, fields, workers):
             writer.write(enc.tokens, enc.mask, enc.doc_ends)
-        return writer.commit()
+        return writer.commit(), writer.removed

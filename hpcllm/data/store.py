@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from hpcllm import __version__, runfiles
+from hpcllm.data import staging
 from hpcllm.errors import ConfigError
 from hpcllm.fsutil import atomic_write_json
 
@@ -258,10 +258,9 @@ class StoreWriter:
         ):
             raise ConfigError(f"{self.output}: exists and is not a token store; refusing to replace it")
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        self.tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the store from collaborators
+        self.removed = staging.remove_abandoned(self.output)  # what killed builds of this output left
+        self._claim = staging.Claim.new(self.output)  # locked until commit or abort: a rerun leaves it alone
+        self.tmp = self._claim.folder
         self.dtype = token_dtype(vocab_size)
         self.vocab_size, self.eos_id = vocab_size, eos_id
         self.tokenizer, self.fingerprint = tokenizer, tokenizer_fingerprint
@@ -360,6 +359,7 @@ class StoreWriter:
         )
         atomic_write_json(self.tmp / HEADER, header.to_json())
         (self.tmp / HEADER).chmod(self.tmp.stat().st_mode & 0o666)  # mkstemp made it 0600
+        self._claim.release()  # the lock file is no part of the store
         if self.output.exists():  # only reachable with overwrite=True
             old = self.output.with_name(f".{self.output.name}.old-{os.getpid()}")
             os.replace(self.output, old)
@@ -389,6 +389,7 @@ class StoreWriter:
                 with contextlib.suppress(OSError):  # a full disk fails the flush: the folder goes anyway
                     fh.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._claim.release()
 
     def __enter__(self) -> StoreWriter:
         return self

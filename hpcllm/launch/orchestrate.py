@@ -238,6 +238,10 @@ def _submit_specs(
         config_text = run_config_text(spec)
         _guard_foreign_run(run_dir, config_text)
         existing.append((spec, run_dir, config_text, load_manifest(run_dir)))
+    if backend is not None and existing:  # first what a submit of this grid killed midway left queued
+        note = backend.cancel_orphans(existing[0][1].path.parent)
+        if note:
+            result.warnings.append(note)
     # Runs still queued or running by the manifest: ask the scheduler once, for all of them.
     active = [(rd, m) for _, rd, _, m in existing if m is not None and m.state.active]
     fresh = backend.refresh(active) if backend is not None and active else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.launch.manifest import Manifest, RunState
@@ -29,6 +30,13 @@ class Backend(ABC):
         remaining ones are left as they were for the caller to mark.
         """
         return [self.submit(run_dir, manifest) for run_dir, manifest in items]
+
+    def cancel_orphans(self, grid: Path) -> str | None:
+        """Cancel the jobs that an interrupted submit of the grid in folder ``grid`` left in the
+        scheduler with no manifest naming them; one line saying what went (None: nothing). The
+        caller holds the grid's submit lock. The local backend leaves none: its runner exits by
+        itself when the manifest does not name it."""
+        return None
 
     @abstractmethod
     def refresh(self, items: list[tuple[RunDir, Manifest]]) -> dict[str, RunState]:

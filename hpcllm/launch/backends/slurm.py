@@ -24,8 +24,10 @@ from pathlib import Path
 from hpcllm.config.cluster import ClusterProfile
 from hpcllm.errors import BackendError
 from hpcllm.fsutil import atomic_write_text, read_json
+from hpcllm.launch import sigint
 from hpcllm.launch.arrays import array_key, array_name, array_script
 from hpcllm.launch.backends.base import Backend
+from hpcllm.launch.backends.orphans import cancel_held_orphans
 from hpcllm.launch.backends.slurmtext import (
     expected_job_name,
     job_state,
@@ -85,10 +87,14 @@ class SlurmBackend(Backend):
 
     def submit(self, run_dir: RunDir, manifest: Manifest) -> str:
         exclude = self._excludes(run_dir, manifest)
-        job_id = self._sbatch(run_dir.job_script, exclude, manifest.depends_on, run_dir)
-        self._record_submission(run_dir, manifest, job_id, submitted_job_name(run_dir), exclude)
-        _release(job_id)
+        with sigint.deferred():  # a held job no manifest names: only SIGKILL can leave one (orphans.py)
+            job_id = self._sbatch(run_dir.job_script, exclude, manifest.depends_on, run_dir)
+            self._record_submission(run_dir, manifest, job_id, submitted_job_name(run_dir), exclude)
+            _release(job_id)
         return job_id
+
+    def cancel_orphans(self, grid: Path) -> str | None:
+        return cancel_held_orphans(grid)
 
     def submit_all(self, items: list[tuple[RunDir, Manifest]]) -> list[str]:
         """One job per run, or, where the profile allows arrays, one array per group of runs with
@@ -117,13 +123,14 @@ class SlurmBackend(Backend):
         script = first_dir.path.parent / f".{name}.sbatch"
         atomic_write_text(script, array_script(run_dirs, name))
         exclude = self._excludes(first_dir, first)
-        array_id = self._sbatch(script, exclude, first.depends_on, first_dir, array=len(items))
         job_ids = []
-        for i, (run_dir, manifest) in enumerate(items):
-            job_id = f"{array_id}_{i}"
-            self._record_submission(run_dir, manifest, job_id, name, exclude)
-            job_ids.append(job_id)
-        _release(array_id)
+        with sigint.deferred():
+            array_id = self._sbatch(script, exclude, first.depends_on, first_dir, array=len(items))
+            for i, (run_dir, manifest) in enumerate(items):
+                job_id = f"{array_id}_{i}"
+                self._record_submission(run_dir, manifest, job_id, name, exclude)
+                job_ids.append(job_id)
+            _release(array_id)
         return job_ids
 
     def _excludes(self, run_dir: RunDir, manifest: Manifest) -> list[str]:
