@@ -217,3 +217,29 @@ HOVER_JS = r"""
   return "";
 })()
 """
+
+
+def test_the_mfu_panel_says_why_it_is_empty(tmp_path):
+    """CPU runs have no peak FLOP/s, so no MFU: the panel says so instead of staying blank."""
+    from hpcllm.collect.interactive import scaling_html
+    from hpcllm.collect.records import scan
+
+    for mfu, root in ((None, tmp_path / "cpu"), (0.41, tmp_path / "gpu")):
+        write_run(root, "tiny-n1x1", summary=engine_summary(mfu=mfu))
+    cpu = scaling_html(scan(tmp_path / "cpu"), "plot", include_js=False)
+    gpu = scaling_html(scan(tmp_path / "gpu"), "plot", include_js=False)
+    assert "no MFU: no run knows its device" in cpu and "no MFU" not in gpu
+
+
+def test_the_seed_comparison_drops_columns_no_row_fills(results, tmp_path):
+    """Runs the seed has no row for leave the seed's columns empty: they are left out, so the run
+    ids stay in sight; the fixture's runs that match seed rows keep every column."""
+    from hpcllm.collect.report import build_report
+
+    write_run(tmp_path / "cpu", "tiny-n1x1", summary=engine_summary(mfu=None))
+    ours_only = build_report(tmp_path / "cpu").comparison
+    matched = build_report(results).comparison
+    assert ours_only is not None and matched is not None
+    assert len(ours_only.columns) < len(matched.columns)
+    assert "run" in [c.id for c in ours_only.columns]
+    assert all(any(row[c.id] not in (None, "") for row in ours_only.rows) for c in ours_only.columns)

@@ -125,6 +125,19 @@ def scaling_html(records: Iterable[RunRecord], div_id: str, include_js: bool) ->
     fig.update_yaxes(title_text="per-GPU throughput / smallest run's", row=1, col=3)
     if not groups:
         fig.add_annotation(text="no completed runs", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    elif all(p["mfu"] is None for points in groups.values() for p in points):
+        # An empty panel reads as a bug: say why there is no MFU (no peak FLOP/s to divide by). In
+        # page coordinates: plotly draws no axes for a panel without traces, so "x2 domain" would
+        # place the note in the first panel.
+        left, right = fig.layout.xaxis2.domain
+        fig.add_annotation(
+            text="no MFU: no run knows its device's peak FLOP/s<br>(CPU runs: set metrics.cpu_peak_flops)",
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=(left + right) / 2,
+            y=0.5,
+        )
     fig.update_layout(legend={"orientation": "h", "y": -0.2, "font": {"size": 11}})
     return _html(fig, div_id, include_js)
 

@@ -160,6 +160,11 @@ def build_report(root: Path, columns: str | None = None) -> Report:
     comparison.table.rows = [
         row for row in comparison.table.rows if row["cluster"] in ran_on or row["status"] == STATUS_OURS_ONLY
     ]
+    # A column no row fills (the seed's figures when none of our runs matches a seed row) only
+    # pushes the run ids out of sight: the page shows the columns that say something.
+    comparison.table.columns = [
+        c for c in comparison.table.columns if any(row[c.id] not in (None, "") for row in comparison.table.rows)
+    ] or comparison.table.columns
     figures = [Figure("scaling", "Scaling", interactive.scaling_html(completed, "plot-scaling", include_js=True))]
     with_metrics = [r for r in records if r.has_metrics()]  # parsed only for the runs drawn
     note = (
