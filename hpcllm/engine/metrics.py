@@ -22,7 +22,7 @@ import torch
 from hpcllm import perf, runfiles
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.tracking import MetricSink, scalars
-from hpcllm.fsutil import append_line
+from hpcllm.fsutil import append_line_in
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -170,7 +170,8 @@ class MetricsLog:
     def _write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        append_line(self.path, json.dumps(record))  # never a torn line, nor one built on a torn one
+        # Never a torn line, nor one built on a torn one; nothing once the run folder was moved away.
+        append_line_in(self.path.parent, self.path, json.dumps(record))
         values = scalars(record)
         for sink in self.sinks:
             sink.write(record["step"], values)
