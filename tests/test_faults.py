@@ -171,6 +171,14 @@ def test_a_clock_step_does_not_split_an_attempt(tmp_path: Path) -> None:
     ]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert earlier(log) == (2, 13.0)  # 10 s + 3 s, not 5 + 10 + 3
+    # A resubmission (`--retry-failed`) starts at restart 0 again, maybe with a larger elapsed_s than
+    # the last line of the job before it: the job id tells the two attempts apart.
+    lines = [
+        {"step": 1, "job_id": "71", "restart": 0, "time": 10_000.0, "elapsed_s": 4.0},
+        {"step": 1, "job_id": "72", "restart": 0, "time": 9_000.0, "elapsed_s": 6.0},
+    ]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert earlier(log) == (1, 10.0)
 
 
 def test_a_moved_run_folder_is_not_created_again(tmp_path: Path) -> None:
