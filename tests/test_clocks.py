@@ -1,8 +1,9 @@
-"""Clocks (issue 21): a wall clock that steps back, and another time zone, between two attempts of one
-run on the local backend, under libfaketime (``faketime``: LD_PRELOAD, inherited by the runner, the
-batch script and the engine). The monotonic clock is left real (``FAKETIME_DONT_FAKE_MONOTONIC``),
-as on a machine whose NTP steps the wall clock: durations must come from it, and "the current log"
-from the manifest's job id, never from wall-clock times or mtimes.
+"""Clocks (issue 21): a wall clock that steps back, and another time zone, between two submissions of
+one run on the local backend, under libfaketime (``faketime``, LD_PRELOAD). The clock is stepped for
+the hpcllm command itself, which takes the local job id and every manifest time from it; the runner
+and the engine it starts run on the machine's clock, so each attempt measures its duration truly
+(libfaketime cannot be given to them: faking the monotonic clock too makes Python's timed waits
+hang, and ``FAKETIME_DONT_FAKE_MONOTONIC`` makes ``time.sleep`` fail with EINVAL, in 0.9.10).
 """
 
 from __future__ import annotations
@@ -22,19 +23,27 @@ from hpcllm.launch.manifest import load_manifest
 from hpcllm.rundir import find_run_dirs
 
 REPO = Path(__file__).resolve().parents[1]
-HPCLLM = str(Path(sys.executable).parent / "hpcllm")
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so*"))
+
+
+# `hpcllm` whose own clock is faked, its children's not (libfaketime is preloaded already).
+CLI_ON_ITS_OWN_CLOCK = (
+    "import os, sys\n"
+    "os.environ.pop('LD_PRELOAD'); os.environ.pop('FAKETIME')\n"
+    "from hpcllm.cli import main\n"
+    "sys.argv[0] = 'hpcllm'\n"
+    "sys.exit(main())\n"
+)
 
 
 def _hpcllm(
     args: list[str], offset_s: int, tz: str = "UTC", extra: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """An hpcllm command whose wall clock (and every child's) is ``offset_s`` seconds off."""
+    """An hpcllm command whose clock is ``offset_s`` seconds off, in time zone ``tz``."""
     env = {
         **os.environ,
         "LD_PRELOAD": LIBFAKETIME[0],
         "FAKETIME": f"{offset_s:+d}",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
         "TZ": tz,
         "COLUMNS": "300",
         "HPCLLM_CLUSTERS_DIR": str(REPO / "clusters"),
@@ -43,16 +52,24 @@ def _hpcllm(
     }
     if not extra:
         env.pop("HPCLLM_FAULT_STOP_RANK_AT", None)
-    return subprocess.run([HPCLLM, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", CLI_ON_ITS_OWN_CLOCK, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.integration
 @pytest.mark.skipif(not LIBFAKETIME, reason="needs libfaketime (apt-get install faketime)")
 def test_a_stepped_clock_changes_no_duration_and_no_current_log(tmp_path: Path, stores: dict[str, Path]) -> None:
-    """Attempt A runs on a clock 1 h ahead and hangs at step 3 (fault injection; the watchdog ends it,
-    failed); attempt B (`--retry-failed`) runs on a clock stepped back by up to 115 days, in another
-    time zone, so its job id (taken from the wall clock) is below A's. The summary's wall time is
-    the attempts' monotonic durations; `logs` shows B's log; `status` on yet another clock agrees."""
+    """Attempt A is submitted on a clock 1 h ahead and hangs at step 3 (fault injection; the watchdog
+    ends it, failed); attempt B (`--retry-failed`) is submitted on a clock stepped back by up to 115 days,
+    in another time zone, so its job id (taken from the wall clock) is below A's. The summary's wall time
+    is the attempts' monotonic durations added; `logs` shows B's log, not the log of the highest job id;
+    `status` on yet another clock and zone agrees."""
     doc = {
         "name": "clk",
         "resources": {"nodes": 1, "time": "00:10:00"},
@@ -92,7 +109,7 @@ def test_a_stepped_clock_changes_no_duration_and_no_current_log(tmp_path: Path, 
     assert abs(summary["wall_time_s"] - (a_lines[-1]["elapsed_s"] + summary["elapsed_s"])) < 0.01, summary
     assert 0 < summary["wall_time_s"] < 3600  # neither clock step leaked into a duration
 
-    logs = _hpcllm(["logs", rd.run_id, "--results", str(results), "-n", "400"], offset_s=0)
+    logs = _hpcllm(["logs", rd.run_id, "--results", str(results), "-n", "400"], offset_s=30 * 86400)
     assert logs.returncode == 0, logs.stderr
     assert f"[hpcllm] job {second.job_id} restart 0" in logs.stdout
     assert f"[hpcllm] job {first.job_id} " not in logs.stdout
