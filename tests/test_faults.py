@@ -128,7 +128,8 @@ def _can_unshare() -> bool:
 @pytest.mark.integration
 @pytest.mark.skipif(not _can_unshare(), reason="needs root and PID/mount namespaces (unshare)")
 def test_faults_in_a_pid_namespace(tmp_path: Path) -> None:
-    """Runner killed while its job trains, a cancel racing completion, forged pids, a results folder
+    """Runner killed while its job trains, and between starting its job and recording it, a cancel
+    racing completion, forged pids, a results folder
     turning read-only mid-run, a full 2 MiB tmpfs (tests/faults_probe.py says what each checks)."""
     proc = subprocess.run(
         [*UNSHARE, sys.executable, str(REPO / "tests" / "faults_probe.py"), str(tmp_path)],
