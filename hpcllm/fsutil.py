@@ -6,8 +6,9 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,54 @@ def read_json(path: Path) -> Any | None:
         return None
     except runfiles.RunFileProblem as exc:
         raise ValueError(str(exc)) from None
+
+
+# Run folders found gone by this process: each is reported once, not once per heartbeat.
+_REPORTED_GONE: set[str] = set()
+
+
+def make_folders_in(root: Path, folder: Path) -> None:
+    """Create ``folder`` and the folders between ``root`` and it, never ``root`` nor anything above:
+    FileNotFoundError when ``root`` is gone."""
+    here = Path(root)
+    for part in Path(folder).relative_to(root).parts:
+        here = here / part
+        with suppress(FileExistsError):
+            here.mkdir()
+
+
+def write_in_folder(root: Path, path: Path, write: Callable[[], object]) -> bool:
+    """Run ``write`` (it writes ``path``, inside the run folder ``root``, creating no folder) unless
+    ``root`` is gone; True when written.
+
+    Every file a running job writes goes through here: a run folder moved or removed while its job
+    runs is never created again (an empty half of the run at the old path). The folders between
+    ``root`` and ``path`` are made without parents; once ``root`` is gone the job says so once on
+    stderr and writes nothing more there, and training carries on.
+    """
+    try:
+        make_folders_in(root, Path(path).parent)
+        write()
+        return True
+    except FileNotFoundError:
+        if os.path.isdir(root):
+            raise  # something else is missing: not this case
+    if str(root) not in _REPORTED_GONE:
+        _REPORTED_GONE.add(str(root))
+        print(
+            f"[hpcllm] {root}: the run folder is gone (moved or removed); this job no longer writes "
+            f"its files there (first: {Path(path).name}) and creates nothing again",
+            file=sys.stderr,
+            flush=True,
+        )
+    return False
+
+
+def write_json_in(root: Path, path: Path, data: Any, *, durable: bool = True) -> bool:
+    """``atomic_write_json`` of a file of the run folder ``root`` (``write_in_folder``)."""
+    return write_in_folder(root, path, lambda: atomic_write_json(path, data, durable=durable, make_parents=False))
+
+
+def append_line_in(root: Path, path: Path, line: str) -> bool:
+    """``append_line`` to a log of the run folder ``root`` (``write_in_folder``)."""
+    return write_in_folder(root, path, lambda: append_line(path, line))

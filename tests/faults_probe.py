@@ -23,7 +23,7 @@ from hpcllm.config.cluster import load_cluster
 from hpcllm.errors import StorageWriteError
 from hpcllm.fsutil import append_line, atomic_write_text
 from hpcllm.launch import procid
-from hpcllm.launch.backends.local import LocalBackend
+from hpcllm.launch.backends.local import LocalBackend, queue_lock_path
 from hpcllm.launch.manifest import Manifest, RunState, load_manifest, save_manifest
 from hpcllm.rundir import RunDir
 
@@ -62,14 +62,32 @@ def reap() -> None:
         pass
 
 
-def new_run(root: Path, name: str, mode: str) -> RunDir:
+def make_run(root: Path, name: str, mode: str) -> RunDir:
     rd = RunDir(root / "exp" / "local" / name)
     rd.path.mkdir(parents=True)
     atomic_write_text(rd.job_script, JOB, executable=True)
     (rd.path / "mode").write_text(mode)
     save_manifest(rd, Manifest(run_id=name, experiment="exp", cluster="local", backend="local"))
+    return rd
+
+
+def new_run(root: Path, name: str, mode: str) -> RunDir:
+    rd = make_run(root, name, mode)
     BACKEND.submit(rd, load_manifest(rd))
     return rd
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The live processes whose working folder is ``folder`` (a job's, whoever started it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == folder.absolute():
+                    found.append(int(entry.name))
+            except OSError:
+                pass  # gone, or a zombie (no cwd)
+    return found
 
 
 def starts(ctl: Path, rd: RunDir) -> int:
@@ -109,6 +127,43 @@ def runner_killed_engine_lives(root: Path, ctl: Path) -> None:
     assert m.reason == "cancelled with `hpcllm cancel`", m.reason
     assert json.loads(rd.summary.read_text())["status"] == "preempted"
     print("ok runner-killed")
+
+
+# The local runner, killed by SIGKILL at the worst moment: after it started the job, before it recorded it.
+KILLED_BEFORE_RECORDING = (
+    "import os, signal, sys\n"
+    "from hpcllm.launch import local_runner\n"
+    "local_runner.Runner._record_job = lambda self: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "sys.exit(local_runner.main(sys.argv[1:]))\n"
+)
+
+
+def runner_killed_before_recording(root: Path, ctl: Path) -> None:
+    """SIGKILL of the runner between starting its job and recording it: the job never runs (nothing
+    runs that nobody recorded), status ends the run failed, and a rerun completes it with one engine."""
+    rd = make_run(root, "unrecorded", "plain")
+    m = load_manifest(rd)
+    m.mark_submitted("7")
+    save_manifest(rd, m)
+    runner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BEFORE_RECORDING, str(rd.path.absolute()), str(queue_lock_path(rd))],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert runner.wait(timeout=60) == -signal.SIGKILL
+    wait_for("the unrecorded job to exit", lambda: not processes_in(rd.path) or reap(), timeout=20)
+    assert starts(ctl, rd) == 0, "the job script ran although the runner never recorded it"
+    m = load_manifest(rd)
+    assert m.job_process is None and m.state == RunState.RUNNING, m
+    assert state(rd) == RunState.FAILED
+    assert "before its job started" in (load_manifest(rd).reason or ""), load_manifest(rd).reason
+    BACKEND.submit(rd, load_manifest(rd))  # what `submit --retry-failed` does for a failed run
+    wait_for("the rerun's job to start", lambda: starts(ctl, rd) == 1)
+    (ctl / f"go-{rd.run_id}").touch()
+    wait_for("the rerun to end", lambda: not load_manifest(rd).state.active)
+    assert load_manifest(rd).state == RunState.COMPLETED and starts(ctl, rd) == 1
+    assert not processes_in(rd.path)
+    print("ok runner-killed-before-recording")
 
 
 def cancel_races_completion(root: Path, ctl: Path) -> None:
@@ -275,6 +330,7 @@ def main() -> int:
     runner_killed_engine_lives(plain / "a", ctl)
     cancel_races_completion(plain / "b", ctl)
     unverifiable_processes_are_not_signalled(plain / "c")
+    runner_killed_before_recording(plain / "d", ctl)
     small = base / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)

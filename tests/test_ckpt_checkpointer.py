@@ -284,6 +284,7 @@ _KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("where", ["before-metadata", "before-pointer"])
 def test_kill_during_save_keeps_pointer_on_a_complete_checkpoint(tmp_path: Path, where: str) -> None:
     run = RunDir(tmp_path / "run")
+    run.path.mkdir()  # the engine's run folder exists; a checkpointer never creates it
     script = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), run=str(run.path), where=where)
     proc = subprocess.run(
         [sys.executable, "-c", script],

@@ -37,6 +37,7 @@ def trained_run(tmp_path: Path, cfg: ModelConfig, steps: int = 2) -> tuple[RunDi
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     state = TrainState(model, opt, sched, CountingLoader())
     run = RunDir(tmp_path / "run")
+    run.path.mkdir()  # the engine's run folder exists; a checkpointer never creates it
     ckpt = Checkpointer(run, CheckpointConfig(every_steps=1, keep_last=3))
     run_steps(state, ckpt, steps)
     ckpt.close()

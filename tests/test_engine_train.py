@@ -24,6 +24,7 @@ METRIC_KEYS = {
     "mfu",
     "step_time_s",
     "mem_peak_gib",
+    "job_id",
     "restart",
     "rerun",
     "skipped",

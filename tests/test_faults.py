@@ -128,7 +128,8 @@ def _can_unshare() -> bool:
 @pytest.mark.integration
 @pytest.mark.skipif(not _can_unshare(), reason="needs root and PID/mount namespaces (unshare)")
 def test_faults_in_a_pid_namespace(tmp_path: Path) -> None:
-    """Runner killed while its job trains, a cancel racing completion, forged pids, a results folder
+    """Runner killed while its job trains, and between starting its job and recording it, a cancel
+    racing completion, forged pids, a results folder
     turning read-only mid-run, a full 2 MiB tmpfs (tests/faults_probe.py says what each checks)."""
     proc = subprocess.run(
         [*UNSHARE, sys.executable, str(REPO / "tests" / "faults_probe.py"), str(tmp_path)],
@@ -140,13 +141,14 @@ def test_faults_in_a_pid_namespace(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for scenario in (
         "runner-killed",
+        "runner-killed-before-recording",
         "cancel-races-completion",
         "forged-pids",
         "read-only",
         "full-disk-cli",
         "full-disk",
     ):
-        assert f"ok {scenario}" in proc.stdout, proc.stdout + proc.stderr
+        assert f"ok {scenario}" in proc.stdout.splitlines(), proc.stdout + proc.stderr
 
 
 def test_the_latest_log_is_the_newest_job_not_the_newest_mtime(tmp_path: Path) -> None:
@@ -170,6 +172,14 @@ def test_a_clock_step_does_not_split_an_attempt(tmp_path: Path) -> None:
     ]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert earlier(log) == (2, 13.0)  # 10 s + 3 s, not 5 + 10 + 3
+    # A resubmission (`--retry-failed`) starts at restart 0 again, maybe with a larger elapsed_s than
+    # the last line of the job before it: the job id tells the two attempts apart.
+    lines = [
+        {"step": 1, "job_id": "71", "restart": 0, "time": 10_000.0, "elapsed_s": 4.0},
+        {"step": 1, "job_id": "72", "restart": 0, "time": 9_000.0, "elapsed_s": 6.0},
+    ]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert earlier(log) == (1, 10.0)
 
 
 def test_a_moved_run_folder_is_not_created_again(tmp_path: Path) -> None:
@@ -240,13 +250,13 @@ def test_status_never_waits_for_a_writer(tmp_path: Path, monkeypatch: pytest.Mon
     assert load_manifest(rd).state == RunState.FAILED
 
 
-@pytest.mark.integration
 def _ctrl_c_reaches_it() -> None:
     """A command started from a shell's background job inherits SIGINT ignored (bash does that when job
     control is off), and Python then never raises KeyboardInterrupt: give the child the default back."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.integration
 def test_a_submit_waiting_for_another_says_for_whom_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """Two commands at once on one results root: the second names the first and waits; Ctrl-C ends
     it at once without a traceback; once the first is done, a rerun completes."""
@@ -339,3 +349,102 @@ def test_a_cancel_that_reaches_nothing_records_nothing(tmp_path: Path) -> None:
         bystander.wait()
     after = load_manifest(rd)
     assert after.state == RunState.RUNNING and after.cancel_requested is None
+
+
+def test_job_hooks_move_states_only_as_the_table_allows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job starting (or failing to requeue) for a run another writer already ended does not bring
+    it back: on_start does not launch it, on_requeue_failed does not turn it failed."""
+    from engine_support import running_slurm_run
+
+    from hpcllm.launch import jobhooks
+    from hpcllm.launch.jobhooks import JobContext, on_requeue_failed, on_start
+    from hpcllm.launch.manifest import load_manifest, save_manifest
+
+    monkeypatch.setattr(jobhooks, "_slurm_state", lambda job_id: "RUNNING")  # no scheduler here
+    for ended in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED):
+        rd = running_slurm_run(tmp_path / ended.value, max_restarts=1)
+        m = load_manifest(rd)
+        assert m is not None
+        m.state, m.reason = ended, "decided before"
+        save_manifest(rd, m)
+        assert on_start(JobContext(rd, "43", "n1", 0)) is False
+        on_requeue_failed(JobContext(rd, "43", "n1", 0), "Invalid job id")
+        after = load_manifest(rd)
+        assert after is not None and (after.state, after.job_id, after.reason) == (ended, "42", "decided before")
+    rd = running_slurm_run(tmp_path / "pending", max_restarts=1)
+    m = load_manifest(rd)
+    assert m is not None
+    m.state = RunState.PENDING
+    save_manifest(rd, m)
+    assert on_start(JobContext(rd, "43", "n1", 0)) is True
+    assert (load_manifest(rd) or m).state == RunState.RUNNING
+    on_requeue_failed(JobContext(rd, "43", "n1", 0), "Invalid job id")
+    assert (load_manifest(rd) or m).state == RunState.FAILED
+
+
+def test_a_writer_never_creates_a_gone_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hpcllm.fsutil import append_line_in, write_json_in
+
+    run = tmp_path / "results" / "e" / "c" / "r"
+    run.mkdir(parents=True)
+    assert write_json_in(run, run / "heartbeat" / "rank0.json", {"step": 1})  # a subfolder of a live run: made
+    run.rename(tmp_path / "moved")
+    assert not write_json_in(run, run / "heartbeat" / "rank0.json", {"step": 2})
+    assert not write_json_in(run, run / "watchdog" / "rank0.json", {"step": 2})
+    assert not append_line_in(run, run / "metrics.jsonl", '{"step": 2}')
+    assert not run.exists() and not list(tmp_path.rglob("*.tmp"))
+    said = [line for line in capsys.readouterr().err.splitlines() if "run folder is gone" in line]
+    assert len(said) == 1 and str(run) in said[0], said  # once, not once per write
+
+
+def test_no_engine_writer_makes_parent_folders() -> None:
+    """The engine writes only into its run folder, through fsutil.write_in_folder: a `mkdir(parents=True)`
+    there would create a moved run folder again (export writes where the user says: exempt)."""
+    offenders = [
+        p.name
+        for p in (REPO / "hpcllm" / "engine").rglob("*.py")
+        if p.name != "export.py" and "parents=True" in p.read_text()
+    ]
+    assert offenders == []
+
+
+@pytest.mark.integration
+def test_a_run_folder_moved_mid_run_is_not_created_again(tmp_path: Path, stores: dict[str, Path]) -> None:
+    """The engine trains with its heartbeat written every step; its run folder is moved away after step
+    2: training carries on to the end (exit 0), says so once, and the old path never reappears (no
+    heartbeat, metrics line, final checkpoint or summary written there)."""
+    from engine_support import engine_cmd, write_run
+
+    run = tmp_path / "results" / "e" / "local" / "r"
+    config = write_run(
+        run,
+        stores["plain"],
+        train={"steps": 60, "micro_batch_size": 2, "summary_warmup_steps": 1},
+        checkpoint={"at_end": True},
+        watchdog={"heartbeat_every_s": 0.001},
+    )
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        engine = subprocess.Popen(
+            engine_cmd(config), cwd=REPO, stdout=stdout, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+    try:
+        metrics = run / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert engine.poll() is None, err.read_text()
+            time.sleep(0.01)  # polling for a step to be logged, not timing anything
+        engine.send_signal(signal.SIGSTOP)  # a still point: the move happens between two of its writes
+        moved = tmp_path / "moved"
+        run.rename(moved)
+        engine.send_signal(signal.SIGCONT)
+        assert engine.wait(timeout=120) == 0, err.read_text()
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+    assert not run.exists(), sorted(str(p) for p in run.rglob("*"))
+    text = err.read_text()
+    assert text.count("the run folder is gone") == 1 and "Traceback" not in text, text
+    lines = (moved / "metrics.jsonl").read_text().splitlines()
+    assert 2 <= len(lines) < 60 and (moved / "heartbeat" / "rank0.json").exists()
+    assert not (moved / "summary.json").exists()  # written after the move: nowhere

@@ -68,7 +68,7 @@ from hpcllm.engine.preemption import any_rank
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.tensor_parallel import checkpoint_view, restore_from_view
 from hpcllm.errors import HpcllmError
-from hpcllm.fsutil import atomic_write_json, atomic_write_text, read_json
+from hpcllm.fsutil import atomic_write_json, atomic_write_text, make_folders_in, read_json, write_in_folder
 from hpcllm.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Checkpointer:
         # a collective, so every rank creates it here, at the same point.
         self._save_group = dist.new_group(backend="gloo") if cfg.async_save and is_distributed() else None
         if rank() == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_folders_in(run_dir.path, self.root)  # never the run folder itself (moved away: an error)
             self._remove_stale_temp_dirs()
         barrier()
 
@@ -281,14 +281,16 @@ class Checkpointer:
         step = state.step
         final = self.root / step_dir_name(step)
         tmp = self.root / f"{TMP_PREFIX}{final.name}"
+        gone = False
         if rank() == 0:
             if tmp.exists():
                 shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        barrier()
+            gone = not write_in_folder(self.run_dir.path, tmp, tmp.mkdir)
+        if any_rank(gone):  # every rank at once: the run folder was moved away, nowhere to save (said once)
+            return
         self._write_rng(tmp)
         if rank() == 0:
-            atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state))
+            atomic_write_json(tmp / TRAINER_STATE, self._trainer_state(state), make_parents=False)
         model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
         sd = checkpoint_view({"model": model_sd, "optim": optim_sd})  # tensor parallelism's strided rows gathered
         self._last_saved_step = step
@@ -374,7 +376,7 @@ class Checkpointer:
             final.rename(old)
         tmp.rename(final)
         _fsync_dir(self.root)  # the rename is on disk before the pointer can name it
-        atomic_write_text(self.root / LATEST, final.name + "\n")
+        atomic_write_text(self.root / LATEST, final.name + "\n", make_parents=False)
         _fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
         log.info("saved checkpoint %s", final)

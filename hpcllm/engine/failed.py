@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpcllm.fsutil import atomic_write_json
+from hpcllm.fsutil import write_json_in
 from hpcllm.rundir import SUMMARY_STATUS_FAILED, RunDir
 
 
@@ -13,4 +13,4 @@ def write_failed(run_dir: RunDir, summary: dict[str, Any], error: str, rank: int
     if rank == 0:
         summary.update(status=SUMMARY_STATUS_FAILED, error=error)
         summary.setdefault("steps_completed", 0)
-        atomic_write_json(run_dir.summary, summary, make_parents=False)
+        write_json_in(run_dir.path, run_dir.summary, summary)

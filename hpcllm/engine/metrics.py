@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import statistics
 import time
@@ -22,7 +23,7 @@ import torch
 from hpcllm import perf, runfiles
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.tracking import MetricSink, scalars
-from hpcllm.fsutil import append_line
+from hpcllm.fsutil import append_line_in
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -48,24 +49,27 @@ def detect_gpu_type(device: torch.device, configured: str | None) -> str | None:
 def earlier_attempts(path: Path) -> tuple[int, float]:
     """(highest logged step, wall seconds of the earlier attempts) from ``metrics.jsonl``.
 
-    Each line carries ``elapsed_s``, seconds on the monotonic clock since its attempt began, and
-    ``restart``. Lines are appended attempt after attempt, so a new attempt begins where ``restart``
-    changes or ``elapsed_s`` goes back; each attempt lasted (at least) its last line's ``elapsed_s``.
+    Each line carries ``elapsed_s``, seconds on the monotonic clock since its attempt began, its
+    ``job_id`` and ``restart``. Lines are appended attempt after attempt, so a new attempt begins where
+    the job or ``restart`` changes (a resubmission starts at restart 0 again) or ``elapsed_s`` goes
+    back; each attempt lasted (at least) its last line's ``elapsed_s``.
     The wall clock (``time``) is not used: a clock step within an attempt must not split it (which
     counted its first part twice). Time after an attempt's last logged step is not counted.
     """
     best, total = 0, 0.0
-    restart, elapsed = None, 0.0  # the current attempt's restart count and its latest elapsed_s
+    attempt: tuple[object, object] | None = None  # the current attempt's (job, restart)
+    elapsed = 0.0  # and its latest elapsed_s
     with contextlib.suppress(runfiles.MissingFile):
         for record in runfiles.iter_json_lines(path):  # torn lines (a killed attempt's) skipped
             try:
                 best = max(best, int(record["step"]))
-                line_elapsed, line_restart = float(record["elapsed_s"]), record.get("restart")
+                line_elapsed = float(record["elapsed_s"])
+                line_attempt = (record.get("job_id"), record.get("restart"))
             except (ValueError, KeyError, TypeError):
                 continue  # a line from an older engine
-            if restart is not None and (line_restart != restart or line_elapsed < elapsed):
+            if attempt is not None and (line_attempt != attempt or line_elapsed < elapsed):
                 total += elapsed
-            restart, elapsed = line_restart, line_elapsed
+            attempt, elapsed = line_attempt, line_elapsed
     return best, total + elapsed
 
 
@@ -114,6 +118,7 @@ class MetricsLog:
     log_every: int
     enabled: bool
     started: float = field(default_factory=time.monotonic)  # when this attempt began
+    job_id: str | None = field(default_factory=lambda: os.environ.get("SLURM_JOB_ID"))  # the scheduler's job
     records: list[dict[str, Any]] = field(default_factory=list)
     sinks: list[MetricSink] = field(default_factory=list)  # trackers that mirror every written line
 
@@ -144,6 +149,7 @@ class MetricsLog:
             "mfu": rates["mfu"],
             "step_time_s": step_time_s,
             "mem_peak_gib": mem_peak_gib,
+            "job_id": self.job_id,
             "restart": self.restart,
             "rerun": step <= self._rerun_until,
             "skipped": skipped,
@@ -170,7 +176,8 @@ class MetricsLog:
     def _write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        append_line(self.path, json.dumps(record))  # never a torn line, nor one built on a torn one
+        # Never a torn line, nor one built on a torn one; nothing once the run folder was moved away.
+        append_line_in(self.path.parent, self.path, json.dumps(record))
         values = scalars(record)
         for sink in self.sinks:
             sink.write(record["step"], values)

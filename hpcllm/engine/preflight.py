@@ -38,7 +38,7 @@ import torch.distributed as dist
 from hpcllm.engine.distributed import init_distributed, shutdown_distributed
 from hpcllm.engine.nodeprobe import gemm_tflops, memory_gbs, node_name, timed
 from hpcllm.errors import ConfigError
-from hpcllm.fsutil import atomic_write_json
+from hpcllm.fsutil import write_json_in
 from hpcllm.rundir import RunDir
 
 FAULT_SLOW_ENV = "HPCLLM_FAULT_SLOW_NODE"
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[hpcllm] pre-flight: {exc}", file=sys.stderr)
         return 2
     if result is not None:
-        atomic_write_json(RunDir(args.run_dir).preflight, result)
+        write_json_in(args.run_dir, RunDir(args.run_dir).preflight, result)
         named = "; ".join(f"{n}: {why}" for n, why in result["slow_nodes"].items()) or "none"
         print(
             f"[hpcllm] pre-flight of {len(result['nodes'])} node(s) in {result['elapsed_s']:.1f} s; "

@@ -36,7 +36,7 @@ from hpcllm.engine.probe_search import next_size
 from hpcllm.engine.state import TrainState
 from hpcllm.engine.train import build_teacher, check_data_vocab, run_setup_fields, train_step
 from hpcllm.errors import ConfigError
-from hpcllm.fsutil import atomic_write_json, read_json
+from hpcllm.fsutil import read_json, write_json_in
 from hpcllm.plan.memory import MemorySpec, estimate_memory
 from hpcllm.rundir import (
     EXIT_PREEMPTED,
@@ -220,7 +220,7 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
 
     def save() -> None:
         if env.is_main:
-            atomic_write_json(run_dir.probe, report.model_dump(mode="json"))
+            write_json_in(run_dir.path, run_dir.probe, report.model_dump(mode="json"))
 
     def finish(status: str) -> None:
         summary.update(
@@ -231,7 +231,7 @@ def run_probe(cfg: TrainingConfig, run_dir: RunDir, env: DistEnv, *, resume: boo
             trials=len(report.trials),
         )
         if env.is_main:
-            atomic_write_json(run_dir.summary, summary, make_parents=False)
+            write_json_in(run_dir.path, run_dir.summary, summary)
 
     prober = Prober(cfg, env, str(run_dir.config))
     if report.baseline_gib is None:

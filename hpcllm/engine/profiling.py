@@ -21,6 +21,7 @@ from rich.console import Console
 
 from hpcllm.config.profiling import ProfileConfig
 from hpcllm.engine.distributed import DistEnv
+from hpcllm.fsutil import write_in_folder
 from hpcllm.rundir import RunDir
 
 console = Console(highlight=False, soft_wrap=True)
@@ -94,12 +95,13 @@ class StepProfiler:
             torch.cuda.synchronize(self.env.device)
         self._prof.stop()
         trace = self.run_dir.profile_trace(self.env.rank, self._first, self._last)
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(trace, self._prof.export_chrome_trace)
+        prof = self._prof
+        write_in_folder(self.run_dir.path, trace, lambda: _write_atomically(trace, prof.export_chrome_trace))
         written = [trace]
         if self.cfg is not None and self.cfg.memory and self.env.device.type == "cuda":
             snapshot = self.run_dir.memory_snapshot(self.env.rank, self._first, self._last)
-            _write_atomically(snapshot, torch.cuda.memory._dump_snapshot)
+            dump = torch.cuda.memory._dump_snapshot
+            write_in_folder(self.run_dir.path, snapshot, lambda: _write_atomically(snapshot, dump))
             torch.cuda.memory._record_memory_history(enabled=None)
             written.append(snapshot)
         self._prof = None

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from hpcllm import __version__
 from hpcllm.engine.distributed import DistEnv
-from hpcllm.fsutil import append_line
+from hpcllm.fsutil import append_line_in
 from hpcllm.rundir import RunDir
 
 # Environment variables that change how ranks talk or compute; recorded as the job set them.
@@ -104,5 +104,5 @@ def record_runtime(run_dir: RunDir, env: DistEnv, *, restart: int) -> dict[str, 
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV_PREFIXES)},
         "ranks": gathered,
     }
-    append_line(run_dir.runtime, json.dumps(record, sort_keys=True))
+    append_line_in(run_dir.path, run_dir.runtime, json.dumps(record, sort_keys=True))
     return record

@@ -43,7 +43,7 @@ from hpcllm.engine.train import (
 )
 from hpcllm.engine.warm_start import load_initial_weights
 from hpcllm.engine.watchdog import Watchdog
-from hpcllm.fsutil import atomic_write_json
+from hpcllm.fsutil import write_json_in
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir
 
 
@@ -258,7 +258,7 @@ class Trainer:
             **self.watchdog.summary_fields(),
         )
         if self.env.is_main:
-            atomic_write_json(self.run_dir.summary, self.summary, make_parents=False)
+            write_json_in(self.run_dir.path, self.run_dir.summary, self.summary)
 
     def close(self) -> None:
         """Release what set-up opened, whatever ended the run."""

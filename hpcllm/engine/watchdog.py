@@ -53,7 +53,7 @@ from hpcllm.engine.distributed import DistEnv
 from hpcllm.engine.nodeprobe import gemm_tflops, node_name
 from hpcllm.engine.stragglers import StragglerTracker
 from hpcllm.errors import ConfigError
-from hpcllm.fsutil import atomic_write_json, read_json
+from hpcllm.fsutil import read_json, write_in_folder, write_json_in
 from hpcllm.rundir import RunDir, describe_stragglers
 
 FAULT_STOP_ENV = "HPCLLM_FAULT_STOP_RANK_AT"
@@ -183,7 +183,7 @@ class Watchdog:
             "time": time.time(),
         }
         self._last_write = time.monotonic()
-        atomic_write_json(self.run_dir.heartbeat(self.rank), beat, durable=False)
+        write_json_in(self.run_dir.path, self.run_dir.heartbeat(self.rank), beat, durable=False)
 
     # --- the monitor thread ----------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class Watchdog:
         beats = {r: hb for r, hb in beats.items() if hb.get("restart") == self.restart}  # this attempt's
         if self.stragglers.update(beats):
             record = self.stragglers.record()
-            atomic_write_json(self.run_dir.stragglers, record, durable=False)
+            write_json_in(self.run_dir.path, self.run_dir.stragglers, record, durable=False)
             print(f"[hpcllm] stragglers: {describe_stragglers(record['ranks'])}", file=sys.stderr, flush=True)
 
     def summary_fields(self) -> dict[str, Any]:
@@ -213,20 +213,24 @@ class Watchdog:
     def _on_stall(self, idle_s: float) -> None:
         detected = time.time()
         folder = self.run_dir.watchdog_dir
-        folder.mkdir(parents=True, exist_ok=True)
         stacks = folder / f"stacks-rank{self.rank}.txt"
-        with open(stacks, "w") as fh:
-            fh.write(
-                f"# rank {self.rank} on {self.node} (pid {os.getpid()}): no progress for {idle_s:.0f} s; "
-                f"last step ended: {self._completed}; inside step {self._completed + 1}: "
-                f"{'yes' if self._started > self._completed else 'no'}\n"
-            )
-            fh.flush()
-            faulthandler.dump_traceback(fh, all_threads=True)
-        _append_py_spy(stacks)
+
+        def write_stacks() -> None:
+            with open(stacks, "w") as fh:
+                fh.write(
+                    f"# rank {self.rank} on {self.node} (pid {os.getpid()}): no progress for {idle_s:.0f} s; "
+                    f"last step ended: {self._completed}; inside step {self._completed + 1}: "
+                    f"{'yes' if self._started > self._completed else 'no'}\n"
+                )
+                fh.flush()
+                faulthandler.dump_traceback(fh, all_threads=True)
+
+        if write_in_folder(self.run_dir.path, stacks, write_stacks):
+            write_in_folder(self.run_dir.path, stacks, lambda: _append_py_spy(stacks))
         flight = _flight_recorder_dump()
         if flight:
-            (folder / f"flight-rank{self.rank}.pkl").write_bytes(flight)
+            pickle = folder / f"flight-rank{self.rank}.pkl"
+            write_in_folder(self.run_dir.path, pickle, lambda: pickle.write_bytes(flight))
         report = {
             **self._identity(),
             "completed_step": self._completed,
@@ -236,7 +240,7 @@ class Watchdog:
             "detected_time": detected,
             "stacks": stacks.name,
         }
-        atomic_write_json(folder / f"rank{self.rank}.json", report, durable=False)
+        write_json_in(self.run_dir.path, folder / f"rank{self.rank}.json", report, durable=False)
         if self.rank == 0:
             self._decide(report)
         else:
@@ -293,7 +297,7 @@ class Watchdog:
             "job_id": os.environ.get("SLURM_JOB_ID"),
         }
         self.on_hang(error)
-        atomic_write_json(self.run_dir.watchdog_verdict, self.verdict)
+        write_json_in(self.run_dir.path, self.run_dir.watchdog_verdict, self.verdict)
         print(f"[hpcllm] {error}; stacks in {folder}", file=sys.stderr, flush=True)
 
 

@@ -38,7 +38,7 @@ from hpcllm.launch.hangs import requeue_after_hang, this_attempts_verdict
 from hpcllm.launch.jobenergy import record_job_energy
 from hpcllm.launch.manifest import Manifest, Restart, RunState, load_manifest, manifest_lock, save_manifest
 from hpcllm.launch.progress import last_step, summary_error
-from hpcllm.launch.runstate import Actor, Evidence, decide_end, transition
+from hpcllm.launch.runstate import Actor, Evidence, allowed, decide_end, transition
 from hpcllm.launch.slurmcmd import failed_nodes, hostnames, run_slurm
 from hpcllm.rundir import EXIT_PREEMPTED, SUMMARY_STATUS_COMPLETED, SUMMARY_STATUS_PREEMPTED, RunDir, now
 
@@ -103,6 +103,10 @@ def on_start(ctx: JobContext) -> bool:
             save_manifest(ctx.run_dir, manifest)
         print(f"[hpcllm] run {manifest.run_id} was cancelled: not launching")
         return False
+    if manifest.state != RunState.RUNNING and not allowed(manifest.state, RunState.RUNNING, Actor.JOB):
+        # Another writer ended the run (completed, failed): this job is not the run's attempt.
+        print(f"[hpcllm] run {manifest.run_id} is {manifest.state.value}: not launching")
+        return False
     recorded = [r for r in manifest.restarts if r.job_id == ctx.job_id]
     previous = manifest.nodes if ctx.restart_count and manifest.job_id == ctx.job_id else None
     bad = failed_nodes(hostnames(previous)) if previous else []
@@ -127,15 +131,15 @@ def on_start(ctx: JobContext) -> bool:
     manifest.exclude_nodes += [n for n in bad if n not in manifest.exclude_nodes]
     if ctx.restart_count > manifest.max_restarts:
         last = manifest.restarts[-1].reason if manifest.restarts else "a requeue"
-        manifest.state = RunState.FAILED
-        manifest.reason = f"restart budget exhausted ({manifest.max_restarts}); last restart: {last}"
+        reason = f"restart budget exhausted ({manifest.max_restarts}); last restart: {last}"
+        transition(manifest, RunState.FAILED, Actor.JOB, reason)
         save_manifest(ctx.run_dir, manifest)
         print(f"[hpcllm] {manifest.reason}: not launching")
         return False
     # The engine writes summary.json on every exit it survives; one left by an earlier attempt
     # must not be read as this attempt's outcome (its facts are in the restart record).
     ctx.run_dir.summary.unlink(missing_ok=True)
-    manifest.state = RunState.RUNNING
+    transition(manifest, RunState.RUNNING, Actor.JOB)  # or already running: SLURM requeued it itself
     manifest.job_id = ctx.job_id
     manifest.nodes = ctx.nodelist
     manifest.exit_code = None
@@ -225,9 +229,10 @@ def on_requeue_failed(ctx: JobContext, error: str) -> None:
     if "pending execution" in error or _slurm_state(ctx.job_id) in ("PENDING", "REQUEUED", "REQUEUE_FED"):
         return
     if manifest.restarts and manifest.restarts[-1].job_id == ctx.job_id:
-        manifest.restarts.pop()
-    manifest.state = RunState.FAILED
-    manifest.reason = f"could not requeue: {error or 'scontrol requeue failed'}"
+        manifest.restarts.pop()  # the requeue it records never happened
+    reason = f"could not requeue: {error or 'scontrol requeue failed'}"
+    if not transition(manifest, RunState.FAILED, Actor.JOB, reason):
+        print(f"[hpcllm] {reason}; the run stays {manifest.state.value} (recorded by another writer)")
     save_manifest(ctx.run_dir, manifest)
 
 

@@ -38,6 +38,11 @@ from hpcllm.rundir import RunDir, now
 
 KILL_GRACE_S = 30  # like SLURM's KillWait: TERM, then KILL after this many seconds
 
+# The job waits here until the runner recorded it (pid and start time stay the same across exec):
+# a runner killed before that leaves nothing running that nobody recorded, since its child then
+# reads end-of-file and exits. Once let go, the job's stdin is /dev/null, as before.
+START_GATE = 'IFS= read -r go && [ "$go" = go ] && exec bash "$0" </dev/null'
+
 
 class _Cancelled(Exception):
     pass
@@ -157,16 +162,17 @@ class Runner:
         log_path = self.run_dir.log_file(manifest.job_id or "local")
         with open(log_path, "ab") as log:
             self.child = subprocess.Popen(
-                ["bash", str(self.run_dir.job_script)],
+                ["bash", "-c", START_GATE, str(self.run_dir.job_script)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 start_new_session=True,
                 cwd=self.run_dir.path,
                 env=env,
             )
             self.launched = True
             self._record_job()
+            self._open_gate()
             timed_out = self._wait_with_limit(manifest.time_limit)
             rc = self.child.wait()
             self.child = None
@@ -202,15 +208,25 @@ class Runner:
 
     def _record_job(self) -> None:
         """Name the job's process group in the manifest: liveness and cancel go by it if this runner dies.
-        A job that cannot be recorded (the results folder turned read-only) is not left running unseen."""
-        assert self.child is not None
+        The job is still held at its start gate: one that cannot be recorded (the results folder turned
+        read-only) is let go without "go", so it exits without running anything."""
+        assert self.child is not None and self.child.stdin is not None
         try:
             with update_manifest(self.run_dir) as manifest:
                 manifest.job_process = procid.identify(self.child.pid)
         except BaseException:
-            _signal_group(self.child, signal.SIGKILL)
+            self.child.stdin.close()
             self.child.wait()
             raise
+
+    def _open_gate(self) -> None:
+        """Let the recorded job run (unless a cancel came first: then it exits at its gate). A gate
+        that is already closed (the job was signalled meanwhile) leaves the end to the exit status."""
+        assert self.child is not None and self.child.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            if not self.cancelled:
+                self.child.stdin.write(b"go\n")
+            self.child.stdin.close()
 
     def _finish(self, state: RunState, rc: int | None, reason: str | None) -> int:
         with update_manifest(self.run_dir) as manifest:

@@ -29,6 +29,7 @@ from hpcllm.launch.manifest import Manifest, RunState, load_manifest, manifest_l
 from hpcllm.launch.memcheck import Unfit, split_by_fit
 from hpcllm.launch.probeindex import measured_largest_fits
 from hpcllm.launch.render import render_job
+from hpcllm.launch.runstate import Actor, transition
 from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage, storage_need
 from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.qos import RefusedPoint
@@ -289,7 +290,7 @@ def _submit_specs(
         except BackendError as exc:
             for planned, manifest in queued:
                 if manifest.state != RunState.PENDING:  # not submitted before the error
-                    manifest.state = RunState.SUBMIT_FAILED
+                    transition(manifest, RunState.SUBMIT_FAILED, Actor.SUBMIT)  # rendered/failed/cancelled: allowed
                     manifest.error = str(exc)
                     with manifest_lock(planned.run_dir):
                         save_manifest(planned.run_dir, manifest)

@@ -86,6 +86,8 @@ def observed_end(run_dir: RunDir, manifest: Manifest) -> tuple[RunState, str | N
         return RunState.COMPLETED, None
     if end.preempted:
         return RunState.FAILED, "local runner exited after the engine stopped with a checkpoint; resubmit to resume"
+    if manifest.runner is not None and manifest.job_process is None:  # held at its start gate: never ran
+        return RunState.FAILED, "local runner exited before its job started (nothing ran); submit again"
     return RunState.FAILED, "local runner exited without recording a result"
 
 
