@@ -91,3 +91,29 @@ def test_a_held_job_array_left_by_a_killed_submit_is_cancelled_by_the_next(
     kill_submit_then_rerun(["submit", str(exp), "-c", "arrayslurm", "-r", str(env)], "hpcllm-orphanarr-array-", grid)
     runs = [RunDir(p) for p in grid.iterdir() if p.is_dir()]
     assert set(wait_for(lambda: finished(env, runs), 300, "the resubmitted array to end").values()) == {"completed"}
+
+
+# The same, killed where it would release the job: the manifest names the job, which stays held.
+KILLED_BEFORE_RELEASE = KILLED_SUBMIT.replace(
+    "SlurmBackend._record_submission = staticmethod(",
+    "import hpcllm.launch.backends.slurm as slurm\nslurm._release = (",
+)
+
+
+def test_a_job_left_held_after_its_manifest_says_how_it_starts(env: Path, demo_data: Path, tmp_path: Path) -> None:
+    """Killed after the manifest names the job but before releasing it: not an orphan (the user may
+    hold a job on purpose too), so it is not cancelled; `status` says it is held and how it starts."""
+    args = ["submit", str(experiment(tmp_path, demo_data, "heldjob", steps=3)), "-c", "localslurm", "-r", str(env)]
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_RELEASE, *args], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    (run,) = (p for p in (env / "heldjob" / "localslurm").iterdir() if p.is_dir())
+    job_id = manifest_of(RunDir(run)).job_id
+    try:
+        status = CliRunner().invoke(app, ["status", "-r", str(env / "heldjob")], env={"COLUMNS": "400"})
+        assert status.exit_code == 0, status.output
+        assert f"JobHeldUser: held; `scontrol release {job_id}` lets it start" in status.output
+        subprocess.run(["scontrol", "release", job_id], check=True)
+        states = wait_for(lambda: finished(env, [RunDir(run)]), 120, "the released job to end")
+        assert states == {run.name: "completed"}
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)  # a failure above leaves nothing held

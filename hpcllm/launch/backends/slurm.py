@@ -27,7 +27,7 @@ from hpcllm.fsutil import atomic_write_text, read_json
 from hpcllm.launch import sigint
 from hpcllm.launch.arrays import array_key, array_name, array_script
 from hpcllm.launch.backends.base import Backend
-from hpcllm.launch.backends.orphans import cancel_held_orphans
+from hpcllm.launch.backends.orphans import HELD_BY_USER, cancel_held_orphans
 from hpcllm.launch.backends.slurmtext import (
     expected_job_name,
     job_state,
@@ -70,6 +70,15 @@ def shorten_time_limit(job_id: str, grace_s: int) -> str | None:
         return None
     update = run_slurm(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], check=False)
     return str(minutes) if update.returncode == 0 else None
+
+
+def held_hint(reason: str, job_id: str) -> str:
+    """A held job waits for a person, not the scheduler: say how it starts. hpcllm holds each job
+    until its manifest names it; a submit killed between that save and the release leaves it held
+    (the user may also have held it on purpose: it is said, not done)."""
+    if reason != HELD_BY_USER:
+        return reason
+    return f"{reason}: held; `scontrol release {job_id}` lets it start"
 
 
 def _release(job_id: str) -> None:
@@ -238,7 +247,7 @@ class SlurmBackend(Backend):
             _, slurm_state, reason = entry
             state = job_state(slurm_state)
             if state == RunState.PENDING and reason not in ("None", ""):
-                self.pending_reasons[manifest.run_id] = reason
+                self.pending_reasons[manifest.run_id] = held_hint(reason, manifest.job_id)
             if not state.active:
                 detail = "" if reason in ("None", "") else f" ({reason})"
                 return self._record_end(run_dir, state, f"SLURM job {manifest.job_id} ended {slurm_state}{detail}")
