@@ -2,10 +2,14 @@
 
 - Run folders built from random subsets of files, each damaged or not (truncated, not UTF-8, JSON of
   another shape, a string where a number belongs, non-finite numbers, a directory, a FIFO or a link
-  loop where a file belongs): ``collect``, ``status`` and ``report`` never raise and never hang, report
-  every good run and warn once per bad one; ``--format json`` stays strict JSON.
-- Valid experiments and profiles with one value replaced by a hostile one: accepted, or refused with
-  a ConfigError whose first line names the file.
+  loop where a file belongs; torn, non-object or wrong-typed lines in metrics.jsonl/runtime.jsonl;
+  files of mode 000/0300, run folders of mode 000, another user's experiment of mode 0700):
+  ``collect``, ``status`` and ``report`` never raise and never hang, report every good run and warn
+  once per bad one (naming the file or folder, and "permission" for what may not be read);
+  ``--format json`` stays strict JSON. The commands run as nobody (unprivileged_support.py): root
+  reads any file, whatever its mode.
+- Valid experiments and profiles with one to three values replaced by hostile ones: accepted, or
+  refused with one ConfigError line that names the file.
 - Names and pointers that try to leave their folder: refused, or inside it after resolution.
 
 Example counts are bounded and derandomized (the ``boundaries`` profile in conftest.py), so the
@@ -479,21 +483,28 @@ def test_a_mutated_profile_is_accepted_or_refused_in_one_line(changes: dict[str,
         check_name(profile.name, "cluster name")
 
 
-def test_several_invalid_fields_are_one_refusal_line_naming_each(tmp_path: Path, in_project: Path) -> None:
+@pytest.mark.parametrize("nodes_in", ["resources", "grid"])  # refused on load, or per grid point
+def test_several_invalid_fields_are_one_refusal_line_naming_each(
+    tmp_path: Path, in_project: Path, nodes_in: str
+) -> None:
     """Through the CLI: one line naming the file, every wrong key with what is allowed, exit 2."""
     doc = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
     del doc["where"]
-    doc["grid"] = {"resources.nodes": [0]}
+    doc["grid"] = {"resources.nodes": [0]} if nodes_in == "grid" else {}
+    doc["resources"]["nodes"] = 0 if nodes_in == "resources" else 1
     doc = _set(_set(doc, "training.optim.lr", "fast"), "training.train.steps", 0)
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(app, ["plan", str(path), "-c", "local"])
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.strip().splitlines()
-    assert f"{path}" in line and "3 invalid fields: " in line, line
-    for said in ("resources.nodes: Input should be greater than 0", "optim.lr: Input should be a valid number"):
+    assert line.startswith(f"error: {path}: ") and "3 invalid fields: " in line, line  # the point, if per point
+    for said in (
+        "resources.nodes: Input should be greater than 0 (got 0)",
+        "optim.lr: Input should be a valid number",
+        "train.steps: Input should be greater than 0 (got 0)",
+    ):
         assert said in line, line
-    assert "train.steps: Input should be greater than 0 (got 0)" in line, line
 
 
 # --- containment -------------------------------------------------------------------------------

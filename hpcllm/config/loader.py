@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from hpcllm.errors import ConfigError
 
@@ -211,8 +212,8 @@ def load_model(model: type[M], path: Path) -> M:
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    """One line, however many fields are wrong (``one_refusal(source, field_problems(exc, model))``)."""
-    return one_refusal(source, field_problems(exc, model))
+    """One line, however many fields are wrong (``one_refusal(source, field_problems(exc.errors(), model))``)."""
+    return one_refusal(source, field_problems(exc.errors(), model))
 
 
 def one_refusal(source: str, problems: list[str]) -> str:
@@ -223,10 +224,10 @@ def one_refusal(source: str, problems: list[str]) -> str:
     return f"{source}: {len(problems)} invalid fields: " + "; ".join(problems)
 
 
-def field_problems(exc: ValidationError, model: type[BaseModel]) -> list[str]:
-    """``dotted.key: what is wrong (got value)`` per error of ``exc``, each one line."""
+def field_problems(errors: list[ErrorDetails], model: type[BaseModel]) -> list[str]:
+    """``dotted.key: what is wrong (got value)`` per error (``ValidationError.errors()``), each one line."""
     problems = []
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err["loc"]]
         if loc and loc[-1] == "[key]":  # pydantic's marker: the mapping key itself is invalid
             loc[-1] = "(key)"

@@ -163,11 +163,11 @@ def _validate_point(
     try:
         resources = Resources.model_validate(resources_doc)
     except ValidationError as exc:
-        problems += [f"resources.{p}" for p in field_problems(exc, Resources)]
+        problems += [f"resources.{p}" for p in field_problems(exc.errors(), Resources)]
     try:
         training = TrainingConfig.model_validate(training_doc)
     except ValidationError as exc:
-        problems += field_problems(exc, TrainingConfig)
+        problems += field_problems(exc.errors(), TrainingConfig)
     if problems:
         raise ConfigError(one_refusal(where, problems))
     return resources, training
