@@ -409,6 +409,10 @@ EXPERIMENT_KEYS = [
     "training.eval.samples",
     "training.checkpoint.every_steps",
     "where",
+    "grid",
+    "zip",
+    "search",
+    "search.parameters",
 ]
 PROFILE_KEYS = [
     "name",

@@ -143,14 +143,14 @@ def _base_training_problems(data: Any) -> list[str]:
 
 def _varied_keys(data: dict[str, Any]) -> list[tuple[str, ...]]:
     """The training keys (as paths) that a grid, zip or search sets per run, overriding the base."""
-    keys: list[Any] = []
-    for section in ("grid", "search"):
-        value = data.get(section)
-        if isinstance(value, dict):
-            keys += list(value if section == "grid" else value.get("parameters") or {})
-    for group in data.get("zip") or []:
-        keys += list(group) if isinstance(group, dict) else []
-    return [tuple(str(k).split(".")) for k in keys]
+    search = data.get("search")
+    zips = data.get("zip")
+    sections = [
+        data.get("grid"),
+        search.get("parameters") if isinstance(search, dict) else None,
+        *(zips if isinstance(zips, list) else []),
+    ]
+    return [tuple(str(key).split(".")) for section in sections if isinstance(section, dict) for key in section]
 
 
 def _under(loc: tuple[int | str, ...], varied: list[tuple[str, ...]]) -> bool:
