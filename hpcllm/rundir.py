@@ -191,7 +191,7 @@ class RunDir:
         try:
             with os.scandir(self.file(PROFILE_DIR)) as entries:
                 names = [e.name for e in entries if _PROFILE_FILE.fullmatch(e.name)]
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # none, not a folder, or one this user may not list: no traces to name
             return []
         return [self.profile / name for name in sorted(names)]
 

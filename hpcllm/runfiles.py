@@ -20,7 +20,7 @@ import json
 import math
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -183,33 +183,73 @@ def iter_json_lines(
 
 
 def last_json_line(
-    path: str | os.PathLike[str], accept: Any = None, max_window: int = MAX_LINE_BYTES
+    path: str | os.PathLike[str],
+    accept: Callable[[dict[str, Any]], bool] | None = None,
+    max_window: int = MAX_LINE_BYTES,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    problems: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """The last line of a JSON-lines file that is an object (and ``accept(record)`` when given), reading
-    only the file's tail: 4 KiB first, growing to ``max_window`` only when no complete line is in it."""
+    only the file's tail: 4 KiB first, growing to ``max_window`` only when no complete line is in it.
+
+    ``problems`` (when given) receives one line, ``<path>: <reason>``, when a line in the tail read is
+    damaged: torn (it ends in a newline but is not JSON: a writer died in it), not a JSON object, or
+    refused by ``check`` (which returns why, or None). Only the tail is judged, never the whole file:
+    ``status`` reads this for every run. A last line without a newline that starts like one of ours is
+    one being written, not damage.
+    """
     fd, size = _open(path)
     try:
         window = 4096
         while True:
             start = max(size - window, 0)
             data = os.pread(fd, min(window, size), start)
-            lines = data.splitlines()
-            if start > 0 and lines:
-                lines = lines[1:]  # the cut start of the window
-            for line in reversed(lines):
-                try:
-                    record = parse_json(line)
-                except (ValueError, RecursionError):
-                    continue  # a line being written right now
-                if isinstance(record, dict) and (accept is None or accept(record)):
-                    return record
-            if start == 0 or window >= max_window:
-                return None
+            found, damaged = _scan_tail(data, start, accept, check)
+            if found is not None or start == 0 or window >= max_window:
+                if damaged and problems is not None:
+                    more = f" (and {len(damaged) - 1} more damaged line(s) near the end)" if len(damaged) > 1 else ""
+                    problems.append(f"{os.fspath(path)}: {damaged[0]}{more}")
+                return found
             window *= 4
     except OSError as exc:
         raise RunFileProblem(path, _os_reason(exc)) from None
     finally:
         os.close(fd)
+
+
+def _scan_tail(
+    data: bytes,
+    start: int,
+    accept: Callable[[dict[str, Any]], bool] | None,
+    check: Callable[[dict[str, Any]], str | None] | None,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the last accepted object, why each damaged line is damaged) for the complete lines of a window
+    read at byte ``start`` (its first line is cut unless the window starts the file)."""
+    found: dict[str, Any] | None = None
+    damaged: list[str] = []
+    offset = start
+    lines = data.split(b"\n")  # every piece but the last ended in a newline
+    for index, body in enumerate(lines):
+        at, offset = offset, offset + len(body) + 1
+        complete = index < len(lines) - 1
+        if (index == 0 and start > 0) or not body.strip():
+            continue  # the cut start of the window, or an empty line
+        try:
+            record = parse_json(body)
+        except (ValueError, RecursionError):
+            if complete or not body.startswith(b"{"):
+                torn = " (torn: a writer died in it)" if complete else ""
+                damaged.append(f"the line at byte {at} is not JSON{torn}; skipped")
+            continue  # else a line being written right now
+        if not isinstance(record, dict):
+            damaged.append(f"the line at byte {at} holds a JSON {_json_kind(record)}, not an object; skipped")
+            continue
+        reason = check(record) if check is not None else None
+        if reason:
+            damaged.append(f"the line at byte {at}: {reason}; skipped")
+        elif accept is None or accept(record):
+            found = record
+    return found, damaged
 
 
 def tail_text(path: str | os.PathLike[str], max_bytes: int = 1 << 16) -> str:
@@ -243,19 +283,27 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_fields(
-    path: str | os.PathLike[str], data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()
-) -> None:
-    """RunFileProblem naming the first field of ``numbers`` that holds no number (or of ``texts`` no
-    string); absent and null fields pass (a column shows them empty)."""
+def wrong_field(data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()) -> str | None:
+    """Why the first field of ``numbers`` that holds no number (or of ``texts`` no string) is wrong,
+    or None; absent and null fields pass (a column shows them empty)."""
     for key in numbers:
         value = data.get(key)
         if value is not None and not is_number(value):
-            raise RunFileProblem(path, f"field {key!r} holds a JSON {_json_kind(value)}, not a number")
+            return f"field {key!r} holds a JSON {_json_kind(value)}, not a number"
     for key in texts:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            raise RunFileProblem(path, f"field {key!r} holds a JSON {_json_kind(value)}, not a string")
+            return f"field {key!r} holds a JSON {_json_kind(value)}, not a string"
+    return None
+
+
+def check_fields(
+    path: str | os.PathLike[str], data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()
+) -> None:
+    """RunFileProblem with ``wrong_field``'s reason, if any."""
+    reason = wrong_field(data, numbers, texts)
+    if reason:
+        raise RunFileProblem(path, reason)
 
 
 def strict_json(data: Any, indent: int | None = 2) -> str:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 # Tests marked `slurm` fail under `make test` and skip (counted in the final line) by hand when
 # the local SLURM cluster does not answer: see tests/slurm_gate.py.
@@ -18,7 +18,12 @@ pytest_plugins = ["slurm_fixtures"]
 # Property tests (tests/test_boundary_properties.py): a bounded count of examples and a fixed
 # derivation of them, so the suite is fast and every run tries the same inputs. HYPOTHESIS_PROFILE=deep
 # tries more (by hand, when changing a boundary).
-settings.register_profile("ci", max_examples=50, derandomize=True, deadline=None, database=None, print_blob=True)
+# No explain phase in CI: on a failing run-folder property it re-ran the command for minutes (275 s
+# seen) to say which lines only failing examples reach; the shrunk example is what one needs.
+CI_PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
+settings.register_profile(
+    "ci", max_examples=50, derandomize=True, deadline=None, database=None, print_blob=True, phases=CI_PHASES
+)
 settings.register_profile("deep", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

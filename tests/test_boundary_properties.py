@@ -2,10 +2,14 @@
 
 - Run folders built from random subsets of files, each damaged or not (truncated, not UTF-8, JSON of
   another shape, a string where a number belongs, non-finite numbers, a directory, a FIFO or a link
-  loop where a file belongs): ``collect``, ``status`` and ``report`` never raise and never hang, report
-  every good run and warn once per bad one; ``--format json`` stays strict JSON.
-- Valid experiments and profiles with one value replaced by a hostile one: accepted, or refused with
-  a ConfigError whose first line names the file.
+  loop where a file belongs; torn, non-object or wrong-typed lines in metrics.jsonl/runtime.jsonl;
+  files of mode 000/0300, run folders of mode 000, another user's experiment of mode 0700):
+  ``collect``, ``status`` and ``report`` never raise and never hang, report every good run and warn
+  once per bad one (naming the file or folder, and "permission" for what may not be read);
+  ``--format json`` stays strict JSON. The commands run as nobody (unprivileged_support.py): root
+  reads any file, whatever its mode.
+- Valid experiments and profiles with one to three values replaced by hostile ones: accepted, or
+  refused with one ConfigError line that names the file.
 - Names and pointers that try to leave their folder: refused, or inside it after resolution.
 
 Example counts are bounded and derandomized (the ``boundaries`` profile in conftest.py), so the
@@ -18,6 +22,9 @@ import copy
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from collect_support import table_summary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
+from unprivileged_support import Outcome, foreign, hand_over, invoke_unprivileged
 
 from hpcllm.checkpoint_layout import LATEST, CheckpointCorrupt, read_latest_pointer
 from hpcllm.cli import app
@@ -37,7 +45,6 @@ from hpcllm.plan.expand import expand_experiment
 from hpcllm.rundir import check_name, contained
 
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 pytestmark = pytest.mark.timeout(300)  # a blocking open of a FIFO would hang: fail instead
 
 GOOD_SUMMARY = table_summary(final_loss=3.2)
@@ -64,6 +71,16 @@ DAMAGES = [
     "link_loop",
     "deep",
 ]
+# How a file or its run folder can be closed to its user (run as nobody: see unprivileged_support.py).
+UNREADABLE = ["mode_000", "mode_0300", "folder_000"]
+
+
+@dataclass(frozen=True)
+class Bad:
+    """Where a bad run's one warning line points: the damaged file, or the folder nobody may list."""
+
+    path: Path
+    unreadable: bool = False  # then the line says so
 
 
 def _write_damaged(path: Path, good: dict[str, Any], damage: str, data: st.DataObject, fields: list[str]) -> None:
@@ -82,7 +99,13 @@ def _write_damaged(path: Path, good: dict[str, Any], damage: str, data: st.DataO
         key = data.draw(st.sampled_from(fields), label="field")
         wrong = data.draw(st.sampled_from(["fast", [1, 2], {"a": 1}, True] if key in NUMERIC else [5, [1], {"a": 1}]))
         path.write_text(json.dumps({**good, key: wrong}))
-    elif damage == "directory":
+    else:
+        _write_special(path, damage)
+
+
+def _write_special(path: Path, damage: str) -> None:
+    """Something that is not a readable file where one belongs."""
+    if damage == "directory":
         path.mkdir()
     elif damage == "fifo":
         os.mkfifo(path)
@@ -90,8 +113,26 @@ def _write_damaged(path: Path, good: dict[str, Any], damage: str, data: st.DataO
         path.symlink_to(path.name)  # the link points at itself: ELOOP
     elif damage == "deep":
         path.write_text("[" * 100_000)
-    else:  # pragma: no cover - the list above is the strategy
+    else:  # pragma: no cover - the lists above are the strategies
         raise AssertionError(damage)
+
+
+def _close(run: Path, name: str, content: str, damage: str) -> Bad:
+    """``run/name`` holding ``content``, closed to its owner by ``damage`` (one of UNREADABLE)."""
+    path = run / name
+    path.write_text(content)
+    if damage == "folder_000":
+        run.chmod(0)
+        return Bad(run, unreadable=True)
+    path.chmod(0 if damage == "mode_000" else 0o300)
+    return Bad(path, unreadable=True)
+
+
+def _damage(run: Path, name: str, good: dict[str, Any], damage: str, data: st.DataObject, fields: list[str]) -> Bad:
+    if damage in UNREADABLE:
+        return _close(run, name, json.dumps(good), damage)
+    _write_damaged(run / name, good, damage, data, fields)
+    return Bad(run / name)
 
 
 def _noise(path: Path, data: st.DataObject, special: bool) -> None:
@@ -108,17 +149,66 @@ def _noise(path: Path, data: st.DataObject, special: bool) -> None:
         path.write_bytes(data.draw(st.binary(max_size=200), label="bytes"))
     elif kind == "nan_loss":
         path.write_text('{"step": 3, "loss": NaN}\n{"step": 4, "loss": Infinity}\n')
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "directory":
-        path.mkdir()
+    elif kind in ("fifo", "directory"):
+        _write_special(path, kind)
 
 
-def _make_run(root: Path, name: str) -> Path:
-    run = root / "exp" / "cl" / name
+# --- run folders -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _results_tree() -> Iterator[Path]:
+    """An empty results root in a temporary folder that the unprivileged user may enter."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp).chmod(0o755)
+        yield Path(tmp) / "results"
+
+
+def _make_run(root: Path, name: str, experiment: str = "exp") -> Path:
+    run = root / experiment / "cl" / name
     run.mkdir(parents=True)
     (run / "run.yaml").write_text("run_id: x\n")
     return run
+
+
+def _summary_runs(root: Path, runs: list[bool], data: st.DataObject) -> tuple[list[Path], dict[Path, Bad]]:
+    """A run folder under ``root`` per entry of ``runs``: a good summary.json for True (a number in it
+    may be non-finite: a value, not damage; the folder may be search-only, mode 0300, which hides
+    nothing read by name), a damaged or unreadable one (or a run folder its user may not enter) for
+    False. Returns (the good runs, {bad run: where its one warning points})."""
+    good: list[Path] = []
+    bad: dict[Path, Bad] = {}
+    for i, is_good in enumerate(runs):
+        run = _make_run(root, f"run{i}")
+        if not is_good:
+            damage = data.draw(st.sampled_from([*DAMAGES, *UNREADABLE]), label="damage")
+            bad[run] = _damage(run, "summary.json", GOOD_SUMMARY, damage, data, NUMERIC + TEXT)
+            continue
+        summary = dict(GOOD_SUMMARY)
+        if data.draw(st.booleans(), label="non-finite"):
+            summary[data.draw(st.sampled_from(["mfu", "final_loss", "samples_per_s"]))] = float("nan")
+        (run / "summary.json").write_text(json.dumps(summary))
+        if data.draw(st.booleans(), label="search-only folder"):
+            run.chmod(0o300)
+        good.append(run)
+    return good, bad
+
+
+def _another_users_experiment(root: Path, data: st.DataObject) -> Bad | None:
+    """Maybe an experiment folder of another user's (umask 077), holding a completed run: it must be
+    said to be left out, once, and none of it reported."""
+    if not data.draw(st.booleans(), label="another user's experiment"):
+        return None
+    run = _make_run(root, "theirs", experiment="other")
+    (run / "summary.json").write_text(json.dumps(GOOD_SUMMARY))
+    (run / "manifest.json").write_text(json.dumps(_manifest(run.name)))
+    foreign(root / "other")
+    return Bad(root / "other", unreadable=True)
+
+
+def _enterable(run: Path, bad: dict[Path, Bad]) -> bool:
+    """Whether the run's user may enter its folder (a bad run's may be closed: then it holds nothing more)."""
+    return run not in bad or bad[run].path != run
 
 
 def _strict_json(text: str) -> Any:
@@ -128,8 +218,26 @@ def _strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-def _warning_count(stderr: str, path: Path) -> int:
-    return sum(str(path) in line for line in stderr.splitlines())
+def _lines_naming(stderr: str, path: Path) -> list[str]:
+    """The lines of ``stderr`` about ``path`` (``<path>: <reason>``) or a file below it."""
+    return [line for line in stderr.splitlines() if f"{path}:" in line or f"{path}{os.sep}" in line]
+
+
+def _says_once(stderr: str, bad: Bad) -> None:
+    """Exactly one line names ``bad.path``; for a file or folder its user may not read, it says so."""
+    lines = _lines_naming(stderr, bad.path)
+    assert len(lines) == 1, (bad, stderr)
+    if bad.unreadable:
+        assert "permission" in lines[0].lower(), lines[0]
+
+
+def _run_as_nobody(tree: Path, args: list[str], env: dict[str, str] | None = None) -> Outcome:
+    """The command as an unprivileged user, over a tree handed to that user; no traceback, ever."""
+    hand_over(tree)
+    result = invoke_unprivileged(args, env)
+    assert result.exception is None, result.output
+    assert "Traceback" not in result.output, result.output
+    return result
 
 
 RUNS = st.lists(st.booleans(), min_size=1, max_size=4)  # True: a good run
@@ -138,101 +246,140 @@ RUNS = st.lists(st.booleans(), min_size=1, max_size=4)  # True: a good run
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])  # ~0.2-0.9 s each
 @given(runs=RUNS, data=st.data())
 def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data: st.DataObject) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        good, bad = [], []
-        for i, is_good in enumerate(runs):
-            run = _make_run(root, f"run{i}")
-            if is_good:
-                summary = dict(GOOD_SUMMARY)
-                if data.draw(st.booleans(), label="non-finite"):
-                    summary[data.draw(st.sampled_from(["mfu", "final_loss", "samples_per_s"]))] = float("nan")
-                (run / "summary.json").write_text(json.dumps(summary))
-                good.append(run)
-            else:
-                _write_damaged(
-                    run / "summary.json", GOOD_SUMMARY, data.draw(st.sampled_from(DAMAGES)), data, NUMERIC + TEXT
-                )
-                bad.append(run)
-            _noise(run / "metrics.jsonl", data, special=True)
-            _noise(run / "manifest.json", data, special=True)  # read for the restarts column only
+    with _results_tree() as root:
+        good, bad = _summary_runs(root, runs, data)
+        for run in [*good, *bad]:
+            if _enterable(run, bad):
+                _noise(run / "metrics.jsonl", data, special=True)
+                _noise(run / "manifest.json", data, special=True)  # read for the restarts column only
         if data.draw(st.booleans(), label="loop"):
             (root / "exp" / "loop").symlink_to(root)
+        theirs = _another_users_experiment(root, data)
         fmt = data.draw(st.sampled_from(["csv", "json", "markdown", "latex"]), label="format")
-        result = runner.invoke(app, ["collect", "-r", str(root), "-f", fmt, "--columns", "seed,run"])
-        # No good run: one line saying none completed, exit 2 (hpcllm.collect.empty); the bad ones still warned.
+        result = _run_as_nobody(root.parent, ["collect", "-r", str(root), "-f", fmt, "--columns", "seed,run"])
+        # No good run: one line saying none completed, or that none could be read, exit 2
+        # (hpcllm.collect.empty); the bad ones still warned.
         assert result.exit_code == (0 if good else 2), result.output
         if not good:
-            assert "none completed" in result.stderr, result.stderr
-        assert result.exception is None or isinstance(result.exception, SystemExit)
-        if fmt == "json":
+            any_read = any(_enterable(run, bad) for run in bad)
+            said = "none completed" if any_read else "no run directory in what this user may read"
+            assert said in result.stderr, result.stderr
+        elif fmt == "json":
             rows = _strict_json(result.stdout)
             assert sorted(r["Run"] for r in rows) == sorted(r.name for r in good)
         else:
             for run in good:
                 assert run.name in result.stdout
-        for run in bad:
-            assert _warning_count(result.stderr, run / "summary.json") == 1, result.stderr
+        for run, where in bad.items():
+            _says_once(result.stderr, where)
             assert run.name not in result.stdout
-        assert "Traceback" not in result.output
+        for run in good:
+            assert not _lines_naming(result.stderr, run / "summary.json"), result.stderr
+        if theirs:
+            _says_once(result.stderr, theirs)
+            assert "theirs" not in result.stdout
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])  # ~0.2-0.9 s each
+# Damage to a JSON-lines log that status reads the tail of: every one is a bad run.
+JSONL_DAMAGES = ["torn", "not_object", "wrong_type", "non_finite_step", "directory", "fifo", "link_loop"]
+GOOD_METRICS = '{"step": 1, "loss": 2.5, "lr": 0.001}\n{"step": 2, "eval_loss": 2.6}\n'
+GOOD_RUNTIME = '{"restart": 0, "world_size": 2, "software": {"torch": "2.5"}, "ranks": [{}], "nodes": ["n1"]}\n'
+
+
+def _damaged_log(path: Path, damage: str, data: st.DataObject) -> None:
+    good = GOOD_METRICS if path.name == "metrics.jsonl" else GOOD_RUNTIME
+    if damage == "torn":  # a writer died in the middle line; a later attempt wrote the last
+        path.write_text(good + '{"step": 3, "lo\n' + good.splitlines()[0] + "\n")
+    elif damage == "not_object":
+        path.write_text(good + data.draw(st.sampled_from(["[1]", '"s"', "42", "null"]), label="line") + "\n")
+    elif damage == "wrong_type":
+        keys = ["step", "loss", "lr"] if path.name == "metrics.jsonl" else ["software", "ranks"]
+        key = data.draw(st.sampled_from(keys), label="field")
+        wrong = data.draw(st.sampled_from(["x", [1], {"a": 1}, True] if key != "software" else ["x", [1], 5]))
+        path.write_text(good + json.dumps({"step": 5, "loss": 2.0, key: wrong}) + "\n")
+    elif damage == "non_finite_step":
+        path.write_text(good + data.draw(st.sampled_from(['{"step": NaN, "loss": 2}', '{"step": Infinity}'])) + "\n")
+    else:
+        _write_special(path, damage)
+
+
+def _good_log(path: Path, data: st.DataObject) -> None:
+    """A log as the engine leaves it: absent, empty, a diverged last step (a non-finite loss is the
+    run's outcome, not damage), or a last line still being written."""
+    good = GOOD_METRICS if path.name == "metrics.jsonl" else GOOD_RUNTIME
+    tail = ["", '{"step": 3, "loss": NaN}\n', '{"step": 3, "lo', '{"step": 3, "loss": Infinity, "lr": 0.001}\n']
+    kind = data.draw(st.sampled_from(["absent", "empty", *tail]), label=f"good {path.name}")
+    if kind != "absent":
+        path.write_text("" if kind == "empty" else good + (kind if path.name == "metrics.jsonl" else ""))
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])  # ~0.2-0.5 s each
 @given(runs=RUNS, data=st.data())
-def test_status_lists_every_run_and_warns_once_per_bad_manifest(runs: list[bool], data: st.DataObject) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        bad = []
+def test_status_lists_every_run_and_warns_once_per_bad_file(runs: list[bool], data: st.DataObject) -> None:
+    logs = ["metrics.jsonl", "runtime.jsonl"]
+    with _results_tree() as root:
+        good, bad = [], {}
         for i, is_good in enumerate(runs):
             run = _make_run(root, f"run{i}")
+            if data.draw(st.booleans(), label="has manifest") or not is_good:
+                (run / "manifest.json").write_text(json.dumps(_manifest(run.name)))
+            for log in logs:
+                _good_log(run / log, data)
+            if data.draw(st.booleans(), label="unreadable profile folder"):  # traces not listed, nothing lost
+                (run / "profile").mkdir()
+                (run / "profile").chmod(0)
             if is_good:
-                if data.draw(st.booleans(), label="has manifest"):
-                    (run / "manifest.json").write_text(json.dumps(_manifest(run.name)))
+                good.append(run)
+                continue
+            name = data.draw(st.sampled_from(["manifest.json", *logs]), label="bad file")
+            damage = data.draw(st.sampled_from([*(DAMAGES if name == "manifest.json" else JSONL_DAMAGES), *UNREADABLE]))
+            (run / name).unlink(missing_ok=True)
+            if damage in UNREADABLE:
+                content = json.dumps(_manifest(run.name)) if name == "manifest.json" else GOOD_METRICS
+                bad[run] = _close(run, name, content, damage)
+            elif name == "manifest.json":
+                bad[run] = _damage(run, name, _manifest(run.name), damage, data, ["run_id", "state"])
             else:
-                damage = data.draw(st.sampled_from(DAMAGES))
-                _write_damaged(run / "manifest.json", _manifest(run.name), damage, data, ["run_id", "state"])
-                bad.append(run)
-            _noise(run / "metrics.jsonl", data, special=True)
-            _noise(run / "runtime.jsonl", data, special=True)
-        result = runner.invoke(app, ["status", str(root), "--format", "json"])
+                _damaged_log(run / name, damage, data)
+                bad[run] = Bad(run / name)
+        theirs = _another_users_experiment(root, data)
+        result = _run_as_nobody(root.parent, ["status", "-r", str(root), "--format", "json"])
         assert result.exit_code == 0, result.output
-        listed = _strict_json(result.stdout)
-        assert sorted(r["run_id"] for r in listed) == [f"run{i}" for i in range(len(runs))]
-        for run in bad:
-            assert _warning_count(result.stderr, run / "manifest.json") == 1, result.stderr
-        assert "Traceback" not in result.output
-        table = runner.invoke(app, ["status", str(root)], env={"COLUMNS": "300"})
-        assert table.exit_code == 0 and "Traceback" not in table.output, table.output
+        listed = sorted(r["run_id"] for r in _strict_json(result.stdout))
+        assert listed == sorted(run.name for run in [*good, *bad] if _enterable(run, bad))  # the rest: said
+        for where in bad.values():
+            _says_once(result.stderr, where)
+        for run in good:
+            assert not _lines_naming(result.stderr, run), result.stderr
+        if theirs:
+            _says_once(result.stderr, theirs)
+        table = _run_as_nobody(root.parent, ["status", "-r", str(root)], env={"COLUMNS": "300"})
+        assert table.exit_code == 0, table.output
+        assert table.stderr == result.stderr  # the same warnings, whatever the format
 
 
 @settings(max_examples=6, suppress_health_check=[HealthCheck.too_slow])  # a report draws plots: 1.5-12 s each
 @given(runs=RUNS, data=st.data())
 def test_report_shows_good_runs_and_warns_once_per_bad(runs: list[bool], data: st.DataObject) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "results"
-        good, bad = [], []
-        for i, is_good in enumerate(runs):
-            run = _make_run(root, f"run{i}")
-            (run / "manifest.json").write_text(json.dumps(_manifest(run.name)))
-            if is_good:
-                (run / "summary.json").write_text(json.dumps(GOOD_SUMMARY))
-                good.append(run)
-            else:
-                _write_damaged(
-                    run / "summary.json", GOOD_SUMMARY, data.draw(st.sampled_from(DAMAGES)), data, NUMERIC + TEXT
-                )
-                bad.append(run)
-            _noise(run / "metrics.jsonl", data, special=False)
-            _noise(run / "slurm-1.out", data, special=True)
-        out = Path(tmp) / "report.html"
-        result = runner.invoke(app, ["report", str(root), "-o", str(out)])
+    with _results_tree() as root:
+        good, bad = _summary_runs(root, runs, data)
+        for run in [*good, *bad]:
+            if _enterable(run, bad):
+                (run / "manifest.json").write_text(json.dumps(_manifest(run.name)))
+                _noise(run / "metrics.jsonl", data, special=False)
+                _noise(run / "slurm-1.out", data, special=True)
+        theirs = _another_users_experiment(root, data)
+        out = root.parent / "report.html"
+        result = _run_as_nobody(root.parent, ["report", "-r", str(root), "-o", str(out)])
         assert result.exit_code == 0, result.output
         html = out.read_text()
         for run in good:
             assert run.name in html
-        for run in bad:
-            assert _warning_count(result.stderr, run / "summary.json") == 1, result.stderr
-        assert "Traceback" not in result.output
+        for where in bad.values():
+            _says_once(result.stderr, where)
+        if theirs:
+            _says_once(result.stderr, theirs)
+            assert "theirs" not in html
 
 
 # --- configs -----------------------------------------------------------------------------------
@@ -262,6 +409,10 @@ EXPERIMENT_KEYS = [
     "training.eval.samples",
     "training.checkpoint.every_steps",
     "where",
+    "grid",
+    "zip",
+    "search",
+    "search.parameters",
 ]
 PROFILE_KEYS = [
     "name",
@@ -284,23 +435,34 @@ def _set(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return doc
 
 
-def _refusal_is_one_clear_line(exc: HpcllmError, source: Path) -> None:
-    first = str(exc).splitlines()[0]
-    assert str(source) in first or source.name in first, str(exc)
+def _refusal_is_one_clear_line(exc: HpcllmError, source: Path, keys: list[str]) -> None:
+    """One line, naming the file; when several fields are wrong, it counts them and names each."""
+    text = str(exc)
+    assert len(text.splitlines()) == 1 and "\r" not in text, text
+    assert str(source) in text or source.name in text, text
+    if " invalid fields: " in text:  # at most two errors per key changed (pydantic: one per member of a union)
+        assert 2 <= int(text.split(" invalid fields: ")[0].rsplit(" ", 1)[1]) <= 2 * len(keys), text
+
+
+def _mutations(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """One to three keys of a valid file, each given a hostile value."""
+    return st.dictionaries(st.sampled_from(keys), HOSTILE, min_size=1, max_size=3)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(key=st.sampled_from(EXPERIMENT_KEYS), value=HOSTILE)
-def test_a_mutated_experiment_is_accepted_or_refused_in_one_line(key: str, value: Any) -> None:
-    base = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
+@given(changes=_mutations(EXPERIMENT_KEYS))
+def test_a_mutated_experiment_is_accepted_or_refused_in_one_line(changes: dict[str, Any]) -> None:
+    doc = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
     cluster = load_cluster(str(ROOT / "clusters" / "local.yaml"))
+    for key, value in changes.items():
+        doc = _set(doc, key, value)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "exp.yaml"
-        path.write_text(yaml.safe_dump(_set(base, key, value)))
+        path.write_text(yaml.safe_dump(doc))
         try:
             specs = expand_experiment(load_experiment(path), cluster, str(path))
         except ConfigError as exc:
-            _refusal_is_one_clear_line(exc, path)
+            _refusal_is_one_clear_line(exc, path, list(changes))
             return
         for spec in specs:  # accepted: every value finite, every run folder a plain name
             assert "nan" not in json.dumps(spec.training.model_dump(mode="json")).lower().replace("nano", "")
@@ -309,18 +471,44 @@ def test_a_mutated_experiment_is_accepted_or_refused_in_one_line(key: str, value
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(key=st.sampled_from(PROFILE_KEYS), value=HOSTILE)
-def test_a_mutated_profile_is_accepted_or_refused_in_one_line(key: str, value: Any) -> None:
-    base = yaml.safe_load((ROOT / "clusters" / "leonardo.yaml").read_text())
+@given(changes=_mutations(PROFILE_KEYS))
+def test_a_mutated_profile_is_accepted_or_refused_in_one_line(changes: dict[str, Any]) -> None:
+    doc = yaml.safe_load((ROOT / "clusters" / "leonardo.yaml").read_text())
+    for key, value in changes.items():
+        doc = _set(doc, key, value)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prof.yaml"
-        path.write_text(yaml.safe_dump(_set(base, key, value)))
+        path.write_text(yaml.safe_dump(doc))
         try:
             profile = load_cluster(str(path))
         except ConfigError as exc:
-            _refusal_is_one_clear_line(exc, path)
+            _refusal_is_one_clear_line(exc, path, list(changes))
             return
         check_name(profile.name, "cluster name")
+
+
+@pytest.mark.parametrize("nodes_in", ["resources", "grid"])  # refused on load, or per grid point
+def test_several_invalid_fields_are_one_refusal_line_naming_each(
+    tmp_path: Path, in_project: Path, nodes_in: str
+) -> None:
+    """Through the CLI: one line naming the file, every wrong key with what is allowed, exit 2."""
+    doc = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
+    del doc["where"]
+    doc["grid"] = {"resources.nodes": [0]} if nodes_in == "grid" else {}
+    doc["resources"]["nodes"] = 0 if nodes_in == "resources" else 1
+    doc = _set(_set(doc, "training.optim.lr", "fast"), "training.train.steps", 0)
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(app, ["plan", str(path), "-c", "local"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: ") and "3 invalid fields: " in line, line  # the point, if per point
+    for said in (
+        "resources.nodes: Input should be greater than 0 (got 0)",
+        "optim.lr: Input should be a valid number",
+        "train.steps: Input should be greater than 0 (got 0)",
+    ):
+        assert said in line, line
 
 
 # --- containment -------------------------------------------------------------------------------

@@ -358,6 +358,57 @@ def test_halving_drops_the_diverging_lr_and_promotes_by_resuming(tmp_path: Path,
     assert math.isfinite(row["Samples/s"])
 
 
+@pytest.mark.integration
+def test_random_search_on_local_runs_scores_and_reports_its_trials_once(
+    tmp_path: Path, store: Path, in_project: Path
+) -> None:
+    section = {"method": "random", "trials": 2, "seed": 3, "parameters": {"optim.lr": {"log_uniform": [1e-3, 3e-2]}}}
+    exp = _experiment(tmp_path, store, section, steps=3)
+    results = tmp_path / "results"
+    folder = results / "lrsearch" / "local"
+    args = ("search", "run", str(exp), "-c", "local", "--results", str(results), "--wait", "--poll", "0.5")
+    first = _hpcllm(*args)
+    assert first.returncode == 0, first.stderr
+    assert "submitted 2 trial(s) to local" in first.stdout
+
+    # Every trial ran to the end; its score is the eval loss its own log holds at the last step.
+    drawn = draw_trials(search(**section))
+    runs = sorted(folder.glob("t*/"))
+    assert len(runs) == 2
+    final_eval = {}
+    for trial, run in zip(drawn, runs, strict=True):
+        lines = [json.loads(line) for line in RunDir(run).metrics.read_text().splitlines()]
+        assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
+        assert json.loads(RunDir(run).summary.read_text())["status"] == "completed"
+        assert yaml.safe_load(RunDir(run).config.read_text())["optim"]["lr"] == trial["optim.lr"]
+        final_eval[run.name] = next(r["eval_loss"] for r in reversed(lines) if "eval_loss" in r)
+    state = json.loads((folder / "search.json").read_text())
+    assert state["method"] == "random" and state["rungs"] == [3]
+    trials = state["groups"][0]["trials"]
+    assert sorted(t["run_id"] for t in trials) == [run.name for run in runs]
+    for t in trials:
+        assert t["state"] == "finished" and t["scores"]["3"] == pytest.approx(final_eval[t["run_id"]], abs=1e-6)
+    best = min(final_eval, key=final_eval.__getitem__)
+    best_lr = next(t["params"]["optim.lr"] for t in trials if t["run_id"] == best)
+
+    status = _hpcllm("search", "status", str(exp), "-c", "local", "--results", str(results))
+    assert status.returncode == 0, status.stderr
+    assert f"best so far: {best} (optim.lr={best_lr})" in status.stdout
+    table = runner.invoke(app, ["collect", "-r", str(results), "--best", "--format", "json"])
+    assert table.exit_code == 0, table.output
+    (row,) = json.loads(table.stdout)
+    assert row["optim.lr"] == best_lr and row["Steps"] == 3
+    assert row["eval_loss"] == pytest.approx(final_eval[best], abs=1e-4)
+
+    # Run again: the finished trials are recorded as such, nothing is submitted or trained again.
+    before = {run.name: (RunDir(run).metrics.read_bytes(), RunDir(run).manifest.read_bytes()) for run in runs}
+    again = _hpcllm(*args)
+    assert again.returncode == 0, again.stderr
+    assert "submitted" not in again.stdout and f"best so far: {best} (optim.lr={best_lr})" in again.stdout
+    assert {run.name: (RunDir(run).metrics.read_bytes(), RunDir(run).manifest.read_bytes()) for run in runs} == before
+    assert json.loads((folder / "search.json").read_text())["groups"] == state["groups"]
+
+
 def test_reconcile_reads_what_each_trial_run_did(tmp_path: Path) -> None:
     """Manifests and summaries as the backends and the engine leave them; no scheduler needed."""
     from hpcllm.fsutil import atomic_write_json

@@ -91,7 +91,7 @@ def collect(
     scanned = scan(root, skipped)
     warn_problems(skipped)  # folders that could not be read: said first, whatever follows
     if not scanned:
-        fail(HpcllmError(nothing_to_collect(root)))
+        fail(HpcllmError(nothing_to_collect(root, len(skipped))))
     records = completed_of(scanned, problems)
     probes = [r.run_dir for r in scanned if r.summary is None or r.summary.get("kind") == SUMMARY_KIND_PROBE]
     table: Table | pd.DataFrame

@@ -226,7 +226,7 @@ def status(
         fail(exc)
     for line in skipped:
         err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    warn_problems([s.problem for s in statuses if s.problem], "warning")
+    warn_problems([problem for s in statuses for problem in s.problems], "warning")
     records = _status_records(statuses)
     if fmt == StatusFormat.json:
         console.out(json_text(records), highlight=False)

@@ -17,7 +17,12 @@ def _states(scanned: list[RunRecord]) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
-def nothing_to_collect(root: Path) -> str:
+def nothing_to_collect(root: Path, unreadable: int = 0) -> str:
+    if unreadable:  # the runs may be in what could not be read: "submit some" would be wrong
+        return (
+            f"{root}: no run directory in what this user may read ({unreadable} folder(s) skipped, said "
+            "above); ask their owner for read access, or name a results folder of your own"
+        )
     return (
         f"{root}: no runs here (no run directory below it); submit some first "
         "(hpcllm submit experiments/smoke.yaml -c local), or name the results folder that holds them"

@@ -120,7 +120,9 @@ class RunRecord:
         except runfiles.RunFileProblem as exc:
             self.problems.append(str(exc))
             return []
-        self.problems.extend(f"{path}: line {number} is torn (a writer died); skipped" for number in torn)
+        if torn:  # one warning for the file, however many lines a crashing writer left torn
+            more = f" (and {len(torn) - 1} more torn line(s))" if len(torn) > 1 else ""
+            self.problems.append(f"{path}: line {torn[0]} is torn (a writer died){more}; skipped")
         return lines
 
 

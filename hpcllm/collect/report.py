@@ -149,7 +149,8 @@ def _details(record: RunRecord, with_log: bool) -> RunDetails:
 
 
 def build_report(root: Path, columns: str | None = None) -> Report:
-    records = scan(root)
+    skipped: list[str] = []  # folders this user may not list: said, not left out without a word
+    records = scan(root, skipped)
     completed = [r for r in records if r.completed]
     table_problems: list[str] = []
     table = build_table(completed, columns, problems=table_problems)
@@ -186,7 +187,7 @@ def build_report(root: Path, columns: str | None = None) -> Report:
         figures=figures,
         failures=failures,
         runs=runs,
-        problems=list(dict.fromkeys(table_problems + [p for r in records for p in r.problems])),
+        problems=list(dict.fromkeys(skipped + table_problems + [p for r in records for p in r.problems])),
         fits=fit_rows(fit_records(completed)),
     )
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpcllm.config import NAME_PATTERN
 from hpcllm.config.cluster import SlurmTime
-from hpcllm.config.loader import load_model
+from hpcllm.config.loader import field_problems, one_refusal, read_yaml
 from hpcllm.config.references import ClusterReferences, validate_metric_names
 from hpcllm.config.search import SearchConfig
 from hpcllm.config.text import OneLine
@@ -113,6 +113,46 @@ class RunSpec:
 
 
 def load_experiment(path: Path) -> Experiment:
+    """The experiment, or one ConfigError line naming every wrong key: those of the experiment itself
+    and, in the same line, those of its base training config (checked for real once per grid point by
+    ``hpcllm.plan.expand``; a user who fixes ``resources`` should not then learn of ``optim.lr``)."""
     if not Path(path).exists():
         raise ConfigError(f"{path}: no such experiment file")
-    return load_model(Experiment, Path(path))
+    data = read_yaml(Path(path))
+    try:
+        return Experiment.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        problems = field_problems(exc.errors(), Experiment) + _base_training_problems(data)
+        raise ConfigError(one_refusal(str(path), problems)) from None
+
+
+def _base_training_problems(data: Any) -> list[str]:
+    """What is wrong in ``training`` as written: not what it lacks (a grid may supply it, a profile
+    fills some), nor a key that the grid, zip or search sets for every run."""
+    training = data.get("training") if isinstance(data, dict) else None
+    if not isinstance(training, dict):
+        return []
+    try:
+        TrainingConfig.model_validate(training)
+    except ValidationError as exc:
+        varied = _varied_keys(data)
+        errors = [e for e in exc.errors() if e["type"] != "missing" and not _under(e["loc"], varied)]
+        return [f"training.{p}" for p in field_problems(errors, TrainingConfig)]
+    return []
+
+
+def _varied_keys(data: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The training keys (as paths) that a grid, zip or search sets per run, overriding the base."""
+    search = data.get("search")
+    zips = data.get("zip")
+    sections = [
+        data.get("grid"),
+        search.get("parameters") if isinstance(search, dict) else None,
+        *(zips if isinstance(zips, list) else []),
+    ]
+    return [tuple(str(key).split(".")) for section in sections if isinstance(section, dict) for key in section]
+
+
+def _under(loc: tuple[int | str, ...], varied: list[tuple[str, ...]]) -> bool:
+    parts = tuple(str(p) for p in loc)
+    return any(parts[: len(key)] == key for key in varied)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from hpcllm.errors import ConfigError
 
@@ -211,22 +212,35 @@ def load_model(model: type[M], path: Path) -> M:
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    """One line per error: ``source: dotted.key: what is wrong (got value)``."""
-    lines = []
-    for err in exc.errors():
+    """One line, however many fields are wrong (``one_refusal(source, field_problems(exc.errors(), model))``)."""
+    return one_refusal(source, field_problems(exc.errors(), model))
+
+
+def one_refusal(source: str, problems: list[str]) -> str:
+    """``source: key: what is wrong``, or ``source: N invalid fields: key: what; key: what``: a refusal
+    is one line naming the file, whatever the number of fields wrong in it."""
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return f"{source}: {len(problems)} invalid fields: " + "; ".join(problems)
+
+
+def field_problems(errors: list[ErrorDetails], model: type[BaseModel]) -> list[str]:
+    """``dotted.key: what is wrong (got value)`` per error (``ValidationError.errors()``), each one line."""
+    problems = []
+    for err in errors:
         loc = [str(p) for p in err["loc"]]
         if loc and loc[-1] == "[key]":  # pydantic's marker: the mapping key itself is invalid
             loc[-1] = "(key)"
         # A key with a newline in it must not break the message into lines.
         key = ".".join(p if p.isprintable() else repr(p) for p in loc) or "(top level)"
-        msg = err["msg"]
+        msg = " ".join(str(err["msg"]).split())
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(model, err["loc"][:-1])
             if allowed:
                 msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
         shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
-        lines.append(f"{source}: {key}: {msg}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {msg}{shown}")
+    return problems
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

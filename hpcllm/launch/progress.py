@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hpcllm import runfiles
 from hpcllm.rundir import METRICS, RunDir
 
+METRICS_NUMBERS = ("loss", "eval_loss", "lr", "grad_norm")
 
-def last_metrics(run_dir: RunDir) -> dict[str, Any] | None:
+
+def last_metrics(run_dir: RunDir, problems: list[str] | None = None) -> dict[str, Any] | None:
     """The last complete training line of metrics.jsonl (evaluation lines, which have no ``loss``,
     are skipped), reading only the file's tail.
 
     A 4 KiB window holds a dozen lines; it grows only when no complete line is in it (``status``
-    reads this for every run, so 10,000 runs cost 40 MB of reads, not 640).
+    reads this for every run, so 10,000 runs cost 40 MB of reads, not 640). ``problems`` receives one
+    line when the file cannot be read (a directory, a FIFO, unreadable) or a line of that tail is
+    damaged (``runfiles.last_json_line``); a missing file is a run that has not started, no problem.
     """
     try:
-        return runfiles.last_json_line(run_dir.file(METRICS), _training_line)
-    except runfiles.RunFileProblem:  # missing (not started yet), or not a file: no progress to show
+        return runfiles.last_json_line(run_dir.file(METRICS), _training_line, check=metrics_problem, problems=problems)
+    except runfiles.MissingFile:
+        return None
+    except runfiles.RunFileProblem as exc:
+        if problems is not None:
+            problems.append(str(exc))
         return None
 
 
+def metrics_problem(record: dict[str, Any]) -> str | None:
+    """Why a metrics line is not one the engine writes: a step that is not a finite number, or a string
+    where a number belongs. A non-finite loss is not damage: the engine logs the step that diverged
+    before it stops the run, and ``status`` shows it as it is."""
+    if record.get("step") is None:
+        return "no field 'step'"
+    reason = runfiles.wrong_field(record, ("step", *METRICS_NUMBERS))
+    if reason is None and not math.isfinite(record["step"]):
+        reason = f"field 'step' holds {record['step']}, not a step number"
+    return reason
+
+
 def _training_line(record: dict[str, Any]) -> bool:
-    """A training line whose step and loss are numbers (a damaged line is not progress)."""
-    loss = record.get("loss")
-    return runfiles.is_number(record.get("step")) and (loss is None or runfiles.is_number(loss)) and "loss" in record
+    """A training line (an evaluation line has no ``loss``)."""
+    return "loss" in record
 
 
 def last_step(run_dir: RunDir) -> int | None:

@@ -8,12 +8,25 @@ from hpcllm import runfiles
 from hpcllm.rundir import RUNTIME, RunDir
 
 
-def last_runtime(run_dir: RunDir) -> dict[str, Any] | None:
-    """The latest attempt's record, or None before the engine has written one."""
-    try:  # the tail only; a line cut by a crash while it was written is skipped
-        return runfiles.last_json_line(run_dir.file(RUNTIME))
-    except runfiles.RunFileProblem:  # missing (not started yet) or damaged: nothing to show
+def last_runtime(run_dir: RunDir, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """The latest attempt's record, or None before the engine has written one; ``problems`` receives
+    one line when the file cannot be read or a line of its tail is damaged (``progress.last_metrics``)."""
+    try:  # the tail only; a line being written right now is skipped
+        return runfiles.last_json_line(run_dir.file(RUNTIME), check=runtime_problem, problems=problems)
+    except runfiles.MissingFile:  # not started yet
         return None
+    except runfiles.RunFileProblem as exc:
+        if problems is not None:
+            problems.append(str(exc))
+        return None
+
+
+def runtime_problem(record: dict[str, Any]) -> str | None:
+    """Why a runtime line is not one the engine writes (``hpcllm.engine.runtime.record_runtime``)."""
+    for key, kind in (("software", dict), ("ranks", list), ("nodes", list), ("hosts", list)):
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return f"field {key!r} holds a value of the wrong type (not a JSON {'object' if kind is dict else 'array'})"
+    return runfiles.wrong_field(record, ("world_size", "restart"))
 
 
 def software_label(record: dict[str, Any] | None) -> str:

@@ -3,7 +3,7 @@ backend, which reconciles the manifest with the scheduler), and one run found by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcllm.config.cluster import load_cluster
@@ -22,7 +22,7 @@ class RunStatus:
     loss: float | None
     waiting_for: str | None = None  # the scheduler's reason a pending run has not started
     software: str = ""  # what the latest attempt ran with (runtime.jsonl)
-    problem: str | None = None  # why a file of this run could not be read (one warning line)
+    problems: list[str] = field(default_factory=list)  # one line per file of this run that could not be read
 
 
 def collect_status(root: Path, skipped: list[str] | None = None) -> list[RunStatus]:
@@ -32,7 +32,7 @@ def collect_status(root: Path, skipped: list[str] | None = None) -> list[RunStat
     from hpcllm.launch.runinfo import last_runtime, software_label
 
     run_dirs = find_run_dirs(root, skipped)
-    problems: dict[int, str] = {}  # a damaged manifest is that run's warning, not the command's failure
+    problems: dict[int, list[str]] = {}  # a damaged file is that run's warning, not the command's failure
     manifests = [_manifest_or_problem(rd, i, problems) for i, rd in enumerate(run_dirs)]  # indexed like run_dirs
     states: list[str] = []
     waiting: dict[str, str] = {}
@@ -53,7 +53,8 @@ def collect_status(root: Path, skipped: list[str] | None = None) -> list[RunStat
             manifests[i] = _manifest_or_problem(run_dirs[i], i, problems)
     out = []
     for i, (rd, manifest, state) in enumerate(zip(run_dirs, manifests, states, strict=True)):
-        last = last_metrics(rd) or {}
+        found = problems.setdefault(i, [])
+        last = last_metrics(rd, found) or {}
         out.append(
             RunStatus(
                 rd,
@@ -62,18 +63,18 @@ def collect_status(root: Path, skipped: list[str] | None = None) -> list[RunStat
                 last.get("step"),
                 last.get("loss"),
                 waiting.get(rd.run_id) if state == "pending" else None,
-                software_label(last_runtime(rd)),
-                problems.get(i),
+                software_label(last_runtime(rd, found)),
+                found,
             )
         )
     return out
 
 
-def _manifest_or_problem(run_dir: RunDir, index: int, problems: dict[int, str]) -> Manifest | None:
+def _manifest_or_problem(run_dir: RunDir, index: int, problems: dict[int, list[str]]) -> Manifest | None:
     try:
         return load_manifest(run_dir)
-    except HpcllmError as exc:
-        problems[index] = str(exc)
+    except HpcllmError as exc:  # read twice when refreshed: said once
+        problems[index] = [str(exc)]
         return None
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from hpcllm.config import grid as gridlib
 from hpcllm.config.cluster import ClusterProfile, parse_slurm_time
 from hpcllm.config.experiment import Experiment, Resources, RunSpec
-from hpcllm.config.loader import format_validation_error
+from hpcllm.config.loader import field_problems, one_refusal
 from hpcllm.config.training import TrainingConfig
 from hpcllm.errors import ConfigError
 from hpcllm.plan.memory.runs import where_names as memory_where_names
@@ -146,17 +146,31 @@ def _resolve_point(
     account: str | None,
 ) -> RunSpec:
     resources_doc, training_doc = _split_with_defaults(doc, cluster, where)
-    try:
-        resources = Resources.model_validate(resources_doc)
-        training = TrainingConfig.model_validate(training_doc)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, TrainingConfig, where)) from None
+    resources, training = _validate_point(resources_doc, training_doc, where)
     _check_against_cluster(resources, training, cluster, where)
     training = resolve_on_login(training, cluster.storage_roots(account), where, f"cluster {cluster.name!r}")
     training = _with_global_batch(training, resources, where)
     run_id = _run_id(training, resources)
     training = training.model_copy(update={"run_id": run_id})
     return RunSpec(experiment, cluster.name, run_id, point, resources, training)
+
+
+def _validate_point(
+    resources_doc: dict[str, Any], training_doc: dict[str, Any], where: str
+) -> tuple[Resources, TrainingConfig]:
+    """Both halves of a point, every wrong field of either said in one refusal line."""
+    problems: list[str] = []
+    try:
+        resources = Resources.model_validate(resources_doc)
+    except ValidationError as exc:
+        problems += [f"resources.{p}" for p in field_problems(exc.errors(), Resources)]
+    try:
+        training = TrainingConfig.model_validate(training_doc)
+    except ValidationError as exc:
+        problems += field_problems(exc.errors(), TrainingConfig)
+    if problems:
+        raise ConfigError(one_refusal(where, problems))
+    return resources, training
 
 
 def _check_against_cluster(resources: Resources, training: TrainingConfig, cluster: ClusterProfile, where: str) -> None:
