@@ -36,6 +36,9 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_VALUES = 100_000
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 30
+# Every integer setting ends up in a C type (torch and numpy seeds, tensor sizes, SLURM fields): one beyond
+# a signed 64-bit integer would pass validation and then crash the job, so the loader refuses it.
+INT_LIMIT = 2**63
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -172,6 +175,8 @@ class _Checker:
             value = self.loader.construct_object(node)
         except (ValueError, OverflowError) as exc:
             self.fail(node, key, f"{node.value!r} is not a valid {node.tag.rpartition(':')[2]}: {exc}")
+        if node.tag == _INT_TAG and not -INT_LIMIT <= value < INT_LIMIT:
+            self.fail(node, key, f"{node.value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
         if node.tag == _FLOAT_TAG and not math.isfinite(value):
             self.fail(
                 node,
