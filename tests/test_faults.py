@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcllm.errors import LockBusy
+from hpcllm.errors import HpcllmError, LockBusy
 from hpcllm.fsutil import append_line
 from hpcllm.launch import locks, procid
 from hpcllm.launch.leftovers import remove_leftovers
@@ -93,6 +93,19 @@ def test_a_held_lock_names_its_holder_and_never_hangs(tmp_path: Path, monkeypatc
     with locks.exclusive(lock, timeout=0):  # released with its holder
         pass
     assert lock.read_text() == ""  # no stale owner once free
+
+
+@pytest.mark.parametrize("value", ["nan", "abc", "-1", "inf", ""])
+def test_a_bad_lock_timeout_is_refused_not_a_silent_wait(tmp_path: Path, monkeypatch, value: str) -> None:
+    """``nan`` never reaches its deadline (a silent hang behind a held lock); a typo must not mean 300 s."""
+    lock = tmp_path / ".manifest.lock"
+    holder = _holder(lock)
+    try:
+        monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, value)
+        with pytest.raises(HpcllmError, match=r"HPCLLM_LOCK_TIMEOUT=.*finite number >= 0"), locks.exclusive(lock):
+            pass
+    finally:
+        holder.communicate("")
 
 
 def test_no_flock_anywhere() -> None:
