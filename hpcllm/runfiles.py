@@ -238,20 +238,41 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _shown(value: Any) -> str:
+    """A JSON value for a message: a number as written, else its JSON kind."""
+    return repr(value) if is_number(value) else f"a JSON {_json_kind(value)}"
+
+
 def is_number(value: Any) -> bool:
     """A JSON number (bool is not one, though Python says it is an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+COUNT_LIMIT = 2**63  # a count beyond a signed 64-bit integer was never written by the engine
+
+
 def check_fields(
-    path: str | os.PathLike[str], data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()
+    path: str | os.PathLike[str],
+    data: dict[str, Any],
+    numbers: tuple[str, ...] = (),
+    texts: tuple[str, ...] = (),
+    counts: tuple[str, ...] = (),
 ) -> None:
     """RunFileProblem naming the first field of ``numbers`` that holds no number (or of ``texts`` no
-    string); absent and null fields pass (a column shows them empty)."""
+    string, or of ``counts`` no whole number in [0, 2**63): ranks, batch sizes, parameters, steps, which
+    readers pass to ``int()`` and divide by; ``1e400`` parses as infinity); absent and null fields pass
+    (a column shows them empty)."""
     for key in numbers:
         value = data.get(key)
         if value is not None and not is_number(value):
             raise RunFileProblem(path, f"field {key!r} holds a JSON {_json_kind(value)}, not a number")
+    for key in counts:
+        value = data.get(key)
+        if value is None:
+            continue
+        whole = is_number(value) and math.isfinite(value) and value == int(value) and 0 <= value < COUNT_LIMIT
+        if not whole:
+            raise RunFileProblem(path, f"field {key!r} holds {_shown(value)}, not a count (a whole number >= 0)")
     for key in texts:
         value = data.get(key)
         if value is not None and not isinstance(value, str):

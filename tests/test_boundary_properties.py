@@ -40,8 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 pytestmark = pytest.mark.timeout(300)  # a blocking open of a FIFO would hang: fail instead
 
-GOOD_SUMMARY = table_summary(final_loss=3.2)
+GOOD_SUMMARY = table_summary(final_loss=3.2, wall_time_s=3725.4, tokens_per_s_per_gpu=1234.5)
 NUMERIC = ["world_size", "samples_per_s", "mfu", "final_loss", "seq_len", "n_params"]
+COUNTS = ["world_size", "grad_accum", "micro_batch_size", "global_batch_size", "seq_len", "n_params"]
+# A good run may hold a non-finite measurement (a run stopped by a non-finite loss): shown, never a crash.
+MEASURED = ["mfu", "final_loss", "samples_per_s", "wall_time_s", "tokens_per_s_per_gpu"]
 TEXT = ["status", "precision", "sharding", "gpu_type"]
 
 
@@ -63,6 +66,7 @@ DAMAGES = [
     "fifo",
     "link_loop",
     "deep",
+    "bad_count",
 ]
 
 
@@ -82,6 +86,10 @@ def _write_damaged(path: Path, good: dict[str, Any], damage: str, data: st.DataO
         key = data.draw(st.sampled_from(fields), label="field")
         wrong = data.draw(st.sampled_from(["fast", [1, 2], {"a": 1}, True] if key in NUMERIC else [5, [1], {"a": 1}]))
         path.write_text(json.dumps({**good, key: wrong}))
+    elif damage == "bad_count":  # a number, but no count: readers int() it (1e400 parses as infinity)
+        key = data.draw(st.sampled_from(COUNTS), label="count")
+        wrong = data.draw(st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "-1", "2.5", "1e30"]), label="value")
+        path.write_text(json.dumps({**good, key: "@"}).replace('"@"', wrong))
     elif damage == "directory":
         path.mkdir()
     elif damage == "fifo":
@@ -146,7 +154,8 @@ def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data
             if is_good:
                 summary = dict(GOOD_SUMMARY)
                 if data.draw(st.booleans(), label="non-finite"):
-                    summary[data.draw(st.sampled_from(["mfu", "final_loss", "samples_per_s"]))] = float("nan")
+                    key = data.draw(st.sampled_from(MEASURED), label="measured")
+                    summary[key] = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
                 (run / "summary.json").write_text(json.dumps(summary))
                 good.append(run)
             else:
@@ -159,7 +168,8 @@ def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data
         if data.draw(st.booleans(), label="loop"):
             (root / "exp" / "loop").symlink_to(root)
         fmt = data.draw(st.sampled_from(["csv", "json", "markdown", "latex"]), label="format")
-        result = runner.invoke(app, ["collect", "-r", str(root), "-f", fmt, "--columns", "seed,run"])
+        columns = data.draw(st.sampled_from(["seed,run", "all"]), label="columns")  # all: every formatter
+        result = runner.invoke(app, ["collect", "-r", str(root), "-f", fmt, "--columns", columns])
         # No good run: one line saying none completed, exit 2 (hpcllm.collect.empty); the bad ones still warned.
         assert result.exit_code == (0 if good else 2), result.output
         if not good:
@@ -215,7 +225,10 @@ def test_report_shows_good_runs_and_warns_once_per_bad(runs: list[bool], data: s
             run = _make_run(root, f"run{i}")
             (run / "manifest.json").write_text(json.dumps(_manifest(run.name)))
             if is_good:
-                (run / "summary.json").write_text(json.dumps(GOOD_SUMMARY))
+                summary = dict(GOOD_SUMMARY)
+                if data.draw(st.booleans(), label="non-finite"):
+                    summary[data.draw(st.sampled_from(MEASURED), label="measured")] = float("inf")
+                (run / "summary.json").write_text(json.dumps(summary))
                 good.append(run)
             else:
                 _write_damaged(
@@ -241,7 +254,9 @@ HOSTILE = st.one_of(
     st.sampled_from(
         ["inf", "-inf", "nan", ".inf", "1e400", "../x", "/etc/passwd", "", " ", "a\nb", "${HOME}", "[bold]x[/]"]
     ),
-    st.sampled_from([float("inf"), float("nan"), -1, 0, 10**40, True, None, [], {}, [1, "a"], {"a": None}]),
+    st.sampled_from(
+        [float("inf"), float("nan"), -1, 0, 10**40, 2**63, -(2**63) - 1, True, None, [], {}, [1, "a"], {"a": None}]
+    ),
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
