@@ -61,8 +61,16 @@ def test_process_identity_names_one_process() -> None:
     assert not procid.alive(me.model_copy(update={"start_time": me.start_time + 1}))  # a reused pid
     assert not procid.alive(me.model_copy(update={"boot_id": "another boot"}))
     assert procid.identify(1) is None and procid.identify(-1) is None
-    for pid in (-1, 0, 1):
-        assert "nothing signalled" in (procid.signal_group(me.model_copy(update={"pid": pid, "pgid": pid}), 0) or "")
+    from hpcllm.launch.backends.local import pid_alive
+
+    # <= 1 reaches every process or the caller's group; beyond the kernel's pid range os.kill raises
+    # OverflowError (a damaged manifest's number): all are refused in one line, signal 0 only here.
+    for pid in (-1, 0, 1, procid.PID_MAX_LIMIT + 1, 10**11, 2**63):
+        other = me.model_copy(update={"pid": pid, "pgid": pid})
+        assert "nothing signalled" in (procid.signal_group(other, 0) or "")
+        assert "nothing signalled" in (procid.signal_process(other, 0) or "")
+        assert not procid.alive(other) and not procid.group_alive(other) and not pid_alive(pid)
+        assert procid.identify(pid) is None
 
 
 def _holder(lock: Path) -> subprocess.Popen[str]:
