@@ -83,3 +83,18 @@ def test_a_missing_results_root_is_one_error_line(
     (tmp_path / "file").write_text("x")
     assert _run(monkeypatch, "status", "-r", str(tmp_path / "file")) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_a_results_root_that_is_a_file_is_named_by_every_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], in_project: Path
+) -> None:
+    """Not "explore-batch.json: not a probe index ... rerun explore-batch" about a file that cannot exist:
+    the one resolver of the results root says the root (or the file above it) is no folder."""
+    (tmp_path / "file").write_text("x")
+    for root, blamed in ((tmp_path / "file", "is not a folder"), (tmp_path / "file" / "sub", "cannot be made")):
+        for command in (["submit", "--dry-run"], ["plan"], ["explore-batch", "--dry-run"]):
+            argv = [command[0], "experiments/smoke.yaml", "--cluster", "local", "-r", str(root), *command[1:]]
+            assert _run(monkeypatch, *argv) == 2, command
+            err = capsys.readouterr().err
+            assert f"the results root {blamed}" in err and "probe index" not in err, (command, err)
+    assert (tmp_path / "file").read_text() == "x"

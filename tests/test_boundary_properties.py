@@ -343,6 +343,8 @@ def test_a_mutated_profile_is_accepted_or_refused_in_one_line(key: str, value: A
 NAMES = st.one_of(
     st.sampled_from(["..", ".", "../x", "a/../../b", "/abs", "a/b", "", "x\x00y", "ok", "ok.2", "-x", "~", "$HOME"]),
     st.text(alphabet=st.sampled_from("./a-_~$\n\\"), max_size=8),
+    # one path component holds at most 255 bytes: longer is ENAMETOOLONG at the first mkdir
+    st.builds(lambda c, n: c * n, st.sampled_from(["x", "\u00e9", "\u6f22"]), st.integers(80, 300)),
 )
 
 
@@ -360,6 +362,7 @@ def test_a_name_is_one_folder_inside_its_root_or_refused(name: str) -> None:
         path = contained(root, name, "account")  # a name that passed stays inside after resolution
         assert os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
         assert Path(path).parent == root
+        Path(path).mkdir()  # and it is a folder name the file system takes
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
