@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,45 @@ def test_a_results_root_that_is_a_file_is_named_by_every_writer(
             err = capsys.readouterr().err
             assert f"the results root {blamed}" in err and "probe index" not in err, (command, err)
     assert (tmp_path / "file").read_text() == "x"
+
+
+def _options() -> list[tuple[str, Any]]:
+    """(command path, parameter) for every parameter of every command."""
+    import typer
+
+    from hpcllm.cli import app
+
+    found: list[tuple[str, Any]] = []
+
+    def walk(command: Any, path: str) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+        if not hasattr(command, "commands"):
+            found.extend((path, param) for param in command.params)
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_numeric_option_is_range_checked_by_the_cli() -> None:
+    """An int beyond 64 bits passed `generate --seed` and crashed torch's manual_seed; a float option
+    without the ``finite`` callback took ``nan``, which every range comparison lets through."""
+    from hpcllm.cli.common import finite, int64
+
+    unbounded = []
+    for path, param in _options():
+        kind = param.type_descriptor.annotation
+        if kind in (int, int | None):
+            ranged = param.min is not None and param.max is not None and int64(param.min) == param.min
+            if getattr(param.callback, "__wrapped__", None) is not int64 and not (ranged and int64(param.max)):
+                unbounded.append(f"{path} --{param.name}: int without callback=int64 or a min and max")
+        elif kind in (float, float | None) and getattr(param.callback, "__wrapped__", None) is not finite:
+            unbounded.append(f"{path} --{param.name}: float without callback=finite")
+    assert unbounded == []
+
+
+def test_a_seed_beyond_64_bits_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert _run(monkeypatch, "generate", str(tmp_path), "-p", "x", "--seed", str(2**64)) == 2
+    assert "--seed" in capsys.readouterr().err
