@@ -36,7 +36,7 @@ from hpcllm.engine.checkpoint_find import single_process_dcp
 from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
 from hpcllm.engine.staged import staged, torch_save
 from hpcllm.errors import HpcllmError
-from hpcllm.fsutil import as_if_opened, read_json
+from hpcllm.fsutil import as_if_opened, read_json, writing
 from hpcllm.rundir import RunDir
 
 MODEL_PREFIX = "model."
@@ -77,8 +77,15 @@ def export_torch(ckpt_dir: Path, output: Path, *, with_optimizer: bool = False) 
         _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     else:
         state = load_model_state(ckpt_dir)
+    _make_parent(output)
     with staged(output) as tmp:
         torch_save(state, tmp)
+
+
+def _make_parent(output: Path) -> None:
+    """The folder the user named for the export (only here: an engine writer never makes folders)."""
+    with writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
 
 
 def check_llama_compatible(cfg: ModelConfig) -> None:
@@ -145,6 +152,7 @@ def export_hf(ckpt_dir: Path, output: Path, cfg: ModelConfig) -> None:
     check_llama_compatible(cfg)
     sd = to_llama_state(load_model_state(ckpt_dir), cfg)
     dtype = next(iter(sd.values())).dtype
+    _make_parent(output)
     with staged(output) as tmp:
         tmp.mkdir()
         (tmp / "config.json").write_text(json.dumps(llama_config(cfg, dtype), indent=2) + "\n")

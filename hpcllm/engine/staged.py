@@ -61,10 +61,10 @@ def _refusal(exc: BaseException) -> OSError | None:
 
 @contextmanager
 def staged(output: Path) -> Iterator[Path]:
-    """A temp path beside ``output`` to write (a file or a folder); renamed over ``output`` on success."""
+    """A temp path beside ``output`` (whose folder exists) to write, a file or a folder; renamed over
+    ``output`` on success."""
     tmp = output.with_name(f".{output.name}.tmp")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         _remove(tmp)
         yield tmp
         if tmp.is_dir() and output.is_dir() and not output.is_symlink():  # a folder export replaces its last one
