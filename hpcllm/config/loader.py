@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from hpcllm import runfiles
 from hpcllm.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -48,15 +49,12 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 def read_yaml(path: Path) -> Any:
     """Parse a YAML config file; every refusal names the file, and the line and key where known."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:  # bounded: /dev/zero or a 50 GB log must not be read whole
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, the most a config file may have (is this the right file?)"
-        )
+    too_big = f"larger than {MAX_CONFIG_BYTES:,} bytes, the most a config file may have (is this the right file?)"
+    try:  # never blocking (a FIFO waited for a writer forever) and bounded (/dev/zero is not read whole)
+        raw = runfiles.read_bytes(path, MAX_CONFIG_BYTES)
+    except runfiles.RunFileProblem as exc:
+        oversized = "more than the" in exc.reason  # runfiles' words for a file over the limit
+        raise ConfigError(f"{path}: {too_big if oversized else 'cannot read: ' + exc.reason}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
