@@ -88,6 +88,14 @@ def _os_reason(exc: OSError) -> str:
     return f"unreadable ({exc.strerror or exc})"
 
 
+def regular_size(path: str | os.PathLike[str]) -> int:
+    """The size of ``path`` if it is a regular file, else RunFileProblem: for files a library opens itself
+    (``np.load``, ``np.memmap``), which would block on a FIFO or map a device."""
+    fd, size = _open(path)
+    os.close(fd)
+    return size
+
+
 def read_bytes(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> bytes:
     """The whole file, at most ``limit`` bytes (a larger file is a RunFileProblem, not a long read)."""
     fd, size = _open(path)
