@@ -141,3 +141,27 @@ def test_a_seed_beyond_64_bits_is_a_usage_error(
 ) -> None:
     assert _run(monkeypatch, "generate", str(tmp_path), "-p", "x", "--seed", str(2**64)) == 2
     assert "--seed" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)  # a FIFO profile made `clusters show` wait for a writer forever
+def test_one_bad_profile_is_one_warning_and_the_others_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import shutil
+
+    folder = tmp_path / "clusters"
+    folder.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "clusters" / "local.yaml", folder)
+    os.mkfifo(folder / "fifo.yaml")
+    (folder / "loop.yaml").symlink_to("loop.yaml")
+    (folder / "big.yaml").write_text("name: big\ngpus_per_node: 99999999999999999999\n")
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(folder))
+    assert _run(monkeypatch, "clusters") == 0
+    out, err = capsys.readouterr()
+    assert "local" in out
+    for name, why in (("fifo", "is a FIFO"), ("loop", "symbolic link loop"), ("big", "out of range")):
+        (line,) = [line for line in err.splitlines() if f"{name}.yaml" in line]
+        assert why in line, err
+    assert _run(monkeypatch, "clusters", "show", "fifo") == 2
+    assert "is a FIFO" in capsys.readouterr().err
