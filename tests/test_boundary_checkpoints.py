@@ -159,3 +159,23 @@ def test_an_incomplete_checkpoint_is_named_for_what_it_lacks(run, tmp_path: Path
     with pytest.raises(ConfigError, match=expected) as exc:
         resolve_checkpoint(spec, "init_from")
     assert "which is missing" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("recorded", [[1], {"n_layers": "two"}, {"d_model": -1}])
+def test_a_damaged_recorded_architecture_is_one_line(run, tmp_path: Path, recorded: object) -> None:  # type: ignore[no-untyped-def]
+    """trainer_state.json's model_config of the wrong shape was a pydantic ValidationError (an internal
+    error in `generate` and `ckpt export --format hf`): one line naming the file and the field."""
+    import json
+    import shutil
+
+    from hpcllm.engine.export import checkpoint_model_config
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    step = copy / "checkpoints" / "step_2"
+    state = json.loads((step / "trainer_state.json").read_text())
+    state["model_config"] = recorded if isinstance(recorded, list) else {**state["model_config"], **recorded}
+    (step / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match=r"trainer_state\.json: model_config: ") as exc:
+        checkpoint_model_config(step, run)
+    assert "\n" not in str(exc.value)

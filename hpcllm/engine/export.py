@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from hpcllm.config.loader import load_model
+from hpcllm.config.loader import load_model, validate
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.checkpoint import TRAINER_STATE
@@ -60,7 +60,7 @@ def checkpoint_model_config(ckpt_dir: Path, run_dir: RunDir) -> ModelConfig:
     """The architecture recorded in the checkpoint, else the one in the run's ``run.yaml``."""
     recorded = (read_json(ckpt_dir / TRAINER_STATE) or {}).get("model_config")
     if recorded is not None:
-        return ModelConfig.model_validate(recorded)
+        return validate(ModelConfig, recorded, f"{ckpt_dir / TRAINER_STATE}: model_config")  # one line if damaged
     return load_model(TrainingConfig, run_dir.config).model
 
 
