@@ -35,7 +35,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hpcllm.errors import ConfigError
+from hpcllm.errors import ConfigError, HpcllmError
 
 # Exit code of an engine that stopped on request (signal or STOP file) after saving a checkpoint.
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a requeue does.
@@ -241,6 +241,21 @@ class RunDir:
         return max(self.log_files(), key=job_key, default=None)
 
 
+NAME_MAX = 255  # bytes of one path component on every Linux file system (longer: ENAMETOOLONG)
+
+
+def check_results_folder(root: Path) -> Path:
+    """``root`` if it is a folder or can be made one, else HpcllmError in one line: a results root that is
+    a file (or below one) would otherwise surface as a puzzling error about the first file read in it."""
+    for here in (root, *root.absolute().parents):
+        if os.path.lexists(here):
+            if not os.path.isdir(here):
+                where = "is" if here == root else f"cannot be made: {here} is"
+                raise HpcllmError(f"{root}: the results root {where} not a folder; give a folder (--results)")
+            break
+    return root
+
+
 def check_name(value: str, what: str) -> str:
     """``value`` if it can be one component of a path, else ConfigError naming ``what``.
 
@@ -250,6 +265,7 @@ def check_name(value: str, what: str) -> str:
     """
     if (
         not value
+        or len(value.encode("utf-8", "surrogateescape")) > NAME_MAX
         or value in (".", "..")
         or "/" in value
         or os.sep in value
@@ -257,8 +273,9 @@ def check_name(value: str, what: str) -> str:
         or any(ord(c) < 32 or ord(c) == 127 for c in value)
     ):
         raise ConfigError(
-            f"{what} {value!r}: not a usable name; it becomes a folder name, so it must be non-empty and "
-            "hold no '/', no control characters, and not be '.' or '..'"
+            f"{what} {value[:80]!r}{'...' if len(value) > 80 else ''}: not a usable name; it becomes a folder "
+            f"name, so it must be non-empty, at most {NAME_MAX} bytes, hold no '/', no control characters, "
+            "and not be '.' or '..'"
         )
     return value
 

@@ -88,6 +88,14 @@ def _os_reason(exc: OSError) -> str:
     return f"unreadable ({exc.strerror or exc})"
 
 
+def regular_size(path: str | os.PathLike[str]) -> int:
+    """The size of ``path`` if it is a regular file, else RunFileProblem: for files a library opens itself
+    (``np.load``, ``np.memmap``), which would block on a FIFO or map a device."""
+    fd, size = _open(path)
+    os.close(fd)
+    return size
+
+
 def read_bytes(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> bytes:
     """The whole file, at most ``limit`` bytes (a larger file is a RunFileProblem, not a long read)."""
     fd, size = _open(path)
@@ -278,18 +286,40 @@ def _json_kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _shown(value: Any) -> str:
+    """A JSON value for a message: a number as written, else its JSON kind."""
+    return repr(value) if is_number(value) else f"a JSON {_json_kind(value)}"
+
+
 def is_number(value: Any) -> bool:
     """A JSON number (bool is not one, though Python says it is an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def wrong_field(data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()) -> str | None:
-    """Why the first field of ``numbers`` that holds no number (or of ``texts`` no string) is wrong,
-    or None; absent and null fields pass (a column shows them empty)."""
+COUNT_LIMIT = 2**63  # a count beyond a signed 64-bit integer was never written by the engine
+
+
+def wrong_field(
+    data: dict[str, Any],
+    numbers: tuple[str, ...] = (),
+    texts: tuple[str, ...] = (),
+    counts: tuple[str, ...] = (),
+) -> str | None:
+    """Why the first field of ``numbers`` that holds no number (or of ``texts`` no string, or of
+    ``counts`` no whole number in [0, 2**63): ranks, batch sizes, parameters, steps, which readers pass
+    to ``int()`` and divide by; ``1e400`` parses as infinity) is wrong, or None; absent and null fields
+    pass (a column shows them empty)."""
     for key in numbers:
         value = data.get(key)
         if value is not None and not is_number(value):
             return f"field {key!r} holds a JSON {_json_kind(value)}, not a number"
+    for key in counts:
+        value = data.get(key)
+        if value is None:
+            continue
+        whole = is_number(value) and math.isfinite(value) and value == int(value) and 0 <= value < COUNT_LIMIT
+        if not whole:
+            return f"field {key!r} holds {_shown(value)}, not a count (a whole number >= 0)"
     for key in texts:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
@@ -298,10 +328,14 @@ def wrong_field(data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tupl
 
 
 def check_fields(
-    path: str | os.PathLike[str], data: dict[str, Any], numbers: tuple[str, ...] = (), texts: tuple[str, ...] = ()
+    path: str | os.PathLike[str],
+    data: dict[str, Any],
+    numbers: tuple[str, ...] = (),
+    texts: tuple[str, ...] = (),
+    counts: tuple[str, ...] = (),
 ) -> None:
     """RunFileProblem with ``wrong_field``'s reason, if any."""
-    reason = wrong_field(data, numbers, texts)
+    reason = wrong_field(data, numbers, texts, counts)
     if reason:
         raise RunFileProblem(path, reason)
 

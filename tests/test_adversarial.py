@@ -175,6 +175,19 @@ CASES = [
         (":3: training.train.steps: an integer of 5000 characters; no setting needs more than 30",),
     ),
     Case(
+        # 20 digits pass the length cap but no C type holds them: torch.manual_seed would crash the job
+        "seed-beyond-int64",
+        EXP,
+        "name: adv\ntraining:\n  seed: 99999999999999999999\n  data: {path: d}\n",
+        (":3: training.seed: 99999999999999999999 is out of range; integers must lie in [-2**63, 2**63 - 1]",),
+    ),
+    Case(
+        "grid-value-beyond-int64",
+        EXP,
+        "name: adv\ntraining:\n  data: {path: d}\ngrid:\n  train.steps: [1, -0x8000000000000001]\n",
+        (":5: grid.train.steps.1: -0x8000000000000001 is out of range",),
+    ),
+    Case(
         "impossible-date",
         EXP,
         dump(experiment()).replace("time: 00:10:00", "time: 2024-13-45"),

@@ -132,3 +132,50 @@ def test_latest_as_fifo_does_not_block(run, tmp_path: Path) -> None:  # type: ig
     os.mkfifo(copy / "checkpoints" / LATEST)
     with pytest.raises(CheckpointCorrupt, match="FIFO"):
         read_latest_pointer(copy / "checkpoints")
+
+
+@pytest.mark.parametrize("damage", ["metadata_missing", "metadata_fifo", "shard_truncated"])
+@pytest.mark.parametrize("named", ["run", "step"])
+def test_an_incomplete_checkpoint_is_named_for_what_it_lacks(run, tmp_path: Path, damage: str, named: str) -> None:  # type: ignore[no-untyped-def]
+    """Not "'latest' names step_2, which is missing" for a folder that is there, and a step folder
+    named directly is verified like a run's latest (a truncated shard was loaded unchecked)."""
+    import os
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    step = copy / "checkpoints" / "step_2"
+    if damage == "shard_truncated":
+        for shard in step.glob("*.distcp"):
+            os.truncate(shard, 10)
+    else:
+        (step / ".metadata").unlink()
+        if damage == "metadata_fifo":
+            os.mkfifo(step / ".metadata")
+    spec = str(copy if named == "run" else step)
+    expected = "truncated" if damage == "shard_truncated" else "metadata"
+    if named == "step" and damage != "shard_truncated":
+        expected = "not a run directory"  # no .metadata: the folder is no checkpoint folder at all
+    with pytest.raises(ConfigError, match=expected) as exc:
+        resolve_checkpoint(spec, "init_from")
+    assert "which is missing" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("recorded", [[1], {"n_layers": "two"}, {"d_model": -1}])
+def test_a_damaged_recorded_architecture_is_one_line(run, tmp_path: Path, recorded: object) -> None:  # type: ignore[no-untyped-def]
+    """trainer_state.json's model_config of the wrong shape was a pydantic ValidationError (an internal
+    error in `generate` and `ckpt export --format hf`): one line naming the file and the field."""
+    import json
+    import shutil
+
+    from hpcllm.engine.export import checkpoint_model_config
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    step = copy / "checkpoints" / "step_2"
+    state = json.loads((step / "trainer_state.json").read_text())
+    state["model_config"] = recorded if isinstance(recorded, list) else {**state["model_config"], **recorded}
+    (step / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match=r"trainer_state\.json: model_config: ") as exc:
+        checkpoint_model_config(step, run)
+    assert "\n" not in str(exc.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,84 @@ def test_a_missing_results_root_is_one_error_line(
     (tmp_path / "file").write_text("x")
     assert _run(monkeypatch, "status", "-r", str(tmp_path / "file")) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_a_results_root_that_is_a_file_is_named_by_every_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], in_project: Path
+) -> None:
+    """Not "explore-batch.json: not a probe index ... rerun explore-batch" about a file that cannot exist:
+    the one resolver of the results root says the root (or the file above it) is no folder."""
+    (tmp_path / "file").write_text("x")
+    for root, blamed in ((tmp_path / "file", "is not a folder"), (tmp_path / "file" / "sub", "cannot be made")):
+        for command in (["submit", "--dry-run"], ["plan"], ["explore-batch", "--dry-run"]):
+            argv = [command[0], "experiments/smoke.yaml", "--cluster", "local", "-r", str(root), *command[1:]]
+            assert _run(monkeypatch, *argv) == 2, command
+            err = capsys.readouterr().err
+            assert f"the results root {blamed}" in err and "probe index" not in err, (command, err)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def _options() -> list[tuple[str, Any]]:
+    """(command path, parameter) for every parameter of every command."""
+    import typer
+
+    from hpcllm.cli import app
+
+    found: list[tuple[str, Any]] = []
+
+    def walk(command: Any, path: str) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}".strip())
+        if not hasattr(command, "commands"):
+            found.extend((path, param) for param in command.params)
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_every_numeric_option_is_range_checked_by_the_cli() -> None:
+    """An int beyond 64 bits passed `generate --seed` and crashed torch's manual_seed; a float option
+    without the ``finite`` callback took ``nan``, which every range comparison lets through."""
+    from hpcllm.cli.common import finite, int64
+
+    unbounded = []
+    for path, param in _options():
+        kind = param.type_descriptor.annotation
+        if kind in (int, int | None):
+            ranged = param.min is not None and param.max is not None and int64(param.min) == param.min
+            if getattr(param.callback, "__wrapped__", None) is not int64 and not (ranged and int64(param.max)):
+                unbounded.append(f"{path} --{param.name}: int without callback=int64 or a min and max")
+        elif kind in (float, float | None) and getattr(param.callback, "__wrapped__", None) is not finite:
+            unbounded.append(f"{path} --{param.name}: float without callback=finite")
+    assert unbounded == []
+
+
+def test_a_seed_beyond_64_bits_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert _run(monkeypatch, "generate", str(tmp_path), "-p", "x", "--seed", str(2**64)) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)  # a FIFO profile made `clusters show` wait for a writer forever
+def test_one_bad_profile_is_one_warning_and_the_others_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import shutil
+
+    folder = tmp_path / "clusters"
+    folder.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "clusters" / "local.yaml", folder)
+    os.mkfifo(folder / "fifo.yaml")
+    (folder / "loop.yaml").symlink_to("loop.yaml")
+    (folder / "big.yaml").write_text("name: big\ngpus_per_node: 99999999999999999999\n")
+    monkeypatch.setenv("HPCLLM_CLUSTERS_DIR", str(folder))
+    assert _run(monkeypatch, "clusters") == 0
+    out, err = capsys.readouterr()
+    assert "local" in out
+    for name, why in (("fifo", "is a FIFO"), ("loop", "symbolic link loop"), ("big", "out of range")):
+        (line,) = [line for line in err.splitlines() if f"{name}.yaml" in line]
+        assert why in line, err
+    assert _run(monkeypatch, "clusters", "show", "fifo") == 2
+    assert "is a FIFO" in capsys.readouterr().err

@@ -47,8 +47,11 @@ from hpcllm.rundir import check_name, contained
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)  # a blocking open of a FIFO would hang: fail instead
 
-GOOD_SUMMARY = table_summary(final_loss=3.2)
+GOOD_SUMMARY = table_summary(final_loss=3.2, wall_time_s=3725.4, tokens_per_s_per_gpu=1234.5)
 NUMERIC = ["world_size", "samples_per_s", "mfu", "final_loss", "seq_len", "n_params"]
+COUNTS = ["world_size", "grad_accum", "micro_batch_size", "global_batch_size", "seq_len", "n_params"]
+# A good run may hold a non-finite measurement (a run stopped by a non-finite loss): shown, never a crash.
+MEASURED = ["mfu", "final_loss", "samples_per_s", "wall_time_s", "tokens_per_s_per_gpu"]
 TEXT = ["status", "precision", "sharding", "gpu_type"]
 
 
@@ -70,6 +73,7 @@ DAMAGES = [
     "fifo",
     "link_loop",
     "deep",
+    "bad_count",
 ]
 # How a file or its run folder can be closed to its user (run as nobody: see unprivileged_support.py).
 UNREADABLE = ["mode_000", "mode_0300", "folder_000"]
@@ -99,6 +103,10 @@ def _write_damaged(path: Path, good: dict[str, Any], damage: str, data: st.DataO
         key = data.draw(st.sampled_from(fields), label="field")
         wrong = data.draw(st.sampled_from(["fast", [1, 2], {"a": 1}, True] if key in NUMERIC else [5, [1], {"a": 1}]))
         path.write_text(json.dumps({**good, key: wrong}))
+    elif damage == "bad_count":  # a number, but no count: readers int() it (1e400 parses as infinity)
+        key = data.draw(st.sampled_from(COUNTS), label="count")
+        wrong = data.draw(st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "-1", "2.5", "1e30"]), label="value")
+        path.write_text(json.dumps({**good, key: "@"}).replace('"@"', wrong))
     else:
         _write_special(path, damage)
 
@@ -186,7 +194,8 @@ def _summary_runs(root: Path, runs: list[bool], data: st.DataObject) -> tuple[li
             continue
         summary = dict(GOOD_SUMMARY)
         if data.draw(st.booleans(), label="non-finite"):
-            summary[data.draw(st.sampled_from(["mfu", "final_loss", "samples_per_s"]))] = float("nan")
+            key = data.draw(st.sampled_from(MEASURED), label="measured")
+            summary[key] = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
         (run / "summary.json").write_text(json.dumps(summary))
         if data.draw(st.booleans(), label="search-only folder"):
             run.chmod(0o300)
@@ -256,7 +265,8 @@ def test_collect_reports_good_runs_and_warns_once_per_bad(runs: list[bool], data
             (root / "exp" / "loop").symlink_to(root)
         theirs = _another_users_experiment(root, data)
         fmt = data.draw(st.sampled_from(["csv", "json", "markdown", "latex"]), label="format")
-        result = _run_as_nobody(root.parent, ["collect", "-r", str(root), "-f", fmt, "--columns", "seed,run"])
+        columns = data.draw(st.sampled_from(["seed,run", "all"]), label="columns")  # all: every formatter
+        result = _run_as_nobody(root.parent, ["collect", "-r", str(root), "-f", fmt, "--columns", columns])
         # No good run: one line saying none completed, or that none could be read, exit 2
         # (hpcllm.collect.empty); the bad ones still warned.
         assert result.exit_code == (0 if good else 2), result.output
@@ -388,7 +398,9 @@ HOSTILE = st.one_of(
     st.sampled_from(
         ["inf", "-inf", "nan", ".inf", "1e400", "../x", "/etc/passwd", "", " ", "a\nb", "${HOME}", "[bold]x[/]"]
     ),
-    st.sampled_from([float("inf"), float("nan"), -1, 0, 10**40, True, None, [], {}, [1, "a"], {"a": None}]),
+    st.sampled_from(
+        [float("inf"), float("nan"), -1, 0, 10**40, 2**63, -(2**63) - 1, True, None, [], {}, [1, "a"], {"a": None}]
+    ),
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
@@ -516,6 +528,8 @@ def test_several_invalid_fields_are_one_refusal_line_naming_each(
 NAMES = st.one_of(
     st.sampled_from(["..", ".", "../x", "a/../../b", "/abs", "a/b", "", "x\x00y", "ok", "ok.2", "-x", "~", "$HOME"]),
     st.text(alphabet=st.sampled_from("./a-_~$\n\\"), max_size=8),
+    # one path component holds at most 255 bytes: longer is ENAMETOOLONG at the first mkdir
+    st.builds(lambda c, n: c * n, st.sampled_from(["x", "\u00e9", "\u6f22"]), st.integers(80, 300)),
 )
 
 
@@ -533,6 +547,7 @@ def test_a_name_is_one_folder_inside_its_root_or_refused(name: str) -> None:
         path = contained(root, name, "account")  # a name that passed stays inside after resolution
         assert os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
         assert Path(path).parent == root
+        Path(path).mkdir()  # and it is a folder name the file system takes
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

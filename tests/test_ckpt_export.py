@@ -157,3 +157,41 @@ def test_cli_module_does_not_import_torch() -> None:
     code = "import sys, hpcllm.cli.ckpt; sys.exit('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from hpcllm.checkpoint_layout import read_latest_pointer
+from hpcllm.engine.export import checkpoint_model_config, export_hf, export_torch
+from hpcllm.errors import StorageWriteError
+from hpcllm.rundir import RunDir
+run, out = RunDir(Path(sys.argv[1])), Path(sys.argv[2])
+ckpt = read_latest_pointer(run.checkpoints)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+config = checkpoint_model_config(ckpt, run)
+exports = {"m.pt": lambda o: export_torch(ckpt, o), "hf": lambda o: export_hf(ckpt, o, config)}
+for name, export in exports.items():
+    try:
+        export(out / name)
+    except StorageWriteError as exc:
+        print(exc)
+    else:
+        print("no error")
+"""
+
+
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """torch's and safetensors' native writers raise their own errors for a full disk (an internal
+    error before, with a torn file at the output path): one line naming the output, nothing left."""
+    run, _ = trained_run(tmp_path, ModelConfig.from_name("tiny", seq_len=16))
+    out = tmp_path / "exports"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(run.path), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    for line, name in zip(lines, ("m.pt", "hf"), strict=True):
+        assert line.startswith(f"{out / name}: cannot write (") and "free there" in line, line
+    assert list(out.iterdir()) == []  # neither a torn export nor a temp file

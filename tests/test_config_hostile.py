@@ -39,9 +39,18 @@ def test_aliases_below_the_limit_still_work(tmp_path: Path) -> None:
 
 
 def test_reading_is_bounded(tmp_path: Path) -> None:
-    """/dev/zero never ends: a reader that reads whole files would hang here."""
-    with pytest.raises(ConfigError, match=f"/dev/zero: larger than {MAX_CONFIG_BYTES:,} bytes"):
+    """/dev/zero never ends and a FIFO waits for a writer forever: neither is read (`clusters show`
+    hung on a FIFO profile); a file over the limit is not read whole."""
+    import os
+
+    with pytest.raises(ConfigError, match="/dev/zero: cannot read: is a character device, not a file"):
         read_yaml(Path("/dev/zero"))
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(ConfigError, match=r"fifo\.yaml: cannot read: is a FIFO, not a file"):
+        read_yaml(tmp_path / "fifo.yaml")
+    (tmp_path / "big.yaml").write_text("x: 1\n" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match=rf"big\.yaml: larger than {MAX_CONFIG_BYTES:,} bytes"):
+        read_yaml(tmp_path / "big.yaml")
 
 
 @pytest.mark.parametrize("text", ["x: .nan\n", "x: -.Inf\n", "x: [1.5e+400]\n"])

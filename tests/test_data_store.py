@@ -276,3 +276,24 @@ def test_unknown_mask_dtype_is_named(tmp_path: Path) -> None:
     file.write_text(json.dumps(header))
     with pytest.raises(ConfigError, match="loss_mask_dtype: 'float64'; allowed: uint8, float16"):
         TokenStore.open(tmp_path / "s")
+
+
+@pytest.mark.timeout(60)  # np.load of a FIFO waits for a writer forever: fail instead of hanging
+@pytest.mark.parametrize("name", [TOKENS, "doc_offsets.npy", LOSS_MASK])
+@pytest.mark.parametrize("damage", ["fifo", "empty", "directory"])
+def test_open_refuses_special_and_empty_files_in_one_line(tmp_path: Path, name: str, damage: str) -> None:
+    """`data info` hung on a FIFO doc_offsets.npy and said a bare "Aborted." (EOFError) for an empty one."""
+    import os
+
+    _write(tmp_path / "s", masks=True)
+    target = tmp_path / "s" / name
+    target.unlink()
+    if damage == "fifo":
+        os.mkfifo(target)
+    elif damage == "empty":
+        target.touch()
+    else:
+        target.mkdir()
+    with pytest.raises(ConfigError, match=re.escape(str(target))) as exc:
+        TokenStore.open(tmp_path / "s")
+    assert "\n" not in str(exc.value)

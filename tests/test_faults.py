@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcllm.errors import LockBusy
+from hpcllm.errors import HpcllmError, LockBusy
 from hpcllm.fsutil import append_line
 from hpcllm.launch import locks, procid
 from hpcllm.launch.leftovers import remove_leftovers
@@ -61,8 +61,16 @@ def test_process_identity_names_one_process() -> None:
     assert not procid.alive(me.model_copy(update={"start_time": me.start_time + 1}))  # a reused pid
     assert not procid.alive(me.model_copy(update={"boot_id": "another boot"}))
     assert procid.identify(1) is None and procid.identify(-1) is None
-    for pid in (-1, 0, 1):
-        assert "nothing signalled" in (procid.signal_group(me.model_copy(update={"pid": pid, "pgid": pid}), 0) or "")
+    from hpcllm.launch.backends.local import pid_alive
+
+    # <= 1 reaches every process or the caller's group; beyond the kernel's pid range os.kill raises
+    # OverflowError (a damaged manifest's number): all are refused in one line, signal 0 only here.
+    for pid in (-1, 0, 1, procid.PID_MAX_LIMIT + 1, 10**11, 2**63):
+        other = me.model_copy(update={"pid": pid, "pgid": pid})
+        assert "nothing signalled" in (procid.signal_group(other, 0) or "")
+        assert "nothing signalled" in (procid.signal_process(other, 0) or "")
+        assert not procid.alive(other) and not procid.group_alive(other) and not pid_alive(pid)
+        assert procid.identify(pid) is None
 
 
 def _holder(lock: Path) -> subprocess.Popen[str]:
@@ -93,6 +101,19 @@ def test_a_held_lock_names_its_holder_and_never_hangs(tmp_path: Path, monkeypatc
     with locks.exclusive(lock, timeout=0):  # released with its holder
         pass
     assert lock.read_text() == ""  # no stale owner once free
+
+
+@pytest.mark.parametrize("value", ["nan", "abc", "-1", "inf", ""])
+def test_a_bad_lock_timeout_is_refused_not_a_silent_wait(tmp_path: Path, monkeypatch, value: str) -> None:
+    """``nan`` never reaches its deadline (a silent hang behind a held lock); a typo must not mean 300 s."""
+    lock = tmp_path / ".manifest.lock"
+    holder = _holder(lock)
+    try:
+        monkeypatch.setenv(locks.LOCK_TIMEOUT_ENV, value)
+        with pytest.raises(HpcllmError, match=r"HPCLLM_LOCK_TIMEOUT=.*finite number >= 0"), locks.exclusive(lock):
+            pass
+    finally:
+        holder.communicate("")
 
 
 def test_no_flock_anywhere() -> None:
@@ -283,7 +304,8 @@ def test_a_submit_waiting_for_another_says_for_whom_and_stops_on_ctrl_c(tmp_path
         assert f"held by pid {holder.pid} on " in first_line
         second.send_signal(signal.SIGINT)
         _, err = second.communicate(timeout=60)
-        assert second.returncode != 0 and "Traceback" not in err, err
+        assert second.returncode == 130 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("interrupted"), err  # a word, not a silent 130
     finally:
         holder.communicate("")
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)

@@ -31,10 +31,12 @@ def run_guarded(command: Callable[[], object]) -> None:
     """Run ``command`` (the typer app); turn every exception that escapes it into one line and an exit."""
     try:
         command()
-    except SystemExit:
+    except SystemExit as exc:
+        if _interrupted(exc):  # typer turns Ctrl-C into a silent SystemExit(130)
+            _say_interrupted()
         raise
     except KeyboardInterrupt:
-        err_console.print("interrupted", highlight=False)
+        _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
     except (HpcllmError, OSError) as exc:  # the user's input or environment: how to fix it is in the message
         err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
@@ -50,6 +52,23 @@ def run_guarded(command: Callable[[], object]) -> None:
         if os.environ.get("HPCLLM_DEBUG") == "1":
             traceback.print_exception(exc)
         sys.exit(EXIT_BUG)
+
+
+def _interrupted(exc: SystemExit) -> bool:
+    """Whether ``exc`` ends a command that a KeyboardInterrupt stopped (the chain of what it replaced)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _say_interrupted() -> None:
+    err_console.print(
+        "interrupted: rerun the command to finish what it had not done",
+        highlight=False,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from hpcllm.cli.common import console, err_console, fail
+from hpcllm.cli.common import console, err_console, fail, int64
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 from hpcllm.rundir import RunDir
@@ -113,7 +113,9 @@ def export(
         "--format",
         help="torch: one .pt state dict; hf: a Llama folder for transformers' LlamaForCausalLM.",
     ),
-    step: int | None = typer.Option(None, min=0, help="Checkpoint step to export; default: the latest."),
+    step: int | None = typer.Option(
+        None, min=0, callback=int64, help="Checkpoint step to export; default: the latest."
+    ),
     with_optimizer: bool = typer.Option(
         False, "--with-optimizer", help="torch only: include optimizer state (whole DCP state)."
     ),

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import console, fail
+from hpcllm.cli.common import console, fail, warn_problems
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
@@ -22,25 +22,29 @@ def clusters_list(ctx: typer.Context) -> None:
     from hpcllm.config.cluster import available_clusters, load_cluster
 
     headers = ("name", "scheduler", "partition", "GPU", "GPUs/node", "GiB/GPU", "cores/node", "max nodes", "QoS")
-    rows = []
-    try:
-        for name in available_clusters():
+    rows, problems = [], []
+    for name in available_clusters():  # one bad profile is one warning line; the others are still listed
+        try:
             c = load_cluster(name)
-            rows.append(
-                [
-                    c.name,
-                    c.scheduler,
-                    c.partition or "-",
-                    c.gpu_type,
-                    str(c.gpus_per_node),
-                    f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-",
-                    str(c.cpus_per_node),
-                    str(c.max_nodes),
-                    ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
-                ]
-            )
-    except HpcllmError as exc:
-        fail(exc)
+        except HpcllmError as exc:
+            problems.append(str(exc).splitlines()[0])
+            continue
+        rows.append(
+            [
+                c.name,
+                c.scheduler,
+                c.partition or "-",
+                c.gpu_type,
+                str(c.gpus_per_node),
+                f"{c.gpu_memory_gib:g}" if c.gpu_memory_gib else "-",
+                str(c.cpus_per_node),
+                str(c.max_nodes),
+                ", ".join(f"{q} ({s.max_time})" for q, s in c.qos.items()) or "-",
+            ]
+        )
+    warn_problems(problems)
+    if problems and not rows:
+        fail(HpcllmError(f"no usable cluster profile ({len(problems)} refused, above)"))
     print_listing(
         console,
         "Cluster profiles",

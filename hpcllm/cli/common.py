@@ -54,6 +54,17 @@ EXIT_SOME_REFUSED = 3
 EXIT_NONE_SUBMITTED = 4
 
 
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def int64(value: int | None) -> int | None:
+    """typer callback of every int option: a value beyond a signed 64-bit integer would pass the CLI
+    and then fail in a C call (torch.Generator.manual_seed) as an internal error."""
+    if value is not None and not INT_MIN <= value <= INT_MAX:
+        raise typer.BadParameter(f"{value} is out of range; at most {INT_MAX} in size")
+    return value
+
+
 def finite(value: float | None) -> float | None:
     """typer callback of every float option: click's ranges let ``nan`` through (every comparison with
     it is false), and ``inf`` is no setting of ours."""

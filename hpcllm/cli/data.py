@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from hpcllm.cli.common import console, err_console, fail, finite
+from hpcllm.cli.common import console, err_console, fail, finite, int64
 from hpcllm.errors import HpcllmError
 
 data_app = typer.Typer(help="Tokenize text into token stores and inspect them.", no_args_is_help=True)
@@ -85,7 +85,9 @@ def prepare_cmd(
     inputs: list[str] = typer.Option(..., "--input", "-i", help=_INPUT_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Store directory to create, e.g. data/<name>."),
     tokenizer: str = typer.Option("byte", help="'byte' or a tokenizer.json (see train-tokenizer)."),
-    workers: int | None = typer.Option(None, min=1, help="Tokenizer processes; default: available cores."),
+    workers: int | None = typer.Option(
+        None, min=1, callback=int64, help="Tokenizer processes; default: available cores."
+    ),
     text_key: str = typer.Option("text", help=".jsonl key of a plain document's text."),
     prompt_key: str = typer.Option("prompt", help=".jsonl key of an instruction's prompt (loss-masked)."),
     response_key: str = typer.Option("response", help=".jsonl key of an instruction's response."),
@@ -122,9 +124,11 @@ def prepare_cmd(
 @data_app.command("train-tokenizer")
 def train_tokenizer_cmd(
     inputs: list[str] = typer.Option(..., "--input", "-i", help=_INPUT_HELP),
-    vocab_size: int = typer.Option(..., min=257, help="Vocabulary size including the 256 bytes and <|endoftext|>."),
+    vocab_size: int = typer.Option(
+        ..., min=257, callback=int64, help="Vocabulary size including the 256 bytes and <|endoftext|>."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="tokenizer.json path, or a directory for it."),
-    min_frequency: int = typer.Option(2, min=1, help="Merge only pairs seen at least this often."),
+    min_frequency: int = typer.Option(2, min=1, callback=int64, help="Merge only pairs seen at least this often."),
     text_key: str = typer.Option("text", help=".jsonl key of a plain document's text."),
     prompt_key: str = typer.Option("prompt", help=".jsonl key of an instruction's prompt."),
     response_key: str = typer.Option("response", help=".jsonl key of an instruction's response."),
@@ -180,8 +184,10 @@ def demo_cmd(
 @data_app.command("info")
 def info_cmd(
     path: Path = typer.Argument(..., help="A store directory."),
-    seq_len: int | None = typer.Option(None, min=1, help="Also count samples of this length."),
-    show: int = typer.Option(200, min=0, help="Decode this many tokens of the first document (byte stores)."),
+    seq_len: int | None = typer.Option(None, min=1, callback=int64, help="Also count samples of this length."),
+    show: int = typer.Option(
+        200, min=0, callback=int64, help="Decode this many tokens of the first document (byte stores)."
+    ),
     verify: bool = typer.Option(False, help="Also scan every token (O(size)): ids, EOS, mask values."),
 ) -> None:
     """Check a store against its header and summarise it."""

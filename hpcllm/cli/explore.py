@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hpcllm.cli.common import console, err_console, fail, finite, results_option
+from hpcllm.cli.common import console, err_console, fail, finite, int64, results_option
 from hpcllm.cli.listing import print_listing
 from hpcllm.errors import HpcllmError
 
@@ -28,16 +28,26 @@ def explore_batch(
         "-o",
         help="--apply: file to write (default: RESULTS/EXP/CLUSTER/EXP.CLUSTER.tuned.yaml, beside the probes).",
     ),
-    margin: float = typer.Option(0.10, "--margin", help="--apply: keep this fraction of GPU memory free."),
+    margin: float = typer.Option(
+        0.10, "--margin", callback=finite, help="--apply: keep this fraction of GPU memory free."
+    ),
     # Not given: ProbeConfig's defaults (hpcllm.config.probe, their one home; read in tune/explore).
     max_mbs: int | None = typer.Option(
-        None, "--max-mbs", min=1, help="Largest micro-batch size a probe tries (default: the probe config's)."
+        None,
+        "--max-mbs",
+        min=1,
+        callback=int64,
+        help="Largest micro-batch size a probe tries (default: the probe config's).",
     ),
     steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Timed steps per size (default: the probe config's)."
+        None, "--steps", min=1, callback=int64, help="Timed steps per size (default: the probe config's)."
     ),
     warmup_steps: int | None = typer.Option(
-        None, "--warmup-steps", min=0, help="Untimed steps per size, the first memory-guarded (default: the config's)."
+        None,
+        "--warmup-steps",
+        min=0,
+        callback=int64,
+        help="Untimed steps per size, the first memory-guarded (default: the config's).",
     ),
     min_gain: float | None = typer.Option(
         None,

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from hpcllm.cli.common import console, err_console, fail, finite, missing_path_message
+from hpcllm.cli.common import console, err_console, fail, finite, int64, missing_path_message
 from hpcllm.errors import HpcllmError
 
 
@@ -27,12 +27,18 @@ class Device(str, Enum):
 def generate(
     run_dir: Path = typer.Argument(..., help="Run directory (or a folder holding one run, or a step_<N> folder)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text the model continues."),
-    step: int | None = typer.Option(None, "--step", min=0, help="Checkpoint step; default: the latest."),
-    max_new_tokens: int = typer.Option(100, "--max-new-tokens", "-n", min=1, help="Tokens to add at most."),
+    step: int | None = typer.Option(
+        None, "--step", min=0, callback=int64, help="Checkpoint step; default: the latest."
+    ),
+    max_new_tokens: int = typer.Option(
+        100, "--max-new-tokens", "-n", min=1, callback=int64, help="Tokens to add at most."
+    ),
     temperature: float = typer.Option(
         0.8, min=0.0, callback=finite, help="Softmax temperature; 0 = greedy (always the most likely)."
     ),
-    top_k: int | None = typer.Option(None, "--top-k", min=1, help="Sample among the k most likely tokens only."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", min=1, callback=int64, help="Sample among the k most likely tokens only."
+    ),
     top_p: float = typer.Option(
         1.0,
         "--top-p",
@@ -41,7 +47,9 @@ def generate(
         callback=finite,
         help="Sample among the most likely tokens whose probabilities add up to p.",
     ),
-    seed: int = typer.Option(0, help="Seed of the sampling: the same seed gives the same text (same device)."),
+    seed: int = typer.Option(
+        0, callback=int64, help="Seed of the sampling: the same seed gives the same text (same device)."
+    ),
     tokenizer: str | None = typer.Option(None, help="'byte' or a tokenizer.json; default: the run's data.tokenizer."),
     device: Device = typer.Option(Device.auto, help="auto: a GPU if there is one."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: prompt, text, token ids, checkpoint."),

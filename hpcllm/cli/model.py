@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import typer
 from rich.table import Table
 
-from hpcllm.cli.common import console, fail
+from hpcllm.cli.common import console, fail, int64
 from hpcllm.config.choices import Attention, Checkpointing, Precision, Sharding
 
 if TYPE_CHECKING:
@@ -54,19 +54,26 @@ def list_cmd() -> None:
 @model_app.command("info")
 def info_cmd(
     name: str = typer.Argument(..., help="A named config (`hpcllm model list` names them all)."),
-    seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="Sequence length (default: the config's)."),
-    mbs: int = typer.Option(1, "--mbs", min=1, help="Micro-batch size (sequences per GPU per micro-step)."),
+    seq_len: int | None = typer.Option(
+        None, "--seq-len", min=1, callback=int64, help="Sequence length (default: the config's)."
+    ),
+    mbs: int = typer.Option(
+        1, "--mbs", min=1, callback=int64, help="Micro-batch size (sequences per GPU per micro-step)."
+    ),
     gpus: int | None = typer.Option(
-        None, "--gpus", min=1, help="GPUs (ranks) in all; default: one node of --cluster, else 1."
+        None, "--gpus", min=1, callback=int64, help="GPUs (ranks) in all; default: one node of --cluster, else 1."
     ),
     gpus_per_node: int | None = typer.Option(
         None,
         "--gpus-per-node",
         min=1,
+        callback=int64,
         help="Ranks per node (HYBRID_SHARD's default group); default: the cluster's, else --gpus.",
     ),
     sharding: Sharding | None = typer.Option(None, "--sharding", help="FSDP2 sharding (default: the config's)."),
-    hsdp_shard_size: int | None = typer.Option(None, "--hsdp-shard-size", min=1, help="HYBRID_SHARD group size."),
+    hsdp_shard_size: int | None = typer.Option(
+        None, "--hsdp-shard-size", min=1, callback=int64, help="HYBRID_SHARD group size."
+    ),
     precision: Precision | None = typer.Option(
         None,
         "--precision",
@@ -74,12 +81,20 @@ def info_cmd(
     ),
     ac: Checkpointing | None = typer.Option(None, "--ac", help="Activation checkpointing (default: the config's)."),
     ac_every: int | None = typer.Option(
-        None, "--ac-every", min=1, help="selective: checkpoint every k-th block (default: the config's)."
+        None,
+        "--ac-every",
+        min=1,
+        callback=int64,
+        help="selective: checkpoint every k-th block (default: the config's).",
     ),
     offload: bool = typer.Option(False, "--offload", help="FSDP2 CPU offload of the sharded state."),
-    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-steps per optimizer step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, callback=int64, help="Micro-steps per optimizer step."),
     tp: int = typer.Option(
-        1, "--tp", help="Tensor-parallel ranks inside a node (1, 2, 4, 8): block weights and activations split."
+        1,
+        "--tp",
+        min=1,
+        max=8,
+        help="Tensor-parallel ranks inside a node (1, 2, 4, 8): block weights and activations split.",
     ),
     attention: Attention | None = typer.Option(None, "--attention", help="Attention kernel (default: the config's)."),
     cluster: str | None = typer.Option(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hpcllm.cli.common import console, err_console, fail, results_option
+from hpcllm.cli.common import console, err_console, fail, finite, results_option
 from hpcllm.errors import HpcllmError
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ def plan(
         "--mfu",
         min=0.001,
         max=1.0,
+        callback=finite,
         help="MFU for points no run, seed row or fit prices (default: the median of the seed's rows on the GPU type).",
     ),
     no_memory_check: bool = typer.Option(

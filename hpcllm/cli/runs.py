@@ -18,6 +18,7 @@ from hpcllm.cli.common import (
     console,
     err_console,
     fail,
+    int64,
     json_text,
     paused_gc,
     results_option,
@@ -62,7 +63,7 @@ def submit(
         help="Measure the nodes before training (default: the profile's node count).",
     ),
     spare_nodes: int = typer.Option(
-        0, "--spare-nodes", min=0, help="Ask for this many extra nodes; train on the best."
+        0, "--spare-nodes", min=0, callback=int64, help="Ask for this many extra nodes; train on the best."
     ),
 ) -> None:
     """Expand an experiment grid, render one sbatch script per point and submit them."""

@@ -10,6 +10,7 @@ some run has a value for them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,9 @@ def _summary(key: str, digits: int | None = None, *, required: bool = False) -> 
         summary = record.summary or {}
         value = summary[key] if required else summary.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return round(float(value), digits) if digits > 0 else round(value)
+            if digits > 0:
+                return round(float(value), digits)
+            return round(value) if math.isfinite(value) else value  # round(nan) raises; a cell shows "nan"
         return value
 
     return rounded
@@ -119,7 +122,9 @@ def _model(record: RunRecord) -> str | None:
 
 
 def _clock(seconds: float) -> str:
-    """h:mm:ss (a run's wall time)."""
+    """h:mm:ss (a run's wall time); a non-finite one (a damaged summary) as the number it is."""
+    if not math.isfinite(seconds):
+        return number_text(seconds)
     s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 

@@ -27,6 +27,11 @@ SUMMARY_NUMBERS = (
     "samples_per_s", "mfu", "mfu_with_head", "hfu", "tokens_per_s_per_gpu", "step_time_s", "mem_peak_gib",
     "final_loss", "eval_loss", "eval_ppl", "wall_time_s", "steps_completed", "ac_every",
 )  # fmt: skip
+# ... and of those, the counts, which readers pass to int() and divide by: whole numbers >= 0.
+SUMMARY_COUNTS = (
+    "world_size", "grad_accum", "micro_batch_size", "global_batch_size", "seq_len", "n_params",
+    "steps_completed", "ac_every",
+)  # fmt: skip
 SUMMARY_TEXTS = ("status", "kind", "precision", "sharding", "model", "gpu_type", "activation_checkpointing")
 MANIFEST_OBJECTS = ("point",)
 
@@ -47,7 +52,7 @@ def read_summary(run_dir: RunDir) -> tuple[dict[str, Any] | None, str | None]:
     summary, problem = _read_json_object(path)
     if summary is not None:
         try:
-            runfiles.check_fields(path, summary, SUMMARY_NUMBERS, SUMMARY_TEXTS)
+            runfiles.check_fields(path, summary, SUMMARY_NUMBERS, SUMMARY_TEXTS, SUMMARY_COUNTS)
         except runfiles.RunFileProblem as exc:
             return None, str(exc)
     return summary, problem

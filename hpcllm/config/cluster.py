@@ -229,7 +229,7 @@ def load_cluster(name_or_path: str, directory: Path | None = None) -> ClusterPro
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = (directory or clusters_dir()) / f"{name_or_path}.yaml"
-    if not path.exists():
+    if not os.path.lexists(path):  # a link that leads nowhere is read, and named for what it is
         known = available_clusters(directory)
         raise ConfigError(
             f"no cluster profile {name_or_path!r} ({path} does not exist); known: {', '.join(known) or '(none)'}"

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from hpcllm import runfiles
 from hpcllm.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,6 +38,9 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_VALUES = 100_000
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 30
+# Every integer setting ends up in a C type (torch and numpy seeds, tensor sizes, SLURM fields): one beyond
+# a signed 64-bit integer would pass validation and then crash the job, so the loader refuses it.
+INT_LIMIT = 2**63
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
@@ -46,15 +50,12 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 def read_yaml(path: Path) -> Any:
     """Parse a YAML config file; every refusal names the file, and the line and key where known."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:  # bounded: /dev/zero or a 50 GB log must not be read whole
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, the most a config file may have (is this the right file?)"
-        )
+    too_big = f"larger than {MAX_CONFIG_BYTES:,} bytes, the most a config file may have (is this the right file?)"
+    try:  # never blocking (a FIFO waited for a writer forever) and bounded (/dev/zero is not read whole)
+        raw = runfiles.read_bytes(path, MAX_CONFIG_BYTES)
+    except runfiles.RunFileProblem as exc:
+        oversized = "more than the" in exc.reason  # runfiles' words for a file over the limit
+        raise ConfigError(f"{path}: {too_big if oversized else 'cannot read: ' + exc.reason}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -173,6 +174,8 @@ class _Checker:
             value = self.loader.construct_object(node)
         except (ValueError, OverflowError) as exc:
             self.fail(node, key, f"{node.value!r} is not a valid {node.tag.rpartition(':')[2]}: {exc}")
+        if node.tag == _INT_TAG and not -INT_LIMIT <= value < INT_LIMIT:
+            self.fail(node, key, f"{node.value} is out of range; integers must lie in [-2**63, 2**63 - 1]")
         if node.tag == _FLOAT_TAG and not math.isfinite(value):
             self.fail(
                 node,

@@ -7,10 +7,10 @@
         loss_mask.bin     optional, one loss weight per token: uint8 0/1 (a mask: prompts of instruction
                           data), or float16 in [0, 1] (weights; format version 2)
 
-Why this shape: opening is O(1) (memmap plus a header read, no index to unpickle or scan), the
-arrays are readable by any numpy without hpcllm, and a store is built in a sibling temp directory
-that is renamed into place only when every file is complete, so a crash never leaves a directory
-that looks like a finished store. docs/data.md describes the format for other tools.
+Why this shape: opening is O(1) (memmap plus a header read, no index to unpickle or scan), the arrays are readable by
+any numpy without hpcllm, and a store is built in a sibling temp directory that is renamed into place only when every
+file is complete, so a crash never leaves a directory that looks like a finished store. docs/data.md describes the
+format for other tools.
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ class TokenStore:
             raise ConfigError(f"{path}: dtype {h.dtype} does not fit vocab_size {h.vocab_size}")
         _check_size(path / TOKENS, h.n_tokens * dtype.itemsize, f"{h.n_tokens} {h.dtype} tokens")
         tokens = _memmap(path / TOKENS, dtype, h.n_tokens)
-        try:
-            offsets = np.load(path / DOC_OFFSETS, mmap_mode="r")
-        except (OSError, ValueError) as exc:
+        try:  # checked first: np.load would block on a FIFO
+            offsets = np.load(_check_size(path / DOC_OFFSETS, None, "a document index"), mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file (typer: a bare "Aborted.")
             raise ConfigError(f"{path / DOC_OFFSETS}: unreadable document index: {exc}") from None
         if offsets.shape != (h.n_docs + 1,) or offsets.dtype != np.int64:
             raise ConfigError(
@@ -144,10 +144,8 @@ class TokenStore:
         mask = None
         if h.has_loss_mask:
             mask_dtype = np.dtype(h.loss_mask_dtype)
-            _check_size(
-                path / LOSS_MASK, h.n_tokens * mask_dtype.itemsize, f"{h.n_tokens} {h.loss_mask_dtype} loss weights"
-            )
-            mask = _memmap(path / LOSS_MASK, mask_dtype, h.n_tokens)
+            size, what = h.n_tokens * mask_dtype.itemsize, f"{h.n_tokens} {h.loss_mask_dtype} loss weights"
+            mask = _memmap(_check_size(path / LOSS_MASK, size, what), mask_dtype, h.n_tokens)
         return cls(path, h, tokens, offsets, mask)
 
     @property
@@ -220,13 +218,15 @@ def _memmap(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
 
 
-def _check_size(path: Path, expected: int, what: str) -> None:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing; the header promises {what}") from None
-    if size != expected:
+def _check_size(path: Path, expected: int | None, what: str) -> Path:
+    try:  # a regular file of ``expected`` bytes (None: any), never opened in a way that blocks (a FIFO)
+        size = runfiles.regular_size(path)
+    except runfiles.RunFileProblem as exc:
+        why = f"missing; the header promises {what}" if isinstance(exc, runfiles.MissingFile) else exc.reason
+        raise ConfigError(f"{path}: {why}") from None
+    if expected is not None and size != expected:
         raise ConfigError(f"{path}: {size} bytes, the header promises {what} = {expected} bytes")
+    return path
 
 
 class StoreWriter:

@@ -38,7 +38,7 @@ def resolve_checkpoint(spec: str, key: str) -> Path:
         text, step = head, int(tail)
     path = Path(expand_path(text, key))  # $VAR and ~, as for every path the engine reads
     if step is None and (path / ".metadata").is_file():
-        return path
+        return _verified(path, spec, key)  # a step folder named directly is checked like any other
     root = _checkpoint_root(path, spec, key)
     if step is not None:
         chosen: Path | None = root / step_dir_name(step)
@@ -49,9 +49,13 @@ def resolve_checkpoint(spec: str, key: str) -> Path:
         except CheckpointCorrupt as exc:
             raise ConfigError(f"{key}: {spec!r}: {exc}") from None
         missing = "no 'latest' pointer" if chosen is None else f"'latest' names {chosen.name}, which is missing"
-    if chosen is None or not (chosen / ".metadata").is_file():
+    if chosen is None or not chosen.is_dir():  # a folder that is there but incomplete: verify says what it lacks
         steps = ", ".join(str(c.step) for c in list_checkpoints(root)) or "none"
         raise ConfigError(f"{key}: {spec!r}: {missing} in {root}; complete checkpoints at steps: {steps}")
+    return _verified(chosen, spec, key)
+
+
+def _verified(chosen: Path, spec: str, key: str) -> Path:
     try:
         verify_checkpoint(chosen)
     except CheckpointCorrupt as exc:

@@ -19,7 +19,6 @@ is a renaming plus one split, and the test suite checks it by comparing logits w
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,15 @@ from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from hpcllm.config.loader import load_model
+from hpcllm.config.loader import load_model, validate
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import TrainingConfig
 from hpcllm.engine.checkpoint import TRAINER_STATE
 from hpcllm.engine.checkpoint_find import single_process_dcp
 from hpcllm.engine.dcp_metadata import SafeFileSystemReader, read_metadata
+from hpcllm.engine.staged import staged, torch_save
 from hpcllm.errors import HpcllmError
-from hpcllm.fsutil import as_if_opened, read_json
+from hpcllm.fsutil import as_if_opened, read_json, writing
 from hpcllm.rundir import RunDir
 
 MODEL_PREFIX = "model."
@@ -60,7 +60,7 @@ def checkpoint_model_config(ckpt_dir: Path, run_dir: RunDir) -> ModelConfig:
     """The architecture recorded in the checkpoint, else the one in the run's ``run.yaml``."""
     recorded = (read_json(ckpt_dir / TRAINER_STATE) or {}).get("model_config")
     if recorded is not None:
-        return ModelConfig.model_validate(recorded)
+        return validate(ModelConfig, recorded, f"{ckpt_dir / TRAINER_STATE}: model_config")  # one line if damaged
     return load_model(TrainingConfig, run_dir.config).model
 
 
@@ -71,14 +71,21 @@ def export_torch(ckpt_dir: Path, output: Path, *, with_optimizer: bool = False) 
     read by the restricted unpickler (hpcllm.engine.dcp_metadata); the default keeps
     the optimizer moments out, which would triple the file and are useless for evaluation.
     """
-    output.parent.mkdir(parents=True, exist_ok=True)
     if with_optimizer:
         state: dict[str, Any] = {}  # filled by the planner with whatever the checkpoint holds
         reader = SafeFileSystemReader(str(ckpt_dir))
         _load_state_dict(state, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(), no_dist=True)
-        torch.save(state, output)
     else:
-        torch.save(load_model_state(ckpt_dir), output)
+        state = load_model_state(ckpt_dir)
+    _make_parent(output)
+    with staged(output) as tmp:
+        torch_save(state, tmp)
+
+
+def _make_parent(output: Path) -> None:
+    """The folder the user named for the export (only here: an engine writer never makes folders)."""
+    with writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
 
 
 def check_llama_compatible(cfg: ModelConfig) -> None:
@@ -145,12 +152,9 @@ def export_hf(ckpt_dir: Path, output: Path, cfg: ModelConfig) -> None:
     check_llama_compatible(cfg)
     sd = to_llama_state(load_model_state(ckpt_dir), cfg)
     dtype = next(iter(sd.values())).dtype
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(llama_config(cfg, dtype), indent=2) + "\n")
-    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    as_if_opened(tmp / "model.safetensors")  # safetensors leaves it 0600: others could not read the export
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    _make_parent(output)
+    with staged(output) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(llama_config(cfg, dtype), indent=2) + "\n")
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        as_if_opened(tmp / "model.safetensors")  # safetensors leaves it 0600: others could not read the export

@@ -22,6 +22,7 @@ from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
+from hpcllm.config.loader import validate
 from hpcllm.config.model import ModelConfig
 from hpcllm.engine.checkpoint import TRAINER_STATE
 from hpcllm.engine.checkpoint_find import describe_failures, resolve_checkpoint, single_process_dcp
@@ -70,7 +71,7 @@ def check_architecture(ckpt: Path, cfg: ModelConfig, shapes: dict[str, tuple[int
     """
     recorded = (read_json(ckpt / TRAINER_STATE) or {}).get("model_config")
     if recorded is not None:
-        saved = ModelConfig.model_validate(recorded).model_dump()
+        saved = validate(ModelConfig, recorded, f"{ckpt / TRAINER_STATE}: model_config").model_dump()
         ours = cfg.model_dump()
         differ = [
             f"{k} {ours[k]!r} (checkpoint: {saved[k]!r})" for k in ours if k not in MAY_DIFFER and ours[k] != saved[k]

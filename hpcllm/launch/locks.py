@@ -31,6 +31,7 @@ import datetime as dt
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -54,10 +55,18 @@ _BUSY = {errno.EAGAIN, errno.EACCES}
 
 
 def default_timeout() -> float:
-    try:
-        return max(float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_TIMEOUT_S)), 0.0)
-    except ValueError:
+    """``$HPCLLM_LOCK_TIMEOUT``, refused in one line unless it is a finite number of seconds >= 0: ``nan``
+    would wait forever without a word (no deadline compares true) and a typo must not silently mean 300 s."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV)
+    if text is None:
         return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise HpcllmError(f"${LOCK_TIMEOUT_ENV}={text!r}: give the seconds to wait for a lock, a finite number >= 0")
+    return value
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from hpcllm.launch.storage import Room, StorageError, StorageNeed, check_storage
 from hpcllm.plan.expand import expand_experiment
 from hpcllm.plan.qos import RefusedPoint
 from hpcllm.plan.references import references_for_point
-from hpcllm.rundir import DEFAULT_RESULTS, RunDir, results_from_env, submit_lock
+from hpcllm.rundir import DEFAULT_RESULTS, RunDir, check_results_folder, results_from_env, submit_lock
 from hpcllm.sitepaths import expand_path
 
 # The default results root when neither --results nor the profile's paths.results names one.
@@ -343,7 +343,11 @@ def _profile_file(cluster: ClusterProfile) -> str:
 def results_root_for(cluster: ClusterProfile, account: str | None, given: Path | None = None) -> Path:
     """Where run directories go: ``given`` (--results), else $HPCLLM_RESULTS, else the profile's
     ``paths.results`` (expanded here, on the login node, where run directories are made), else
-    ./results. ConfigError when the profile's root cannot be resolved here."""
+    ./results. ConfigError when the profile's root cannot be resolved here; HpcllmError when it is a file."""
+    return check_results_folder(_chosen_root(cluster, account, given))
+
+
+def _chosen_root(cluster: ClusterProfile, account: str | None, given: Path | None) -> Path:
     if given is not None:
         return Path(given)
     from_env = results_from_env()

@@ -20,6 +20,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+PID_MAX_LIMIT = 2**22  # the kernel's ceiling for pid_max (PID_MAX_LIMIT on 64-bit Linux)
+
+
+def is_pid(number: int) -> bool:
+    """Whether a recorded number can name another process at all: not ≤ 1 (``kill(-1)`` reaches every
+    process, ``kill(0)`` the caller's group, 1 is init) and not beyond what the kernel hands out
+    (a damaged manifest's 10^11 would be an OverflowError in ``os.kill``, not a refusal)."""
+    return 1 < number <= PID_MAX_LIMIT
 
 
 class ProcessId(BaseModel):
@@ -54,7 +62,7 @@ def boot_id() -> str:
 
 def identify(pid: int, host: str = "") -> ProcessId | None:
     """The identity of the live process ``pid`` (None if it is gone or ``pid`` ≤ 1)."""
-    if pid <= 1:
+    if not is_pid(pid):
         return None
     stat = _stat(pid)
     if stat is None:
@@ -64,7 +72,7 @@ def identify(pid: int, host: str = "") -> ProcessId | None:
 
 def alive(proc: ProcessId | None) -> bool:
     """True when the recorded process still runs (not a zombie): same boot, same pid, same start."""
-    if proc is None or proc.pid <= 1 or proc.boot_id != boot_id():
+    if proc is None or not is_pid(proc.pid) or proc.boot_id != boot_id():
         return False
     stat = _stat(proc.pid)
     return stat is not None and stat[2] == proc.start_time and stat[0] not in ("Z", "X")
@@ -74,7 +82,7 @@ def group_alive(proc: ProcessId | None) -> bool:
     """True while any process of the recorded group runs. The leader may be gone while the group's
     other members (an engine under the job's shell) still run; the group id is only trusted while
     this boot lasts and while no process other than the recorded leader leads a group of that id."""
-    if proc is None or proc.pgid <= 1 or proc.boot_id != boot_id():
+    if proc is None or not is_pid(proc.pgid) or proc.boot_id != boot_id():
         return False
     if alive(proc):
         return True
@@ -104,7 +112,7 @@ def signal_group(proc: ProcessId | None, sig: int) -> str | None:
     """Send ``sig`` to the recorded process group; None when sent, else one line saying why not."""
     if proc is None:
         return "no process recorded: nothing signalled"
-    if proc.pid <= 1 or proc.pgid <= 1:
+    if not (is_pid(proc.pid) and is_pid(proc.pgid)):
         return f"recorded pid {proc.pid} / group {proc.pgid} is not a run's process: nothing signalled"
     if not group_alive(proc):
         return f"process group {proc.pgid} is no longer the run's (exited, or its id was reused): nothing signalled"
@@ -113,7 +121,7 @@ def signal_group(proc: ProcessId | None, sig: int) -> str | None:
 
 def signal_process(proc: ProcessId | None, sig: int) -> str | None:
     """Send ``sig`` to the recorded process itself, after verifying it; None when sent."""
-    if proc is None or proc.pid <= 1:
+    if proc is None or not is_pid(proc.pid):
         return "no valid process recorded: nothing signalled"
     if not alive(proc):
         return f"process {proc.pid} is no longer the run's (exited, or its pid was reused): nothing signalled"

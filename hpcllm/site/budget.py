@@ -87,7 +87,7 @@ def build_plan(
     # no error here: the scheduler's default account of the user is then read.
     given = account or os.environ.get("HPCLLM_ACCOUNT") or cluster.account
     account = cluster.resolve_account(account) if given else None
-    root = results_root or _results_root(cluster, account)
+    root = _results_root(cluster, account, results_root)
     refused: list[RefusedPoint] = []
     specs = expand_experiment(experiment, cluster, str(experiment_path), account=account, refused=refused)
     unfit: list[Unfit] = []
@@ -114,9 +114,9 @@ def build_plan(
     return plan
 
 
-def _results_root(cluster: ClusterProfile, account: str | None) -> Path | None:
+def _results_root(cluster: ClusterProfile, account: str | None, given: Path | None) -> Path | None:
     try:
-        return results_root_for(cluster, account)
+        return results_root_for(cluster, account, given)
     except ConfigError:  # a root that needs an account we lack: no finished runs to read, nothing else lost
         return None
 

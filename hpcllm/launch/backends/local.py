@@ -46,7 +46,7 @@ def queue_lock_path(run_dir: RunDir) -> Path:
 
 def pid_alive(pid: int | None) -> bool:
     """Liveness of a bare pid, for manifests written before process identities were recorded."""
-    if not pid or pid <= 1:
+    if pid is None or not procid.is_pid(pid):
         return False
     try:
         os.kill(pid, 0)
