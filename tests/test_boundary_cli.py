@@ -165,3 +165,24 @@ def test_one_bad_profile_is_one_warning_and_the_others_are_listed(
         assert why in line, err
     assert _run(monkeypatch, "clusters", "show", "fifo") == 2
     assert "is a FIFO" in capsys.readouterr().err
+
+
+def _truncated(root: Path, skipped: list[str] | None = None) -> list:
+    raise EOFError("Ran out of input")  # what pickle or numpy say of a file that ends early
+
+
+def test_a_file_that_ends_early_is_a_bug_report_not_aborted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """click would print "Aborted." and exit 1 (its answer to a prompt whose input ended), naming
+    nothing: every command's EOFError is a bug the boundary reports, with its traceback."""
+    monkeypatch.setenv("HPCLLM_CRASH_DIR", str(tmp_path / "crashes"))
+    monkeypatch.delenv("HPCLLM_DEBUG", raising=False)
+    monkeypatch.setattr(hpcllm.collect.records, "scan", _truncated)
+    (tmp_path / "results").mkdir()
+    assert _run(monkeypatch, "collect", "-r", str(tmp_path / "results")) == EXIT_BUG
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "internal error" in lines[0] and "Ran out of input" in lines[0], err
+    (report,) = (tmp_path / "crashes").iterdir()
+    assert "EOFError: Ran out of input" in report.read_text()

@@ -10,7 +10,7 @@ import typer
 
 from hpcllm import __version__
 from hpcllm.cli import collect, doctor, explore, generate, plan, report, runs, schema
-from hpcllm.cli.boundary import run_guarded
+from hpcllm.cli.boundary import guard_callbacks, run_guarded
 from hpcllm.cli.ckpt import ckpt_app
 from hpcllm.cli.clusters import clusters_app
 from hpcllm.cli.common import console
@@ -51,6 +51,7 @@ app.add_typer(env_app, name="env")
 
 
 add_examples(app)
+guard_callbacks(app)
 show_flags_without_a_type()
 
 

@@ -9,6 +9,7 @@ issue); ``HPCLLM_DEBUG=1`` prints the traceback too.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import typer
 from rich.markup import escape
 
 from hpcllm import __version__
@@ -52,6 +54,36 @@ def run_guarded(command: Callable[[], object]) -> None:
         if os.environ.get("HPCLLM_DEBUG") == "1":
             traceback.print_exception(exc)
         sys.exit(EXIT_BUG)
+
+
+class UnexpectedEndOfInput(RuntimeError):
+    """An ``EOFError`` out of a command: a reader met a truncated file its boundary did not check."""
+
+
+def guard_callbacks(app: typer.Typer) -> None:
+    """Make an ``EOFError`` in any command of ``app`` (and its sub-apps) a bug the boundary reports.
+
+    click turns an ``EOFError`` into "Aborted." and exit 1 (meant for a prompt whose input ended;
+    hpcllm has no prompts), which names neither the file nor the bug: a truncated file some reader
+    did not check. Re-raised as ``UnexpectedEndOfInput`` it becomes one line and a crash report."""
+    for info in app.registered_commands:
+        if info.callback is not None and not getattr(info.callback, "_hpcllm_guarded", False):
+            info.callback = _guarded(info.callback)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            guard_callbacks(group.typer_instance)
+
+
+def _guarded(callback: Callable[..., object]) -> Callable[..., object]:
+    @functools.wraps(callback)
+    def call(*args: object, **kwargs: object) -> object:
+        try:
+            return callback(*args, **kwargs)
+        except EOFError as exc:
+            raise UnexpectedEndOfInput(f"unexpected end of input: {exc or 'a file ended early'}") from exc
+
+    call._hpcllm_guarded = True  # type: ignore[attr-defined]
+    return call
 
 
 def _interrupted(exc: SystemExit) -> bool:
