@@ -406,6 +406,11 @@ def test_nothing_to_collect_says_what_is_there_and_exits_non_zero(tmp_path):
     result = collect(tmp_path / "r")
     assert result.exit_code == 2 and "1 run, none completed (1 failed)" in result.output
     assert "hpcllm status" in result.output
+    # Completed by its manifest, but the summary is damaged (warned about): not "none completed (1 completed)".
+    damaged = write_run(tmp_path / "d", "c", summary=engine_summary())
+    damaged.summary.write_text("{")
+    result = collect(tmp_path / "d")
+    assert result.exit_code == 2 and "none completed (1 completed, summary unusable)" in result.output
 
 
 def test_best_before_any_search_says_so(results):

@@ -13,8 +13,16 @@ from hpcllm.collect.records import RunRecord
 
 
 def _states(scanned: list[RunRecord]) -> str:
-    counts = Counter(r.state for r in scanned)
+    """``2 failed, 1 running``; a run its manifest calls completed whose summary is unusable (warned
+    about above) is not a completed row: "completed, summary unusable", not plain "completed"."""
+    counts = Counter(_state(r) for r in scanned)
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def _state(record: RunRecord) -> str:
+    if record.state == "completed" and not record.completed:
+        return "completed, summary unusable"
+    return record.state
 
 
 def nothing_to_collect(root: Path, unreadable: int = 0) -> str:
