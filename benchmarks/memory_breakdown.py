@@ -21,14 +21,11 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
-from torch.distributed.fsdp import fully_shard
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.losses import cross_entropy_sum
-from hpcllm.engine.memory_audit import saved_activation_bytes
-from hpcllm.engine.model import GPT, init_weights
-from hpcllm.engine.parallelize import mixed_precision
+from hpcllm.engine.memory_audit import AUDIT_MODES, audit_model, saved_activation_bytes
 from hpcllm.plan.memory.activations import Numerics, block_bytes
 
 console = Console()
@@ -37,19 +34,7 @@ console = Console()
 def breakdown(cfg: ModelConfig, mode: str, mbs: int, block: int = 1) -> dict[str, int]:
     """Saved bytes of block ``block`` by the module that saved them (one forward + loss on CPU)."""
     pcfg = ParallelConfig(precision="FP_32" if mode == "fp32" else "BF_16")
-    with torch.device("meta"):
-        model = GPT(cfg)
-    if mode == "bf16-fsdp2":
-        for b in model.blocks:
-            fully_shard(b, mp_policy=mixed_precision(pcfg))
-        fully_shard(model, mp_policy=mixed_precision(pcfg))
-    elif mode == "bf16-autocast":
-        model.autocast_dtype = torch.bfloat16
-    model.to_empty(device="cpu")
-    if mode != "bf16-fsdp2":
-        model.tie_weights()
-    init_weights(model, 0)
-    model.init_buffers(torch.device("cpu"))
+    model = audit_model(cfg, mode, pcfg)
 
     stack: list[str] = ["outside"]
     prefix = f"blocks.{block}."
@@ -75,7 +60,7 @@ def main() -> None:
     p.add_argument("--n-layers", type=int, default=3)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--mbs", type=int, default=1)
-    p.add_argument("--numerics", default="bf16-fsdp2", choices=["fp32", "bf16-autocast", "bf16-fsdp2"])
+    p.add_argument("--numerics", default="bf16-fsdp2", choices=AUDIT_MODES)
     args = p.parse_args()
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     cfg = ModelConfig.from_name(args.preset, seq_len=args.seq_len, n_layers=args.n_layers)

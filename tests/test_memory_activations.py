@@ -3,9 +3,9 @@
 The engine runs a model three ways (hpcllm/engine/parallelize.py), each with its own dtypes: fp32;
 BF_16 on one device (autocast over fp32 weights); BF_16 under FSDP2 (bf16 parameters, so a bf16
 residual stream). Activations do not depend on how parameters are sharded, so the FSDP2 case is
-built here on a world of one with the engine's mixed-precision policy: the same forward a rank of
-a multi-rank run executes. The issue asks for 15%; on torch 2.13 the estimate is exact to a few
-bytes (the loss's scalar), so drift shows early: the tolerance is 2%.
+built (``memory_audit.audit_model``) on a world of one with the engine's mixed-precision policy: the
+same forward a rank of a multi-rank run executes. The issue asks for 15%; on torch 2.13 the estimate
+is exact to a few bytes (the loss's scalar), so drift shows early: the tolerance is 2%.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
 
 from hpcllm.config.model import ModelConfig
 from hpcllm.config.training import ParallelConfig
 from hpcllm.engine.losses import cross_entropy_sum
-from hpcllm.engine.memory_audit import saved_activation_bytes
-from hpcllm.engine.model import GPT, init_weights
-from hpcllm.engine.parallelize import apply_activation_checkpointing, mixed_precision
+from hpcllm.engine.memory_audit import AUDIT_MODES, audit_model, saved_activation_bytes
 from hpcllm.plan.memory.activations import Numerics, activation_bytes
 
-MODES = ["fp32", "bf16-autocast", "bf16-fsdp2"]
+MODES = list(AUDIT_MODES)
 AC = ["none", "full", "selective"]
 
 
@@ -41,28 +38,14 @@ def measure(cfg: ModelConfig, mode: str, ac: str, mbs: int) -> tuple[int, int]:
     """(measured, estimated) saved-activation bytes of one forward + loss on CPU."""
     torch.manual_seed(0)
     pcfg = ParallelConfig(precision="FP_32" if mode == "fp32" else "BF_16", activation_checkpointing=ac, ac_every=2)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    apply_activation_checkpointing(model, pcfg)
-    fsdp = mode == "bf16-fsdp2"
-    if fsdp:
-        for block in model.blocks:
-            fully_shard(block, mp_policy=mixed_precision(pcfg))
-        fully_shard(model, mp_policy=mixed_precision(pcfg))
-    elif mode == "bf16-autocast":
-        model.autocast_dtype = torch.bfloat16
-    model.to_empty(device="cpu")
-    if not fsdp:
-        model.tie_weights()
-    init_weights(model, 0)
-    model.init_buffers(torch.device("cpu"))
+    model = audit_model(cfg, mode, pcfg)
     ids = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
     labels = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_len))
     # The forward binds the model as it is now: the closure must not reach for the name deleted below.
     measured = saved_activation_bytes(lambda m=model: cross_entropy_sum(m(ids), labels, None), model)
     del model
     gc.collect()  # FSDP2's modules hold reference cycles: free this model before the next is built
-    num = Numerics.of(pcfg.precision, fsdp, "cpu")
+    num = Numerics.of(pcfg.precision, mode == "bf16-fsdp2", "cpu")
     estimated = activation_bytes(
         cfg, micro_batch_size=mbs, seq_len=cfg.seq_len, num=num, checkpointing=ac, ac_every=pcfg.ac_every
     ).total

@@ -18,6 +18,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+
+from hpcllm.config.model import ModelConfig
+from hpcllm.config.training import ParallelConfig
+from hpcllm.engine.model import GPT, init_weights
+from hpcllm.engine.parallelize import apply_activation_checkpointing, mixed_precision
 
 # Autograd nodes that only view or cast their single input: a saved tensor reached from a
 # parameter through these alone is a copy or view of that parameter.
@@ -63,6 +69,35 @@ def _from_parameter(t: torch.Tensor) -> bool:
             return False
         node = inputs[0]
     return False
+
+
+# The three numerics the engine runs a model with: fp32; BF_16 on one device (autocast over fp32
+# weights); BF_16 under FSDP2 (bf16 parameters, so a bf16 residual stream).
+AUDIT_MODES = ("fp32", "bf16-autocast", "bf16-fsdp2")
+
+
+def audit_model(cfg: ModelConfig, mode: str, pcfg: ParallelConfig) -> GPT:
+    """``cfg`` on CPU with ``mode``'s numerics and ``pcfg``'s activation checkpointing, initialised.
+
+    Activations do not depend on how parameters are sharded, so the FSDP2 case is built on a world
+    of one (the caller's process group) with the engine's mixed-precision policy: the same forward a
+    rank of a multi-rank run executes."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    apply_activation_checkpointing(model, pcfg)
+    fsdp = mode == "bf16-fsdp2"
+    if fsdp:
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mixed_precision(pcfg))
+        fully_shard(model, mp_policy=mixed_precision(pcfg))
+    elif mode == "bf16-autocast":
+        model.autocast_dtype = torch.bfloat16
+    model.to_empty(device="cpu")
+    if not fsdp:
+        model.tie_weights()
+    init_weights(model, 0)
+    model.init_buffers(torch.device("cpu"))
+    return model
 
 
 def saved_activation_bytes(
