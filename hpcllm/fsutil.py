@@ -74,6 +74,12 @@ def as_if_opened(path: Path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+def as_if_made(folder: Path) -> None:
+    """Give ``folder`` the mode a plain ``mkdir`` would have (0755 under umask 022): for folders
+    ``tempfile.mkdtemp`` makes (0700, which would hide them from collaborators)."""
+    os.chmod(folder, 0o777 & ~_umask())
+
+
 def atomic_write_text(
     path: Path, text: str, *, durable: bool = True, executable: bool = False, make_parents: bool = True
 ) -> None:

@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hpcllm.fsutil import as_if_made
+
 LOCK = ".writer.lock"
 
 
@@ -36,9 +38,7 @@ class Claim:
     def new(cls, output: Path) -> Claim:
         """A new temp folder beside ``output``, readable as the umask allows, locked."""
         folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        folder.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the store from collaborators
+        as_if_made(folder)
         try:
             fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:  # a full disk, a quota: nothing of ours left behind
