@@ -287,12 +287,17 @@ def contained(root: Path | str, path: Path | str, what: str) -> Path:
     For paths built from a value read from a file or the command line (a pointer, a name): after
     resolution, so neither ``../x`` nor a link out of ``root`` gets through.
     """
-    real_root = os.path.realpath(root)
     full = Path(root) / path
-    real = os.path.realpath(full)
-    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        raise ConfigError(f"{what}: {str(path)!r} leads outside {root} (to {real})")
+    if not within(root, full):
+        raise ConfigError(f"{what}: {str(path)!r} leads outside {root} (to {os.path.realpath(full)})")
     return full
+
+
+def within(root: Path | str, path: Path | str, *, below: bool = False) -> bool:
+    """Whether ``path`` is ``root`` or lies below it (``below``: only below it) once ``..`` and
+    symbolic links are resolved (``/`` holds everything)."""
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    return (real == real_root and not below) or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def submit_lock(results_root: Path, experiment: str, cluster: str) -> Path:
@@ -337,7 +342,7 @@ def find_run_dirs(root: Path, skipped: list[str] | None = None) -> list[RunDir]:
 
     def visit(path: str) -> None:
         real = os.path.realpath(path)
-        if real in seen or os.path.realpath(os.path.dirname(path)).startswith(_as_ancestor(real)):
+        if real in seen or within(real, os.path.dirname(path)):  # seen, or a link up to an ancestor
             return
         seen.add(real)
         if os.path.exists(os.path.join(path, RUN_CONFIG)):
@@ -349,11 +354,6 @@ def find_run_dirs(root: Path, skipped: list[str] | None = None) -> list[RunDir]:
     while links:
         visit(links.pop(0))
     return sorted(found, key=lambda run: str(run.path).split(os.sep))  # the walk's order: level by level
-
-
-def _as_ancestor(real: str) -> str:
-    """The prefix that marks ``real`` as an ancestor of a path (a link to ``/`` is everyone's)."""
-    return real if real == os.sep else real + os.sep
 
 
 def now() -> str:

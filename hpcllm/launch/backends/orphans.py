@@ -23,14 +23,9 @@ from hpcllm.errors import HpcllmError
 from hpcllm.launch.backends.slurmtext import submitted_job_name
 from hpcllm.launch.manifest import load_manifest
 from hpcllm.launch.slurmcmd import parse_scontrol_record, run_slurm
-from hpcllm.rundir import RunDir
+from hpcllm.rundir import RunDir, within
 
 HELD_BY_USER = "JobHeldUser"
-
-
-def _inside(path: str, folder: Path) -> bool:
-    real, top = os.path.realpath(path), os.path.realpath(folder)
-    return real.startswith(top + os.sep)
 
 
 def _recorded_ids(grid: Path) -> set[str] | None:
@@ -72,11 +67,11 @@ def _owner(record: dict[str, str], grid: Path) -> str | None:
     script = Path(command)
     if script.name == "job.sbatch" and os.path.realpath(script.parent.parent) == os.path.realpath(grid):
         run_dir = RunDir(script.parent)
-        if name and submitted_job_name(run_dir) == name and _inside(stdout, run_dir.path):
+        if name and submitted_job_name(run_dir) == name and within(run_dir.path, stdout, below=True):
             return run_dir.run_id
         return None
     array = script.name == f".{name}.sbatch" and "-array-" in name
-    if array and os.path.realpath(script.parent) == os.path.realpath(grid) and _inside(stdout, grid):
+    if array and os.path.realpath(script.parent) == os.path.realpath(grid) and within(grid, stdout, below=True):
         return "job array"
     return None
 
