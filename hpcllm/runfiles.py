@@ -190,6 +190,24 @@ def iter_json_lines(
         os.close(fd)
 
 
+def tail_record(
+    path: str | os.PathLike[str],
+    accept: Callable[[dict[str, Any]], bool] | None = None,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    problems: list[str] | None = None,
+) -> dict[str, Any] | None:
+    """``last_json_line`` for a run's log that may not exist yet: None when it is missing (the run
+    has not started: no damage), and None plus one line in ``problems`` when it cannot be read."""
+    try:
+        return last_json_line(path, accept, check=check, problems=problems)
+    except MissingFile:
+        return None
+    except RunFileProblem as exc:
+        if problems is not None:
+            problems.append(str(exc))
+        return None
+
+
 def last_json_line(
     path: str | os.PathLike[str],
     accept: Callable[[dict[str, Any]], bool] | None = None,

@@ -18,16 +18,9 @@ def last_metrics(run_dir: RunDir, problems: list[str] | None = None) -> dict[str
     A 4 KiB window holds a dozen lines; it grows only when no complete line is in it (``status``
     reads this for every run, so 10,000 runs cost 40 MB of reads, not 640). ``problems`` receives one
     line when the file cannot be read (a directory, a FIFO, unreadable) or a line of that tail is
-    damaged (``runfiles.last_json_line``); a missing file is a run that has not started, no problem.
+    damaged (``runfiles.tail_record``); a missing file is a run that has not started, no problem.
     """
-    try:
-        return runfiles.last_json_line(run_dir.file(METRICS), _training_line, check=metrics_problem, problems=problems)
-    except runfiles.MissingFile:
-        return None
-    except runfiles.RunFileProblem as exc:
-        if problems is not None:
-            problems.append(str(exc))
-        return None
+    return runfiles.tail_record(run_dir.file(METRICS), _training_line, check=metrics_problem, problems=problems)
 
 
 def metrics_problem(record: dict[str, Any]) -> str | None:

@@ -11,14 +11,8 @@ from hpcllm.rundir import RUNTIME, RunDir
 def last_runtime(run_dir: RunDir, problems: list[str] | None = None) -> dict[str, Any] | None:
     """The latest attempt's record, or None before the engine has written one; ``problems`` receives
     one line when the file cannot be read or a line of its tail is damaged (``progress.last_metrics``)."""
-    try:  # the tail only; a line being written right now is skipped
-        return runfiles.last_json_line(run_dir.file(RUNTIME), check=runtime_problem, problems=problems)
-    except runfiles.MissingFile:  # not started yet
-        return None
-    except runfiles.RunFileProblem as exc:
-        if problems is not None:
-            problems.append(str(exc))
-        return None
+    # The tail only; a line being written right now is skipped.
+    return runfiles.tail_record(run_dir.file(RUNTIME), check=runtime_problem, problems=problems)
 
 
 def runtime_problem(record: dict[str, Any]) -> str | None:
